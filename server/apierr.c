@@ -1,0 +1,38 @@
+/* apierr.c - API errors and their JSON encoding */
+#define _POSIX_C_SOURCE 200809L
+#include "apierr.h"
+
+#include <cjson/cJSON.h>
+#include <stdarg.h>
+#include <stdio.h>
+
+int apierr_set(struct apierr *e, int status, const char *type, const char *code, const char *param,
+               const char *fmt, ...)
+{
+    va_list ap;
+    e->status = status;
+    e->type = type;
+    e->code = code;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+    snprintf(e->param, sizeof e->param, "%s", param ? param : "");
+    return -1;
+}
+
+char *apierr_json(const struct apierr *e)
+{
+    char *out = NULL;
+    cJSON *root = cJSON_CreateObject();
+    cJSON *err = cJSON_AddObjectToObject(root, "error");
+    if (!err || !cJSON_AddStringToObject(err, "type", e->type) ||
+        !cJSON_AddStringToObject(err, "code", e->code) ||
+        !cJSON_AddStringToObject(err, "message", e->message))
+        goto out;
+    if (e->param[0] && !cJSON_AddStringToObject(err, "param", e->param))
+        goto out;
+    out = cJSON_PrintUnformatted(root);
+out:
+    cJSON_Delete(root);
+    return out;
+}

@@ -1,0 +1,25 @@
+/* apierr.h - API errors: what went wrong, and their JSON shape
+ *
+ * {"error": {"type": "...", "code": "...", "message": "...", "param": "..."}}
+ */
+#ifndef MOCKERY_APIERR_H
+#define MOCKERY_APIERR_H
+
+#include <stddef.h>
+
+struct apierr {
+    int status;       /* HTTP status */
+    const char *type; /* e.g. "invalid_request_error" (a static string) */
+    const char *code; /* e.g. "invalid_amount" (a static string) */
+    char message[256];
+    char param[64]; /* empty when no single field is at fault */
+};
+
+/* Fills e; param may be NULL. Returns -1 so that callers can `return apierr_set(...)`. */
+int apierr_set(struct apierr *e, int status, const char *type, const char *code, const char *param,
+               const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+/* The error body, malloc'd, NUL-terminated; NULL on allocation failure. */
+char *apierr_json(const struct apierr *e);
+
+#endif

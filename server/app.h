@@ -1,0 +1,43 @@
+/* app.h - the running service: configuration, logger, store, HTTP server
+ * and reaper, passed to every handler as civetweb's callback data
+ */
+#ifndef MOCKERY_APP_H
+#define MOCKERY_APP_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "auth.h"
+#include "config.h"
+#include "log.h"
+#include "../store/store.h"
+
+struct mg_context;
+
+struct app {
+    struct config cfg;
+    struct logger *log; /* borrowed */
+    struct store *store;
+    struct auth *auth;
+    struct mg_context *ctx;
+    int port;
+    int64_t lease_ms;
+    int64_t ttl_ms;
+
+    pthread_t reaper;
+    int reaper_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int stopping;
+};
+
+/* Opens the store (waiting up to cfg->db_wait_s for PostgreSQL), starts the
+ * reaper and the HTTP server. Returns NULL with err set on failure. */
+struct app *app_start(const struct config *cfg, struct logger *log, char *err, size_t errlen);
+
+/* Stops accepting, lets requests in flight finish, stops the reaper, closes
+ * the store. app_stop(NULL) does nothing. */
+void app_stop(struct app *app);
+
+#endif

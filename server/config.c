@@ -1,0 +1,178 @@
+/* config.c - flags and environment variables */
+#define _POSIX_C_SOURCE 200809L
+#include "config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum opt_type { OPT_INT, OPT_STRING, OPT_BOOL, OPT_STORE, OPT_LEVEL };
+
+struct opt {
+    const char *flag;
+    const char *env;
+    enum opt_type type;
+    size_t offset;
+    size_t size; /* for OPT_STRING: the buffer's size */
+    long min, max;
+};
+
+#define INT_OPT(f, e, field, lo, hi)                                                               \
+    {                                                                                              \
+        f, e, OPT_INT, offsetof(struct config, field), 0, lo, hi                                   \
+    }
+
+static const struct opt OPTS[] = {
+    INT_OPT("port", "PORT", port, 0, 65535),
+    {"database-url", "DATABASE_URL", OPT_STRING, offsetof(struct config, database_url),
+     sizeof((struct config *)0)->database_url, 0, 0},
+    {"store", "MOCKERY_STORE", OPT_STORE, offsetof(struct config, store), 0, 0, 0},
+    INT_OPT("threads", "MOCKERY_THREADS", threads, 2, 4096),
+    INT_OPT("pool-size", "MOCKERY_POOL_SIZE", pool_size, 1, 512),
+    INT_OPT("idempotency-ttl", "MOCKERY_IDEMPOTENCY_TTL", idempotency_ttl_s, 1, 31 * 86400),
+    INT_OPT("lease", "MOCKERY_LEASE", lease_s, 1, 86400),
+    INT_OPT("processing-delay-ms", "MOCKERY_PROCESSING_DELAY_MS", processing_delay_ms, 0, 600000),
+    {"require-key", "MOCKERY_REQUIRE_KEY", OPT_BOOL, offsetof(struct config, require_key), 0, 0, 0},
+    {"api-keys", "MOCKERY_API_KEYS", OPT_STRING, offsetof(struct config, api_keys),
+     sizeof((struct config *)0)->api_keys, 0, 0},
+    {"log-level", "MOCKERY_LOG_LEVEL", OPT_LEVEL, offsetof(struct config, log_level), 0, 0, 0},
+};
+
+#define NOPTS (sizeof OPTS / sizeof OPTS[0])
+
+void config_defaults(struct config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->port = 8080;
+    c->store = STORE_KIND_POSTGRES;
+    c->threads = 128;
+    c->pool_size = 8;
+    c->idempotency_ttl_s = 86400;
+    c->lease_s = 30;
+    c->processing_delay_ms = 0;
+    c->require_key = 1;
+    c->log_level = LOG_INFO;
+    c->reaper_interval_ms = 60000;
+    c->reaper_batch = 1000;
+    c->db_wait_s = 30;
+}
+
+const char *config_usage(void)
+{
+    return "usage: mockery-server [flags]\n"
+           "  --port N                 listening port (8080; env PORT)\n"
+           "  --database-url URL       PostgreSQL URL (env DATABASE_URL)\n"
+           "  --store postgres|memory  where records live (postgres)\n"
+           "  --threads N              HTTP worker threads (128)\n"
+           "  --pool-size N            database connections (8)\n"
+           "  --idempotency-ttl S      seconds a key is remembered (86400)\n"
+           "  --lease S                seconds a claim is held before a retry may take "
+           "over (30)\n"
+           "  --processing-delay-ms N  simulated processor time (0)\n"
+           "  --require-key BOOL       reject POSTs without Idempotency-Key (true)\n"
+           "  --api-keys LIST|@FILE    tenant:key pairs, comma-separated\n"
+           "  --log-level LEVEL        debug|info|warn|error (info)\n"
+           "Each flag also reads MOCKERY_<FLAG> (e.g. MOCKERY_POOL_SIZE); flags win.\n";
+}
+
+static int set_opt(struct config *c, const struct opt *o, const char *v, const char *src, char *err,
+                   size_t errlen)
+{
+    char *field = (char *)c + o->offset;
+    switch (o->type) {
+    case OPT_INT: {
+        char *end;
+        errno = 0;
+        long n = strtol(v, &end, 10);
+        if (errno || end == v || *end || n < o->min || n > o->max) {
+            snprintf(err, errlen,
+                     "invalid value '%.64s' for %s: want a whole number from %ld to %ld", v, src,
+                     o->min, o->max);
+            return -1;
+        }
+        *(int *)field = (int)n;
+        return 0;
+    }
+    case OPT_STRING:
+        if (strlen(v) >= o->size) {
+            snprintf(err, errlen, "invalid value for %s: longer than %zu bytes", src, o->size - 1);
+            return -1;
+        }
+        memcpy(field, v, strlen(v) + 1);
+        return 0;
+    case OPT_BOOL:
+        if (!strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes") || !strcmp(v, "on"))
+            *(int *)field = 1;
+        else if (!strcmp(v, "false") || !strcmp(v, "0") || !strcmp(v, "no") || !strcmp(v, "off"))
+            *(int *)field = 0;
+        else {
+            snprintf(err, errlen, "invalid value '%.64s' for %s: want true or false", v, src);
+            return -1;
+        }
+        return 0;
+    case OPT_STORE:
+        if (!strcmp(v, "postgres"))
+            *(enum store_kind *)field = STORE_KIND_POSTGRES;
+        else if (!strcmp(v, "memory"))
+            *(enum store_kind *)field = STORE_KIND_MEMORY;
+        else {
+            snprintf(err, errlen, "invalid value '%.64s' for %s: want postgres or memory", v, src);
+            return -1;
+        }
+        return 0;
+    case OPT_LEVEL:
+        if (log_parse_level(v, (enum log_level *)field) != 0) {
+            snprintf(err, errlen, "invalid value '%.64s' for %s: want debug, info, warn or error",
+                     v, src);
+            return -1;
+        }
+        return 0;
+    }
+    return -1;
+}
+
+enum config_status config_parse(struct config *c, int argc, char **argv, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < NOPTS; i++) {
+        const char *v = getenv(OPTS[i].env);
+        if (v && set_opt(c, &OPTS[i], v, OPTS[i].env, err, errlen) != 0)
+            return CONFIG_INVALID;
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        if (!strcmp(arg, "--help") || !strcmp(arg, "-h"))
+            return CONFIG_HELP;
+        if (strncmp(arg, "--", 2) != 0) {
+            snprintf(err, errlen, "unexpected argument '%.64s' (see --help)", arg);
+            return CONFIG_INVALID;
+        }
+        const char *name = arg + 2;
+        const char *eq = strchr(name, '=');
+        size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+        const struct opt *o = NULL;
+        for (size_t k = 0; k < NOPTS; k++)
+            if (strlen(OPTS[k].flag) == nlen && !strncmp(OPTS[k].flag, name, nlen))
+                o = &OPTS[k];
+        if (!o) {
+            snprintf(err, errlen, "unknown flag '--%.*s' (see --help)",
+                     (int)(nlen > 64 ? 64 : nlen), name);
+            return CONFIG_INVALID;
+        }
+        const char *v = eq ? eq + 1 : NULL;
+        if (!v) {
+            if (i + 1 >= argc) {
+                snprintf(err, errlen, "flag --%s needs a value", o->flag);
+                return CONFIG_INVALID;
+            }
+            v = argv[++i];
+        }
+        char src[80];
+        snprintf(src, sizeof src, "--%s", o->flag);
+        if (set_opt(c, o, v, src, err, errlen) != 0)
+            return CONFIG_INVALID;
+    }
+    return CONFIG_OK;
+}

@@ -1,0 +1,344 @@
+/* handlers.c - routing, the payment operation, listing, health */
+#define _POSIX_C_SOURCE 200809L
+#include "handlers.h"
+
+#include <civetweb.h>
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "app.h"
+#include "http.h"
+#include "idem.h"
+#include "payment.h"
+
+#define INVALID "invalid_request_error"
+#define PAYMENTS "/api/v1/payments"
+
+/* ---- POST /api/v1/payments, as an idempotent operation ------------------ */
+
+static int pay_parse(const char *body, size_t len, void **req, struct apierr *err)
+{
+    struct payment_request *pr = calloc(1, sizeof *pr);
+    if (!pr)
+        return apierr_set(err, 500, "api_error", "internal_error", NULL, "out of memory");
+    if (payment_parse(body, len, pr, err) != 0) {
+        free(pr);
+        return -1;
+    }
+    *req = pr;
+    return 0;
+}
+
+static char *pay_canonical(const void *req, size_t *len)
+{
+    return payment_canonical(req, len);
+}
+
+static const char *pay_customer(const void *req)
+{
+    return ((const struct payment_request *)req)->customer_id;
+}
+
+static void pay_free(void *req)
+{
+    payment_request_clear(req);
+    free(req);
+}
+
+static int pay_run(struct app *app, const void *vreq, const char *key, struct idem_result *out,
+                   struct apierr *err)
+{
+    const struct payment_request *req = vreq;
+    char id[PAYMENT_ID_LEN + 1];
+    enum payment_outcome po = payment_process(req, app->cfg.processing_delay_ms);
+
+    if (po == PAYMENT_GATEWAY_ERROR) {
+        struct apierr ge;
+        apierr_set(&ge, 502, "api_error", "gateway_error", NULL,
+                   "the payment gateway failed before charging; retry with the same "
+                   "idempotency key");
+        out->status = 502;
+        out->retryable = 1;
+        out->body = apierr_json(&ge);
+        if (!out->body)
+            return apierr_set(err, 500, "api_error", "internal_error", NULL, "out of memory");
+        out->body_len = strlen(out->body);
+        return 0;
+    }
+    if (payment_new_id(id) != 0)
+        return apierr_set(err, 500, "api_error", "internal_error", NULL,
+                          "the random source failed");
+    struct store_payment p = {
+        .transaction_id = id,
+        .idempotency_key = (char *)key,
+        .customer_id = (char *)req->customer_id,
+        .amount_minor = req->amount_minor,
+        .description = req->description,
+        .status = po == PAYMENT_APPROVED ? "completed" : "declined",
+        .processed_at_us = payment_now_us(),
+    };
+    memcpy(p.currency, req->currency, sizeof p.currency);
+
+    out->payment = calloc(1, sizeof *out->payment);
+    if (!out->payment || store_payment_copy(out->payment, &p) != 0)
+        goto oom;
+    if (po == PAYMENT_APPROVED) {
+        out->status = 201;
+        out->body = payment_json(&p);
+        size_t n = sizeof PAYMENTS + 1 + PAYMENT_ID_LEN;
+        out->location = malloc(n);
+        if (!out->location)
+            goto oom;
+        snprintf(out->location, n, "%s/%s", PAYMENTS, id);
+    } else {
+        out->status = 402;
+        out->body = payment_declined_json(&p);
+    }
+    if (!out->body)
+        goto oom;
+    out->body_len = strlen(out->body);
+    return 0;
+oom:
+    idem_result_clear(out);
+    return apierr_set(err, 500, "api_error", "internal_error", NULL, "out of memory");
+}
+
+static const struct idem_op PAYMENT_OP = {
+    .route = PAYMENTS,
+    .max_body = PAYMENT_MAX_BODY,
+    .parse = pay_parse,
+    .canonical = pay_canonical,
+    .customer = pay_customer,
+    .run = pay_run,
+    .free_req = pay_free,
+};
+
+/* ---- GET /api/v1/payments ----------------------------------------------- */
+
+static void send_list(struct request *r, const struct store_list *list)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *items = cJSON_AddArrayToObject(root, "payments");
+    int ok = items != NULL;
+    for (size_t i = 0; ok && i < list->count; i++) {
+        cJSON *p = payment_to_cjson(&list->items[i]);
+        ok = p && cJSON_AddItemToArray(items, p);
+    }
+    ok = ok && cJSON_AddNumberToObject(root, "count", (double)list->count) &&
+         cJSON_AddBoolToObject(root, "has_more", list->has_more);
+    if (ok)
+        ok = list->has_more && list->count
+                 ? cJSON_AddStringToObject(root, "next_cursor",
+                                           list->items[list->count - 1].transaction_id) != NULL
+                 : cJSON_AddNullToObject(root, "next_cursor") != NULL;
+    if (ok)
+        http_send_json(r, 200, root);
+    else
+        http_fail(r, 500, "api_error", "internal_error", NULL, "out of memory");
+    cJSON_Delete(root);
+}
+
+static int bad_param(struct request *r, const char *param, const char *msg)
+{
+    return http_fail(r, 400, INVALID, "invalid_parameter", param, "%s", msg);
+}
+
+static void list_payments(struct request *r)
+{
+    const char *qs = r->ri->query_string ? r->ri->query_string : "";
+    size_t qlen = strlen(qs);
+    char limit_s[16], customer[PAYMENT_CUSTOMER_MAX + 2], after[PAYMENT_ID_LEN + 40];
+    struct store_list_query q = {.limit = 50};
+    struct store_list list = {0};
+    char err[256] = "";
+
+    int n = mg_get_var(qs, qlen, "limit", limit_s, sizeof limit_s);
+    if (n != -1) {
+        char *end;
+        long v = n > 0 ? strtol(limit_s, &end, 10) : 0;
+        if (n <= 0 || *end || v < 1 || v > 500) {
+            bad_param(r, "limit", "limit must be a whole number from 1 to 500");
+            return;
+        }
+        q.limit = (int)v;
+    }
+    n = mg_get_var(qs, qlen, "customer_id", customer, sizeof customer);
+    if (n != -1) {
+        if (n < 0 || !payment_customer_valid(customer)) {
+            bad_param(r, "customer_id",
+                      "customer_id must be 1-64 characters of A-Z, a-z, 0-9, _ and -");
+            return;
+        }
+        q.customer_id = customer;
+    }
+    n = mg_get_var(qs, qlen, "starting_after", after, sizeof after);
+    if (n != -1) {
+        if (n <= 0) {
+            bad_param(r, "starting_after", "starting_after must be a transaction id");
+            return;
+        }
+        q.starting_after = after;
+    }
+    enum store_status st =
+        store_list_payments(r->app->store, r->tenant, &q, &list, err, sizeof err);
+    if (st == STORE_NOT_FOUND) {
+        bad_param(r, "starting_after", "starting_after names no payment of yours");
+        return;
+    }
+    if (st != STORE_OK) {
+        cJSON *line = log_begin(r->app->log, LOG_ERROR, "store call failed");
+        cJSON_AddStringToObject(line, "op", "list_payments");
+        cJSON_AddStringToObject(line, "error", err);
+        log_end(r->app->log, line);
+        http_fail_store(r, st);
+        return;
+    }
+    send_list(r, &list);
+    store_list_clear(&list);
+}
+
+/* ---- GET /api/v1/payments/{id} ------------------------------------------ */
+
+static void get_payment(struct request *r, const char *id)
+{
+    struct store_payment p = {0};
+    char err[256] = "";
+    enum store_status st = STORE_NOT_FOUND;
+    if (strlen(id) <= 64)
+        st = store_get_payment(r->app->store, r->tenant, id, &p, err, sizeof err);
+    if (st == STORE_NOT_FOUND) {
+        http_fail(r, 404, INVALID, "payment_not_found", NULL, "no payment with that id");
+        return;
+    }
+    if (st != STORE_OK) {
+        cJSON *line = log_begin(r->app->log, LOG_ERROR, "store call failed");
+        cJSON_AddStringToObject(line, "op", "get_payment");
+        cJSON_AddStringToObject(line, "error", err);
+        log_end(r->app->log, line);
+        http_fail_store(r, st);
+        return;
+    }
+    cJSON *obj = payment_to_cjson(&p);
+    if (obj)
+        http_send_json(r, 200, obj);
+    else
+        http_fail(r, 500, "api_error", "internal_error", NULL, "out of memory");
+    cJSON_Delete(obj);
+    store_payment_clear(&p);
+}
+
+/* ---- GET /health ---------------------------------------------------------- */
+
+static void health(struct request *r)
+{
+    char err[256] = "";
+    int pg = strcmp(store_name(r->app->store), "postgres") == 0;
+    enum store_status st = store_ping(r->app->store, err, sizeof err);
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "status", st == STORE_OK ? "healthy" : "unhealthy");
+    cJSON_AddStringToObject(root, "store", store_name(r->app->store));
+    cJSON_AddStringToObject(root, "database", !pg ? "none" : st == STORE_OK ? "up" : "down");
+    http_send_json(r, st == STORE_OK ? 200 : 503, root);
+    cJSON_Delete(root);
+}
+
+/* ---- routing ---------------------------------------------------------------- */
+
+static void not_allowed(struct request *r, const char *allow)
+{
+    struct apierr e;
+    const char *headers[] = {"Allow", allow, NULL};
+    apierr_set(&e, 405, INVALID, "method_not_allowed", NULL, "%s is not allowed here; use %s",
+               r->ri->request_method, allow);
+    http_send_error(r, &e, headers);
+}
+
+static void access_log(struct request *r, double ms)
+{
+    cJSON *line = log_begin(r->app->log, LOG_INFO, "request");
+    cJSON_AddStringToObject(line, "method", r->ri->request_method);
+    cJSON_AddStringToObject(line, "path", r->ri->local_uri ? r->ri->local_uri : "");
+    cJSON_AddNumberToObject(line, "status", r->status);
+    cJSON_AddNumberToObject(line, "duration_ms", ms);
+    if (r->tenant)
+        cJSON_AddStringToObject(line, "tenant", r->tenant);
+    if (r->outcome)
+        cJSON_AddStringToObject(line, "outcome", r->outcome);
+    if (r->key[0])
+        cJSON_AddStringToObject(line, "key", r->key);
+    if (r->customer[0])
+        cJSON_AddStringToObject(line, "customer", r->customer);
+    log_end(r->app->log, line);
+}
+
+static void dispatch(struct request *r)
+{
+    const char *path = r->ri->local_uri ? r->ri->local_uri : "";
+    const char *method = r->ri->request_method;
+    int get = strcmp(method, "GET") == 0;
+
+    if (strcmp(path, "/health") == 0) {
+        if (get)
+            health(r);
+        else
+            not_allowed(r, "GET");
+        return;
+    }
+    size_t plen = strlen(PAYMENTS);
+    int is_list = strcmp(path, PAYMENTS) == 0;
+    int is_one = strncmp(path, PAYMENTS "/", plen + 1) == 0 && path[plen + 1] &&
+                 !strchr(path + plen + 1, '/');
+    if (!is_list && !is_one) {
+        http_fail(r, 404, INVALID, "route_not_found", NULL, "no such route");
+        return;
+    }
+    /* Every /api/ route needs a key, and its 401 comes first. */
+    r->tenant = auth_tenant(r->app->auth, mg_get_header(r->conn, "Authorization"));
+    if (!r->tenant) {
+        const char *headers[] = {"WWW-Authenticate", "Bearer", NULL};
+        struct apierr e;
+        apierr_set(&e, 401, "authentication_error", "unauthorized", NULL,
+                   "a valid API key is required as Authorization: Bearer <key>");
+        http_send_error(r, &e, headers);
+        return;
+    }
+    if (is_list && strcmp(method, "POST") == 0)
+        idem_handle(r, &PAYMENT_OP);
+    else if (is_list && get)
+        list_payments(r);
+    else if (is_one && get)
+        get_payment(r, path + plen + 1);
+    else
+        not_allowed(r, is_list ? "GET, POST" : "GET");
+}
+
+int handlers_route(struct mg_connection *conn, void *cbdata)
+{
+    struct request r = {.conn = conn, .ri = mg_get_request_info(conn), .app = cbdata};
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    dispatch(&r);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    access_log(&r, (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
+    return r.status ? r.status : 500;
+}
+
+int handlers_http_error(struct mg_connection *conn, int status, const char *msg)
+{
+    struct request r = {.conn = conn, .ri = mg_get_request_info(conn)};
+    const char *code = status == 413   ? "request_too_large"
+                       : status == 431 ? "headers_too_large"
+                       : status == 404 ? "route_not_found"
+                       : status == 405 ? "method_not_allowed"
+                       : status >= 500 ? "internal_error"
+                                       : "bad_request";
+    const char *headers[] = {"Connection", "close", NULL};
+    struct apierr e;
+    apierr_set(&e, status, status >= 500 ? "api_error" : INVALID, code, NULL, "%s",
+               msg && *msg ? msg : "the request could not be handled");
+    http_send_error(&r, &e, headers);
+    return 0;
+}

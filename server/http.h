@@ -1,0 +1,69 @@
+/* http.h - one HTTP exchange on civetweb: the request's context, body
+ * reading with a bound, and JSON responses
+ *
+ * Reentrant: everything lives in the struct request of the worker thread.
+ */
+#ifndef MOCKERY_HTTP_H
+#define MOCKERY_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "apierr.h"
+#include "../store/store.h"
+
+struct mg_connection;
+struct mg_request_info;
+struct cJSON;
+struct app;
+
+#define HTTP_KEY_MAX 255
+
+struct request {
+    struct mg_connection *conn;
+    const struct mg_request_info *ri;
+    struct app *app;
+    const char *tenant;
+    /* What the access log reports. */
+    int status;
+    const char *outcome; /* idempotency outcome, or NULL */
+    char key[HTTP_KEY_MAX + 1];
+    char customer[65];
+};
+
+/* Sends a response with a JSON body. headers: name, value, ..., NULL (may be
+ * NULL). Returns 0, or -1 when the client is gone. */
+int http_send(struct request *r, int status, const char *body, size_t len,
+              const char *const *headers);
+
+/* Serializes obj (not freed) and sends it; a 500 if it cannot be serialized. */
+int http_send_json(struct request *r, int status, const struct cJSON *obj);
+
+/* Sends the error shape of DESIGN.md section 2. */
+int http_send_error(struct request *r, const struct apierr *e, const char *const *headers);
+
+/* Shorthand for apierr_set() + http_send_error(). */
+int http_fail(struct request *r, int status, const char *type, const char *code, const char *param,
+              const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+/* The one place a store failure becomes an HTTP answer: 503
+ * store_unavailable (Retry-After: 1) or 500 internal_error. */
+int http_fail_store(struct request *r, enum store_status st);
+
+enum http_body {
+    HTTP_BODY_OK = 0,
+    HTTP_BODY_TOO_LARGE, /* more than max bytes: 413 */
+    HTTP_BODY_BROKEN,    /* the client went away or sent less than it announced */
+};
+
+/* Reads the whole body, at most max bytes, into a malloc'd NUL-terminated
+ * buffer. *out is written only on HTTP_BODY_OK. */
+enum http_body http_read_body(struct request *r, size_t max, char **out, size_t *len);
+
+/* How many times the request carries header name (case-insensitive). */
+int http_header_count(const struct mg_request_info *ri, const char *name);
+
+/* Whether a Content-Type value is application/json, parameters allowed. */
+int http_is_json(const char *content_type);
+
+#endif

@@ -1,0 +1,310 @@
+/* idem.c - the idempotency layer: key, fingerprint, claim, then run and
+ * complete, or replay / 409 / 422 */
+#define _POSIX_C_SOURCE 200809L
+#include "idem.h"
+
+#include <civetweb.h>
+#include <cjson/cJSON.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "app.h"
+#include "log.h"
+#include "payment.h"
+
+#define INVALID "invalid_request_error"
+#define IDEMPOTENCY "idempotency_error"
+
+enum idem_key_status idem_parse_key(const char *value, char out[HTTP_KEY_MAX + 1])
+{
+    if (!value)
+        return IDEM_KEY_MISSING;
+    size_t len = strlen(value);
+    const char *start = value;
+    /* Optional white space around a field value is not part of it (RFC 9110). */
+    while (len && (*start == ' ' || *start == '\t'))
+        start++, len--;
+    while (len && (start[len - 1] == ' ' || start[len - 1] == '\t'))
+        len--;
+    if (len >= 2 && start[0] == '"' && start[len - 1] == '"') {
+        /* An RFC 8941 string: the key is what stands between the quotes.
+         * Escapes are refused rather than guessed at. */
+        start++;
+        len -= 2;
+        for (size_t i = 0; i < len; i++)
+            if (start[i] == '"' || start[i] == '\\')
+                return IDEM_KEY_INVALID;
+    }
+    if (len == 0 || len > HTTP_KEY_MAX)
+        return IDEM_KEY_INVALID;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)start[i];
+        if (c < 0x21 || c > 0x7E || c == '"')
+            return IDEM_KEY_INVALID;
+    }
+    memcpy(out, start, len);
+    out[len] = '\0';
+    return IDEM_KEY_OK;
+}
+
+void idem_fingerprint(const char *method, const char *route, const char *canonical, size_t len,
+                      char out[65])
+{
+    unsigned char d[32];
+    unsigned int n = sizeof d;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    /* Each part ends with a byte none of them contains. */
+    if (!ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1 ||
+        EVP_DigestUpdate(ctx, method, strlen(method) + 1) != 1 ||
+        EVP_DigestUpdate(ctx, route, strlen(route) + 1) != 1 ||
+        EVP_DigestUpdate(ctx, canonical, len) != 1 || EVP_DigestFinal_ex(ctx, d, &n) != 1)
+        memset(d, 0, sizeof d); /* cannot happen with the default provider */
+    EVP_MD_CTX_free(ctx);
+    for (int i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", d[i]);
+}
+
+void idem_result_clear(struct idem_result *r)
+{
+    free(r->body);
+    free(r->location);
+    if (r->payment) {
+        store_payment_clear(r->payment);
+        free(r->payment);
+    }
+    memset(r, 0, sizeof *r);
+}
+
+/* One line per prevented duplicate: which key, whose, first seen when. */
+static void log_duplicate(struct request *r, const char *what, int64_t original_us)
+{
+    char when[40];
+    payment_format_time(original_us, when, sizeof when);
+    cJSON *line = log_begin(r->app->log, LOG_INFO, "duplicate prevented");
+    cJSON_AddStringToObject(line, "event", "duplicate_prevented");
+    cJSON_AddStringToObject(line, "outcome", what);
+    cJSON_AddStringToObject(line, "tenant", r->tenant);
+    cJSON_AddStringToObject(line, "key", r->key);
+    cJSON_AddStringToObject(line, "customer", r->customer);
+    cJSON_AddStringToObject(line, "original_time", when);
+    log_end(r->app->log, line);
+}
+
+static void log_store_error(struct request *r, const char *op, enum store_status st,
+                            const char *err)
+{
+    cJSON *line = log_begin(r->app->log, LOG_ERROR, "store call failed");
+    cJSON_AddStringToObject(line, "op", op);
+    cJSON_AddNumberToObject(line, "store_status", st);
+    cJSON_AddStringToObject(line, "error", err);
+    cJSON_AddStringToObject(line, "key", r->key);
+    log_end(r->app->log, line);
+}
+
+static void send_result(struct request *r, const struct idem_result *res)
+{
+    const char *headers[] = {"Location", res->location, NULL};
+    http_send(r, res->status, res->body, res->body_len, res->location ? headers : NULL);
+}
+
+static void replay(struct request *r, const struct store_claim_result *c)
+{
+    int status = c->response_status >= 200 && c->response_status < 300 ? 200 : c->response_status;
+    const char *headers[5] = {"X-Idempotent-Replay", "true", NULL};
+    if (c->response_location) {
+        headers[2] = "Location";
+        headers[3] = c->response_location;
+    }
+    r->outcome = "replay";
+    http_send(r, status, c->response_body, c->response_body_len, headers);
+    log_duplicate(r, "replay", c->created_at_us);
+}
+
+/* A request without a key (--require-key=false): run once, store the
+ * payment, no record. */
+static void run_without_key(struct request *r, const struct idem_op *op, const void *req)
+{
+    struct idem_result res = {0};
+    struct apierr e;
+    char err[256] = "";
+    r->outcome = "no_key";
+    if (op->run(r->app, req, NULL, &res, &e) != 0) {
+        http_send_error(r, &e, NULL);
+        goto out;
+    }
+    if (!res.retryable && res.payment) {
+        enum store_status st =
+            store_insert_payment(r->app->store, r->tenant, res.payment, err, sizeof err);
+        if (st != STORE_OK) {
+            log_store_error(r, "insert_payment", st, err);
+            http_fail_store(r, st);
+            goto out;
+        }
+    }
+    send_result(r, &res);
+out:
+    idem_result_clear(&res);
+}
+
+/* Runs the operation under the lease just won, then completes or releases. */
+static void run_claimed(struct request *r, const struct idem_op *op, const void *req, int64_t token)
+{
+    struct app *app = r->app;
+    struct idem_result res = {0};
+    struct apierr e;
+    char err[256] = "";
+    enum store_status st;
+
+    if (op->run(app, req, r->key, &res, &e) != 0) {
+        st = store_release(app->store, r->tenant, r->key, token, err, sizeof err);
+        if (st != STORE_OK)
+            log_store_error(r, "release", st, err);
+        r->outcome = "released";
+        http_send_error(r, &e, NULL);
+        goto out;
+    }
+    if (res.retryable) {
+        /* Failed before any charge: forget the claim so a retry runs again. */
+        st = store_release(app->store, r->tenant, r->key, token, err, sizeof err);
+        if (st != STORE_OK)
+            log_store_error(r, "release", st, err);
+        r->outcome = "released";
+        send_result(r, &res);
+        goto out;
+    }
+    struct store_response resp = {res.status, res.body, res.body_len, res.location};
+    st = store_complete(app->store, r->tenant, r->key, token, &resp, res.payment, err, sizeof err);
+    if (st == STORE_OK) {
+        send_result(r, &res);
+    } else if (st == STORE_LEASE_LOST) {
+        /* Our lease ran out and another request took the key over: nothing
+         * of ours was written; its answer is the one a retry will get. */
+        log_store_error(r, "complete", st, err);
+        r->outcome = "lease_lost";
+        const char *headers[] = {"Retry-After", "1", NULL};
+        struct apierr le;
+        apierr_set(&le, 409, IDEMPOTENCY, "idempotency_key_in_use", NULL,
+                   "another request with this idempotency key took over; retry to get its "
+                   "result");
+        http_send_error(r, &le, headers);
+    } else {
+        /* Nothing was stored: release so that a retry runs again (if the
+         * database is away this fails too, and the lease runs out instead). */
+        log_store_error(r, "complete", st, err);
+        enum store_status rs = store_release(app->store, r->tenant, r->key, token, err, sizeof err);
+        if (rs != STORE_OK && rs != STORE_LEASE_LOST)
+            log_store_error(r, "release", rs, err);
+        r->outcome = "released";
+        http_fail_store(r, st);
+    }
+out:
+    idem_result_clear(&res);
+}
+
+void idem_handle(struct request *r, const struct idem_op *op)
+{
+    struct app *app = r->app;
+    char *body = NULL, *canon = NULL;
+    void *req = NULL;
+    size_t len = 0, clen = 0;
+    struct apierr e;
+    struct store_claim_result claim = {0};
+    char err[256] = "";
+
+    enum idem_key_status ks =
+        http_header_count(r->ri, "Idempotency-Key") > 1
+            ? IDEM_KEY_INVALID
+            : idem_parse_key(mg_get_header(r->conn, "Idempotency-Key"), r->key);
+    if (ks == IDEM_KEY_MISSING && app->cfg.require_key) {
+        http_fail(r, 400, INVALID, "idempotency_key_missing", NULL,
+                  "the Idempotency-Key header is required");
+        goto out;
+    }
+    if (ks == IDEM_KEY_INVALID) {
+        r->key[0] = '\0';
+        http_fail(r, 400, INVALID, "idempotency_key_invalid", NULL,
+                  "the Idempotency-Key header must be sent once, as 1-%d visible ASCII "
+                  "characters, bare or as a quoted string",
+                  HTTP_KEY_MAX);
+        goto out;
+    }
+    if (!http_is_json(mg_get_header(r->conn, "Content-Type"))) {
+        http_fail(r, 415, INVALID, "unsupported_media_type", NULL,
+                  "the body must be sent as Content-Type: application/json");
+        goto out;
+    }
+    switch (http_read_body(r, op->max_body, &body, &len)) {
+    case HTTP_BODY_OK:
+        break;
+    case HTTP_BODY_TOO_LARGE: {
+        const char *headers[] = {"Connection", "close", NULL};
+        apierr_set(&e, 413, INVALID, "body_too_large", NULL, "the body is larger than %zu bytes",
+                   op->max_body);
+        http_send_error(r, &e, headers);
+        goto out;
+    }
+    case HTTP_BODY_BROKEN:
+        http_fail(r, 400, INVALID, "invalid_body", NULL, "the body could not be read");
+        goto out;
+    }
+    if (op->parse(body, len, &req, &e) != 0) {
+        http_send_error(r, &e, NULL);
+        goto out;
+    }
+    snprintf(r->customer, sizeof r->customer, "%s", op->customer(req));
+
+    if (ks == IDEM_KEY_MISSING) {
+        run_without_key(r, op, req);
+        goto out;
+    }
+
+    canon = op->canonical(req, &clen);
+    if (!canon) {
+        http_fail(r, 500, "api_error", "internal_error", NULL, "out of memory");
+        goto out;
+    }
+    char fp[65];
+    idem_fingerprint(r->ri->request_method, op->route, canon, clen, fp);
+
+    enum store_status st = store_claim(app->store, r->tenant, r->key, fp, app->lease_ms,
+                                       app->ttl_ms, &claim, err, sizeof err);
+    if (st != STORE_OK) {
+        log_store_error(r, "claim", st, err);
+        http_fail_store(r, st);
+        goto out;
+    }
+    switch (claim.outcome) {
+    case CLAIM_NEW:
+    case CLAIM_TAKEOVER:
+        r->outcome = claim.outcome == CLAIM_NEW ? "new" : "takeover";
+        run_claimed(r, op, req, claim.lease_token);
+        break;
+    case CLAIM_COMPLETED:
+        replay(r, &claim);
+        break;
+    case CLAIM_IN_PROGRESS: {
+        const char *headers[] = {"Retry-After", "1", NULL};
+        r->outcome = "conflict";
+        apierr_set(&e, 409, IDEMPOTENCY, "idempotency_key_in_use", NULL,
+                   "a request with this idempotency key is still being processed; retry later");
+        http_send_error(r, &e, headers);
+        log_duplicate(r, "conflict", claim.created_at_us);
+        break;
+    }
+    case CLAIM_MISMATCH:
+        r->outcome = "mismatch";
+        http_fail(r, 422, IDEMPOTENCY, "idempotency_key_reused", NULL,
+                  "this idempotency key was used with a different request; use a new key for "
+                  "a new payment");
+        log_duplicate(r, "mismatch", claim.created_at_us);
+        break;
+    }
+out:
+    store_claim_result_clear(&claim);
+    if (req)
+        op->free_req(req);
+    free(canon);
+    free(body);
+}

@@ -1,0 +1,311 @@
+/* payment.c - payment validation, fingerprint material, simulated processor
+ * and JSON encoding */
+#define _POSIX_C_SOURCE 200809L
+#include "payment.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "money.h"
+
+#define INVALID "invalid_request_error"
+
+int payment_customer_valid(const char *s)
+{
+    size_t n = 0;
+    for (; s[n]; n++) {
+        char c = s[n];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-'))
+            return 0;
+    }
+    return n >= 1 && n <= PAYMENT_CUSTOMER_MAX;
+}
+
+int payment_utf8_valid(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < len) {
+        unsigned c = p[i];
+        size_t n;
+        unsigned min;
+        if (c == 0)
+            return 0;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xE0) == 0xC0) {
+            n = 1, min = 0x80, c &= 0x1F;
+        } else if ((c & 0xF0) == 0xE0) {
+            n = 2, min = 0x800, c &= 0x0F;
+        } else if ((c & 0xF8) == 0xF0) {
+            n = 3, min = 0x10000, c &= 0x07;
+        } else {
+            return 0;
+        }
+        if (i + n >= len)
+            return 0;
+        for (size_t k = 1; k <= n; k++) {
+            if ((p[i + k] & 0xC0) != 0x80)
+                return 0;
+            c = (c << 6) | (p[i + k] & 0x3F);
+        }
+        if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
+            return 0;
+        i += n + 1;
+    }
+    return 1;
+}
+
+static const char *const FIELDS[] = {"amount", "currency", "customer_id", "description"};
+
+int payment_parse(const char *body, size_t len, struct payment_request *out, struct apierr *err)
+{
+    struct payment_request r = {0};
+    int rc = -1;
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    if (!root) {
+        apierr_set(err, 400, INVALID, "invalid_json", NULL, "the body is not valid JSON");
+        goto out;
+    }
+    if (!cJSON_IsObject(root)) {
+        apierr_set(err, 400, INVALID, "invalid_json", NULL, "the body must be a JSON object");
+        goto out;
+    }
+    /* Unknown and repeated fields first: nothing ambiguous is looked at. */
+    for (cJSON *f = root->child; f; f = f->next) {
+        int known = 0;
+        for (size_t i = 0; i < sizeof FIELDS / sizeof FIELDS[0]; i++)
+            known |= strcmp(f->string, FIELDS[i]) == 0;
+        if (!known) {
+            apierr_set(err, 422, INVALID, "unknown_field", f->string, "unknown field '%.64s'",
+                       f->string);
+            goto out;
+        }
+        for (cJSON *g = f->next; g; g = g->next)
+            if (strcmp(f->string, g->string) == 0) {
+                apierr_set(err, 400, INVALID, "invalid_json", f->string,
+                           "field '%s' appears more than once", f->string);
+                goto out;
+            }
+    }
+
+    cJSON *cur = cJSON_GetObjectItemCaseSensitive(root, "currency");
+    if (!cur) {
+        apierr_set(err, 422, INVALID, "invalid_currency", "currency", "currency is required");
+        goto out;
+    }
+    if (!cJSON_IsString(cur) || (r.digits = money_currency_digits(cur->valuestring)) < 0) {
+        apierr_set(err, 422, INVALID, "invalid_currency", "currency",
+                   "currency must be a supported upper-case ISO 4217 code");
+        goto out;
+    }
+    memcpy(r.currency, cur->valuestring, 4);
+
+    cJSON *amount = cJSON_GetObjectItemCaseSensitive(root, "amount");
+    if (!amount) {
+        apierr_set(err, 422, INVALID, "invalid_amount", "amount", "amount is required");
+        goto out;
+    }
+    if (!cJSON_IsNumber(amount)) {
+        apierr_set(err, 422, INVALID, "invalid_amount", "amount", "amount must be a number");
+        goto out;
+    }
+    switch (money_to_minor(amount->valuedouble, r.digits, &r.amount_minor)) {
+    case MONEY_OK:
+        break;
+    case MONEY_NOT_POSITIVE:
+        apierr_set(err, 422, INVALID, "invalid_amount", "amount", "amount must be greater than 0");
+        goto out;
+    case MONEY_TOO_LARGE:
+        apierr_set(err, 422, INVALID, "invalid_amount", "amount",
+                   "amount must be at most " MONEY_MAX_TEXT);
+        goto out;
+    case MONEY_TOO_PRECISE:
+        apierr_set(err, 422, INVALID, "invalid_amount", "amount",
+                   "amount has more than %d decimals for %s", r.digits, r.currency);
+        goto out;
+    }
+
+    cJSON *cust = cJSON_GetObjectItemCaseSensitive(root, "customer_id");
+    if (!cust) {
+        apierr_set(err, 422, INVALID, "invalid_customer_id", "customer_id",
+                   "customer_id is required");
+        goto out;
+    }
+    if (!cJSON_IsString(cust) || !payment_customer_valid(cust->valuestring)) {
+        apierr_set(err, 422, INVALID, "invalid_customer_id", "customer_id",
+                   "customer_id must be 1-64 characters of A-Z, a-z, 0-9, _ and -");
+        goto out;
+    }
+    memcpy(r.customer_id, cust->valuestring, strlen(cust->valuestring) + 1);
+
+    cJSON *desc = cJSON_GetObjectItemCaseSensitive(root, "description");
+    if (desc && !cJSON_IsNull(desc)) {
+        size_t n = cJSON_IsString(desc) ? strlen(desc->valuestring) : 0;
+        if (!cJSON_IsString(desc) || n > PAYMENT_DESCRIPTION_MAX ||
+            !payment_utf8_valid(desc->valuestring, n)) {
+            apierr_set(err, 422, INVALID, "invalid_description", "description",
+                       "description must be a string of at most %d bytes of UTF-8",
+                       PAYMENT_DESCRIPTION_MAX);
+            goto out;
+        }
+        r.description = strdup(desc->valuestring);
+        if (!r.description) {
+            apierr_set(err, 500, "api_error", "internal_error", NULL, "out of memory");
+            goto out;
+        }
+    }
+    *out = r;
+    r.description = NULL;
+    rc = 0;
+out:
+    free(r.description);
+    cJSON_Delete(root);
+    return rc;
+}
+
+void payment_request_clear(struct payment_request *r)
+{
+    free(r->description);
+    memset(r, 0, sizeof *r);
+}
+
+char *payment_canonical(const struct payment_request *r, size_t *len)
+{
+    /* Fixed field order; the description last and length-prefixed, so no two
+     * different requests share a canonical form. */
+    size_t dlen = r->description ? strlen(r->description) : 0;
+    size_t cap = 128 + PAYMENT_CUSTOMER_MAX + dlen;
+    char *buf = malloc(cap);
+    if (!buf)
+        return NULL;
+    int n;
+    if (r->description)
+        n = snprintf(buf, cap, "amount_minor=%lld\ncurrency=%s\ncustomer_id=%s\ndescription=%zu:%s",
+                     (long long)r->amount_minor, r->currency, r->customer_id, dlen, r->description);
+    else
+        n = snprintf(buf, cap, "amount_minor=%lld\ncurrency=%s\ncustomer_id=%s\ndescription=-",
+                     (long long)r->amount_minor, r->currency, r->customer_id);
+    if (n < 0 || (size_t)n >= cap) {
+        free(buf);
+        return NULL;
+    }
+    *len = (size_t)n;
+    return buf;
+}
+
+int payment_new_id(char out[PAYMENT_ID_LEN + 1])
+{
+    unsigned char raw[18];
+    unsigned char b64[25];
+    if (RAND_bytes(raw, sizeof raw) != 1)
+        return -1;
+    EVP_EncodeBlock(b64, raw, sizeof raw); /* 18 bytes: 24 characters, no padding */
+    memcpy(out, "txn_", 4);
+    for (int i = 0; i < 24; i++) {
+        char c = (char)b64[i];
+        out[4 + i] = c == '+' ? '-' : c == '/' ? '_' : c;
+    }
+    out[PAYMENT_ID_LEN] = '\0';
+    return 0;
+}
+
+enum payment_outcome payment_process(const struct payment_request *r, int delay_ms)
+{
+    if (delay_ms > 0) {
+        struct timespec ts = {delay_ms / 1000, (long)(delay_ms % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+            ;
+    }
+    if (strncmp(r->customer_id, "cust-declined", 13) == 0)
+        return PAYMENT_DECLINED;
+    if (strncmp(r->customer_id, "cust-gateway-error", 18) == 0)
+        return PAYMENT_GATEWAY_ERROR;
+    return PAYMENT_APPROVED;
+}
+
+int64_t payment_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+void payment_format_time(int64_t us, char *buf, size_t len)
+{
+    time_t secs = (time_t)(us / 1000000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    char date[32];
+    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (snprintf(buf, len, "%s.%06lldZ", date, (long long)(us % 1000000)) >= (int)len && len)
+        buf[len - 1] = '\0';
+}
+
+/* Adds the payment object's fields to obj; returns 0 or -1. */
+static int add_payment_fields(cJSON *obj, const struct store_payment *p)
+{
+    char amount[32], when[40];
+    int digits = money_currency_digits(p->currency);
+    if (money_format(p->amount_minor, digits < 0 ? 2 : digits, amount, sizeof amount) < 0)
+        return -1;
+    payment_format_time(p->processed_at_us, when, sizeof when);
+    if (!cJSON_AddStringToObject(obj, "transaction_id", p->transaction_id) ||
+        !cJSON_AddStringToObject(obj, "status", p->status) ||
+        !cJSON_AddRawToObject(obj, "amount", amount) ||
+        !cJSON_AddStringToObject(obj, "currency", p->currency) ||
+        !cJSON_AddStringToObject(obj, "customer_id", p->customer_id))
+        return -1;
+    if (!(p->description ? cJSON_AddStringToObject(obj, "description", p->description)
+                         : cJSON_AddNullToObject(obj, "description")))
+        return -1;
+    if (!cJSON_AddStringToObject(obj, "processed_at", when))
+        return -1;
+    if (!(p->idempotency_key ? cJSON_AddStringToObject(obj, "idempotency_key", p->idempotency_key)
+                             : cJSON_AddNullToObject(obj, "idempotency_key")))
+        return -1;
+    return 0;
+}
+
+cJSON *payment_to_cjson(const struct store_payment *p)
+{
+    cJSON *obj = cJSON_CreateObject();
+    if (obj && add_payment_fields(obj, p) != 0) {
+        cJSON_Delete(obj);
+        return NULL;
+    }
+    return obj;
+}
+
+char *payment_json(const struct store_payment *p)
+{
+    cJSON *obj = payment_to_cjson(p);
+    char *out = obj ? cJSON_PrintUnformatted(obj) : NULL;
+    cJSON_Delete(obj);
+    return out;
+}
+
+char *payment_declined_json(const struct store_payment *p)
+{
+    char *out = NULL;
+    cJSON *root = cJSON_CreateObject();
+    cJSON *err = cJSON_AddObjectToObject(root, "error");
+    if (!err || !cJSON_AddStringToObject(err, "type", "card_error") ||
+        !cJSON_AddStringToObject(err, "code", "card_declined") ||
+        !cJSON_AddStringToObject(err, "message", "the card was declined") ||
+        !cJSON_AddStringToObject(root, "transaction_id", p->transaction_id) ||
+        !cJSON_AddStringToObject(root, "status", "declined"))
+        goto out;
+    out = cJSON_PrintUnformatted(root);
+out:
+    cJSON_Delete(root);
+    return out;
+}

@@ -1,0 +1,125 @@
+/* store.c - thin wrappers over a store backend's ops, and shared helpers */
+#define _POSIX_C_SOURCE 200809L
+#include "store.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+const char *store_name(const struct store *s)
+{
+    return s->ops->name;
+}
+
+enum store_status store_claim(struct store *s, const char *tenant, const char *key,
+                              const char *fingerprint, int64_t lease_ms, int64_t ttl_ms,
+                              struct store_claim_result *out, char *err, size_t errlen)
+{
+    return s->ops->claim(s, tenant, key, fingerprint, lease_ms, ttl_ms, out, err, errlen);
+}
+
+enum store_status store_complete(struct store *s, const char *tenant, const char *key,
+                                 int64_t lease_token, const struct store_response *resp,
+                                 const struct store_payment *payment, char *err, size_t errlen)
+{
+    return s->ops->complete(s, tenant, key, lease_token, resp, payment, err, errlen);
+}
+
+enum store_status store_release(struct store *s, const char *tenant, const char *key,
+                                int64_t lease_token, char *err, size_t errlen)
+{
+    return s->ops->release(s, tenant, key, lease_token, err, errlen);
+}
+
+enum store_status store_insert_payment(struct store *s, const char *tenant,
+                                       const struct store_payment *payment, char *err,
+                                       size_t errlen)
+{
+    return s->ops->insert_payment(s, tenant, payment, err, errlen);
+}
+
+enum store_status store_get_payment(struct store *s, const char *tenant, const char *transaction_id,
+                                    struct store_payment *out, char *err, size_t errlen)
+{
+    return s->ops->get_payment(s, tenant, transaction_id, out, err, errlen);
+}
+
+enum store_status store_list_payments(struct store *s, const char *tenant,
+                                      const struct store_list_query *q, struct store_list *out,
+                                      char *err, size_t errlen)
+{
+    return s->ops->list_payments(s, tenant, q, out, err, errlen);
+}
+
+enum store_status store_reap(struct store *s, int batch, int *deleted, char *err, size_t errlen)
+{
+    return s->ops->reap(s, batch, deleted, err, errlen);
+}
+
+enum store_status store_ping(struct store *s, char *err, size_t errlen)
+{
+    return s->ops->ping(s, err, errlen);
+}
+
+void store_pool_stats(struct store *s, struct store_pool_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    if (s->ops->pool_stats)
+        s->ops->pool_stats(s, out);
+}
+
+void store_free(struct store *s)
+{
+    if (s)
+        s->ops->free(s);
+}
+
+void store_claim_result_clear(struct store_claim_result *r)
+{
+    free(r->response_body);
+    free(r->response_location);
+    memset(r, 0, sizeof *r);
+}
+
+void store_payment_clear(struct store_payment *p)
+{
+    free(p->transaction_id);
+    free(p->idempotency_key);
+    free(p->customer_id);
+    free(p->description);
+    free(p->status);
+    memset(p, 0, sizeof *p);
+}
+
+void store_list_clear(struct store_list *l)
+{
+    for (size_t i = 0; i < l->count; i++)
+        store_payment_clear(&l->items[i]);
+    free(l->items);
+    memset(l, 0, sizeof *l);
+}
+
+static int dup_opt(char **dst, const char *src)
+{
+    *dst = NULL;
+    if (!src)
+        return 0;
+    *dst = strdup(src);
+    return *dst ? 0 : -1;
+}
+
+int store_payment_copy(struct store_payment *dst, const struct store_payment *src)
+{
+    memset(dst, 0, sizeof *dst);
+    dst->amount_minor = src->amount_minor;
+    memcpy(dst->currency, src->currency, sizeof dst->currency);
+    dst->currency[3] = '\0';
+    dst->processed_at_us = src->processed_at_us;
+    if (dup_opt(&dst->transaction_id, src->transaction_id) ||
+        dup_opt(&dst->idempotency_key, src->idempotency_key) ||
+        dup_opt(&dst->customer_id, src->customer_id) ||
+        dup_opt(&dst->description, src->description) || dup_opt(&dst->status, src->status)) {
+        store_payment_clear(dst);
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,187 @@
+/* store.h - the idempotency and payment store interface
+ *
+ * One contract, two backends: PostgreSQL (store_pg.c) and memory
+ * (store_mem.c). Callers hold an opaque struct store and call the thin
+ * wrappers below; every function is safe to call from many threads at once.
+ * The store knows nothing of HTTP or JSON: bodies are opaque bytes.
+ */
+#ifndef MOCKERY_STORE_H
+#define MOCKERY_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum store_status {
+    STORE_OK = 0,
+    STORE_NOT_FOUND,   /* no such record or payment */
+    STORE_LEASE_LOST,  /* the fencing token no longer matches: nothing written */
+    STORE_UNAVAILABLE, /* the database did not answer; retrying later may work */
+    STORE_ERROR,       /* anything else: a bug or a constraint we did not expect */
+};
+
+enum claim_outcome {
+    CLAIM_NEW = 0,     /* the key was free: the caller holds the lease */
+    CLAIM_TAKEOVER,    /* expired, or its holder died: the caller holds a new lease */
+    CLAIM_COMPLETED,   /* a completed record with the same fingerprint: replay it */
+    CLAIM_IN_PROGRESS, /* another request holds a live lease on the key */
+    CLAIM_MISMATCH,    /* the key was used with a different fingerprint */
+};
+
+/* What a claim found. body and location are owned by the result and freed by
+ * store_claim_result_clear(); they are set only for CLAIM_COMPLETED. */
+struct store_claim_result {
+    enum claim_outcome outcome;
+    int64_t lease_token; /* with CLAIM_NEW / CLAIM_TAKEOVER */
+    int response_status; /* with CLAIM_COMPLETED */
+    char *response_body;
+    size_t response_body_len;
+    char *response_location; /* may be NULL */
+    int64_t created_at_us;   /* when the key was first claimed (unix microseconds) */
+};
+
+/* A payment row. Strings are borrowed on input and owned (malloc'd) when the
+ * store fills a struct for the caller: free those with store_payment_clear(). */
+struct store_payment {
+    char *transaction_id;
+    char *idempotency_key; /* may be NULL (a request without a key) */
+    char *customer_id;
+    int64_t amount_minor;
+    char currency[4];
+    char *description; /* may be NULL */
+    char *status;      /* "completed" or "declined" */
+    int64_t processed_at_us;
+};
+
+/* The cached answer written by store_complete(). */
+struct store_response {
+    int status;
+    const char *body;
+    size_t body_len;
+    const char *location; /* may be NULL */
+};
+
+struct store_list_query {
+    const char *customer_id;    /* NULL: all customers */
+    const char *starting_after; /* NULL: from the newest */
+    int limit;                  /* rows wanted; the store fetches one more to tell has_more */
+};
+
+struct store_list {
+    struct store_payment *items;
+    size_t count;
+    int has_more;
+};
+
+struct store_pool_stats {
+    int size;
+    int in_use;
+    int waiting;
+};
+
+struct store;
+
+struct store_ops {
+    const char *name;
+    enum store_status (*claim)(struct store *s, const char *tenant, const char *key,
+                               const char *fingerprint, int64_t lease_ms, int64_t ttl_ms,
+                               struct store_claim_result *out, char *err, size_t errlen);
+    enum store_status (*complete)(struct store *s, const char *tenant, const char *key,
+                                  int64_t lease_token, const struct store_response *resp,
+                                  const struct store_payment *payment, char *err, size_t errlen);
+    enum store_status (*release)(struct store *s, const char *tenant, const char *key,
+                                 int64_t lease_token, char *err, size_t errlen);
+    enum store_status (*insert_payment)(struct store *s, const char *tenant,
+                                        const struct store_payment *payment, char *err,
+                                        size_t errlen);
+    enum store_status (*get_payment)(struct store *s, const char *tenant,
+                                     const char *transaction_id, struct store_payment *out,
+                                     char *err, size_t errlen);
+    enum store_status (*list_payments)(struct store *s, const char *tenant,
+                                       const struct store_list_query *q, struct store_list *out,
+                                       char *err, size_t errlen);
+    enum store_status (*reap)(struct store *s, int batch, int *deleted, char *err, size_t errlen);
+    enum store_status (*ping)(struct store *s, char *err, size_t errlen);
+    void (*pool_stats)(struct store *s, struct store_pool_stats *out);
+    void (*free)(struct store *s);
+};
+
+/* Every backend embeds this as its first member. */
+struct store {
+    const struct store_ops *ops;
+};
+
+/* Name of the backend ("postgres" or "memory"). */
+const char *store_name(const struct store *s);
+
+/* Claim (tenant, key) for a request with this fingerprint: one atomic step
+ * that inserts a processing record with a lease of lease_ms, or takes over an
+ * expired record or a processing one past its lease with the same
+ * fingerprint (bumping lease_token). Never waits for another request's
+ * payment. On STORE_OK *out is filled; otherwise it is untouched. */
+enum store_status store_claim(struct store *s, const char *tenant, const char *key,
+                              const char *fingerprint, int64_t lease_ms, int64_t ttl_ms,
+                              struct store_claim_result *out, char *err, size_t errlen);
+
+/* Atomically mark the record completed with resp and, when payment is not
+ * NULL, insert the payment row - only if the record is still processing
+ * under lease_token. STORE_LEASE_LOST when it is not: nothing is written. */
+enum store_status store_complete(struct store *s, const char *tenant, const char *key,
+                                 int64_t lease_token, const struct store_response *resp,
+                                 const struct store_payment *payment, char *err, size_t errlen);
+
+/* Delete the processing record held under lease_token so that a retry runs
+ * again. STORE_LEASE_LOST when the token no longer matches. */
+enum store_status store_release(struct store *s, const char *tenant, const char *key,
+                                int64_t lease_token, char *err, size_t errlen);
+
+/* Insert a payment row with no idempotency record (requests without a key). */
+enum store_status store_insert_payment(struct store *s, const char *tenant,
+                                       const struct store_payment *payment, char *err,
+                                       size_t errlen);
+
+/* Read one payment of the tenant. STORE_NOT_FOUND when there is none. */
+enum store_status store_get_payment(struct store *s, const char *tenant, const char *transaction_id,
+                                    struct store_payment *out, char *err, size_t errlen);
+
+/* The tenant's payments, newest first. STORE_NOT_FOUND when starting_after
+ * names no payment of the tenant. Free *out with store_list_clear(). */
+enum store_status store_list_payments(struct store *s, const char *tenant,
+                                      const struct store_list_query *q, struct store_list *out,
+                                      char *err, size_t errlen);
+
+/* Delete at most batch expired idempotency records; payments are kept. */
+enum store_status store_reap(struct store *s, int batch, int *deleted, char *err, size_t errlen);
+
+/* Check that the backing database answers. */
+enum store_status store_ping(struct store *s, char *err, size_t errlen);
+
+/* Connection pool figures (zeros for the memory store). */
+void store_pool_stats(struct store *s, struct store_pool_stats *out);
+
+/* Close the store. store_free(NULL) does nothing. */
+void store_free(struct store *s);
+
+/* Free what a claim result owns and zero it. */
+void store_claim_result_clear(struct store_claim_result *r);
+/* Free what a payment filled by the store owns and zero it. */
+void store_payment_clear(struct store_payment *p);
+/* Free a list filled by store_list_payments() and zero it. */
+void store_list_clear(struct store_list *l);
+/* Deep copy of a payment; returns 0, or -1 on allocation failure (dst zeroed). */
+int store_payment_copy(struct store_payment *dst, const struct store_payment *src);
+
+/* Constructors. Return NULL on failure with a message in err. */
+struct store *store_mem_new(void);
+
+struct store_pg_options {
+    const char *database_url; /* libpq connection string or URI; never logged */
+    int pool_size;
+    int connect_timeout_s;
+    int acquire_timeout_ms;                         /* waiting for a free connection, then 503 */
+    void (*notice)(void *arg, const char *message); /* libpq notices, may be NULL */
+    void *notice_arg;
+};
+/* Connects the pool and applies the migrations in sql/ under an advisory lock. */
+struct store *store_pg_new(const struct store_pg_options *opts, char *err, size_t errlen);
+
+#endif

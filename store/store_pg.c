@@ -1,0 +1,789 @@
+/* store_pg.c - the PostgreSQL store: a libpq connection pool and the claim /
+ * complete / release protocol of DESIGN.md section 3
+ *
+ * Thread safety: a connection is used by one thread at a time; the pool hands
+ * them out under a mutex and a condition variable. A connection that breaks is
+ * closed and opened again by the next thread that takes it; meanwhile calls
+ * return STORE_UNAVAILABLE.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "migrations.h"
+#include "store.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ---- SQL ---------------------------------------------------------------- */
+
+#define US_OF(col) "(extract(epoch from " col ") * 1000000)::bigint"
+#define TS_OF(param) "(timestamptz 'epoch' + " param "::bigint * interval '1 microsecond')"
+
+/* Claim: insert, or take over an expired record or a processing one whose
+ * holder's lease ran out (same fingerprint only). Returns a row only when this
+ * request won. Row lock waits last at most one short commit, never a payment. */
+static const char SQL_CLAIM[] =
+    "INSERT INTO idempotency_keys AS k (tenant_id, idempotency_key, fingerprint, state,"
+    " lease_token, locked_until, created_at, expires_at)"
+    " VALUES ($1, $2, $3, 'processing', nextval('lease_token_seq'),"
+    " now() + $4::bigint * interval '1 millisecond', now(),"
+    " now() + $5::bigint * interval '1 millisecond')"
+    " ON CONFLICT (tenant_id, idempotency_key) DO UPDATE SET"
+    " fingerprint = EXCLUDED.fingerprint, state = 'processing',"
+    " lease_token = EXCLUDED.lease_token, locked_until = EXCLUDED.locked_until,"
+    " response_status = NULL, response_body = NULL, response_location = NULL,"
+    " completed_at = NULL,"
+    " created_at = CASE WHEN k.expires_at <= now() THEN EXCLUDED.created_at"
+    " ELSE k.created_at END,"
+    " expires_at = CASE WHEN k.expires_at <= now() THEN EXCLUDED.expires_at"
+    " ELSE k.expires_at END"
+    " WHERE k.expires_at <= now()"
+    " OR (k.state = 'processing' AND k.locked_until <= now()"
+    " AND k.fingerprint = EXCLUDED.fingerprint)"
+    " RETURNING lease_token, (xmax = 0), " US_OF("created_at");
+
+/* What a losing claim found. */
+static const char SQL_READ[] =
+    "SELECT state, fingerprint, response_status, response_body, response_location, " US_OF(
+        "created_at") ", expires_at <= now(), locked_until <= now()"
+                      " FROM idempotency_keys WHERE tenant_id = $1 AND idempotency_key = $2";
+
+/* Completion and payment row in one statement, so in one transaction with
+ * one round trip: the payment is inserted only if the fenced update matched. */
+static const char SQL_COMPLETE_PAYMENT[] =
+    "WITH done AS (UPDATE idempotency_keys SET state = 'completed', response_status = $4,"
+    " response_body = $5, response_location = $6, locked_until = NULL, completed_at = now()"
+    " WHERE tenant_id = $1 AND idempotency_key = $2 AND lease_token = $3"
+    " AND state = 'processing' RETURNING tenant_id)"
+    " INSERT INTO payments (tenant_id, transaction_id, idempotency_key, customer_id,"
+    " amount_minor, currency, description, status, processed_at)"
+    " SELECT tenant_id, $7, $2, $8, $9, $10, $11, $12, " TS_OF("$13") " FROM done";
+
+static const char SQL_COMPLETE[] =
+    "UPDATE idempotency_keys SET state = 'completed', response_status = $4,"
+    " response_body = $5, response_location = $6, locked_until = NULL, completed_at = now()"
+    " WHERE tenant_id = $1 AND idempotency_key = $2 AND lease_token = $3"
+    " AND state = 'processing'";
+
+static const char SQL_RELEASE[] =
+    "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND idempotency_key = $2"
+    " AND lease_token = $3 AND state = 'processing'";
+
+static const char SQL_INSERT_PAYMENT[] =
+    "INSERT INTO payments (tenant_id, transaction_id, idempotency_key, customer_id,"
+    " amount_minor, currency, description, status, processed_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, " TS_OF("$9") ")";
+
+#define PAYMENT_COLS                                                                               \
+    "transaction_id, idempotency_key, customer_id, amount_minor, currency, description,"           \
+    " status, " US_OF("processed_at")
+
+static const char SQL_GET_PAYMENT[] =
+    "SELECT " PAYMENT_COLS " FROM payments WHERE tenant_id = $1 AND transaction_id = $2";
+
+static const char SQL_CURSOR[] =
+    "SELECT processed_at::text FROM payments WHERE tenant_id = $1 AND transaction_id = $2";
+
+/* $3/$4: the cursor's (processed_at, transaction_id), or ('infinity', '') */
+static const char SQL_LIST[] = "SELECT " PAYMENT_COLS " FROM payments WHERE tenant_id = $1"
+                               " AND (processed_at, transaction_id) < ($2::timestamptz, $3)"
+                               " ORDER BY processed_at DESC, transaction_id DESC LIMIT $4";
+
+static const char SQL_LIST_CUSTOMER[] =
+    "SELECT " PAYMENT_COLS " FROM payments WHERE tenant_id = $1 AND customer_id = $5"
+    " AND (processed_at, transaction_id) < ($2::timestamptz, $3)"
+    " ORDER BY processed_at DESC, transaction_id DESC LIMIT $4";
+
+/* Bounded work per pass; SKIP LOCKED lets several servers reap together. */
+static const char SQL_REAP[] =
+    "DELETE FROM idempotency_keys WHERE (tenant_id, idempotency_key) IN"
+    " (SELECT tenant_id, idempotency_key FROM idempotency_keys WHERE expires_at <= now()"
+    " ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)";
+
+static const char SQL_PING[] = "SELECT 1";
+
+static const char SQL_MIGRATE_LOCK[] = "SELECT pg_advisory_xact_lock(7243117001)";
+static const char SQL_MIGRATE_TABLE[] =
+    "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY,"
+    " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())";
+static const char SQL_MIGRATE_HAS[] = "SELECT 1 FROM schema_migrations WHERE version = $1";
+static const char SQL_MIGRATE_RECORD[] =
+    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)";
+
+struct prepared {
+    const char *name;
+    const char *sql;
+    int nparams;
+};
+
+static const struct prepared PREPARED[] = {
+    {"claim", SQL_CLAIM, 5},
+    {"read", SQL_READ, 2},
+    {"complete_payment", SQL_COMPLETE_PAYMENT, 13},
+    {"complete", SQL_COMPLETE, 6},
+    {"release", SQL_RELEASE, 3},
+    {"insert_payment", SQL_INSERT_PAYMENT, 9},
+    {"get_payment", SQL_GET_PAYMENT, 2},
+    {"cursor", SQL_CURSOR, 2},
+    {"list", SQL_LIST, 4},
+    {"list_customer", SQL_LIST_CUSTOMER, 5},
+    {"reap", SQL_REAP, 1},
+    {"ping", SQL_PING, 0},
+};
+
+/* ---- pool --------------------------------------------------------------- */
+
+struct store_pg {
+    struct store base;
+    char *url;
+    char connect_timeout[16];
+    int acquire_timeout_ms;
+    void (*notice)(void *arg, const char *message);
+    void *notice_arg;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    PGconn **conns; /* NULL: not connected (yet, or since it broke) */
+    int *free_idx;  /* stack of free slots */
+    int nfree;
+    int size;
+    int waiting;
+};
+
+static void notice_cb(void *arg, const char *message)
+{
+    struct store_pg *pg = arg;
+    if (pg->notice) {
+        char buf[1024];
+        snprintf(buf, sizeof buf, "%s", message);
+        size_t n = strlen(buf);
+        while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+            buf[--n] = '\0';
+        pg->notice(pg->notice_arg, buf);
+    }
+}
+
+static void first_line(char *err, size_t errlen, const char *prefix, const char *msg)
+{
+    snprintf(err, errlen, "%s: %s", prefix, msg ? msg : "unknown error");
+    char *nl = strchr(err, '\n');
+    if (nl)
+        *nl = '\0';
+}
+
+/* One place maps SQLSTATE (and a dead connection) to a store status. */
+static enum store_status status_of(PGconn *conn, const PGresult *res)
+{
+    if (!conn || PQstatus(conn) != CONNECTION_OK)
+        return STORE_UNAVAILABLE;
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (!state)
+        return STORE_UNAVAILABLE;
+    if (strncmp(state, "08", 2) == 0 || strncmp(state, "53", 2) == 0 ||
+        strncmp(state, "57P", 3) == 0 || strcmp(state, "40001") == 0 ||
+        strcmp(state, "40P01") == 0 || strcmp(state, "55P03") == 0)
+        return STORE_UNAVAILABLE;
+    return STORE_ERROR;
+}
+
+static PGconn *pg_connect(struct store_pg *pg, char *err, size_t errlen)
+{
+    const char *keys[] = {"dbname", "connect_timeout", "application_name", NULL};
+    const char *vals[] = {pg->url, pg->connect_timeout, "mockery-server", NULL};
+    PGconn *conn = PQconnectdbParams(keys, vals, 1);
+    if (!conn) {
+        snprintf(err, errlen, "could not connect: out of memory");
+        return NULL;
+    }
+    if (PQstatus(conn) != CONNECTION_OK) {
+        first_line(err, errlen, "could not connect", PQerrorMessage(conn));
+        PQfinish(conn);
+        return NULL;
+    }
+    PQsetNoticeProcessor(conn, notice_cb, pg);
+    for (size_t i = 0; i < sizeof PREPARED / sizeof PREPARED[0]; i++) {
+        PGresult *res =
+            PQprepare(conn, PREPARED[i].name, PREPARED[i].sql, PREPARED[i].nparams, NULL);
+        int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+        if (!ok)
+            first_line(err, errlen, "could not prepare statements", PQerrorMessage(conn));
+        PQclear(res);
+        if (!ok) {
+            PQfinish(conn);
+            return NULL;
+        }
+    }
+    return conn;
+}
+
+static int deadline_passed(const struct timespec *deadline)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    return now.tv_sec > deadline->tv_sec ||
+           (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec);
+}
+
+/* Takes a connection slot, connecting it if needed. Returns the slot index,
+ * or -1 with err set (pool exhausted past the timeout, or no database). */
+static int pool_acquire(struct store_pg *pg, char *err, size_t errlen)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += pg->acquire_timeout_ms / 1000;
+    deadline.tv_nsec += (long)(pg->acquire_timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+
+    pthread_mutex_lock(&pg->mu);
+    pg->waiting++;
+    while (pg->nfree == 0) {
+        int rc = pthread_cond_timedwait(&pg->cv, &pg->mu, &deadline);
+        if (rc == ETIMEDOUT && pg->nfree == 0 && deadline_passed(&deadline)) {
+            pg->waiting--;
+            pthread_mutex_unlock(&pg->mu);
+            snprintf(err, errlen, "no database connection free within %d ms",
+                     pg->acquire_timeout_ms);
+            return -1;
+        }
+    }
+    pg->waiting--;
+    int idx = pg->free_idx[--pg->nfree];
+    pthread_mutex_unlock(&pg->mu);
+
+    if (!pg->conns[idx]) {
+        pg->conns[idx] = pg_connect(pg, err, errlen);
+        if (!pg->conns[idx]) {
+            pthread_mutex_lock(&pg->mu);
+            pg->free_idx[pg->nfree++] = idx;
+            pthread_cond_signal(&pg->cv);
+            pthread_mutex_unlock(&pg->mu);
+            return -1;
+        }
+    }
+    return idx;
+}
+
+/* Gives the slot back; a connection that is no longer usable is closed so
+ * that the next user reconnects. */
+static void pool_release(struct store_pg *pg, int idx)
+{
+    PGconn *conn = pg->conns[idx];
+    if (conn && (PQstatus(conn) != CONNECTION_OK || PQtransactionStatus(conn) != PQTRANS_IDLE)) {
+        PQfinish(conn);
+        pg->conns[idx] = NULL;
+    }
+    pthread_mutex_lock(&pg->mu);
+    pg->free_idx[pg->nfree++] = idx;
+    pthread_cond_signal(&pg->cv);
+    pthread_mutex_unlock(&pg->mu);
+}
+
+/* Runs a prepared statement and checks for the one expected result status.
+ * On failure returns NULL with *st and err set (the result is cleared). */
+static PGresult *run(struct store_pg *pg, int idx, const char *stmt, int n, const char *const *vals,
+                     ExecStatusType want, enum store_status *st, char *err, size_t errlen)
+{
+    PGconn *conn = pg->conns[idx];
+    PGresult *res = PQexecPrepared(conn, stmt, n, vals, NULL, NULL, 0);
+    if (PQresultStatus(res) == want)
+        return res;
+    *st = status_of(conn, res);
+    first_line(err, errlen, stmt, PQerrorMessage(conn));
+    PQclear(res);
+    return NULL;
+}
+
+static char *dup_value(const PGresult *res, int row, int col)
+{
+    if (PQgetisnull(res, row, col))
+        return NULL;
+    return strdup(PQgetvalue(res, row, col));
+}
+
+static int64_t int_value(const PGresult *res, int row, int col)
+{
+    return PQgetisnull(res, row, col) ? 0 : strtoll(PQgetvalue(res, row, col), NULL, 10);
+}
+
+/* ---- operations --------------------------------------------------------- */
+
+/* Reads the record a losing claim ran into. *retry is set when the record
+ * vanished or became claimable in between (the claim should run again). */
+static enum store_status read_existing(struct store_pg *pg, int idx, const char *tenant,
+                                       const char *key, const char *fingerprint,
+                                       struct store_claim_result *out, int *retry, char *err,
+                                       size_t errlen)
+{
+    enum store_status st = STORE_OK;
+    const char *vals[] = {tenant, key};
+    PGresult *res = run(pg, idx, "read", 2, vals, PGRES_TUPLES_OK, &st, err, errlen);
+    if (!res)
+        return st;
+    *retry = 0;
+    if (PQntuples(res) == 0) {
+        *retry = 1;
+        goto out;
+    }
+    int completed = strcmp(PQgetvalue(res, 0, 0), "completed") == 0;
+    int same = strcmp(PQgetvalue(res, 0, 1), fingerprint) == 0;
+    int expired = strcmp(PQgetvalue(res, 0, 6), "t") == 0;
+    int lease_over = !completed && strcmp(PQgetvalue(res, 0, 7), "t") == 0;
+    int64_t created = int_value(res, 0, 5);
+    if (expired || (lease_over && same)) {
+        *retry = 1;
+    } else if (!same) {
+        *out = (struct store_claim_result){.outcome = CLAIM_MISMATCH, .created_at_us = created};
+    } else if (!completed) {
+        *out = (struct store_claim_result){.outcome = CLAIM_IN_PROGRESS, .created_at_us = created};
+    } else {
+        struct store_claim_result r = {.outcome = CLAIM_COMPLETED,
+                                       .response_status = (int)int_value(res, 0, 2),
+                                       .created_at_us = created};
+        r.response_body = dup_value(res, 0, 3);
+        r.response_body_len = r.response_body ? strlen(r.response_body) : 0;
+        r.response_location = dup_value(res, 0, 4);
+        if (!r.response_body || (!PQgetisnull(res, 0, 4) && !r.response_location)) {
+            store_claim_result_clear(&r);
+            snprintf(err, errlen, "out of memory");
+            st = STORE_ERROR;
+            goto out;
+        }
+        *out = r;
+    }
+out:
+    PQclear(res);
+    return st;
+}
+
+static enum store_status pg_claim(struct store *s, const char *tenant, const char *key,
+                                  const char *fingerprint, int64_t lease_ms, int64_t ttl_ms,
+                                  struct store_claim_result *out, char *err, size_t errlen)
+{
+    struct store_pg *pg = (struct store_pg *)s;
+    enum store_status st = STORE_OK;
+    char lease[24], ttl[24];
+    snprintf(lease, sizeof lease, "%" PRId64, lease_ms);
+    snprintf(ttl, sizeof ttl, "%" PRId64, ttl_ms);
+    const char *vals[] = {tenant, key, fingerprint, lease, ttl};
+
+    int idx = pool_acquire(pg, err, errlen);
+    if (idx < 0)
+        return STORE_UNAVAILABLE;
+    /* A record can vanish (released) or become claimable between the two
+     * statements; a few rounds settle it. */
+    for (int attempt = 0; attempt < 5; attempt++) {
+        PGresult *res = run(pg, idx, "claim", 5, vals, PGRES_TUPLES_OK, &st, err, errlen);
+        if (!res)
+            goto out;
+        if (PQntuples(res) == 1) {
+            int inserted = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
+            *out = (struct store_claim_result){.outcome = inserted ? CLAIM_NEW : CLAIM_TAKEOVER,
+                                               .lease_token = int_value(res, 0, 0),
+                                               .created_at_us = int_value(res, 0, 2)};
+            PQclear(res);
+            goto out;
+        }
+        PQclear(res);
+        int retry = 0;
+        st = read_existing(pg, idx, tenant, key, fingerprint, out, &retry, err, errlen);
+        if (st != STORE_OK || !retry)
+            goto out;
+    }
+    snprintf(err, errlen, "claim did not settle after 5 attempts");
+    st = STORE_UNAVAILABLE;
+out:
+    pool_release(pg, idx);
+    return st;
+}
+
+static enum store_status pg_complete(struct store *s, const char *tenant, const char *key,
+                                     int64_t lease_token, const struct store_response *resp,
+                                     const struct store_payment *p, char *err, size_t errlen)
+{
+    struct store_pg *pg = (struct store_pg *)s;
+    enum store_status st = STORE_OK;
+    char token[24], status[16], amount[24], processed[24];
+    snprintf(token, sizeof token, "%" PRId64, lease_token);
+    snprintf(status, sizeof status, "%d", resp->status);
+    char *body = strndup(resp->body, resp->body_len);
+    if (!body) {
+        snprintf(err, errlen, "out of memory");
+        return STORE_ERROR;
+    }
+    const char *vals[13] = {tenant, key, token, status, body, resp->location};
+    int n = 6;
+    const char *stmt = "complete";
+    if (p) {
+        snprintf(amount, sizeof amount, "%" PRId64, p->amount_minor);
+        snprintf(processed, sizeof processed, "%" PRId64, p->processed_at_us);
+        vals[6] = p->transaction_id;
+        vals[7] = p->customer_id;
+        vals[8] = amount;
+        vals[9] = p->currency;
+        vals[10] = p->description;
+        vals[11] = p->status;
+        vals[12] = processed;
+        n = 13;
+        stmt = "complete_payment";
+    }
+
+    int idx = pool_acquire(pg, err, errlen);
+    if (idx < 0) {
+        free(body);
+        return STORE_UNAVAILABLE;
+    }
+    PGresult *res = run(pg, idx, stmt, n, vals, PGRES_COMMAND_OK, &st, err, errlen);
+    if (res) {
+        if (strcmp(PQcmdTuples(res), "1") != 0) {
+            snprintf(err, errlen, "lease lost on key");
+            st = STORE_LEASE_LOST;
+        }
+        PQclear(res);
+    }
+    pool_release(pg, idx);
+    free(body);
+    return st;
+}
+
+static enum store_status pg_release(struct store *s, const char *tenant, const char *key,
+                                    int64_t lease_token, char *err, size_t errlen)
+{
+    struct store_pg *pg = (struct store_pg *)s;
+    enum store_status st = STORE_OK;
+    char token[24];
+    snprintf(token, sizeof token, "%" PRId64, lease_token);
+    const char *vals[] = {tenant, key, token};
+
+    int idx = pool_acquire(pg, err, errlen);
+    if (idx < 0)
+        return STORE_UNAVAILABLE;
+    PGresult *res = run(pg, idx, "release", 3, vals, PGRES_COMMAND_OK, &st, err, errlen);
+    if (res) {
+        if (strcmp(PQcmdTuples(res), "1") != 0) {
+            snprintf(err, errlen, "lease lost on key");
+            st = STORE_LEASE_LOST;
+        }
+        PQclear(res);
+    }
+    pool_release(pg, idx);
+    return st;
+}
+
+static enum store_status pg_insert_payment(struct store *s, const char *tenant,
+                                           const struct store_payment *p, char *err, size_t errlen)
+{
+    struct store_pg *pg = (struct store_pg *)s;
+    enum store_status st = STORE_OK;
+    char amount[24], processed[24];
+    snprintf(amount, sizeof amount, "%" PRId64, p->amount_minor);
+    snprintf(processed, sizeof processed, "%" PRId64, p->processed_at_us);
+    const char *vals[] = {tenant,   p->transaction_id, p->idempotency_key, p->customer_id,
+                          amount,   p->currency,       p->description,     p->status,
+                          processed};
+
+    int idx = pool_acquire(pg, err, errlen);
+    if (idx < 0)
+        return STORE_UNAVAILABLE;
+    PGresult *res = run(pg, idx, "insert_payment", 9, vals, PGRES_COMMAND_OK, &st, err, errlen);
+    PQclear(res);
+    pool_release(pg, idx);
+    return st;
+}
+
+/* Fills p from row of a PAYMENT_COLS result; returns -1 on allocation failure. */
+static int payment_from_row(const PGresult *res, int row, struct store_payment *p)
+{
+    memset(p, 0, sizeof *p);
+    p->transaction_id = dup_value(res, row, 0);
+    p->idempotency_key = dup_value(res, row, 1);
+    p->customer_id = dup_value(res, row, 2);
+    p->amount_minor = int_value(res, row, 3);
+    snprintf(p->currency, sizeof p->currency, "%s", PQgetvalue(res, row, 4));
+    p->description = dup_value(res, row, 5);
+    p->status = dup_value(res, row, 6);
+    p->processed_at_us = int_value(res, row, 7);
+    if (!p->transaction_id || !p->customer_id || !p->status ||
+        (!PQgetisnull(res, row, 1) && !p->idempotency_key) ||
+        (!PQgetisnull(res, row, 5) && !p->description)) {
+        store_payment_clear(p);
+        return -1;
+    }
+    return 0;
+}
+
+static enum store_status pg_get_payment(struct store *s, const char *tenant,
+                                        const char *transaction_id, struct store_payment *out,
+                                        char *err, size_t errlen)
+{
+    struct store_pg *pg = (struct store_pg *)s;
+    enum store_status st = STORE_OK;
+    const char *vals[] = {tenant, transaction_id};
+
+    int idx = pool_acquire(pg, err, errlen);
+    if (idx < 0)
+        return STORE_UNAVAILABLE;
+    PGresult *res = run(pg, idx, "get_payment", 2, vals, PGRES_TUPLES_OK, &st, err, errlen);
+    if (res) {
+        if (PQntuples(res) == 0) {
+            snprintf(err, errlen, "no such payment");
+            st = STORE_NOT_FOUND;
+        } else if (payment_from_row(res, 0, out) != 0) {
+            snprintf(err, errlen, "out of memory");
+            st = STORE_ERROR;
+        }
+        PQclear(res);
+    }
+    pool_release(pg, idx);
+    return st;
+}
+
+static enum store_status pg_list_payments(struct store *s, const char *tenant,
+                                          const struct store_list_query *q, struct store_list *out,
+                                          char *err, size_t errlen)
+{
+    struct store_pg *pg = (struct store_pg *)s;
+    enum store_status st = STORE_OK;
+    struct store_list list = {0};
+    PGresult *res = NULL;
+    char *cursor_ts = NULL;
+    char limit[16];
+    snprintf(limit, sizeof limit, "%d", q->limit + 1);
+
+    int idx = pool_acquire(pg, err, errlen);
+    if (idx < 0)
+        return STORE_UNAVAILABLE;
+    if (q->starting_after) {
+        const char *cv[] = {tenant, q->starting_after};
+        res = run(pg, idx, "cursor", 2, cv, PGRES_TUPLES_OK, &st, err, errlen);
+        if (!res)
+            goto out;
+        if (PQntuples(res) == 0) {
+            snprintf(err, errlen, "no such payment for cursor");
+            st = STORE_NOT_FOUND;
+            goto out;
+        }
+        cursor_ts = strdup(PQgetvalue(res, 0, 0));
+        PQclear(res);
+        res = NULL;
+        if (!cursor_ts)
+            goto oom;
+    }
+    const char *vals[] = {tenant, cursor_ts ? cursor_ts : "infinity",
+                          cursor_ts ? q->starting_after : "", limit, q->customer_id};
+    const char *stmt = q->customer_id ? "list_customer" : "list";
+    res = run(pg, idx, stmt, q->customer_id ? 5 : 4, vals, PGRES_TUPLES_OK, &st, err, errlen);
+    if (!res)
+        goto out;
+    int rows = PQntuples(res);
+    int take = rows > q->limit ? q->limit : rows;
+    list.has_more = rows > q->limit;
+    list.items = calloc(take ? (size_t)take : 1, sizeof *list.items);
+    if (!list.items)
+        goto oom;
+    for (; list.count < (size_t)take; list.count++)
+        if (payment_from_row(res, (int)list.count, &list.items[list.count]) != 0)
+            goto oom;
+    *out = list;
+    list = (struct store_list){0};
+    goto out;
+oom:
+    snprintf(err, errlen, "out of memory");
+    st = STORE_ERROR;
+out:
+    PQclear(res);
+    pool_release(pg, idx);
+    store_list_clear(&list);
+    free(cursor_ts);
+    return st;
+}
+
+static enum store_status pg_reap(struct store *s, int batch, int *deleted, char *err, size_t errlen)
+{
+    struct store_pg *pg = (struct store_pg *)s;
+    enum store_status st = STORE_OK;
+    char n[16];
+    snprintf(n, sizeof n, "%d", batch);
+    const char *vals[] = {n};
+
+    int idx = pool_acquire(pg, err, errlen);
+    if (idx < 0)
+        return STORE_UNAVAILABLE;
+    PGresult *res = run(pg, idx, "reap", 1, vals, PGRES_COMMAND_OK, &st, err, errlen);
+    if (res) {
+        *deleted = atoi(PQcmdTuples(res));
+        PQclear(res);
+    }
+    pool_release(pg, idx);
+    return st;
+}
+
+static enum store_status pg_ping(struct store *s, char *err, size_t errlen)
+{
+    struct store_pg *pg = (struct store_pg *)s;
+    enum store_status st = STORE_OK;
+    int idx = pool_acquire(pg, err, errlen);
+    if (idx < 0)
+        return STORE_UNAVAILABLE;
+    PGresult *res = run(pg, idx, "ping", 0, NULL, PGRES_TUPLES_OK, &st, err, errlen);
+    PQclear(res);
+    pool_release(pg, idx);
+    return st;
+}
+
+static void pg_pool_stats(struct store *s, struct store_pool_stats *out)
+{
+    struct store_pg *pg = (struct store_pg *)s;
+    pthread_mutex_lock(&pg->mu);
+    out->size = pg->size;
+    out->in_use = pg->size - pg->nfree;
+    out->waiting = pg->waiting;
+    pthread_mutex_unlock(&pg->mu);
+}
+
+static void pg_free(struct store *s)
+{
+    struct store_pg *pg = (struct store_pg *)s;
+    for (int i = 0; pg->conns && i < pg->size; i++)
+        if (pg->conns[i])
+            PQfinish(pg->conns[i]);
+    free(pg->conns);
+    free(pg->free_idx);
+    free(pg->url);
+    pthread_cond_destroy(&pg->cv);
+    pthread_mutex_destroy(&pg->mu);
+    free(pg);
+}
+
+/* ---- migrations --------------------------------------------------------- */
+
+static int exec_ok(PGconn *conn, const char *sql, ExecStatusType want, char *err, size_t errlen)
+{
+    PGresult *res = PQexec(conn, sql);
+    int ok = PQresultStatus(res) == want;
+    if (!ok)
+        first_line(err, errlen, "migration failed", PQerrorMessage(conn));
+    PQclear(res);
+    return ok;
+}
+
+/* Applies the embedded migrations in one transaction under an advisory
+ * lock, so servers starting together apply each exactly once. */
+static int migrate(PGconn *conn, char *err, size_t errlen)
+{
+    if (!exec_ok(conn, "BEGIN", PGRES_COMMAND_OK, err, errlen))
+        return -1;
+    if (!exec_ok(conn, SQL_MIGRATE_LOCK, PGRES_TUPLES_OK, err, errlen) ||
+        !exec_ok(conn, SQL_MIGRATE_TABLE, PGRES_COMMAND_OK, err, errlen))
+        goto fail;
+    for (size_t i = 0; i < store_migrations_count; i++) {
+        const struct store_migration *m = &store_migrations[i];
+        char version[16];
+        snprintf(version, sizeof version, "%d", m->version);
+        const char *vals[] = {version, m->name};
+        PGresult *res = PQexecParams(conn, SQL_MIGRATE_HAS, 1, NULL, vals, NULL, NULL, 0);
+        int ok = PQresultStatus(res) == PGRES_TUPLES_OK;
+        int applied = ok && PQntuples(res) == 1;
+        if (!ok)
+            first_line(err, errlen, "migration failed", PQerrorMessage(conn));
+        PQclear(res);
+        if (!ok)
+            goto fail;
+        if (applied)
+            continue;
+        if (!exec_ok(conn, m->sql, PGRES_COMMAND_OK, err, errlen)) {
+            size_t n = strlen(err);
+            snprintf(err + n, errlen - n, " (in %s)", m->name);
+            goto fail;
+        }
+        res = PQexecParams(conn, SQL_MIGRATE_RECORD, 2, NULL, vals, NULL, NULL, 0);
+        ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+        if (!ok)
+            first_line(err, errlen, "migration failed", PQerrorMessage(conn));
+        PQclear(res);
+        if (!ok)
+            goto fail;
+    }
+    if (!exec_ok(conn, "COMMIT", PGRES_COMMAND_OK, err, errlen))
+        return -1;
+    return 0;
+fail:
+    PQclear(PQexec(conn, "ROLLBACK"));
+    return -1;
+}
+
+static const struct store_ops pg_ops = {
+    .name = "postgres",
+    .claim = pg_claim,
+    .complete = pg_complete,
+    .release = pg_release,
+    .insert_payment = pg_insert_payment,
+    .get_payment = pg_get_payment,
+    .list_payments = pg_list_payments,
+    .reap = pg_reap,
+    .ping = pg_ping,
+    .pool_stats = pg_pool_stats,
+    .free = pg_free,
+};
+
+struct store *store_pg_new(const struct store_pg_options *opts, char *err, size_t errlen)
+{
+    struct store_pg *pg = calloc(1, sizeof *pg);
+    PGconn *conn = NULL;
+    if (!pg) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    pg->base.ops = &pg_ops;
+    pg->size = opts->pool_size > 0 ? opts->pool_size : 1;
+    pg->acquire_timeout_ms = opts->acquire_timeout_ms > 0 ? opts->acquire_timeout_ms : 5000;
+    snprintf(pg->connect_timeout, sizeof pg->connect_timeout, "%d",
+             opts->connect_timeout_s > 0 ? opts->connect_timeout_s : 5);
+    pg->notice = opts->notice;
+    pg->notice_arg = opts->notice_arg;
+    pthread_mutex_init(&pg->mu, NULL);
+    pthread_cond_init(&pg->cv, NULL);
+    pg->url = strdup(opts->database_url ? opts->database_url : "");
+    pg->conns = calloc((size_t)pg->size, sizeof *pg->conns);
+    pg->free_idx = calloc((size_t)pg->size, sizeof *pg->free_idx);
+    if (!pg->url || !pg->conns || !pg->free_idx) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    for (int i = pg->size - 1; i >= 0; i--)
+        pg->free_idx[pg->nfree++] = i;
+
+    /* Migrate on a connection of its own, before the statements are
+     * prepared against the tables. */
+    const char *keys[] = {"dbname", "connect_timeout", "application_name", NULL};
+    const char *vals[] = {pg->url, pg->connect_timeout, "mockery-migrate", NULL};
+    conn = PQconnectdbParams(keys, vals, 1);
+    if (!conn || PQstatus(conn) != CONNECTION_OK) {
+        first_line(err, errlen, "could not connect", conn ? PQerrorMessage(conn) : NULL);
+        goto fail;
+    }
+    PQsetNoticeProcessor(conn, notice_cb, pg);
+    if (migrate(conn, err, errlen) != 0)
+        goto fail;
+    PQfinish(conn);
+    conn = NULL;
+
+    /* Open one pooled connection now so that a bad URL fails at start-up. */
+    int idx = pool_acquire(pg, err, errlen);
+    if (idx < 0)
+        goto fail;
+    pool_release(pg, idx);
+    return &pg->base;
+fail:
+    if (conn)
+        PQfinish(conn);
+    pg_free(&pg->base);
+    return NULL;
+}
