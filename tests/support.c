@@ -1,0 +1,156 @@
+/* support.c - test helpers */
+#define _POSIX_C_SOURCE 200809L
+#include "support.h"
+
+#include <criterion/criterion.h>
+#include <curl/curl.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+const char *test_db_url(void)
+{
+    const char *url = getenv("MOCKERY_TEST_DATABASE_URL");
+    if (!url || !*url)
+        cr_assert_fail("MOCKERY_TEST_DATABASE_URL is not set: run the tests with "
+                       "scripts/dev test, which starts a PostgreSQL for them");
+    return url;
+}
+
+void test_unique(char *buf, size_t len, const char *prefix)
+{
+    static unsigned counter;
+    unsigned char r[4];
+    RAND_bytes(r, sizeof r);
+    snprintf(buf, len, "%s-%d-%u-%02x%02x%02x%02x", prefix, (int)getpid(), ++counter, r[0], r[1],
+             r[2], r[3]);
+}
+
+void test_config(struct config *c, enum store_kind kind)
+{
+    config_defaults(c);
+    c->store = kind;
+    c->port = 0;
+    snprintf(c->listen_host, sizeof c->listen_host, "127.0.0.1");
+    c->threads = 48;
+    c->pool_size = 4;
+    c->db_wait_s = 0;
+    c->log_level = LOG_ERROR;
+    if (kind == STORE_KIND_POSTGRES)
+        snprintf(c->database_url, sizeof c->database_url, "%s", test_db_url());
+}
+
+void test_server_start(struct test_server *s, const struct config *c)
+{
+    char err[512] = "";
+    memset(s, 0, sizeof *s);
+    s->log = log_new(stderr, c->log_level);
+    cr_assert_not_null(s->log);
+    s->app = app_start(c, s->log, err, sizeof err);
+    cr_assert_not_null(s->app, "server did not start: %s", err);
+    snprintf(s->base, sizeof s->base, "http://127.0.0.1:%d", s->app->port);
+}
+
+void test_server_stop(struct test_server *s)
+{
+    app_stop(s->app);
+    log_free(s->log);
+    memset(s, 0, sizeof *s);
+}
+
+struct sink {
+    char *buf;
+    size_t len;
+};
+
+static size_t on_body(char *p, size_t size, size_t n, void *arg)
+{
+    struct sink *s = arg;
+    size_t add = size * n;
+    char *nb = realloc(s->buf, s->len + add + 1);
+    if (!nb)
+        return 0;
+    memcpy(nb + s->len, p, add);
+    s->buf = nb;
+    s->len += add;
+    s->buf[s->len] = '\0';
+    return add;
+}
+
+static void copy_header(const char *line, size_t n, const char *name, char *dst, size_t dlen)
+{
+    size_t nl = strlen(name);
+    if (n <= nl + 1 || strncasecmp(line, name, nl) != 0 || line[nl] != ':')
+        return;
+    const char *v = line + nl + 1;
+    size_t vl = n - nl - 1;
+    while (vl && (*v == ' '))
+        v++, vl--;
+    while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n'))
+        vl--;
+    snprintf(dst, dlen, "%.*s", (int)vl, v);
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *arg)
+{
+    struct test_response *r = arg;
+    size_t len = size * n;
+    copy_header(p, len, "Location", r->location, sizeof r->location);
+    copy_header(p, len, "X-Idempotent-Replay", r->replay, sizeof r->replay);
+    copy_header(p, len, "Retry-After", r->retry_after, sizeof r->retry_after);
+    copy_header(p, len, "Allow", r->allow, sizeof r->allow);
+    copy_header(p, len, "Content-Type", r->content_type, sizeof r->content_type);
+    return len;
+}
+
+void test_http(const char *method, const char *url, const char *const *headers,
+               const char *body, size_t body_len, struct test_response *out)
+{
+    memset(out, 0, sizeof *out);
+    struct sink sink = {0};
+    struct curl_slist *list = NULL;
+    CURL *c = curl_easy_init();
+    cr_assert_not_null(c);
+    for (int i = 0; headers && headers[i]; i++)
+        list = curl_slist_append(list, headers[i]);
+    list = curl_slist_append(list, "Expect:");
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, list);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, out);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    if (body) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)body_len);
+    }
+    CURLcode rc = curl_easy_perform(c);
+    cr_assert_eq(rc, CURLE_OK, "%s %s: %s", method, url, curl_easy_strerror(rc));
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &out->status);
+    out->body = sink.buf ? sink.buf : strdup("");
+    out->len = sink.len;
+    curl_slist_free_all(list);
+    curl_easy_cleanup(c);
+}
+
+void test_post_payment(const struct test_server *s, const char *key, const char *json,
+                       struct test_response *out)
+{
+    char url[128], keyh[600];
+    snprintf(url, sizeof url, "%s/api/v1/payments", s->base);
+    snprintf(keyh, sizeof keyh, "Idempotency-Key: %s", key ? key : "");
+    const char *headers[] = {"Content-Type: application/json", key ? keyh : NULL, NULL};
+    test_http("POST", url, headers, json, strlen(json), out);
+}
+
+void test_response_free(struct test_response *r)
+{
+    free(r->body);
+    memset(r, 0, sizeof *r);
+}

@@ -1,0 +1,52 @@
+/* support.h - test helpers: the test database, unique names, an in-process
+ * server on 127.0.0.1, and a libcurl client
+ */
+#ifndef MOCKERY_TEST_SUPPORT_H
+#define MOCKERY_TEST_SUPPORT_H
+
+#include <stddef.h>
+
+#include "app.h"
+#include "config.h"
+
+/* The test database URL from MOCKERY_TEST_DATABASE_URL; fails the test
+ * (never skips it) when it is not set. */
+const char *test_db_url(void);
+
+/* A name no other test, process or run shares: prefix + pid + counter + random. */
+void test_unique(char *buf, size_t len, const char *prefix);
+
+/* A server for one test, on 127.0.0.1 and a free port. */
+struct test_server {
+    struct app *app;
+    struct logger *log;
+    char base[64]; /* "http://127.0.0.1:PORT" */
+};
+
+/* Defaults for a test server with the given store. */
+void test_config(struct config *c, enum store_kind kind);
+/* Starts it (fails the test on error). */
+void test_server_start(struct test_server *s, const struct config *c);
+void test_server_stop(struct test_server *s);
+
+struct test_response {
+    long status;
+    char *body;
+    size_t len;
+    char location[256];
+    char replay[16];
+    char retry_after[16];
+    char allow[64];
+    char content_type[128];
+};
+
+/* Sends one request. headers: NULL-terminated "Name: value" strings. body may
+ * be NULL. Fails the test if no HTTP answer came back. */
+void test_http(const char *method, const char *url, const char *const *headers,
+               const char *body, size_t body_len, struct test_response *out);
+/* POST a JSON body to /api/v1/payments with this key (NULL: no header). */
+void test_post_payment(const struct test_server *s, const char *key, const char *json,
+                       struct test_response *out);
+void test_response_free(struct test_response *r);
+
+#endif

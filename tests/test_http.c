@@ -1,0 +1,524 @@
+/* test_http.c - the HTTP API end to end: a real server on 127.0.0.1, real
+ * requests over a socket, run against both stores */
+#define _POSIX_C_SOURCE 200809L
+#include <cjson/cJSON.h>
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "support.h"
+
+static struct test_server srv;
+
+static void start(enum store_kind kind, int delay_ms)
+{
+    struct config c;
+    test_config(&c, kind);
+    c.processing_delay_ms = delay_ms;
+    test_server_start(&srv, &c);
+}
+static void start_mem(void) { start(STORE_KIND_MEMORY, 0); }
+static void start_pg(void) { start(STORE_KIND_POSTGRES, 0); }
+static void start_mem_slow(void) { start(STORE_KIND_MEMORY, 1500); }
+static void start_pg_slow(void) { start(STORE_KIND_POSTGRES, 1500); }
+static void stop(void) { test_server_stop(&srv); }
+
+/* Defines the case `name` against both stores. */
+#define BOTH(name)                                                                       \
+    static void name(void);                                                              \
+    Test(http_mem, name, .init = start_mem, .fini = stop, .timeout = 60) { name(); }     \
+    Test(http_pg, name, .init = start_pg, .fini = stop, .timeout = 60) { name(); }       \
+    static void name(void)
+
+/* The same, with a processor that takes 1.5 s. */
+#define BOTH_SLOW(name)                                                                   \
+    static void name(void);                                                               \
+    Test(http_mem, name, .init = start_mem_slow, .fini = stop, .timeout = 60) { name(); } \
+    Test(http_pg, name, .init = start_pg_slow, .fini = stop, .timeout = 60) { name(); }   \
+    static void name(void)
+
+static void url(char *buf, size_t len, const char *path)
+{
+    snprintf(buf, len, "%s%s", srv.base, path);
+}
+
+static cJSON *parse(const struct test_response *r)
+{
+    cJSON *o = cJSON_Parse(r->body);
+    cr_assert_not_null(o, "not JSON: %s", r->body);
+    return o;
+}
+
+static const char *str(const cJSON *o, const char *name)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    cr_assert(cJSON_IsString(v), "no string %s", name);
+    return v->valuestring;
+}
+
+/* Asserts the error shape with this status and code. */
+static void expect_error(const struct test_response *r, long status, const char *code,
+                         const char *param)
+{
+    cr_assert_eq(r->status, status, "status %ld, want %ld: %s", r->status, status, r->body);
+    cr_assert(strncmp(r->content_type, "application/json", 16) == 0);
+    cJSON *o = parse(r);
+    cJSON *e = cJSON_GetObjectItem(o, "error");
+    cr_assert_not_null(e, "no error object: %s", r->body);
+    cr_assert_str_eq(str(e, "code"), code);
+    cr_assert(strlen(str(e, "type")) > 0);
+    cr_assert(strlen(str(e, "message")) > 0);
+    if (param)
+        cr_assert_str_eq(str(e, "param"), param);
+    cJSON_Delete(o);
+}
+
+static void body_for(char *buf, size_t len, const char *customer, const char *amount)
+{
+    snprintf(buf, len, "{\"amount\":%s,\"currency\":\"USD\",\"customer_id\":\"%s\"}", amount,
+             customer);
+}
+
+/* How many payments the API lists for a customer. */
+static int count_for(const char *customer)
+{
+    char u[256];
+    struct test_response r;
+    snprintf(u, sizeof u, "%s/api/v1/payments?limit=500&customer_id=%s", srv.base, customer);
+    test_http("GET", u, NULL, NULL, 0, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    cJSON *o = parse(&r);
+    int n = cJSON_GetObjectItem(o, "count")->valueint;
+    cJSON_Delete(o);
+    test_response_free(&r);
+    return n;
+}
+
+BOTH(first_payment_is_created_with_location)
+{
+    char key[96], cust[64], body[256];
+    test_unique(key, sizeof key, "k");
+    test_unique(cust, sizeof cust, "cust");
+    snprintf(body, sizeof body,
+             "{\"amount\":10.5,\"currency\":\"USD\",\"customer_id\":\"%s\",\"description\":\"tea\"}",
+             cust);
+    struct test_response r;
+    test_post_payment(&srv, key, body, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    cJSON *o = parse(&r);
+    const char *id = str(o, "transaction_id");
+    cr_assert_eq(strncmp(id, "txn_", 4), 0);
+    cr_assert_geq(strlen(id), 28);
+    cr_assert_str_eq(str(o, "status"), "completed");
+    cr_assert_float_eq(cJSON_GetObjectItem(o, "amount")->valuedouble, 10.5, 1e-9);
+    cr_assert_str_eq(str(o, "currency"), "USD");
+    cr_assert_str_eq(str(o, "customer_id"), cust);
+    cr_assert_str_eq(str(o, "description"), "tea");
+    cr_assert_str_eq(str(o, "idempotency_key"), key);
+    cr_assert_eq(strlen(str(o, "processed_at")), 27);
+    char loc[128];
+    snprintf(loc, sizeof loc, "/api/v1/payments/%s", id);
+    cr_assert_str_eq(r.location, loc);
+    cr_assert_str_empty(r.replay);
+
+    /* The Location answers with the same object. */
+    char u[256];
+    struct test_response g;
+    url(u, sizeof u, loc);
+    test_http("GET", u, NULL, NULL, 0, &g);
+    cr_assert_eq(g.status, 200);
+    cr_assert_str_eq(g.body, r.body);
+    cJSON_Delete(o);
+    test_response_free(&r);
+    test_response_free(&g);
+}
+
+BOTH(retry_replays_the_original_byte_for_byte)
+{
+    char key[96], cust[64], body[256], body2[256];
+    test_unique(key, sizeof key, "k");
+    test_unique(cust, sizeof cust, "cust");
+    body_for(body, sizeof body, cust, "10.5");
+    /* Same payment, other spelling: 10.50, other key order, quoted key. */
+    snprintf(body2, sizeof body2,
+             "{ \"customer_id\":\"%s\", \"currency\":\"USD\", \"amount\":10.50, "
+             "\"description\":null }",
+             cust);
+    char quoted[100];
+    snprintf(quoted, sizeof quoted, "\"%s\"", key);
+    struct test_response a, b;
+    test_post_payment(&srv, key, body, &a);
+    cr_assert_eq(a.status, 201);
+    test_post_payment(&srv, quoted, body2, &b);
+    cr_assert_eq(b.status, 200, "%s", b.body);
+    cr_assert_str_eq(b.replay, "true");
+    cr_assert_eq(b.len, a.len);
+    cr_assert_str_eq(b.body, a.body);
+    cr_assert_str_eq(b.location, a.location);
+    cr_assert_eq(count_for(cust), 1);
+    test_response_free(&a);
+    test_response_free(&b);
+}
+
+BOTH(decline_is_stored_cached_and_replayed)
+{
+    char key[96], cust[64], body[256];
+    test_unique(key, sizeof key, "k");
+    test_unique(cust, sizeof cust, "cust-declined");
+    body_for(body, sizeof body, cust, "20");
+    struct test_response a, b;
+    test_post_payment(&srv, key, body, &a);
+    expect_error(&a, 402, "card_declined", NULL);
+    cJSON *o = parse(&a);
+    cr_assert_str_eq(str(o, "status"), "declined");
+    const char *id = str(o, "transaction_id");
+    cr_assert_eq(strncmp(id, "txn_", 4), 0);
+    test_post_payment(&srv, key, body, &b);
+    cr_assert_eq(b.status, 402, "a replayed decline keeps its status");
+    cr_assert_str_eq(b.replay, "true");
+    cr_assert_str_eq(b.body, a.body);
+    /* Stored and listed like any other. */
+    char u[256];
+    struct test_response g;
+    snprintf(u, sizeof u, "%s/api/v1/payments/%s", srv.base, id);
+    test_http("GET", u, NULL, NULL, 0, &g);
+    cr_assert_eq(g.status, 200);
+    cJSON *p = parse(&g);
+    cr_assert_str_eq(str(p, "status"), "declined");
+    cr_assert_eq(count_for(cust), 1);
+    cJSON_Delete(o);
+    cJSON_Delete(p);
+    test_response_free(&a);
+    test_response_free(&b);
+    test_response_free(&g);
+}
+
+BOTH(gateway_failure_is_not_cached_and_releases_the_key)
+{
+    char key[96], cust[64], body[256], ok_cust[64], ok_body[256];
+    test_unique(key, sizeof key, "k");
+    test_unique(cust, sizeof cust, "cust-gateway-error");
+    test_unique(ok_cust, sizeof ok_cust, "cust");
+    body_for(body, sizeof body, cust, "5");
+    struct test_response a, b, c;
+    test_post_payment(&srv, key, body, &a);
+    expect_error(&a, 502, "gateway_error", NULL);
+    test_post_payment(&srv, key, body, &b);
+    expect_error(&b, 502, "gateway_error", NULL);
+    cr_assert_str_empty(b.replay, "a gateway failure must run again, not replay");
+    /* The key is free: another payment may use it now. */
+    body_for(ok_body, sizeof ok_body, ok_cust, "5");
+    test_post_payment(&srv, key, ok_body, &c);
+    cr_assert_eq(c.status, 201, "%s", c.body);
+    cr_assert_eq(count_for(cust), 0);
+    test_response_free(&a);
+    test_response_free(&b);
+    test_response_free(&c);
+}
+
+BOTH(same_key_different_payload_is_422_and_runs_nothing)
+{
+    char key[96], cust[64], body[256], other[256];
+    test_unique(key, sizeof key, "k");
+    test_unique(cust, sizeof cust, "cust");
+    body_for(body, sizeof body, cust, "10");
+    body_for(other, sizeof other, cust, "11");
+    struct test_response a, b;
+    test_post_payment(&srv, key, body, &a);
+    cr_assert_eq(a.status, 201);
+    test_post_payment(&srv, key, other, &b);
+    expect_error(&b, 422, "idempotency_key_reused", NULL);
+    cr_assert_eq(count_for(cust), 1);
+    test_response_free(&a);
+    test_response_free(&b);
+}
+
+struct post_arg {
+    const char *key;
+    const char *body;
+    struct test_response r;
+    pthread_barrier_t *barrier;
+};
+
+static void *post_thread(void *p)
+{
+    struct post_arg *a = p;
+    pthread_barrier_wait(a->barrier);
+    test_post_payment(&srv, a->key, a->body, &a->r);
+    return NULL;
+}
+
+BOTH_SLOW(retry_while_running_is_409_then_replay)
+{
+    char key[96], cust[64], body[256];
+    test_unique(key, sizeof key, "k");
+    test_unique(cust, sizeof cust, "cust");
+    body_for(body, sizeof body, cust, "7");
+    pthread_barrier_t barrier;
+    pthread_barrier_init(&barrier, NULL, 2);
+    struct post_arg args[2] = {{key, body, {0}, &barrier}, {key, body, {0}, &barrier}};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        pthread_create(&t[i], NULL, post_thread, &args[i]);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    /* Both started together; the processor takes 1.5 s: one ran, the other
+     * was told the key is in use. */
+    int created = 0, conflict = 0;
+    for (int i = 0; i < 2; i++) {
+        if (args[i].r.status == 201)
+            created++;
+        if (args[i].r.status == 409) {
+            conflict++;
+            expect_error(&args[i].r, 409, "idempotency_key_in_use", NULL);
+            cr_assert_str_eq(args[i].r.retry_after, "1");
+        }
+    }
+    cr_assert_eq(created, 1);
+    cr_assert_eq(conflict, 1);
+    struct test_response c;
+    test_post_payment(&srv, key, body, &c);
+    cr_assert_eq(c.status, 200);
+    cr_assert_str_eq(c.replay, "true");
+    cr_assert_eq(count_for(cust), 1);
+    for (int i = 0; i < 2; i++)
+        test_response_free(&args[i].r);
+    test_response_free(&c);
+    pthread_barrier_destroy(&barrier);
+}
+
+/* ---- bad input: clear errors, nothing stored, the key not consumed -------- */
+
+static void post_raw(const char *const *headers, const char *body, size_t len,
+                     struct test_response *r)
+{
+    char u[256];
+    url(u, sizeof u, "/api/v1/payments");
+    test_http("POST", u, headers, body, len, r);
+}
+
+BOTH(bad_input_is_rejected_before_the_key_is_claimed)
+{
+    char key[96], cust[64], good[256], keyh[128];
+    test_unique(key, sizeof key, "k");
+    test_unique(cust, sizeof cust, "cust");
+    snprintf(keyh, sizeof keyh, "Idempotency-Key: %s", key);
+    body_for(good, sizeof good, cust, "3");
+    struct {
+        const char *body;
+        long status;
+        const char *code;
+        const char *param;
+    } cases[] = {
+        {"{not json", 400, "invalid_json", NULL},
+        {"[]", 400, "invalid_json", NULL},
+        {"{\"amount\":3,\"currency\":\"USD\",\"customer_id\":\"c\",\"x\":1}", 422, "unknown_field",
+         "x"},
+        {"{\"amount\":\"3\",\"currency\":\"USD\",\"customer_id\":\"c\"}", 422, "invalid_amount",
+         "amount"},
+        {"{\"amount\":0,\"currency\":\"USD\",\"customer_id\":\"c\"}", 422, "invalid_amount",
+         "amount"},
+        {"{\"amount\":-1,\"currency\":\"USD\",\"customer_id\":\"c\"}", 422, "invalid_amount",
+         "amount"},
+        {"{\"amount\":1.001,\"currency\":\"USD\",\"customer_id\":\"c\"}", 422, "invalid_amount",
+         "amount"},
+        {"{\"amount\":1000000,\"currency\":\"USD\",\"customer_id\":\"c\"}", 422, "invalid_amount",
+         "amount"},
+        {"{\"amount\":1e999,\"currency\":\"USD\",\"customer_id\":\"c\"}", 422, "invalid_amount",
+         "amount"},
+        {"{\"amount\":3,\"currency\":\"usd\",\"customer_id\":\"c\"}", 422, "invalid_currency",
+         "currency"},
+        {"{\"amount\":3,\"currency\":\"USD\",\"customer_id\":\"a b\"}", 422,
+         "invalid_customer_id", "customer_id"},
+        {"{\"amount\":3,\"currency\":\"USD\",\"customer_id\":\"c\",\"description\":[]}", 422,
+         "invalid_description", "description"},
+    };
+    const char *headers[] = {"Content-Type: application/json", keyh, NULL};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct test_response r;
+        post_raw(headers, cases[i].body, strlen(cases[i].body), &r);
+        expect_error(&r, cases[i].status, cases[i].code, cases[i].param);
+        test_response_free(&r);
+    }
+    /* 415: no content type, another one; parameters are fine. */
+    const char *no_ct[] = {keyh, "Content-Type:", NULL};
+    const char *text[] = {keyh, "Content-Type: text/plain", NULL};
+    struct test_response r;
+    post_raw(no_ct, good, strlen(good), &r);
+    expect_error(&r, 415, "unsupported_media_type", NULL);
+    test_response_free(&r);
+    post_raw(text, good, strlen(good), &r);
+    expect_error(&r, 415, "unsupported_media_type", NULL);
+    test_response_free(&r);
+    /* 413: over 64 KiB. */
+    size_t big = 64 * 1024 + 1;
+    char *huge = malloc(big);
+    memset(huge, ' ', big);
+    huge[0] = '{';
+    huge[big - 1] = '}';
+    post_raw(headers, huge, big, &r);
+    expect_error(&r, 413, "body_too_large", NULL);
+    test_response_free(&r);
+    free(huge);
+
+    /* None of that consumed the key or stored anything. */
+    const char *charset[] = {"Content-Type: application/json; charset=utf-8", keyh, NULL};
+    post_raw(charset, good, strlen(good), &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    test_response_free(&r);
+    cr_assert_eq(count_for(cust), 1);
+}
+
+BOTH(idempotency_key_header_rules)
+{
+    char cust[64], good[256];
+    test_unique(cust, sizeof cust, "cust");
+    body_for(good, sizeof good, cust, "4");
+    char longkey[300] = "Idempotency-Key: ";
+    memset(longkey + strlen(longkey), 'k', 256);
+    const char *const cases[][4] = {
+        {"Content-Type: application/json", NULL},
+        {"Content-Type: application/json", "Idempotency-Key: \"\"", NULL},
+        {"Content-Type: application/json", longkey, NULL},
+        {"Content-Type: application/json", "Idempotency-Key: caf\xc3\xa9", NULL},
+        {"Content-Type: application/json", "Idempotency-Key: \"open", NULL},
+        {"Content-Type: application/json", "Idempotency-Key: a", "Idempotency-Key: b", NULL},
+    };
+    const char *codes[] = {"idempotency_key_missing", "idempotency_key_invalid",
+                           "idempotency_key_invalid", "idempotency_key_invalid",
+                           "idempotency_key_invalid", "idempotency_key_invalid"};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct test_response r;
+        post_raw(cases[i], good, strlen(good), &r);
+        expect_error(&r, 400, codes[i], NULL);
+        test_response_free(&r);
+    }
+    cr_assert_eq(count_for(cust), 0);
+}
+
+/* ---- reading ------------------------------------------------------------------ */
+
+BOTH(list_pages_newest_first_and_filters_by_customer)
+{
+    char cust[64], other[64], body[256], ids[5][64];
+    test_unique(cust, sizeof cust, "cust");
+    test_unique(other, sizeof other, "cust");
+    for (int i = 0; i < 5; i++) {
+        char key[96];
+        struct test_response r;
+        test_unique(key, sizeof key, "k");
+        body_for(body, sizeof body, i == 2 ? other : cust, "1");
+        test_post_payment(&srv, key, body, &r);
+        cr_assert_eq(r.status, 201);
+        cJSON *o = parse(&r);
+        snprintf(ids[i], sizeof ids[i], "%s", str(o, "transaction_id"));
+        cJSON_Delete(o);
+        test_response_free(&r);
+    }
+    /* Page through cust's four, two at a time. */
+    const char *want[] = {ids[4], ids[3], ids[1], ids[0]};
+    char cursor[64] = "";
+    int seen = 0;
+    for (int page = 0; page < 2; page++) {
+        char u[300];
+        struct test_response r;
+        snprintf(u, sizeof u, "%s/api/v1/payments?limit=2&customer_id=%s%s%s", srv.base, cust,
+                 cursor[0] ? "&starting_after=" : "", cursor);
+        test_http("GET", u, NULL, NULL, 0, &r);
+        cr_assert_eq(r.status, 200, "%s", r.body);
+        cJSON *o = parse(&r);
+        cJSON *items = cJSON_GetObjectItem(o, "payments");
+        cr_assert_eq(cJSON_GetArraySize(items), 2);
+        cr_assert_eq(cJSON_GetObjectItem(o, "count")->valueint, 2);
+        for (int i = 0; i < 2; i++)
+            cr_assert_str_eq(str(cJSON_GetArrayItem(items, i), "transaction_id"), want[seen++]);
+        cJSON *more = cJSON_GetObjectItem(o, "has_more");
+        cJSON *next = cJSON_GetObjectItem(o, "next_cursor");
+        if (page == 0) {
+            cr_assert(cJSON_IsTrue(more));
+            snprintf(cursor, sizeof cursor, "%s", next->valuestring);
+            cr_assert_str_eq(cursor, ids[3]);
+        } else {
+            cr_assert(cJSON_IsFalse(more));
+            cr_assert(cJSON_IsNull(next));
+        }
+        cJSON_Delete(o);
+        test_response_free(&r);
+    }
+    cr_assert_eq(count_for(other), 1);
+}
+
+BOTH(list_rejects_bad_parameters)
+{
+    const char *bad[][2] = {{"?limit=0", "limit"},           {"?limit=501", "limit"},
+                            {"?limit=ten", "limit"},         {"?limit=", "limit"},
+                            {"?customer_id=a%20b", "customer_id"},
+                            {"?starting_after=txn_nope", "starting_after"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char u[256];
+        struct test_response r;
+        snprintf(u, sizeof u, "%s/api/v1/payments%s", srv.base, bad[i][0]);
+        test_http("GET", u, NULL, NULL, 0, &r);
+        expect_error(&r, 400, "invalid_parameter", bad[i][1]);
+        test_response_free(&r);
+    }
+}
+
+BOTH(unknown_payment_is_404)
+{
+    char u[256];
+    struct test_response r;
+    url(u, sizeof u, "/api/v1/payments/txn_doesnotexist0000000000000");
+    test_http("GET", u, NULL, NULL, 0, &r);
+    expect_error(&r, 404, "payment_not_found", NULL);
+    test_response_free(&r);
+}
+
+BOTH(unknown_routes_and_methods)
+{
+    char u[256];
+    struct test_response r;
+    url(u, sizeof u, "/api/v2/payments");
+    test_http("GET", u, NULL, NULL, 0, &r);
+    expect_error(&r, 404, "route_not_found", NULL);
+    test_response_free(&r);
+    url(u, sizeof u, "/api/v1/payments");
+    test_http("DELETE", u, NULL, NULL, 0, &r);
+    expect_error(&r, 405, "method_not_allowed", NULL);
+    cr_assert_str_eq(r.allow, "GET, POST");
+    test_response_free(&r);
+    url(u, sizeof u, "/api/v1/payments/txn_x");
+    test_http("PUT", u, NULL, "{}", 2, &r);
+    expect_error(&r, 405, "method_not_allowed", NULL);
+    cr_assert_str_eq(r.allow, "GET");
+    test_response_free(&r);
+    url(u, sizeof u, "/health");
+    test_http("POST", u, NULL, "{}", 2, &r);
+    expect_error(&r, 405, "method_not_allowed", NULL);
+    cr_assert_str_eq(r.allow, "GET");
+    test_response_free(&r);
+}
+
+Test(http_pg, health_reports_postgres_up, .init = start_pg, .fini = stop, .timeout = 30)
+{
+    char u[256];
+    struct test_response r;
+    url(u, sizeof u, "/health");
+    test_http("GET", u, NULL, NULL, 0, &r);
+    cr_assert_eq(r.status, 200);
+    cr_assert_str_eq(r.body, "{\"status\":\"healthy\",\"store\":\"postgres\",\"database\":\"up\"}");
+    test_response_free(&r);
+}
+
+Test(http_mem, health_reports_memory, .init = start_mem, .fini = stop, .timeout = 30)
+{
+    char u[256];
+    struct test_response r;
+    url(u, sizeof u, "/health");
+    test_http("GET", u, NULL, NULL, 0, &r);
+    cr_assert_eq(r.status, 200);
+    cr_assert_str_eq(r.body, "{\"status\":\"healthy\",\"store\":\"memory\",\"database\":\"none\"}");
+    test_response_free(&r);
+}

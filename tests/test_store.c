@@ -1,0 +1,329 @@
+/* test_store.c - the store contract, written once and run against both the
+ * memory and the PostgreSQL store */
+#define _POSIX_C_SOURCE 200809L
+#include <criterion/criterion.h>
+#include <string.h>
+#include <time.h>
+
+#include "store.h"
+#include "support.h"
+
+#define LONG_MS (60 * 1000)
+#define DAY_MS (86400 * 1000)
+
+static struct store *store;
+
+static void open_mem(void)
+{
+    store = store_mem_new();
+    cr_assert_not_null(store);
+}
+
+static void open_pg(void)
+{
+    char err[256] = "";
+    struct store_pg_options o = {.database_url = test_db_url(), .pool_size = 2};
+    store = store_pg_new(&o, err, sizeof err);
+    cr_assert_not_null(store, "store_pg_new: %s", err);
+}
+
+static void close_store(void)
+{
+    store_free(store);
+    store = NULL;
+}
+
+static void wait_ms(int ms)
+{
+    /* Lets a lease or TTL run out: time passing is the behaviour under test. */
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Defines the contract case `name` for both stores. */
+#define CONTRACT(name)                                                                      \
+    static void name(void);                                                                 \
+    Test(store_mem, name, .init = open_mem, .fini = close_store, .timeout = 30) { name(); } \
+    Test(store_pg, name, .init = open_pg, .fini = close_store, .timeout = 30) { name(); }   \
+    static void name(void)
+
+static const char *T = "tenant-a";
+static const char *FP = "fp-1";
+
+static struct store_claim_result claim(const char *key, const char *fp, int64_t lease_ms,
+                                       int64_t ttl_ms)
+{
+    struct store_claim_result r;
+    char err[256] = "";
+    memset(&r, 0, sizeof r);
+    enum store_status st = store_claim(store, T, key, fp, lease_ms, ttl_ms, &r, err, sizeof err);
+    cr_assert_eq(st, STORE_OK, "claim %s: %s", key, err);
+    return r;
+}
+
+static struct store_payment payment_for(const char *key, const char *id, const char *customer,
+                                        int64_t at)
+{
+    struct store_payment p = {.transaction_id = (char *)id,
+                              .idempotency_key = (char *)key,
+                              .customer_id = (char *)customer,
+                              .amount_minor = 1234,
+                              .currency = "EUR",
+                              .description = "contract",
+                              .status = "completed",
+                              .processed_at_us = at};
+    return p;
+}
+
+static enum store_status complete(const char *key, int64_t token, const char *body,
+                                  const struct store_payment *p)
+{
+    char err[256] = "";
+    struct store_response resp = {201, body, strlen(body), "/api/v1/payments/x"};
+    return store_complete(store, T, key, token, &resp, p, err, sizeof err);
+}
+
+CONTRACT(claim_new_key_wins)
+{
+    char key[96];
+    test_unique(key, sizeof key, "new");
+    struct store_claim_result r = claim(key, FP, LONG_MS, DAY_MS);
+    cr_assert_eq(r.outcome, CLAIM_NEW);
+    cr_assert_gt(r.lease_token, 0);
+    store_claim_result_clear(&r);
+}
+
+CONTRACT(claim_in_progress_is_in_use)
+{
+    char key[96];
+    test_unique(key, sizeof key, "busy");
+    struct store_claim_result a = claim(key, FP, LONG_MS, DAY_MS);
+    struct store_claim_result b = claim(key, FP, LONG_MS, DAY_MS);
+    cr_assert_eq(b.outcome, CLAIM_IN_PROGRESS);
+    cr_assert_eq(b.created_at_us, a.created_at_us);
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&b);
+}
+
+CONTRACT(claim_completed_replays_the_exact_response)
+{
+    char key[96], id[64];
+    test_unique(key, sizeof key, "done");
+    test_unique(id, sizeof id, "txn");
+    const char *body = "{\"a\": 1,  \"b\":\"\\u00e9 \xc3\xa9\"}";
+    struct store_claim_result a = claim(key, FP, LONG_MS, DAY_MS);
+    struct store_payment p = payment_for(key, id, "cust-c", 1700000000000001LL);
+    cr_assert_eq(complete(key, a.lease_token, body, &p), STORE_OK);
+    struct store_claim_result b = claim(key, FP, LONG_MS, DAY_MS);
+    cr_assert_eq(b.outcome, CLAIM_COMPLETED);
+    cr_assert_eq(b.response_status, 201);
+    cr_assert_eq(b.response_body_len, strlen(body));
+    cr_assert_eq(memcmp(b.response_body, body, strlen(body)), 0);
+    cr_assert_str_eq(b.response_location, "/api/v1/payments/x");
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&b);
+
+    struct store_payment got;
+    char err[256];
+    cr_assert_eq(store_get_payment(store, T, id, &got, err, sizeof err), STORE_OK, "%s", err);
+    cr_assert_str_eq(got.idempotency_key, key);
+    cr_assert_str_eq(got.customer_id, "cust-c");
+    cr_assert_eq(got.amount_minor, 1234);
+    cr_assert_str_eq(got.currency, "EUR");
+    cr_assert_str_eq(got.description, "contract");
+    cr_assert_eq(got.processed_at_us, 1700000000000001LL);
+    store_payment_clear(&got);
+}
+
+CONTRACT(fingerprint_mismatch_is_reported)
+{
+    char key[96];
+    test_unique(key, sizeof key, "mismatch");
+    struct store_claim_result a = claim(key, FP, LONG_MS, DAY_MS);
+    struct store_claim_result b = claim(key, "fp-other", LONG_MS, DAY_MS);
+    cr_assert_eq(b.outcome, CLAIM_MISMATCH, "while processing");
+    cr_assert_eq(complete(key, a.lease_token, "{}", NULL), STORE_OK);
+    struct store_claim_result c = claim(key, "fp-other", LONG_MS, DAY_MS);
+    cr_assert_eq(c.outcome, CLAIM_MISMATCH, "once completed");
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&b);
+    store_claim_result_clear(&c);
+}
+
+CONTRACT(lease_expiry_takeover_bumps_token_and_fences_the_old_holder)
+{
+    char key[96], id_old[64], id_new[64];
+    test_unique(key, sizeof key, "lease");
+    test_unique(id_old, sizeof id_old, "txn-old");
+    test_unique(id_new, sizeof id_new, "txn-new");
+    struct store_claim_result a = claim(key, FP, 100, DAY_MS);
+    wait_ms(250);
+    /* A different request may not take a dead holder's key. */
+    struct store_claim_result m = claim(key, "fp-other", LONG_MS, DAY_MS);
+    cr_assert_eq(m.outcome, CLAIM_MISMATCH);
+    struct store_claim_result b = claim(key, FP, LONG_MS, DAY_MS);
+    cr_assert_eq(b.outcome, CLAIM_TAKEOVER);
+    cr_assert_neq(b.lease_token, a.lease_token);
+
+    /* The old holder wakes up: its completion is refused and stores nothing. */
+    struct store_payment old = payment_for(key, id_old, "cust-l", 1);
+    cr_assert_eq(complete(key, a.lease_token, "{\"old\":1}", &old), STORE_LEASE_LOST);
+    struct store_payment got;
+    char err[256];
+    cr_assert_eq(store_get_payment(store, T, id_old, &got, err, sizeof err), STORE_NOT_FOUND);
+
+    struct store_payment fresh = payment_for(key, id_new, "cust-l", 2);
+    cr_assert_eq(complete(key, b.lease_token, "{\"new\":1}", &fresh), STORE_OK);
+    cr_assert_eq(store_get_payment(store, T, id_new, &got, err, sizeof err), STORE_OK);
+    store_payment_clear(&got);
+    struct store_claim_result c = claim(key, FP, LONG_MS, DAY_MS);
+    cr_assert_eq(c.outcome, CLAIM_COMPLETED);
+    cr_assert_str_eq(c.response_body, "{\"new\":1}");
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&b);
+    store_claim_result_clear(&c);
+    store_claim_result_clear(&m);
+}
+
+CONTRACT(completion_with_stale_token_is_refused)
+{
+    char key[96], id[64];
+    test_unique(key, sizeof key, "stale");
+    test_unique(id, sizeof id, "txn");
+    struct store_claim_result a = claim(key, FP, LONG_MS, DAY_MS);
+    struct store_payment p = payment_for(key, id, "cust-s", 1);
+    cr_assert_eq(complete(key, a.lease_token + 1000000, "{}", &p), STORE_LEASE_LOST);
+    struct store_payment got;
+    char err[256];
+    cr_assert_eq(store_get_payment(store, T, id, &got, err, sizeof err), STORE_NOT_FOUND);
+    /* Completing twice is refused too: the record is no longer processing. */
+    cr_assert_eq(complete(key, a.lease_token, "{}", &p), STORE_OK);
+    cr_assert_eq(complete(key, a.lease_token, "{}", &p), STORE_LEASE_LOST);
+    store_claim_result_clear(&a);
+}
+
+CONTRACT(release_frees_the_key_for_a_retry)
+{
+    char key[96], err[256];
+    test_unique(key, sizeof key, "release");
+    struct store_claim_result a = claim(key, FP, LONG_MS, DAY_MS);
+    cr_assert_eq(store_release(store, T, key, a.lease_token + 1000000, err, sizeof err),
+                 STORE_LEASE_LOST);
+    cr_assert_eq(store_release(store, T, key, a.lease_token, err, sizeof err), STORE_OK);
+    struct store_claim_result b = claim(key, "fp-any", LONG_MS, DAY_MS);
+    cr_assert_eq(b.outcome, CLAIM_NEW);
+    cr_assert_eq(store_release(store, T, key, a.lease_token, err, sizeof err), STORE_LEASE_LOST);
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&b);
+}
+
+CONTRACT(expired_records_are_free_and_reaped)
+{
+    char key[96], key2[96], err[256];
+    test_unique(key, sizeof key, "expire");
+    test_unique(key2, sizeof key2, "expire2");
+    struct store_claim_result a = claim(key, FP, LONG_MS, 100);
+    cr_assert_eq(complete(key, a.lease_token, "{}", NULL), STORE_OK);
+    struct store_claim_result a2 = claim(key2, FP, LONG_MS, 100);
+    cr_assert_eq(complete(key2, a2.lease_token, "{}", NULL), STORE_OK);
+    wait_ms(250);
+    /* An expired key is free, whatever the new request. */
+    struct store_claim_result b = claim(key, "fp-other", LONG_MS, DAY_MS);
+    cr_assert_eq(b.outcome, CLAIM_TAKEOVER);
+    /* The reaper deletes the other; it comes back as new. */
+    int deleted = 0, total = 0;
+    do {
+        cr_assert_eq(store_reap(store, 100, &deleted, err, sizeof err), STORE_OK, "%s", err);
+        total += deleted;
+    } while (deleted == 100);
+    cr_assert_geq(total, 1);
+    struct store_claim_result c = claim(key2, FP, LONG_MS, DAY_MS);
+    cr_assert_eq(c.outcome, CLAIM_NEW);
+    /* The live one was not reaped. */
+    struct store_claim_result d = claim(key, "fp-other", LONG_MS, DAY_MS);
+    cr_assert_eq(d.outcome, CLAIM_IN_PROGRESS);
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&a2);
+    store_claim_result_clear(&b);
+    store_claim_result_clear(&c);
+    store_claim_result_clear(&d);
+}
+
+CONTRACT(tenants_do_not_share_keys_or_payments)
+{
+    char key[96], id[64], err[256];
+    test_unique(key, sizeof key, "tenant");
+    test_unique(id, sizeof id, "txn");
+    struct store_claim_result a, b;
+    cr_assert_eq(store_claim(store, "t1", key, FP, LONG_MS, DAY_MS, &a, err, sizeof err),
+                 STORE_OK);
+    cr_assert_eq(store_claim(store, "t2", key, "fp-other", LONG_MS, DAY_MS, &b, err, sizeof err),
+                 STORE_OK);
+    cr_assert_eq(a.outcome, CLAIM_NEW);
+    cr_assert_eq(b.outcome, CLAIM_NEW);
+    struct store_payment p = payment_for(key, id, "cust-t", 1);
+    struct store_response resp = {201, "{}", 2, NULL};
+    cr_assert_eq(store_complete(store, "t1", key, a.lease_token, &resp, &p, err, sizeof err),
+                 STORE_OK);
+    struct store_payment got;
+    cr_assert_eq(store_get_payment(store, "t2", id, &got, err, sizeof err), STORE_NOT_FOUND);
+    cr_assert_eq(store_get_payment(store, "t1", id, &got, err, sizeof err), STORE_OK);
+    store_payment_clear(&got);
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&b);
+}
+
+CONTRACT(list_is_newest_first_with_cursor_and_customer_filter)
+{
+    char cust[64], other[64], err[256];
+    char keys[5][96], ids[5][96];
+    test_unique(cust, sizeof cust, "cust");
+    test_unique(other, sizeof other, "cust");
+    for (int i = 0; i < 5; i++) {
+        test_unique(keys[i], sizeof keys[i], "list");
+        snprintf(ids[i], sizeof ids[i], "txn_%s_%d", cust, i);
+        struct store_claim_result a = claim(keys[i], FP, LONG_MS, DAY_MS);
+        /* Two share a timestamp: the id breaks the tie. */
+        struct store_payment p =
+            payment_for(keys[i], ids[i], i == 4 ? other : cust, 1700000000000000LL + (i / 2) * 10);
+        cr_assert_eq(complete(keys[i], a.lease_token, "{}", &p), STORE_OK);
+        store_claim_result_clear(&a);
+    }
+    struct store_list l = {0};
+    struct store_list_query q = {.customer_id = cust, .limit = 3};
+    cr_assert_eq(store_list_payments(store, T, &q, &l, err, sizeof err), STORE_OK, "%s", err);
+    cr_assert_eq(l.count, 3);
+    cr_assert(l.has_more);
+    cr_assert_str_eq(l.items[0].transaction_id, ids[3]);
+    cr_assert_str_eq(l.items[1].transaction_id, ids[2]);
+    cr_assert_str_eq(l.items[2].transaction_id, ids[1]);
+    q.starting_after = ids[1];
+    struct store_list l2 = {0};
+    cr_assert_eq(store_list_payments(store, T, &q, &l2, err, sizeof err), STORE_OK);
+    cr_assert_eq(l2.count, 1);
+    cr_assert_not(l2.has_more);
+    cr_assert_str_eq(l2.items[0].transaction_id, ids[0]);
+    q.starting_after = "txn_does_not_exist";
+    struct store_list l3 = {0};
+    cr_assert_eq(store_list_payments(store, T, &q, &l3, err, sizeof err), STORE_NOT_FOUND);
+    store_list_clear(&l);
+    store_list_clear(&l2);
+}
+
+CONTRACT(payment_without_key_is_stored)
+{
+    char id[64], err[256];
+    test_unique(id, sizeof id, "txn");
+    struct store_payment p = payment_for(NULL, id, "cust-nokey", 5);
+    cr_assert_eq(store_insert_payment(store, T, &p, err, sizeof err), STORE_OK, "%s", err);
+    struct store_payment got;
+    cr_assert_eq(store_get_payment(store, T, id, &got, err, sizeof err), STORE_OK);
+    cr_assert_null(got.idempotency_key);
+    store_payment_clear(&got);
+}
+
+CONTRACT(ping_answers)
+{
+    char err[256];
+    cr_assert_eq(store_ping(store, err, sizeof err), STORE_OK);
+}

@@ -1,0 +1,443 @@
+/* test_unit.c - pure functions: keys, money, validation, fingerprints, JSON,
+ * configuration, API keys */
+#define _POSIX_C_SOURCE 200809L
+#include <cjson/cJSON.h>
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "apierr.h"
+#include "auth.h"
+#include "config.h"
+#include "idem.h"
+#include "money.h"
+#include "payment.h"
+
+/* ---- Idempotency-Key -------------------------------------------------------- */
+
+Test(idem_key, bare_and_quoted_forms_are_the_same_key)
+{
+    char a[HTTP_KEY_MAX + 1], b[HTTP_KEY_MAX + 1];
+    cr_assert_eq(idem_parse_key("order-42", a), IDEM_KEY_OK);
+    cr_assert_eq(idem_parse_key("\"order-42\"", b), IDEM_KEY_OK);
+    cr_assert_str_eq(a, "order-42");
+    cr_assert_str_eq(b, "order-42");
+}
+
+Test(idem_key, missing_empty_and_malformed)
+{
+    char k[HTTP_KEY_MAX + 1];
+    cr_assert_eq(idem_parse_key(NULL, k), IDEM_KEY_MISSING);
+    cr_assert_eq(idem_parse_key("", k), IDEM_KEY_INVALID);
+    cr_assert_eq(idem_parse_key("\"\"", k), IDEM_KEY_INVALID);
+    cr_assert_eq(idem_parse_key("two words", k), IDEM_KEY_INVALID);
+    cr_assert_eq(idem_parse_key("tab\there", k), IDEM_KEY_INVALID);
+    cr_assert_eq(idem_parse_key("caf\xc3\xa9", k), IDEM_KEY_INVALID);
+    cr_assert_eq(idem_parse_key("\"unterminated", k), IDEM_KEY_INVALID);
+    cr_assert_eq(idem_parse_key("\"esc\\\"aped\"", k), IDEM_KEY_INVALID);
+    cr_assert_eq(idem_parse_key("a\"b", k), IDEM_KEY_INVALID);
+}
+
+Test(idem_key, length_limit_is_255)
+{
+    char k[HTTP_KEY_MAX + 1], v[300];
+    memset(v, 'k', 255);
+    v[255] = '\0';
+    cr_assert_eq(idem_parse_key(v, k), IDEM_KEY_OK);
+    cr_assert_eq(strlen(k), 255);
+    v[255] = 'k';
+    v[256] = '\0';
+    cr_assert_eq(idem_parse_key(v, k), IDEM_KEY_INVALID);
+}
+
+Test(idem_key, every_visible_ascii_character_is_allowed)
+{
+    char v[100], k[HTTP_KEY_MAX + 1];
+    size_t n = 0;
+    for (int c = 0x21; c <= 0x7E; c++)
+        if (c != '"')
+            v[n++] = (char)c;
+    v[n] = '\0';
+    cr_assert_eq(idem_parse_key(v, k), IDEM_KEY_OK);
+    cr_assert_str_eq(k, v);
+}
+
+/* ---- money ---------------------------------------------------------------------- */
+
+Test(money, currency_table)
+{
+    cr_assert_eq(money_currency_digits("USD"), 2);
+    cr_assert_eq(money_currency_digits("EUR"), 2);
+    cr_assert_eq(money_currency_digits("JPY"), 0);
+    cr_assert_eq(money_currency_digits("KWD"), 3);
+    cr_assert_eq(money_currency_digits("CLF"), 4);
+    cr_assert_eq(money_currency_digits("usd"), -1);
+    cr_assert_eq(money_currency_digits("XXX"), -1);
+    cr_assert_eq(money_currency_digits("US"), -1);
+    cr_assert_eq(money_currency_digits("USDD"), -1);
+}
+
+Test(money, amounts_become_exact_minor_units)
+{
+    int64_t m = 0;
+    cr_assert_eq(money_to_minor(10.5, 2, &m), MONEY_OK);
+    cr_assert_eq(m, 1050);
+    cr_assert_eq(money_to_minor(0.01, 2, &m), MONEY_OK);
+    cr_assert_eq(m, 1);
+    cr_assert_eq(money_to_minor(0.1 + 0.2, 2, &m), MONEY_OK); /* 0.30000000000000004 */
+    cr_assert_eq(m, 30);
+    cr_assert_eq(money_to_minor(999999.99, 2, &m), MONEY_OK);
+    cr_assert_eq(m, 99999999);
+    cr_assert_eq(money_to_minor(1000, 0, &m), MONEY_OK);
+    cr_assert_eq(m, 1000);
+    cr_assert_eq(money_to_minor(1.234, 3, &m), MONEY_OK);
+    cr_assert_eq(m, 1234);
+}
+
+Test(money, edges_are_refused)
+{
+    int64_t m = 77;
+    cr_assert_eq(money_to_minor(0, 2, &m), MONEY_NOT_POSITIVE);
+    cr_assert_eq(money_to_minor(-5, 2, &m), MONEY_NOT_POSITIVE);
+    cr_assert_eq(money_to_minor(0x1p-1074 / 2, 2, &m), MONEY_NOT_POSITIVE);
+    cr_assert_eq(money_to_minor(HUGE_VAL, 2, &m), MONEY_NOT_POSITIVE);
+    cr_assert_eq(money_to_minor(1e300, 2, &m), MONEY_TOO_LARGE);
+    cr_assert_eq(money_to_minor(1000000, 2, &m), MONEY_TOO_LARGE);
+    cr_assert_eq(money_to_minor(999999.991, 3, &m), MONEY_TOO_LARGE);
+    cr_assert_eq(money_to_minor(10.001, 2, &m), MONEY_TOO_PRECISE);
+    cr_assert_eq(money_to_minor(0.001, 2, &m), MONEY_TOO_PRECISE);
+    cr_assert_eq(money_to_minor(10.5, 0, &m), MONEY_TOO_PRECISE);
+    cr_assert_eq(money_to_minor(1.2345, 3, &m), MONEY_TOO_PRECISE);
+    cr_assert_eq(m, 77, "out-parameter written on failure");
+}
+
+Test(money, format_uses_the_currency_digits)
+{
+    char b[32];
+    cr_assert_eq(money_format(1050, 2, b, sizeof b), 5);
+    cr_assert_str_eq(b, "10.50");
+    money_format(5, 2, b, sizeof b);
+    cr_assert_str_eq(b, "0.05");
+    money_format(1000, 0, b, sizeof b);
+    cr_assert_str_eq(b, "1000");
+    money_format(1234, 3, b, sizeof b);
+    cr_assert_str_eq(b, "1.234");
+    cr_assert_eq(money_format(1050, 2, b, 3), -1);
+}
+
+/* ---- payment validation ----------------------------------------------------- */
+
+static void expect_reject(const char *body, int status, const char *code, const char *param)
+{
+    struct payment_request r;
+    struct apierr e;
+    memset(&e, 0, sizeof e);
+    cr_assert_eq(payment_parse(body, strlen(body), &r, &e), -1, "accepted: %s", body);
+    cr_assert_eq(e.status, status, "%s: status %d", body, e.status);
+    cr_assert_str_eq(e.code, code, "%s: code %s", body, e.code);
+    cr_assert_str_eq(e.param, param ? param : "", "%s: param %s", body, e.param);
+}
+
+Test(payment, valid_request_is_normalized)
+{
+    const char *body = "{\"amount\": 10.5, \"currency\": \"USD\", \"customer_id\": \"cust_1-A\","
+                       " \"description\": \"caf\xc3\xa9\"}";
+    struct payment_request r;
+    struct apierr e;
+    cr_assert_eq(payment_parse(body, strlen(body), &r, &e), 0, "%s", e.message);
+    cr_assert_eq(r.amount_minor, 1050);
+    cr_assert_str_eq(r.currency, "USD");
+    cr_assert_str_eq(r.customer_id, "cust_1-A");
+    cr_assert_str_eq(r.description, "caf\xc3\xa9");
+    payment_request_clear(&r);
+}
+
+Test(payment, json_errors_are_400)
+{
+    expect_reject("", 400, "invalid_json", NULL);
+    expect_reject("{", 400, "invalid_json", NULL);
+    expect_reject("[1,2]", 400, "invalid_json", NULL);
+    expect_reject("\"amount\"", 400, "invalid_json", NULL);
+    expect_reject("{\"amount\":1,\"amount\":2,\"currency\":\"USD\",\"customer_id\":\"c\"}", 400,
+                  "invalid_json", "amount");
+}
+
+Test(payment, unknown_field_is_422)
+{
+    expect_reject("{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c\",\"cvv\":\"123\"}",
+                  422, "unknown_field", "cvv");
+}
+
+Test(payment, amount_rules)
+{
+    expect_reject("{\"currency\":\"USD\",\"customer_id\":\"c\"}", 422, "invalid_amount", "amount");
+    const char *bad[] = {"\"10\"", "0", "-1", "10.001", "1000000", "999999.991", "1e400",
+                         "-1e400", "1e-400", "null", "true", "[1]"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char body[200];
+        snprintf(body, sizeof body, "{\"amount\":%s,\"currency\":\"USD\",\"customer_id\":\"c\"}",
+                 bad[i]);
+        expect_reject(body, 422, "invalid_amount", "amount");
+    }
+    expect_reject("{\"amount\":10.5,\"currency\":\"JPY\",\"customer_id\":\"c\"}", 422,
+                  "invalid_amount", "amount");
+    expect_reject("{\"amount\":1.2345,\"currency\":\"KWD\",\"customer_id\":\"c\"}", 422,
+                  "invalid_amount", "amount");
+}
+
+Test(payment, currency_rules)
+{
+    expect_reject("{\"amount\":1,\"customer_id\":\"c\"}", 422, "invalid_currency", "currency");
+    expect_reject("{\"amount\":1,\"currency\":\"usd\",\"customer_id\":\"c\"}", 422,
+                  "invalid_currency", "currency");
+    expect_reject("{\"amount\":1,\"currency\":\"ABC\",\"customer_id\":\"c\"}", 422,
+                  "invalid_currency", "currency");
+    expect_reject("{\"amount\":1,\"currency\":840,\"customer_id\":\"c\"}", 422,
+                  "invalid_currency", "currency");
+}
+
+Test(payment, customer_id_rules)
+{
+    cr_assert(payment_customer_valid("a"));
+    cr_assert(payment_customer_valid("A-z_09"));
+    char longest[66];
+    memset(longest, 'c', 64);
+    longest[64] = '\0';
+    cr_assert(payment_customer_valid(longest));
+    longest[64] = 'c';
+    longest[65] = '\0';
+    cr_assert_not(payment_customer_valid(longest));
+    cr_assert_not(payment_customer_valid(""));
+    cr_assert_not(payment_customer_valid("a b"));
+    cr_assert_not(payment_customer_valid("a/b"));
+    cr_assert_not(payment_customer_valid("caf\xc3\xa9"));
+    expect_reject("{\"amount\":1,\"currency\":\"USD\"}", 422, "invalid_customer_id",
+                  "customer_id");
+    expect_reject("{\"amount\":1,\"currency\":\"USD\",\"customer_id\":7}", 422,
+                  "invalid_customer_id", "customer_id");
+    expect_reject("{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"\"}", 422,
+                  "invalid_customer_id", "customer_id");
+}
+
+Test(payment, description_rules)
+{
+    char body[600], d[300];
+    memset(d, 'd', 255);
+    d[255] = '\0';
+    snprintf(body, sizeof body,
+             "{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c\",\"description\":\"%s\"}", d);
+    struct payment_request r;
+    struct apierr e;
+    cr_assert_eq(payment_parse(body, strlen(body), &r, &e), 0);
+    payment_request_clear(&r);
+    d[255] = 'd';
+    d[256] = '\0';
+    snprintf(body, sizeof body,
+             "{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c\",\"description\":\"%s\"}", d);
+    expect_reject(body, 422, "invalid_description", "description");
+    expect_reject("{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c\",\"description\":5}",
+                  422, "invalid_description", "description");
+    expect_reject("{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c\",\"description\":"
+                  "\"\xff\xfe\"}",
+                  422, "invalid_description", "description");
+    cr_assert(payment_utf8_valid("\xf0\x9f\x92\xb8", 4));
+    cr_assert_not(payment_utf8_valid("\xc0\xaf", 2));         /* overlong */
+    cr_assert_not(payment_utf8_valid("\xed\xa0\x80", 3));     /* surrogate */
+    cr_assert_not(payment_utf8_valid("\xe2\x82", 2));         /* truncated */
+}
+
+/* ---- fingerprint -------------------------------------------------------------- */
+
+static void fingerprint_of(const char *body, char out[65])
+{
+    struct payment_request r;
+    struct apierr e;
+    size_t n;
+    cr_assert_eq(payment_parse(body, strlen(body), &r, &e), 0, "%s: %s", body, e.message);
+    char *c = payment_canonical(&r, &n);
+    cr_assert_not_null(c);
+    idem_fingerprint("POST", "/api/v1/payments", c, n, out);
+    free(c);
+    payment_request_clear(&r);
+}
+
+Test(fingerprint, equal_under_key_order_whitespace_and_normalization)
+{
+    char a[65], b[65], c[65], d[65];
+    fingerprint_of("{\"amount\":10.5,\"currency\":\"USD\",\"customer_id\":\"c1\"}", a);
+    fingerprint_of("{ \"customer_id\" : \"c1\",\n \"currency\":\"USD\", \"amount\": 10.50 }", b);
+    fingerprint_of("{\"amount\":1050e-2,\"currency\":\"USD\",\"customer_id\":\"c1\","
+                   "\"description\":null}",
+                   c);
+    cr_assert_str_eq(a, b);
+    cr_assert_str_eq(a, c);
+    cr_assert_eq(strlen(a), 64);
+    fingerprint_of("{\"amount\":10.5,\"currency\":\"USD\",\"customer_id\":\"c1\","
+                   "\"description\":\"\"}",
+                   d);
+    cr_assert_str_neq(a, d, "an empty description differs from none");
+}
+
+Test(fingerprint, differs_for_every_field)
+{
+    char base[65], other[65];
+    fingerprint_of("{\"amount\":10,\"currency\":\"USD\",\"customer_id\":\"c1\","
+                   "\"description\":\"x\"}",
+                   base);
+    const char *variants[] = {
+        "{\"amount\":10.01,\"currency\":\"USD\",\"customer_id\":\"c1\",\"description\":\"x\"}",
+        "{\"amount\":10,\"currency\":\"EUR\",\"customer_id\":\"c1\",\"description\":\"x\"}",
+        "{\"amount\":10,\"currency\":\"USD\",\"customer_id\":\"c2\",\"description\":\"x\"}",
+        "{\"amount\":10,\"currency\":\"USD\",\"customer_id\":\"c1\",\"description\":\"y\"}",
+        "{\"amount\":10,\"currency\":\"USD\",\"customer_id\":\"c1\"}",
+    };
+    for (size_t i = 0; i < sizeof variants / sizeof variants[0]; i++) {
+        fingerprint_of(variants[i], other);
+        cr_assert_str_neq(base, other, "%s", variants[i]);
+    }
+    /* The route is part of it too. */
+    char r1[65], r2[65];
+    idem_fingerprint("POST", "/a", "x", 1, r1);
+    idem_fingerprint("POST", "/b", "x", 1, r2);
+    cr_assert_str_neq(r1, r2);
+}
+
+/* ---- JSON ---------------------------------------------------------------------- */
+
+Test(json, payment_object_has_every_field)
+{
+    struct store_payment p = {.transaction_id = "txn_abc",
+                              .idempotency_key = "k1",
+                              .customer_id = "c1",
+                              .amount_minor = 1050,
+                              .currency = "USD",
+                              .description = NULL,
+                              .status = "completed",
+                              .processed_at_us = 1700000000123456LL};
+    char *s = payment_json(&p);
+    cr_assert_str_eq(s, "{\"transaction_id\":\"txn_abc\",\"status\":\"completed\",\"amount\":10.50,"
+                        "\"currency\":\"USD\",\"customer_id\":\"c1\",\"description\":null,"
+                        "\"processed_at\":\"2023-11-14T22:13:20.123456Z\","
+                        "\"idempotency_key\":\"k1\"}");
+    free(s);
+    p.currency[0] = 'J', p.currency[1] = 'P', p.currency[2] = 'Y';
+    p.amount_minor = 500;
+    p.description = "say \"hi\"";
+    s = payment_json(&p);
+    cJSON *o = cJSON_Parse(s);
+    cr_assert_not_null(o, "not JSON: %s", s);
+    cr_assert_eq(cJSON_GetObjectItem(o, "amount")->valuedouble, 500);
+    cr_assert_str_eq(cJSON_GetObjectItem(o, "description")->valuestring, "say \"hi\"");
+    cJSON_Delete(o);
+    free(s);
+}
+
+Test(json, declined_and_error_shapes)
+{
+    struct store_payment p = {.transaction_id = "txn_x", .status = "declined"};
+    char *s = payment_declined_json(&p);
+    cr_assert_str_eq(s, "{\"error\":{\"type\":\"card_error\",\"code\":\"card_declined\","
+                        "\"message\":\"the card was declined\"},\"transaction_id\":\"txn_x\","
+                        "\"status\":\"declined\"}");
+    free(s);
+    struct apierr e;
+    apierr_set(&e, 422, "invalid_request_error", "invalid_amount", "amount", "bad \"%s\"", "x");
+    s = apierr_json(&e);
+    cr_assert_str_eq(s, "{\"error\":{\"type\":\"invalid_request_error\",\"code\":"
+                        "\"invalid_amount\",\"message\":\"bad \\\"x\\\"\",\"param\":\"amount\"}}");
+    free(s);
+    apierr_set(&e, 400, "invalid_request_error", "invalid_json", NULL, "x");
+    s = apierr_json(&e);
+    cr_assert_null(strstr(s, "param"));
+    free(s);
+}
+
+Test(payment, transaction_ids_are_random_and_url_safe)
+{
+    char a[PAYMENT_ID_LEN + 1], b[PAYMENT_ID_LEN + 1];
+    cr_assert_eq(payment_new_id(a), 0);
+    cr_assert_eq(payment_new_id(b), 0);
+    cr_assert_eq(strlen(a), 28);
+    cr_assert_eq(strncmp(a, "txn_", 4), 0);
+    cr_assert_str_neq(a, b);
+    for (int i = 4; i < 28; i++)
+        cr_assert(strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", a[i]));
+}
+
+Test(payment, simulated_processor_by_customer)
+{
+    struct payment_request r = {.amount_minor = 1};
+    strcpy(r.customer_id, "cust-1");
+    cr_assert_eq(payment_process(&r, 0), PAYMENT_APPROVED);
+    strcpy(r.customer_id, "cust-declined-7");
+    cr_assert_eq(payment_process(&r, 0), PAYMENT_DECLINED);
+    strcpy(r.customer_id, "cust-gateway-error");
+    cr_assert_eq(payment_process(&r, 0), PAYMENT_GATEWAY_ERROR);
+}
+
+/* ---- configuration ------------------------------------------------------------ */
+
+Test(config, flags_win_over_environment)
+{
+    struct config c;
+    char err[256];
+    setenv("PORT", "9000", 1);
+    setenv("MOCKERY_POOL_SIZE", "3", 1);
+    setenv("MOCKERY_STORE", "memory", 1);
+    char *argv[] = {"mockery-server", "--port=9100", "--lease", "5", "--require-key=false", NULL};
+    config_defaults(&c);
+    cr_assert_eq(config_parse(&c, 5, argv, err, sizeof err), CONFIG_OK, "%s", err);
+    cr_assert_eq(c.port, 9100);
+    cr_assert_eq(c.pool_size, 3);
+    cr_assert_eq(c.store, STORE_KIND_MEMORY);
+    cr_assert_eq(c.lease_s, 5);
+    cr_assert_eq(c.require_key, 0);
+}
+
+Test(config, bad_values_name_the_flag)
+{
+    struct config c;
+    char err[256];
+    char *a1[] = {"s", "--threads=0", NULL};
+    char *a2[] = {"s", "--store=mysql", NULL};
+    char *a3[] = {"s", "--bogus", NULL};
+    char *a4[] = {"s", "--port", NULL};
+    char *a5[] = {"s", "--log-level=loud", NULL};
+    config_defaults(&c);
+    cr_assert_eq(config_parse(&c, 2, a1, err, sizeof err), CONFIG_INVALID);
+    cr_assert(strstr(err, "--threads"), "%s", err);
+    cr_assert_eq(config_parse(&c, 2, a2, err, sizeof err), CONFIG_INVALID);
+    cr_assert(strstr(err, "--store"), "%s", err);
+    cr_assert_eq(config_parse(&c, 2, a3, err, sizeof err), CONFIG_INVALID);
+    cr_assert(strstr(err, "--bogus"), "%s", err);
+    cr_assert_eq(config_parse(&c, 2, a4, err, sizeof err), CONFIG_INVALID);
+    cr_assert_eq(config_parse(&c, 2, a5, err, sizeof err), CONFIG_INVALID);
+    setenv("MOCKERY_LEASE", "soon", 1);
+    char *a6[] = {"s", NULL};
+    cr_assert_eq(config_parse(&c, 1, a6, err, sizeof err), CONFIG_INVALID);
+    cr_assert(strstr(err, "MOCKERY_LEASE"), "%s", err);
+}
+
+/* ---- API keys ------------------------------------------------------------------- */
+
+Test(auth, keys_map_to_tenants)
+{
+    char err[256];
+    struct auth *a = auth_new("acme:key-acme-123,globex:key-globex-456", err, sizeof err);
+    cr_assert_not_null(a, "%s", err);
+    cr_assert(auth_enabled(a));
+    cr_assert_str_eq(auth_tenant(a, "Bearer key-acme-123"), "acme");
+    cr_assert_str_eq(auth_tenant(a, "bearer key-globex-456"), "globex");
+    cr_assert_null(auth_tenant(a, "Bearer key-acme-12"));
+    cr_assert_null(auth_tenant(a, "key-acme-123"));
+    cr_assert_null(auth_tenant(a, NULL));
+    auth_free(a);
+    a = auth_new("", err, sizeof err);
+    cr_assert_not(auth_enabled(a));
+    cr_assert_str_eq(auth_tenant(a, NULL), AUTH_OPEN_TENANT);
+    auth_free(a);
+    cr_assert_null(auth_new("nocolon", err, sizeof err));
+    cr_assert_null(auth_new("t:short", err, sizeof err));
+    cr_assert_null(auth_new("@/nonexistent/file", err, sizeof err));
+}
