@@ -35,6 +35,21 @@ static int on_log_message(const struct mg_connection *conn, const char *message)
     return 1;
 }
 
+/* Each connection holds a worker thread for as long as it stays open. */
+static int on_connection_open(const struct mg_connection *conn, void **conn_data)
+{
+    struct app *app = mg_get_user_data(mg_get_context(conn));
+    (void)conn_data;
+    __atomic_add_fetch(&app->connections, 1, __ATOMIC_RELAXED);
+    return 0;
+}
+
+static void on_connection_close(const struct mg_connection *conn)
+{
+    struct app *app = mg_get_user_data(mg_get_context(conn));
+    __atomic_sub_fetch(&app->connections, 1, __ATOMIC_RELAXED);
+}
+
 static void on_pg_notice(void *arg, const char *message)
 {
     struct app *app = arg;
@@ -193,6 +208,8 @@ struct app *app_start(const struct config *cfg, struct logger *log, char *err, s
     memset(&cb, 0, sizeof cb);
     cb.log_message = on_log_message;
     cb.http_error = handlers_http_error;
+    cb.init_connection = on_connection_open;
+    cb.connection_close = on_connection_close;
     struct mg_init_data init = {
         .callbacks = &cb, .user_data = app, .configuration_options = options};
     struct mg_error_data edata = {.text = err, .text_buffer_size = errlen};

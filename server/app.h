@@ -22,6 +22,7 @@ struct app {
     struct auth *auth;
     struct mg_context *ctx;
     int port;
+    int connections; /* held by workers now; atomic (see handlers.c) */
     int64_t lease_ms;
     int64_t ttl_ms;
 

@@ -320,6 +320,13 @@ int handlers_route(struct mg_connection *conn, void *cbdata)
     struct request r = {.conn = conn, .ri = mg_get_request_info(conn), .app = cbdata};
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
+    /* With keep-alive a connection holds its worker between requests. When
+     * every worker holds one, a new client would wait in the queue for as
+     * long as the busy ones keep talking: close this connection after its
+     * answer so the worker serves whoever waits. */
+    struct app *app = cbdata;
+    if (__atomic_load_n(&app->connections, __ATOMIC_RELAXED) >= app->cfg.threads)
+        mg_disable_connection_keep_alive(conn);
     dispatch(&r);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     access_log(&r, (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);

@@ -106,8 +106,8 @@ static size_t on_header(char *p, size_t size, size_t n, void *arg)
     return len;
 }
 
-void test_http(const char *method, const char *url, const char *const *headers,
-               const char *body, size_t body_len, struct test_response *out)
+void test_http(const char *method, const char *url, const char *const *headers, const char *body,
+               size_t body_len, struct test_response *out)
 {
     memset(out, 0, sizeof *out);
     struct sink sink = {0};

@@ -42,8 +42,8 @@ struct test_response {
 
 /* Sends one request. headers: NULL-terminated "Name: value" strings. body may
  * be NULL. Fails the test if no HTTP answer came back. */
-void test_http(const char *method, const char *url, const char *const *headers,
-               const char *body, size_t body_len, struct test_response *out);
+void test_http(const char *method, const char *url, const char *const *headers, const char *body,
+               size_t body_len, struct test_response *out);
 /* POST a JSON body to /api/v1/payments with this key (NULL: no header). */
 void test_post_payment(const struct test_server *s, const char *key, const char *json,
                        struct test_response *out);

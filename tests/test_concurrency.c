@@ -31,7 +31,10 @@ static void start_pg(void)
     test_server_start(&srv, &c);
 }
 
-static void stop(void) { test_server_stop(&srv); }
+static void stop(void)
+{
+    test_server_stop(&srv);
+}
 
 /* Counts rows in PostgreSQL directly: what the store really holds. */
 static long count_rows(const char *sql, const char *param)
@@ -106,11 +109,10 @@ Test(concurrency, thirty_two_duplicates_make_one_payment, .init = start_pg_slow,
         if (args[i].r.status == 200)
             cr_assert_str_eq(args[i].r.body, first_body);
     cr_assert_eq(count_rows("SELECT count(*) FROM payments WHERE idempotency_key = $1", key), 1);
-    cr_assert_eq(
-        count_rows("SELECT count(*) FROM idempotency_keys WHERE idempotency_key = $1"
-                   " AND state = 'completed'",
-                   key),
-        1);
+    cr_assert_eq(count_rows("SELECT count(*) FROM idempotency_keys WHERE idempotency_key = $1"
+                            " AND state = 'completed'",
+                            key),
+                 1);
     for (int i = 0; i < DUPES; i++)
         test_response_free(&args[i].r);
     pthread_barrier_destroy(&barrier);

@@ -3,6 +3,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
+#include <curl/curl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,24 +20,51 @@ static void start(enum store_kind kind, int delay_ms)
     c.processing_delay_ms = delay_ms;
     test_server_start(&srv, &c);
 }
-static void start_mem(void) { start(STORE_KIND_MEMORY, 0); }
-static void start_pg(void) { start(STORE_KIND_POSTGRES, 0); }
-static void start_mem_slow(void) { start(STORE_KIND_MEMORY, 1500); }
-static void start_pg_slow(void) { start(STORE_KIND_POSTGRES, 1500); }
-static void stop(void) { test_server_stop(&srv); }
+static void start_mem(void)
+{
+    start(STORE_KIND_MEMORY, 0);
+}
+static void start_pg(void)
+{
+    start(STORE_KIND_POSTGRES, 0);
+}
+static void start_mem_slow(void)
+{
+    start(STORE_KIND_MEMORY, 1500);
+}
+static void start_pg_slow(void)
+{
+    start(STORE_KIND_POSTGRES, 1500);
+}
+static void stop(void)
+{
+    test_server_stop(&srv);
+}
 
 /* Defines the case `name` against both stores. */
-#define BOTH(name)                                                                       \
-    static void name(void);                                                              \
-    Test(http_mem, name, .init = start_mem, .fini = stop, .timeout = 60) { name(); }     \
-    Test(http_pg, name, .init = start_pg, .fini = stop, .timeout = 60) { name(); }       \
+#define BOTH(name)                                                                                 \
+    static void name(void);                                                                        \
+    Test(http_mem, name, .init = start_mem, .fini = stop, .timeout = 60)                           \
+    {                                                                                              \
+        name();                                                                                    \
+    }                                                                                              \
+    Test(http_pg, name, .init = start_pg, .fini = stop, .timeout = 60)                             \
+    {                                                                                              \
+        name();                                                                                    \
+    }                                                                                              \
     static void name(void)
 
 /* The same, with a processor that takes 1.5 s. */
-#define BOTH_SLOW(name)                                                                   \
-    static void name(void);                                                               \
-    Test(http_mem, name, .init = start_mem_slow, .fini = stop, .timeout = 60) { name(); } \
-    Test(http_pg, name, .init = start_pg_slow, .fini = stop, .timeout = 60) { name(); }   \
+#define BOTH_SLOW(name)                                                                            \
+    static void name(void);                                                                        \
+    Test(http_mem, name, .init = start_mem_slow, .fini = stop, .timeout = 60)                      \
+    {                                                                                              \
+        name();                                                                                    \
+    }                                                                                              \
+    Test(http_pg, name, .init = start_pg_slow, .fini = stop, .timeout = 60)                        \
+    {                                                                                              \
+        name();                                                                                    \
+    }                                                                                              \
     static void name(void)
 
 static void url(char *buf, size_t len, const char *path)
@@ -101,9 +129,10 @@ BOTH(first_payment_is_created_with_location)
     char key[96], cust[64], body[256];
     test_unique(key, sizeof key, "k");
     test_unique(cust, sizeof cust, "cust");
-    snprintf(body, sizeof body,
-             "{\"amount\":10.5,\"currency\":\"USD\",\"customer_id\":\"%s\",\"description\":\"tea\"}",
-             cust);
+    snprintf(
+        body, sizeof body,
+        "{\"amount\":10.5,\"currency\":\"USD\",\"customer_id\":\"%s\",\"description\":\"tea\"}",
+        cust);
     struct test_response r;
     test_post_payment(&srv, key, body, &r);
     cr_assert_eq(r.status, 201, "%s", r.body);
@@ -330,8 +359,8 @@ BOTH(bad_input_is_rejected_before_the_key_is_claimed)
          "amount"},
         {"{\"amount\":3,\"currency\":\"usd\",\"customer_id\":\"c\"}", 422, "invalid_currency",
          "currency"},
-        {"{\"amount\":3,\"currency\":\"USD\",\"customer_id\":\"a b\"}", 422,
-         "invalid_customer_id", "customer_id"},
+        {"{\"amount\":3,\"currency\":\"USD\",\"customer_id\":\"a b\"}", 422, "invalid_customer_id",
+         "customer_id"},
         {"{\"amount\":3,\"currency\":\"USD\",\"customer_id\":\"c\",\"description\":[]}", 422,
          "invalid_description", "description"},
     };
@@ -452,8 +481,10 @@ BOTH(list_pages_newest_first_and_filters_by_customer)
 
 BOTH(list_rejects_bad_parameters)
 {
-    const char *bad[][2] = {{"?limit=0", "limit"},           {"?limit=501", "limit"},
-                            {"?limit=ten", "limit"},         {"?limit=", "limit"},
+    const char *bad[][2] = {{"?limit=0", "limit"},
+                            {"?limit=501", "limit"},
+                            {"?limit=ten", "limit"},
+                            {"?limit=", "limit"},
                             {"?customer_id=a%20b", "customer_id"},
                             {"?starting_after=txn_nope", "starting_after"}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -521,4 +552,85 @@ Test(http_mem, health_reports_memory, .init = start_mem, .fini = stop, .timeout 
     cr_assert_eq(r.status, 200);
     cr_assert_str_eq(r.body, "{\"status\":\"healthy\",\"store\":\"memory\",\"database\":\"none\"}");
     test_response_free(&r);
+}
+
+/* ---- keep-alive cannot starve a new client ------------------------------- */
+
+struct busy_arg {
+    int *stop;
+    pthread_barrier_t *barrier;
+    int sent;
+};
+
+static size_t discard(char *p, size_t size, size_t n, void *arg)
+{
+    (void)p;
+    (void)arg;
+    return size * n;
+}
+
+static void *busy_client(void *p)
+{
+    struct busy_arg *a = p;
+    char u[256];
+    url(u, sizeof u, "/health");
+    CURL *c = curl_easy_init();
+    curl_easy_setopt(c, CURLOPT_URL, u);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 10L);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    /* One keep-alive connection, kept busy: bounded in count. */
+    curl_easy_perform(c);
+    pthread_barrier_wait(a->barrier);
+    while (!__atomic_load_n(a->stop, __ATOMIC_RELAXED) && a->sent < 200000) {
+        curl_easy_perform(c);
+        a->sent++;
+    }
+    curl_easy_cleanup(c);
+    return NULL;
+}
+
+static void start_mem_few_threads(void)
+{
+    struct config c;
+    test_config(&c, STORE_KIND_MEMORY);
+    c.threads = 4;
+    test_server_start(&srv, &c);
+}
+
+Test(http_mem, busy_keep_alive_clients_do_not_starve_a_new_one, .init = start_mem_few_threads,
+     .fini = stop, .timeout = 60)
+{
+    enum { BUSY = 8 };
+    int stop_flag = 0;
+    pthread_barrier_t barrier;
+    pthread_barrier_init(&barrier, NULL, BUSY + 1);
+    struct busy_arg args[BUSY];
+    pthread_t t[BUSY];
+    for (int i = 0; i < BUSY; i++) {
+        args[i] = (struct busy_arg){&stop_flag, &barrier, 0};
+        pthread_create(&t[i], NULL, busy_client, &args[i]);
+    }
+    pthread_barrier_wait(&barrier);
+    /* Twice as many busy keep-alive clients as workers: a new client must
+     * still be answered, and promptly. */
+    for (int i = 0; i < 3; i++) {
+        char u[256];
+        url(u, sizeof u, "/health");
+        CURL *c = curl_easy_init();
+        curl_easy_setopt(c, CURLOPT_URL, u);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard);
+        curl_easy_setopt(c, CURLOPT_TIMEOUT, 3L);
+        curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+        CURLcode rc = curl_easy_perform(c);
+        long status = 0;
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+        curl_easy_cleanup(c);
+        cr_assert_eq(rc, CURLE_OK, "new client starved: %s", curl_easy_strerror(rc));
+        cr_assert_eq(status, 200);
+    }
+    __atomic_store_n(&stop_flag, 1, __ATOMIC_RELAXED);
+    for (int i = 0; i < BUSY; i++)
+        pthread_join(t[i], NULL);
+    pthread_barrier_destroy(&barrier);
 }

@@ -41,10 +41,16 @@ static void wait_ms(int ms)
 }
 
 /* Defines the contract case `name` for both stores. */
-#define CONTRACT(name)                                                                      \
-    static void name(void);                                                                 \
-    Test(store_mem, name, .init = open_mem, .fini = close_store, .timeout = 30) { name(); } \
-    Test(store_pg, name, .init = open_pg, .fini = close_store, .timeout = 30) { name(); }   \
+#define CONTRACT(name)                                                                             \
+    static void name(void);                                                                        \
+    Test(store_mem, name, .init = open_mem, .fini = close_store, .timeout = 30)                    \
+    {                                                                                              \
+        name();                                                                                    \
+    }                                                                                              \
+    Test(store_pg, name, .init = open_pg, .fini = close_store, .timeout = 30)                      \
+    {                                                                                              \
+        name();                                                                                    \
+    }                                                                                              \
     static void name(void)
 
 static const char *T = "tenant-a";
@@ -255,8 +261,7 @@ CONTRACT(tenants_do_not_share_keys_or_payments)
     test_unique(key, sizeof key, "tenant");
     test_unique(id, sizeof id, "txn");
     struct store_claim_result a, b;
-    cr_assert_eq(store_claim(store, "t1", key, FP, LONG_MS, DAY_MS, &a, err, sizeof err),
-                 STORE_OK);
+    cr_assert_eq(store_claim(store, "t1", key, FP, LONG_MS, DAY_MS, &a, err, sizeof err), STORE_OK);
     cr_assert_eq(store_claim(store, "t2", key, "fp-other", LONG_MS, DAY_MS, &b, err, sizeof err),
                  STORE_OK);
     cr_assert_eq(a.outcome, CLAIM_NEW);

@@ -165,15 +165,15 @@ Test(payment, json_errors_are_400)
 
 Test(payment, unknown_field_is_422)
 {
-    expect_reject("{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c\",\"cvv\":\"123\"}",
-                  422, "unknown_field", "cvv");
+    expect_reject("{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c\",\"cvv\":\"123\"}", 422,
+                  "unknown_field", "cvv");
 }
 
 Test(payment, amount_rules)
 {
     expect_reject("{\"currency\":\"USD\",\"customer_id\":\"c\"}", 422, "invalid_amount", "amount");
-    const char *bad[] = {"\"10\"", "0", "-1", "10.001", "1000000", "999999.991", "1e400",
-                         "-1e400", "1e-400", "null", "true", "[1]"};
+    const char *bad[] = {"\"10\"", "0",      "-1",     "10.001", "1000000", "999999.991",
+                         "1e400",  "-1e400", "1e-400", "null",   "true",    "[1]"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char body[200];
         snprintf(body, sizeof body, "{\"amount\":%s,\"currency\":\"USD\",\"customer_id\":\"c\"}",
@@ -193,8 +193,8 @@ Test(payment, currency_rules)
                   "invalid_currency", "currency");
     expect_reject("{\"amount\":1,\"currency\":\"ABC\",\"customer_id\":\"c\"}", 422,
                   "invalid_currency", "currency");
-    expect_reject("{\"amount\":1,\"currency\":840,\"customer_id\":\"c\"}", 422,
-                  "invalid_currency", "currency");
+    expect_reject("{\"amount\":1,\"currency\":840,\"customer_id\":\"c\"}", 422, "invalid_currency",
+                  "currency");
 }
 
 Test(payment, customer_id_rules)
@@ -212,8 +212,7 @@ Test(payment, customer_id_rules)
     cr_assert_not(payment_customer_valid("a b"));
     cr_assert_not(payment_customer_valid("a/b"));
     cr_assert_not(payment_customer_valid("caf\xc3\xa9"));
-    expect_reject("{\"amount\":1,\"currency\":\"USD\"}", 422, "invalid_customer_id",
-                  "customer_id");
+    expect_reject("{\"amount\":1,\"currency\":\"USD\"}", 422, "invalid_customer_id", "customer_id");
     expect_reject("{\"amount\":1,\"currency\":\"USD\",\"customer_id\":7}", 422,
                   "invalid_customer_id", "customer_id");
     expect_reject("{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"\"}", 422,
@@ -242,9 +241,9 @@ Test(payment, description_rules)
                   "\"\xff\xfe\"}",
                   422, "invalid_description", "description");
     cr_assert(payment_utf8_valid("\xf0\x9f\x92\xb8", 4));
-    cr_assert_not(payment_utf8_valid("\xc0\xaf", 2));         /* overlong */
-    cr_assert_not(payment_utf8_valid("\xed\xa0\x80", 3));     /* surrogate */
-    cr_assert_not(payment_utf8_valid("\xe2\x82", 2));         /* truncated */
+    cr_assert_not(payment_utf8_valid("\xc0\xaf", 2));     /* overlong */
+    cr_assert_not(payment_utf8_valid("\xed\xa0\x80", 3)); /* surrogate */
+    cr_assert_not(payment_utf8_valid("\xe2\x82", 2));     /* truncated */
 }
 
 /* ---- fingerprint -------------------------------------------------------------- */
