@@ -39,6 +39,7 @@ static const struct opt OPTS[] = {
     {"api-keys", "MOCKERY_API_KEYS", OPT_STRING, offsetof(struct config, api_keys),
      sizeof((struct config *)0)->api_keys, 0, 0},
     {"log-level", "MOCKERY_LOG_LEVEL", OPT_LEVEL, offsetof(struct config, log_level), 0, 0, 0},
+    INT_OPT("db-wait", "MOCKERY_DB_WAIT", db_wait_s, 0, 3600),
 };
 
 #define NOPTS (sizeof OPTS / sizeof OPTS[0])
@@ -75,6 +76,7 @@ const char *config_usage(void)
            "  --require-key BOOL       reject POSTs without Idempotency-Key (true)\n"
            "  --api-keys LIST|@FILE    tenant:key pairs, comma-separated\n"
            "  --log-level LEVEL        debug|info|warn|error (info)\n"
+           "  --db-wait S              seconds start-up waits for PostgreSQL (30)\n"
            "Each flag also reads MOCKERY_<FLAG> (e.g. MOCKERY_POOL_SIZE); flags win.\n";
 }
 

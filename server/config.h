@@ -24,11 +24,11 @@ struct config {
     int require_key;
     char api_keys[8192];
     enum log_level log_level;
+    int db_wait_s; /* how long start-up waits for the database */
     /* Not flags: tuned here, or by tests. */
     char listen_host[64]; /* empty: every interface */
     int reaper_interval_ms;
     int reaper_batch;
-    int db_wait_s; /* how long start-up waits for the database */
 };
 
 enum config_status {

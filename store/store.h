@@ -177,7 +177,8 @@ struct store_pg_options {
     const char *database_url; /* libpq connection string or URI; never logged */
     int pool_size;
     int connect_timeout_s;
-    int acquire_timeout_ms;                         /* waiting for a free connection, then 503 */
+    int acquire_timeout_ms;       /* waiting for a free connection, then 503 */
+    const char *application_name; /* shown in pg_stat_activity; NULL: mockery-server */
     void (*notice)(void *arg, const char *message); /* libpq notices, may be NULL */
     void *notice_arg;
 };

@@ -142,6 +142,7 @@ struct store_pg {
     struct store base;
     char *url;
     char connect_timeout[16];
+    char application_name[64];
     int acquire_timeout_ms;
     void (*notice)(void *arg, const char *message);
     void *notice_arg;
@@ -194,7 +195,7 @@ static enum store_status status_of(PGconn *conn, const PGresult *res)
 static PGconn *pg_connect(struct store_pg *pg, char *err, size_t errlen)
 {
     const char *keys[] = {"dbname", "connect_timeout", "application_name", NULL};
-    const char *vals[] = {pg->url, pg->connect_timeout, "mockery-server", NULL};
+    const char *vals[] = {pg->url, pg->connect_timeout, pg->application_name, NULL};
     PGconn *conn = PQconnectdbParams(keys, vals, 1);
     if (!conn) {
         snprintf(err, errlen, "could not connect: out of memory");
@@ -746,6 +747,8 @@ struct store *store_pg_new(const struct store_pg_options *opts, char *err, size_
     pg->acquire_timeout_ms = opts->acquire_timeout_ms > 0 ? opts->acquire_timeout_ms : 5000;
     snprintf(pg->connect_timeout, sizeof pg->connect_timeout, "%d",
              opts->connect_timeout_s > 0 ? opts->connect_timeout_s : 5);
+    snprintf(pg->application_name, sizeof pg->application_name, "%s",
+             opts->application_name ? opts->application_name : "mockery-server");
     pg->notice = opts->notice;
     pg->notice_arg = opts->notice_arg;
     pthread_mutex_init(&pg->mu, NULL);

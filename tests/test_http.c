@@ -69,7 +69,8 @@ static void stop(void)
 
 static void url(char *buf, size_t len, const char *path)
 {
-    snprintf(buf, len, "%s%s", srv.base, path);
+    if (snprintf(buf, len, "%s%s", srv.base, path) >= (int)len)
+        cr_assert_fail("url too long");
 }
 
 static cJSON *parse(const struct test_response *r)
@@ -633,4 +634,159 @@ Test(http_mem, busy_keep_alive_clients_do_not_starve_a_new_one, .init = start_me
     for (int i = 0; i < BUSY; i++)
         pthread_join(t[i], NULL);
     pthread_barrier_destroy(&barrier);
+}
+
+/* ---- --require-key=false ------------------------------------------------------ */
+
+static void start_optional_key(enum store_kind kind)
+{
+    struct config c;
+    test_config(&c, kind);
+    c.require_key = 0;
+    test_server_start(&srv, &c);
+}
+static void start_mem_optional_key(void)
+{
+    start_optional_key(STORE_KIND_MEMORY);
+}
+static void start_pg_optional_key(void)
+{
+    start_optional_key(STORE_KIND_POSTGRES);
+}
+
+static void payment_without_key_runs_each_time(void)
+{
+    char cust[64], body[256], key[96];
+    test_unique(cust, sizeof cust, "cust");
+    body_for(body, sizeof body, cust, "9");
+    struct test_response a, b, c;
+    test_post_payment(&srv, NULL, body, &a);
+    cr_assert_eq(a.status, 201, "%s", a.body);
+    cJSON *o = parse(&a);
+    cr_assert(cJSON_IsNull(cJSON_GetObjectItem(o, "idempotency_key")));
+    cJSON_Delete(o);
+    test_post_payment(&srv, NULL, body, &b);
+    cr_assert_eq(b.status, 201, "without a key nothing is deduplicated");
+    cr_assert_str_neq(a.body, b.body);
+    /* Keys still work as usual. */
+    test_unique(key, sizeof key, "k");
+    test_post_payment(&srv, key, body, &c);
+    cr_assert_eq(c.status, 201);
+    test_response_free(&c);
+    test_post_payment(&srv, key, body, &c);
+    cr_assert_eq(c.status, 200);
+    cr_assert_eq(count_for(cust), 3);
+    test_response_free(&a);
+    test_response_free(&b);
+    test_response_free(&c);
+}
+
+Test(http_mem, payment_without_key_runs_each_time, .init = start_mem_optional_key, .fini = stop,
+     .timeout = 60)
+{
+    payment_without_key_runs_each_time();
+}
+
+Test(http_pg, payment_without_key_runs_each_time, .init = start_pg_optional_key, .fini = stop,
+     .timeout = 60)
+{
+    payment_without_key_runs_each_time();
+}
+
+/* ---- tenants ---------------------------------------------------------------------- */
+
+static void start_tenants(enum store_kind kind)
+{
+    struct config c;
+    test_config(&c, kind);
+    snprintf(c.api_keys, sizeof c.api_keys, "acme:key-acme-0001,globex:key-globex-0002");
+    test_server_start(&srv, &c);
+}
+static void start_mem_tenants(void)
+{
+    start_tenants(STORE_KIND_MEMORY);
+}
+static void start_pg_tenants(void)
+{
+    start_tenants(STORE_KIND_POSTGRES);
+}
+
+static void tenant_post(const char *auth, const char *key, const char *body,
+                        struct test_response *r)
+{
+    char keyh[160];
+    snprintf(keyh, sizeof keyh, "Idempotency-Key: %s", key);
+    const char *headers[] = {"Content-Type: application/json", keyh, auth, NULL};
+    post_raw(headers, body, strlen(body), r);
+}
+
+static void tenants_are_isolated(void)
+{
+    const char *acme = "Authorization: Bearer key-acme-0001";
+    const char *globex = "Authorization: Bearer key-globex-0002";
+    char key[96], cust[64], body_a[256], body_b[256], u[256];
+    test_unique(key, sizeof key, "k");
+    test_unique(cust, sizeof cust, "cust");
+    body_for(body_a, sizeof body_a, cust, "1");
+    body_for(body_b, sizeof body_b, cust, "2");
+    struct test_response r, ra, rb;
+
+    /* No key, a wrong key: 401 before anything else, nothing cached. */
+    tenant_post("X-None: 1", key, body_a, &r);
+    expect_error(&r, 401, "unauthorized", NULL);
+    test_response_free(&r);
+    tenant_post("Authorization: Bearer key-acme-0002", key, "{bad", &r);
+    expect_error(&r, 401, "unauthorized", NULL);
+    test_response_free(&r);
+    url(u, sizeof u, "/api/v1/payments");
+    test_http("GET", u, NULL, NULL, 0, &r);
+    expect_error(&r, 401, "unauthorized", NULL);
+    test_response_free(&r);
+    url(u, sizeof u, "/health");
+    test_http("GET", u, NULL, NULL, 0, &r);
+    cr_assert_eq(r.status, 200, "/health needs no key");
+    test_response_free(&r);
+
+    /* One idempotency key, two tenants: two separate payments. */
+    tenant_post(acme, key, body_a, &ra);
+    cr_assert_eq(ra.status, 201, "%s", ra.body);
+    tenant_post(globex, key, body_b, &rb);
+    cr_assert_eq(rb.status, 201, "another tenant's key is not a mismatch: %s", rb.body);
+    tenant_post(acme, key, body_a, &r);
+    cr_assert_eq(r.status, 200);
+    cr_assert_str_eq(r.body, ra.body);
+    test_response_free(&r);
+
+    /* Neither sees the other's payment. */
+    const char *as_globex[] = {globex, NULL};
+    const char *as_acme[] = {acme, NULL};
+    url(u, sizeof u, ra.location);
+    test_http("GET", u, as_globex, NULL, 0, &r);
+    expect_error(&r, 404, "payment_not_found", NULL);
+    test_response_free(&r);
+    test_http("GET", u, as_acme, NULL, 0, &r);
+    cr_assert_eq(r.status, 200);
+    test_response_free(&r);
+    snprintf(u, sizeof u, "%s/api/v1/payments?customer_id=%s", srv.base, cust);
+    test_http("GET", u, as_globex, NULL, 0, &r);
+    cr_assert_eq(r.status, 200);
+    cJSON *o = parse(&r);
+    cJSON *items = cJSON_GetObjectItem(o, "payments");
+    cr_assert_eq(cJSON_GetArraySize(items), 1);
+    cJSON *amount = cJSON_GetObjectItem(cJSON_GetArrayItem(items, 0), "amount");
+    cr_assert_float_eq(amount->valuedouble, 2.0, 1e-9);
+    cJSON_Delete(o);
+    test_response_free(&r);
+    test_response_free(&ra);
+    test_response_free(&rb);
+}
+
+Test(http_mem, tenants_are_isolated, .init = start_mem_tenants, .fini = stop, .timeout = 60)
+{
+    tenants_are_isolated();
+}
+
+Test(http_pg, tenants_are_isolated, .init = start_pg_tenants, .fini = stop, .timeout = 60)
+{
+    tenants_are_isolated();
 }

@@ -2,6 +2,7 @@
  * memory and the PostgreSQL store */
 #define _POSIX_C_SOURCE 200809L
 #include <criterion/criterion.h>
+#include <libpq-fe.h>
 #include <string.h>
 #include <time.h>
 
@@ -331,4 +332,45 @@ CONTRACT(ping_answers)
 {
     char err[256];
     cr_assert_eq(store_ping(store, err, sizeof err), STORE_OK);
+}
+
+/* ---- PostgreSQL only: losing the database connection --------------------------- */
+
+static void terminate_backends(const char *application_name)
+{
+    PGconn *conn = PQconnectdb(test_db_url());
+    cr_assert_eq(PQstatus(conn), CONNECTION_OK);
+    const char *vals[] = {application_name};
+    PGresult *res = PQexecParams(conn,
+                                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                                 " WHERE application_name = $1",
+                                 1, NULL, vals, NULL, NULL, 0);
+    cr_assert_eq(PQresultStatus(res), PGRES_TUPLES_OK, "%s", PQerrorMessage(conn));
+    cr_assert_eq(strcmp(PQgetvalue(res, 0, 0), "1"), 0, "terminated %s backends",
+                 PQgetvalue(res, 0, 0));
+    PQclear(res);
+    PQfinish(conn);
+}
+
+Test(store_pg, lost_connection_is_unavailable_then_reconnects, .timeout = 30)
+{
+    char name[64], err[256], key[96];
+    test_unique(name, sizeof name, "mockery-test");
+    struct store_pg_options o = {
+        .database_url = test_db_url(), .pool_size = 1, .application_name = name};
+    struct store *s = store_pg_new(&o, err, sizeof err);
+    cr_assert_not_null(s, "%s", err);
+    cr_assert_eq(store_ping(s, err, sizeof err), STORE_OK);
+    terminate_backends(name);
+    /* The broken connection answers "unavailable", not a crash or a hang... */
+    test_unique(key, sizeof key, "lost");
+    struct store_claim_result r = {0};
+    cr_assert_eq(store_claim(s, T, key, FP, LONG_MS, DAY_MS, &r, err, sizeof err),
+                 STORE_UNAVAILABLE);
+    /* ...and the next call reconnects by itself. */
+    cr_assert_eq(store_claim(s, T, key, FP, LONG_MS, DAY_MS, &r, err, sizeof err), STORE_OK, "%s",
+                 err);
+    cr_assert_eq(r.outcome, CLAIM_NEW);
+    store_claim_result_clear(&r);
+    store_free(s);
 }

@@ -1,0 +1,133 @@
+/* test_process.c - the mockery-server executable: flags, exit codes, and
+ * what it prints */
+#define _POSIX_C_SOURCE 200809L
+#include <cjson/cJSON.h>
+#include <criterion/criterion.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+struct run {
+    int code;
+    char out[8192];
+    char err[8192];
+};
+
+static void read_all(int fd, char *buf, size_t len)
+{
+    size_t n = 0;
+    ssize_t got;
+    while (n + 1 < len && (got = read(fd, buf + n, len - n - 1)) > 0)
+        n += (size_t)got;
+    buf[n] = '\0';
+}
+
+/* Runs the server with args to completion (it must exit by itself). */
+static void run_server(char *const args[], struct run *r)
+{
+    int out[2], err[2];
+    cr_assert_eq(pipe(out), 0);
+    cr_assert_eq(pipe(err), 0);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
+    posix_spawn_file_actions_addclose(&fa, out[0]);
+    posix_spawn_file_actions_addclose(&fa, err[0]);
+    pid_t pid;
+    cr_assert_eq(posix_spawn(&pid, MOCKERY_SERVER_BIN, &fa, NULL, args, environ), 0);
+    close(out[1]);
+    close(err[1]);
+    read_all(out[0], r->out, sizeof r->out);
+    read_all(err[0], r->err, sizeof r->err);
+    close(out[0]);
+    close(err[0]);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status), "the server did not exit by itself");
+    r->code = WEXITSTATUS(status);
+    posix_spawn_file_actions_destroy(&fa);
+}
+
+static void expect_one_json_line(const char *text, const char *needle)
+{
+    const char *nl = strchr(text, '\n');
+    cr_assert_not_null(nl, "no line: %s", text);
+    cr_assert_eq(nl[1], '\0', "more than one line: %s", text);
+    cJSON *o = cJSON_ParseWithLength(text, (size_t)(nl - text));
+    cr_assert_not_null(o, "not JSON: %s", text);
+    cr_assert_not_null(strstr(text, needle), "%s does not name %s", text, needle);
+    cJSON_Delete(o);
+}
+
+Test(process, bad_flags_exit_2_with_one_json_line)
+{
+    char *const cases[][3] = {
+        {"mockery-server", "--threads=zero", NULL},
+        {"mockery-server", "--no-such-flag", NULL},
+        {"mockery-server", "--store=oracle", NULL},
+        {"mockery-server", "--port=70000", NULL},
+    };
+    const char *names[] = {"--threads", "--no-such-flag", "--store", "--port"};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct run r;
+        run_server(cases[i], &r);
+        cr_assert_eq(r.code, 2, "%s: exit %d", cases[i][1], r.code);
+        expect_one_json_line(r.err, names[i]);
+    }
+}
+
+Test(process, bad_environment_exits_2)
+{
+    setenv("MOCKERY_POOL_SIZE", "-3", 1);
+    char *const args[] = {"mockery-server", NULL};
+    struct run r;
+    run_server(args, &r);
+    cr_assert_eq(r.code, 2);
+    expect_one_json_line(r.err, "MOCKERY_POOL_SIZE");
+}
+
+Test(process, help_lists_every_flag)
+{
+    char *const args[] = {"mockery-server", "--help", NULL};
+    struct run r;
+    run_server(args, &r);
+    cr_assert_eq(r.code, 0);
+    const char *flags[] = {"--port",     "--database-url",        "--store",
+                           "--threads",  "--pool-size",           "--idempotency-ttl",
+                           "--lease",    "--processing-delay-ms", "--require-key",
+                           "--api-keys", "--log-level",           "--db-wait"};
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
+        cr_assert_not_null(strstr(r.out, flags[i]), "--help does not mention %s", flags[i]);
+}
+
+Test(process, unreachable_database_fails_start_up_with_a_json_line)
+{
+    /* Port 1 on loopback: nothing listens, the connection is refused at once. */
+    char *const args[] = {"mockery-server",
+                          "--database-url",
+                          "postgresql://nobody:secret-pw@127.0.0.1:1/none?connect_timeout=2",
+                          "--port",
+                          "0",
+                          "--db-wait",
+                          "0",
+                          NULL};
+    struct run r;
+    run_server(args, &r);
+    cr_assert_eq(r.code, 1);
+    cr_assert_not_null(strstr(r.err, "could not connect"), "%s", r.err);
+    cr_assert_null(strstr(r.err, "secret-pw"), "the password was logged: %s", r.err);
+    for (const char *line = r.err; *line;) {
+        const char *nl = strchr(line, '\n');
+        cr_assert_not_null(nl);
+        cJSON *o = cJSON_ParseWithLength(line, (size_t)(nl - line));
+        cr_assert_not_null(o, "not a JSON line: %.*s", (int)(nl - line), line);
+        cJSON_Delete(o);
+        line = nl + 1;
+    }
+}
