@@ -9,7 +9,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
+
+extern char **environ;
 
 const char *test_db_url(void)
 {
@@ -43,10 +50,80 @@ void test_config(struct config *c, enum store_kind kind)
         snprintf(c->database_url, sizeof c->database_url, "%s", test_db_url());
 }
 
+/* Starts MOCKERY_TEST_SERVER_BIN with flags for c; its stderr goes to a
+ * file, from which the port is read off the "listening" line. */
+static void spawn_server(struct test_server *s, const struct config *c, const char *bin)
+{
+    char nums[8][16];
+    char *argv[40];
+    int n = 0, k = 0;
+    argv[n++] = (char *)bin;
+#define STR(name, value) (argv[n++] = (name), argv[n++] = (char *)(value))
+#define NUM(name, value) (snprintf(nums[k], sizeof nums[k], "%d", (value)), STR(name, nums[k]), k++)
+    STR("--port", "0");
+    STR("--store", c->store == STORE_KIND_MEMORY ? "memory" : "postgres");
+    NUM("--threads", c->threads);
+    NUM("--pool-size", c->pool_size);
+    NUM("--lease", c->lease_s);
+    NUM("--idempotency-ttl", c->idempotency_ttl_s);
+    NUM("--processing-delay-ms", c->processing_delay_ms);
+    STR("--require-key", c->require_key ? "true" : "false");
+    STR("--log-level", "info");
+    STR("--db-wait", "0");
+    if (c->database_url[0])
+        STR("--database-url", c->database_url);
+    if (c->api_keys[0])
+        STR("--api-keys", c->api_keys);
+#undef STR
+#undef NUM
+    argv[n] = NULL;
+
+    snprintf(s->log_path, sizeof s->log_path, "/tmp/mockery-test-server.%d.%u.log", (int)getpid(),
+             (unsigned)time(NULL));
+    int fd = open(s->log_path, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+    cr_assert_geq(fd, 0);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, fd, 2);
+    pid_t pid;
+    cr_assert_eq(posix_spawn(&pid, bin, &fa, NULL, argv, environ), 0, "could not start %s", bin);
+    posix_spawn_file_actions_destroy(&fa);
+    close(fd);
+    s->pid = pid;
+
+    /* Wait (bounded) for the "listening" line. */
+    for (int tries = 0; tries < 600; tries++) {
+        FILE *f = fopen(s->log_path, "r");
+        char line[4096];
+        while (f && fgets(line, sizeof line, f)) {
+            const char *p = strstr(line, "\"msg\":\"listening\"");
+            const char *port = p ? strstr(line, "\"port\":") : NULL;
+            if (port) {
+                fclose(f);
+                snprintf(s->base, sizeof s->base, "http://127.0.0.1:%d", atoi(port + 7));
+                return;
+            }
+        }
+        if (f)
+            fclose(f);
+        int status;
+        cr_assert_eq(waitpid(pid, &status, WNOHANG), 0, "%s exited at start-up (see %s)", bin,
+                     s->log_path);
+        struct timespec ts = {0, 50 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    cr_assert_fail("%s did not start listening within 30 s (see %s)", bin, s->log_path);
+}
+
 void test_server_start(struct test_server *s, const struct config *c)
 {
     char err[512] = "";
     memset(s, 0, sizeof *s);
+    const char *bin = getenv("MOCKERY_TEST_SERVER_BIN");
+    if (bin && *bin) {
+        spawn_server(s, c, bin);
+        return;
+    }
     s->log = log_new(stderr, c->log_level);
     cr_assert_not_null(s->log);
     s->app = app_start(c, s->log, err, sizeof err);
@@ -56,8 +133,20 @@ void test_server_start(struct test_server *s, const struct config *c)
 
 void test_server_stop(struct test_server *s)
 {
-    app_stop(s->app);
-    log_free(s->log);
+    if (s->pid > 0) {
+        /* Only the child this test started, by its pid. */
+        int status = 0;
+        kill(s->pid, SIGTERM);
+        waitpid(s->pid, &status, 0);
+        int clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        if (clean)
+            unlink(s->log_path);
+        cr_assert(clean, "the server did not exit cleanly on SIGTERM (status %d, log %s)", status,
+                  s->log_path);
+    } else {
+        app_stop(s->app);
+        log_free(s->log);
+    }
     memset(s, 0, sizeof *s);
 }
 

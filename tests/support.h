@@ -16,16 +16,22 @@ const char *test_db_url(void);
 /* A name no other test, process or run shares: prefix + pid + counter + random. */
 void test_unique(char *buf, size_t len, const char *prefix);
 
-/* A server for one test, on 127.0.0.1 and a free port. */
+/* A server for one test, on a free port, reached at 127.0.0.1. In-process
+ * by default; with MOCKERY_TEST_SERVER_BIN set, that executable is started
+ * as a child process instead (the ThreadSanitizer run uses this: Criterion
+ * cannot run under TSan itself). */
 struct test_server {
     struct app *app;
     struct logger *log;
+    int pid; /* the child, when spawned */
+    char log_path[128];
     char base[64]; /* "http://127.0.0.1:PORT" */
 };
 
 /* Defaults for a test server with the given store. */
 void test_config(struct config *c, enum store_kind kind);
-/* Starts it (fails the test on error). */
+/* Starts it (fails the test on error); the configuration must be one the
+ * flags can express when a binary is spawned. */
 void test_server_start(struct test_server *s, const struct config *c);
 void test_server_stop(struct test_server *s);
 
