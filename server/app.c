@@ -143,13 +143,16 @@ static struct store *open_store(struct app *app, char *err, size_t errlen)
     }
 }
 
-struct app *app_start(const struct config *cfg, struct logger *log, char *err, size_t errlen)
+struct app *app_start(const struct config *cfg, struct logger *log, struct store *store, char *err,
+                      size_t errlen)
 {
     struct app *app = calloc(1, sizeof *app);
     if (!app) {
+        store_free(store);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    app->store = store;
     app->cfg = *cfg;
     app->log = log;
     app->lease_ms = (int64_t)cfg->lease_s * 1000;
@@ -164,7 +167,8 @@ struct app *app_start(const struct config *cfg, struct logger *log, char *err, s
         log_msg(log, LOG_WARN,
                 "no API keys configured: every request is served as the one open tenant "
                 "'" AUTH_OPEN_TENANT "'");
-    app->store = open_store(app, err, errlen);
+    if (!app->store)
+        app->store = open_store(app, err, errlen);
     if (!app->store)
         goto fail;
     if (pthread_create(&app->reaper, NULL, reaper_main, app) != 0) {

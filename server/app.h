@@ -33,9 +33,12 @@ struct app {
     int stopping;
 };
 
-/* Opens the store (waiting up to cfg->db_wait_s for PostgreSQL), starts the
- * reaper and the HTTP server. Returns NULL with err set on failure. */
-struct app *app_start(const struct config *cfg, struct logger *log, char *err, size_t errlen);
+/* Starts the reaper and the HTTP server over store, which the app then owns
+ * (freed by app_stop, or here on failure); with store NULL it opens the one
+ * cfg names, waiting up to cfg->db_wait_s for PostgreSQL. Returns NULL with
+ * err set on failure. */
+struct app *app_start(const struct config *cfg, struct logger *log, struct store *store, char *err,
+                      size_t errlen);
 
 /* Stops accepting, lets requests in flight finish, stops the reaper, closes
  * the store. app_stop(NULL) does nothing. */

@@ -189,11 +189,7 @@ static void list_payments(struct request *r)
         return;
     }
     if (st != STORE_OK) {
-        cJSON *line = log_begin(r->app->log, LOG_ERROR, "store call failed");
-        cJSON_AddStringToObject(line, "op", "list_payments");
-        cJSON_AddStringToObject(line, "error", err);
-        log_end(r->app->log, line);
-        http_fail_store(r, st);
+        http_fail_store(r, "list_payments", st, err);
         return;
     }
     send_list(r, &list);
@@ -214,11 +210,7 @@ static void get_payment(struct request *r, const char *id)
         return;
     }
     if (st != STORE_OK) {
-        cJSON *line = log_begin(r->app->log, LOG_ERROR, "store call failed");
-        cJSON_AddStringToObject(line, "op", "get_payment");
-        cJSON_AddStringToObject(line, "error", err);
-        log_end(r->app->log, line);
-        http_fail_store(r, st);
+        http_fail_store(r, "get_payment", st, err);
         return;
     }
     cJSON *obj = payment_to_cjson(&p);

@@ -2,6 +2,9 @@
 #define _POSIX_C_SOURCE 200809L
 #include "http.h"
 
+#include "app.h"
+#include "log.h"
+
 #include <civetweb.h>
 #include <cjson/cJSON.h>
 #include <stdarg.h>
@@ -137,9 +140,21 @@ int http_is_json(const char *ct)
     return *ct == '\0' || *ct == ';';
 }
 
-int http_fail_store(struct request *r, enum store_status st)
+void http_log_store_error(struct request *r, const char *op, enum store_status st, const char *err)
+{
+    cJSON *line = log_begin(r->app->log, LOG_ERROR, "store call failed");
+    cJSON_AddStringToObject(line, "op", op);
+    cJSON_AddStringToObject(line, "store_status", store_status_name(st));
+    cJSON_AddStringToObject(line, "error", err);
+    if (r->key[0])
+        cJSON_AddStringToObject(line, "key", r->key);
+    log_end(r->app->log, line);
+}
+
+int http_fail_store(struct request *r, const char *op, enum store_status st, const char *err)
 {
     struct apierr e;
+    http_log_store_error(r, op, st, err);
     if (st == STORE_UNAVAILABLE) {
         const char *headers[] = {"Retry-After", "1", NULL};
         apierr_set(&e, 503, "api_error", "store_unavailable", NULL,

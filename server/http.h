@@ -46,9 +46,12 @@ int http_send_error(struct request *r, const struct apierr *e, const char *const
 int http_fail(struct request *r, int status, const char *type, const char *code, const char *param,
               const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 
-/* The one place a store failure becomes an HTTP answer: 503
- * store_unavailable (Retry-After: 1) or 500 internal_error. */
-int http_fail_store(struct request *r, enum store_status st);
+/* Logs a failed store call once (op names it, err is the store's message). */
+void http_log_store_error(struct request *r, const char *op, enum store_status st, const char *err);
+
+/* The one place a store failure becomes an HTTP answer: logs it, then sends
+ * 503 store_unavailable (Retry-After: 1) or 500 internal_error. */
+int http_fail_store(struct request *r, const char *op, enum store_status st, const char *err);
 
 enum http_body {
     HTTP_BODY_OK = 0,

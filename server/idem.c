@@ -92,17 +92,6 @@ static void log_duplicate(struct request *r, const char *what, int64_t original_
     log_end(r->app->log, line);
 }
 
-static void log_store_error(struct request *r, const char *op, enum store_status st,
-                            const char *err)
-{
-    cJSON *line = log_begin(r->app->log, LOG_ERROR, "store call failed");
-    cJSON_AddStringToObject(line, "op", op);
-    cJSON_AddNumberToObject(line, "store_status", st);
-    cJSON_AddStringToObject(line, "error", err);
-    cJSON_AddStringToObject(line, "key", r->key);
-    log_end(r->app->log, line);
-}
-
 static void send_result(struct request *r, const struct idem_result *res)
 {
     const char *headers[] = {"Location", res->location, NULL};
@@ -138,14 +127,24 @@ static void run_without_key(struct request *r, const struct idem_op *op, const v
         enum store_status st =
             store_insert_payment(r->app->store, r->tenant, res.payment, err, sizeof err);
         if (st != STORE_OK) {
-            log_store_error(r, "insert_payment", st, err);
-            http_fail_store(r, st);
+            http_fail_store(r, "insert_payment", st, err);
             goto out;
         }
     }
     send_result(r, &res);
 out:
     idem_result_clear(&res);
+}
+
+/* Deletes our claim so that a retry runs again; on failure (the database is
+ * away too) the lease runs out instead. Sets the outcome for the log. */
+static void release_claim(struct request *r, int64_t token)
+{
+    char err[256] = "";
+    enum store_status st = store_release(r->app->store, r->tenant, r->key, token, err, sizeof err);
+    if (st != STORE_OK)
+        http_log_store_error(r, "release", st, err);
+    r->outcome = st == STORE_OK ? "released" : "release_failed";
 }
 
 /* Runs the operation under the lease just won, then completes or releases. */
@@ -155,33 +154,27 @@ static void run_claimed(struct request *r, const struct idem_op *op, const void 
     struct idem_result res = {0};
     struct apierr e;
     char err[256] = "";
-    enum store_status st;
 
     if (op->run(app, req, r->key, &res, &e) != 0) {
-        st = store_release(app->store, r->tenant, r->key, token, err, sizeof err);
-        if (st != STORE_OK)
-            log_store_error(r, "release", st, err);
-        r->outcome = "released";
+        release_claim(r, token);
         http_send_error(r, &e, NULL);
         goto out;
     }
     if (res.retryable) {
         /* Failed before any charge: forget the claim so a retry runs again. */
-        st = store_release(app->store, r->tenant, r->key, token, err, sizeof err);
-        if (st != STORE_OK)
-            log_store_error(r, "release", st, err);
-        r->outcome = "released";
+        release_claim(r, token);
         send_result(r, &res);
         goto out;
     }
     struct store_response resp = {res.status, res.body, res.body_len, res.location};
-    st = store_complete(app->store, r->tenant, r->key, token, &resp, res.payment, err, sizeof err);
+    enum store_status st =
+        store_complete(app->store, r->tenant, r->key, token, &resp, res.payment, err, sizeof err);
     if (st == STORE_OK) {
         send_result(r, &res);
     } else if (st == STORE_LEASE_LOST) {
         /* Our lease ran out and another request took the key over: nothing
          * of ours was written; its answer is the one a retry will get. */
-        log_store_error(r, "complete", st, err);
+        http_log_store_error(r, "complete", st, err);
         r->outcome = "lease_lost";
         const char *headers[] = {"Retry-After", "1", NULL};
         struct apierr le;
@@ -190,14 +183,9 @@ static void run_claimed(struct request *r, const struct idem_op *op, const void 
                    "result");
         http_send_error(r, &le, headers);
     } else {
-        /* Nothing was stored: release so that a retry runs again (if the
-         * database is away this fails too, and the lease runs out instead). */
-        log_store_error(r, "complete", st, err);
-        enum store_status rs = store_release(app->store, r->tenant, r->key, token, err, sizeof err);
-        if (rs != STORE_OK && rs != STORE_LEASE_LOST)
-            log_store_error(r, "release", rs, err);
-        r->outcome = "released";
-        http_fail_store(r, st);
+        /* Nothing was stored: a retry must run again. */
+        release_claim(r, token);
+        http_fail_store(r, "complete", st, err);
     }
 out:
     idem_result_clear(&res);
@@ -271,8 +259,7 @@ void idem_handle(struct request *r, const struct idem_op *op)
     enum store_status st = store_claim(app->store, r->tenant, r->key, fp, app->lease_ms,
                                        app->ttl_ms, &claim, err, sizeof err);
     if (st != STORE_OK) {
-        log_store_error(r, "claim", st, err);
-        http_fail_store(r, st);
+        http_fail_store(r, "claim", st, err);
         goto out;
     }
     switch (claim.outcome) {

@@ -49,7 +49,7 @@ int main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    struct app *app = app_start(&cfg, log, err, sizeof err);
+    struct app *app = app_start(&cfg, log, NULL, err, sizeof err);
     if (!app) {
         struct cJSON *line = log_begin(log, LOG_ERROR, "could not start");
         log_end(log, line ? (cJSON_AddStringToObject(line, "error", err), line) : NULL);

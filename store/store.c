@@ -5,6 +5,23 @@
 #include <stdlib.h>
 #include <string.h>
 
+const char *store_status_name(enum store_status st)
+{
+    switch (st) {
+    case STORE_OK:
+        return "ok";
+    case STORE_NOT_FOUND:
+        return "not_found";
+    case STORE_LEASE_LOST:
+        return "lease_lost";
+    case STORE_UNAVAILABLE:
+        return "unavailable";
+    case STORE_ERROR:
+        return "error";
+    }
+    return "unknown";
+}
+
 const char *store_name(const struct store *s)
 {
     return s->ops->name;

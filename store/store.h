@@ -110,6 +110,9 @@ struct store {
     const struct store_ops *ops;
 };
 
+/* A status as a word for logs ("unavailable"). */
+const char *store_status_name(enum store_status st);
+
 /* Name of the backend ("postgres" or "memory"). */
 const char *store_name(const struct store *s);
 

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -259,6 +260,16 @@ static int pool_acquire(struct store_pg *pg, char *err, size_t errlen)
     int idx = pg->free_idx[--pg->nfree];
     pthread_mutex_unlock(&pg->mu);
 
+    /* An idle connection has nothing to read: if its socket is readable,
+     * the server said goodbye (restart, terminated backend) or closed it.
+     * Notice that now, without a round trip, rather than fail the caller's
+     * statement on it. */
+    PGconn *conn = pg->conns[idx];
+    struct pollfd pfd = {.fd = conn ? PQsocket(conn) : -1, .events = POLLIN};
+    if (conn && (PQstatus(conn) != CONNECTION_OK || pfd.fd < 0 || poll(&pfd, 1, 0) != 0)) {
+        PQfinish(conn);
+        pg->conns[idx] = NULL;
+    }
     if (!pg->conns[idx]) {
         pg->conns[idx] = pg_connect(pg, err, errlen);
         if (!pg->conns[idx]) {

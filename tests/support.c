@@ -117,16 +117,23 @@ static void spawn_server(struct test_server *s, const struct config *c, const ch
 
 void test_server_start(struct test_server *s, const struct config *c)
 {
-    char err[512] = "";
-    memset(s, 0, sizeof *s);
     const char *bin = getenv("MOCKERY_TEST_SERVER_BIN");
     if (bin && *bin) {
+        memset(s, 0, sizeof *s);
         spawn_server(s, c, bin);
         return;
     }
+    test_server_start_with_store(s, c, NULL);
+}
+
+void test_server_start_with_store(struct test_server *s, const struct config *c,
+                                  struct store *store)
+{
+    char err[512] = "";
+    memset(s, 0, sizeof *s);
     s->log = log_new(stderr, c->log_level);
     cr_assert_not_null(s->log);
-    s->app = app_start(c, s->log, err, sizeof err);
+    s->app = app_start(c, s->log, store, err, sizeof err);
     cr_assert_not_null(s->app, "server did not start: %s", err);
     snprintf(s->base, sizeof s->base, "http://127.0.0.1:%d", s->app->port);
 }

@@ -33,6 +33,9 @@ void test_config(struct config *c, enum store_kind kind);
 /* Starts it (fails the test on error); the configuration must be one the
  * flags can express when a binary is spawned. */
 void test_server_start(struct test_server *s, const struct config *c);
+/* Starts an in-process server over this store (owned by the server). */
+void test_server_start_with_store(struct test_server *s, const struct config *c,
+                                  struct store *store);
 void test_server_stop(struct test_server *s);
 
 struct test_response {

@@ -790,3 +790,119 @@ Test(http_pg, tenants_are_isolated, .init = start_pg_tenants, .fini = stop, .tim
 {
     tenants_are_isolated();
 }
+
+/* ---- the store failing after the claim ------------------------------------------- */
+
+#include "faulty_store.h"
+
+static struct store *faulty;
+
+static void start_faulty(enum store_kind kind)
+{
+    struct config c;
+    char err[256] = "";
+    test_config(&c, kind);
+    struct store *inner = NULL;
+    if (kind == STORE_KIND_MEMORY) {
+        inner = store_mem_new();
+    } else {
+        struct store_pg_options o = {.database_url = test_db_url(), .pool_size = 2};
+        inner = store_pg_new(&o, err, sizeof err);
+    }
+    cr_assert_not_null(inner, "%s", err);
+    faulty = faulty_store_new(inner);
+    cr_assert_not_null(faulty);
+    test_server_start_with_store(&srv, &c, faulty);
+}
+static void start_mem_faulty(void)
+{
+    start_faulty(STORE_KIND_MEMORY);
+}
+static void start_pg_faulty(void)
+{
+    start_faulty(STORE_KIND_POSTGRES);
+}
+
+static void store_failure_after_claim_is_503_and_not_cached(void)
+{
+    char key[96], cust[64], body[256];
+    test_unique(key, sizeof key, "k");
+    test_unique(cust, sizeof cust, "cust");
+    body_for(body, sizeof body, cust, "12");
+    struct test_response r;
+
+    /* The completion fails: 503, the claim released, nothing stored. */
+    faulty_store_fail(faulty, FAULTY_COMPLETE, 1, STORE_UNAVAILABLE);
+    test_post_payment(&srv, key, body, &r);
+    expect_error(&r, 503, "store_unavailable", NULL);
+    cr_assert_str_eq(r.retry_after, "1");
+    test_response_free(&r);
+    cr_assert_eq(faulty_store_calls(faulty, FAULTY_RELEASE), 1);
+    cr_assert_eq(count_for(cust), 0);
+
+    /* The retry runs again - not a replay of the 503. */
+    test_post_payment(&srv, key, body, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    cr_assert_str_empty(r.replay);
+    test_response_free(&r);
+    cr_assert_eq(count_for(cust), 1);
+
+    /* The claim itself fails: 503 before anything ran. */
+    test_unique(key, sizeof key, "k");
+    faulty_store_fail(faulty, FAULTY_CLAIM, 1, STORE_UNAVAILABLE);
+    test_post_payment(&srv, key, body, &r);
+    expect_error(&r, 503, "store_unavailable", NULL);
+    test_response_free(&r);
+    test_post_payment(&srv, key, body, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    test_response_free(&r);
+
+    /* A store error that is not an outage is a 500, also not cached. */
+    test_unique(key, sizeof key, "k");
+    faulty_store_fail(faulty, FAULTY_COMPLETE, 1, STORE_ERROR);
+    test_post_payment(&srv, key, body, &r);
+    expect_error(&r, 500, "internal_error", NULL);
+    test_response_free(&r);
+    test_post_payment(&srv, key, body, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    test_response_free(&r);
+    cr_assert_eq(count_for(cust), 3);
+}
+
+Test(http_mem, store_failure_after_claim_is_503_and_not_cached, .init = start_mem_faulty,
+     .fini = stop, .timeout = 60)
+{
+    store_failure_after_claim_is_503_and_not_cached();
+}
+
+Test(http_pg, store_failure_after_claim_is_503_and_not_cached, .init = start_pg_faulty,
+     .fini = stop, .timeout = 60)
+{
+    store_failure_after_claim_is_503_and_not_cached();
+}
+
+static void release_failure_leaves_the_lease_to_expire(void)
+{
+    char key[96], cust[64], body[256];
+    test_unique(key, sizeof key, "k");
+    test_unique(cust, sizeof cust, "cust");
+    body_for(body, sizeof body, cust, "13");
+    struct test_response r;
+    /* The database is gone for the completion and the release alike: the
+     * record stays claimed, so a retry is told to wait, never charged twice. */
+    faulty_store_fail(faulty, FAULTY_COMPLETE, 1, STORE_UNAVAILABLE);
+    faulty_store_fail(faulty, FAULTY_RELEASE, 1, STORE_UNAVAILABLE);
+    test_post_payment(&srv, key, body, &r);
+    expect_error(&r, 503, "store_unavailable", NULL);
+    test_response_free(&r);
+    test_post_payment(&srv, key, body, &r);
+    expect_error(&r, 409, "idempotency_key_in_use", NULL);
+    test_response_free(&r);
+    cr_assert_eq(count_for(cust), 0);
+}
+
+Test(http_mem, release_failure_leaves_the_lease_to_expire, .init = start_mem_faulty, .fini = stop,
+     .timeout = 60)
+{
+    release_failure_leaves_the_lease_to_expire();
+}

@@ -1,0 +1,156 @@
+/* faulty_store.c - a delegating store with injectable failures */
+#define _POSIX_C_SOURCE 200809L
+#include "faulty_store.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+struct faulty {
+    struct store base;
+    struct store_ops ops; /* faulty_ops, named after the inner store */
+    struct store *inner;
+    pthread_mutex_t mu;
+    int fail[FAULTY_OPS];
+    enum store_status status[FAULTY_OPS];
+    int calls[FAULTY_OPS];
+};
+
+/* Whether this call of op fails; counts it either way. */
+static int should_fail(struct faulty *f, enum faulty_op op, enum store_status *st, char *err,
+                       size_t errlen)
+{
+    int fail = 0;
+    pthread_mutex_lock(&f->mu);
+    f->calls[op]++;
+    if (f->fail[op] > 0) {
+        f->fail[op]--;
+        *st = f->status[op];
+        fail = 1;
+    }
+    pthread_mutex_unlock(&f->mu);
+    if (fail)
+        snprintf(err, errlen, "injected failure");
+    return fail;
+}
+
+static enum store_status f_claim(struct store *s, const char *tenant, const char *key,
+                                 const char *fp, int64_t lease_ms, int64_t ttl_ms,
+                                 struct store_claim_result *out, char *err, size_t errlen)
+{
+    struct faulty *f = (struct faulty *)s;
+    enum store_status st;
+    if (should_fail(f, FAULTY_CLAIM, &st, err, errlen))
+        return st;
+    return store_claim(f->inner, tenant, key, fp, lease_ms, ttl_ms, out, err, errlen);
+}
+
+static enum store_status f_complete(struct store *s, const char *tenant, const char *key,
+                                    int64_t token, const struct store_response *resp,
+                                    const struct store_payment *p, char *err, size_t errlen)
+{
+    struct faulty *f = (struct faulty *)s;
+    enum store_status st;
+    if (should_fail(f, FAULTY_COMPLETE, &st, err, errlen))
+        return st;
+    return store_complete(f->inner, tenant, key, token, resp, p, err, errlen);
+}
+
+static enum store_status f_release(struct store *s, const char *tenant, const char *key,
+                                   int64_t token, char *err, size_t errlen)
+{
+    struct faulty *f = (struct faulty *)s;
+    enum store_status st;
+    if (should_fail(f, FAULTY_RELEASE, &st, err, errlen))
+        return st;
+    return store_release(f->inner, tenant, key, token, err, errlen);
+}
+
+static enum store_status f_insert(struct store *s, const char *tenant,
+                                  const struct store_payment *p, char *err, size_t errlen)
+{
+    return store_insert_payment(((struct faulty *)s)->inner, tenant, p, err, errlen);
+}
+
+static enum store_status f_get(struct store *s, const char *tenant, const char *id,
+                               struct store_payment *out, char *err, size_t errlen)
+{
+    return store_get_payment(((struct faulty *)s)->inner, tenant, id, out, err, errlen);
+}
+
+static enum store_status f_list(struct store *s, const char *tenant,
+                                const struct store_list_query *q, struct store_list *out, char *err,
+                                size_t errlen)
+{
+    return store_list_payments(((struct faulty *)s)->inner, tenant, q, out, err, errlen);
+}
+
+static enum store_status f_reap(struct store *s, int batch, int *deleted, char *err, size_t errlen)
+{
+    return store_reap(((struct faulty *)s)->inner, batch, deleted, err, errlen);
+}
+
+static enum store_status f_ping(struct store *s, char *err, size_t errlen)
+{
+    return store_ping(((struct faulty *)s)->inner, err, errlen);
+}
+
+static void f_stats(struct store *s, struct store_pool_stats *out)
+{
+    store_pool_stats(((struct faulty *)s)->inner, out);
+}
+
+static void f_free(struct store *s)
+{
+    struct faulty *f = (struct faulty *)s;
+    store_free(f->inner);
+    pthread_mutex_destroy(&f->mu);
+    free(f);
+}
+
+static const struct store_ops faulty_ops = {
+    .claim = f_claim,
+    .complete = f_complete,
+    .release = f_release,
+    .insert_payment = f_insert,
+    .get_payment = f_get,
+    .list_payments = f_list,
+    .reap = f_reap,
+    .ping = f_ping,
+    .pool_stats = f_stats,
+    .free = f_free,
+};
+
+struct store *faulty_store_new(struct store *inner)
+{
+    struct faulty *f = calloc(1, sizeof *f);
+    if (!f) {
+        store_free(inner);
+        return NULL;
+    }
+    /* Same name as the store it wraps: /health reports that one. */
+    f->ops = faulty_ops;
+    f->ops.name = store_name(inner);
+    f->base.ops = &f->ops;
+    f->inner = inner;
+    pthread_mutex_init(&f->mu, NULL);
+    return &f->base;
+}
+
+void faulty_store_fail(struct store *s, enum faulty_op op, int times, enum store_status status)
+{
+    struct faulty *f = (struct faulty *)s;
+    pthread_mutex_lock(&f->mu);
+    f->fail[op] = times;
+    f->status[op] = status;
+    pthread_mutex_unlock(&f->mu);
+}
+
+int faulty_store_calls(struct store *s, enum faulty_op op)
+{
+    struct faulty *f = (struct faulty *)s;
+    pthread_mutex_lock(&f->mu);
+    int n = f->calls[op];
+    pthread_mutex_unlock(&f->mu);
+    return n;
+}
