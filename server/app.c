@@ -97,6 +97,7 @@ static void *reaper_main(void *arg)
                 break;
             }
             total += deleted;
+            metrics_reaped(app->metrics, deleted);
             if (deleted < app->cfg.reaper_batch)
                 break;
         }
@@ -160,6 +161,11 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
     pthread_mutex_init(&app->mu, NULL);
     pthread_cond_init(&app->cv, NULL);
 
+    app->metrics = metrics_new();
+    if (!app->metrics) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
     app->auth = auth_new(cfg->api_keys, err, errlen);
     if (!app->auth)
         goto fail;
@@ -256,6 +262,7 @@ void app_stop(struct app *app)
         pthread_join(app->reaper, NULL);
     store_free(app->store);
     auth_free(app->auth);
+    metrics_free(app->metrics);
     pthread_cond_destroy(&app->cv);
     pthread_mutex_destroy(&app->mu);
     free(app);

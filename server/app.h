@@ -11,6 +11,7 @@
 #include "auth.h"
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "../store/store.h"
 
 struct mg_context;
@@ -20,6 +21,7 @@ struct app {
     struct logger *log; /* borrowed */
     struct store *store;
     struct auth *auth;
+    struct metrics *metrics;
     struct mg_context *ctx;
     int port;
     int connections; /* held by workers now; atomic (see handlers.c) */

@@ -40,6 +40,8 @@ static const struct opt OPTS[] = {
      sizeof((struct config *)0)->api_keys, 0, 0},
     {"log-level", "MOCKERY_LOG_LEVEL", OPT_LEVEL, offsetof(struct config, log_level), 0, 0, 0},
     INT_OPT("db-wait", "MOCKERY_DB_WAIT", db_wait_s, 0, 3600),
+    INT_OPT("reaper-interval-ms", "MOCKERY_REAPER_INTERVAL_MS", reaper_interval_ms, 10, 86400000),
+    INT_OPT("reaper-batch", "MOCKERY_REAPER_BATCH", reaper_batch, 1, 100000),
 };
 
 #define NOPTS (sizeof OPTS / sizeof OPTS[0])
@@ -77,6 +79,8 @@ const char *config_usage(void)
            "  --api-keys LIST|@FILE    tenant:key pairs, comma-separated\n"
            "  --log-level LEVEL        debug|info|warn|error (info)\n"
            "  --db-wait S              seconds start-up waits for PostgreSQL (30)\n"
+           "  --reaper-interval-ms N   how often expired keys are deleted (60000)\n"
+           "  --reaper-batch N         keys deleted per statement, ten a pass at most (1000)\n"
            "Each flag also reads MOCKERY_<FLAG> (e.g. MOCKERY_POOL_SIZE); flags win.\n";
 }
 

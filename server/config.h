@@ -25,10 +25,10 @@ struct config {
     char api_keys[8192];
     enum log_level log_level;
     int db_wait_s; /* how long start-up waits for the database */
-    /* Not flags: tuned here, or by tests. */
-    char listen_host[64]; /* empty: every interface */
     int reaper_interval_ms;
     int reaper_batch;
+    /* Not a flag: tests listen on 127.0.0.1 only. */
+    char listen_host[64]; /* empty: every interface */
 };
 
 enum config_status {

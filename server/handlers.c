@@ -237,6 +237,20 @@ static void health(struct request *r)
     cJSON_Delete(root);
 }
 
+/* ---- GET /metrics ------------------------------------------------------------ */
+
+static void metrics(struct request *r)
+{
+    size_t len = 0;
+    char *text = metrics_render(r->app->metrics, r->app->store, &len);
+    if (!text) {
+        http_fail(r, 500, "api_error", "internal_error", NULL, "out of memory");
+        return;
+    }
+    http_send_typed(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, NULL);
+    free(text);
+}
+
 /* ---- routing ---------------------------------------------------------------- */
 
 static void not_allowed(struct request *r, const char *allow)
@@ -272,11 +286,15 @@ static void dispatch(struct request *r)
     const char *method = r->ri->request_method;
     int get = strcmp(method, "GET") == 0;
 
-    if (strcmp(path, "/health") == 0) {
-        if (get)
+    if (strcmp(path, "/health") == 0 || strcmp(path, "/metrics") == 0) {
+        int is_health = path[1] == 'h';
+        r->route = is_health ? ROUTE_HEALTH : ROUTE_METRICS;
+        if (!get)
+            not_allowed(r, "GET");
+        else if (is_health)
             health(r);
         else
-            not_allowed(r, "GET");
+            metrics(r);
         return;
     }
     size_t plen = strlen(PAYMENTS);
@@ -284,9 +302,11 @@ static void dispatch(struct request *r)
     int is_one = strncmp(path, PAYMENTS "/", plen + 1) == 0 && path[plen + 1] &&
                  !strchr(path + plen + 1, '/');
     if (!is_list && !is_one) {
+        r->route = ROUTE_OTHER;
         http_fail(r, 404, INVALID, "route_not_found", NULL, "no such route");
         return;
     }
+    r->route = is_list ? ROUTE_PAYMENTS : ROUTE_PAYMENT;
     /* Every /api/ route needs a key, and its 401 comes first. */
     r->tenant = auth_tenant(r->app->auth, mg_get_header(r->conn, "Authorization"));
     if (!r->tenant) {
@@ -321,7 +341,10 @@ int handlers_route(struct mg_connection *conn, void *cbdata)
         mg_disable_connection_keep_alive(conn);
     dispatch(&r);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    access_log(&r, (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    metrics_request(app->metrics, (enum metrics_route)r.route, r.ri->request_method, r.status, secs,
+                    r.outcome, r.payment_status);
+    access_log(&r, secs * 1e3);
     return r.status ? r.status : 500;
 }
 

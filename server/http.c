@@ -16,12 +16,18 @@
 int http_send(struct request *r, int status, const char *body, size_t len,
               const char *const *headers)
 {
+    return http_send_typed(r, status, "application/json", body, len, headers);
+}
+
+int http_send_typed(struct request *r, int status, const char *content_type, const char *body,
+                    size_t len, const char *const *headers)
+{
     char clen[24];
     snprintf(clen, sizeof clen, "%zu", len);
     r->status = status;
     if (mg_response_header_start(r->conn, status) != 0)
         return -1;
-    mg_response_header_add(r->conn, "Content-Type", "application/json", -1);
+    mg_response_header_add(r->conn, "Content-Type", content_type, -1);
     mg_response_header_add(r->conn, "Content-Length", clen, -1);
     mg_response_header_add(r->conn, "Cache-Control", "no-store", -1);
     for (int i = 0; headers && headers[i] && headers[i + 1]; i += 2)

@@ -26,7 +26,9 @@ struct request {
     const char *tenant;
     /* What the access log reports. */
     int status;
-    const char *outcome; /* idempotency outcome, or NULL */
+    const char *outcome;        /* idempotency outcome, or NULL */
+    const char *payment_status; /* set when the request stored a payment */
+    int route;                  /* enum metrics_route */
     char key[HTTP_KEY_MAX + 1];
     char customer[65];
 };
@@ -35,6 +37,10 @@ struct request {
  * NULL). Returns 0, or -1 when the client is gone. */
 int http_send(struct request *r, int status, const char *body, size_t len,
               const char *const *headers);
+
+/* The same with another Content-Type. */
+int http_send_typed(struct request *r, int status, const char *content_type, const char *body,
+                    size_t len, const char *const *headers);
 
 /* Serializes obj (not freed) and sends it; a 500 if it cannot be serialized. */
 int http_send_json(struct request *r, int status, const struct cJSON *obj);

@@ -92,6 +92,13 @@ static void log_duplicate(struct request *r, const char *what, int64_t original_
     log_end(r->app->log, line);
 }
 
+/* A static copy of a stored payment's status (the result is freed before
+ * the request is counted). */
+static const char *payment_status_word(const struct store_payment *p)
+{
+    return strcmp(p->status, "completed") == 0 ? "completed" : "declined";
+}
+
 static void send_result(struct request *r, const struct idem_result *res)
 {
     const char *headers[] = {"Location", res->location, NULL};
@@ -130,6 +137,7 @@ static void run_without_key(struct request *r, const struct idem_op *op, const v
             http_fail_store(r, "insert_payment", st, err);
             goto out;
         }
+        r->payment_status = payment_status_word(res.payment);
     }
     send_result(r, &res);
 out:
@@ -170,6 +178,8 @@ static void run_claimed(struct request *r, const struct idem_op *op, const void 
     enum store_status st =
         store_complete(app->store, r->tenant, r->key, token, &resp, res.payment, err, sizeof err);
     if (st == STORE_OK) {
+        if (res.payment)
+            r->payment_status = payment_status_word(res.payment);
         send_result(r, &res);
     } else if (st == STORE_LEASE_LOST) {
         /* Our lease ran out and another request took the key over: nothing

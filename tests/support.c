@@ -54,7 +54,7 @@ void test_config(struct config *c, enum store_kind kind)
  * file, from which the port is read off the "listening" line. */
 static void spawn_server(struct test_server *s, const struct config *c, const char *bin)
 {
-    char nums[8][16];
+    char nums[10][16];
     char *argv[40];
     int n = 0, k = 0;
     argv[n++] = (char *)bin;
@@ -70,6 +70,7 @@ static void spawn_server(struct test_server *s, const struct config *c, const ch
     STR("--require-key", c->require_key ? "true" : "false");
     STR("--log-level", "info");
     STR("--db-wait", "0");
+    NUM("--reaper-interval-ms", c->reaper_interval_ms);
     if (c->database_url[0])
         STR("--database-url", c->database_url);
     if (c->api_keys[0])

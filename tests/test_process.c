@@ -98,10 +98,20 @@ Test(process, help_lists_every_flag)
     struct run r;
     run_server(args, &r);
     cr_assert_eq(r.code, 0);
-    const char *flags[] = {"--port",     "--database-url",        "--store",
-                           "--threads",  "--pool-size",           "--idempotency-ttl",
-                           "--lease",    "--processing-delay-ms", "--require-key",
-                           "--api-keys", "--log-level",           "--db-wait"};
+    const char *flags[] = {"--port",
+                           "--database-url",
+                           "--store",
+                           "--threads",
+                           "--pool-size",
+                           "--idempotency-ttl",
+                           "--lease",
+                           "--processing-delay-ms",
+                           "--require-key",
+                           "--api-keys",
+                           "--log-level",
+                           "--db-wait",
+                           "--reaper-interval-ms",
+                           "--reaper-batch"};
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
         cr_assert_not_null(strstr(r.out, flags[i]), "--help does not mention %s", flags[i]);
 }

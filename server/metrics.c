@@ -1,0 +1,198 @@
+/* metrics.c - Prometheus text exposition of the server's counters */
+#define _POSIX_C_SOURCE 200809L
+#include "metrics.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../store/store.h"
+
+#define NBUCKETS 14
+static const double BUCKETS[NBUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                         0.1,    0.25,  0.5,    1,     2.5,  5,     10};
+static const char *const ROUTES[ROUTE_COUNT] = {"/api/v1/payments", "/api/v1/payments/{id}",
+                                                "/health", "/metrics", "other"};
+static const char *const METHODS[METHOD_COUNT] = {"GET", "POST", "other"};
+static const char *const OUTCOMES[OUTCOME_COUNT] = {"new",      "replay",     "conflict",
+                                                    "mismatch", "takeover",   "released",
+                                                    "no_key",   "lease_lost", "release_failed"};
+
+#define STATUS_MIN 100
+#define STATUS_SLOTS 500 /* 100..599 */
+
+struct metrics {
+    uint64_t requests[ROUTE_COUNT][METHOD_COUNT][STATUS_SLOTS];
+    uint64_t latency_buckets[ROUTE_COUNT][NBUCKETS]; /* not cumulative: one bucket each */
+    uint64_t latency_count[ROUTE_COUNT];
+    uint64_t latency_sum_us[ROUTE_COUNT];
+    uint64_t outcomes[OUTCOME_COUNT];
+    uint64_t payments_completed;
+    uint64_t payments_declined;
+    uint64_t reaped;
+};
+
+#define ADD(field, n) __atomic_add_fetch(&(field), (n), __ATOMIC_RELAXED)
+#define LOAD(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
+
+struct metrics *metrics_new(void)
+{
+    return calloc(1, sizeof(struct metrics));
+}
+
+void metrics_free(struct metrics *m)
+{
+    free(m);
+}
+
+int metrics_outcome_of(const char *word)
+{
+    for (int i = 0; word && i < OUTCOME_COUNT; i++)
+        if (strcmp(word, OUTCOMES[i]) == 0)
+            return i;
+    return -1;
+}
+
+void metrics_request(struct metrics *m, enum metrics_route route, const char *method, int status,
+                     double seconds, const char *outcome, const char *payment_status)
+{
+    int mi = strcmp(method, "GET") == 0    ? METHOD_GET
+             : strcmp(method, "POST") == 0 ? METHOD_POST
+                                           : METHOD_OTHER;
+    if (status >= STATUS_MIN && status < STATUS_MIN + STATUS_SLOTS)
+        ADD(m->requests[route][mi][status - STATUS_MIN], 1);
+    int b = 0;
+    while (b < NBUCKETS - 1 && seconds > BUCKETS[b])
+        b++;
+    if (seconds <= BUCKETS[NBUCKETS - 1])
+        ADD(m->latency_buckets[route][b], 1);
+    ADD(m->latency_count[route], 1);
+    ADD(m->latency_sum_us[route], (uint64_t)(seconds * 1e6));
+    int o = metrics_outcome_of(outcome);
+    if (o >= 0)
+        ADD(m->outcomes[o], 1);
+    if (payment_status && strcmp(payment_status, "completed") == 0)
+        ADD(m->payments_completed, 1);
+    else if (payment_status && strcmp(payment_status, "declined") == 0)
+        ADD(m->payments_declined, 1);
+}
+
+void metrics_reaped(struct metrics *m, int n)
+{
+    if (n > 0)
+        ADD(m->reaped, (uint64_t)n);
+}
+
+struct buf {
+    char *p;
+    size_t len, cap;
+    int failed;
+};
+
+static void put(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(struct buf *b, const char *fmt, ...)
+{
+    if (b->failed)
+        return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->failed = 1;
+            return;
+        }
+        if ((size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t cap = (b->cap + (size_t)n + 1) * 2;
+        char *np = realloc(b->p, cap);
+        if (!np) {
+            b->failed = 1;
+            return;
+        }
+        b->p = np;
+        b->cap = cap;
+    }
+}
+
+char *metrics_render(struct metrics *m, struct store *store, size_t *len)
+{
+    struct buf b = {malloc(16384), 0, 16384, 0};
+    if (!b.p)
+        return NULL;
+
+    put(&b, "# HELP mockery_http_requests_total HTTP requests answered, by route, method and "
+            "status.\n# TYPE mockery_http_requests_total counter\n");
+    for (int r = 0; r < ROUTE_COUNT; r++)
+        for (int mi = 0; mi < METHOD_COUNT; mi++)
+            for (int s = 0; s < STATUS_SLOTS; s++) {
+                uint64_t n = LOAD(m->requests[r][mi][s]);
+                if (n)
+                    put(&b,
+                        "mockery_http_requests_total{route=\"%s\",method=\"%s\",status=\"%d\"} "
+                        "%llu\n",
+                        ROUTES[r], METHODS[mi], s + STATUS_MIN, (unsigned long long)n);
+            }
+
+    put(&b, "# HELP mockery_http_request_duration_seconds Time to answer a request, by route.\n"
+            "# TYPE mockery_http_request_duration_seconds histogram\n");
+    for (int r = 0; r < ROUTE_COUNT; r++) {
+        uint64_t cum = 0;
+        for (int i = 0; i < NBUCKETS; i++) {
+            cum += LOAD(m->latency_buckets[r][i]);
+            put(&b, "mockery_http_request_duration_seconds_bucket{route=\"%s\",le=\"%g\"} %llu\n",
+                ROUTES[r], BUCKETS[i], (unsigned long long)cum);
+        }
+        uint64_t count = LOAD(m->latency_count[r]);
+        put(&b, "mockery_http_request_duration_seconds_bucket{route=\"%s\",le=\"+Inf\"} %llu\n",
+            ROUTES[r], (unsigned long long)count);
+        put(&b, "mockery_http_request_duration_seconds_sum{route=\"%s\"} %.6f\n", ROUTES[r],
+            (double)LOAD(m->latency_sum_us[r]) / 1e6);
+        put(&b, "mockery_http_request_duration_seconds_count{route=\"%s\"} %llu\n", ROUTES[r],
+            (unsigned long long)count);
+    }
+
+    put(&b, "# HELP mockery_idempotency_outcomes_total What the idempotency layer did with a "
+            "POST.\n# TYPE mockery_idempotency_outcomes_total counter\n");
+    for (int o = 0; o < OUTCOME_COUNT; o++)
+        put(&b, "mockery_idempotency_outcomes_total{outcome=\"%s\"} %llu\n", OUTCOMES[o],
+            (unsigned long long)LOAD(m->outcomes[o]));
+
+    put(&b,
+        "# HELP mockery_payments_total Payments stored, by status.\n"
+        "# TYPE mockery_payments_total counter\n"
+        "mockery_payments_total{status=\"completed\"} %llu\n"
+        "mockery_payments_total{status=\"declined\"} %llu\n",
+        (unsigned long long)LOAD(m->payments_completed),
+        (unsigned long long)LOAD(m->payments_declined));
+
+    struct store_pool_stats ps = {0};
+    if (store)
+        store_pool_stats(store, &ps);
+    put(&b,
+        "# HELP mockery_store_pool_connections Database connections in the pool.\n"
+        "# TYPE mockery_store_pool_connections gauge\n"
+        "mockery_store_pool_connections{state=\"in_use\"} %d\n"
+        "mockery_store_pool_connections{state=\"idle\"} %d\n"
+        "# HELP mockery_store_pool_waiting Requests waiting for a database connection.\n"
+        "# TYPE mockery_store_pool_waiting gauge\n"
+        "mockery_store_pool_waiting %d\n",
+        ps.in_use, ps.size - ps.in_use, ps.waiting);
+
+    put(&b,
+        "# HELP mockery_reaper_deleted_total Expired idempotency records deleted.\n"
+        "# TYPE mockery_reaper_deleted_total counter\n"
+        "mockery_reaper_deleted_total %llu\n",
+        (unsigned long long)LOAD(m->reaped));
+
+    if (b.failed) {
+        free(b.p);
+        return NULL;
+    }
+    *len = b.len;
+    return b.p;
+}

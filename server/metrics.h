@@ -1,0 +1,59 @@
+/* metrics.h - counters and histograms for GET /metrics (Prometheus text)
+ *
+ * Lock-free: every update is one relaxed atomic add, safe from any worker.
+ */
+#ifndef MOCKERY_METRICS_H
+#define MOCKERY_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct store;
+
+enum metrics_route {
+    ROUTE_PAYMENTS = 0, /* /api/v1/payments */
+    ROUTE_PAYMENT,      /* /api/v1/payments/{transaction_id} */
+    ROUTE_HEALTH,       /* /health */
+    ROUTE_METRICS,      /* /metrics */
+    ROUTE_OTHER,        /* anything else (404s) */
+    ROUTE_COUNT
+};
+
+enum metrics_method { METHOD_GET = 0, METHOD_POST, METHOD_OTHER, METHOD_COUNT };
+
+/* Idempotency outcomes, as the access log names them. */
+enum metrics_outcome {
+    OUTCOME_NEW = 0,
+    OUTCOME_REPLAY,
+    OUTCOME_CONFLICT,
+    OUTCOME_MISMATCH,
+    OUTCOME_TAKEOVER,
+    OUTCOME_RELEASED,
+    OUTCOME_NO_KEY,
+    OUTCOME_LEASE_LOST,
+    OUTCOME_RELEASE_FAILED,
+    OUTCOME_COUNT
+};
+
+struct metrics;
+
+/* Zeroed metrics; NULL on allocation failure. */
+struct metrics *metrics_new(void);
+void metrics_free(struct metrics *m);
+
+/* The outcome named by an access-log word, or -1. */
+int metrics_outcome_of(const char *word);
+
+/* One finished request. outcome may be NULL; payment_status ("completed",
+ * "declined") is set when the request stored a payment. */
+void metrics_request(struct metrics *m, enum metrics_route route, const char *method, int status,
+                     double seconds, const char *outcome, const char *payment_status);
+
+/* Expired records the reaper deleted. */
+void metrics_reaped(struct metrics *m, int n);
+
+/* The Prometheus text exposition, malloc'd; NULL on allocation failure.
+ * store (may be NULL) supplies the pool gauges. */
+char *metrics_render(struct metrics *m, struct store *store, size_t *len);
+
+#endif
