@@ -252,8 +252,17 @@ void app_stop(struct app *app)
 {
     if (!app)
         return;
-    if (app->ctx)
-        mg_stop(app->ctx); /* waits for the workers: requests in flight finish */
+    if (app->ctx) {
+        /* civetweb drops every write once mg_stop has begun, so first let
+         * the requests in flight answer. */
+        __atomic_store_n(&app->draining, 1, __ATOMIC_SEQ_CST);
+        int limit_ms = (app->cfg.lease_s > 30 ? app->cfg.lease_s : 30) * 1000;
+        for (int waited = 0;
+             __atomic_load_n(&app->in_flight, __ATOMIC_SEQ_CST) > 0 && waited < limit_ms;
+             waited += 10)
+            sleep_ms(10);
+        mg_stop(app->ctx);
+    }
     pthread_mutex_lock(&app->mu);
     app->stopping = 1;
     pthread_cond_broadcast(&app->cv);

@@ -25,6 +25,8 @@ struct app {
     struct mg_context *ctx;
     int port;
     int connections; /* held by workers now; atomic (see handlers.c) */
+    int in_flight;   /* requests inside a handler now; atomic */
+    int draining;    /* set by app_stop: new requests get 503; atomic */
     int64_t lease_ms;
     int64_t ttl_ms;
 
@@ -42,8 +44,10 @@ struct app {
 struct app *app_start(const struct config *cfg, struct logger *log, struct store *store, char *err,
                       size_t errlen);
 
-/* Stops accepting, lets requests in flight finish, stops the reaper, closes
- * the store. app_stop(NULL) does nothing. */
+/* Drains, then stops: new requests get 503 shutting_down (Connection:
+ * close) while requests in flight finish and store their results (waiting
+ * up to the lease, at least 30 s); then stops the HTTP server and the reaper
+ * and closes the store. app_stop(NULL) does nothing. */
 void app_stop(struct app *app);
 
 #endif

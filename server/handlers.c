@@ -339,7 +339,20 @@ int handlers_route(struct mg_connection *conn, void *cbdata)
     struct app *app = cbdata;
     if (__atomic_load_n(&app->connections, __ATOMIC_RELAXED) >= app->cfg.threads)
         mg_disable_connection_keep_alive(conn);
-    dispatch(&r);
+    /* Counted before the draining check: app_stop waits for every request
+     * that got past it. */
+    __atomic_add_fetch(&app->in_flight, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&app->draining, __ATOMIC_SEQ_CST)) {
+        const char *headers[] = {"Connection", "close", "Retry-After", "1", NULL};
+        struct apierr e;
+        mg_disable_connection_keep_alive(conn);
+        apierr_set(&e, 503, "api_error", "shutting_down", NULL,
+                   "this server is shutting down; retry (another server will answer)");
+        http_send_error(&r, &e, headers);
+    } else {
+        dispatch(&r);
+    }
+    __atomic_sub_fetch(&app->in_flight, 1, __ATOMIC_SEQ_CST);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     metrics_request(app->metrics, (enum metrics_route)r.route, r.ri->request_method, r.status, secs,

@@ -50,9 +50,9 @@ void test_config(struct config *c, enum store_kind kind)
         snprintf(c->database_url, sizeof c->database_url, "%s", test_db_url());
 }
 
-/* Starts MOCKERY_TEST_SERVER_BIN with flags for c; its stderr goes to a
+/* Starts bin with flags for c; its stderr goes to a
  * file, from which the port is read off the "listening" line. */
-static void spawn_server(struct test_server *s, const struct config *c, const char *bin)
+void test_server_spawn(struct test_server *s, const struct config *c, const char *bin)
 {
     char nums[10][16];
     char *argv[40];
@@ -121,7 +121,7 @@ void test_server_start(struct test_server *s, const struct config *c)
     const char *bin = getenv("MOCKERY_TEST_SERVER_BIN");
     if (bin && *bin) {
         memset(s, 0, sizeof *s);
-        spawn_server(s, c, bin);
+        test_server_spawn(s, c, bin);
         return;
     }
     test_server_start_with_store(s, c, NULL);

@@ -33,6 +33,9 @@ void test_config(struct config *c, enum store_kind kind);
 /* Starts it (fails the test on error); the configuration must be one the
  * flags can express when a binary is spawned. */
 void test_server_start(struct test_server *s, const struct config *c);
+/* Starts the executable bin as a child process with flags for c (memset s
+ * first); test_server_stop() sends it SIGTERM and expects exit code 0. */
+void test_server_spawn(struct test_server *s, const struct config *c, const char *bin);
 /* Starts an in-process server over this store (owned by the server). */
 void test_server_start_with_store(struct test_server *s, const struct config *c,
                                   struct store *store);

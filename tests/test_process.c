@@ -141,3 +141,79 @@ Test(process, unreachable_database_fails_start_up_with_a_json_line)
         line = nl + 1;
     }
 }
+
+/* ---- SIGTERM: stop accepting, finish what is in flight, exit 0 ------------------ */
+
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <signal.h>
+#include <time.h>
+
+#include "support.h"
+
+static struct test_server srv;
+
+struct inflight {
+    const char *key;
+    const char *body;
+    struct test_response r;
+};
+
+static void *post_in_flight(void *p)
+{
+    struct inflight *f = p;
+    test_post_payment(&srv, f->key, f->body, &f->r);
+    return NULL;
+}
+
+static const char *record_state(PGconn *conn, const char *key, char *buf, size_t len)
+{
+    const char *vals[] = {key};
+    PGresult *res =
+        PQexecParams(conn, "SELECT state FROM idempotency_keys WHERE idempotency_key = $1", 1, NULL,
+                     vals, NULL, NULL, 0);
+    cr_assert_eq(PQresultStatus(res), PGRES_TUPLES_OK, "%s", PQerrorMessage(conn));
+    snprintf(buf, len, "%s", PQntuples(res) ? PQgetvalue(res, 0, 0) : "");
+    PQclear(res);
+    return buf;
+}
+
+Test(process, sigterm_finishes_requests_in_flight, .timeout = 60)
+{
+    struct config c;
+    test_config(&c, STORE_KIND_POSTGRES);
+    c.processing_delay_ms = 1500;
+    memset(&srv, 0, sizeof srv);
+    test_server_spawn(&srv, &c, MOCKERY_SERVER_BIN);
+
+    char key[96], cust[64], body[256], state[32];
+    test_unique(key, sizeof key, "term");
+    test_unique(cust, sizeof cust, "cust");
+    snprintf(body, sizeof body, "{\"amount\":5,\"currency\":\"USD\",\"customer_id\":\"%s\"}", cust);
+    struct inflight f = {key, body, {0}};
+    pthread_t t;
+    pthread_create(&t, NULL, post_in_flight, &f);
+
+    /* Wait (bounded) until the payment is running: its key is claimed. */
+    PGconn *conn = PQconnectdb(test_db_url());
+    cr_assert_eq(PQstatus(conn), CONNECTION_OK);
+    for (int i = 0; i < 500 && strcmp(record_state(conn, key, state, sizeof state), "processing");
+         i++) {
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    cr_assert_str_eq(state, "processing");
+
+    /* SIGTERM now, while it runs: the answer still comes, and is stored. */
+    test_server_stop(&srv); /* asserts exit code 0 */
+    pthread_join(t, NULL);
+    cr_assert_eq(f.r.status, 201, "in-flight request answered %ld: %s", f.r.status, f.r.body);
+    cr_assert_str_eq(record_state(conn, key, state, sizeof state), "completed");
+    const char *vals[] = {key};
+    PGresult *res = PQexecParams(conn, "SELECT count(*) FROM payments WHERE idempotency_key = $1",
+                                 1, NULL, vals, NULL, NULL, 0);
+    cr_assert_str_eq(PQgetvalue(res, 0, 0), "1");
+    PQclear(res);
+    PQfinish(conn);
+    test_response_free(&f.r);
+}
