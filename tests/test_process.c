@@ -27,8 +27,8 @@ static void read_all(int fd, char *buf, size_t len)
     buf[n] = '\0';
 }
 
-/* Runs the server with args to completion (it must exit by itself). */
-static void run_server(char *const args[], struct run *r)
+/* Runs a program with args to completion (it must exit by itself). */
+static void run_program(const char *path, char *const args[], struct run *r)
 {
     int out[2], err[2];
     cr_assert_eq(pipe(out), 0);
@@ -40,7 +40,7 @@ static void run_server(char *const args[], struct run *r)
     posix_spawn_file_actions_addclose(&fa, out[0]);
     posix_spawn_file_actions_addclose(&fa, err[0]);
     pid_t pid;
-    cr_assert_eq(posix_spawn(&pid, MOCKERY_SERVER_BIN, &fa, NULL, args, environ), 0);
+    cr_assert_eq(posix_spawn(&pid, path, &fa, NULL, args, environ), 0);
     close(out[1]);
     close(err[1]);
     read_all(out[0], r->out, sizeof r->out);
@@ -49,9 +49,14 @@ static void run_server(char *const args[], struct run *r)
     close(err[0]);
     int status;
     cr_assert_eq(waitpid(pid, &status, 0), pid);
-    cr_assert(WIFEXITED(status), "the server did not exit by itself");
+    cr_assert(WIFEXITED(status), "%s did not exit by itself", path);
     r->code = WEXITSTATUS(status);
     posix_spawn_file_actions_destroy(&fa);
+}
+
+static void run_server(char *const args[], struct run *r)
+{
+    run_program(MOCKERY_SERVER_BIN, args, r);
 }
 
 static void expect_one_json_line(const char *text, const char *needle)
@@ -216,4 +221,32 @@ Test(process, sigterm_finishes_requests_in_flight, .timeout = 60)
     PQclear(res);
     PQfinish(conn);
     test_response_free(&f.r);
+}
+
+/* ---- the walkthrough ------------------------------------------------------------ */
+
+Test(process, demo_walkthrough_reports_zero_double_charges, .timeout = 120)
+{
+    struct config c;
+    test_config(&c, STORE_KIND_POSTGRES);
+    c.processing_delay_ms = 1500;
+    memset(&srv, 0, sizeof srv);
+    test_server_spawn(&srv, &c, MOCKERY_SERVER_BIN);
+    char *const args[] = {"mockery-demo", "--url", srv.base, NULL};
+    struct run r;
+    run_program(MOCKERY_DEMO_BIN, args, &r);
+    test_server_stop(&srv);
+    cr_assert_eq(r.code, 0, "demo failed:\n%s%s", r.out, r.err);
+    /* Each scenario showed what it should. */
+    const char *seen[] = {"no answer",
+                          "409  error idempotency_key_in_use  Retry-After: 1",
+                          "X-Idempotent-Replay: true",
+                          "three keys, 3 charges",
+                          "201 created: 1",
+                          "one charge: yes",
+                          "the same decline, replayed: yes",
+                          "6 payments for 6 keys",
+                          "\ndouble charges: 0\n"};
+    for (size_t i = 0; i < sizeof seen / sizeof seen[0]; i++)
+        cr_assert_not_null(strstr(r.out, seen[i]), "demo output lacks '%s':\n%s", seen[i], r.out);
 }

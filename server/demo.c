@@ -1,0 +1,430 @@
+/* demo.c - mockery-demo: the walkthrough, as a program
+ *
+ * Against a running server it shows a lost response and its retries, three
+ * payments for one customer, a burst of concurrent duplicates and a retried
+ * decline, then counts the charges per key through the API and prints
+ * "double charges: N" (exit 1 unless N is 0). HTTP through libcurl.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <cjson/cJSON.h>
+#include <curl/curl.h>
+#include <openssl/rand.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+struct opts {
+    const char *url;
+    const char *api_key;
+    long timeout_ms; /* the impatient client of scenario 1 */
+    int burst;
+};
+
+struct reply {
+    long status; /* 0: no answer (timeout, refused) */
+    char error[CURL_ERROR_SIZE];
+    char *body;
+    size_t len;
+    char replay[16];
+    char retry_after[16];
+    char location[160];
+};
+
+static size_t on_body(char *p, size_t size, size_t n, void *arg)
+{
+    struct reply *r = arg;
+    size_t add = size * n;
+    char *nb = realloc(r->body, r->len + add + 1);
+    if (!nb)
+        return 0;
+    memcpy(nb + r->len, p, add);
+    r->body = nb;
+    r->len += add;
+    r->body[r->len] = '\0';
+    return add;
+}
+
+static void header_value(const char *line, size_t n, const char *name, char *dst, size_t dlen)
+{
+    size_t nl = strlen(name);
+    if (n <= nl + 1 || strncasecmp(line, name, nl) != 0 || line[nl] != ':')
+        return;
+    const char *v = line + nl + 1;
+    size_t vl = n - nl - 1;
+    while (vl && *v == ' ')
+        v++, vl--;
+    while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n'))
+        vl--;
+    snprintf(dst, dlen, "%.*s", (int)vl, v);
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *arg)
+{
+    struct reply *r = arg;
+    header_value(p, size * n, "X-Idempotent-Replay", r->replay, sizeof r->replay);
+    header_value(p, size * n, "Retry-After", r->retry_after, sizeof r->retry_after);
+    header_value(p, size * n, "Location", r->location, sizeof r->location);
+    return size * n;
+}
+
+/* One request; body NULL for a GET. Never fails: r->status 0 says why. */
+static void call(const struct opts *o, const char *method, const char *path, const char *key,
+                 const char *body, long timeout_ms, struct reply *r)
+{
+    char url[512], keyh[300], auth[300];
+    memset(r, 0, sizeof *r);
+    snprintf(url, sizeof url, "%s%s", o->url, path);
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    if (key) {
+        snprintf(keyh, sizeof keyh, "Idempotency-Key: %s", key);
+        h = curl_slist_append(h, keyh);
+    }
+    if (o->api_key) {
+        snprintf(auth, sizeof auth, "Authorization: Bearer %s", o->api_key);
+        h = curl_slist_append(h, auth);
+    }
+    CURL *c = curl_easy_init();
+    if (!c) {
+        snprintf(r->error, sizeof r->error, "out of memory");
+        curl_slist_free_all(h);
+        return;
+    }
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, r->error);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    if (body)
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    if (curl_easy_perform(c) == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
+    curl_easy_cleanup(c);
+    curl_slist_free_all(h);
+}
+
+static void reply_free(struct reply *r)
+{
+    free(r->body);
+    r->body = NULL;
+}
+
+/* A string field of a JSON body, copied into buf ("" when absent). */
+static const char *field(const struct reply *r, const char *name, char *buf, size_t len)
+{
+    buf[0] = '\0';
+    cJSON *o = r->body ? cJSON_Parse(r->body) : NULL;
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    if (!cJSON_IsString(v)) {
+        cJSON *e = cJSON_GetObjectItemCaseSensitive(o, "error");
+        v = cJSON_GetObjectItemCaseSensitive(e, name);
+    }
+    if (cJSON_IsString(v))
+        snprintf(buf, len, "%s", v->valuestring);
+    cJSON_Delete(o);
+    return buf;
+}
+
+static void show(const char *what, const struct reply *r)
+{
+    char id[64], code[64];
+    if (!r->status) {
+        printf("  %-34s -> no answer (%s)\n", what, r->error);
+        return;
+    }
+    printf("  %-34s -> %ld", what, r->status);
+    if (field(r, "transaction_id", id, sizeof id)[0])
+        printf("  transaction %s", id);
+    if (field(r, "code", code, sizeof code)[0])
+        printf("  error %s", code);
+    if (r->replay[0])
+        printf("  X-Idempotent-Replay: %s", r->replay);
+    if (r->retry_after[0])
+        printf("  Retry-After: %s", r->retry_after);
+    printf("\n");
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static char run_id[16];
+
+static void payment_body(char *buf, size_t len, const char *customer, const char *amount)
+{
+    snprintf(buf, len,
+             "{\"amount\":%s,\"currency\":\"EUR\",\"customer_id\":\"%s\","
+             "\"description\":\"mockery demo\"}",
+             amount, customer);
+}
+
+/* 1: the client gives up before the server answers, retries, waits, and
+ * gets the first result. */
+static int lost_response(const struct opts *o)
+{
+    char key[64], cust[64], body[256];
+    struct reply r;
+    snprintf(key, sizeof key, "demo-%s-lost", run_id);
+    snprintf(cust, sizeof cust, "cust-demo-%s", run_id);
+    payment_body(body, sizeof body, cust, "49.90");
+    printf("\n1. A payment whose response is lost (client timeout %ld ms)\n", o->timeout_ms);
+    call(o, "POST", "/api/v1/payments", key, body, o->timeout_ms, &r);
+    show("POST (client gives up early)", &r);
+    if (r.status)
+        printf("     (the answer came in time: this server has no processing delay)\n");
+    reply_free(&r);
+    for (int attempt = 0; attempt < 60; attempt++) {
+        call(o, "POST", "/api/v1/payments", key, body, 30000, &r);
+        show("POST retry, same key", &r);
+        if (r.status != 409) {
+            char id[64], path[128], k[300];
+            int ok = (r.status == 200 || r.status == 201);
+            field(&r, "transaction_id", id, sizeof id);
+            reply_free(&r);
+            /* The replayed transaction is the one that was charged. */
+            snprintf(path, sizeof path, "/api/v1/payments/%s", id);
+            call(o, "GET", path, NULL, NULL, 30000, &r);
+            ok = ok && r.status == 200 &&
+                 strcmp(field(&r, "idempotency_key", k, sizeof k), key) == 0;
+            printf("  GET %s -> %ld: the charge behind the replay, made once: %s\n", id, r.status,
+                   ok ? "yes" : "NO");
+            reply_free(&r);
+            return ok ? 0 : -1;
+        }
+        long wait = atol(r.retry_after) > 0 ? atol(r.retry_after) * 1000 : 1000;
+        printf("     still running on the server: waiting %ld ms as Retry-After says\n", wait);
+        reply_free(&r);
+        sleep_ms(wait);
+    }
+    return -1;
+}
+
+/* 2: different keys are different payments. */
+static int three_payments(const struct opts *o)
+{
+    char cust[64], body[256], key[64];
+    snprintf(cust, sizeof cust, "cust-demo-%s", run_id);
+    printf("\n2. Three payments for %s, three keys\n", cust);
+    int created = 0;
+    const char *amounts[] = {"10.00", "20.00", "30.00"};
+    for (int i = 0; i < 3; i++) {
+        struct reply r;
+        snprintf(key, sizeof key, "demo-%s-order-%d", run_id, i + 1);
+        payment_body(body, sizeof body, cust, amounts[i]);
+        call(o, "POST", "/api/v1/payments", key, body, 30000, &r);
+        char what[64];
+        snprintf(what, sizeof what, "POST %s", key + strlen(run_id) + 6);
+        show(what, &r);
+        created += r.status == 201;
+        reply_free(&r);
+    }
+    printf("  three keys, %d charges\n", created);
+    return created == 3 ? 0 : -1;
+}
+
+struct burst_arg {
+    const struct opts *o;
+    pthread_barrier_t *barrier;
+    const char *key;
+    const char *body;
+    struct reply r;
+};
+
+static void *burst_one(void *p)
+{
+    struct burst_arg *a = p;
+    pthread_barrier_wait(a->barrier);
+    call(a->o, "POST", "/api/v1/payments", a->key, a->body, 30000, &a->r);
+    return NULL;
+}
+
+/* 3: many copies of one request at the same instant. */
+static int burst(const struct opts *o)
+{
+    char key[64], cust[64], body[256];
+    snprintf(key, sizeof key, "demo-%s-burst", run_id);
+    snprintf(cust, sizeof cust, "cust-demo-burst-%s", run_id);
+    payment_body(body, sizeof body, cust, "99.00");
+    printf("\n3. A burst of %d concurrent requests with one key\n", o->burst);
+    pthread_barrier_t barrier;
+    pthread_barrier_init(&barrier, NULL, (unsigned)o->burst);
+    struct burst_arg *args = calloc((size_t)o->burst, sizeof *args);
+    pthread_t *t = calloc((size_t)o->burst, sizeof *t);
+    if (!args || !t) {
+        free(args);
+        free(t);
+        return -1;
+    }
+    for (int i = 0; i < o->burst; i++) {
+        args[i] = (struct burst_arg){o, &barrier, key, body, {0}};
+        pthread_create(&t[i], NULL, burst_one, &args[i]);
+    }
+    int counts[600] = {0}, other = 0;
+    for (int i = 0; i < o->burst; i++) {
+        pthread_join(t[i], NULL);
+        long s = args[i].r.status;
+        if (s > 0 && s < 600)
+            counts[s]++;
+        else
+            other++;
+        reply_free(&args[i].r);
+    }
+    printf("  201 created: %d   409 in use: %d   200 replay: %d   other: %d\n", counts[201],
+           counts[409], counts[200], other);
+    printf("  one charge: %s\n", counts[201] == 1 ? "yes" : "NO");
+    pthread_barrier_destroy(&barrier);
+    free(args);
+    free(t);
+    return counts[201] == 1 ? 0 : -1;
+}
+
+/* 4: a decline is an answer too: replayed, not re-run. */
+static int declined(const struct opts *o)
+{
+    char key[64], cust[64], body[256], first[64], again[64];
+    snprintf(key, sizeof key, "demo-%s-declined", run_id);
+    snprintf(cust, sizeof cust, "cust-declined-demo-%s", run_id);
+    payment_body(body, sizeof body, cust, "15.00");
+    printf("\n4. A declined card, retried\n");
+    struct reply a, b;
+    call(o, "POST", "/api/v1/payments", key, body, 30000, &a);
+    show("POST", &a);
+    call(o, "POST", "/api/v1/payments", key, body, 30000, &b);
+    show("POST retry, same key", &b);
+    field(&a, "transaction_id", first, sizeof first);
+    field(&b, "transaction_id", again, sizeof again);
+    int ok = a.status == 402 && b.status == 402 && strcmp(b.replay, "true") == 0 &&
+             strcmp(first, again) == 0;
+    printf("  the same decline, replayed: %s\n", ok ? "yes" : "NO");
+    reply_free(&a);
+    reply_free(&b);
+    return ok ? 0 : -1;
+}
+
+/* Counts payments per idempotency key for one customer, through the API;
+ * returns how many keys were charged more than once, or -1. */
+static int double_charges_for(const struct opts *o, const char *customer, int *payments)
+{
+    char path[256], cursor[64] = "";
+    char keys[256][80];
+    int counts[256] = {0}, nkeys = 0, doubles = 0;
+    for (int page = 0; page < 100; page++) {
+        struct reply r;
+        snprintf(path, sizeof path, "/api/v1/payments?limit=100&customer_id=%s%s%s", customer,
+                 cursor[0] ? "&starting_after=" : "", cursor);
+        call(o, "GET", path, NULL, NULL, 30000, &r);
+        cJSON *root = r.status == 200 ? cJSON_Parse(r.body) : NULL;
+        reply_free(&r);
+        if (!root)
+            return -1;
+        cJSON *item;
+        cJSON_ArrayForEach(item, cJSON_GetObjectItem(root, "payments"))
+        {
+            cJSON *k = cJSON_GetObjectItem(item, "idempotency_key");
+            const char *key = cJSON_IsString(k) ? k->valuestring : "(none)";
+            int i = 0;
+            while (i < nkeys && strcmp(keys[i], key) != 0)
+                i++;
+            if (i == nkeys && nkeys < 256)
+                snprintf(keys[nkeys++], sizeof keys[0], "%s", key);
+            if (i < nkeys)
+                counts[i]++;
+            (*payments)++;
+        }
+        cJSON *next = cJSON_GetObjectItem(root, "next_cursor");
+        int more = cJSON_IsString(next);
+        if (more)
+            snprintf(cursor, sizeof cursor, "%s", next->valuestring);
+        cJSON_Delete(root);
+        if (!more)
+            break;
+    }
+    for (int i = 0; i < nkeys; i++)
+        if (counts[i] > 1) {
+            printf("  key %s was charged %d times\n", keys[i], counts[i]);
+            doubles++;
+        }
+    return doubles;
+}
+
+static void usage(void)
+{
+    fputs("usage: mockery-demo [--url URL] [--api-key KEY] [--timeout-ms N] [--burst N]\n"
+          "  --url         the server (http://127.0.0.1:8080)\n"
+          "  --api-key     sent as Authorization: Bearer KEY when the server has keys\n"
+          "  --timeout-ms  the impatient client of step 1 (500); run the server with a longer\n"
+          "                --processing-delay-ms to see the response get lost\n"
+          "  --burst       concurrent duplicates in step 3 (20)\n",
+          stderr);
+}
+
+int main(int argc, char **argv)
+{
+    struct opts o = {.url = "http://127.0.0.1:8080", .timeout_ms = 500, .burst = 20};
+    for (int i = 1; i < argc; i++) {
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(argv[i], "--url") && v)
+            o.url = v, i++;
+        else if (!strcmp(argv[i], "--api-key") && v)
+            o.api_key = v, i++;
+        else if (!strcmp(argv[i], "--timeout-ms") && v && atol(v) > 0)
+            o.timeout_ms = atol(v), i++;
+        else if (!strcmp(argv[i], "--burst") && v && atoi(v) >= 2 && atoi(v) <= 500)
+            o.burst = atoi(v), i++;
+        else {
+            usage();
+            return 2;
+        }
+    }
+    unsigned char rnd[4];
+    if (RAND_bytes(rnd, sizeof rnd) != 1)
+        return 1;
+    snprintf(run_id, sizeof run_id, "%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3]);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+
+    struct reply h;
+    call(&o, "GET", "/health", NULL, NULL, 5000, &h);
+    printf("Mockery payment service at %s: /health %ld %s\n", o.url, h.status,
+           h.body ? h.body : h.error);
+    int ok = h.status == 200;
+    reply_free(&h);
+    if (!ok) {
+        curl_global_cleanup();
+        return 1;
+    }
+    int failed = 0;
+    failed |= lost_response(&o) != 0;
+    failed |= three_payments(&o) != 0;
+    failed |= burst(&o) != 0;
+    failed |= declined(&o) != 0;
+
+    printf("\nCounting the charges per idempotency key through the API\n");
+    const char *prefixes[] = {"cust-demo-", "cust-demo-burst-", "cust-declined-demo-"};
+    int doubles = 0, payments = 0;
+    for (int i = 0; i < 3; i++) {
+        char cust[64];
+        snprintf(cust, sizeof cust, "%s%s", prefixes[i], run_id);
+        int d = double_charges_for(&o, cust, &payments);
+        if (d < 0) {
+            printf("  could not list the payments of %s\n", cust);
+            failed = 1;
+        } else {
+            doubles += d;
+        }
+    }
+    printf("  %d payments for 6 keys (%d requests sent)\n", payments, 3 + 3 + o.burst + 2);
+    printf("double charges: %d\n", doubles);
+    curl_global_cleanup();
+    if (payments != 6)
+        failed = 1;
+    return doubles == 0 && !failed ? 0 : 1;
+}
