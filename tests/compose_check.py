@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""compose_check.py - docker-compose.yml and the Dockerfile agree with the real programs.
+
+No Docker engine runs here, so this checks what can be checked without one:
+`docker-compose config -q` accepts the file, and every image, port,
+environment variable and command flag it names is one the server (or the
+demo) really has, as their --help says.
+
+usage: compose_check.py REPO_ROOT MOCKERY_SERVER MOCKERY_DEMO
+"""
+import os
+import re
+import subprocess
+import sys
+
+import yaml
+
+failures = []
+
+
+def check(cond, msg):
+    if not cond:
+        failures.append(msg)
+
+
+def flags_of(binary):
+    out = subprocess.run([binary, "--help"], capture_output=True, text=True)
+    text = out.stdout + out.stderr
+    return set(re.findall(r"(--[a-z][a-z0-9-]*)", text))
+
+
+def env_to_flag(name):
+    if name == "PORT":
+        return "--port"
+    if name == "DATABASE_URL":
+        return "--database-url"
+    if name.startswith("MOCKERY_"):
+        return "--" + name[len("MOCKERY_"):].lower().replace("_", "-")
+    return None
+
+
+def main():
+    root, server, demo = sys.argv[1], sys.argv[2], sys.argv[3]
+    compose = os.path.join(root, "docker-compose.yml")
+    res = subprocess.run(["docker-compose", "-f", compose, "config", "-q"],
+                         capture_output=True, text=True)
+    check(res.returncode == 0, "docker-compose config -q failed: " + res.stderr.strip())
+    res = subprocess.run(["docker-compose", "-f", compose, "config"], capture_output=True, text=True)
+    cfg = yaml.safe_load(res.stdout)
+    services = cfg["services"]
+    server_flags = flags_of(server)
+    demo_flags = flags_of(demo)
+    check("--port" in server_flags and "--database-url" in server_flags,
+          "mockery-server --help lists no flags: %s" % sorted(server_flags))
+
+    # PostgreSQL: a healthcheck and a volume, and what the servers point at.
+    pg = services.get("postgres")
+    check(pg is not None, "no postgres service")
+    pg_env = pg.get("environment", {})
+    check("healthcheck" in pg, "postgres has no healthcheck")
+    check(any("/var/lib/postgresql/data" in str(v) for v in pg.get("volumes", [])),
+          "postgres keeps no volume")
+    check(str(pg.get("image", "")).startswith("postgres:"), "postgres image: %s" % pg.get("image"))
+
+    replicas = [n for n, s in services.items() if n.startswith("server")]
+    check(len(replicas) == 2, "want two server replicas, have %s" % replicas)
+    host_ports = []
+    urls = set()
+    image = None
+    for name in replicas:
+        s = services[name]
+        env = s.get("environment", {})
+        for var in env:
+            flag = env_to_flag(var)
+            check(flag in server_flags, "%s: environment %s is no server flag" % (name, var))
+        command = s.get("command", [])
+        for tok in command:
+            if tok.startswith("--"):
+                check(tok.split("=")[0] in server_flags, "%s: command flag %s unknown" % (name, tok))
+        # The container port is the one the server listens on.
+        port = env.get("PORT", "8080")
+        if "--port" in command:
+            port = command[command.index("--port") + 1]
+        for p in s.get("ports", []):
+            target = str(p.get("target")) if isinstance(p, dict) else str(p).split(":")[-1]
+            published = str(p.get("published")) if isinstance(p, dict) else str(p).split(":")[0]
+            check(target == str(port), "%s: maps container port %s, server listens on %s"
+                  % (name, target, port))
+            host_ports.append(published)
+        url = env.get("DATABASE_URL", "")
+        urls.add(url)
+        m = re.match(r"postgresql://([^:]+):([^@]+)@([^:/]+):(\d+)/(\w+)$", url)
+        check(m is not None, "%s: DATABASE_URL %r" % (name, url))
+        if m:
+            user, password, host, _, db = m.groups()
+            check(host == "postgres", "%s: database host %s" % (name, host))
+            check(user == pg_env.get("POSTGRES_USER") and password == pg_env.get("POSTGRES_PASSWORD")
+                  and db == pg_env.get("POSTGRES_DB"), "%s: credentials differ from postgres" % name)
+        dep = s.get("depends_on", {})
+        check(isinstance(dep, dict) and dep.get("postgres", {}).get("condition") == "service_healthy",
+              "%s: does not wait for a healthy postgres" % name)
+        check("build" in s, "%s: does not build the Dockerfile" % name)
+        image = image or s.get("image")
+        check(s.get("image") == image, "%s: another image" % name)
+    check(sorted(host_ports) == ["8080", "8081"], "host ports %s, want 8080 and 8081" % host_ports)
+    check(len(urls) == 1, "the replicas use different databases: %s" % urls)
+
+    demo_svc = services.get("demo")
+    check(demo_svc is not None, "no demo service")
+    if demo_svc:
+        check(demo_svc.get("profiles") == ["demo"], "demo is not behind the demo profile")
+        check(demo_svc.get("image") == image, "demo uses another image")
+        check(demo_svc.get("entrypoint") == ["mockery-demo"], "demo does not run mockery-demo")
+        cmd = demo_svc.get("command", [])
+        for tok in cmd:
+            if tok.startswith("--"):
+                check(tok in demo_flags, "demo: flag %s unknown to mockery-demo" % tok)
+        if "--url" in cmd:
+            target = cmd[cmd.index("--url") + 1]
+            check(re.match(r"http://server-[12]:8080$", target) is not None, "demo url %s" % target)
+
+    # The Dockerfile: two stages on Debian 12, the runtime stage ships both programs.
+    with open(os.path.join(root, "Dockerfile")) as f:
+        docker = f.read()
+    stages = re.findall(r"^FROM\s+(\S+)", docker, re.M)
+    check(len(stages) == 2, "Dockerfile stages: %s" % stages)
+    check(all(s.startswith("debian:bookworm") for s in stages), "not Debian 12: %s" % stages)
+    check(re.search(r"COPY --from=build .*mockery-server", docker) is not None,
+          "the runtime stage does not copy mockery-server")
+    check('ENTRYPOINT ["mockery-server"]' in docker, "the image does not run mockery-server")
+    for needed in ("server", "store", "sql", "cmake", "CMakeLists.txt"):
+        check(re.search(r"^COPY\s+%s\b" % re.escape(needed), docker, re.M) is not None,
+              "the build stage does not copy %s" % needed)
+
+    for f in failures:
+        print("FAIL:", f)
+    print("%d passed, %d failed" % (1 if not failures else 0, 1 if failures else 0))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
