@@ -361,15 +361,24 @@ int handlers_route(struct mg_connection *conn, void *cbdata)
     return r.status ? r.status : 500;
 }
 
+/* What civetweb itself may refuse before a handler runs, and the code each
+ * gets; anything else is a 400 bad_request (or a 500). */
+static const struct {
+    int status;
+    const char *code;
+} CIVETWEB_ERRORS[] = {
+    {400, "bad_request"},       {404, "route_not_found"},   {405, "method_not_allowed"},
+    {408, "request_timeout"},   {413, "request_too_large"}, {414, "request_too_large"},
+    {431, "headers_too_large"}, {500, "internal_error"},    {505, "bad_request"},
+};
+
 int handlers_http_error(struct mg_connection *conn, int status, const char *msg)
 {
     struct request r = {.conn = conn, .ri = mg_get_request_info(conn)};
-    const char *code = status == 413   ? "request_too_large"
-                       : status == 431 ? "headers_too_large"
-                       : status == 404 ? "route_not_found"
-                       : status == 405 ? "method_not_allowed"
-                       : status >= 500 ? "internal_error"
-                                       : "bad_request";
+    const char *code = status >= 500 ? "internal_error" : "bad_request";
+    for (size_t i = 0; i < sizeof CIVETWEB_ERRORS / sizeof CIVETWEB_ERRORS[0]; i++)
+        if (CIVETWEB_ERRORS[i].status == status)
+            code = CIVETWEB_ERRORS[i].code;
     const char *headers[] = {"Connection", "close", NULL};
     struct apierr e;
     apierr_set(&e, status, status >= 500 ? "api_error" : INVALID, code, NULL, "%s",

@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""openapi_check.py - openapi.yaml describes every route, status and error code the server has.
+
+Reads the server's sources for what it can answer (every apierr_set/http_fail
+with its status and code, civetweb's own refusals, the routes) and checks
+that openapi.yaml documents each: the routes and methods match, every error
+code is in ErrorCode and named in a response of its status, and ErrorCode
+lists nothing the server never sends.
+
+usage: openapi_check.py REPO_ROOT
+"""
+import glob
+import os
+import re
+import sys
+
+import yaml
+
+
+def main():
+    root = sys.argv[1]
+    spec = yaml.safe_load(open(os.path.join(root, "openapi.yaml")))
+    src = {p: open(p).read() for p in glob.glob(os.path.join(root, "server", "*.c"))
+           if not p.endswith("demo.c")}
+    failures = []
+
+    def check(cond, msg):
+        if not cond:
+            failures.append(msg)
+
+    check(str(spec.get("openapi", "")).startswith("3.1"), "not OpenAPI 3.1")
+
+    # What the server can answer: (status, code) pairs.
+    pairs = set()
+    for text in src.values():
+        for m in re.finditer(r"(?:apierr_set|http_fail)\(\s*[^,]+,\s*(\d{3}),\s*[^,]+,\s*\"([a-z_]+)\"",
+                             text, re.S):
+            pairs.add((m.group(1), m.group(2)))
+        for m in re.finditer(r"\{(\d{3}), \"([a-z_]+)\"\}", text):
+            pairs.add((m.group(1), m.group(2)))
+    declined = re.search(r"\"code\", \"(card_declined)\"", "".join(src.values()))
+    check(declined is not None, "card_declined not found in the sources")
+    pairs.add(("402", "card_declined"))
+    check(len(pairs) > 20, "found only %d (status, code) pairs: the scan is broken" % len(pairs))
+
+    # Routes.
+    handlers = src[os.path.join(root, "server", "handlers.c")]
+    base = re.search(r"#define PAYMENTS \"([^\"]+)\"", handlers).group(1)
+    fixed = set(re.findall(r"strcmp\(path, \"(/[a-z]+)\"\)", handlers))
+    want_paths = {base: {"get", "post"}, base + "/{transaction_id}": {"get"}}
+    want_paths.update({p: {"get"} for p in fixed})
+    paths = spec.get("paths", {})
+    check(set(paths) == set(want_paths), "paths %s, server has %s" % (sorted(paths), sorted(want_paths)))
+    for p, methods in want_paths.items():
+        have = {m for m in paths.get(p, {}) if m in ("get", "post", "put", "delete", "patch")}
+        check(have == methods, "%s: methods %s, server has %s" % (p, sorted(have), sorted(methods)))
+
+    # Responses by status, with their descriptions.
+    comps = spec.get("components", {}).get("responses", {})
+    by_status = {}
+    for p, ops in paths.items():
+        for m, op in ops.items():
+            for status, resp in op.get("responses", {}).items():
+                if "$ref" in resp:
+                    resp = comps[resp["$ref"].split("/")[-1]]
+                by_status.setdefault(str(status), []).append(resp.get("description", ""))
+    generic = " ".join(comps[n]["description"] for n in ("NotFound", "MethodNotAllowed", "Malformed")
+                       if n in comps)
+
+    enum = set(spec["components"]["schemas"]["ErrorCode"]["enum"])
+    for status, code in sorted(pairs):
+        check(code in enum, "%s %s: not in ErrorCode" % (status, code))
+        texts = " ".join(by_status.get(status, []))
+        check(("`%s`" % code) in texts or ("`%s`" % code) in generic,
+              "%s %s: no response of status %s names it" % (status, code, status))
+    sent = {c for _, c in pairs}
+    for code in sorted(enum - sent):
+        failures.append("ErrorCode %s is never sent by the server" % code)
+
+    for f in failures:
+        print("FAIL:", f)
+    print("%d passed, %d failed" % (0 if failures else 1, 1 if failures else 0))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
