@@ -39,6 +39,9 @@ static const char SQL_CLAIM[] =
     " lease_token = EXCLUDED.lease_token, locked_until = EXCLUDED.locked_until,"
     " response_status = NULL, response_body = NULL, response_location = NULL,"
     " completed_at = NULL,"
+    " duplicate_count = CASE WHEN k.expires_at <= now() THEN 0 ELSE k.duplicate_count END,"
+    " last_duplicate_at = CASE WHEN k.expires_at <= now() THEN NULL"
+    " ELSE k.last_duplicate_at END,"
     " created_at = CASE WHEN k.expires_at <= now() THEN EXCLUDED.created_at"
     " ELSE k.created_at END,"
     " expires_at = CASE WHEN k.expires_at <= now() THEN EXCLUDED.expires_at"
@@ -48,11 +51,15 @@ static const char SQL_CLAIM[] =
     " AND k.fingerprint = EXCLUDED.fingerprint)"
     " RETURNING lease_token, (xmax = 0), " US_OF("created_at");
 
-/* What a losing claim found. */
+/* What a losing claim ran into, counted as a prevented duplicate. No row:
+ * the record vanished (released) or became claimable since; claim again. */
 static const char SQL_READ[] =
-    "SELECT state, fingerprint, response_status, response_body, response_location, " US_OF(
-        "created_at") ", expires_at <= now(), locked_until <= now()"
-                      " FROM idempotency_keys WHERE tenant_id = $1 AND idempotency_key = $2";
+    "UPDATE idempotency_keys SET duplicate_count = duplicate_count + 1,"
+    " last_duplicate_at = now()"
+    " WHERE tenant_id = $1 AND idempotency_key = $2 AND expires_at > now()"
+    " AND NOT (state = 'processing' AND locked_until <= now() AND fingerprint = $3)"
+    " RETURNING state, fingerprint, response_status, response_body, response_location, " US_OF(
+        "created_at");
 
 /* Completion and payment row in one statement, so in one transaction with
  * one round trip: the payment is inserted only if the fenced update matched. */
@@ -124,7 +131,7 @@ struct prepared {
 
 static const struct prepared PREPARED[] = {
     {"claim", SQL_CLAIM, 5},
-    {"read", SQL_READ, 2},
+    {"read", SQL_READ, 3},
     {"complete_payment", SQL_COMPLETE_PAYMENT, 13},
     {"complete", SQL_COMPLETE, 6},
     {"release", SQL_RELEASE, 3},
@@ -335,8 +342,8 @@ static enum store_status read_existing(struct store_pg *pg, int idx, const char 
                                        size_t errlen)
 {
     enum store_status st = STORE_OK;
-    const char *vals[] = {tenant, key};
-    PGresult *res = run(pg, idx, "read", 2, vals, PGRES_TUPLES_OK, &st, err, errlen);
+    const char *vals[] = {tenant, key, fingerprint};
+    PGresult *res = run(pg, idx, "read", 3, vals, PGRES_TUPLES_OK, &st, err, errlen);
     if (!res)
         return st;
     *retry = 0;
@@ -346,12 +353,8 @@ static enum store_status read_existing(struct store_pg *pg, int idx, const char 
     }
     int completed = strcmp(PQgetvalue(res, 0, 0), "completed") == 0;
     int same = strcmp(PQgetvalue(res, 0, 1), fingerprint) == 0;
-    int expired = strcmp(PQgetvalue(res, 0, 6), "t") == 0;
-    int lease_over = !completed && strcmp(PQgetvalue(res, 0, 7), "t") == 0;
     int64_t created = int_value(res, 0, 5);
-    if (expired || (lease_over && same)) {
-        *retry = 1;
-    } else if (!same) {
+    if (!same) {
         *out = (struct store_claim_result){.outcome = CLAIM_MISMATCH, .created_at_us = created};
     } else if (!completed) {
         *out = (struct store_claim_result){.outcome = CLAIM_IN_PROGRESS, .created_at_us = created};

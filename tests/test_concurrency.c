@@ -113,6 +113,17 @@ Test(concurrency, thirty_two_duplicates_make_one_payment, .init = start_pg_slow,
                             " AND state = 'completed'",
                             key),
                  1);
+    /* Every other request was a prevented duplicate, counted once on the
+     * record, and the psql view adds it up. */
+    cr_assert_eq(
+        count_rows("SELECT duplicate_count FROM idempotency_keys WHERE idempotency_key = $1", key),
+        DUPES - 1);
+    cr_assert_geq(count_rows("SELECT duplicates_prevented FROM duplicates_prevented_per_hour v"
+                             " JOIN idempotency_keys k ON k.tenant_id = v.tenant_id"
+                             " AND date_trunc('hour', k.created_at) = v.hour"
+                             " WHERE k.idempotency_key = $1",
+                             key),
+                  DUPES - 1);
     for (int i = 0; i < DUPES; i++)
         test_response_free(&args[i].r);
     pthread_barrier_destroy(&barrier);
