@@ -12,6 +12,7 @@
 #include "app.h"
 #include "http.h"
 #include "idem.h"
+#include "money.h"
 #include "payment.h"
 
 #define INVALID "invalid_request_error"
@@ -40,6 +41,15 @@ static char *pay_canonical(const void *req, size_t *len)
 static const char *pay_customer(const void *req)
 {
     return ((const struct payment_request *)req)->customer_id;
+}
+
+static void pay_log_fields(const void *vreq, cJSON *line)
+{
+    const struct payment_request *req = vreq;
+    char amount[32];
+    if (money_format(req->amount_minor, req->digits, amount, sizeof amount) > 0)
+        cJSON_AddRawToObject(line, "amount", amount);
+    cJSON_AddStringToObject(line, "currency", req->currency);
 }
 
 static void pay_free(void *req)
@@ -112,6 +122,7 @@ static const struct idem_op PAYMENT_OP = {
     .parse = pay_parse,
     .canonical = pay_canonical,
     .customer = pay_customer,
+    .log_fields = pay_log_fields,
     .run = pay_run,
     .free_req = pay_free,
 };

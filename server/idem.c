@@ -78,7 +78,8 @@ void idem_result_clear(struct idem_result *r)
 }
 
 /* One line per prevented duplicate: which key, whose, first seen when. */
-static void log_duplicate(struct request *r, const char *what, int64_t original_us)
+static void log_duplicate(struct request *r, const struct idem_op *op, const void *req,
+                          const char *what, int64_t original_us)
 {
     char when[40];
     payment_format_time(original_us, when, sizeof when);
@@ -88,6 +89,8 @@ static void log_duplicate(struct request *r, const char *what, int64_t original_
     cJSON_AddStringToObject(line, "tenant", r->tenant);
     cJSON_AddStringToObject(line, "key", r->key);
     cJSON_AddStringToObject(line, "customer", r->customer);
+    if (line && op->log_fields)
+        op->log_fields(req, line);
     cJSON_AddStringToObject(line, "original_time", when);
     log_end(r->app->log, line);
 }
@@ -105,7 +108,8 @@ static void send_result(struct request *r, const struct idem_result *res)
     http_send(r, res->status, res->body, res->body_len, res->location ? headers : NULL);
 }
 
-static void replay(struct request *r, const struct store_claim_result *c)
+static void replay(struct request *r, const struct idem_op *op, const void *req,
+                   const struct store_claim_result *c)
 {
     int status = c->response_status >= 200 && c->response_status < 300 ? 200 : c->response_status;
     const char *headers[5] = {"X-Idempotent-Replay", "true", NULL};
@@ -115,7 +119,7 @@ static void replay(struct request *r, const struct store_claim_result *c)
     }
     r->outcome = "replay";
     http_send(r, status, c->response_body, c->response_body_len, headers);
-    log_duplicate(r, "replay", c->created_at_us);
+    log_duplicate(r, op, req, "replay", c->created_at_us);
 }
 
 /* A request without a key (--require-key=false): run once, store the
@@ -279,7 +283,7 @@ void idem_handle(struct request *r, const struct idem_op *op)
         run_claimed(r, op, req, claim.lease_token);
         break;
     case CLAIM_COMPLETED:
-        replay(r, &claim);
+        replay(r, op, req, &claim);
         break;
     case CLAIM_IN_PROGRESS: {
         const char *headers[] = {"Retry-After", "1", NULL};
@@ -287,7 +291,7 @@ void idem_handle(struct request *r, const struct idem_op *op)
         apierr_set(&e, 409, IDEMPOTENCY, "idempotency_key_in_use", NULL,
                    "a request with this idempotency key is still being processed; retry later");
         http_send_error(r, &e, headers);
-        log_duplicate(r, "conflict", claim.created_at_us);
+        log_duplicate(r, op, req, "conflict", claim.created_at_us);
         break;
     }
     case CLAIM_MISMATCH:
@@ -295,7 +299,7 @@ void idem_handle(struct request *r, const struct idem_op *op)
         http_fail(r, 422, IDEMPOTENCY, "idempotency_key_reused", NULL,
                   "this idempotency key was used with a different request; use a new key for "
                   "a new payment");
-        log_duplicate(r, "mismatch", claim.created_at_us);
+        log_duplicate(r, op, req, "mismatch", claim.created_at_us);
         break;
     }
 out:

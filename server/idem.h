@@ -12,6 +12,8 @@
 #include <stdint.h>
 
 #include "apierr.h"
+
+struct cJSON;
 #include "http.h"
 #include "../store/store.h"
 
@@ -37,7 +39,6 @@ struct idem_result {
     char *location;                /* malloc'd, or NULL */
     int retryable;                 /* a failure before any effect: release, do not cache */
     struct store_payment *payment; /* the row stored with the completion, or NULL */
-    const char *customer;          /* for the logs, or NULL */
 };
 
 void idem_result_clear(struct idem_result *r);
@@ -51,6 +52,8 @@ struct idem_op {
     char *(*canonical)(const void *req, size_t *len);
     /* The customer the request is for, for the logs. */
     const char *(*customer)(const void *req);
+    /* Adds what identifies the request to a log line (amount, currency). */
+    void (*log_fields)(const void *req, struct cJSON *line);
     /* Runs the operation; key is NULL for a request without one. No store
      * calls happen here: the layer stores the result. Returns 0, or -1 with
      * err on an internal failure (answered 500, the claim released). */

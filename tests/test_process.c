@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -249,4 +250,74 @@ Test(process, demo_walkthrough_reports_zero_double_charges, .timeout = 120)
                           "\ndouble charges: 0\n"};
     for (size_t i = 0; i < sizeof seen / sizeof seen[0]; i++)
         cr_assert_not_null(strstr(r.out, seen[i]), "demo output lacks '%s':\n%s", seen[i], r.out);
+}
+
+/* ---- the log: one JSON object per line ------------------------------------------ */
+
+static cJSON *find_line(const char *log, const char *msg, const char *key)
+{
+    for (const char *line = log; *line;) {
+        const char *nl = strchr(line, '\n');
+        if (!nl)
+            break;
+        cJSON *o = cJSON_ParseWithLength(line, (size_t)(nl - line));
+        cr_assert_not_null(o, "not a JSON line: %.*s", (int)(nl - line), line);
+        cJSON *m = cJSON_GetObjectItem(o, "msg"), *k = cJSON_GetObjectItem(o, "key");
+        if (cJSON_IsString(m) && !strcmp(m->valuestring, msg) && cJSON_IsString(k) &&
+            !strcmp(k->valuestring, key))
+            return o;
+        cJSON_Delete(o);
+        line = nl + 1;
+    }
+    return NULL;
+}
+
+Test(process, logs_requests_and_prevented_duplicates, .timeout = 60)
+{
+    struct config c;
+    test_config(&c, STORE_KIND_MEMORY);
+    memset(&srv, 0, sizeof srv);
+    test_server_spawn(&srv, &c, MOCKERY_SERVER_BIN);
+    char key[96], body[160];
+    test_unique(key, sizeof key, "log");
+    snprintf(body, sizeof body,
+             "{\"amount\":7.5,\"currency\":\"USD\",\"customer_id\":\"cust-log\"}");
+    struct test_response r;
+    test_post_payment(&srv, key, body, &r);
+    cr_assert_eq(r.status, 201);
+    test_response_free(&r);
+    test_post_payment(&srv, key, body, &r);
+    cr_assert_eq(r.status, 200);
+    test_response_free(&r);
+
+    char log[65536];
+    int fd = open(srv.log_path, O_RDONLY);
+    cr_assert_geq(fd, 0);
+    read_all(fd, log, sizeof log);
+    close(fd);
+    test_server_stop(&srv);
+
+    cJSON *access = find_line(log, "request", key);
+    cr_assert_not_null(access, "no access line for %s:\n%s", key, log);
+    const char *want[][2] = {{"method", "POST"},
+                             {"path", "/api/v1/payments"},
+                             {"outcome", "new"},
+                             {"customer", "cust-log"},
+                             {"level", "info"}};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        cJSON *v = cJSON_GetObjectItem(access, want[i][0]);
+        cr_assert(cJSON_IsString(v) && !strcmp(v->valuestring, want[i][1]), "%s", want[i][0]);
+    }
+    cr_assert_eq(cJSON_GetObjectItem(access, "status")->valueint, 201);
+    cr_assert(cJSON_IsNumber(cJSON_GetObjectItem(access, "duration_ms")));
+    cr_assert(cJSON_IsString(cJSON_GetObjectItem(access, "time")));
+    cJSON_Delete(access);
+
+    cJSON *dup = find_line(log, "duplicate prevented", key);
+    cr_assert_not_null(dup, "no duplicate event:\n%s", log);
+    cr_assert_str_eq(cJSON_GetObjectItem(dup, "outcome")->valuestring, "replay");
+    cr_assert_str_eq(cJSON_GetObjectItem(dup, "customer")->valuestring, "cust-log");
+    cr_assert_float_eq(cJSON_GetObjectItem(dup, "amount")->valuedouble, 7.5, 1e-9);
+    cr_assert_eq(strlen(cJSON_GetObjectItem(dup, "original_time")->valuestring), 27);
+    cJSON_Delete(dup);
 }

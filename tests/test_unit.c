@@ -440,3 +440,32 @@ Test(auth, keys_map_to_tenants)
     cr_assert_null(auth_new("t:short", err, sizeof err));
     cr_assert_null(auth_new("@/nonexistent/file", err, sizeof err));
 }
+
+/* ---- logger --------------------------------------------------------------------- */
+
+#include "log.h"
+
+Test(log, lines_are_json_and_levels_filter)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    struct logger *l = log_new(f, LOG_WARN);
+    log_msg(l, LOG_INFO, "hidden");
+    cJSON *line = log_begin(l, LOG_ERROR, "shown \"quoted\"\nnewline");
+    cJSON_AddStringToObject(line, "key", "k1");
+    log_end(l, line);
+    cr_assert_null(log_begin(l, LOG_DEBUG, "filtered"));
+    fflush(f);
+    cr_assert_null(strstr(buf, "hidden"));
+    cr_assert_eq(strchr(buf, '\n'), buf + len - 1, "exactly one line: %s", buf);
+    cJSON *o = cJSON_Parse(buf);
+    cr_assert_not_null(o, "%s", buf);
+    cr_assert_str_eq(cJSON_GetObjectItem(o, "level")->valuestring, "error");
+    cr_assert_str_eq(cJSON_GetObjectItem(o, "msg")->valuestring, "shown \"quoted\"\nnewline");
+    cr_assert_str_eq(cJSON_GetObjectItem(o, "key")->valuestring, "k1");
+    cJSON_Delete(o);
+    log_free(l);
+    fclose(f);
+    free(buf);
+}
