@@ -118,8 +118,8 @@ static void replay(struct request *r, const struct idem_op *op, const void *req,
         headers[3] = c->response_location;
     }
     r->outcome = "replay";
-    http_send(r, status, c->response_body, c->response_body_len, headers);
     log_duplicate(r, op, req, "replay", c->created_at_us);
+    http_send(r, status, c->response_body, c->response_body_len, headers);
 }
 
 /* A request without a key (--require-key=false): run once, store the
@@ -290,16 +290,16 @@ void idem_handle(struct request *r, const struct idem_op *op)
         r->outcome = "conflict";
         apierr_set(&e, 409, IDEMPOTENCY, "idempotency_key_in_use", NULL,
                    "a request with this idempotency key is still being processed; retry later");
-        http_send_error(r, &e, headers);
         log_duplicate(r, op, req, "conflict", claim.created_at_us);
+        http_send_error(r, &e, headers);
         break;
     }
     case CLAIM_MISMATCH:
         r->outcome = "mismatch";
+        log_duplicate(r, op, req, "mismatch", claim.created_at_us);
         http_fail(r, 422, IDEMPOTENCY, "idempotency_key_reused", NULL,
                   "this idempotency key was used with a different request; use a new key for "
                   "a new payment");
-        log_duplicate(r, op, req, "mismatch", claim.created_at_us);
         break;
     }
 out:

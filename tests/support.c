@@ -147,7 +147,7 @@ void test_server_stop(struct test_server *s)
         kill(s->pid, SIGTERM);
         waitpid(s->pid, &status, 0);
         int clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-        if (clean)
+        if (clean && !s->keep_log)
             unlink(s->log_path);
         cr_assert(clean, "the server did not exit cleanly on SIGTERM (status %d, log %s)", status,
                   s->log_path);

@@ -25,6 +25,7 @@ struct test_server {
     struct logger *log;
     int pid; /* the child, when spawned */
     char log_path[128];
+    int keep_log;  /* set: test_server_stop() leaves the log file (the test reads it) */
     char base[64]; /* "http://127.0.0.1:PORT" */
 };
 
