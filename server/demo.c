@@ -8,12 +8,13 @@
 #define _POSIX_C_SOURCE 200809L
 #include <cjson/cJSON.h>
 #include <curl/curl.h>
+
+#include "httpc.h"
 #include <openssl/rand.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 
 struct opts {
@@ -23,97 +24,30 @@ struct opts {
     int burst;
 };
 
-struct reply {
-    long status; /* 0: no answer (timeout, refused) */
-    char error[CURL_ERROR_SIZE];
-    char *body;
-    size_t len;
-    char replay[16];
-    char retry_after[16];
-    char location[160];
-};
-
-static size_t on_body(char *p, size_t size, size_t n, void *arg)
-{
-    struct reply *r = arg;
-    size_t add = size * n;
-    char *nb = realloc(r->body, r->len + add + 1);
-    if (!nb)
-        return 0;
-    memcpy(nb + r->len, p, add);
-    r->body = nb;
-    r->len += add;
-    r->body[r->len] = '\0';
-    return add;
-}
-
-static void header_value(const char *line, size_t n, const char *name, char *dst, size_t dlen)
-{
-    size_t nl = strlen(name);
-    if (n <= nl + 1 || strncasecmp(line, name, nl) != 0 || line[nl] != ':')
-        return;
-    const char *v = line + nl + 1;
-    size_t vl = n - nl - 1;
-    while (vl && *v == ' ')
-        v++, vl--;
-    while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n'))
-        vl--;
-    snprintf(dst, dlen, "%.*s", (int)vl, v);
-}
-
-static size_t on_header(char *p, size_t size, size_t n, void *arg)
-{
-    struct reply *r = arg;
-    header_value(p, size * n, "X-Idempotent-Replay", r->replay, sizeof r->replay);
-    header_value(p, size * n, "Retry-After", r->retry_after, sizeof r->retry_after);
-    header_value(p, size * n, "Location", r->location, sizeof r->location);
-    return size * n;
-}
+#define reply httpc_response
 
 /* One request; body NULL for a GET. Never fails: r->status 0 says why. */
 static void call(const struct opts *o, const char *method, const char *path, const char *key,
                  const char *body, long timeout_ms, struct reply *r)
 {
     char url[512], keyh[300], auth[300];
-    memset(r, 0, sizeof *r);
+    const char *headers[4] = {"Content-Type: application/json"};
+    int n = 1;
     snprintf(url, sizeof url, "%s%s", o->url, path);
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
     if (key) {
         snprintf(keyh, sizeof keyh, "Idempotency-Key: %s", key);
-        h = curl_slist_append(h, keyh);
+        headers[n++] = keyh;
     }
     if (o->api_key) {
         snprintf(auth, sizeof auth, "Authorization: Bearer %s", o->api_key);
-        h = curl_slist_append(h, auth);
+        headers[n++] = auth;
     }
-    CURL *c = curl_easy_init();
-    if (!c) {
-        snprintf(r->error, sizeof r->error, "out of memory");
-        curl_slist_free_all(h);
-        return;
-    }
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
-    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, r->error);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    if (body)
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-    if (curl_easy_perform(c) == CURLE_OK)
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
-    curl_easy_cleanup(c);
-    curl_slist_free_all(h);
+    httpc_request(method, url, headers, body, body ? strlen(body) : 0, timeout_ms, r);
 }
 
 static void reply_free(struct reply *r)
 {
-    free(r->body);
-    r->body = NULL;
+    httpc_response_free(r);
 }
 
 /* A string field of a JSON body, copied into buf ("" when absent). */

@@ -158,82 +158,11 @@ void test_server_stop(struct test_server *s)
     memset(s, 0, sizeof *s);
 }
 
-struct sink {
-    char *buf;
-    size_t len;
-};
-
-static size_t on_body(char *p, size_t size, size_t n, void *arg)
-{
-    struct sink *s = arg;
-    size_t add = size * n;
-    char *nb = realloc(s->buf, s->len + add + 1);
-    if (!nb)
-        return 0;
-    memcpy(nb + s->len, p, add);
-    s->buf = nb;
-    s->len += add;
-    s->buf[s->len] = '\0';
-    return add;
-}
-
-static void copy_header(const char *line, size_t n, const char *name, char *dst, size_t dlen)
-{
-    size_t nl = strlen(name);
-    if (n <= nl + 1 || strncasecmp(line, name, nl) != 0 || line[nl] != ':')
-        return;
-    const char *v = line + nl + 1;
-    size_t vl = n - nl - 1;
-    while (vl && (*v == ' '))
-        v++, vl--;
-    while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n'))
-        vl--;
-    snprintf(dst, dlen, "%.*s", (int)vl, v);
-}
-
-static size_t on_header(char *p, size_t size, size_t n, void *arg)
-{
-    struct test_response *r = arg;
-    size_t len = size * n;
-    copy_header(p, len, "Location", r->location, sizeof r->location);
-    copy_header(p, len, "X-Idempotent-Replay", r->replay, sizeof r->replay);
-    copy_header(p, len, "Retry-After", r->retry_after, sizeof r->retry_after);
-    copy_header(p, len, "Allow", r->allow, sizeof r->allow);
-    copy_header(p, len, "Content-Type", r->content_type, sizeof r->content_type);
-    return len;
-}
-
 void test_http(const char *method, const char *url, const char *const *headers, const char *body,
                size_t body_len, struct test_response *out)
 {
-    memset(out, 0, sizeof *out);
-    struct sink sink = {0};
-    struct curl_slist *list = NULL;
-    CURL *c = curl_easy_init();
-    cr_assert_not_null(c);
-    for (int i = 0; headers && headers[i]; i++)
-        list = curl_slist_append(list, headers[i]);
-    list = curl_slist_append(list, "Expect:");
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, list);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, out);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    if (body) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)body_len);
-    }
-    CURLcode rc = curl_easy_perform(c);
-    cr_assert_eq(rc, CURLE_OK, "%s %s: %s", method, url, curl_easy_strerror(rc));
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &out->status);
-    out->body = sink.buf ? sink.buf : strdup("");
-    out->len = sink.len;
-    curl_slist_free_all(list);
-    curl_easy_cleanup(c);
+    int rc = httpc_request(method, url, headers, body, body_len, 30000, out);
+    cr_assert_eq(rc, 0, "%s %s: %s", method, url, out->error);
 }
 
 void test_post_payment(const struct test_server *s, const char *key, const char *json,
@@ -248,6 +177,5 @@ void test_post_payment(const struct test_server *s, const char *key, const char 
 
 void test_response_free(struct test_response *r)
 {
-    free(r->body);
-    memset(r, 0, sizeof *r);
+    httpc_response_free(r);
 }

@@ -8,6 +8,7 @@
 
 #include "app.h"
 #include "config.h"
+#include "httpc.h"
 
 /* The test database URL from MOCKERY_TEST_DATABASE_URL; fails the test
  * (never skips it) when it is not set. */
@@ -42,16 +43,8 @@ void test_server_start_with_store(struct test_server *s, const struct config *c,
                                   struct store *store);
 void test_server_stop(struct test_server *s);
 
-struct test_response {
-    long status;
-    char *body;
-    size_t len;
-    char location[256];
-    char replay[16];
-    char retry_after[16];
-    char allow[64];
-    char content_type[128];
-};
+/* A response: status, body, and the API's headers (see httpc.h). */
+#define test_response httpc_response
 
 /* Sends one request. headers: NULL-terminated "Name: value" strings. body may
  * be NULL. Fails the test if no HTTP answer came back. */
