@@ -17,7 +17,9 @@ struct mg_request_info;
 struct cJSON;
 struct app;
 
-#define HTTP_KEY_MAX 255
+#include "idemkey.h"
+
+#define HTTP_KEY_MAX IDEM_KEY_MAX
 
 struct request {
     struct mg_connection *conn;

@@ -5,7 +5,6 @@
 
 #include <civetweb.h>
 #include <cjson/cJSON.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,55 +15,6 @@
 
 #define INVALID "invalid_request_error"
 #define IDEMPOTENCY "idempotency_error"
-
-enum idem_key_status idem_parse_key(const char *value, char out[HTTP_KEY_MAX + 1])
-{
-    if (!value)
-        return IDEM_KEY_MISSING;
-    size_t len = strlen(value);
-    const char *start = value;
-    /* Optional white space around a field value is not part of it (RFC 9110). */
-    while (len && (*start == ' ' || *start == '\t'))
-        start++, len--;
-    while (len && (start[len - 1] == ' ' || start[len - 1] == '\t'))
-        len--;
-    if (len >= 2 && start[0] == '"' && start[len - 1] == '"') {
-        /* An RFC 8941 string: the key is what stands between the quotes.
-         * Escapes are refused rather than guessed at. */
-        start++;
-        len -= 2;
-        for (size_t i = 0; i < len; i++)
-            if (start[i] == '"' || start[i] == '\\')
-                return IDEM_KEY_INVALID;
-    }
-    if (len == 0 || len > HTTP_KEY_MAX)
-        return IDEM_KEY_INVALID;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)start[i];
-        if (c < 0x21 || c > 0x7E || c == '"')
-            return IDEM_KEY_INVALID;
-    }
-    memcpy(out, start, len);
-    out[len] = '\0';
-    return IDEM_KEY_OK;
-}
-
-void idem_fingerprint(const char *method, const char *route, const char *canonical, size_t len,
-                      char out[65])
-{
-    unsigned char d[32];
-    unsigned int n = sizeof d;
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    /* Each part ends with a byte none of them contains. */
-    if (!ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1 ||
-        EVP_DigestUpdate(ctx, method, strlen(method) + 1) != 1 ||
-        EVP_DigestUpdate(ctx, route, strlen(route) + 1) != 1 ||
-        EVP_DigestUpdate(ctx, canonical, len) != 1 || EVP_DigestFinal_ex(ctx, d, &n) != 1)
-        memset(d, 0, sizeof d); /* cannot happen with the default provider */
-    EVP_MD_CTX_free(ctx);
-    for (int i = 0; i < 32; i++)
-        snprintf(out + 2 * i, 3, "%02x", d[i]);
-}
 
 void idem_result_clear(struct idem_result *r)
 {

@@ -1,0 +1,58 @@
+/* idemkey.c - Idempotency-Key parsing and request fingerprints: pure
+ * functions, no HTTP or store (the fuzzers build this file alone) */
+#define _POSIX_C_SOURCE 200809L
+#include "idemkey.h"
+
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <string.h>
+
+enum idem_key_status idem_parse_key(const char *value, char out[IDEM_KEY_MAX + 1])
+{
+    if (!value)
+        return IDEM_KEY_MISSING;
+    size_t len = strlen(value);
+    const char *start = value;
+    /* Optional white space around a field value is not part of it (RFC 9110). */
+    while (len && (*start == ' ' || *start == '\t'))
+        start++, len--;
+    while (len && (start[len - 1] == ' ' || start[len - 1] == '\t'))
+        len--;
+    if (len >= 2 && start[0] == '"' && start[len - 1] == '"') {
+        /* An RFC 8941 string: the key is what stands between the quotes.
+         * Escapes are refused rather than guessed at. */
+        start++;
+        len -= 2;
+        for (size_t i = 0; i < len; i++)
+            if (start[i] == '"' || start[i] == '\\')
+                return IDEM_KEY_INVALID;
+    }
+    if (len == 0 || len > IDEM_KEY_MAX)
+        return IDEM_KEY_INVALID;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)start[i];
+        if (c < 0x21 || c > 0x7E || c == '"')
+            return IDEM_KEY_INVALID;
+    }
+    memcpy(out, start, len);
+    out[len] = '\0';
+    return IDEM_KEY_OK;
+}
+
+void idem_fingerprint(const char *method, const char *route, const char *canonical, size_t len,
+                      char out[65])
+{
+    unsigned char d[32];
+    unsigned int n = sizeof d;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    /* Each part ends with a byte none of them contains. */
+    if (!ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1 ||
+        EVP_DigestUpdate(ctx, method, strlen(method) + 1) != 1 ||
+        EVP_DigestUpdate(ctx, route, strlen(route) + 1) != 1 ||
+        EVP_DigestUpdate(ctx, canonical, len) != 1 || EVP_DigestFinal_ex(ctx, d, &n) != 1)
+        memset(d, 0, sizeof d); /* cannot happen with the default provider */
+    EVP_MD_CTX_free(ctx);
+    for (int i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", d[i]);
+}
+

@@ -1,0 +1,14 @@
+/* fuzz.h - the fuzz targets' entry points, shared by the libFuzzer builds
+ * (scripts/dev fuzz) and the regression test that replays the corpus */
+#ifndef MOCKERY_FUZZ_H
+#define MOCKERY_FUZZ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Each checks its own invariants and abort()s when one breaks. */
+int fuzz_body_one(const uint8_t *data, size_t size);
+int fuzz_key_one(const uint8_t *data, size_t size);
+int fuzz_fingerprint_one(const uint8_t *data, size_t size);
+
+#endif
