@@ -1,5 +1,5 @@
 /* support.c - test helpers */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE /* pipe2 */
 #include "support.h"
 
 #include <criterion/criterion.h>
@@ -81,7 +81,7 @@ void test_server_spawn(struct test_server *s, const struct config *c, const char
 
     snprintf(s->log_path, sizeof s->log_path, "/tmp/mockery-test-server.%d.%u.log", (int)getpid(),
              (unsigned)time(NULL));
-    int fd = open(s->log_path, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+    int fd = open(s->log_path, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
     cr_assert_geq(fd, 0);
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
@@ -156,6 +156,47 @@ void test_server_stop(struct test_server *s)
         log_free(s->log);
     }
     memset(s, 0, sizeof *s);
+}
+
+void test_server_kill(struct test_server *s)
+{
+    cr_assert_gt(s->pid, 0, "only a spawned server can be killed");
+    kill(s->pid, SIGKILL);
+    waitpid(s->pid, NULL, 0);
+    unlink(s->log_path);
+    memset(s, 0, sizeof *s);
+}
+
+void test_cluster(const char *name, const char *action, char *url, size_t len)
+{
+    char script[512];
+    snprintf(script, sizeof script, "%s/scripts/dev", MOCKERY_SOURCE_DIR);
+    char *const argv[] = {"bash", script, "cluster", (char *)name, (char *)action, NULL};
+    int out[2];
+    cr_assert_eq(pipe2(out, O_CLOEXEC), 0); /* children get only the dup2 copy */
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    posix_spawn_file_actions_addclose(&fa, out[0]);
+    pid_t pid;
+    cr_assert_eq(posix_spawnp(&pid, "bash", &fa, NULL, argv, environ), 0);
+    posix_spawn_file_actions_destroy(&fa);
+    close(out[1]);
+    char buf[512];
+    size_t n = 0;
+    ssize_t got;
+    while (n + 1 < sizeof buf && (got = read(out[0], buf + n, sizeof buf - n - 1)) > 0)
+        n += (size_t)got;
+    buf[n] = '\0';
+    close(out[0]);
+    int status;
+    waitpid(pid, &status, 0);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "scripts/dev cluster %s %s failed",
+              name, action);
+    if (url) {
+        buf[strcspn(buf, "\n")] = '\0';
+        snprintf(url, len, "%s", buf);
+    }
 }
 
 void test_http(const char *method, const char *url, const char *const *headers, const char *body,

@@ -42,6 +42,13 @@ void test_server_spawn(struct test_server *s, const struct config *c, const char
 void test_server_start_with_store(struct test_server *s, const struct config *c,
                                   struct store *store);
 void test_server_stop(struct test_server *s);
+/* SIGKILL for a spawned server: no draining, no goodbye. */
+void test_server_kill(struct test_server *s);
+
+/* scripts/dev cluster NAME ACTION (up, pause, crash, down): a PostgreSQL of
+ * the test's own. url (may be NULL) receives what `up` prints. Fails the test
+ * if the command fails. */
+void test_cluster(const char *name, const char *action, char *url, size_t len);
 
 /* A response: status, body, and the API's headers (see httpc.h). */
 #define test_response httpc_response

@@ -43,6 +43,15 @@ static void replay_all(const char *target, int (*fn)(const uint8_t *, size_t))
     replay("regressions", target, fn);
 }
 
-Test(fuzz_regress, body_corpus) { replay_all("body", fuzz_body_one); }
-Test(fuzz_regress, key_corpus) { replay_all("key", fuzz_key_one); }
-Test(fuzz_regress, fingerprint_corpus) { replay_all("fingerprint", fuzz_fingerprint_one); }
+Test(fuzz_regress, body_corpus)
+{
+    replay_all("body", fuzz_body_one);
+}
+Test(fuzz_regress, key_corpus)
+{
+    replay_all("key", fuzz_key_one);
+}
+Test(fuzz_regress, fingerprint_corpus)
+{
+    replay_all("fingerprint", fuzz_fingerprint_one);
+}

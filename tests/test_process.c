@@ -1,6 +1,6 @@
 /* test_process.c - the mockery-server executable: flags, exit codes, and
  * what it prints */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE /* pipe2 */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <spawn.h>
@@ -32,8 +32,8 @@ static void read_all(int fd, char *buf, size_t len)
 static void run_program(const char *path, char *const args[], struct run *r)
 {
     int out[2], err[2];
-    cr_assert_eq(pipe(out), 0);
-    cr_assert_eq(pipe(err), 0);
+    cr_assert_eq(pipe2(out, O_CLOEXEC), 0); /* children get only the dup2 copies */
+    cr_assert_eq(pipe2(err, O_CLOEXEC), 0);
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, out[1], 1);
@@ -254,7 +254,9 @@ Test(process, demo_walkthrough_reports_zero_double_charges, .timeout = 120)
 
 /* ---- the log: one JSON object per line ------------------------------------------ */
 
-static cJSON *find_line(const char *log, const char *msg, const char *key)
+/* The first line with this msg, key and outcome (workers write their lines
+ * in the order they finish, not the order requests came in). */
+static cJSON *find_line(const char *log, const char *msg, const char *key, const char *outcome)
 {
     for (const char *line = log; *line;) {
         const char *nl = strchr(line, '\n');
@@ -263,8 +265,9 @@ static cJSON *find_line(const char *log, const char *msg, const char *key)
         cJSON *o = cJSON_ParseWithLength(line, (size_t)(nl - line));
         cr_assert_not_null(o, "not a JSON line: %.*s", (int)(nl - line), line);
         cJSON *m = cJSON_GetObjectItem(o, "msg"), *k = cJSON_GetObjectItem(o, "key");
+        cJSON *oc = cJSON_GetObjectItem(o, "outcome");
         if (cJSON_IsString(m) && !strcmp(m->valuestring, msg) && cJSON_IsString(k) &&
-            !strcmp(k->valuestring, key))
+            !strcmp(k->valuestring, key) && cJSON_IsString(oc) && !strcmp(oc->valuestring, outcome))
             return o;
         cJSON_Delete(o);
         line = nl + 1;
@@ -301,7 +304,7 @@ Test(process, logs_requests_and_prevented_duplicates, .timeout = 60)
     close(fd);
     unlink(path);
 
-    cJSON *access = find_line(log, "request", key);
+    cJSON *access = find_line(log, "request", key, "new");
     cr_assert_not_null(access, "no access line for %s:\n%s", key, log);
     const char *want[][2] = {{"method", "POST"},
                              {"path", "/api/v1/payments"},
@@ -317,7 +320,7 @@ Test(process, logs_requests_and_prevented_duplicates, .timeout = 60)
     cr_assert(cJSON_IsString(cJSON_GetObjectItem(access, "time")));
     cJSON_Delete(access);
 
-    cJSON *dup = find_line(log, "duplicate prevented", key);
+    cJSON *dup = find_line(log, "duplicate prevented", key, "replay");
     cr_assert_not_null(dup, "no duplicate event:\n%s", log);
     cr_assert_str_eq(cJSON_GetObjectItem(dup, "outcome")->valuestring, "replay");
     cr_assert_str_eq(cJSON_GetObjectItem(dup, "customer")->valuestring, "cust-log");

@@ -1,0 +1,309 @@
+/* test_faults.c - failures with real processes and a real PostgreSQL: a
+ * server killed mid-payment, two servers racing on one database, a
+ * completion that lost its lease, PostgreSQL stopped and crashed under a
+ * running server */
+#define _POSIX_C_SOURCE 200809L
+#include <cjson/cJSON.h>
+#include <criterion/criterion.h>
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "support.h"
+
+static void wait_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static void spawn(struct test_server *s, const char *db_url, int lease_s, int delay_ms)
+{
+    struct config c;
+    test_config(&c, STORE_KIND_POSTGRES);
+    if (db_url)
+        snprintf(c.database_url, sizeof c.database_url, "%s", db_url);
+    c.lease_s = lease_s;
+    c.processing_delay_ms = delay_ms;
+    c.pool_size = 2;
+    memset(s, 0, sizeof *s);
+    test_server_spawn(s, &c, MOCKERY_SERVER_BIN);
+}
+
+/* One value of a query with one text parameter, read in PostgreSQL itself. */
+static void query1(const char *url, const char *sql, const char *param, char *out, size_t len)
+{
+    PGconn *conn = PQconnectdb(url);
+    cr_assert_eq(PQstatus(conn), CONNECTION_OK, "%s", PQerrorMessage(conn));
+    const char *vals[] = {param};
+    PGresult *res = PQexecParams(conn, sql, 1, NULL, vals, NULL, NULL, 0);
+    cr_assert_eq(PQresultStatus(res), PGRES_TUPLES_OK, "%s", PQerrorMessage(conn));
+    snprintf(out, len, "%s", PQntuples(res) ? PQgetvalue(res, 0, 0) : "");
+    PQclear(res);
+    PQfinish(conn);
+}
+
+static long payments_for_key(const char *url, const char *key)
+{
+    char n[32];
+    query1(url, "SELECT count(*) FROM payments WHERE idempotency_key = $1", key, n, sizeof n);
+    return strtol(n, NULL, 10);
+}
+
+/* Waits (bounded) until the key's payment is running: its record is claimed. */
+static void wait_processing(const char *url, const char *key)
+{
+    char state[32] = "";
+    for (int i = 0; i < 500; i++) {
+        query1(url, "SELECT state FROM idempotency_keys WHERE idempotency_key = $1", key, state,
+               sizeof state);
+        if (!strcmp(state, "processing"))
+            return;
+        wait_ms(10);
+    }
+    cr_assert_fail("the payment for %s never started", key);
+}
+
+static void body_for(char *buf, size_t len, const char *customer)
+{
+    snprintf(buf, len, "{\"amount\":25,\"currency\":\"EUR\",\"customer_id\":\"%s\"}", customer);
+}
+
+/* POST that may get no answer at all (the server may die under it). */
+static int post(const struct test_server *s, const char *key, const char *body,
+                struct httpc_response *r)
+{
+    char url[128], keyh[160];
+    snprintf(url, sizeof url, "%s/api/v1/payments", s->base);
+    snprintf(keyh, sizeof keyh, "Idempotency-Key: %s", key);
+    const char *headers[] = {"Content-Type: application/json", keyh, NULL};
+    return httpc_request("POST", url, headers, body, strlen(body), 30000, r);
+}
+
+struct bg_post {
+    const struct test_server *srv;
+    const char *key;
+    const char *body;
+    struct httpc_response r;
+    int rc;
+    pthread_barrier_t *barrier;
+};
+
+static void *bg_post_main(void *p)
+{
+    struct bg_post *b = p;
+    if (b->barrier)
+        pthread_barrier_wait(b->barrier);
+    b->rc = post(b->srv, b->key, b->body, &b->r);
+    return NULL;
+}
+
+/* Retries on s until the answer is not 409; returns how many 409s came first. */
+static int retry_until_settled(const struct test_server *s, const char *key, const char *body,
+                               struct httpc_response *r)
+{
+    int conflicts = 0;
+    for (int i = 0; i < 300; i++) {
+        cr_assert_eq(post(s, key, body, r), 0, "no answer: %s", r->error);
+        if (r->status != 409)
+            return conflicts;
+        conflicts++;
+        httpc_response_free(r);
+        wait_ms(100); /* a client honouring Retry-After, faster */
+    }
+    cr_assert_fail("still 409 after 30 s");
+    return conflicts;
+}
+
+static double metric(const struct test_server *s, const char *series)
+{
+    char url[128];
+    struct httpc_response r;
+    snprintf(url, sizeof url, "%s/metrics", s->base);
+    test_http("GET", url, NULL, NULL, 0, &r);
+    const char *p = strstr(r.body, series);
+    double v = p ? strtod(p + strlen(series) + 1, NULL) : -1;
+    httpc_response_free(&r);
+    return v;
+}
+
+Test(faults, server_killed_mid_payment_is_taken_over_once, .timeout = 120)
+{
+    struct test_server a, b;
+    char key[96], cust[64], body[160];
+    test_unique(key, sizeof key, "kill");
+    test_unique(cust, sizeof cust, "cust");
+    body_for(body, sizeof body, cust);
+    spawn(&a, NULL, 2, 2500);
+    spawn(&b, NULL, 30, 0);
+
+    struct bg_post first = {&a, key, body, {0}, 0, NULL};
+    pthread_t t;
+    pthread_create(&t, NULL, bg_post_main, &first);
+    wait_processing(test_db_url(), key);
+    test_server_kill(&a); /* mid-payment: nothing stored */
+    pthread_join(t, NULL);
+    cr_assert_neq(first.rc, 0, "the killed server answered: %ld", first.r.status);
+    httpc_response_free(&first.r);
+    cr_assert_eq(payments_for_key(test_db_url(), key), 0);
+
+    /* Retries on the other server: 409 while the dead holder's lease (2 s)
+     * lasts, then one takes the key over and runs the payment. */
+    struct httpc_response r;
+    int conflicts = retry_until_settled(&b, key, body, &r);
+    cr_assert_gt(conflicts, 0, "a retry ran before the lease ended");
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    httpc_response_free(&r);
+    cr_assert_eq(metric(&b, "mockery_idempotency_outcomes_total{outcome=\"takeover\"}"), 1);
+    cr_assert_eq(post(&b, key, body, &r), 0);
+    cr_assert_eq(r.status, 200);
+    httpc_response_free(&r);
+    cr_assert_eq(payments_for_key(test_db_url(), key), 1);
+    test_server_stop(&b);
+}
+
+Test(faults, two_servers_one_database_concurrent_duplicates, .timeout = 120)
+{
+    enum { N = 32 };
+    struct test_server s[2];
+    char key[96], cust[64], body[160];
+    test_unique(key, sizeof key, "two");
+    test_unique(cust, sizeof cust, "cust");
+    body_for(body, sizeof body, cust);
+    spawn(&s[0], NULL, 30, 300);
+    spawn(&s[1], NULL, 30, 300);
+    pthread_barrier_t barrier;
+    pthread_barrier_init(&barrier, NULL, N);
+    struct bg_post p[N];
+    pthread_t t[N];
+    for (int i = 0; i < N; i++) {
+        p[i] = (struct bg_post){&s[i % 2], key, body, {0}, 0, &barrier};
+        pthread_create(&t[i], NULL, bg_post_main, &p[i]);
+    }
+    int created = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(t[i], NULL);
+        cr_assert_eq(p[i].rc, 0, "%s", p[i].r.error);
+        long st = p[i].r.status;
+        cr_assert(st == 201 || st == 409 || st == 200, "status %ld: %s", st, p[i].r.body);
+        created += st == 201;
+        httpc_response_free(&p[i].r);
+    }
+    cr_assert_eq(created, 1);
+    cr_assert_eq(payments_for_key(test_db_url(), key), 1);
+    pthread_barrier_destroy(&barrier);
+    test_server_stop(&s[0]);
+    test_server_stop(&s[1]);
+}
+
+Test(faults, completion_after_lost_lease_is_rolled_back, .timeout = 120)
+{
+    struct test_server a, b;
+    char key[96], cust[64], body[160], txn[64];
+    test_unique(key, sizeof key, "fence");
+    test_unique(cust, sizeof cust, "cust");
+    body_for(body, sizeof body, cust);
+    spawn(&a, NULL, 1, 2500); /* its lease ends long before its payment */
+    spawn(&b, NULL, 30, 2500);
+
+    struct bg_post slow = {&a, key, body, {0}, 0, NULL};
+    pthread_t t;
+    pthread_create(&t, NULL, bg_post_main, &slow);
+    wait_processing(test_db_url(), key);
+    /* B takes the key over once A's lease has run out, and runs it too. */
+    struct httpc_response r;
+    retry_until_settled(&b, key, body, &r);
+    pthread_join(t, NULL);
+
+    /* A finished first, with a stale token: its completion was refused and
+     * its payment rolled back; it told its client to retry. */
+    cr_assert_eq(slow.rc, 0, "%s", slow.r.error);
+    cr_assert_eq(slow.r.status, 409, "A answered %ld: %s", slow.r.status, slow.r.body);
+    cr_assert_eq(metric(&a, "mockery_idempotency_outcomes_total{outcome=\"lease_lost\"}"), 1);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    cJSON *o = cJSON_Parse(r.body);
+    snprintf(txn, sizeof txn, "%s", cJSON_GetObjectItem(o, "transaction_id")->valuestring);
+    cJSON_Delete(o);
+    httpc_response_free(&r);
+    httpc_response_free(&slow.r);
+    char stored[64];
+    query1(test_db_url(), "SELECT transaction_id FROM payments WHERE idempotency_key = $1", key,
+           stored, sizeof stored);
+    cr_assert_str_eq(stored, txn, "the charge that exists is B's");
+    cr_assert_eq(payments_for_key(test_db_url(), key), 1);
+    test_server_stop(&a);
+    test_server_stop(&b);
+}
+
+static void expect_health(const struct test_server *s, long status, const char *database)
+{
+    char url[128], want[64];
+    struct httpc_response r;
+    snprintf(url, sizeof url, "%s/health", s->base);
+    test_http("GET", url, NULL, NULL, 0, &r);
+    cr_assert_eq(r.status, status, "%s", r.body);
+    snprintf(want, sizeof want, "\"database\":\"%s\"", database);
+    cr_assert_not_null(strstr(r.body, want), "%s", r.body);
+    httpc_response_free(&r);
+}
+
+static char cluster[64]; /* this test's own PostgreSQL, removed even on failure */
+
+static void drop_cluster(void)
+{
+    if (cluster[0])
+        test_cluster(cluster, "down", NULL, 0);
+}
+
+/* PostgreSQL goes away (stop or crash) under a running server, then returns. */
+static void database_outage(const char *how)
+{
+    char url[256], key[96], cust[64], body[160];
+    const char *name = cluster;
+    snprintf(cluster, sizeof cluster, "fault-%s-%d", how, (int)getpid());
+    test_cluster(name, "up", url, sizeof url);
+    struct test_server s;
+    spawn(&s, url, 30, 0);
+    test_unique(cust, sizeof cust, "cust");
+    body_for(body, sizeof body, cust);
+    struct httpc_response r;
+    test_unique(key, sizeof key, "before");
+    cr_assert_eq(post(&s, key, body, &r), 0);
+    cr_assert_eq(r.status, 201);
+    httpc_response_free(&r);
+    expect_health(&s, 200, "up");
+
+    test_cluster(name, how, NULL, 0);
+    test_unique(key, sizeof key, "during");
+    for (int i = 0; i < 2; i++) { /* the retry too: nothing was cached */
+        cr_assert_eq(post(&s, key, body, &r), 0, "%s", r.error);
+        cr_assert_eq(r.status, 503, "%s", r.body);
+        cr_assert_not_null(strstr(r.body, "\"code\":\"store_unavailable\""), "%s", r.body);
+        cr_assert_str_eq(r.retry_after, "1");
+        httpc_response_free(&r);
+    }
+    expect_health(&s, 503, "down");
+
+    /* PostgreSQL is back: the server recovers by itself, the retry succeeds. */
+    test_cluster(name, "up", NULL, 0);
+    cr_assert_eq(post(&s, key, body, &r), 0, "%s", r.error);
+    cr_assert_eq(r.status, 201, "after recovery: %s", r.body);
+    httpc_response_free(&r);
+    expect_health(&s, 200, "up");
+    cr_assert_eq(payments_for_key(url, key), 1);
+    test_server_stop(&s);
+}
+
+Test(faults, postgres_stopped_then_started, .fini = drop_cluster, .timeout = 120)
+{
+    database_outage("pause");
+}
+
+Test(faults, postgres_crashed_then_recovered, .fini = drop_cluster, .timeout = 120)
+{
+    database_outage("crash");
+}
