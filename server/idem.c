@@ -197,9 +197,13 @@ void idem_handle(struct request *r, const struct idem_op *op)
         http_send_error(r, &e, headers);
         goto out;
     }
-    case HTTP_BODY_BROKEN:
-        http_fail(r, 400, INVALID, "invalid_body", NULL, "the body could not be read");
+    case HTTP_BODY_BROKEN: {
+        const char *headers[] = {"Connection", "close", NULL};
+        apierr_set(&e, 400, INVALID, "invalid_body", NULL,
+                   "the body could not be read: shorter than Content-Length, or too slow");
+        http_send_error(r, &e, headers);
         goto out;
+    }
     }
     if (op->parse(body, len, &req, &e) != 0) {
         http_send_error(r, &e, NULL);

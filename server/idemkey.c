@@ -55,4 +55,3 @@ void idem_fingerprint(const char *method, const char *route, const char *canonic
     for (int i = 0; i < 32; i++)
         snprintf(out + 2 * i, 3, "%02x", d[i]);
 }
-
