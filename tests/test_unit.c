@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "apierr.h"
 #include "auth.h"
@@ -468,4 +469,32 @@ Test(log, lines_are_json_and_levels_filter)
     log_free(l);
     fclose(f);
     free(buf);
+}
+
+Test(auth, keys_from_a_file)
+{
+    char path[] = "/tmp/mockery-keys-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    FILE *f = fdopen(fd, "w");
+    fputs("# tenants of the staging cluster\n"
+          "acme:key-acme-123   # the first\n"
+          "\n"
+          "globex:key-globex-456, initech:key-initech-789\n",
+          f);
+    fclose(f);
+    char spec[64], err[256];
+    snprintf(spec, sizeof spec, "@%s", path);
+    struct auth *a = auth_new(spec, err, sizeof err);
+    cr_assert_not_null(a, "%s", err);
+    cr_assert_str_eq(auth_tenant(a, "Bearer key-acme-123"), "acme");
+    cr_assert_str_eq(auth_tenant(a, "Bearer key-globex-456"), "globex");
+    cr_assert_str_eq(auth_tenant(a, "Bearer key-initech-789"), "initech");
+    cr_assert_null(auth_tenant(a, "Bearer # the first"));
+    auth_free(a);
+    f = fopen(path, "w");
+    fputs("# nothing but comments\n", f);
+    fclose(f);
+    cr_assert_null(auth_new(spec, err, sizeof err), "a file without keys must be refused");
+    unlink(path);
 }
