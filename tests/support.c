@@ -50,6 +50,38 @@ void test_config(struct config *c, enum store_kind kind)
         snprintf(c->database_url, sizeof c->database_url, "%s", test_db_url());
 }
 
+/* Servers this test process started and has not stopped: a failed assertion
+ * skips test_server_stop(), so they are killed when the process exits. */
+static pid_t children[16];
+
+static void kill_children(void)
+{
+    for (size_t i = 0; i < sizeof children / sizeof children[0]; i++)
+        if (children[i] > 0) {
+            kill(children[i], SIGKILL);
+            waitpid(children[i], NULL, 0);
+        }
+}
+
+static void remember_child(pid_t pid)
+{
+    static int registered;
+    if (!registered++)
+        atexit(kill_children);
+    for (size_t i = 0; i < sizeof children / sizeof children[0]; i++)
+        if (children[i] == 0) {
+            children[i] = pid;
+            return;
+        }
+}
+
+static void forget_child(pid_t pid)
+{
+    for (size_t i = 0; i < sizeof children / sizeof children[0]; i++)
+        if (children[i] == pid)
+            children[i] = 0;
+}
+
 /* Starts bin with flags for c; its stderr goes to a
  * file, from which the port is read off the "listening" line. */
 void test_server_spawn(struct test_server *s, const struct config *c, const char *bin)
@@ -85,12 +117,14 @@ void test_server_spawn(struct test_server *s, const struct config *c, const char
     cr_assert_geq(fd, 0);
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, fd, 1);
     posix_spawn_file_actions_adddup2(&fa, fd, 2);
     pid_t pid;
     cr_assert_eq(posix_spawn(&pid, bin, &fa, NULL, argv, environ), 0, "could not start %s", bin);
     posix_spawn_file_actions_destroy(&fa);
     close(fd);
     s->pid = pid;
+    remember_child(pid);
 
     /* Wait (bounded) for the "listening" line. */
     for (int tries = 0; tries < 600; tries++) {
@@ -146,6 +180,7 @@ void test_server_stop(struct test_server *s)
         int status = 0;
         kill(s->pid, SIGTERM);
         waitpid(s->pid, &status, 0);
+        forget_child(s->pid);
         int clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
         if (clean && !s->keep_log)
             unlink(s->log_path);
@@ -163,6 +198,7 @@ void test_server_kill(struct test_server *s)
     cr_assert_gt(s->pid, 0, "only a spawned server can be killed");
     kill(s->pid, SIGKILL);
     waitpid(s->pid, NULL, 0);
+    forget_child(s->pid);
     unlink(s->log_path);
     memset(s, 0, sizeof *s);
 }

@@ -307,3 +307,50 @@ Test(faults, postgres_crashed_then_recovered, .fini = drop_cluster, .timeout = 1
 {
     database_outage("crash");
 }
+
+/* Claims commit without waiting for the WAL flush: a crash right after many
+ * payments were acknowledged must still lose none of them. */
+Test(faults, acknowledged_payments_survive_a_postgres_crash, .fini = drop_cluster, .timeout = 120)
+{
+    enum { N = 200 };
+    char url[256], cust[64];
+    snprintf(cluster, sizeof cluster, "fault-ack-%d", (int)getpid());
+    test_cluster(cluster, "up", url, sizeof url);
+    struct test_server s;
+    spawn(&s, url, 30, 0);
+    test_unique(cust, sizeof cust, "cust");
+    char body[160], keys[N][96], bodies[N][1024];
+    body_for(body, sizeof body, cust);
+    /* Acknowledged payments, then the crash the moment the last answer came. */
+    for (int i = 0; i < N; i++) {
+        struct httpc_response r;
+        test_unique(keys[i], sizeof keys[i], "ack");
+        cr_assert_eq(post(&s, keys[i], body, &r), 0, "%s", r.error);
+        cr_assert_eq(r.status, 201, "%s", r.body);
+        snprintf(bodies[i], sizeof bodies[i], "%s", r.body);
+        httpc_response_free(&r);
+    }
+    test_cluster(cluster, "crash", NULL, 0);
+    test_cluster(cluster, "up", NULL, 0); /* crash recovery */
+    /* Every acknowledged payment is there, once, and its key replays the
+     * answer the client got. */
+    char n[32];
+    query1(url, "SELECT count(*) FROM payments WHERE customer_id = $1", cust, n, sizeof n);
+    cr_assert_eq(strtol(n, NULL, 10), N, "%s of %d acknowledged payments survived", n, N);
+    for (int i = 0; i < N; i += 20) {
+        struct httpc_response r;
+        int rc = -1;
+        for (int tries = 0; tries < 50 && rc != 0; tries++) {
+            rc = post(&s, keys[i], body, &r);
+            if (rc != 0 || r.status == 503) { /* the pool reconnecting */
+                httpc_response_free(&r);
+                rc = -1;
+                wait_ms(100);
+            }
+        }
+        cr_assert_eq(r.status, 200, "%s", r.body);
+        cr_assert_str_eq(r.body, bodies[i]);
+        httpc_response_free(&r);
+    }
+    test_server_stop(&s);
+}

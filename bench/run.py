@@ -1,0 +1,313 @@
+#!/usr/bin/env python3
+"""bench/run.py - the server against what PostgreSQL itself can do, in one run.
+
+Scenarios (each at every client count):
+  ceiling-new     pgbench -M prepared: exactly the SQL one new payment costs the
+                  server (its claim and completion statements, read out of
+                  store/store_pg.c so they cannot drift)
+  naive-new       pgbench: the textbook protocol (bench/naive.sql), a reference
+  server-new      wrk: POSTs with a new key each, keep-alive
+  ceiling-replay  pgbench: the SQL one replay of a completed key costs
+  server-replay   wrk: the same completed keys replayed over HTTP
+  http-floor      wrk: a route that does no store work (the 404 answer)
+  mixed           wrk: 90% new, 10% retries of recent keys, 1% immediate repeats
+
+Prints one table (requests/s, p50, p99, ratio to the ceiling) and writes it as
+JSON under bench/results/. --memory N adds the server's peak RSS after N and
+N/10 new payments.
+"""
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+BODY = ('{"transaction_id":"txn_0000000000000000000000000","status":"completed",'
+        '"amount":10.50,"currency":"USD","customer_id":"cust-bench","description":null,'
+        '"processed_at":"2026-11-27T23:20:01.966350Z","idempotency_key":"k"}')
+PAYMENT = '{"amount":10.50,"currency":"USD","customer_id":"cust-bench"}'
+
+
+def say(msg):
+    print("==> " + msg, file=sys.stderr, flush=True)
+
+
+def sql_of(name):
+    """A statement of store/store_pg.c, as text with $n placeholders."""
+    src = open(os.path.join(ROOT, "store", "store_pg.c")).read()
+    macros = {m.group(1): m.group(2) for m in
+              re.finditer(r'#define (\w+)\(\w+\) "([^"]*)" \w+ "([^"]*)"', src)}
+    m = re.search(r"static const char %s\[\] =(.*?);\n" % name, src, re.S)
+    out = ""
+    for s, mac, arg in re.findall(r'"((?:[^"\\]|\\.)*)"|(US_OF|TS_OF)\("([^"]+)"\)', m.group(1)):
+        if mac == "US_OF":
+            out += "(extract(epoch from %s) * 1000000)::bigint" % arg
+        elif mac == "TS_OF":
+            out += "(timestamptz 'epoch' + %s::bigint * interval '1 microsecond')" % arg
+        else:
+            out += s.encode().decode("unicode_escape")
+    return out
+
+
+def bind(sql, values):
+    return re.sub(r"\$(\d+)", lambda m: values[int(m.group(1))], sql)
+
+
+def pgbench_scripts(tmp):
+    key = "('pgb-' || :client_id::text || '-' || :n::text)"
+    claim = bind(sql_of("SQL_CLAIM"), {1: "'bench'", 2: key, 3: "'fp'", 4: "30000", 5: "86400000"})
+    complete = bind(sql_of("SQL_COMPLETE_PAYMENT"), {
+        1: "'bench'", 2: key, 3: ":lease_token", 4: "201", 5: ":body",
+        6: "'/api/v1/payments/txn_0000000000000000000000000'",
+        7: "('txn_pgb_' || :client_id::text || '_' || :n::text)", 8: "'cust-bench'", 9: "1050",
+        10: "'USD'", 11: "NULL", 12: "'completed'", 13: "1700000000000000"})
+    new = ("\\set n random(1, 1000000000000)\n"
+           "WITH c AS (%s) SELECT lease_token FROM c\n\\gset\n%s;\n" % (claim, complete))
+    rkey = "('bench-replay-' || :n::text)"
+    rclaim = bind(sql_of("SQL_CLAIM"), {1: "'default'", 2: rkey, 3: ":fp", 4: "30000",
+                                        5: "86400000"})
+    read = bind(sql_of("SQL_READ"), {1: "'default'", 2: rkey, 3: ":fp"})
+    replay = "\\set n random(1, :keys)\n%s;\n%s;\n" % (rclaim, read)
+    paths = {}
+    for name, text in (("new", new), ("replay", replay)):
+        paths[name] = os.path.join(tmp, name + ".sql")
+        with open(paths[name], "w") as f:
+            f.write(text)
+    paths["naive"] = os.path.join(BENCH, "naive.sql")
+    return paths
+
+
+def percentile(values, p):
+    values = sorted(values)
+    if not values:
+        return 0.0
+    return values[min(len(values) - 1, int(len(values) * p / 100.0))]
+
+
+def pgbench(url, script, clients, seconds, tmp, extra=()):
+    logdir = tempfile.mkdtemp(dir=tmp)
+    cmd = ["pgbench", "-n", "-M", "prepared", "-c", str(clients), "-j", "2", "-T", str(seconds),
+           "-f", script, "-l", "--log-prefix", os.path.join(logdir, "log")] + list(extra) + [url]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit("pgbench failed: " + out.stderr[-2000:])
+    tps = float(re.search(r"tps = ([\d.]+)", out.stdout).group(1))
+    lat = []
+    for name in os.listdir(logdir):
+        with open(os.path.join(logdir, name)) as f:
+            for line in f:
+                lat.append(int(line.split()[2]) / 1000.0)
+    return {"rps": tps, "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99)}
+
+
+def wrk_ms(text):
+    v, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(base, path, script, clients, seconds, args=()):
+    cmd = ["wrk", "-t", "2", "-c", str(clients), "-d", "%ds" % seconds, "--latency",
+           "--timeout", "10s"]
+    if script:
+        cmd += ["-s", os.path.join(BENCH, script)]
+    cmd += [base + path]
+    if args:
+        cmd += ["--"] + list(args)
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit("wrk failed: " + out.stderr[-2000:])
+    text = out.stdout
+    res = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
+           "p50_ms": wrk_ms(re.search(r"\s50%\s+(\S+)", text).group(1)),
+           "p99_ms": wrk_ms(re.search(r"\s99%\s+(\S+)", text).group(1))}
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    res["non_2xx"] = int(errors.group(1)) if errors else 0
+    m = re.search(r"OUTCOMES (\{.*\})", text)
+    if m:
+        res["outcomes"] = json.loads(m.group(1))
+    return res
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def post(base, key):
+    req = urllib.request.Request(base + "/api/v1/payments", data=PAYMENT.encode(),
+                                 headers={"Content-Type": "application/json",
+                                          "Idempotency-Key": key}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--build-dir", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--database-url", help="use this database instead of a cluster of its own")
+    ap.add_argument("--duration", type=int, default=8, help="seconds per scenario (8)")
+    ap.add_argument("--connections", default="16,32", help="client counts (16,32)")
+    ap.add_argument("--pool-size", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=128)
+    ap.add_argument("--replay-keys", type=int, default=1000)
+    ap.add_argument("--memory", type=int, default=0,
+                    help="also measure peak RSS after N/10 and N new payments")
+    ap.add_argument("--smoke", action="store_true", help="1 s per scenario, 4 clients: it runs")
+    ap.add_argument("--out", default=os.path.join(BENCH, "results"))
+    args = ap.parse_args()
+    if args.smoke:
+        args.duration, args.connections, args.replay_keys = 1, "4", 50
+    conns = [int(c) for c in args.connections.split(",")]
+
+    tmp = tempfile.mkdtemp(prefix="mockery-bench.")
+    cluster = None
+    url = args.database_url
+    if not url:
+        cluster = "bench-%d" % os.getpid()
+        url = subprocess.run(["bash", os.path.join(ROOT, "scripts", "dev"), "cluster", cluster, "up"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    port = free_port()
+    log = open(os.path.join(tmp, "server.log"), "w")
+    server = subprocess.Popen([os.path.join(args.build_dir, "mockery-server"), "--port", str(port),
+                               "--database-url", url, "--pool-size", str(args.pool_size),
+                               "--threads", str(args.threads), "--log-level", "warn"],
+                              stderr=log)
+    base = "http://127.0.0.1:%d" % port
+    results = []
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(base + "/health", timeout=1)
+                break
+            except Exception:
+                if server.poll() is not None:
+                    raise SystemExit("the server did not start: see " + log.name)
+                time.sleep(0.1)
+        say("server pid %d on %s, database %s" % (server.pid, base, "own cluster" if cluster else "given"))
+        scripts = pgbench_scripts(tmp)
+        say("preloading %d completed keys for the replay scenarios" % args.replay_keys)
+        for i in range(1, args.replay_keys + 1):
+            st = post(base, "bench-replay-%d" % i)
+            if st not in (200, 201):
+                raise SystemExit("preload failed with %d" % st)
+        fp = subprocess.run(["psql", "-tA", url, "-c",
+                             "SELECT fingerprint FROM idempotency_keys WHERE tenant_id = 'default'"
+                             " AND idempotency_key = 'bench-replay-1'"],
+                            check=True, capture_output=True, text=True).stdout.strip()
+        run = "%d" % time.time()
+        d = args.duration
+        for c in conns:
+            say("%d clients" % c)
+            row = {}
+            # (the body travels as a variable: pgbench would read its colons as ones)
+            row["ceiling-new"] = pgbench(url, scripts["new"], c, d, tmp, ["-D", "body=" + BODY])
+            row["naive-new"] = pgbench(url, scripts["naive"], c, d, tmp, ["-D", "body=" + BODY])
+            row["server-new"] = wrk(base, "/api/v1/payments", "new.lua", c, d, [run + "n%d" % c])
+            row["ceiling-replay"] = pgbench(url, scripts["replay"], c, d, tmp,
+                                            ["-D", "keys=%d" % args.replay_keys, "-D", "fp=" + fp])
+            row["server-replay"] = wrk(base, "/api/v1/payments", "replay.lua", c, d,
+                                       [str(args.replay_keys)])
+            row["http-floor"] = wrk(base, "/bench-floor", None, c, d)
+            row["mixed"] = wrk(base, "/api/v1/payments", "mixed.lua", c, d, [run + "m%d" % c])
+            for name, r in row.items():
+                r.update({"scenario": name, "clients": c})
+                results.append(r)
+        memory = None
+        if args.memory:
+            memory = measure_memory(base, server.pid, args.memory, conns[-1])
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        if cluster:
+            subprocess.run(["bash", os.path.join(ROOT, "scripts", "dev"), "cluster", cluster, "down"],
+                           capture_output=True)
+    report(results, memory, args)
+
+
+def measure_memory(base, pid, n, clients):
+    """Peak RSS after n/10 and after n new payments (wrk with a request cap)."""
+    out = {}
+    done = 0
+    for target in (n // 10, n):
+        script = os.path.join(tempfile.mkdtemp(), "cap.lua")
+        with open(os.path.join(BENCH, "new.lua")) as f:
+            text = f.read()
+        with open(script, "w") as f:
+            f.write(text)
+        need = target - done
+        say("memory: %d more new payments" % need)
+        start = time.time()
+        # wrk has no request cap: run until the server has counted enough.
+        proc = subprocess.Popen(["wrk", "-t", "2", "-c", str(clients), "-d", "3600s", "-s", script,
+                                 base + "/api/v1/payments", "--", "mem%d" % target],
+                                stdout=subprocess.DEVNULL)
+        while True:
+            time.sleep(1)
+            with urllib.request.urlopen(base + "/metrics") as r:
+                m = re.search(r'mockery_payments_total\{status="completed"\} (\d+)', r.read().decode())
+            if int(m.group(1)) >= target or time.time() - start > 3000:
+                break
+        proc.terminate()
+        proc.wait()
+        done = target
+        out["rss_kb_after_%d" % target] = rss_kb(pid)
+    return out
+
+
+def report(results, memory, args):
+    ceilings = {("server-new", "ceiling-new"), ("server-replay", "ceiling-replay"),
+                ("naive-new", "ceiling-new"), ("mixed", "ceiling-new")}
+    by = {(r["scenario"], r["clients"]): r for r in results}
+    print("%-15s %7s %11s %9s %9s  %s" % ("scenario", "clients", "req/s", "p50 ms", "p99 ms", "ratio"))
+    for r in results:
+        ratio = ""
+        for s, ceil in sorted(ceilings):
+            if r["scenario"] == s and (ceil, r["clients"]) in by:
+                ratio = "%.2f x %s" % (r["rps"] / by[(ceil, r["clients"])]["rps"], ceil)
+        if r["scenario"] == "server-new" and ("naive-new", r["clients"]) in by:
+            ratio += ", %.2f x naive-new" % (r["rps"] / by[("naive-new", r["clients"])]["rps"])
+        if r["scenario"] == "server-new" and ("ceiling-new", r["clients"]) in by:
+            ratio += "; p99 %.2f x pgbench's" % (r["p99_ms"] / max(by[("ceiling-new", r["clients"])]["p99_ms"], 1e-9))
+        extra = ""
+        if "outcomes" in r:
+            extra = "  outcomes " + json.dumps(r["outcomes"], sort_keys=True)
+        elif r.get("non_2xx") and r["scenario"] not in ("http-floor",):
+            extra = "  non-2xx %d" % r["non_2xx"]
+        print("%-15s %7d %11.0f %9.2f %9.2f  %s%s" % (r["scenario"], r["clients"], r["rps"],
+                                                     r["p50_ms"], r["p99_ms"], ratio, extra))
+    if memory:
+        for k, v in memory.items():
+            print("%s: %d KiB" % (k, v))
+    if not args.smoke:
+        os.makedirs(args.out, exist_ok=True)
+        path = os.path.join(args.out, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + ".json")
+        with open(path, "w") as f:
+            json.dump({"machine": {"cores": os.cpu_count()}, "duration_s": args.duration,
+                       "pool_size": args.pool_size, "threads": args.threads,
+                       "results": results, "memory": memory}, f, indent=1)
+        say("written " + os.path.relpath(path, ROOT))
+
+
+if __name__ == "__main__":
+    main()
