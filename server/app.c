@@ -166,6 +166,7 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    app->replays = replay_cache_new((size_t)cfg->replay_cache);
     app->auth = auth_new(cfg->api_keys, err, errlen);
     if (!app->auth)
         goto fail;
@@ -272,6 +273,7 @@ void app_stop(struct app *app)
     store_free(app->store);
     auth_free(app->auth);
     metrics_free(app->metrics);
+    replay_cache_free(app->replays);
     pthread_cond_destroy(&app->cv);
     pthread_mutex_destroy(&app->mu);
     free(app);

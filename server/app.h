@@ -12,6 +12,7 @@
 #include "config.h"
 #include "log.h"
 #include "metrics.h"
+#include "replay_cache.h"
 #include "../store/store.h"
 
 struct mg_context;
@@ -22,6 +23,7 @@ struct app {
     struct store *store;
     struct auth *auth;
     struct metrics *metrics;
+    struct replay_cache *replays; /* NULL when --replay-cache is 0 */
     struct mg_context *ctx;
     int port;
     int connections; /* held by workers now; atomic (see handlers.c) */

@@ -42,6 +42,7 @@ static const struct opt OPTS[] = {
     INT_OPT("db-wait", "MOCKERY_DB_WAIT", db_wait_s, 0, 3600),
     INT_OPT("reaper-interval-ms", "MOCKERY_REAPER_INTERVAL_MS", reaper_interval_ms, 10, 86400000),
     INT_OPT("reaper-batch", "MOCKERY_REAPER_BATCH", reaper_batch, 1, 100000),
+    INT_OPT("replay-cache", "MOCKERY_REPLAY_CACHE", replay_cache, 0, 10000000),
 };
 
 #define NOPTS (sizeof OPTS / sizeof OPTS[0])
@@ -60,6 +61,7 @@ void config_defaults(struct config *c)
     c->log_level = LOG_INFO;
     c->reaper_interval_ms = 60000;
     c->reaper_batch = 1000;
+    c->replay_cache = 10000;
     c->db_wait_s = 30;
 }
 
@@ -81,6 +83,7 @@ const char *config_usage(void)
            "  --db-wait S              seconds start-up waits for PostgreSQL (30)\n"
            "  --reaper-interval-ms N   how often expired keys are deleted (60000)\n"
            "  --reaper-batch N         keys deleted per statement, ten a pass at most (1000)\n"
+           "  --replay-cache N         completed answers kept in memory for retries (10000)\n"
            "Each flag also reads MOCKERY_<FLAG> (e.g. MOCKERY_POOL_SIZE); flags win.\n";
 }
 

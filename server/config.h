@@ -27,6 +27,7 @@ struct config {
     int db_wait_s; /* how long start-up waits for the database */
     int reaper_interval_ms;
     int reaper_batch;
+    int replay_cache; /* completed answers kept in memory; 0: none */
     /* Not a flag: tests listen on 127.0.0.1 only. */
     char listen_host[64]; /* empty: every interface */
 };

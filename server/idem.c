@@ -58,18 +58,36 @@ static void send_result(struct request *r, const struct idem_result *res)
     http_send(r, res->status, res->body, res->body_len, res->location ? headers : NULL);
 }
 
+/* Sends a completed answer again, as it was, byte for byte. */
 static void replay(struct request *r, const struct idem_op *op, const void *req,
-                   const struct store_claim_result *c)
+                   const struct replay_entry *c)
 {
-    int status = c->response_status >= 200 && c->response_status < 300 ? 200 : c->response_status;
+    int status = c->status >= 200 && c->status < 300 ? 200 : c->status;
     const char *headers[5] = {"X-Idempotent-Replay", "true", NULL};
-    if (c->response_location) {
+    if (c->location) {
         headers[2] = "Location";
-        headers[3] = c->response_location;
+        headers[3] = c->location;
     }
     r->outcome = "replay";
     log_duplicate(r, op, req, "replay", c->created_at_us);
-    http_send(r, status, c->response_body, c->response_body_len, headers);
+    http_send(r, status, c->body, c->body_len, headers);
+}
+
+static void mismatch(struct request *r, const struct idem_op *op, const void *req,
+                     int64_t created_at_us)
+{
+    r->outcome = "mismatch";
+    log_duplicate(r, op, req, "mismatch", created_at_us);
+    http_fail(r, 422, IDEMPOTENCY, "idempotency_key_reused", NULL,
+              "this idempotency key was used with a different request; use a new key for "
+              "a new payment");
+}
+
+/* Keeps a completed answer for retries, until its record expires. */
+static void remember(struct request *r, const char *fp, const struct replay_entry *e)
+{
+    replay_cache_put(r->app->replays, r->tenant, r->key, fp, e,
+                     e->created_at_us + r->app->ttl_ms * 1000);
 }
 
 /* A request without a key (--require-key=false): run once, store the
@@ -110,8 +128,10 @@ static void release_claim(struct request *r, int64_t token)
 }
 
 /* Runs the operation under the lease just won, then completes or releases. */
-static void run_claimed(struct request *r, const struct idem_op *op, const void *req, int64_t token)
+static void run_claimed(struct request *r, const struct idem_op *op, const void *req,
+                        const char *fp, const struct store_claim_result *claim)
 {
+    int64_t token = claim->lease_token;
     struct app *app = r->app;
     struct idem_result res = {0};
     struct apierr e;
@@ -134,6 +154,9 @@ static void run_claimed(struct request *r, const struct idem_op *op, const void 
     if (st == STORE_OK) {
         if (res.payment)
             r->payment_status = payment_status_word(res.payment);
+        struct replay_entry done = {res.status, res.body, res.body_len, res.location,
+                                    claim->created_at_us};
+        remember(r, fp, &done);
         send_result(r, &res);
     } else if (st == STORE_LEASE_LOST) {
         /* Our lease ran out and another request took the key over: nothing
@@ -224,6 +247,21 @@ void idem_handle(struct request *r, const struct idem_op *op)
     char fp[65];
     idem_fingerprint(r->ri->request_method, op->route, canon, clen, fp);
 
+    /* A retry of a completed key: answered from memory when this server has
+     * seen the answer (a completed record never changes until it expires). */
+    struct replay_entry cached;
+    switch (replay_cache_get(app->replays, r->tenant, r->key, fp, payment_now_us(), &cached)) {
+    case REPLAY_HIT:
+        replay(r, op, req, &cached);
+        replay_entry_clear(&cached);
+        goto out;
+    case REPLAY_MISMATCH:
+        mismatch(r, op, req, cached.created_at_us);
+        goto out;
+    case REPLAY_MISS:
+        break;
+    }
+
     enum store_status st = store_claim(app->store, r->tenant, r->key, fp, app->lease_ms,
                                        app->ttl_ms, &claim, err, sizeof err);
     if (st != STORE_OK) {
@@ -234,11 +272,16 @@ void idem_handle(struct request *r, const struct idem_op *op)
     case CLAIM_NEW:
     case CLAIM_TAKEOVER:
         r->outcome = claim.outcome == CLAIM_NEW ? "new" : "takeover";
-        run_claimed(r, op, req, claim.lease_token);
+        run_claimed(r, op, req, fp, &claim);
         break;
-    case CLAIM_COMPLETED:
-        replay(r, op, req, &claim);
+    case CLAIM_COMPLETED: {
+        struct replay_entry found = {claim.response_status, claim.response_body,
+                                     claim.response_body_len, claim.response_location,
+                                     claim.created_at_us};
+        remember(r, fp, &found);
+        replay(r, op, req, &found);
         break;
+    }
     case CLAIM_IN_PROGRESS: {
         const char *headers[] = {"Retry-After", "1", NULL};
         r->outcome = "conflict";
@@ -249,11 +292,7 @@ void idem_handle(struct request *r, const struct idem_op *op)
         break;
     }
     case CLAIM_MISMATCH:
-        r->outcome = "mismatch";
-        log_duplicate(r, op, req, "mismatch", claim.created_at_us);
-        http_fail(r, 422, IDEMPOTENCY, "idempotency_key_reused", NULL,
-                  "this idempotency key was used with a different request; use a new key for "
-                  "a new payment");
+        mismatch(r, op, req, claim.created_at_us);
         break;
     }
 out:

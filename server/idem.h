@@ -16,6 +16,7 @@
 struct cJSON;
 #include "http.h"
 #include "idemkey.h"
+#include "replay_cache.h"
 #include "../store/store.h"
 
 /* What an operation answered. */

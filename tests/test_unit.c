@@ -498,3 +498,52 @@ Test(auth, keys_from_a_file)
     cr_assert_null(auth_new(spec, err, sizeof err), "a file without keys must be refused");
     unlink(path);
 }
+
+/* ---- replay cache ------------------------------------------------------------------ */
+
+#include "replay_cache.h"
+
+Test(replay_cache, hit_mismatch_expiry_and_tenants)
+{
+    struct replay_cache *c = replay_cache_new(10);
+    struct replay_entry e = {201, "{\"a\":1}", 7, "/api/v1/payments/txn_1", 1000};
+    replay_cache_put(c, "t1", "k", "fp1", &e, 5000);
+    struct replay_entry got;
+    cr_assert_eq(replay_cache_get(c, "t1", "k", "fp1", 2000, &got), REPLAY_HIT);
+    cr_assert_eq(got.status, 201);
+    cr_assert_eq(got.body_len, 7);
+    cr_assert_eq(memcmp(got.body, "{\"a\":1}", 7), 0);
+    cr_assert_str_eq(got.location, "/api/v1/payments/txn_1");
+    cr_assert_eq(got.created_at_us, 1000);
+    replay_entry_clear(&got);
+    cr_assert_eq(replay_cache_get(c, "t1", "k", "fp2", 2000, &got), REPLAY_MISMATCH);
+    cr_assert_eq(replay_cache_get(c, "t2", "k", "fp1", 2000, &got), REPLAY_MISS, "other tenant");
+    /* "t1"+"k" and "t"+"1k" are different keys. */
+    cr_assert_eq(replay_cache_get(c, "t", "1k", "fp1", 2000, &got), REPLAY_MISS);
+    cr_assert_eq(replay_cache_get(c, "t1", "k", "fp1", 5000, &got), REPLAY_MISS, "expired");
+    cr_assert_eq(replay_cache_size(c), 0, "an expired entry is dropped");
+    replay_cache_free(c);
+    cr_assert_null(replay_cache_new(0));
+    cr_assert_eq(replay_cache_get(NULL, "t", "k", "f", 0, &got), REPLAY_MISS);
+}
+
+Test(replay_cache, least_recently_used_goes_first)
+{
+    struct replay_cache *c = replay_cache_new(3);
+    struct replay_entry e = {201, "{}", 2, NULL, 0};
+    char key[8];
+    for (int i = 0; i < 3; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        replay_cache_put(c, "t", key, "fp", &e, 1000);
+    }
+    struct replay_entry got;
+    cr_assert_eq(replay_cache_get(c, "t", "k0", "fp", 1, &got), REPLAY_HIT); /* k0 now recent */
+    replay_entry_clear(&got);
+    replay_cache_put(c, "t", "k3", "fp", &e, 1000); /* evicts k1 */
+    cr_assert_eq(replay_cache_size(c), 3);
+    cr_assert_eq(replay_cache_get(c, "t", "k1", "fp", 1, &got), REPLAY_MISS);
+    cr_assert_eq(replay_cache_get(c, "t", "k0", "fp", 1, &got), REPLAY_HIT);
+    replay_entry_clear(&got);
+    cr_assert_null(got.location);
+    replay_cache_free(c);
+}
