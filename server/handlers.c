@@ -349,14 +349,14 @@ int handlers_route(struct mg_connection *conn, void *cbdata)
      * answer so the worker serves whoever waits. */
     struct app *app = cbdata;
     if (__atomic_load_n(&app->connections, __ATOMIC_RELAXED) >= app->cfg.threads)
-        mg_disable_connection_keep_alive(conn);
+        http_close_after(&r);
     /* Counted before the draining check: app_stop waits for every request
      * that got past it. */
     __atomic_add_fetch(&app->in_flight, 1, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&app->draining, __ATOMIC_SEQ_CST)) {
         const char *headers[] = {"Connection", "close", "Retry-After", "1", NULL};
         struct apierr e;
-        mg_disable_connection_keep_alive(conn);
+        http_close_after(&r);
         apierr_set(&e, 503, "api_error", "shutting_down", NULL,
                    "this server is shutting down; retry (another server will answer)");
         http_send_error(&r, &e, headers);

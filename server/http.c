@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 int http_send(struct request *r, int status, const char *body, size_t len,
               const char *const *headers)
@@ -19,24 +20,69 @@ int http_send(struct request *r, int status, const char *body, size_t len,
     return http_send_typed(r, status, "application/json", body, len, headers);
 }
 
+void http_close_after(struct request *r)
+{
+    r->close = 1;
+    mg_disable_connection_keep_alive(r->conn);
+}
+
+/* Whether the client asked for the connection to end with this answer. */
+static int client_closes(const struct request *r)
+{
+    const char *c = mg_get_header(r->conn, "Connection");
+    if (c && strcasecmp(c, "close") == 0)
+        return 1;
+    if (r->ri->http_version && strcmp(r->ri->http_version, "1.1") != 0)
+        return !(c && strcasecmp(c, "keep-alive") == 0);
+    return 0;
+}
+
+/* The status line, headers and body go out in one write: civetweb's
+ * mg_response_header_send() writes every header line with a send() of its
+ * own, and with TCP_NODELAY each becomes a packet - measured at 11 send()s
+ * and ~300 us of CPU per payment, most of it in the loopback TCP path. */
 int http_send_typed(struct request *r, int status, const char *content_type, const char *body,
                     size_t len, const char *const *headers)
 {
-    char clen[24];
-    snprintf(clen, sizeof clen, "%zu", len);
-    r->status = status;
-    if (mg_response_header_start(r->conn, status) != 0)
-        return -1;
-    mg_response_header_add(r->conn, "Content-Type", content_type, -1);
-    mg_response_header_add(r->conn, "Content-Length", clen, -1);
-    mg_response_header_add(r->conn, "Cache-Control", "no-store", -1);
+    char stack[8192], date[64];
+    struct tm tm;
+    time_t now = time(NULL);
+    gmtime_r(&now, &tm);
+    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
     for (int i = 0; headers && headers[i] && headers[i + 1]; i += 2)
-        mg_response_header_add(r->conn, headers[i], headers[i + 1], -1);
-    if (mg_response_header_send(r->conn) != 0)
+        if (strcasecmp(headers[i], "Connection") == 0 && strcasecmp(headers[i + 1], "close") == 0)
+            http_close_after(r);
+    if (!r->close && client_closes(r))
+        r->close = 1;
+    r->status = status;
+
+    size_t extra = 0;
+    for (int i = 0; headers && headers[i] && headers[i + 1]; i += 2)
+        extra += strlen(headers[i]) + strlen(headers[i + 1]) + 4;
+    size_t cap = 512 + strlen(content_type) + extra + len;
+    char *buf = cap <= sizeof stack ? stack : malloc(cap);
+    if (!buf)
         return -1;
-    if (len && mg_write(r->conn, body, len) != (int)len)
-        return -1;
-    return 0;
+    int n = snprintf(buf, cap,
+                     "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                     "Cache-Control: no-store\r\nConnection: %s\r\n",
+                     status, mg_get_response_code_text(r->conn, status), date, content_type, len,
+                     r->close ? "close" : "keep-alive");
+    size_t used = n > 0 ? (size_t)n : 0;
+    for (int i = 0; headers && headers[i] && headers[i + 1]; i += 2) {
+        if (strcasecmp(headers[i], "Connection") == 0)
+            continue;
+        n = snprintf(buf + used, cap - used, "%s: %s\r\n", headers[i], headers[i + 1]);
+        used += n > 0 ? (size_t)n : 0;
+    }
+    memcpy(buf + used, "\r\n", 2);
+    used += 2;
+    memcpy(buf + used, body, len);
+    used += len;
+    int rc = mg_write(r->conn, buf, used) == (int)used ? 0 : -1;
+    if (buf != stack)
+        free(buf);
+    return rc;
 }
 
 static const char INTERNAL[] = "{\"error\":{\"type\":\"api_error\",\"code\":\"internal_error\","

@@ -31,6 +31,7 @@ struct request {
     const char *outcome;        /* idempotency outcome, or NULL */
     const char *payment_status; /* set when the request stored a payment */
     int route;                  /* enum metrics_route */
+    int close;                  /* the connection ends with this answer */
     char key[HTTP_KEY_MAX + 1];
     char customer[65];
 };
@@ -39,6 +40,9 @@ struct request {
  * NULL). Returns 0, or -1 when the client is gone. */
 int http_send(struct request *r, int status, const char *body, size_t len,
               const char *const *headers);
+
+/* Ends the connection after this request's answer (Connection: close). */
+void http_close_after(struct request *r);
 
 /* The same with another Content-Type. */
 int http_send_typed(struct request *r, int status, const char *content_type, const char *body,
