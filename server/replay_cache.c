@@ -2,6 +2,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include "replay_cache.h"
 
+#include "../store/store.h"
+
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,17 +24,6 @@ struct replay_cache {
     size_t nbuckets, size, capacity;
     struct node *head, *tail;
 };
-
-static size_t hash2(const char *a, const char *b)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (const unsigned char *p = (const unsigned char *)a; *p; p++)
-        h = (h ^ *p) * 1099511628211ULL;
-    h = (h ^ 0xff) * 1099511628211ULL; /* a separator no string byte can be */
-    for (const unsigned char *p = (const unsigned char *)b; *p; p++)
-        h = (h ^ *p) * 1099511628211ULL;
-    return (size_t)h;
-}
 
 struct replay_cache *replay_cache_new(size_t capacity)
 {
@@ -82,7 +73,7 @@ void replay_cache_free(struct replay_cache *c)
 
 static struct node **slot_of(struct replay_cache *c, const char *tenant, const char *key)
 {
-    struct node **pp = &c->buckets[hash2(tenant, key) % c->nbuckets];
+    struct node **pp = &c->buckets[store_key_hash(tenant, key) % c->nbuckets];
     while (*pp && (strcmp((*pp)->tenant, tenant) != 0 || strcmp((*pp)->key, key) != 0))
         pp = &(*pp)->hnext;
     return pp;

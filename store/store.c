@@ -5,6 +5,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+size_t store_key_hash(const char *tenant, const char *key)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)tenant; *p; p++)
+        h = (h ^ *p) * 1099511628211ULL;
+    h = (h ^ 0xff) * 1099511628211ULL; /* a separator no string byte can be */
+    for (const unsigned char *p = (const unsigned char *)key; *p; p++)
+        h = (h ^ *p) * 1099511628211ULL;
+    return (size_t)h;
+}
+
 const char *store_status_name(enum store_status st)
 {
     switch (st) {

@@ -110,6 +110,9 @@ struct store {
     const struct store_ops *ops;
 };
 
+/* A hash of (tenant, key) for in-memory tables: "t1"+"k" and "t"+"1k" differ. */
+size_t store_key_hash(const char *tenant, const char *key);
+
 /* A status as a word for logs ("unavailable"). */
 const char *store_status_name(enum store_status st);
 

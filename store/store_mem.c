@@ -54,20 +54,9 @@ static int64_t now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-static size_t hash2(const char *a, const char *b)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (const unsigned char *p = (const unsigned char *)a; *p; p++)
-        h = (h ^ *p) * 1099511628211ULL;
-    h = (h ^ 0xff) * 1099511628211ULL; /* a separator no string byte can be */
-    for (const unsigned char *p = (const unsigned char *)b; *p; p++)
-        h = (h ^ *p) * 1099511628211ULL;
-    return (size_t)h;
-}
-
 static struct record **find_slot(struct store_mem *m, const char *tenant, const char *key)
 {
-    struct record **pp = &m->buckets[hash2(tenant, key) % m->nbuckets];
+    struct record **pp = &m->buckets[store_key_hash(tenant, key) % m->nbuckets];
     for (; *pp; pp = &(*pp)->next)
         if (strcmp((*pp)->tenant, tenant) == 0 && strcmp((*pp)->key, key) == 0)
             return pp;
@@ -103,7 +92,7 @@ static void grow_buckets(struct store_mem *m)
         struct record *r = m->buckets[i];
         while (r) {
             struct record *next = r->next;
-            size_t h = hash2(r->tenant, r->key) % n;
+            size_t h = store_key_hash(r->tenant, r->key) % n;
             r->next = nb[h];
             nb[h] = r;
             r = next;
