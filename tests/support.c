@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 #include <fcntl.h>
+#include <libpq-fe.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -25,6 +26,25 @@ const char *test_db_url(void)
         cr_assert_fail("MOCKERY_TEST_DATABASE_URL is not set: run the tests with "
                        "scripts/dev test, which starts a PostgreSQL for them");
     return url;
+}
+
+void test_query_text(const char *url, const char *sql, const char *param, char *out, size_t len)
+{
+    PGconn *conn = PQconnectdb(url);
+    cr_assert_eq(PQstatus(conn), CONNECTION_OK, "%s", PQerrorMessage(conn));
+    const char *vals[] = {param};
+    PGresult *res = PQexecParams(conn, sql, 1, NULL, vals, NULL, NULL, 0);
+    cr_assert_eq(PQresultStatus(res), PGRES_TUPLES_OK, "%s", PQerrorMessage(conn));
+    snprintf(out, len, "%s", PQntuples(res) ? PQgetvalue(res, 0, 0) : "");
+    PQclear(res);
+    PQfinish(conn);
+}
+
+long test_query_long(const char *url, const char *sql, const char *param)
+{
+    char v[64];
+    test_query_text(url, sql, param, v, sizeof v);
+    return strtol(v, NULL, 10);
 }
 
 void test_unique(char *buf, size_t len, const char *prefix)

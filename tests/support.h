@@ -14,6 +14,12 @@
  * (never skips it) when it is not set. */
 const char *test_db_url(void);
 
+/* The first value of a query with one text parameter, run on url in a
+ * connection of its own ("" when there is no row); fails the test on error. */
+void test_query_text(const char *url, const char *sql, const char *param, char *out, size_t len);
+/* The same, as a number (a count). */
+long test_query_long(const char *url, const char *sql, const char *param);
+
 /* A name no other test, process or run shares: prefix + pid + counter + random. */
 void test_unique(char *buf, size_t len, const char *prefix);
 

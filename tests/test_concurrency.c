@@ -39,15 +39,7 @@ static void stop(void)
 /* Counts rows in PostgreSQL directly: what the store really holds. */
 static long count_rows(const char *sql, const char *param)
 {
-    PGconn *conn = PQconnectdb(test_db_url());
-    cr_assert_eq(PQstatus(conn), CONNECTION_OK, "%s", PQerrorMessage(conn));
-    const char *vals[] = {param};
-    PGresult *res = PQexecParams(conn, sql, 1, NULL, vals, NULL, NULL, 0);
-    cr_assert_eq(PQresultStatus(res), PGRES_TUPLES_OK, "%s", PQerrorMessage(conn));
-    long n = strtol(PQgetvalue(res, 0, 0), NULL, 10);
-    PQclear(res);
-    PQfinish(conn);
-    return n;
+    return test_query_long(test_db_url(), sql, param);
 }
 
 #define DUPES 32

@@ -34,23 +34,11 @@ static void spawn(struct test_server *s, const char *db_url, int lease_s, int de
     test_server_spawn(s, &c, MOCKERY_SERVER_BIN);
 }
 
-/* One value of a query with one text parameter, read in PostgreSQL itself. */
-static void query1(const char *url, const char *sql, const char *param, char *out, size_t len)
-{
-    PGconn *conn = PQconnectdb(url);
-    cr_assert_eq(PQstatus(conn), CONNECTION_OK, "%s", PQerrorMessage(conn));
-    const char *vals[] = {param};
-    PGresult *res = PQexecParams(conn, sql, 1, NULL, vals, NULL, NULL, 0);
-    cr_assert_eq(PQresultStatus(res), PGRES_TUPLES_OK, "%s", PQerrorMessage(conn));
-    snprintf(out, len, "%s", PQntuples(res) ? PQgetvalue(res, 0, 0) : "");
-    PQclear(res);
-    PQfinish(conn);
-}
-
 static long payments_for_key(const char *url, const char *key)
 {
     char n[32];
-    query1(url, "SELECT count(*) FROM payments WHERE idempotency_key = $1", key, n, sizeof n);
+    test_query_text(url, "SELECT count(*) FROM payments WHERE idempotency_key = $1", key, n,
+                    sizeof n);
     return strtol(n, NULL, 10);
 }
 
@@ -59,8 +47,8 @@ static void wait_processing(const char *url, const char *key)
 {
     char state[32] = "";
     for (int i = 0; i < 500; i++) {
-        query1(url, "SELECT state FROM idempotency_keys WHERE idempotency_key = $1", key, state,
-               sizeof state);
+        test_query_text(url, "SELECT state FROM idempotency_keys WHERE idempotency_key = $1", key,
+                        state, sizeof state);
         if (!strcmp(state, "processing"))
             return;
         wait_ms(10);
@@ -231,8 +219,8 @@ Test(faults, completion_after_lost_lease_is_rolled_back, .timeout = 120)
     httpc_response_free(&r);
     httpc_response_free(&slow.r);
     char stored[64];
-    query1(test_db_url(), "SELECT transaction_id FROM payments WHERE idempotency_key = $1", key,
-           stored, sizeof stored);
+    test_query_text(test_db_url(), "SELECT transaction_id FROM payments WHERE idempotency_key = $1",
+                    key, stored, sizeof stored);
     cr_assert_str_eq(stored, txn, "the charge that exists is B's");
     cr_assert_eq(payments_for_key(test_db_url(), key), 1);
     test_server_stop(&a);
@@ -342,7 +330,7 @@ Test(faults, acknowledged_payments_survive_a_postgres_crash, .fini = drop_cluste
     /* Every acknowledged payment is there, once, and its key replays the
      * answer the client got. */
     char n[32];
-    query1(url, "SELECT count(*) FROM payments WHERE customer_id = $1", cust, n, sizeof n);
+    test_query_text(url, "SELECT count(*) FROM payments WHERE customer_id = $1", cust, n, sizeof n);
     cr_assert_eq(strtol(n, NULL, 10), N, "%s of %d acknowledged payments survived", n, N);
     for (int i = 0; i < N; i += 20) {
         struct httpc_response r;

@@ -224,16 +224,8 @@ BOTH(metrics_parse_and_move)
 
 static long key_rows(const char *key)
 {
-    PGconn *conn = PQconnectdb(test_db_url());
-    const char *vals[] = {key};
-    PGresult *res =
-        PQexecParams(conn, "SELECT count(*) FROM idempotency_keys WHERE idempotency_key = $1", 1,
-                     NULL, vals, NULL, NULL, 0);
-    cr_assert_eq(PQresultStatus(res), PGRES_TUPLES_OK);
-    long n = strtol(PQgetvalue(res, 0, 0), NULL, 10);
-    PQclear(res);
-    PQfinish(conn);
-    return n;
+    return test_query_long(test_db_url(),
+                           "SELECT count(*) FROM idempotency_keys WHERE idempotency_key = $1", key);
 }
 
 static void reaper_deletes_expired_keys_and_keeps_payments(int check_db)

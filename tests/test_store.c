@@ -354,16 +354,9 @@ static void terminate_backends(const char *application_name)
 
 static long backends_named(const char *application_name)
 {
-    PGconn *conn = PQconnectdb(test_db_url());
-    const char *vals[] = {application_name};
-    PGresult *res =
-        PQexecParams(conn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", 1,
-                     NULL, vals, NULL, NULL, 0);
-    cr_assert_eq(PQresultStatus(res), PGRES_TUPLES_OK, "%s", PQerrorMessage(conn));
-    long n = strtol(PQgetvalue(res, 0, 0), NULL, 10);
-    PQclear(res);
-    PQfinish(conn);
-    return n;
+    return test_query_long(test_db_url(),
+                           "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                           application_name);
 }
 
 Test(store_pg, terminated_connection_is_replaced_before_use, .timeout = 30)
