@@ -4,6 +4,7 @@
 #include "idemkey.h"
 
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -39,19 +40,34 @@ enum idem_key_status idem_parse_key(const char *value, char out[IDEM_KEY_MAX + 1
     return IDEM_KEY_OK;
 }
 
+/* SHA-256 looked up once: EVP_sha256() in every call would fetch it from
+ * the provider each time, a cost the size of the hash itself. */
+static EVP_MD *sha256;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void)
+{
+    sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 void idem_fingerprint(const char *method, const char *route, const char *canonical, size_t len,
                       char out[65])
 {
+    static const char hex[] = "0123456789abcdef";
     unsigned char d[32];
     unsigned int n = sizeof d;
+    pthread_once(&sha256_once, sha256_fetch);
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     /* Each part ends with a byte none of them contains. */
-    if (!ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1 ||
+    if (!ctx || !sha256 || EVP_DigestInit_ex(ctx, sha256, NULL) != 1 ||
         EVP_DigestUpdate(ctx, method, strlen(method) + 1) != 1 ||
         EVP_DigestUpdate(ctx, route, strlen(route) + 1) != 1 ||
         EVP_DigestUpdate(ctx, canonical, len) != 1 || EVP_DigestFinal_ex(ctx, d, &n) != 1)
         memset(d, 0, sizeof d); /* cannot happen with the default provider */
     EVP_MD_CTX_free(ctx);
-    for (int i = 0; i < 32; i++)
-        snprintf(out + 2 * i, 3, "%02x", d[i]);
+    for (int i = 0; i < 32; i++) {
+        out[2 * i] = hex[d[i] >> 4];
+        out[2 * i + 1] = hex[d[i] & 15];
+    }
+    out[64] = '\0';
 }
