@@ -42,15 +42,22 @@ def say(msg):
 def sql_of(name):
     """A statement of store/store_pg.c, as text with $n placeholders."""
     src = open(os.path.join(ROOT, "store", "store_pg.c")).read()
-    macros = {m.group(1): m.group(2) for m in
-              re.finditer(r'#define (\w+)\(\w+\) "([^"]*)" \w+ "([^"]*)"', src)}
+    lit = r'"((?:[^"\\]|\\.)*)"'
+    strings = {}  # macros that are only string literals, like CLAIM_INTO
+    for m in re.finditer(r"#define (\w+)[ \t]*((?:[^\n]*\\\n)*[^\n]*)", src):
+        body = m.group(2).replace("\\\n", " ")
+        if re.fullmatch(r"\s*(?:%s\s*)+" % lit, body):
+            strings[m.group(1)] = "".join(re.findall(lit, body))
     m = re.search(r"static const char %s\[\] =(.*?);\n" % name, src, re.S)
     out = ""
-    for s, mac, arg in re.findall(r'"((?:[^"\\]|\\.)*)"|(US_OF|TS_OF)\("([^"]+)"\)', m.group(1)):
+    for s, mac, arg, ident in re.findall(lit + r'|(US_OF|TS_OF)\(\s*"([^"]+)"\)|\b([A-Z_]+)\b',
+                                         m.group(1)):
         if mac == "US_OF":
             out += "(extract(epoch from %s) * 1000000)::bigint" % arg
         elif mac == "TS_OF":
             out += "(timestamptz 'epoch' + %s::bigint * interval '1 microsecond')" % arg
+        elif ident:
+            out += strings[ident].encode().decode("unicode_escape")
         else:
             out += s.encode().decode("unicode_escape")
     return out
@@ -61,12 +68,12 @@ def bind(sql, values):
 
 
 def pgbench_scripts(tmp):
-    key = "('pgb-' || :client_id::text || '-' || :n::text)"
+    key = "('pgb-' || :run || '-' || :client_id::text || '-' || :n::text)"
     claim = bind(sql_of("SQL_CLAIM"), {1: "'bench'", 2: key, 3: "'fp'", 4: "30000", 5: "86400000"})
     complete = bind(sql_of("SQL_COMPLETE_PAYMENT"), {
         1: "'bench'", 2: key, 3: ":lease_token", 4: "201", 5: ":body",
         6: "'/api/v1/payments/txn_0000000000000000000000000'",
-        7: "('txn_pgb_' || :client_id::text || '_' || :n::text)", 8: "'cust-bench'", 9: "1050",
+        7: "('txn_pgb_' || :run || '_' || :client_id::text || '_' || :n::text)", 8: "'cust-bench'", 9: "1050",
         10: "'USD'", 11: "NULL", 12: "'completed'", 13: "1700000000000000"})
     new = ("\\set n random(1, 1000000000000)\n"
            "WITH c AS (%s) SELECT lease_token FROM c\n\\gset\n%s;\n" % (claim, complete))
@@ -91,7 +98,15 @@ def percentile(values, p):
     return values[min(len(values) - 1, int(len(values) * p / 100.0))]
 
 
+def checkpoint(url):
+    """Starts a scenario from a fresh checkpoint, so that none falls inside its
+    few seconds (nor runs on from the scenario before): each sees the same WAL
+    (full-page writes) and flush stalls. Needs a superuser; skipped if not."""
+    subprocess.run(["psql", "-qAt", url, "-c", "CHECKPOINT"], capture_output=True)
+
+
 def pgbench(url, script, clients, seconds, tmp, extra=()):
+    checkpoint(url)
     logdir = tempfile.mkdtemp(dir=tmp)
     cmd = ["pgbench", "-n", "-M", "prepared", "-c", str(clients), "-j", "2", "-T", str(seconds),
            "-f", script, "-l", "--log-prefix", os.path.join(logdir, "log")] + list(extra) + [url]
@@ -112,7 +127,9 @@ def wrk_ms(text):
     return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(base, path, script, clients, seconds, args=()):
+def wrk(base, path, script, clients, seconds, args=(), url=None):
+    if url:
+        checkpoint(url)
     cmd = ["wrk", "-t", "2", "-c", str(clients), "-d", "%ds" % seconds, "--latency",
            "--timeout", "10s"]
     if script:
@@ -221,15 +238,17 @@ def main():
             say("%d clients" % c)
             row = {}
             # (the body travels as a variable: pgbench would read its colons as ones)
-            row["ceiling-new"] = pgbench(url, scripts["new"], c, d, tmp, ["-D", "body=" + BODY])
-            row["naive-new"] = pgbench(url, scripts["naive"], c, d, tmp, ["-D", "body=" + BODY])
-            row["server-new"] = wrk(base, "/api/v1/payments", "new.lua", c, d, [run + "n%d" % c])
+            row["ceiling-new"] = pgbench(url, scripts["new"], c, d, tmp,
+                                         ["-D", "body=" + BODY, "-D", "run=%sc%d" % (run, c)])
+            row["naive-new"] = pgbench(url, scripts["naive"], c, d, tmp,
+                                       ["-D", "body=" + BODY, "-D", "run=%sn%d" % (run, c)])
+            row["server-new"] = wrk(base, "/api/v1/payments", "new.lua", c, d, [run + "n%d" % c], url=url)
             row["ceiling-replay"] = pgbench(url, scripts["replay"], c, d, tmp,
                                             ["-D", "keys=%d" % args.replay_keys, "-D", "fp=" + fp])
             row["server-replay"] = wrk(base, "/api/v1/payments", "replay.lua", c, d,
-                                       [str(args.replay_keys)])
-            row["http-floor"] = wrk(base, "/bench-floor", None, c, d)
-            row["mixed"] = wrk(base, "/api/v1/payments", "mixed.lua", c, d, [run + "m%d" % c])
+                                       [str(args.replay_keys)], url=url)
+            row["http-floor"] = wrk(base, "/bench-floor", None, c, d, url=url)
+            row["mixed"] = wrk(base, "/api/v1/payments", "mixed.lua", c, d, [run + "m%d" % c], url=url)
             for name, r in row.items():
                 r.update({"scenario": name, "clients": c})
                 results.append(r)
