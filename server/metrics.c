@@ -182,6 +182,22 @@ char *metrics_render(struct metrics *m, struct store *store, size_t *len)
         "# TYPE mockery_store_pool_waiting gauge\n"
         "mockery_store_pool_waiting %d\n",
         ps.in_use, ps.size - ps.in_use, ps.waiting);
+    put(&b,
+        "# HELP mockery_store_batches_total Statements that carried claims or completions"
+        " (several requests' at once under load).\n"
+        "# TYPE mockery_store_batches_total counter\n"
+        "mockery_store_batches_total{kind=\"claim\"} %llu\n"
+        "mockery_store_batches_total{kind=\"complete\"} %llu\n"
+        "# HELP mockery_store_batched_total Claims or completions those statements carried.\n"
+        "# TYPE mockery_store_batched_total counter\n"
+        "mockery_store_batched_total{kind=\"claim\"} %llu\n"
+        "mockery_store_batched_total{kind=\"complete\"} %llu\n"
+        "# HELP mockery_store_batches_split_total Batches that failed as a whole (a deadlock, one"
+        " bad row) and ran again one operation at a time.\n"
+        "# TYPE mockery_store_batches_split_total counter\n"
+        "mockery_store_batches_split_total %llu\n",
+        ps.claim_batches, ps.complete_batches, ps.claims_batched, ps.completes_batched,
+        ps.batches_split);
 
     put(&b,
         "# HELP mockery_reaper_deleted_total Expired idempotency records deleted.\n"

@@ -76,6 +76,11 @@ struct store_pool_stats {
     int size;
     int in_use;
     int waiting;
+    /* statements that carried claims / completions, and how many they carried */
+    unsigned long long claim_batches, claims_batched;
+    unsigned long long complete_batches, completes_batched;
+    /* batches that failed as a whole and ran again one operation at a time */
+    unsigned long long batches_split;
 };
 
 struct store;

@@ -1,0 +1,326 @@
+/* test_batch.c - the PostgreSQL store runs queued claims and completions as
+ * one statement: what each request gets back must not change.
+ *
+ * Each test holds the pool's only connection on purpose: a claim on a record
+ * the test has locked (SELECT ... FOR UPDATE from its own connection) waits in
+ * PostgreSQL, the operations under test queue behind it, and the lock is let
+ * go once the pool reports them all waiting. They then run as one batch. */
+#define _POSIX_C_SOURCE 200809L
+#include <criterion/criterion.h>
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "store.h"
+#include "support.h"
+
+#define LONG_MS (60 * 1000)
+#define DAY_MS (86400 * 1000)
+#define MANY 8
+
+static const char *T = "tenant-batch";
+static const char *FP = "fp-batch";
+static struct store *store;
+
+static void open_pool_of_one(void)
+{
+    char err[256] = "";
+    struct store_pg_options o = {.database_url = test_db_url(), .pool_size = 1};
+    store = store_pg_new(&o, err, sizeof err);
+    cr_assert_not_null(store, "store_pg_new: %s", err);
+}
+
+static void close_store(void)
+{
+    store_free(store);
+    store = NULL;
+}
+
+static PGresult *exec_ok(PGconn *conn, const char *sql, const char *param)
+{
+    PGresult *res = PQexecParams(conn, sql, param ? 1 : 0, NULL, &param, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(res);
+    cr_assert(st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK, "%s: %s", sql,
+              PQerrorMessage(conn));
+    return res;
+}
+
+static struct store_claim_result claim_ok(const char *key)
+{
+    struct store_claim_result r;
+    char err[256] = "";
+    memset(&r, 0, sizeof r);
+    cr_assert_eq(store_claim(store, T, key, FP, LONG_MS, DAY_MS, &r, err, sizeof err), STORE_OK,
+                 "claim %s: %s", key, err);
+    return r;
+}
+
+/* ---- the blocker: the pool's one connection, held in PostgreSQL ---------- */
+
+struct blocker {
+    PGconn *conn;
+    char key[96];
+    pthread_t thread;
+};
+
+static void *blocked_claim(void *arg)
+{
+    struct blocker *b = arg;
+    struct store_claim_result r = claim_ok(b->key);
+    store_claim_result_clear(&r);
+    return NULL;
+}
+
+static void block_pool(struct blocker *b)
+{
+    test_unique(b->key, sizeof b->key, "blocker");
+    struct store_claim_result r = claim_ok(b->key);
+    store_claim_result_clear(&r);
+    b->conn = PQconnectdb(test_db_url());
+    cr_assert_eq(PQstatus(b->conn), CONNECTION_OK);
+    PQclear(exec_ok(b->conn, "BEGIN", NULL));
+    char sql[160];
+    snprintf(sql, sizeof sql,
+             "SELECT 1 FROM idempotency_keys WHERE tenant_id = '%s' AND idempotency_key = $1"
+             " FOR UPDATE",
+             T);
+    PQclear(exec_ok(b->conn, sql, b->key));
+    cr_assert_eq(pthread_create(&b->thread, NULL, blocked_claim, b), 0);
+    /* the claim is in PostgreSQL once it waits for this connection's lock */
+    char pid[16];
+    snprintf(pid, sizeof pid, "%d", PQbackendPID(b->conn));
+    for (int i = 0; i < 1000; i++) {
+        if (test_query_long(test_db_url(),
+                            "SELECT count(*) FROM pg_stat_activity"
+                            " WHERE $1::int = ANY(pg_blocking_pids(pid))",
+                            pid) > 0)
+            return;
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    cr_assert_fail("the blocking claim never waited on the lock");
+}
+
+/* Waits until n operations queue behind the blocker, then lets it go. */
+static void release_pool_when_queued(struct blocker *b, int n)
+{
+    struct store_pool_stats ps = {0};
+    for (int i = 0; i < 1000; i++) {
+        store_pool_stats(store, &ps);
+        if (ps.waiting >= n)
+            break;
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    cr_assert_eq(ps.waiting, n, "%d operations queued, wanted %d", ps.waiting, n);
+    PQclear(exec_ok(b->conn, "COMMIT", NULL));
+    pthread_join(b->thread, NULL);
+    PQfinish(b->conn);
+}
+
+/* ---- operations run on threads ------------------------------------------ */
+
+struct op {
+    char key[96];
+    int64_t token;
+    char txn[64];
+    pthread_t thread;
+    enum store_status st;
+    struct store_claim_result claim;
+    char err[256];
+};
+
+static void *claim_thread(void *arg)
+{
+    struct op *o = arg;
+    o->st = store_claim(store, T, o->key, FP, LONG_MS, DAY_MS, &o->claim, o->err, sizeof o->err);
+    return NULL;
+}
+
+/* a cached answer with the characters an array literal must escape */
+static void body_of(const char *key, char *out, size_t len)
+{
+    int n = snprintf(out, len, "{\"key\":\"%s\",\"quote\":\"\\\"\",\"backslash\":\"\\\\\"}", key);
+    cr_assert(n > 0 && (size_t)n < len);
+}
+
+static void *complete_thread(void *arg)
+{
+    struct op *o = arg;
+    char body[256];
+    body_of(o->key, body, sizeof body);
+    struct store_response resp = {201, body, strlen(body), "/api/v1/payments/x"};
+    struct store_payment p = {.transaction_id = o->txn,
+                              .idempotency_key = o->key,
+                              .customer_id = "cust-batch",
+                              .amount_minor = 700,
+                              .currency = "JPY",
+                              .description = NULL,
+                              .status = "completed",
+                              .processed_at_us = 1700000000000000LL};
+    o->st = store_complete(store, T, o->key, o->token, &resp, &p, o->err, sizeof o->err);
+    return NULL;
+}
+
+static long payments_for(const char *key)
+{
+    return test_query_long(test_db_url(),
+                           "SELECT count(*) FROM payments WHERE tenant_id = 'tenant-batch'"
+                           " AND idempotency_key = $1",
+                           key);
+}
+
+/* n claimed keys, each with its own transaction id */
+static void claimed(struct op *ops, int n, const char *prefix)
+{
+    for (int i = 0; i < n; i++) {
+        test_unique(ops[i].key, sizeof ops[i].key, prefix);
+        snprintf(ops[i].txn, sizeof ops[i].txn, "txn_%s", ops[i].key);
+        struct store_claim_result r = claim_ok(ops[i].key);
+        cr_assert_eq(r.outcome, CLAIM_NEW);
+        ops[i].token = r.lease_token;
+        store_claim_result_clear(&r);
+    }
+}
+
+static void run_all(struct op *ops, int n, void *(*fn)(void *), struct blocker *b)
+{
+    for (int i = 0; i < n; i++)
+        cr_assert_eq(pthread_create(&ops[i].thread, NULL, fn, &ops[i]), 0);
+    release_pool_when_queued(b, n);
+    for (int i = 0; i < n; i++)
+        pthread_join(ops[i].thread, NULL);
+}
+
+Test(batch, queued_claims_run_as_one_statement_and_each_wins_its_key, .init = open_pool_of_one,
+     .fini = close_store, .timeout = 60)
+{
+    struct blocker b;
+    block_pool(&b);
+    struct op ops[MANY];
+    memset(ops, 0, sizeof ops);
+    for (int i = 0; i < MANY; i++)
+        test_unique(ops[i].key, sizeof ops[i].key, "many");
+    run_all(ops, MANY, claim_thread, &b);
+
+    struct store_pool_stats ps = {0};
+    store_pool_stats(store, &ps);
+    /* the set-up claim, the blocker, then all of them at once */
+    cr_assert_eq(ps.claim_batches, 3);
+    cr_assert_eq(ps.claims_batched, 2 + MANY);
+    cr_assert_eq(ps.batches_split, 0);
+    for (int i = 0; i < MANY; i++) {
+        cr_assert_eq(ops[i].st, STORE_OK, "%s", ops[i].err);
+        cr_assert_eq(ops[i].claim.outcome, CLAIM_NEW);
+        for (int j = 0; j < i; j++)
+            cr_assert_neq(ops[i].claim.lease_token, ops[j].claim.lease_token);
+        cr_assert_gt(ops[i].claim.created_at_us, 0);
+        cr_assert_eq(test_query_long(test_db_url(),
+                                     "SELECT lease_token FROM idempotency_keys WHERE tenant_id ="
+                                     " 'tenant-batch' AND idempotency_key = $1",
+                                     ops[i].key),
+                     ops[i].claim.lease_token);
+        store_claim_result_clear(&ops[i].claim);
+    }
+}
+
+Test(batch, one_key_twice_in_the_queue_has_one_winner, .init = open_pool_of_one,
+     .fini = close_store, .timeout = 60)
+{
+    struct blocker b;
+    block_pool(&b);
+    struct op ops[3];
+    memset(ops, 0, sizeof ops);
+    test_unique(ops[0].key, sizeof ops[0].key, "twice");
+    strcpy(ops[1].key, ops[0].key);
+    test_unique(ops[2].key, sizeof ops[2].key, "other");
+    run_all(ops, 3, claim_thread, &b);
+
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(ops[i].st, STORE_OK, "%s", ops[i].err);
+    enum claim_outcome a = ops[0].claim.outcome, c = ops[1].claim.outcome;
+    cr_assert((a == CLAIM_NEW && c == CLAIM_IN_PROGRESS) || (a == CLAIM_IN_PROGRESS && c == CLAIM_NEW),
+              "outcomes %d and %d", a, c);
+    cr_assert_eq(ops[2].claim.outcome, CLAIM_NEW);
+    struct store_pool_stats ps = {0};
+    store_pool_stats(store, &ps);
+    /* a statement touches a key once: the second claim of it goes in a batch of its own */
+    cr_assert_eq(ps.claim_batches, 4);
+    cr_assert_eq(ps.batches_split, 0);
+    for (int i = 0; i < 3; i++)
+        store_claim_result_clear(&ops[i].claim);
+}
+
+Test(batch, completions_in_one_statement_are_each_fenced_by_their_own_token,
+     .init = open_pool_of_one, .fini = close_store, .timeout = 60)
+{
+    struct op ops[4];
+    memset(ops, 0, sizeof ops);
+    claimed(ops, 4, "fenced");
+    ops[2].token += 1000; /* this one lost its lease */
+    struct blocker b;
+    block_pool(&b);
+    run_all(ops, 4, complete_thread, &b);
+
+    struct store_pool_stats ps = {0};
+    store_pool_stats(store, &ps);
+    cr_assert_eq(ps.complete_batches, 1);
+    cr_assert_eq(ps.completes_batched, 4);
+    cr_assert_eq(ps.batches_split, 0);
+    for (int i = 0; i < 4; i++) {
+        if (i == 2) {
+            cr_assert_eq(ops[i].st, STORE_LEASE_LOST, "%s", ops[i].err);
+            cr_assert_eq(payments_for(ops[i].key), 0);
+            continue;
+        }
+        cr_assert_eq(ops[i].st, STORE_OK, "%s", ops[i].err);
+        cr_assert_eq(payments_for(ops[i].key), 1);
+        /* the cached answer is byte for byte the one given, quotes and all */
+        struct store_claim_result r = claim_ok(ops[i].key);
+        cr_assert_eq(r.outcome, CLAIM_COMPLETED);
+        char want[256];
+        body_of(ops[i].key, want, sizeof want);
+        cr_assert_str_eq(r.response_body, want);
+        store_claim_result_clear(&r);
+    }
+    char state[32];
+    test_query_text(test_db_url(),
+                    "SELECT state FROM idempotency_keys WHERE tenant_id = 'tenant-batch'"
+                    " AND idempotency_key = $1",
+                    ops[2].key, state, sizeof state);
+    cr_assert_str_eq(state, "processing");
+}
+
+Test(batch, one_failing_completion_does_not_fail_the_others, .init = open_pool_of_one,
+     .fini = close_store, .timeout = 60)
+{
+    struct op ops[3];
+    memset(ops, 0, sizeof ops);
+    claimed(ops, 3, "fallback");
+    /* the middle one's transaction id is taken already: its insert violates
+     * the primary key, which fails the whole statement */
+    PGconn *conn = PQconnectdb(test_db_url());
+    cr_assert_eq(PQstatus(conn), CONNECTION_OK);
+    PQclear(exec_ok(conn,
+                    "INSERT INTO payments (tenant_id, transaction_id, customer_id, amount_minor,"
+                    " currency, status, processed_at) VALUES ('tenant-batch', $1, 'c', 1, 'EUR',"
+                    " 'completed', now())",
+                    ops[1].txn));
+    PQfinish(conn);
+    struct blocker b;
+    block_pool(&b);
+    run_all(ops, 3, complete_thread, &b);
+
+    struct store_pool_stats ps = {0};
+    store_pool_stats(store, &ps);
+    cr_assert_eq(ps.complete_batches, 1);
+    cr_assert_eq(ps.batches_split, 1);
+    cr_assert_eq(ops[0].st, STORE_OK, "%s", ops[0].err);
+    cr_assert_eq(ops[2].st, STORE_OK, "%s", ops[2].err);
+    cr_assert_eq(ops[1].st, STORE_ERROR, "%s", ops[1].err);
+    cr_assert_eq(payments_for(ops[0].key), 1);
+    cr_assert_eq(payments_for(ops[2].key), 1);
+    cr_assert_eq(payments_for(ops[1].key), 0);
+}
