@@ -3,8 +3,9 @@
 
 Scenarios (each at every client count):
   ceiling-new     pgbench -M prepared: exactly the SQL one new payment costs the
-                  server (its claim and completion statements, read out of
-                  store/store_pg.c so they cannot drift)
+                  server when it arrives alone (its single-row claim and
+                  completion statements, read out of store/store_pg.c so they
+                  cannot drift); under load the server batches them
   naive-new       pgbench: the textbook protocol (bench/naive.sql), a reference
   server-new      wrk: POSTs with a new key each, keep-alive
   ceiling-replay  pgbench: the SQL one replay of a completed key costs
@@ -12,8 +13,9 @@ Scenarios (each at every client count):
   http-floor      wrk: a route that does no store work (the 404 answer)
   mixed           wrk: 90% new, 10% retries of recent keys, 1% immediate repeats
 
-Prints one table (requests/s, p50, p99, ratio to the ceiling) and writes it as
-JSON under bench/results/. --memory N adds the server's peak RSS after N and
+Prints one table (requests/s, p50, p99, ratio to the ceiling; for server-new
+and mixed the mean claims/completions per statement) and writes it as JSON
+under bench/results/. --memory N adds the server's peak RSS after N and
 N/10 new payments.
 """
 import argparse
@@ -171,6 +173,25 @@ def post(base, key):
         return e.code
 
 
+def batch_counts(base):
+    """The server's batch counters: {(series, kind): value}."""
+    with urllib.request.urlopen(base + "/metrics") as r:
+        text = r.read().decode()
+    return {(m.group(1), m.group(2)): int(m.group(3)) for m in
+            re.finditer(r'mockery_store_(batches|batched)_total\{kind="(\w+)"\} (\d+)', text)}
+
+
+def with_batches(base, run):
+    """run() under the server's batch counters: adds the mean batch sizes."""
+    before = batch_counts(base)
+    res = run()
+    after = batch_counts(base)
+    d = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    res["mean_batch"] = {kind: round(d[("batched", kind)] / max(d[("batches", kind)], 1), 1)
+                         for kind in ("claim", "complete")}
+    return res
+
+
 def rss_kb(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -242,13 +263,15 @@ def main():
                                          ["-D", "body=" + BODY, "-D", "run=%sc%d" % (run, c)])
             row["naive-new"] = pgbench(url, scripts["naive"], c, d, tmp,
                                        ["-D", "body=" + BODY, "-D", "run=%sn%d" % (run, c)])
-            row["server-new"] = wrk(base, "/api/v1/payments", "new.lua", c, d, [run + "n%d" % c], url=url)
+            row["server-new"] = with_batches(base, lambda: wrk(
+                base, "/api/v1/payments", "new.lua", c, d, [run + "n%d" % c], url=url))
             row["ceiling-replay"] = pgbench(url, scripts["replay"], c, d, tmp,
                                             ["-D", "keys=%d" % args.replay_keys, "-D", "fp=" + fp])
             row["server-replay"] = wrk(base, "/api/v1/payments", "replay.lua", c, d,
                                        [str(args.replay_keys)], url=url)
             row["http-floor"] = wrk(base, "/bench-floor", None, c, d, url=url)
-            row["mixed"] = wrk(base, "/api/v1/payments", "mixed.lua", c, d, [run + "m%d" % c], url=url)
+            row["mixed"] = with_batches(base, lambda: wrk(
+                base, "/api/v1/payments", "mixed.lua", c, d, [run + "m%d" % c], url=url))
             for name, r in row.items():
                 r.update({"scenario": name, "clients": c})
                 results.append(r)
@@ -309,10 +332,12 @@ def report(results, memory, args):
         if r["scenario"] == "server-new" and ("ceiling-new", r["clients"]) in by:
             ratio += "; p99 %.2f x pgbench's" % (r["p99_ms"] / max(by[("ceiling-new", r["clients"])]["p99_ms"], 1e-9))
         extra = ""
+        if "mean_batch" in r:
+            extra += "  batch %.1f/%.1f" % (r["mean_batch"]["claim"], r["mean_batch"]["complete"])
         if "outcomes" in r:
-            extra = "  outcomes " + json.dumps(r["outcomes"], sort_keys=True)
+            extra += "  outcomes " + json.dumps(r["outcomes"], sort_keys=True)
         elif r.get("non_2xx") and r["scenario"] not in ("http-floor",):
-            extra = "  non-2xx %d" % r["non_2xx"]
+            extra += "  non-2xx %d" % r["non_2xx"]
         print("%-15s %7d %11.0f %9.2f %9.2f  %s%s" % (r["scenario"], r["clients"], r["rps"],
                                                      r["p50_ms"], r["p99_ms"], ratio, extra))
     if memory:
