@@ -349,3 +349,99 @@ Test(faults, acknowledged_payments_survive_a_postgres_crash, .fini = drop_cluste
     }
     test_server_stop(&s);
 }
+
+/* The same under load: many clients at once, so completions commit in
+ * batches, and the crash lands while batches are in flight. Every payment a
+ * client was told about survives; none exists twice. */
+enum { CRASH_CLIENTS = 12, CRASH_PER_CLIENT = 400 };
+
+struct crash_client {
+    const struct test_server *srv;
+    const char *body;
+    int *stop;
+    int *acked_total;
+    pthread_mutex_t *mu;
+    char keys[CRASH_PER_CLIENT][96];
+    int acked;
+};
+
+static void *crash_client_main(void *p)
+{
+    struct crash_client *c = p;
+    for (int i = 0; i < CRASH_PER_CLIENT; i++) {
+        pthread_mutex_lock(c->mu);
+        int stop = *c->stop;
+        pthread_mutex_unlock(c->mu);
+        if (stop)
+            break;
+        char key[96];
+        test_unique(key, sizeof key, "load");
+        struct httpc_response r;
+        if (post(c->srv, key, c->body, &r) == 0 && r.status == 201) {
+            snprintf(c->keys[c->acked++], sizeof c->keys[0], "%s", key);
+            pthread_mutex_lock(c->mu);
+            (*c->acked_total)++;
+            pthread_mutex_unlock(c->mu);
+        }
+        httpc_response_free(&r);
+    }
+    return NULL;
+}
+
+Test(faults, batched_payments_survive_a_postgres_crash_under_load, .fini = drop_cluster,
+     .timeout = 180)
+{
+    char url[256], cust[64], body[160];
+    snprintf(cluster, sizeof cluster, "fault-load-%d", (int)getpid());
+    test_cluster(cluster, "up", url, sizeof url);
+    struct test_server s;
+    spawn(&s, url, 30, 0);
+    test_unique(cust, sizeof cust, "cust");
+    body_for(body, sizeof body, cust);
+
+    static struct crash_client clients[CRASH_CLIENTS];
+    pthread_t t[CRASH_CLIENTS];
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    int stop = 0, acked = 0;
+    for (int i = 0; i < CRASH_CLIENTS; i++) {
+        clients[i] = (struct crash_client){
+            .srv = &s, .body = body, .stop = &stop, .acked_total = &acked, .mu = &mu};
+        pthread_create(&t[i], NULL, crash_client_main, &clients[i]);
+    }
+    int enough = 0;
+    for (int i = 0; i < 6000 && !enough; i++) {
+        pthread_mutex_lock(&mu);
+        enough = acked >= 300;
+        pthread_mutex_unlock(&mu);
+        if (!enough)
+            wait_ms(10);
+    }
+    cr_assert(enough, "300 payments not acknowledged within a minute");
+    /* completions were sharing statements when the crash came */
+    double batches = metric(&s, "mockery_store_batches_total{kind=\"complete\"}");
+    double batched = metric(&s, "mockery_store_batched_total{kind=\"complete\"}");
+    cr_assert_gt(batched, batches, "%.0f completions in %.0f statements", batched, batches);
+    test_cluster(cluster, "crash", NULL, 0);
+    pthread_mutex_lock(&mu);
+    stop = 1;
+    pthread_mutex_unlock(&mu);
+    for (int i = 0; i < CRASH_CLIENTS; i++)
+        pthread_join(t[i], NULL);
+    test_cluster(cluster, "up", NULL, 0); /* crash recovery */
+
+    int total = 0;
+    for (int i = 0; i < CRASH_CLIENTS; i++) {
+        for (int k = 0; k < clients[i].acked; k++)
+            cr_assert_eq(payments_for_key(url, clients[i].keys[k]), 1,
+                         "acknowledged payment %s lost", clients[i].keys[k]);
+        total += clients[i].acked;
+    }
+    cr_assert_geq(total, 300);
+    char twice[32];
+    test_query_text(url,
+                    "SELECT count(*) FROM (SELECT idempotency_key FROM payments"
+                    " WHERE customer_id = $1 GROUP BY 1 HAVING count(*) > 1) d",
+                    cust, twice, sizeof twice);
+    cr_assert_str_eq(twice, "0");
+    test_server_stop(&s);
+}
