@@ -203,6 +203,9 @@ Test(batch, queued_claims_run_as_one_statement_and_each_wins_its_key, .init = op
     memset(ops, 0, sizeof ops);
     for (int i = 0; i < MANY; i++)
         test_unique(ops[i].key, sizeof ops[i].key, "many");
+    /* what an array literal must quote or escape, and its word for null */
+    strcat(ops[0].key, "\"\\,{} NULL");
+    strcat(ops[1].key, "NULL");
     run_all(ops, MANY, claim_thread, &b);
 
     struct store_pool_stats ps = {0};
