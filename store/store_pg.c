@@ -47,7 +47,7 @@
     " ON CONFLICT (tenant_id, idempotency_key) DO UPDATE SET"                                      \
     " fingerprint = EXCLUDED.fingerprint, state = 'processing',"                                   \
     " lease_token = EXCLUDED.lease_token, locked_until = EXCLUDED.locked_until,"                   \
-    " response_status = NULL, response_body = NULL, response_location = NULL,"                    \
+    " response_status = NULL, response_body = NULL, response_location = NULL,"                     \
     " completed_at = NULL,"                                                                        \
     " duplicate_count = CASE WHEN k.expires_at <= now() THEN 0 ELSE k.duplicate_count END,"        \
     " last_duplicate_at = CASE WHEN k.expires_at <= now() THEN NULL"                               \
@@ -119,9 +119,8 @@ static const char SQL_COMPLETE_BATCH[] =
     " AND k.lease_token = i.token AND k.state = 'processing' RETURNING i.*),"
     " paid AS (INSERT INTO payments (tenant_id, transaction_id, idempotency_key, customer_id,"
     " amount_minor, currency, description, status, processed_at)"
-    " SELECT tenant, txn, key, customer, amount, currency, description, pstatus, " TS_OF(
-        "processed") " FROM done WHERE txn IS NOT NULL)"
-    " SELECT tenant, key FROM done";
+    " SELECT tenant, txn, key, customer, amount, currency, description, pstatus,"
+    " " TS_OF("processed") " FROM done WHERE txn IS NOT NULL) SELECT tenant, key FROM done";
 
 static const char SQL_COMPLETE[] =
     "UPDATE idempotency_keys SET state = 'completed', response_status = $4,"

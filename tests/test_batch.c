@@ -42,8 +42,7 @@ static PGresult *exec_ok(PGconn *conn, const char *sql, const char *param)
 {
     PGresult *res = PQexecParams(conn, sql, param ? 1 : 0, NULL, &param, NULL, NULL, 0);
     ExecStatusType st = PQresultStatus(res);
-    cr_assert(st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK, "%s: %s", sql,
-              PQerrorMessage(conn));
+    cr_assert(st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK, "%s: %s", sql, PQerrorMessage(conn));
     return res;
 }
 
@@ -244,7 +243,8 @@ Test(batch, one_key_twice_in_the_queue_has_one_winner, .init = open_pool_of_one,
     for (int i = 0; i < 3; i++)
         cr_assert_eq(ops[i].st, STORE_OK, "%s", ops[i].err);
     enum claim_outcome a = ops[0].claim.outcome, c = ops[1].claim.outcome;
-    cr_assert((a == CLAIM_NEW && c == CLAIM_IN_PROGRESS) || (a == CLAIM_IN_PROGRESS && c == CLAIM_NEW),
+    cr_assert((a == CLAIM_NEW && c == CLAIM_IN_PROGRESS) ||
+                  (a == CLAIM_IN_PROGRESS && c == CLAIM_NEW),
               "outcomes %d and %d", a, c);
     cr_assert_eq(ops[2].claim.outcome, CLAIM_NEW);
     struct store_pool_stats ps = {0};
