@@ -200,6 +200,18 @@ static const struct prepared PREPARED[] = {
 
 enum { BATCH_CLAIM, BATCH_COMPLETE, BATCH_KINDS };
 #define BATCH_MAX 32
+/* A batch still running after this long is waiting on something (a record
+ * lock held outside the server, a stalled flush): the next turn of its kind
+ * starts beside it, on another connection, rather than wait behind it. */
+#define BATCH_STALL_MS 200
+
+/* A batch that is running, on its leader's stack. */
+struct batch_run {
+    struct timespec start;
+    struct batch_op **ops;
+    int n;
+    struct batch_run *next;
+};
 
 /* One request's claim or completion, queued for its turn. One statement of
  * claims and one of completions run at a time (group commit): the thread
@@ -210,8 +222,9 @@ enum { BATCH_CLAIM, BATCH_COMPLETE, BATCH_KINDS };
  * While a statement runs, the next requests gather behind it: the busier the
  * server, the more each statement (and each WAL flush) carries. Measured on 2
  * cores (bench/): more than one statement of a kind at a time made smaller
- * batches and less throughput. The other connections serve reads, lists and
- * the reaper. */
+ * batches and less throughput. The exception is a stalled batch
+ * (BATCH_STALL_MS). The other connections serve reads, lists and the
+ * reaper. */
 struct batch_op {
     struct batch_op *next;
     pthread_cond_t cv;
@@ -248,8 +261,8 @@ struct store_pg {
     /* claims and completions waiting for a connection, oldest first */
     struct batch_op *head[BATCH_KINDS], *tail[BATCH_KINDS];
     unsigned long long batches[BATCH_KINDS], batched[BATCH_KINDS];
-    int queued;               /* operations in those queues */
-    int running[BATCH_KINDS]; /* batches of each kind running now: 0 or 1 */
+    int queued;                             /* operations in those queues */
+    struct batch_run *running[BATCH_KINDS]; /* batches of each kind running now */
     unsigned long long split;
 };
 
@@ -338,6 +351,24 @@ static int deadline_passed(const struct timespec *deadline)
            (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec);
 }
 
+/* With pg->mu held: when the next batch of this kind may start - now if none
+ * is running, else once every running one has stalled. */
+static void turn_at(const struct store_pg *pg, int kind, struct timespec *at)
+{
+    *at = (struct timespec){0, 0};
+    for (const struct batch_run *r = pg->running[kind]; r; r = r->next)
+        if (r->start.tv_sec > at->tv_sec ||
+            (r->start.tv_sec == at->tv_sec && r->start.tv_nsec > at->tv_nsec))
+            *at = r->start;
+    if (!pg->running[kind])
+        return;
+    at->tv_nsec += (long)BATCH_STALL_MS * 1000000L;
+    while (at->tv_nsec >= 1000000000L) {
+        at->tv_sec++;
+        at->tv_nsec -= 1000000000L;
+    }
+}
+
 /* With pg->mu held: while a connection is free, wake whoever can use it -
  * the oldest queued claim and completion, and a thread in pool_acquire.
  * A wake-up that finds nothing to do is harmless; a missed one would leave a
@@ -346,9 +377,14 @@ static void wake_next(struct store_pg *pg)
 {
     if (pg->nfree == 0)
         return;
-    for (int k = 0; k < BATCH_KINDS; k++)
-        if (pg->head[k] && pg->running[k] == 0)
+    for (int k = 0; k < BATCH_KINDS; k++) {
+        if (!pg->head[k])
+            continue;
+        struct timespec turn;
+        turn_at(pg, k, &turn);
+        if (!pg->running[k] || deadline_passed(&turn))
             pthread_cond_signal(&pg->head[k]->cv);
+    }
     if (pg->waiting)
         pthread_cond_signal(&pg->cv);
 }
@@ -517,7 +553,9 @@ static int same_key(const struct batch_op *a, const struct batch_op *b)
 
 /* With pg->mu held: unlinks up to BATCH_MAX queued operations of one kind,
  * oldest first, at most one per (tenant, key) - a statement may touch a row
- * once - and for claims only those with the first one's lease and TTL. */
+ * once - and none for a key a running batch holds (a batch started beside a
+ * stalled one must not stall on the same record), and for claims only those
+ * with the first one's lease and TTL. */
 static int take_batch(struct store_pg *pg, int kind, struct batch_op **batch)
 {
     int n = 0;
@@ -528,6 +566,9 @@ static int take_batch(struct store_pg *pg, int kind, struct batch_op **batch)
         int fits = n < BATCH_MAX;
         for (int i = 0; fits && i < n; i++)
             fits = !same_key(batch[i], op);
+        for (const struct batch_run *r = pg->running[kind]; fits && r; r = r->next)
+            for (int i = 0; fits && i < r->n; i++)
+                fits = !same_key(r->ops[i], op);
         if (fits && n && kind == BATCH_CLAIM)
             fits = strcmp(op->vals[3], batch[0]->vals[3]) == 0 &&
                    strcmp(op->vals[4], batch[0]->vals[4]) == 0;
@@ -541,8 +582,10 @@ static int take_batch(struct store_pg *pg, int kind, struct batch_op **batch)
             link = &op->next;
         }
     }
-    pg->batches[kind]++;
-    pg->batched[kind] += (unsigned long long)n;
+    if (n) {
+        pg->batches[kind]++;
+        pg->batched[kind] += (unsigned long long)n;
+    }
     return n;
 }
 
@@ -656,12 +699,23 @@ static void batch_submit(struct store_pg *pg, struct batch_op *op)
     pg->queued++;
 
     while (!op->done) {
-        if (!op->taken && pg->nfree > 0 && pg->running[op->kind] == 0) {
-            struct batch_op *batch[BATCH_MAX];
-            int n = take_batch(pg, op->kind, batch);
-            pg->running[op->kind]++;
+        struct timespec turn;
+        turn_at(pg, op->kind, &turn);
+        struct batch_op *batch[BATCH_MAX];
+        int n = 0;
+        if (!op->taken && pg->nfree > 0 && (!pg->running[op->kind] || deadline_passed(&turn)))
+            n = take_batch(pg, op->kind, batch);
+        /* n == 0 with a turn due: every queued key is held by a stalled batch;
+         * wait for one to end */
+        int held = !op->taken && pg->running[op->kind] && deadline_passed(&turn) && n == 0;
+        if (n) {
+            struct batch_run run = {.ops = batch, .n = n, .next = pg->running[op->kind]};
+            clock_gettime(CLOCK_REALTIME, &run.start);
+            pg->running[op->kind] = &run;
             int idx = pg->free_idx[--pg->nfree];
             wake_next(pg);
+            if (pg->head[op->kind]) /* left behind: its turn is timed from now */
+                pthread_cond_signal(&pg->head[op->kind]->cv);
             pthread_mutex_unlock(&pg->mu);
 
             char err[256];
@@ -679,7 +733,14 @@ static void batch_submit(struct store_pg *pg, struct batch_op *op)
             }
 
             pthread_mutex_lock(&pg->mu);
-            pg->running[op->kind]--;
+            struct batch_run **link = &pg->running[op->kind];
+            while (*link != &run)
+                link = &(*link)->next;
+            *link = run.next;
+            /* with a stalled batch still running, the oldest waiter's turn
+             * now comes sooner than it was told */
+            if (pg->running[op->kind] && pg->head[op->kind])
+                pthread_cond_signal(&pg->head[op->kind]->cv);
             for (int i = 0; i < n; i++) {
                 batch[i]->done = 1;
                 if (batch[i] != op)
@@ -691,7 +752,14 @@ static void batch_submit(struct store_pg *pg, struct batch_op *op)
             pthread_cond_wait(&op->cv, &pg->mu);
             continue;
         }
-        int rc = pthread_cond_timedwait(&op->cv, &pg->mu, &deadline);
+        /* the oldest waiter also wakes when the running batch would count
+         * as stalled */
+        const struct timespec *until = &deadline;
+        if (pg->head[op->kind] == op && pg->running[op->kind] && !held &&
+            (turn.tv_sec < deadline.tv_sec ||
+             (turn.tv_sec == deadline.tv_sec && turn.tv_nsec < deadline.tv_nsec)))
+            until = &turn;
+        int rc = pthread_cond_timedwait(&op->cv, &pg->mu, until);
         if (rc == ETIMEDOUT && !op->taken && deadline_passed(&deadline)) {
             struct batch_op **link = &pg->head[op->kind];
             pg->tail[op->kind] = NULL;
@@ -705,8 +773,8 @@ static void batch_submit(struct store_pg *pg, struct batch_op *op)
             }
             pg->queued--;
             op->st = STORE_UNAVAILABLE;
-            snprintf(op->err, op->errlen, "no database connection free within %d ms",
-                     pg->acquire_timeout_ms);
+            snprintf(op->err, op->errlen, "no database connection free for this %s within %d ms",
+                     op->kind == BATCH_CLAIM ? "claim" : "completion", pg->acquire_timeout_ms);
             break;
         }
     }

@@ -9,6 +9,7 @@
 #include <criterion/criterion.h>
 #include <libpq-fe.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -24,12 +25,22 @@ static const char *T = "tenant-batch";
 static const char *FP = "fp-batch";
 static struct store *store;
 
-static void open_pool_of_one(void)
+static void open_pool(int size)
 {
     char err[256] = "";
-    struct store_pg_options o = {.database_url = test_db_url(), .pool_size = 1};
+    struct store_pg_options o = {.database_url = test_db_url(), .pool_size = size};
     store = store_pg_new(&o, err, sizeof err);
     cr_assert_not_null(store, "store_pg_new: %s", err);
+}
+
+static void open_pool_of_one(void)
+{
+    open_pool(1);
+}
+
+static void open_pool_of_two(void)
+{
+    open_pool(2);
 }
 
 static void close_store(void)
@@ -102,6 +113,13 @@ static void block_pool(struct blocker *b)
     cr_assert_fail("the blocking claim never waited on the lock");
 }
 
+static void unblock(struct blocker *b)
+{
+    PQclear(exec_ok(b->conn, "COMMIT", NULL));
+    pthread_join(b->thread, NULL);
+    PQfinish(b->conn);
+}
+
 /* Waits until n operations queue behind the blocker, then lets it go. */
 static void release_pool_when_queued(struct blocker *b, int n)
 {
@@ -114,9 +132,7 @@ static void release_pool_when_queued(struct blocker *b, int n)
         nanosleep(&ts, NULL);
     }
     cr_assert_eq(ps.waiting, n, "%d operations queued, wanted %d", ps.waiting, n);
-    PQclear(exec_ok(b->conn, "COMMIT", NULL));
-    pthread_join(b->thread, NULL);
-    PQfinish(b->conn);
+    unblock(b);
 }
 
 /* ---- operations run on threads ------------------------------------------ */
@@ -129,12 +145,14 @@ struct op {
     enum store_status st;
     struct store_claim_result claim;
     char err[256];
+    _Atomic int finished;
 };
 
 static void *claim_thread(void *arg)
 {
     struct op *o = arg;
     o->st = store_claim(store, T, o->key, FP, LONG_MS, DAY_MS, &o->claim, o->err, sizeof o->err);
+    o->finished = 1;
     return NULL;
 }
 
@@ -326,4 +344,58 @@ Test(batch, one_failing_completion_does_not_fail_the_others, .init = open_pool_o
     cr_assert_eq(payments_for(ops[0].key), 1);
     cr_assert_eq(payments_for(ops[2].key), 1);
     cr_assert_eq(payments_for(ops[1].key), 0);
+}
+
+Test(batch, a_claim_stuck_on_a_lock_does_not_hold_up_other_keys, .init = open_pool_of_two,
+     .fini = close_store, .timeout = 60)
+{
+    /* the blocker's claim waits on a lock held outside the server, holding
+     * the claim turn; after a short while another turn opens on the free
+     * connection, well before the 5 s a queued claim would wait */
+    struct blocker b;
+    block_pool(&b);
+    char key[96];
+    test_unique(key, sizeof key, "beside");
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    struct store_claim_result r = claim_ok(key);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    cr_assert_eq(r.outcome, CLAIM_NEW);
+    store_claim_result_clear(&r);
+    long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    cr_assert_lt(ms, 4000, "the claim waited %ld ms behind the stuck one", ms);
+    unblock(&b);
+}
+
+Test(batch, claims_queued_beside_a_stuck_key_do_not_join_it, .init = open_pool_of_two,
+     .fini = close_store, .timeout = 60)
+{
+    /* a retry of the stuck key and another key's claim queue together; the
+     * turn that starts beside the stuck batch takes the other key only */
+    struct blocker b;
+    block_pool(&b);
+    struct op ops[2];
+    memset(ops, 0, sizeof ops);
+    strcpy(ops[0].key, b.key);
+    test_unique(ops[1].key, sizeof ops[1].key, "innocent");
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pthread_create(&ops[i].thread, NULL, claim_thread, &ops[i]), 0);
+    /* answered while the record is still locked */
+    for (int i = 0; i < 300 && !ops[1].finished; i++) {
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    cr_assert(ops[1].finished, "the other key's claim waited with the stuck one");
+    pthread_join(ops[1].thread, NULL);
+    cr_assert_eq(ops[1].st, STORE_OK, "%s", ops[1].err);
+    cr_assert_eq(ops[1].claim.outcome, CLAIM_NEW);
+    struct store_pool_stats ps = {0};
+    store_pool_stats(store, &ps);
+    cr_assert_eq(ps.waiting, 1, "the stuck key's retry waits, queued");
+    unblock(&b);
+    pthread_join(ops[0].thread, NULL);
+    cr_assert_eq(ops[0].st, STORE_OK, "%s", ops[0].err);
+    cr_assert_eq(ops[0].claim.outcome, CLAIM_IN_PROGRESS);
+    for (int i = 0; i < 2; i++)
+        store_claim_result_clear(&ops[i].claim);
 }
