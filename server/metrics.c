@@ -178,7 +178,8 @@ char *metrics_render(struct metrics *m, struct store *store, size_t *len)
         "# TYPE mockery_store_pool_connections gauge\n"
         "mockery_store_pool_connections{state=\"in_use\"} %d\n"
         "mockery_store_pool_connections{state=\"idle\"} %d\n"
-        "# HELP mockery_store_pool_waiting Requests waiting for a database connection.\n"
+        "# HELP mockery_store_pool_waiting Requests waiting for a database connection,"
+        " or for their claim's or completion's batch.\n"
         "# TYPE mockery_store_pool_waiting gauge\n"
         "mockery_store_pool_waiting %d\n",
         ps.in_use, ps.size - ps.in_use, ps.waiting);
