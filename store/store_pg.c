@@ -226,7 +226,7 @@ struct batch_run {
  * (BATCH_STALL_MS). The other connections serve reads, lists and the
  * reaper. */
 struct batch_op {
-    struct batch_op *next;
+    struct batch_op *prev, *next; /* in its kind's queue */
     pthread_cond_t cv;
     int kind;
     int taken; /* in a batch that is running: wait for it, whatever the deadline */
@@ -551,6 +551,32 @@ static int same_key(const struct batch_op *a, const struct batch_op *b)
     return strcmp(a->vals[0], b->vals[0]) == 0 && strcmp(a->vals[1], b->vals[1]) == 0;
 }
 
+/* With pg->mu held: queue operations, oldest first. */
+static void queue_push(struct store_pg *pg, struct batch_op *op)
+{
+    op->next = NULL;
+    op->prev = pg->tail[op->kind];
+    if (op->prev)
+        op->prev->next = op;
+    else
+        pg->head[op->kind] = op;
+    pg->tail[op->kind] = op;
+    pg->queued++;
+}
+
+static void queue_remove(struct store_pg *pg, struct batch_op *op)
+{
+    if (op->prev)
+        op->prev->next = op->next;
+    else
+        pg->head[op->kind] = op->next;
+    if (op->next)
+        op->next->prev = op->prev;
+    else
+        pg->tail[op->kind] = op->prev;
+    pg->queued--;
+}
+
 /* With pg->mu held: unlinks up to BATCH_MAX queued operations of one kind,
  * oldest first, at most one per (tenant, key) - a statement may touch a row
  * once - and none for a key a running batch holds (a batch started beside a
@@ -559,11 +585,9 @@ static int same_key(const struct batch_op *a, const struct batch_op *b)
 static int take_batch(struct store_pg *pg, int kind, struct batch_op **batch)
 {
     int n = 0;
-    struct batch_op **link = &pg->head[kind];
-    pg->tail[kind] = NULL;
-    while (*link) {
-        struct batch_op *op = *link;
-        int fits = n < BATCH_MAX;
+    for (struct batch_op *op = pg->head[kind], *next; op && n < BATCH_MAX; op = next) {
+        next = op->next;
+        int fits = 1;
         for (int i = 0; fits && i < n; i++)
             fits = !same_key(batch[i], op);
         for (const struct batch_run *r = pg->running[kind]; fits && r; r = r->next)
@@ -573,13 +597,9 @@ static int take_batch(struct store_pg *pg, int kind, struct batch_op **batch)
             fits = strcmp(op->vals[3], batch[0]->vals[3]) == 0 &&
                    strcmp(op->vals[4], batch[0]->vals[4]) == 0;
         if (fits) {
+            queue_remove(pg, op);
             op->taken = 1;
-            pg->queued--;
             batch[n++] = op;
-            *link = op->next;
-        } else {
-            pg->tail[kind] = op;
-            link = &op->next;
         }
     }
     if (n) {
@@ -687,16 +707,10 @@ static void batch_submit(struct store_pg *pg, struct batch_op *op)
     struct timespec deadline;
     deadline_in(&deadline, pg->acquire_timeout_ms);
     pthread_cond_init(&op->cv, NULL);
-    op->next = NULL;
     op->st = STORE_OK;
 
     pthread_mutex_lock(&pg->mu);
-    if (pg->tail[op->kind])
-        pg->tail[op->kind]->next = op;
-    else
-        pg->head[op->kind] = op;
-    pg->tail[op->kind] = op;
-    pg->queued++;
+    queue_push(pg, op);
 
     while (!op->done) {
         struct timespec turn;
@@ -761,17 +775,7 @@ static void batch_submit(struct store_pg *pg, struct batch_op *op)
             until = &turn;
         int rc = pthread_cond_timedwait(&op->cv, &pg->mu, until);
         if (rc == ETIMEDOUT && !op->taken && deadline_passed(&deadline)) {
-            struct batch_op **link = &pg->head[op->kind];
-            pg->tail[op->kind] = NULL;
-            while (*link) {
-                if (*link == op)
-                    *link = op->next;
-                else {
-                    pg->tail[op->kind] = *link;
-                    link = &(*link)->next;
-                }
-            }
-            pg->queued--;
+            queue_remove(pg, op);
             op->st = STORE_UNAVAILABLE;
             snprintf(op->err, op->errlen, "no database connection free for this %s within %d ms",
                      op->kind == BATCH_CLAIM ? "claim" : "completion", pg->acquire_timeout_ms);
@@ -884,23 +888,23 @@ static enum store_status pg_complete(struct store *s, const char *tenant, const 
         snprintf(err, errlen, "out of memory");
         return STORE_ERROR;
     }
-    const char *vals[13] = {tenant, key, token, status, body, resp->location};
-    int n = 6;
+    struct batch_op op = {.kind = BATCH_COMPLETE,
+                          .vals = {tenant, key, token, status, body, resp->location},
+                          .nvals = 6,
+                          .err = err,
+                          .errlen = errlen};
     if (p) {
         snprintf(amount, sizeof amount, "%" PRId64, p->amount_minor);
         snprintf(processed, sizeof processed, "%" PRId64, p->processed_at_us);
-        vals[6] = p->transaction_id;
-        vals[7] = p->customer_id;
-        vals[8] = amount;
-        vals[9] = p->currency;
-        vals[10] = p->description;
-        vals[11] = p->status;
-        vals[12] = processed;
-        n = 13;
+        op.vals[6] = p->transaction_id;
+        op.vals[7] = p->customer_id;
+        op.vals[8] = amount;
+        op.vals[9] = p->currency;
+        op.vals[10] = p->description;
+        op.vals[11] = p->status;
+        op.vals[12] = processed;
+        op.nvals = 13;
     }
-
-    struct batch_op op = {.kind = BATCH_COMPLETE, .nvals = n, .err = err, .errlen = errlen};
-    memcpy(op.vals, vals, sizeof vals);
     batch_submit(pg, &op);
     st = op.st;
     if (st == STORE_OK && !op.matched) {
