@@ -202,20 +202,25 @@ static void claimed(struct op *ops, int n, const char *prefix)
     }
 }
 
-static void run_all(struct op *ops, int n, void *(*fn)(void *), struct blocker *b)
+/* Runs fn for each op on its own thread, all queued behind the blocker and
+ * released together; returns the pool's counters after. */
+static struct store_pool_stats run_queued(struct op *ops, int n, void *(*fn)(void *))
 {
+    struct blocker b;
+    block_pool(&b);
     for (int i = 0; i < n; i++)
         cr_assert_eq(pthread_create(&ops[i].thread, NULL, fn, &ops[i]), 0);
-    release_pool_when_queued(b, n);
+    release_pool_when_queued(&b, n);
     for (int i = 0; i < n; i++)
         pthread_join(ops[i].thread, NULL);
+    struct store_pool_stats ps = {0};
+    store_pool_stats(store, &ps);
+    return ps;
 }
 
 Test(batch, queued_claims_run_as_one_statement_and_each_wins_its_key, .init = open_pool_of_one,
      .fini = close_store, .timeout = 60)
 {
-    struct blocker b;
-    block_pool(&b);
     struct op ops[MANY];
     memset(ops, 0, sizeof ops);
     for (int i = 0; i < MANY; i++)
@@ -223,10 +228,7 @@ Test(batch, queued_claims_run_as_one_statement_and_each_wins_its_key, .init = op
     /* what an array literal must quote or escape, and its word for null */
     strcat(ops[0].key, "\"\\,{} NULL");
     strcat(ops[1].key, "NULL");
-    run_all(ops, MANY, claim_thread, &b);
-
-    struct store_pool_stats ps = {0};
-    store_pool_stats(store, &ps);
+    struct store_pool_stats ps = run_queued(ops, MANY, claim_thread);
     /* the set-up claim, the blocker, then all of them at once */
     cr_assert_eq(ps.claim_batches, 3);
     cr_assert_eq(ps.claims_batched, 2 + MANY);
@@ -249,15 +251,12 @@ Test(batch, queued_claims_run_as_one_statement_and_each_wins_its_key, .init = op
 Test(batch, one_key_twice_in_the_queue_has_one_winner, .init = open_pool_of_one,
      .fini = close_store, .timeout = 60)
 {
-    struct blocker b;
-    block_pool(&b);
     struct op ops[3];
     memset(ops, 0, sizeof ops);
     test_unique(ops[0].key, sizeof ops[0].key, "twice");
     strcpy(ops[1].key, ops[0].key);
     test_unique(ops[2].key, sizeof ops[2].key, "other");
-    run_all(ops, 3, claim_thread, &b);
-
+    struct store_pool_stats ps = run_queued(ops, 3, claim_thread);
     for (int i = 0; i < 3; i++)
         cr_assert_eq(ops[i].st, STORE_OK, "%s", ops[i].err);
     enum claim_outcome a = ops[0].claim.outcome, c = ops[1].claim.outcome;
@@ -265,8 +264,6 @@ Test(batch, one_key_twice_in_the_queue_has_one_winner, .init = open_pool_of_one,
                   (a == CLAIM_IN_PROGRESS && c == CLAIM_NEW),
               "outcomes %d and %d", a, c);
     cr_assert_eq(ops[2].claim.outcome, CLAIM_NEW);
-    struct store_pool_stats ps = {0};
-    store_pool_stats(store, &ps);
     /* a statement touches a key once: the second claim of it goes in a batch of its own */
     cr_assert_eq(ps.claim_batches, 4);
     cr_assert_eq(ps.batches_split, 0);
@@ -281,12 +278,7 @@ Test(batch, completions_in_one_statement_are_each_fenced_by_their_own_token,
     memset(ops, 0, sizeof ops);
     claimed(ops, 4, "fenced");
     ops[2].token += 1000; /* this one lost its lease */
-    struct blocker b;
-    block_pool(&b);
-    run_all(ops, 4, complete_thread, &b);
-
-    struct store_pool_stats ps = {0};
-    store_pool_stats(store, &ps);
+    struct store_pool_stats ps = run_queued(ops, 4, complete_thread);
     cr_assert_eq(ps.complete_batches, 1);
     cr_assert_eq(ps.completes_batched, 4);
     cr_assert_eq(ps.batches_split, 0);
@@ -330,12 +322,7 @@ Test(batch, one_failing_completion_does_not_fail_the_others, .init = open_pool_o
                     " 'completed', now())",
                     ops[1].txn));
     PQfinish(conn);
-    struct blocker b;
-    block_pool(&b);
-    run_all(ops, 3, complete_thread, &b);
-
-    struct store_pool_stats ps = {0};
-    store_pool_stats(store, &ps);
+    struct store_pool_stats ps = run_queued(ops, 3, complete_thread);
     cr_assert_eq(ps.complete_batches, 1);
     cr_assert_eq(ps.batches_split, 1);
     cr_assert_eq(ops[0].st, STORE_OK, "%s", ops[0].err);
