@@ -168,6 +168,17 @@ enum http_body http_read_body(struct request *r, size_t max, char **out, size_t 
     return HTTP_BODY_OK;
 }
 
+void http_discard_body(struct request *r)
+{
+    if (r->ri->content_length > HTTP_DISCARD_MAX)
+        return;
+    char buf[8192];
+    size_t total = 0;
+    int got;
+    while (total < HTTP_DISCARD_MAX && (got = mg_read(r->conn, buf, sizeof buf)) > 0)
+        total += (size_t)got;
+}
+
 int http_header_count(const struct mg_request_info *ri, const char *name)
 {
     int n = 0;

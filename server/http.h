@@ -75,6 +75,14 @@ enum http_body {
  * buffer. *out is written only on HTTP_BODY_OK. */
 enum http_body http_read_body(struct request *r, size_t max, char **out, size_t *len);
 
+/* After an answer that refuses the body (413), reads and drops the rest of
+ * it when the client announced at most HTTP_DISCARD_MAX bytes (or sends it
+ * chunked, up to that much): closing with unread data makes the kernel reset
+ * the connection, and a client still uploading would see the reset, not the
+ * answer. A larger announced body is not waited for. */
+#define HTTP_DISCARD_MAX (1024 * 1024)
+void http_discard_body(struct request *r);
+
 /* How many times the request carries header name (case-insensitive). */
 int http_header_count(const struct mg_request_info *ri, const char *name);
 

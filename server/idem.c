@@ -218,6 +218,7 @@ void idem_handle(struct request *r, const struct idem_op *op)
         apierr_set(&e, 413, INVALID, "body_too_large", NULL, "the body is larger than %zu bytes",
                    op->max_body);
         http_send_error(r, &e, headers);
+        http_discard_body(r);
         goto out;
     }
     case HTTP_BODY_BROKEN: {

@@ -4,6 +4,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <openssl/rand.h>
 #include <poll.h>
@@ -164,6 +165,50 @@ Test(hostile, oversized_request_line_and_headers, .init = start, .fini = stop, .
     st = read_status(fd, 5000, body, sizeof body);
     cr_assert_eq(st, 413, "status %d: %s", st, body);
     cr_assert_not_null(strstr(body, "body_too_large"), "%s", body);
+    close(fd);
+    still_serving();
+}
+
+/* A client that sends a body over the limit anyway (most do: they write the
+ * whole request before reading) gets the 413, not a connection reset: the
+ * server reads and drops the rest of a body up to HTTP_DISCARD_MAX before it
+ * closes. Without that, the close with unread data resets the connection and
+ * the client's upload fails (seen as curl's "Send failure: Broken pipe"). */
+Test(hostile, an_oversized_body_still_sent_gets_the_413_not_a_reset, .init = start, .fini = stop,
+     .timeout = 60)
+{
+    enum { SIZE = 100 * 1000 };
+    int fd = connect_raw();
+    char hdr[256];
+    int hl = snprintf(hdr, sizeof hdr,
+                      "POST /api/v1/payments HTTP/1.1\r\nHost: x\r\nIdempotency-Key: over\r\n"
+                      "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n",
+                      SIZE);
+    send_all(fd, hdr, (size_t)hl);
+    /* the answer comes before the body: it is refused by its length */
+    char buf[4096] = "";
+    size_t n = 0;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    while (!strstr(buf, "body_too_large") && n + 1 < sizeof buf && poll(&p, 1, 5000) > 0) {
+        ssize_t got = recv(fd, buf + n, sizeof buf - n - 1, 0);
+        cr_assert_gt(got, 0, "closed before the answer");
+        n += (size_t)got;
+        buf[n] = '\0';
+    }
+    cr_assert(strncmp(buf, "HTTP/1.1 413", 12) == 0 && strstr(buf, "body_too_large"), "%s", buf);
+    /* then the client sends its body, all of it, and sees an orderly close */
+    char *body = malloc(SIZE);
+    memset(body, ' ', SIZE);
+    size_t sent = 0;
+    while (sent < SIZE) {
+        ssize_t k = send(fd, body + sent, SIZE - sent, MSG_NOSIGNAL);
+        cr_assert_gt(k, 0, "the upload failed after %zu bytes: %s", sent, strerror(errno));
+        sent += (size_t)k;
+    }
+    free(body);
+    cr_assert_gt(poll(&p, 1, 5000), 0, "the connection was not closed");
+    ssize_t end = recv(fd, buf, sizeof buf, 0);
+    cr_assert_eq(end, 0, "not an orderly close: %s", end < 0 ? strerror(errno) : "more data");
     close(fd);
     still_serving();
 }
