@@ -5,6 +5,26 @@
 #include <cjson/cJSON.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "utf8.h"
+
+/* Makes buf (of size len) valid UTF-8: stray bytes replaced, cut at a
+ * character boundary. */
+static void make_utf8(char *buf, size_t len)
+{
+    size_t n = strlen(buf);
+    if (utf8_valid(buf, n))
+        return;
+    char *fixed = utf8_repair(buf, n);
+    if (!fixed) {
+        buf[0] = '\0';
+        return;
+    }
+    utf8_copy(buf, len, fixed);
+    free(fixed);
+}
 
 int apierr_set(struct apierr *e, int status, const char *type, const char *code, const char *param,
                const char *fmt, ...)
@@ -16,7 +36,9 @@ int apierr_set(struct apierr *e, int status, const char *type, const char *code,
     va_start(ap, fmt);
     vsnprintf(e->message, sizeof e->message, fmt, ap);
     va_end(ap);
-    snprintf(e->param, sizeof e->param, "%s", param ? param : "");
+    utf8_copy(e->param, sizeof e->param, param ? param : "");
+    make_utf8(e->message, sizeof e->message);
+    make_utf8(e->param, sizeof e->param);
     return -1;
 }
 

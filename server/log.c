@@ -2,6 +2,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include "log.h"
 
+#include "utf8.h"
+
 #include <cjson/cJSON.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -72,6 +74,16 @@ void log_end(struct logger *l, cJSON *line)
     cJSON_Delete(line);
     if (!text)
         return;
+    /* Values from outside (a decoded path, civetweb's messages) may hold
+     * bytes that are not UTF-8; cJSON copies them as they are. */
+    size_t n = strlen(text);
+    if (!utf8_valid(text, n)) {
+        char *fixed = utf8_repair(text, n);
+        free(text);
+        if (!fixed)
+            return;
+        text = fixed;
+    }
     pthread_mutex_lock(&l->mu);
     fputs(text, l->out);
     fputc('\n', l->out);

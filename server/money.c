@@ -2,7 +2,6 @@
 #define _POSIX_C_SOURCE 200809L
 #include "money.h"
 
-#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -61,22 +60,78 @@ static int64_t pow10i(int n)
     return p;
 }
 
-enum money_status money_to_minor(double value, int digits, int64_t *minor)
+static int is_digit(char c)
 {
-    if (!isfinite(value) || value <= 0)
+    return c >= '0' && c <= '9';
+}
+
+enum money_status money_parse(const char *s, size_t len, int digits, int64_t *minor)
+{
+    size_t i = 0;
+    int negative = 0;
+    if (i < len && s[i] == '-') {
+        negative = 1;
+        i++;
+    }
+    /* The digits of the integer and fraction parts, as one sequence: where
+     * it starts, where the fraction starts, and its first and last nonzero
+     * digit. */
+    size_t int_start = i, int_end, frac_start = 0, frac_end = 0;
+    while (i < len && is_digit(s[i]))
+        i++;
+    int_end = i;
+    if (int_end == int_start || (s[int_start] == '0' && int_end - int_start > 1))
+        return MONEY_NOT_NUMBER;
+    if (i < len && s[i] == '.') {
+        frac_start = ++i;
+        while (i < len && is_digit(s[i]))
+            i++;
+        frac_end = i;
+        if (frac_end == frac_start)
+            return MONEY_NOT_NUMBER;
+    }
+    long long exp10 = 0; /* saturated: far beyond any amount either way */
+    if (i < len && (s[i] == 'e' || s[i] == 'E')) {
+        int eneg = 0;
+        i++;
+        if (i < len && (s[i] == '+' || s[i] == '-'))
+            eneg = s[i++] == '-';
+        if (i >= len || !is_digit(s[i]))
+            return MONEY_NOT_NUMBER;
+        for (; i < len && is_digit(s[i]); i++)
+            if (exp10 < 1000000000LL)
+                exp10 = exp10 * 10 + (s[i] - '0');
+        if (eneg)
+            exp10 = -exp10;
+    }
+    if (i != len)
+        return MONEY_NOT_NUMBER;
+
+    /* Position k of the sequence: integer digits first, then fraction. */
+    size_t ni = int_end - int_start, nf = frac_end - frac_start;
+#define DIGIT(k) (s[(k) < ni ? int_start + (k) : frac_start + (k)-ni] - '0')
+    size_t first = ni + nf, last = 0;
+    for (size_t k = 0; k < ni + nf; k++)
+        if (DIGIT(k) != 0) {
+            if (first == ni + nf)
+                first = k;
+            last = k;
+        }
+    if (first == ni + nf || negative)
         return MONEY_NOT_POSITIVE;
-    if (value > 1e7) /* far above the maximum; keeps the arithmetic below exact */
-        return MONEY_TOO_LARGE;
-    double scaled = value * (double)pow10i(digits);
-    double whole = nearbyint(scaled);
-    /* A double holds ~16 significant digits; amounts here need at most 11, so
-     * anything further from a whole number than rounding noise is a real
-     * extra decimal. */
-    if (fabs(scaled - whole) > 1e-7 + 1e-12 * scaled)
-        return MONEY_TOO_PRECISE;
-    int64_t m = (int64_t)whole;
-    if (m <= 0)
-        return MONEY_NOT_POSITIVE;
+    /* value = digits[first..last] * 10^e, with e the power of the last one */
+    long long e = (long long)ni - 1 - (long long)last + exp10;
+    long long magnitude = (long long)(last - first + 1) + e; /* integer digits */
+    if (magnitude > 7)
+        return MONEY_TOO_LARGE; /* 10,000,000 or more */
+    if (e + digits < 0)
+        return MONEY_TOO_PRECISE; /* a nonzero digit below the minor unit */
+    /* At most 7 + 4 digits: exact in an int64. */
+    int64_t m = 0;
+    for (size_t k = first; k <= last; k++)
+        m = m * 10 + DIGIT(k);
+#undef DIGIT
+    m *= pow10i((int)(e + digits));
     /* value <= 999999.99  <=>  m * 100 <= 99999999 * 10^digits */
     if (m * 100 > 99999999LL * pow10i(digits))
         return MONEY_TOO_LARGE;

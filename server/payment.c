@@ -12,7 +12,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "json_strict.h"
 #include "money.h"
+#include "utf8.h"
 
 #define INVALID "invalid_request_error"
 
@@ -28,49 +30,30 @@ int payment_customer_valid(const char *s)
     return n >= 1 && n <= PAYMENT_CUSTOMER_MAX;
 }
 
-int payment_utf8_valid(const char *s, size_t len)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    size_t i = 0;
-    while (i < len) {
-        unsigned c = p[i];
-        size_t n;
-        unsigned min;
-        if (c == 0)
-            return 0;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xE0) == 0xC0) {
-            n = 1, min = 0x80, c &= 0x1F;
-        } else if ((c & 0xF0) == 0xE0) {
-            n = 2, min = 0x800, c &= 0x0F;
-        } else if ((c & 0xF8) == 0xF0) {
-            n = 3, min = 0x10000, c &= 0x07;
-        } else {
-            return 0;
-        }
-        if (i + n >= len)
-            return 0;
-        for (size_t k = 1; k <= n; k++) {
-            if ((p[i + k] & 0xC0) != 0x80)
-                return 0;
-            c = (c << 6) | (p[i + k] & 0x3F);
-        }
-        if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
-            return 0;
-        i += n + 1;
-    }
-    return 1;
-}
-
 static const char *const FIELDS[] = {"amount", "currency", "customer_id", "description"};
 
 int payment_parse(const char *body, size_t len, struct payment_request *out, struct apierr *err)
 {
     struct payment_request r = {0};
     int rc = -1;
-    cJSON *root = cJSON_ParseWithLength(body, len);
+    struct json_top top;
+    size_t at = 0;
+    cJSON *root = NULL;
+    /* Strictly first (RFC 8259, shallow): cJSON recurses and is lenient. */
+    switch (json_strict_check(body, len, &top, &at)) {
+    case JSON_STRICT_OK:
+        break;
+    case JSON_STRICT_TOO_DEEP:
+        apierr_set(err, 400, INVALID, "invalid_json", NULL,
+                   "the body nests arrays or objects more than %d levels deep",
+                   JSON_STRICT_MAX_DEPTH);
+        goto out;
+    case JSON_STRICT_SYNTAX:
+        apierr_set(err, 400, INVALID, "invalid_json", NULL,
+                   "the body is not valid JSON (RFC 8259, UTF-8): fault at byte %zu", at);
+        goto out;
+    }
+    root = cJSON_ParseWithLength(body, len);
     if (!root) {
         apierr_set(err, 400, INVALID, "invalid_json", NULL, "the body is not valid JSON");
         goto out;
@@ -85,14 +68,15 @@ int payment_parse(const char *body, size_t len, struct payment_request *out, str
         for (size_t i = 0; i < sizeof FIELDS / sizeof FIELDS[0]; i++)
             known |= strcmp(f->string, FIELDS[i]) == 0;
         if (!known) {
-            apierr_set(err, 422, INVALID, "unknown_field", f->string, "unknown field '%.64s'",
-                       f->string);
+            char name[65];
+            utf8_copy(name, sizeof name, f->string);
+            apierr_set(err, 422, INVALID, "unknown_field", name, "unknown field '%s'", name);
             goto out;
         }
         for (cJSON *g = f->next; g; g = g->next)
             if (strcmp(f->string, g->string) == 0) {
                 apierr_set(err, 400, INVALID, "invalid_json", f->string,
-                           "field '%s' appears more than once", f->string);
+                           "field '%s' appears more than once", f->string); /* a known name */
                 goto out;
             }
     }
@@ -109,7 +93,14 @@ int payment_parse(const char *body, size_t len, struct payment_request *out, str
     }
     memcpy(r.currency, cur->valuestring, 4);
 
-    cJSON *amount = cJSON_GetObjectItemCaseSensitive(root, "amount");
+    /* The amount's index among the members: its decimal text is at the same
+     * index of top (a valid body has at most four members). */
+    cJSON *amount = root->child;
+    size_t amount_at = 0;
+    while (amount && strcmp(amount->string, "amount") != 0) {
+        amount = amount->next;
+        amount_at++;
+    }
     if (!amount) {
         apierr_set(err, 422, INVALID, "invalid_amount", "amount", "amount is required");
         goto out;
@@ -118,9 +109,17 @@ int payment_parse(const char *body, size_t len, struct payment_request *out, str
         apierr_set(err, 422, INVALID, "invalid_amount", "amount", "amount must be a number");
         goto out;
     }
-    switch (money_to_minor(amount->valuedouble, r.digits, &r.amount_minor)) {
+    if (amount_at >= JSON_STRICT_MEMBERS) {
+        apierr_set(err, 500, "api_error", "internal_error", NULL, "amount text not found");
+        goto out;
+    }
+    switch (money_parse(body + top.value[amount_at].off, top.value[amount_at].len, r.digits,
+                        &r.amount_minor)) {
     case MONEY_OK:
         break;
+    case MONEY_NOT_NUMBER:
+        apierr_set(err, 422, INVALID, "invalid_amount", "amount", "amount must be a number");
+        goto out;
     case MONEY_NOT_POSITIVE:
         apierr_set(err, 422, INVALID, "invalid_amount", "amount", "amount must be greater than 0");
         goto out;
@@ -151,7 +150,7 @@ int payment_parse(const char *body, size_t len, struct payment_request *out, str
     if (desc && !cJSON_IsNull(desc)) {
         size_t n = cJSON_IsString(desc) ? strlen(desc->valuestring) : 0;
         if (!cJSON_IsString(desc) || n > PAYMENT_DESCRIPTION_MAX ||
-            !payment_utf8_valid(desc->valuestring, n)) {
+            !utf8_valid(desc->valuestring, n)) {
             apierr_set(err, 422, INVALID, "invalid_description", "description",
                        "description must be a string of at most %d bytes of UTF-8",
                        PAYMENT_DESCRIPTION_MAX);

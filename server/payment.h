@@ -48,9 +48,6 @@ char *payment_canonical(const struct payment_request *r, size_t *len);
 /* Whether a customer id is 1-64 of [A-Za-z0-9_-]. */
 int payment_customer_valid(const char *s);
 
-/* Whether s is well-formed UTF-8 with no NUL byte in its first len bytes. */
-int payment_utf8_valid(const char *s, size_t len);
-
 /* A new transaction id from the CSPRNG into out (PAYMENT_ID_LEN + 1 bytes).
  * Returns 0, or -1 if the random source failed. */
 int payment_new_id(char out[PAYMENT_ID_LEN + 1]);

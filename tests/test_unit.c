@@ -4,6 +4,7 @@
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -14,6 +15,7 @@
 #include "idem.h"
 #include "money.h"
 #include "payment.h"
+#include "utf8.h"
 
 /* ---- Idempotency-Key -------------------------------------------------------- */
 
@@ -79,37 +81,66 @@ Test(money, currency_table)
     cr_assert_eq(money_currency_digits("USDD"), -1);
 }
 
+static enum money_status parse(const char *text, int digits, int64_t *m)
+{
+    return money_parse(text, strlen(text), digits, m);
+}
+
 Test(money, amounts_become_exact_minor_units)
 {
     int64_t m = 0;
-    cr_assert_eq(money_to_minor(10.5, 2, &m), MONEY_OK);
+    cr_assert_eq(parse("10.5", 2, &m), MONEY_OK);
     cr_assert_eq(m, 1050);
-    cr_assert_eq(money_to_minor(0.01, 2, &m), MONEY_OK);
+    cr_assert_eq(parse("0.01", 2, &m), MONEY_OK);
     cr_assert_eq(m, 1);
-    cr_assert_eq(money_to_minor(0.1 + 0.2, 2, &m), MONEY_OK); /* 0.30000000000000004 */
+    cr_assert_eq(parse("0.30", 2, &m), MONEY_OK);
     cr_assert_eq(m, 30);
-    cr_assert_eq(money_to_minor(999999.99, 2, &m), MONEY_OK);
+    cr_assert_eq(parse("999999.99", 2, &m), MONEY_OK);
     cr_assert_eq(m, 99999999);
-    cr_assert_eq(money_to_minor(1000, 0, &m), MONEY_OK);
+    cr_assert_eq(parse("1000", 0, &m), MONEY_OK);
     cr_assert_eq(m, 1000);
-    cr_assert_eq(money_to_minor(1.234, 3, &m), MONEY_OK);
+    cr_assert_eq(parse("1.234", 3, &m), MONEY_OK);
     cr_assert_eq(m, 1234);
+    cr_assert_eq(parse("1.5e1", 2, &m), MONEY_OK);
+    cr_assert_eq(m, 1500);
+    cr_assert_eq(parse("1000E-2", 2, &m), MONEY_OK);
+    cr_assert_eq(m, 1000);
+    cr_assert_eq(parse("1.0e-2", 2, &m), MONEY_OK);
+    cr_assert_eq(m, 1);
+    cr_assert_eq(parse("12.3400000000", 2, &m), MONEY_OK); /* zeros below the unit are exact */
+    cr_assert_eq(m, 1234);
+    cr_assert_eq(parse("0.0001", 4, &m), MONEY_OK);
+    cr_assert_eq(m, 1);
 }
 
-Test(money, edges_are_refused)
+/* No binary floating point decides what is charged: a digit below the minor
+ * unit, however far down, is refused rather than rounded away. */
+Test(money, edges_are_refused_not_rounded)
 {
     int64_t m = 77;
-    cr_assert_eq(money_to_minor(0, 2, &m), MONEY_NOT_POSITIVE);
-    cr_assert_eq(money_to_minor(-5, 2, &m), MONEY_NOT_POSITIVE);
-    cr_assert_eq(money_to_minor(0x1p-1074 / 2, 2, &m), MONEY_NOT_POSITIVE);
-    cr_assert_eq(money_to_minor(HUGE_VAL, 2, &m), MONEY_NOT_POSITIVE);
-    cr_assert_eq(money_to_minor(1e300, 2, &m), MONEY_TOO_LARGE);
-    cr_assert_eq(money_to_minor(1000000, 2, &m), MONEY_TOO_LARGE);
-    cr_assert_eq(money_to_minor(999999.991, 3, &m), MONEY_TOO_LARGE);
-    cr_assert_eq(money_to_minor(10.001, 2, &m), MONEY_TOO_PRECISE);
-    cr_assert_eq(money_to_minor(0.001, 2, &m), MONEY_TOO_PRECISE);
-    cr_assert_eq(money_to_minor(10.5, 0, &m), MONEY_TOO_PRECISE);
-    cr_assert_eq(money_to_minor(1.2345, 3, &m), MONEY_TOO_PRECISE);
+    cr_assert_eq(parse("0", 2, &m), MONEY_NOT_POSITIVE);
+    cr_assert_eq(parse("-0", 2, &m), MONEY_NOT_POSITIVE);
+    cr_assert_eq(parse("0.000", 2, &m), MONEY_NOT_POSITIVE);
+    cr_assert_eq(parse("-5", 2, &m), MONEY_NOT_POSITIVE);
+    cr_assert_eq(parse("1e999", 2, &m), MONEY_TOO_LARGE);
+    cr_assert_eq(parse("1e300", 2, &m), MONEY_TOO_LARGE);
+    cr_assert_eq(parse("1000000", 2, &m), MONEY_TOO_LARGE);
+    cr_assert_eq(parse("999999.991", 3, &m), MONEY_TOO_LARGE);
+    cr_assert_eq(parse("10.001", 2, &m), MONEY_TOO_PRECISE);
+    cr_assert_eq(parse("0.001", 2, &m), MONEY_TOO_PRECISE);
+    cr_assert_eq(parse("10.5", 0, &m), MONEY_TOO_PRECISE);
+    cr_assert_eq(parse("1.2345", 3, &m), MONEY_TOO_PRECISE);
+    cr_assert_eq(parse("12.3400000001", 2, &m), MONEY_TOO_PRECISE);
+    cr_assert_eq(parse("999999.9899999", 2, &m), MONEY_TOO_PRECISE);
+    cr_assert_eq(parse("100.00000001", 0, &m), MONEY_TOO_PRECISE);
+    cr_assert_eq(parse("1.00000000001", 4, &m), MONEY_TOO_PRECISE);
+    cr_assert_eq(parse("1e-999999999999999999999", 2, &m), MONEY_TOO_PRECISE);
+    cr_assert_eq(parse("00012", 2, &m), MONEY_NOT_NUMBER);
+    cr_assert_eq(parse("1.", 2, &m), MONEY_NOT_NUMBER);
+    cr_assert_eq(parse(".5", 2, &m), MONEY_NOT_NUMBER);
+    cr_assert_eq(parse("1e", 2, &m), MONEY_NOT_NUMBER);
+    cr_assert_eq(parse("0x5a", 2, &m), MONEY_NOT_NUMBER);
+    cr_assert_eq(parse("", 2, &m), MONEY_NOT_NUMBER);
     cr_assert_eq(m, 77, "out-parameter written on failure");
 }
 
@@ -162,6 +193,190 @@ Test(payment, json_errors_are_400)
     expect_reject("\"amount\"", 400, "invalid_json", NULL);
     expect_reject("{\"amount\":1,\"amount\":2,\"currency\":\"USD\",\"customer_id\":\"c\"}", 400,
                   "invalid_json", "amount");
+}
+
+/* payment_parse on a thread with a civetweb worker's stack (100 KiB), as the
+ * server runs it: 0 accepted, else the error's status. */
+struct parse_job {
+    const char *body;
+    size_t len;
+    struct apierr e;
+    int rc;
+};
+
+static void *parse_on_worker_stack(void *arg)
+{
+    struct parse_job *j = arg;
+    struct payment_request r;
+    j->rc = payment_parse(j->body, j->len, &r, &j->e);
+    if (j->rc == 0)
+        payment_request_clear(&r);
+    return NULL;
+}
+
+static int parse_status(const char *body, size_t len, struct apierr *e)
+{
+    struct parse_job j = {.body = body, .len = len};
+    pthread_attr_t a;
+    pthread_t t;
+    pthread_attr_init(&a);
+    pthread_attr_setstacksize(&a, 100 * 1024);
+    cr_assert_eq(pthread_create(&t, &a, parse_on_worker_stack, &j), 0);
+    pthread_join(t, NULL);
+    pthread_attr_destroy(&a);
+    if (e)
+        *e = j.e;
+    return j.rc == 0 ? 0 : j.e.status;
+}
+
+/* Deep nesting anywhere is refused before cJSON's recursion runs: 810 bytes
+ * of '[' used to end the process with SIGSEGV on a worker's stack. */
+Test(payment, deep_nesting_is_refused_in_every_position)
+{
+    const char *shapes[] = {
+        "{\"amount\":%s",
+        "%s",
+        "{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c\",\"description\":%s",
+        "{\"x_unknown\":%s",
+        "{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c\",\"description\":\"d\"}%s",
+    };
+    for (int open = 0; open < 2; open++) {
+        size_t n = 100000;
+        char *deep = malloc(n + 1);
+        for (size_t i = 0; i < n; i++)
+            deep[i] = open ? '{' : '[';
+        if (open) /* objects need keys: {"a":{"a":... */
+            for (size_t i = 0; i + 5 <= n; i += 5)
+                memcpy(deep + i, "{\"a\":", 5);
+        deep[n] = '\0';
+        for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+            size_t cap = n + 200;
+            char *body = malloc(cap);
+            int len = snprintf(body, cap, shapes[k], deep);
+            struct apierr e;
+            cr_assert_eq(parse_status(body, (size_t)len, &e), 400, "shape %zu", k);
+            cr_assert_str_eq(e.code, "invalid_json");
+            free(body);
+        }
+        free(deep);
+    }
+    /* Within the documented depth, a nested value is still a field error. */
+    struct apierr e;
+    const char *ok_depth = "{\"amount\":[[[1]]],\"currency\":\"USD\",\"customer_id\":\"c\"}";
+    cr_assert_eq(parse_status(ok_depth, strlen(ok_depth), &e), 422);
+    cr_assert_str_eq(e.code, "invalid_amount");
+    const char *too_deep = "{\"amount\":[[[[1]]]],\"currency\":\"USD\",\"customer_id\":\"c\"}";
+    cr_assert_eq(parse_status(too_deep, strlen(too_deep), &e), 400);
+}
+
+/* What RFC 8259 forbids is refused, however cJSON would have read it. */
+Test(payment, only_strict_json_is_accepted)
+{
+    static const struct {
+        const char *body;
+        size_t len; /* 0: strlen */
+    } bad[] = {
+        {"{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c1\"} xyz", 0},
+        {"{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c1\"}\0garbage", 51},
+        {"{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c1\"}{\"amount\":999}", 0},
+        {"{\"amount\":00012,\"currency\":\"USD\",\"customer_id\":\"c1\"}", 0},
+        {"{\"amount\":-01,\"currency\":\"USD\",\"customer_id\":\"c1\"}", 0},
+        {"{\"amount\":1.,\"currency\":\"USD\",\"customer_id\":\"c1\"}", 0},
+        {"{\"amount\":.5,\"currency\":\"USD\",\"customer_id\":\"c1\"}", 0},
+        {"{\"amount\":+1,\"currency\":\"USD\",\"customer_id\":\"c1\"}", 0},
+        {"{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c1\",\"description\":\"a\nb\"}", 0},
+        {"{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c1\",\"description\":\"a\tb\"}", 0},
+        {"{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c1\",\"description\":\"\x1b[2J\"}",
+         0},
+        {"{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c1\\u0000; DROP TABLE x\"}", 0},
+        {"{\"amount\\u0000junk\":1,\"currency\":\"USD\",\"customer_id\":\"c1\"}", 0},
+        {"{\"amount\":1,\"currency\":\"USD\\u0000X\",\"customer_id\":\"c1\"}", 0},
+        {"{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c1\",\"description\":\"\\ud800\"}",
+         0},
+        {"{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c1\",\"description\":\"\\udc00x\"}",
+         0},
+        {"{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c1\",\"description\":\"\\x41\"}", 0},
+        {"{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c\x00\",\"d\":1}", 47},
+        {"{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c1\",}", 0},
+        {"{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c1\"", 0},
+        {"{'amount':1}", 0},
+        {"{\"amount\":NaN,\"currency\":\"USD\",\"customer_id\":\"c1\"}", 0},
+        {"{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"\xc0\xaf\"}", 0},
+        {"\xef\xbb\xbf{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c1\"}", 0},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        size_t len = bad[i].len ? bad[i].len : strlen(bad[i].body);
+        struct apierr e;
+        cr_assert_eq(parse_status(bad[i].body, len, &e), 400, "case %zu accepted or %d", i,
+                     e.status);
+        cr_assert_str_eq(e.code, "invalid_json", "case %zu", i);
+    }
+    /* Escapes RFC 8259 allows still work, and decode to what they name. */
+    const char *good = "{\"am\\u006funt\":1,\"currency\":\"USD\",\"customer_id\":\"c1\","
+                       "\"description\":\"tab\\there \\ud83d\\udcb8 \\\" \\\\ \\/\"}";
+    struct payment_request r;
+    struct apierr e;
+    cr_assert_eq(payment_parse(good, strlen(good), &r, &e), 0, "%s", e.message);
+    cr_assert_str_eq(r.description, "tab\there \xf0\x9f\x92\xb8 \" \\ /");
+    payment_request_clear(&r);
+}
+
+/* The amount charged is the decimal text sent, or a 422: never a rounding. */
+Test(payment, amounts_are_read_from_their_text)
+{
+    static const struct {
+        const char *amount, *currency;
+        long long minor; /* 0: refused */
+    } cases[] = {
+        {"12.3400000001", "USD", 0},
+        {"999999.9899999", "USD", 0},
+        {"100.00000001", "JPY", 0},
+        {"1.00000000001", "CLF", 0},
+        {"1e999", "USD", 0},
+        {"0.1", "JPY", 0},
+        {"12.34", "USD", 1234},
+        {"1.2e1", "USD", 1200},
+        {"100", "JPY", 100},
+        {"1.0000", "CLF", 10000},
+        {"999999.99", "USD", 99999999},
+        {"0.001", "KWD", 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char body[200];
+        snprintf(body, sizeof body, "{\"amount\":%s,\"currency\":\"%s\",\"customer_id\":\"c\"}",
+                 cases[i].amount, cases[i].currency);
+        struct payment_request r;
+        struct apierr e;
+        int rc = payment_parse(body, strlen(body), &r, &e);
+        if (cases[i].minor == 0) {
+            cr_assert_eq(rc, -1, "%s %s accepted as %lld", cases[i].amount, cases[i].currency,
+                         (long long)r.amount_minor);
+            cr_assert_str_eq(e.code, "invalid_amount");
+            cr_assert_eq(e.status, 422);
+        } else {
+            cr_assert_eq(rc, 0, "%s: %s", body, e.message);
+            cr_assert_eq(r.amount_minor, cases[i].minor, "%s", body);
+            payment_request_clear(&r);
+        }
+    }
+}
+
+/* What is echoed is valid UTF-8, cut at a character boundary. */
+Test(payment, echoed_field_names_stay_utf8)
+{
+    char body[400], name[200] = "";
+    for (int i = 0; i < 30; i++)
+        strcat(name, "\xe4\xb8\xad"); /* U+4E2D, 3 bytes */
+    snprintf(body, sizeof body, "{\"%s\":1}", name);
+    struct apierr e;
+    cr_assert_eq(parse_status(body, strlen(body), &e), 422);
+    cr_assert_str_eq(e.code, "unknown_field");
+    cr_assert(utf8_valid(e.param, strlen(e.param)), "param cut mid-character");
+    cr_assert(utf8_valid(e.message, strlen(e.message)), "message cut mid-character");
+    cr_assert_eq(strlen(e.param), 63, "21 whole characters fit in the 64-byte param");
+    char *json = apierr_json(&e);
+    cr_assert(utf8_valid(json, strlen(json)));
+    free(json);
 }
 
 Test(payment, unknown_field_is_422)
@@ -238,13 +453,14 @@ Test(payment, description_rules)
     expect_reject(body, 422, "invalid_description", "description");
     expect_reject("{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c\",\"description\":5}",
                   422, "invalid_description", "description");
+    /* Not UTF-8: not a JSON text at all (RFC 8259 section 8.1). */
     expect_reject("{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c\",\"description\":"
                   "\"\xff\xfe\"}",
-                  422, "invalid_description", "description");
-    cr_assert(payment_utf8_valid("\xf0\x9f\x92\xb8", 4));
-    cr_assert_not(payment_utf8_valid("\xc0\xaf", 2));     /* overlong */
-    cr_assert_not(payment_utf8_valid("\xed\xa0\x80", 3)); /* surrogate */
-    cr_assert_not(payment_utf8_valid("\xe2\x82", 2));     /* truncated */
+                  400, "invalid_json", NULL);
+    cr_assert(utf8_valid("\xf0\x9f\x92\xb8", 4));
+    cr_assert_not(utf8_valid("\xc0\xaf", 2));     /* overlong */
+    cr_assert_not(utf8_valid("\xed\xa0\x80", 3)); /* surrogate */
+    cr_assert_not(utf8_valid("\xe2\x82", 2));     /* truncated */
 }
 
 /* ---- fingerprint -------------------------------------------------------------- */

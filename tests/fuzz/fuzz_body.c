@@ -12,6 +12,7 @@
 #include "idemkey.h"
 #include "money.h"
 #include "payment.h"
+#include "utf8.h"
 
 int fuzz_body_one(const uint8_t *data, size_t size)
 {
@@ -27,7 +28,7 @@ int fuzz_body_one(const uint8_t *data, size_t size)
         !payment_customer_valid(r.customer_id))
         abort();
     if (r.description && (strlen(r.description) > PAYMENT_DESCRIPTION_MAX ||
-                          !payment_utf8_valid(r.description, strlen(r.description))))
+                          !utf8_valid(r.description, strlen(r.description))))
         abort();
     char amount[32];
     if (money_format(r.amount_minor, r.digits, amount, sizeof amount) < 0)
