@@ -155,8 +155,11 @@ def wrk(base, path, script, clients, seconds, args=(), url=None):
 
 
 def free_port():
+    # On every interface, as the server binds: a port free on 127.0.0.1 can
+    # still be held on another loopback address (the attack tests bind
+    # 127.0.0.2).
     s = socket.socket()
-    s.bind(("127.0.0.1", 0))
+    s.bind(("", 0))
     port = s.getsockname()[1]
     s.close()
     return port
@@ -225,23 +228,31 @@ def main():
         cluster = "bench-%d" % os.getpid()
         url = subprocess.run(["bash", os.path.join(ROOT, "scripts", "dev"), "cluster", cluster, "up"],
                              check=True, capture_output=True, text=True).stdout.strip()
-    port = free_port()
     log = open(os.path.join(tmp, "server.log"), "w")
-    server = subprocess.Popen([os.path.join(args.build_dir, "mockery-server"), "--port", str(port),
-                               "--database-url", url, "--pool-size", str(args.pool_size),
-                               "--threads", str(args.threads), "--log-level", "warn"],
-                              stderr=log)
-    base = "http://127.0.0.1:%d" % port
     results = []
+    server = None
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(base + "/health", timeout=1)
+        # A port found free can be taken before the server binds it: try
+        # another, a few times.
+        for attempt in range(5):
+            port = free_port()
+            server = subprocess.Popen([os.path.join(args.build_dir, "mockery-server"), "--port",
+                                       str(port), "--database-url", url, "--pool-size",
+                                       str(args.pool_size), "--threads", str(args.threads),
+                                       "--log-level", "warn"], stderr=log)
+            base = "http://127.0.0.1:%d" % port
+            for _ in range(100):
+                try:
+                    urllib.request.urlopen(base + "/health", timeout=1)
+                    break
+                except Exception:
+                    if server.poll() is not None:
+                        break
+                    time.sleep(0.1)
+            if server.poll() is None:
                 break
-            except Exception:
-                if server.poll() is not None:
-                    raise SystemExit("the server did not start: see " + log.name)
-                time.sleep(0.1)
+        else:
+            raise SystemExit("the server did not start: see " + log.name)
         say("server pid %d on %s, database %s" % (server.pid, base, "own cluster" if cluster else "given"))
         scripts = pgbench_scripts(tmp)
         say("preloading %d completed keys for the replay scenarios" % args.replay_keys)
@@ -279,8 +290,9 @@ def main():
         if args.memory:
             memory = measure_memory(base, server.pid, args.memory, conns[-1])
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        if server is not None and server.poll() is None:
+            server.terminate()
+            server.wait(timeout=60)
         if cluster:
             subprocess.run(["bash", os.path.join(ROOT, "scripts", "dev"), "cluster", cluster, "down"],
                            capture_output=True)

@@ -4,13 +4,16 @@
 
 #include <civetweb.h>
 #include <cjson/cJSON.h>
+#include <arpa/inet.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "handlers.h"
+#include "http.h"
 
 /* civetweb's own messages become JSON lines too. */
 static int on_log_message(const struct mg_connection *conn, const char *message)
@@ -35,12 +38,66 @@ static int on_log_message(const struct mg_connection *conn, const char *message)
     return 1;
 }
 
-/* Each connection holds a worker thread for as long as it stays open. */
+/* civetweb 1.15 fills in a new connection's addresses before it calls
+ * init_connection, but mg_get_request_info() answers NULL until a request
+ * has been read, and an idle connection never sends one. The struct
+ * mg_request_info (public) sits at a fixed place in civetweb's struct
+ * mg_connection, after three ints (without HTTP/2, which Debian's build
+ * leaves out): read it there, check the address is one, and compare the
+ * place with what mg_get_request_info() returns on every request
+ * (handlers.c), which turns this off if they ever differ. */
+struct civetweb_connection_head {
+    int connection_type, protocol_type, request_state;
+    struct mg_request_info request_info;
+};
+
+const struct mg_request_info *app_early_request_info(const struct app *app,
+                                                     const struct mg_connection *conn)
+{
+    if (!__atomic_load_n(&app->early_info_ok, __ATOMIC_RELAXED))
+        return NULL;
+    const struct mg_request_info *ri =
+        (const void *)((const char *)conn +
+                       offsetof(struct civetweb_connection_head, request_info));
+    unsigned char a[16];
+    if (!memchr(ri->remote_addr, '\0', sizeof ri->remote_addr) ||
+        (inet_pton(AF_INET, ri->remote_addr, a) != 1 &&
+         inet_pton(AF_INET6, ri->remote_addr, a) != 1))
+        return NULL;
+    return ri;
+}
+
+#define TOO_MANY_BODY                                                                              \
+    "{\"error\":{\"type\":\"rate_limit_error\",\"code\":\"too_many_connections\","                 \
+    "\"message\":\"this client address has too many open connections; close one and "              \
+    "retry\"}}"
+
+/* What a connection over its address's limit is told before it is shut. */
+static const char TOO_MANY[] = "HTTP/1.1 429 Too Many Requests\r\n"
+                               "Content-Type: application/json\r\n"
+                               "Retry-After: 1\r\n"
+                               "Connection: close\r\n"
+                               "Content-Length: %zu\r\n\r\n" TOO_MANY_BODY;
+
+/* Each connection holds a worker thread for as long as it stays open: one
+ * over its address's limit is answered and shut at once, so the worker is
+ * free again before civetweb would wait for its request. */
 static int on_connection_open(const struct mg_connection *conn, void **conn_data)
 {
     struct app *app = mg_get_user_data(mg_get_context(conn));
-    (void)conn_data;
+    const struct mg_request_info *ri = app_early_request_info(app, conn);
     __atomic_add_fetch(&app->connections, 1, __ATOMIC_RELAXED);
+    if (!ri)
+        return 0; /* not counted per address */
+    if (connlimit_enter(app->connlimit, ri->remote_addr) != 0) {
+        char answer[sizeof TOO_MANY + 16];
+        snprintf(answer, sizeof answer, TOO_MANY, sizeof TOO_MANY_BODY - 1);
+        *conn_data = &app->shed_marker;
+        metrics_connection_refused(app->metrics);
+        connlimit_shed(ri->remote_addr, ri->remote_port, ri->server_port, answer);
+        return 0;
+    }
+    *conn_data = &app->counted_marker;
     return 0;
 }
 
@@ -48,6 +105,13 @@ static void on_connection_close(const struct mg_connection *conn)
 {
     struct app *app = mg_get_user_data(mg_get_context(conn));
     __atomic_sub_fetch(&app->connections, 1, __ATOMIC_RELAXED);
+    if (mg_get_user_connection_data(conn) != &app->counted_marker)
+        return;
+    const struct mg_request_info *ri = mg_get_request_info(conn);
+    if (!ri)
+        ri = app_early_request_info(app, conn);
+    if (ri)
+        connlimit_leave(app->connlimit, ri->remote_addr);
 }
 
 static void on_pg_notice(void *arg, const char *message)
@@ -167,6 +231,19 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
         goto fail;
     }
     app->replays = replay_cache_new((size_t)cfg->replay_cache);
+    app->early_info_ok = mg_check_feature(MG_FEATURES_HTTP2) == 0;
+    app->connlimit = connlimit_new(cfg->max_client_connections);
+    app->ratelimit = ratelimit_new(cfg->rate_limit);
+    app->watchdog = watchdog_new();
+    /* An eighth of the pool (one connection by default) for list pages: a flood of large pages
+     * leaves the rest to claims, completions and single reads. */
+    app->list_slots_ready =
+        sem_init(&app->list_slots, 0,
+                 (unsigned)(cfg->pool_size / 8 > 1 ? cfg->pool_size / 8 : 1)) == 0;
+    if (!app->connlimit || !app->ratelimit || !app->watchdog || !app->list_slots_ready) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
     app->auth = auth_new(cfg->api_keys, err, errlen);
     if (!app->auth)
         goto fail;
@@ -201,8 +278,11 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
         "yes",
         "keep_alive_timeout_ms",
         "5000",
+        /* The request line and headers must arrive within this; each read
+         * of a body waits at most this long (http_read_body bounds the
+         * whole body). */
         "request_timeout_ms",
-        "10000",
+        HTTP_HEADER_TIMEOUT_MS_TEXT,
         "linger_timeout_ms",
         "0",
         "max_request_size",
@@ -213,6 +293,11 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
         "1024",
         "decode_url",
         "yes",
+        /* RFC 9112 3.2.2: a server accepts the absolute form of a target
+         * ("GET http://host:port/health"); civetweb 1.15 only maps it to a
+         * local path when this check is off and the port is ours. */
+        "enable_auth_domain_check",
+        "no",
         NULL,
     };
     struct mg_callbacks cb;
@@ -274,6 +359,11 @@ void app_stop(struct app *app)
     auth_free(app->auth);
     metrics_free(app->metrics);
     replay_cache_free(app->replays);
+    connlimit_free(app->connlimit);
+    ratelimit_free(app->ratelimit);
+    watchdog_free(app->watchdog);
+    if (app->list_slots_ready)
+        sem_destroy(&app->list_slots);
     pthread_cond_destroy(&app->cv);
     pthread_mutex_destroy(&app->mu);
     free(app);

@@ -5,14 +5,18 @@
 #define MOCKERY_APP_H
 
 #include <pthread.h>
+#include <semaphore.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "auth.h"
 #include "config.h"
+#include "connlimit.h"
 #include "log.h"
 #include "metrics.h"
+#include "ratelimit.h"
 #include "replay_cache.h"
+#include "watchdog.h"
 #include "../store/store.h"
 
 struct mg_context;
@@ -24,6 +28,15 @@ struct app {
     struct auth *auth;
     struct metrics *metrics;
     struct replay_cache *replays; /* NULL when --replay-cache is 0 */
+    struct connlimit *connlimit;  /* connections per client address */
+    struct ratelimit *ratelimit;  /* requests per tenant */
+    struct watchdog *watchdog;    /* body deadlines */
+    sem_t list_slots;             /* list queries running at once (APP_LIST_SLOTS) */
+    int list_slots_ready;
+    /* Connection data: the address of shed_marker marks a connection
+     * refused by connlimit, of counted_marker one it counted. */
+    char shed_marker, counted_marker;
+    int early_info_ok; /* app_early_request_info() may be used; atomic */
     struct mg_context *ctx;
     int port;
     int connections; /* held by workers now; atomic (see handlers.c) */
@@ -38,6 +51,14 @@ struct app {
     pthread_cond_t cv;
     int stopping;
 };
+
+struct mg_connection;
+struct mg_request_info;
+
+/* A new connection's request info (its addresses) before civetweb has read
+ * a request, or NULL when it cannot be had (see app.c). */
+const struct mg_request_info *app_early_request_info(const struct app *app,
+                                                     const struct mg_connection *conn);
 
 /* Starts the reaper and the HTTP server over store, which the app then owns
  * (freed by app_stop, or here on failure); with store NULL it opens the one

@@ -43,6 +43,9 @@ static const struct opt OPTS[] = {
     INT_OPT("reaper-interval-ms", "MOCKERY_REAPER_INTERVAL_MS", reaper_interval_ms, 10, 86400000),
     INT_OPT("reaper-batch", "MOCKERY_REAPER_BATCH", reaper_batch, 1, 100000),
     INT_OPT("replay-cache", "MOCKERY_REPLAY_CACHE", replay_cache, 0, 10000000),
+    INT_OPT("max-client-connections", "MOCKERY_MAX_CLIENT_CONNECTIONS", max_client_connections, 0,
+            100000),
+    INT_OPT("rate-limit", "MOCKERY_RATE_LIMIT", rate_limit, 0, 100000000),
 };
 
 #define NOPTS (sizeof OPTS / sizeof OPTS[0])
@@ -63,6 +66,8 @@ void config_defaults(struct config *c)
     c->reaper_batch = 1000;
     c->replay_cache = 10000;
     c->db_wait_s = 30;
+    c->max_client_connections = 64;
+    c->rate_limit = 100000;
 }
 
 const char *config_usage(void)
@@ -84,6 +89,9 @@ const char *config_usage(void)
            "  --reaper-interval-ms N   how often expired keys are deleted (60000)\n"
            "  --reaper-batch N         keys deleted per statement, ten a pass at most (1000)\n"
            "  --replay-cache N         completed answers kept in memory for retries (10000)\n"
+           "  --max-client-connections N  open connections per client address, 0: no limit "
+           "(64)\n"
+           "  --rate-limit N           API requests a second per tenant, 0: no limit (100000)\n"
            "Each flag also reads MOCKERY_<FLAG> (e.g. MOCKERY_POOL_SIZE); flags win.\n";
 }
 

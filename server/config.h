@@ -27,7 +27,9 @@ struct config {
     int db_wait_s; /* how long start-up waits for the database */
     int reaper_interval_ms;
     int reaper_batch;
-    int replay_cache; /* completed answers kept in memory; 0: none */
+    int replay_cache;           /* completed answers kept in memory; 0: none */
+    int max_client_connections; /* open connections per client address; 0: no limit */
+    int rate_limit;             /* requests a second per tenant; 0: no limit */
     /* Not a flag: tests listen on 127.0.0.1 only. */
     char listen_host[64]; /* empty: every interface */
 };

@@ -4,6 +4,8 @@
 
 #include <civetweb.h>
 #include <cjson/cJSON.h>
+#include <errno.h>
+#include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -187,23 +189,36 @@ static void list_payments(struct request *r)
     }
     n = mg_get_var(qs, qlen, "starting_after", after, sizeof after);
     if (n != -1) {
-        if (n <= 0) {
+        if (n <= 0 || !payment_id_valid(after)) {
             bad_param(r, "starting_after", "starting_after must be a transaction id");
             return;
         }
         q.starting_after = after;
     }
+    /* At most a quarter of the pool lists at once; the rest wait their turn
+     * (as long as a pool connection would be waited for). */
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 5;
+    int waited;
+    while ((waited = sem_timedwait(&r->app->list_slots, &until)) != 0 && errno == EINTR)
+        ;
+    if (waited != 0) {
+        http_fail_store(r, "list_payments", STORE_UNAVAILABLE,
+                        "every list slot stayed busy for 5 s");
+        return;
+    }
+    /* The slot is held until the page is sent: rendering it costs as much
+     * CPU as the query. */
     enum store_status st =
         store_list_payments(r->app->store, r->tenant, &q, &list, err, sizeof err);
-    if (st == STORE_NOT_FOUND) {
+    if (st == STORE_NOT_FOUND)
         bad_param(r, "starting_after", "starting_after names no payment of yours");
-        return;
-    }
-    if (st != STORE_OK) {
+    else if (st != STORE_OK)
         http_fail_store(r, "list_payments", st, err);
-        return;
-    }
-    send_list(r, &list);
+    else
+        send_list(r, &list);
+    sem_post(&r->app->list_slots);
     store_list_clear(&list);
 }
 
@@ -214,7 +229,7 @@ static void get_payment(struct request *r, const char *id)
     struct store_payment p = {0};
     char err[256] = "";
     enum store_status st = STORE_NOT_FOUND;
-    if (strlen(id) <= 64)
+    if (payment_id_valid(id))
         st = store_get_payment(r->app->store, r->tenant, id, &p, err, sizeof err);
     if (st == STORE_NOT_FOUND) {
         http_fail(r, 404, INVALID, "payment_not_found", NULL, "no payment with that id");
@@ -260,6 +275,13 @@ static void metrics(struct request *r)
     }
     http_send_typed(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, NULL);
     free(text);
+}
+
+static int64_t monotonic_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 /* ---- routing ---------------------------------------------------------------- */
@@ -318,8 +340,26 @@ static void dispatch(struct request *r)
         return;
     }
     r->route = is_list ? ROUTE_PAYMENTS : ROUTE_PAYMENT;
-    /* Every /api/ route needs a key, and its 401 comes first. */
-    r->tenant = auth_tenant(r->app->auth, mg_get_header(r->conn, "Authorization"));
+    /* Every /api/ route needs a key, and its 401 comes first; a second
+     * Authorization header is refused, not silently ignored. */
+    r->tenant = http_header_count(r->ri, "Authorization") > 1
+                    ? NULL
+                    : auth_tenant(r->app->auth, mg_get_header(r->conn, "Authorization"));
+    int retry_after = 1;
+    if (r->tenant &&
+        ratelimit_take(r->app->ratelimit, r->tenant, 1, monotonic_us(), &retry_after) != 0) {
+        /* Before the key is claimed: nothing is cached or consumed. */
+        char secs[16];
+        snprintf(secs, sizeof secs, "%d", retry_after);
+        const char *headers[] = {"Retry-After", secs, NULL};
+        struct apierr e;
+        metrics_rate_limited(r->app->metrics);
+        apierr_set(&e, 429, "rate_limit_error", "rate_limited", NULL,
+                   "this API key sent more than %d requests a second; retry after %d s",
+                   r->app->cfg.rate_limit, retry_after);
+        http_send_error(r, &e, headers);
+        return;
+    }
     if (!r->tenant) {
         const char *headers[] = {"WWW-Authenticate", "Bearer", NULL};
         struct apierr e;
@@ -348,12 +388,37 @@ int handlers_route(struct mg_connection *conn, void *cbdata)
      * long as the busy ones keep talking: close this connection after its
      * answer so the worker serves whoever waits. */
     struct app *app = cbdata;
+    if (__atomic_load_n(&app->early_info_ok, __ATOMIC_RELAXED) &&
+        app_early_request_info(app, conn) != r.ri) {
+        __atomic_store_n(&app->early_info_ok, 0, __ATOMIC_RELAXED);
+        log_msg(app->log, LOG_ERROR,
+                "civetweb's connection layout is not the one expected: connections per client "
+                "address are no longer limited");
+    }
     if (__atomic_load_n(&app->connections, __ATOMIC_RELAXED) >= app->cfg.threads)
         http_close_after(&r);
     /* Counted before the draining check: app_stop waits for every request
      * that got past it. */
     __atomic_add_fetch(&app->in_flight, 1, __ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&app->draining, __ATOMIC_SEQ_CST)) {
+    const char *why = NULL;
+    int framing = http_check_framing(r.ri, &why);
+    if (mg_get_user_connection_data(conn) == &app->shed_marker) {
+        /* Over its address's limit and not shut in time (see app.c). */
+        const char *headers[] = {"Connection", "close", "Retry-After", "1", NULL};
+        struct apierr e;
+        r.route = ROUTE_OTHER;
+        apierr_set(&e, 429, "rate_limit_error", "too_many_connections", NULL,
+                   "this client address has too many open connections; close one and retry");
+        http_send_error(&r, &e, headers);
+    } else if (framing) {
+        /* What follows on this connection cannot be framed: answer, close. */
+        const char *headers[] = {"Connection", "close", NULL};
+        struct apierr e;
+        r.route = ROUTE_OTHER;
+        apierr_set(&e, framing, INVALID, framing == 431 ? "headers_too_large" : "bad_request", NULL,
+                   "%s", why);
+        http_send_error(&r, &e, headers);
+    } else if (__atomic_load_n(&app->draining, __ATOMIC_SEQ_CST)) {
         const char *headers[] = {"Connection", "close", "Retry-After", "1", NULL};
         struct apierr e;
         http_close_after(&r);

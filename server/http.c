@@ -37,6 +37,41 @@ static int client_closes(const struct request *r)
     return 0;
 }
 
+/* Reason phrases of the statuses the server sends (civetweb's table has
+ * typos, such as "Unproccessable entity" for 422). */
+static const char *reason(struct mg_connection *conn, int status)
+{
+    static const struct {
+        int status;
+        const char *text;
+    } TABLE[] = {
+        {200, "OK"},
+        {201, "Created"},
+        {400, "Bad Request"},
+        {401, "Unauthorized"},
+        {402, "Payment Required"},
+        {404, "Not Found"},
+        {405, "Method Not Allowed"},
+        {408, "Request Timeout"},
+        {409, "Conflict"},
+        {411, "Length Required"},
+        {413, "Content Too Large"},
+        {414, "URI Too Long"},
+        {415, "Unsupported Media Type"},
+        {422, "Unprocessable Content"},
+        {429, "Too Many Requests"},
+        {431, "Request Header Fields Too Large"},
+        {500, "Internal Server Error"},
+        {502, "Bad Gateway"},
+        {503, "Service Unavailable"},
+        {505, "HTTP Version Not Supported"},
+    };
+    for (size_t i = 0; i < sizeof TABLE / sizeof TABLE[0]; i++)
+        if (TABLE[i].status == status)
+            return TABLE[i].text;
+    return mg_get_response_code_text(conn, status);
+}
+
 /* The status line, headers and body go out in one write: civetweb's
  * mg_response_header_send() writes every header line with a send() of its
  * own, and with TCP_NODELAY each becomes a packet - measured at 11 send()s
@@ -66,7 +101,7 @@ int http_send_typed(struct request *r, int status, const char *content_type, con
     int n = snprintf(buf, cap,
                      "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                      "Cache-Control: no-store\r\nConnection: %s\r\n",
-                     status, mg_get_response_code_text(r->conn, status), date, content_type, len,
+                     status, reason(r->conn, status), date, content_type, len,
                      r->close ? "close" : "keep-alive");
     size_t used = n > 0 ? (size_t)n : 0;
     for (int i = 0; headers && headers[i] && headers[i + 1]; i += 2) {
@@ -130,37 +165,50 @@ enum http_body http_read_body(struct request *r, size_t max, char **out, size_t 
     char *buf = malloc(cap);
     if (!buf)
         return HTTP_BODY_BROKEN;
+    enum http_body rc = HTTP_BODY_OK;
+    /* One mg_read() returns only when it has all it asked for, or after a
+     * whole timeout without a byte: the watchdog ends a read still going at
+     * the deadline. */
+    struct watch w;
+    watchdog_arm(r->app->watchdog, &w, r->ri->remote_addr, r->ri->remote_port, r->ri->server_port,
+                 watchdog_now_us() + (int64_t)HTTP_BODY_DEADLINE_MS * 1000);
     for (;;) {
         if (n + 1 >= cap) {
             if (cap > max + 1) { /* chunked body longer than allowed */
-                free(buf);
-                return HTTP_BODY_TOO_LARGE;
+                rc = HTTP_BODY_TOO_LARGE;
+                break;
             }
             size_t ncap = cap * 2 > max + 2 ? max + 2 : cap * 2;
             char *nb = realloc(buf, ncap);
             if (!nb) {
-                free(buf);
-                return HTTP_BODY_BROKEN;
+                rc = HTTP_BODY_BROKEN;
+                break;
             }
             buf = nb;
             cap = ncap;
         }
         int got = mg_read(r->conn, buf + n, cap - n - 1);
         if (got < 0) {
-            free(buf);
-            return HTTP_BODY_BROKEN;
+            rc = HTTP_BODY_BROKEN;
+            break;
         }
         if (got == 0)
             break;
         n += (size_t)got;
         if (n > max) {
-            free(buf);
-            return HTTP_BODY_TOO_LARGE;
+            rc = HTTP_BODY_TOO_LARGE;
+            break;
         }
     }
-    if (declared >= 0 && (long long)n != declared) {
+    if (watchdog_disarm(r->app->watchdog, &w)) {
+        rc = HTTP_BODY_TOO_SLOW; /* its socket no longer reads: close after the 408 */
+        http_close_after(r);
+    } else if (rc == HTTP_BODY_OK && declared >= 0 && (long long)n != declared) {
+        rc = HTTP_BODY_BROKEN;
+    }
+    if (rc != HTTP_BODY_OK) {
         free(buf);
-        return HTTP_BODY_BROKEN;
+        return rc;
     }
     buf[n] = '\0';
     *out = buf;
@@ -170,13 +218,96 @@ enum http_body http_read_body(struct request *r, size_t max, char **out, size_t 
 
 void http_discard_body(struct request *r)
 {
-    if (r->ri->content_length > HTTP_DISCARD_MAX)
+    /* A client that waits for 100 Continue sends nothing after the 413 (and
+     * the first read would send it the 100). */
+    const char *expect = mg_get_header(r->conn, "Expect");
+    if (r->ri->content_length > HTTP_DISCARD_MAX ||
+        (expect && strcasecmp(expect, "100-continue") == 0))
         return;
     char buf[8192];
     size_t total = 0;
     int got;
     while (total < HTTP_DISCARD_MAX && (got = mg_read(r->conn, buf, sizeof buf)) > 0)
         total += (size_t)got;
+}
+
+/* civetweb keeps this many header fields and silently drops the rest. */
+#define CIVETWEB_MAX_HEADERS 64
+
+/* civetweb parses the header block in place: it writes a NUL over the colon
+ * (and over any spaces before it) and over each line's CR and LF, and points
+ * name and value into that buffer. What lies between tells what it dropped. */
+static int spaces_before_colon(const struct mg_header *h)
+{
+    int nuls = 0;
+    for (const char *p = h->name + strlen(h->name); p < h->value; p++)
+        nuls += *p == '\0';
+    return nuls > 1;
+}
+
+/* After the last field's value: its CR and LF (now NULs), then the blank
+ * line. Anything else is a line civetweb stopped at (an obs-fold) and did
+ * not read. */
+static int header_block_ends_after(const struct mg_header *h)
+{
+    const char *p = h->value + strlen(h->value);
+    for (int i = 0; i < 2 && *p == '\0'; i++)
+        p++;
+    return *p == '\r' || *p == '\n';
+}
+
+static int all_digits(const char *s)
+{
+    size_t n = 0;
+    for (; s[n]; n++)
+        if (s[n] < '0' || s[n] > '9')
+            return 0;
+    return n >= 1 && n <= 18;
+}
+
+int http_check_framing(const struct mg_request_info *ri, const char **why)
+{
+    if (ri->num_headers >= CIVETWEB_MAX_HEADERS) {
+        *why = "more than 63 header fields";
+        return 431;
+    }
+    for (int i = 0; i < ri->num_headers; i++)
+        if (spaces_before_colon(&ri->http_headers[i])) {
+            *why = "whitespace between a header field name and its colon";
+            return 400;
+        }
+    if (ri->num_headers > 0 && !header_block_ends_after(&ri->http_headers[ri->num_headers - 1])) {
+        *why = "a header line that is not a field (obsolete line folding)";
+        return 400;
+    }
+    int cl = http_header_count(ri, "Content-Length");
+    int te = http_header_count(ri, "Transfer-Encoding");
+    if (cl > 1) {
+        *why = "more than one Content-Length";
+        return 400;
+    }
+    if (cl && te) {
+        *why = "Content-Length together with Transfer-Encoding";
+        return 400;
+    }
+    for (int i = 0; i < ri->num_headers; i++) {
+        const struct mg_header *h = &ri->http_headers[i];
+        if (strcasecmp(h->name, "Content-Length") == 0 && !all_digits(h->value)) {
+            *why = "Content-Length is not a decimal number";
+            return 400;
+        }
+        if (strcasecmp(h->name, "Transfer-Encoding") == 0 &&
+            (te > 1 || strcasecmp(h->value, "chunked") != 0)) {
+            *why = "a transfer coding other than chunked";
+            return 400;
+        }
+    }
+    if (ri->http_version && strcmp(ri->http_version, "1.1") == 0 &&
+        http_header_count(ri, "Host") != 1) {
+        *why = "an HTTP/1.1 request needs exactly one Host header";
+        return 400;
+    }
+    return 0;
 }
 
 int http_header_count(const struct mg_request_info *ri, const char *name)
@@ -217,16 +348,16 @@ void http_log_store_error(struct request *r, const char *op, enum store_status s
 int http_fail_store(struct request *r, const char *op, enum store_status st, const char *err)
 {
     struct apierr e;
+    int post = strcmp(r->ri->request_method, "POST") == 0;
+    const char *retry =
+        post ? "nothing was recorded, retry with the same idempotency key" : "retry later";
     http_log_store_error(r, op, st, err);
     if (st == STORE_UNAVAILABLE) {
         const char *headers[] = {"Retry-After", "1", NULL};
         apierr_set(&e, 503, "api_error", "store_unavailable", NULL,
-                   "the payment store is unavailable; nothing was recorded, retry with the "
-                   "same idempotency key");
+                   "the payment store is unavailable; %s", retry);
         return http_send_error(r, &e, headers);
     }
-    apierr_set(&e, 500, "api_error", "internal_error", NULL,
-               "the payment store failed; nothing was recorded, retry with the same "
-               "idempotency key");
+    apierr_set(&e, 500, "api_error", "internal_error", NULL, "the payment store failed; %s", retry);
     return http_send_error(r, &e, NULL);
 }

@@ -65,10 +65,20 @@ void http_log_store_error(struct request *r, const char *op, enum store_status s
  * 503 store_unavailable (Retry-After: 1) or 500 internal_error. */
 int http_fail_store(struct request *r, const char *op, enum store_status st, const char *err);
 
+/* The request line and headers arrive within HTTP_HEADER_TIMEOUT_MS (a
+ * civetweb option); the whole body within HTTP_BODY_DEADLINE_MS of the
+ * start of its reading, enforced by the watchdog (watchdog.h): a request
+ * ends within 5 + 10 s (and a quarter-second tick), however its bytes
+ * trickle in. */
+#define HTTP_HEADER_TIMEOUT_MS 5000
+#define HTTP_HEADER_TIMEOUT_MS_TEXT "5000"
+#define HTTP_BODY_DEADLINE_MS 10000
+
 enum http_body {
     HTTP_BODY_OK = 0,
     HTTP_BODY_TOO_LARGE, /* more than max bytes: 413 */
     HTTP_BODY_BROKEN,    /* the client went away or sent less than it announced */
+    HTTP_BODY_TOO_SLOW,  /* not all there by HTTP_BODY_DEADLINE_MS: 408 */
 };
 
 /* Reads the whole body, at most max bytes, into a malloc'd NUL-terminated
@@ -82,6 +92,16 @@ enum http_body http_read_body(struct request *r, size_t max, char **out, size_t 
  * answer. A larger announced body is not waited for. */
 #define HTTP_DISCARD_MAX (1024 * 1024)
 void http_discard_body(struct request *r);
+
+/* What RFC 9112 says a server must refuse and civetweb 1.15 lets through,
+ * each a way to smuggle a request past a proxy that frames it otherwise:
+ * several or malformed Content-Length, Content-Length with
+ * Transfer-Encoding, a transfer coding other than chunked, whitespace
+ * between a field name and its colon, an obsolete line folding, more header
+ * fields than civetweb keeps (the rest it would ignore), and an HTTP/1.1
+ * request without exactly one Host. Returns 0, or the status to answer
+ * (400 or 431, then close) with *why set to a static message. */
+int http_check_framing(const struct mg_request_info *ri, const char **why);
 
 /* How many times the request carries header name (case-insensitive). */
 int http_header_count(const struct mg_request_info *ri, const char *name);

@@ -221,6 +221,13 @@ void idem_handle(struct request *r, const struct idem_op *op)
         http_discard_body(r);
         goto out;
     }
+    case HTTP_BODY_TOO_SLOW: {
+        const char *headers[] = {"Connection", "close", NULL};
+        apierr_set(&e, 408, INVALID, "request_timeout", NULL, "the body did not arrive within %d s",
+                   HTTP_BODY_DEADLINE_MS / 1000);
+        http_send_error(r, &e, headers);
+        goto out;
+    }
     case HTTP_BODY_BROKEN: {
         const char *headers[] = {"Connection", "close", NULL};
         apierr_set(&e, 400, INVALID, "invalid_body", NULL,

@@ -31,6 +31,8 @@ struct metrics {
     uint64_t payments_completed;
     uint64_t payments_declined;
     uint64_t reaped;
+    uint64_t rate_limited;
+    uint64_t connections_refused;
 };
 
 #define ADD(field, n) __atomic_add_fetch(&(field), (n), __ATOMIC_RELAXED)
@@ -82,6 +84,16 @@ void metrics_reaped(struct metrics *m, int n)
 {
     if (n > 0)
         ADD(m->reaped, (uint64_t)n);
+}
+
+void metrics_rate_limited(struct metrics *m)
+{
+    ADD(m->rate_limited, 1);
+}
+
+void metrics_connection_refused(struct metrics *m)
+{
+    ADD(m->connections_refused, 1);
 }
 
 struct buf {
@@ -205,6 +217,17 @@ char *metrics_render(struct metrics *m, struct store *store, size_t *len)
         "# TYPE mockery_reaper_deleted_total counter\n"
         "mockery_reaper_deleted_total %llu\n",
         (unsigned long long)LOAD(m->reaped));
+    put(&b,
+        "# HELP mockery_rate_limited_total Requests refused with 429 rate_limited (a tenant over"
+        " --rate-limit).\n"
+        "# TYPE mockery_rate_limited_total counter\n"
+        "mockery_rate_limited_total %llu\n"
+        "# HELP mockery_connections_refused_total Connections answered 429 and closed: their client"
+        " address already had --max-client-connections open.\n"
+        "# TYPE mockery_connections_refused_total counter\n"
+        "mockery_connections_refused_total %llu\n",
+        (unsigned long long)LOAD(m->rate_limited),
+        (unsigned long long)LOAD(m->connections_refused));
 
     if (b.failed) {
         free(b.p);

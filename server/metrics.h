@@ -52,6 +52,12 @@ void metrics_request(struct metrics *m, enum metrics_route route, const char *me
 /* Expired records the reaper deleted. */
 void metrics_reaped(struct metrics *m, int n);
 
+/* A request refused by the tenant's rate limit. */
+void metrics_rate_limited(struct metrics *m);
+
+/* A connection refused: its address had too many open. */
+void metrics_connection_refused(struct metrics *m);
+
 /* The Prometheus text exposition, malloc'd; NULL on allocation failure.
  * store (may be NULL) supplies the pool gauges. */
 char *metrics_render(struct metrics *m, struct store *store, size_t *len);

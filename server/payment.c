@@ -18,7 +18,8 @@
 
 #define INVALID "invalid_request_error"
 
-int payment_customer_valid(const char *s)
+/* The length of s if it is all [A-Za-z0-9_-], else 0. */
+static size_t url_safe_len(const char *s)
 {
     size_t n = 0;
     for (; s[n]; n++) {
@@ -27,7 +28,21 @@ int payment_customer_valid(const char *s)
               c == '_' || c == '-'))
             return 0;
     }
+    return n;
+}
+
+int payment_customer_valid(const char *s)
+{
+    size_t n = url_safe_len(s);
     return n >= 1 && n <= PAYMENT_CUSTOMER_MAX;
+}
+
+int payment_id_valid(const char *s)
+{
+    if (strncmp(s, "txn_", 4) != 0)
+        return 0;
+    size_t n = url_safe_len(s + 4);
+    return n >= 1 && n <= 60;
 }
 
 static const char *const FIELDS[] = {"amount", "currency", "customer_id", "description"};

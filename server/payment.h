@@ -48,6 +48,10 @@ char *payment_canonical(const struct payment_request *r, size_t *len);
 /* Whether a customer id is 1-64 of [A-Za-z0-9_-]. */
 int payment_customer_valid(const char *s);
 
+/* Whether s has the shape of a transaction id ("txn_" and 1-60 URL-safe
+ * characters): anything else names no payment and never reaches a store. */
+int payment_id_valid(const char *s);
+
 /* A new transaction id from the CSPRNG into out (PAYMENT_ID_LEN + 1 bytes).
  * Returns 0, or -1 if the random source failed. */
 int payment_new_id(char out[PAYMENT_ID_LEN + 1]);

@@ -106,7 +106,7 @@ static void forget_child(pid_t pid)
  * file, from which the port is read off the "listening" line. */
 void test_server_spawn(struct test_server *s, const struct config *c, const char *bin)
 {
-    char nums[10][16];
+    char nums[12][16];
     char *argv[40];
     int n = 0, k = 0;
     argv[n++] = (char *)bin;
@@ -123,6 +123,8 @@ void test_server_spawn(struct test_server *s, const struct config *c, const char
     STR("--log-level", "info");
     STR("--db-wait", "0");
     NUM("--reaper-interval-ms", c->reaper_interval_ms);
+    NUM("--max-client-connections", c->max_client_connections);
+    NUM("--rate-limit", c->rate_limit);
     if (c->database_url[0])
         STR("--database-url", c->database_url);
     if (c->api_keys[0])

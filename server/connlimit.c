@@ -1,0 +1,114 @@
+/* connlimit.c - connections per client address, and shedding one */
+#define _POSIX_C_SOURCE 200809L
+#include "connlimit.h"
+
+#include "peer_socket.h"
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define NBUCKETS 1024
+#define ADDR_MAX 64
+
+struct node {
+    char addr[ADDR_MAX];
+    int count;
+    struct node *next;
+};
+
+struct connlimit {
+    int max;
+    pthread_mutex_t mu;
+    unsigned long long refused;
+    struct node *buckets[NBUCKETS];
+};
+
+struct connlimit *connlimit_new(int max)
+{
+    struct connlimit *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->max = max;
+    pthread_mutex_init(&c->mu, NULL);
+    return c;
+}
+
+void connlimit_free(struct connlimit *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; i < NBUCKETS; i++)
+        for (struct node *n = c->buckets[i], *next; n; n = next) {
+            next = n->next;
+            free(n);
+        }
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}
+
+static struct node **slot(struct connlimit *c, const char *addr)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const char *p = addr; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    struct node **n = &c->buckets[h % NBUCKETS];
+    while (*n && strcmp((*n)->addr, addr) != 0)
+        n = &(*n)->next;
+    return n;
+}
+
+int connlimit_enter(struct connlimit *c, const char *addr)
+{
+    if (c->max <= 0)
+        return 0;
+    int rc = 0;
+    pthread_mutex_lock(&c->mu);
+    struct node **n = slot(c, addr);
+    if (!*n) {
+        *n = calloc(1, sizeof **n);
+        if (*n)
+            strncpy((*n)->addr, addr, ADDR_MAX - 1);
+    }
+    if (!*n || (*n)->count >= c->max) {
+        __atomic_add_fetch(&c->refused, 1, __ATOMIC_RELAXED);
+        rc = -1;
+    } else {
+        (*n)->count++;
+    }
+    pthread_mutex_unlock(&c->mu);
+    return rc;
+}
+
+void connlimit_leave(struct connlimit *c, const char *addr)
+{
+    if (c->max <= 0)
+        return;
+    pthread_mutex_lock(&c->mu);
+    struct node **n = slot(c, addr);
+    if (*n && --(*n)->count <= 0) {
+        struct node *gone = *n;
+        *n = gone->next;
+        free(gone);
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+unsigned long long connlimit_refused(const struct connlimit *c)
+{
+    return __atomic_load_n(&c->refused, __ATOMIC_RELAXED);
+}
+
+int connlimit_shed(const char *remote_addr, int remote_port, int local_port, const char *response)
+{
+    int fd = peer_socket_find(remote_addr, remote_port, local_port);
+    if (fd < 0)
+        return -1;
+    /* Non-blocking (civetweb's sockets are): an answer that does not fit
+     * the send buffer at once is cut, and the close says the rest. */
+    (void)!send(fd, response, strlen(response), MSG_NOSIGNAL | MSG_DONTWAIT);
+    shutdown(fd, SHUT_RDWR);
+    return 0;
+}

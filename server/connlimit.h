@@ -1,0 +1,38 @@
+/* connlimit.h - open connections counted per client address, so that one
+ * address cannot hold every worker thread
+ *
+ * civetweb 1.15 gives each open connection a worker for as long as it is
+ * open, and has no limit per address: a few hundred idle or slow
+ * connections from one client held every worker. The server counts each
+ * address's connections as workers take them; one over the limit is
+ * answered 429 and shut down at once (connlimit_shed), before civetweb
+ * waits for its request. Thread-safe (one mutex).
+ */
+#ifndef MOCKERY_CONNLIMIT_H
+#define MOCKERY_CONNLIMIT_H
+
+struct connlimit;
+
+/* A counter allowing max connections per address (0: no limit); NULL on
+ * allocation failure. */
+struct connlimit *connlimit_new(int max);
+void connlimit_free(struct connlimit *c);
+
+/* Counts a new connection from addr: 0, or -1 when addr already has max
+ * (then nothing is counted). -1 also when out of memory. */
+int connlimit_enter(struct connlimit *c, const char *addr);
+
+/* The connection counted by connlimit_enter() has closed. */
+void connlimit_leave(struct connlimit *c, const char *addr);
+
+/* Connections refused so far. */
+unsigned long long connlimit_refused(const struct connlimit *c);
+
+/* Answers the TCP connection from remote_addr:remote_port to our
+ * local_port with response (a whole HTTP answer) and shuts it down both
+ * ways, so that the worker's read of its request ends at once. The socket
+ * is the caller's own (the worker's current connection), found by its
+ * addresses. Returns 0, or -1 when no such socket is open. */
+int connlimit_shed(const char *remote_addr, int remote_port, int local_port, const char *response);
+
+#endif

@@ -1,0 +1,16 @@
+/* peer_socket.h - this process's socket of one TCP connection, found by its
+ * two ends
+ *
+ * civetweb 1.15 hands callbacks no socket; the connection limit (app.c) and
+ * the read watchdog (watchdog.c) need the one of a connection they know by
+ * its addresses. Reentrant.
+ */
+#ifndef MOCKERY_PEER_SOCKET_H
+#define MOCKERY_PEER_SOCKET_H
+
+/* The descriptor of the open TCP socket from remote_addr:remote_port to our
+ * local_port, or -1. The caller must know the connection is open (its own,
+ * or one held by a read it is watching), so the descriptor is its. */
+int peer_socket_find(const char *remote_addr, int remote_port, int local_port);
+
+#endif

@@ -1,0 +1,43 @@
+/* watchdog.h - deadlines for reads that civetweb cannot bound
+ *
+ * civetweb 1.15's mg_read() returns only when it has every byte asked for
+ * or when no byte came for a whole timeout: a body sent a byte a second
+ * keeps one read, and its worker, for as long as the client likes. A read
+ * armed here that is still going at its deadline has its socket shut for
+ * reading (the worker's read then ends at once, with what it has), and the
+ * reader answers 408. Thread-safe: one mutex and one thread.
+ */
+#ifndef MOCKERY_WATCHDOG_H
+#define MOCKERY_WATCHDOG_H
+
+#include <stdint.h>
+
+struct watchdog;
+
+/* One armed read; lives on the reader's stack. */
+struct watch {
+    int64_t deadline_us; /* CLOCK_MONOTONIC */
+    char remote_addr[48];
+    int remote_port, local_port;
+    int fired; /* set by the watchdog, under its mutex */
+    struct watch *prev, *next;
+};
+
+/* Starts the watchdog thread; NULL on failure. */
+struct watchdog *watchdog_new(void);
+/* Stops the thread; watchdog_free(NULL) does nothing. */
+void watchdog_free(struct watchdog *w);
+
+/* Arms w for the connection from remote_addr:remote_port to local_port
+ * until deadline_us. */
+void watchdog_arm(struct watchdog *wd, struct watch *w, const char *remote_addr, int remote_port,
+                  int local_port, int64_t deadline_us);
+
+/* Disarms w: whether its deadline had fired (the socket is shut for
+ * reading: the connection must close after the answer). */
+int watchdog_disarm(struct watchdog *wd, struct watch *w);
+
+/* CLOCK_MONOTONIC in microseconds. */
+int64_t watchdog_now_us(void);
+
+#endif

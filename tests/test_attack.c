@@ -1,0 +1,896 @@
+/* test_attack.c - the real mockery-server process attacked from outside,
+ * over real sockets, on both stores: deep nesting, the framing matrix, NUL
+ * and control bytes, the money table, invalid UTF-8 wherever something is
+ * echoed, idle / slow / trickling connections from one address (127.0.0.2)
+ * beside a well-behaved client (127.0.0.1), two Authorization headers, a
+ * rate limit, a list flood by one tenant beside another's payments, and a
+ * seeded mutation loop of whole requests. In the sanitizer pass the process
+ * is the ASan+UBSan build. */
+#define _POSIX_C_SOURCE 200809L
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "support.h"
+#include "utf8.h"
+
+#define ATTACKER "127.0.0.2"
+#define CLIENT "127.0.0.1"
+
+static struct test_server srv;
+
+/* The server as shipped (default threads, pool and limits), but its flags
+ * for tests: a port of its own and the test database. */
+static void start_with(enum store_kind kind, const char *api_keys, int rate_limit)
+{
+    struct config c;
+    test_config(&c, kind);
+    struct config d;
+    config_defaults(&d);
+    c.threads = d.threads;
+    c.pool_size = d.pool_size;
+    c.max_client_connections = d.max_client_connections;
+    c.rate_limit = rate_limit;
+    if (api_keys)
+        snprintf(c.api_keys, sizeof c.api_keys, "%s", api_keys);
+    memset(&srv, 0, sizeof srv);
+    srv.keep_log = 1;
+    test_server_spawn(&srv, &c, MOCKERY_SERVER_BIN);
+}
+
+static void start_memory(void)
+{
+    start_with(STORE_KIND_MEMORY, NULL, 100000);
+}
+
+static void start_pg(void)
+{
+    start_with(STORE_KIND_POSTGRES, NULL, 100000);
+}
+
+static void stop(void)
+{
+    test_server_stop(&srv); /* SIGTERM, and exit code 0 expected: it is alive */
+    unlink(srv.log_path);
+}
+
+static int port(void)
+{
+    return atoi(strrchr(srv.base, ':') + 1);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* The server process is still running. */
+static void alive(void)
+{
+    int st;
+    cr_assert_eq(waitpid(srv.pid, &st, WNOHANG), 0, "the server died (signal %d)",
+                 WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+}
+
+static int connect_from(const char *src)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    inet_pton(AF_INET, src, &a.sin_addr);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0, "bind %s: %s", src, strerror(errno));
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port())};
+    inet_pton(AF_INET, CLIENT, &to.sin_addr);
+    if (connect(fd, (struct sockaddr *)&to, sizeof to) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void send_all(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    while (len) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n <= 0)
+            return;
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+struct answer {
+    int status;
+    int closed; /* the server closed the connection after it */
+    char head[2048];
+    char body[8192];
+};
+
+/* Reads one response (by Content-Length), then whether the connection is
+ * closed within close_ms (0: do not wait for a close). */
+static void read_answer(int fd, int timeout_ms, int close_ms, struct answer *a)
+{
+    char buf[16384];
+    size_t n = 0;
+    memset(a, 0, sizeof *a);
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    char *end = NULL;
+    long want = -1;
+    while (n + 1 < sizeof buf && poll(&p, 1, timeout_ms) > 0) {
+        ssize_t got = recv(fd, buf + n, sizeof buf - n - 1, 0);
+        if (got <= 0) {
+            a->closed = 1;
+            break;
+        }
+        n += (size_t)got;
+        buf[n] = '\0';
+        if (!end && (end = strstr(buf, "\r\n\r\n")) != NULL) {
+            const char *cl = strstr(buf, "Content-Length: ");
+            want = cl && cl < end ? atol(cl + 16) : 0;
+        }
+        if (end && (long)(n - (size_t)(end + 4 - buf)) >= want)
+            break;
+    }
+    buf[n] = '\0';
+    sscanf(buf, "HTTP/1.1 %d", &a->status);
+    if (end) {
+        snprintf(a->head, sizeof a->head, "%.*s", (int)(end - buf), buf);
+        snprintf(a->body, sizeof a->body, "%s", end + 4);
+    }
+    if (!a->closed && close_ms > 0 && poll(&p, 1, close_ms) > 0) {
+        char c;
+        a->closed = recv(fd, &c, 1, 0) <= 0;
+    }
+}
+
+/* One raw request from CLIENT; the answer, and whether it closed within 2 s. */
+static void exchange(const char *req, size_t len, struct answer *a)
+{
+    int fd = connect_from(CLIENT);
+    cr_assert_geq(fd, 0);
+    send_all(fd, req, len ? len : strlen(req));
+    read_answer(fd, 5000, 2000, a);
+    close(fd);
+}
+
+/* A POST of body with key, as raw bytes (Content-Length from len). */
+static void post_raw(const char *key, const char *body, size_t len, const char *extra,
+                     struct answer *a)
+{
+    size_t cap = len + 1024;
+    char *req = malloc(cap);
+    int h = snprintf(req, cap,
+                     "POST /api/v1/payments HTTP/1.1\r\nHost: x\r\nIdempotency-Key: %s\r\n"
+                     "Content-Type: application/json\r\nContent-Length: %zu\r\n%s"
+                     "Connection: close\r\n\r\n",
+                     key, len, extra ? extra : "");
+    memcpy(req + h, body, len);
+    exchange(req, (size_t)h + len, a);
+    free(req);
+}
+
+/* The well-behaved client still gets a new payment stored. */
+static void still_serving(void)
+{
+    char key[96];
+    struct test_response r;
+    test_unique(key, sizeof key, "after");
+    test_post_payment(&srv, key, "{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"cust-ok\"}",
+                      &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    test_response_free(&r);
+    alive();
+}
+
+/* How many payments the customer has (GET /api/v1/payments). */
+static int payments_of(const char *customer)
+{
+    char u[256];
+    struct test_response r;
+    snprintf(u, sizeof u, "%s/api/v1/payments?limit=500&customer_id=%s", srv.base, customer);
+    test_http("GET", u, NULL, NULL, 0, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    const char *c = strstr(r.body, "\"count\":");
+    int n = c ? atoi(c + 8) : -1;
+    test_response_free(&r);
+    return n;
+}
+
+/* ---- bodies ------------------------------------------------------------------------ */
+
+static void deep_nesting(void)
+{
+    const char *shapes[] = {"{\"amount\":%s", "%s",
+                            "{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"c\","
+                            "\"description\":%s}",
+                            "{\"zz_unknown\":%s}", "{\"amount\":1,\"nested\":{\"a\":%s}}"};
+    for (int open = 0; open < 2; open++) {
+        char deep[8001];
+        for (int i = 0; i < 8000; i++)
+            deep[i] = open ? "{\"a\":"[i % 5] : '[';
+        deep[8000] = '\0';
+        for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+            char body[8200], key[96];
+            int len = snprintf(body, sizeof body, shapes[k], deep);
+            test_unique(key, sizeof key, "deep");
+            struct answer a;
+            post_raw(key, body, (size_t)len, NULL, &a);
+            cr_assert_eq(a.status, 400, "shape %zu: %d %s", k, a.status, a.body);
+            cr_assert(strstr(a.body, "invalid_json"), "%s", a.body);
+            alive();
+        }
+    }
+    /* The finding as it was: 810 bytes, never closed. */
+    char body[811] = "{\"amount\":";
+    memset(body + 10, '[', 800);
+    struct answer a;
+    post_raw("deep-810", body, 810, NULL, &a);
+    cr_assert_eq(a.status, 400, "%d %s", a.status, a.body);
+    still_serving();
+}
+
+Test(attack, deep_nesting_anywhere_is_a_400_not_a_crash_memory, .init = start_memory, .fini = stop,
+     .timeout = 120)
+{
+    deep_nesting();
+}
+
+Test(attack, deep_nesting_anywhere_is_a_400_not_a_crash_pg, .init = start_pg, .fini = stop,
+     .timeout = 120)
+{
+    deep_nesting();
+}
+
+/* NUL, raw control characters, trailing bytes, a second object, leading
+ * zeros: 400, and nothing stored. */
+static void strict_json(void)
+{
+    static const struct {
+        const char *body;
+        size_t len;
+    } bad[] = {
+        {"{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"cust-strict\"} xyz", 0},
+        {"{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"cust-strict\"}\0garbage", 61},
+        {"{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"cust-strict\"}{\"amount\":999}", 0},
+        {"{\"amount\":00012,\"currency\":\"USD\",\"customer_id\":\"cust-strict\"}", 0},
+        {"{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"cust-strict\",\"description\":"
+         "\"a\nb\"}",
+         0},
+        {"{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"cust-strict\",\"description\":"
+         "\"\x1b\"}",
+         0},
+        {"{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"cust-strict\\u0000; DROP TABLE x\"}",
+         0},
+        {"{\"amount\\u0000junk\":1,\"currency\":\"USD\",\"customer_id\":\"cust-strict\"}", 0},
+        {"{\"amount\":1,\"currency\":\"USD\\u0000X\",\"customer_id\":\"cust-strict\"}", 0},
+        {"{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"cust-strict\",\"\xff\xfe\":1}", 0},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char key[96];
+        struct answer a;
+        test_unique(key, sizeof key, "strict");
+        post_raw(key, bad[i].body, bad[i].len ? bad[i].len : strlen(bad[i].body), NULL, &a);
+        cr_assert_eq(a.status, 400, "case %zu: %d %s", i, a.status, a.body);
+        cr_assert(strstr(a.body, "\"invalid_json\""), "case %zu: %s", i, a.body);
+        cr_assert(utf8_valid(a.body, strlen(a.body)), "case %zu: not UTF-8", i);
+    }
+    cr_assert_eq(payments_of("cust-strict"), 0, "a refused body was stored");
+    /* One key, two descriptions that differ only after a \u0000: no 201 then
+     * 200 replay of the first for the second. */
+    const char *d1 = "{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"cust-strict\","
+                     "\"description\":\"refund\\u0000order-1\"}";
+    struct answer a;
+    post_raw("strict-nul-key", d1, strlen(d1), NULL, &a);
+    cr_assert_eq(a.status, 400, "%d %s", a.status, a.body);
+    still_serving();
+}
+
+Test(attack, only_strict_json_gets_through_memory, .init = start_memory, .fini = stop,
+     .timeout = 60)
+{
+    strict_json();
+}
+
+Test(attack, only_strict_json_gets_through_pg, .init = start_pg, .fini = stop, .timeout = 60)
+{
+    strict_json();
+}
+
+/* What is charged is the decimal text sent, or 422: never a rounding. */
+static void money_table(void)
+{
+    char customer[80];
+    test_unique(customer, sizeof customer, "cust-money");
+    static const struct {
+        const char *amount, *currency, *charged; /* NULL: 422 invalid_amount */
+    } cases[] = {
+        {"12.3400000001", "USD", NULL}, {"999999.9899999", "USD", NULL},
+        {"100.00000001", "JPY", NULL},  {"1.00000000001", "CLF", NULL},
+        {"1e999", "USD", NULL},         {"-0", "USD", NULL},
+        {"12.34", "USD", "12.34"},      {"1.5e1", "EUR", "15.00"},
+        {"100", "JPY", "100"},          {"999999.99", "USD", "999999.99"},
+        {"0.001", "KWD", "0.001"},      {"12.340000", "USD", "12.34"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char body[256], key[96];
+        snprintf(body, sizeof body, "{\"amount\":%s,\"currency\":\"%s\",\"customer_id\":\"%s\"}",
+                 cases[i].amount, cases[i].currency, customer);
+        test_unique(key, sizeof key, "money");
+        struct answer a;
+        post_raw(key, body, strlen(body), NULL, &a);
+        if (!cases[i].charged) {
+            cr_assert_eq(a.status, 422, "%s %s: %d %s", cases[i].amount, cases[i].currency,
+                         a.status, a.body);
+            cr_assert(strstr(a.body, "invalid_amount"), "%s", a.body);
+            continue;
+        }
+        char want[64];
+        snprintf(want, sizeof want, "\"amount\":%s,", cases[i].charged);
+        cr_assert_eq(a.status, 201, "%s: %d %s", body, a.status, a.body);
+        cr_assert(strstr(a.body, want), "%s charged as: %s", cases[i].amount, a.body);
+    }
+    cr_assert_eq(payments_of(customer), 6);
+}
+
+Test(attack, money_is_never_rounded_memory, .init = start_memory, .fini = stop, .timeout = 60)
+{
+    money_table();
+}
+
+Test(attack, money_is_never_rounded_pg, .init = start_pg, .fini = stop, .timeout = 60)
+{
+    money_table();
+}
+
+/* ---- framing ---------------------------------------------------------------------- */
+
+/* Each request hides a second one (a payment for cust-smuggled) where a
+ * proxy that frames it differently would see a body: the server answers
+ * 400, closes, and the hidden one never runs. */
+static void framing_matrix(void)
+{
+    char customer[80], payload[160];
+    test_unique(customer, sizeof customer, "cust-smuggled");
+    int plen = snprintf(payload, sizeof payload,
+                        "{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"%s\"}", customer);
+    const char *hidden = "POST /api/v1/payments HTTP/1.1\r\nHost: x\r\n"
+                         "Idempotency-Key: %s-%d\r\nContent-Type: application/json\r\n"
+                         "Content-Length: %d\r\n\r\n%s";
+    const char *fronts[] = {
+        "GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: %zu\r\n\r\n",
+        "POST /api/v1/payments HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0x%zx\r\n\r\n",
+        "GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0 %zu\r\n\r\n",
+        "GET /health HTTP/1.1\r\nHost: x\r\nContent-Length : %zu\r\n\r\n",
+        "GET /health HTTP/1.1\r\nHost: x\r\nX-A: b\r\n Content-Length: %zu\r\n\r\n",
+        "GET /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\nContent-Length: "
+        "%zu\r\n\r\n",
+        "GET /health HTTP/1.1\r\nContent-Length: %zu\r\n\r\n",
+        "GET /health HTTP/1.1\r\nHost: x\r\nHost: y\r\nContent-Length: %zu\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof fronts / sizeof fronts[0]; i++) {
+        char inner[512], req[1024];
+        int il = snprintf(inner, sizeof inner, hidden, customer, (int)i, plen, payload);
+        int fl = snprintf(req, sizeof req, fronts[i], (size_t)il);
+        memcpy(req + fl, inner, (size_t)il);
+        struct answer a;
+        exchange(req, (size_t)(fl + il), &a);
+        cr_assert_eq(a.status, 400, "case %zu: %d %s", i, a.status, a.body);
+        cr_assert(a.closed, "case %zu: the connection stayed open", i);
+        cr_assert(strstr(a.head, "Connection: close"), "case %zu: %s", i, a.head);
+    }
+    /* More header fields than civetweb keeps: a Content-Length past them
+     * would be ignored. */
+    char many[8192];
+    size_t n = (size_t)snprintf(many, sizeof many, "GET /health HTTP/1.1\r\nHost: x\r\n");
+    for (int i = 0; i < 70; i++)
+        n += (size_t)snprintf(many + n, sizeof many - n, "X-H%d: v\r\n", i);
+    n += (size_t)snprintf(many + n, sizeof many - n, "Content-Length: 5\r\n\r\nhello");
+    struct answer a;
+    exchange(many, n, &a);
+    cr_assert_eq(a.status, 431, "%d %s", a.status, a.body);
+    cr_assert(a.closed);
+    cr_assert_eq(payments_of(customer), 0, "a smuggled request ran");
+    /* The absolute form of a target is served (RFC 9112 3.2.2). */
+    char absreq[256];
+    snprintf(absreq, sizeof absreq,
+             "GET http://127.0.0.1:%d/health HTTP/1.1\r\nHost: x\r\n"
+             "Connection: close\r\n\r\n",
+             port());
+    exchange(absreq, 0, &a);
+    cr_assert_eq(a.status, 200, "%d %s", a.status, a.body);
+    /* The 422's reason phrase is spelled right. */
+    const char *bad = "{\"amount\":-1,\"currency\":\"USD\",\"customer_id\":\"c\"}";
+    post_raw("reason-phrase", bad, strlen(bad), NULL, &a);
+    cr_assert(strncmp(a.head, "HTTP/1.1 422 Unprocessable Content\r\n", 36) == 0, "%s", a.head);
+    still_serving();
+}
+
+Test(attack, framing_that_could_smuggle_is_refused_and_closed_memory, .init = start_memory,
+     .fini = stop, .timeout = 60)
+{
+    framing_matrix();
+}
+
+Test(attack, framing_that_could_smuggle_is_refused_and_closed_pg, .init = start_pg, .fini = stop,
+     .timeout = 60)
+{
+    framing_matrix();
+}
+
+/* ---- what is echoed ------------------------------------------------------------ */
+
+/* Every line the server wrote is one JSON object of valid UTF-8. */
+static void log_is_json_utf8(void)
+{
+    FILE *f = fopen(srv.log_path, "r");
+    cr_assert_not_null(f, "%s", srv.log_path);
+    char line[65536];
+    int lines = 0;
+    while (fgets(line, sizeof line, f)) {
+        size_t n = strlen(line);
+        cr_assert(utf8_valid(line, n), "log line not UTF-8: %s", line);
+        cr_assert(line[0] == '{' && n > 1 && line[n - 2] == '}', "not a JSON object: %s", line);
+        lines++;
+    }
+    fclose(f);
+    cr_assert_gt(lines, 0);
+}
+
+static void echoed_text(void)
+{
+    struct answer a;
+    const char *gets[] = {
+        "GET /api/v1/payments/%ff HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /api/v1/payments/txn_%c3%28 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /api/v1/payments?starting_after=%ff HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /api/v1/payments?customer_id=%ff HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /nope%ff%c3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    };
+    const int want[] = {404, 404, 400, 400, 404};
+    for (size_t i = 0; i < sizeof gets / sizeof gets[0]; i++) {
+        exchange(gets[i], 0, &a);
+        cr_assert_eq(a.status, want[i], "case %zu: %d %s", i, a.status, a.body);
+        cr_assert(utf8_valid(a.body, strlen(a.body)));
+    }
+    /* A valid name of 30 x U+4E2D: cut at a character, not at byte 64. */
+    char name[100] = "", body[256];
+    for (int i = 0; i < 30; i++)
+        strcat(name, "\xe4\xb8\xad");
+    snprintf(body, sizeof body, "{\"%s\":1}", name);
+    post_raw("echo-cjk", body, strlen(body), NULL, &a);
+    cr_assert_eq(a.status, 422, "%d %s", a.status, a.body);
+    cr_assert(utf8_valid(a.body, strlen(a.body)), "422 body not UTF-8: %s", a.body);
+    still_serving();
+    log_is_json_utf8();
+}
+
+Test(attack, everything_echoed_is_utf8_memory, .init = start_memory, .fini = stop, .timeout = 60)
+{
+    echoed_text();
+}
+
+Test(attack, everything_echoed_is_utf8_pg, .init = start_pg, .fini = stop, .timeout = 60)
+{
+    echoed_text();
+}
+
+/* ---- credentials ---------------------------------------------------------------- */
+
+static void start_tenants(void)
+{
+    start_with(STORE_KIND_MEMORY, "alpha:alpha-key-123,beta:beta-key-456", 100000);
+}
+
+Test(attack, two_authorization_headers_are_refused, .init = start_tenants, .fini = stop,
+     .timeout = 60)
+{
+    struct answer a;
+    exchange("GET /api/v1/payments HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer alpha-key-123\r\n"
+             "Authorization: Bearer beta-key-456\r\nConnection: close\r\n\r\n",
+             0, &a);
+    cr_assert_eq(a.status, 401, "%d %s", a.status, a.body);
+    exchange("GET /api/v1/payments HTTP/1.1\r\nHost: x\r\nAuthorization : Bearer alpha-key-123\r\n"
+             "Connection: close\r\n\r\n",
+             0, &a);
+    cr_assert_eq(a.status, 400, "%d %s", a.status, a.body);
+    exchange("GET /api/v1/payments HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer alpha-key-123\r\n"
+             "Connection: close\r\n\r\n",
+             0, &a);
+    cr_assert_eq(a.status, 200, "%d %s", a.status, a.body);
+}
+
+/* ---- slow and idle clients ----------------------------------------------------- */
+
+enum attack_kind { IDLE, SLOW_HEADERS, TRICKLED_BODY };
+
+struct attackers {
+    enum attack_kind kind;
+    int count;
+    volatile int stop;
+    int refused;   /* connections answered 429 too_many_connections */
+    int timed_out; /* trickled bodies answered 408 */
+    pthread_mutex_t mu;
+};
+
+/* One attacker: connects from ATTACKER again and again until told to stop,
+ * and misbehaves in its way on each connection. */
+static void *attacker_main(void *arg)
+{
+    struct attackers *at = arg;
+    const char *hdr = "POST /api/v1/payments HTTP/1.1\r\nHost: x\r\nIdempotency-Key: trickle\r\n"
+                      "Content-Type: application/json\r\nContent-Length: 60000\r\n\r\n";
+    while (!at->stop) {
+        int fd = connect_from(ATTACKER);
+        if (fd < 0) {
+            sleep_ms(20);
+            continue;
+        }
+        if (at->kind == TRICKLED_BODY)
+            send_all(fd, hdr, strlen(hdr));
+        const char *slow = "GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa";
+        for (size_t i = 0; !at->stop; i++) {
+            struct pollfd p = {.fd = fd, .events = POLLIN};
+            if (poll(&p, 1, 1000) > 0) { /* an answer or a close */
+                char buf[512] = "";
+                ssize_t got = recv(fd, buf, sizeof buf - 1, 0);
+                pthread_mutex_lock(&at->mu);
+                at->refused += got > 0 && strstr(buf, "too_many_connections") != NULL;
+                at->timed_out += got > 0 && strstr(buf, " 408 ") != NULL;
+                pthread_mutex_unlock(&at->mu);
+                break;
+            }
+            if (at->kind == SLOW_HEADERS)
+                send_all(fd, slow + (i % strlen(slow)), 1);
+            else if (at->kind == TRICKLED_BODY)
+                send_all(fd, " ", 1);
+        }
+        close(fd);
+    }
+    return NULL;
+}
+
+/* 300 misbehaving connections from one address for `seconds`; meanwhile the
+ * well-behaved client is answered within 2 s every time. */
+static void under_attack(enum attack_kind kind, int seconds, struct attackers *at)
+{
+    enum { N = 300 };
+    pthread_t t[N];
+    memset(at, 0, sizeof *at);
+    at->kind = kind;
+    pthread_mutex_init(&at->mu, NULL);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 64 * 1024);
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(pthread_create(&t[i], &attr, attacker_main, at), 0);
+    pthread_attr_destroy(&attr);
+    sleep_ms(1500); /* let them take what they can */
+    double end = now_s() + seconds, worst = 0;
+    int probes = 0;
+    while (now_s() < end) {
+        double t0 = now_s();
+        struct answer a;
+        int fd = connect_from(CLIENT);
+        cr_assert_geq(fd, 0);
+        send_all(fd, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 54);
+        read_answer(fd, 5000, 0, &a);
+        close(fd);
+        double took = now_s() - t0;
+        worst = took > worst ? took : worst;
+        cr_assert_eq(a.status, 200, "probe %d under attack: status %d after %.2f s", probes,
+                     a.status, took);
+        cr_assert_lt(took, 2.0, "probe %d answered after %.2f s", probes, took);
+        probes++;
+        sleep_ms(200);
+    }
+    at->stop = 1;
+    for (int i = 0; i < N; i++)
+        pthread_join(t[i], NULL);
+    cr_log_info("%d probes, slowest %.3f s, %d attacker connections refused", probes, worst,
+                at->refused);
+    alive();
+}
+
+static void slow_clients(void)
+{
+    struct attackers at;
+    under_attack(IDLE, 6, &at);
+    cr_assert_gt(at.refused, 0, "no connection was refused for its address");
+    under_attack(SLOW_HEADERS, 6, &at);
+    /* Bodies a byte a second: each gets its 408 after the body deadline
+     * (10 s, checked after each read of at most 5 s). */
+    under_attack(TRICKLED_BODY, 17, &at);
+    cr_assert_gt(at.timed_out, 0, "no trickled body was cut off with 408");
+    still_serving();
+}
+
+Test(attack, slow_and_idle_connections_from_one_address_do_not_stop_others_memory,
+     .init = start_memory, .fini = stop, .timeout = 120)
+{
+    slow_clients();
+}
+
+Test(attack, slow_and_idle_connections_from_one_address_do_not_stop_others_pg, .init = start_pg,
+     .fini = stop, .timeout = 120)
+{
+    slow_clients();
+}
+
+/* An oversized body announced with Expect: 100-continue: the 413 at once and
+ * the connection closed, with no wait for a body that will not come. */
+Test(attack, expect_continue_with_an_oversized_body_is_closed_at_once, .init = start_memory,
+     .fini = stop, .timeout = 60)
+{
+    int fd = connect_from(CLIENT);
+    const char *req = "POST /api/v1/payments HTTP/1.1\r\nHost: x\r\nIdempotency-Key: expect\r\n"
+                      "Content-Type: application/json\r\nContent-Length: 100000\r\n"
+                      "Expect: 100-continue\r\n\r\n";
+    double t0 = now_s();
+    send_all(fd, req, strlen(req));
+    struct answer a;
+    read_answer(fd, 5000, 3000, &a);
+    close(fd);
+    cr_assert_eq(a.status, 413, "%d %s", a.status, a.body);
+    cr_assert(a.closed, "still open");
+    cr_assert_lt(now_s() - t0, 2.0, "closed after %.2f s", now_s() - t0);
+}
+
+/* ---- tenants --------------------------------------------------------------------- */
+
+static void start_limited(void)
+{
+    start_with(STORE_KIND_MEMORY, "alpha:alpha-key-123,beta:beta-key-456", 20);
+}
+
+static int post_as(const char *api_key, const char *key, const char *customer, char *retry_after,
+                   size_t ralen)
+{
+    char body[200], extra[128];
+    snprintf(body, sizeof body, "{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"%s\"}",
+             customer);
+    snprintf(extra, sizeof extra, "Authorization: Bearer %s\r\n", api_key);
+    struct answer a;
+    post_raw(key, body, strlen(body), extra, &a);
+    if (retry_after) {
+        const char *ra = strstr(a.head, "Retry-After: ");
+        snprintf(retry_after, ralen, "%.*s", ra ? (int)strcspn(ra + 13, "\r\n") : 0,
+                 ra ? ra + 13 : "");
+    }
+    return a.status;
+}
+
+Test(attack, a_tenant_over_its_rate_gets_429_before_the_claim, .init = start_limited, .fini = stop,
+     .timeout = 60)
+{
+    int limited = 0, ok = 0;
+    char ra[16] = "", key[96], limited_key[96] = "";
+    for (int i = 0; i < 60; i++) {
+        test_unique(key, sizeof key, "rate");
+        int st = post_as("alpha-key-123", key, "cust-rate", ra, sizeof ra);
+        if (st == 429) {
+            limited++;
+            cr_assert(atoi(ra) >= 1, "Retry-After: '%s'", ra);
+            snprintf(limited_key, sizeof limited_key, "%s", key);
+        } else {
+            cr_assert_eq(st, 201);
+            ok++;
+        }
+    }
+    cr_assert_gt(limited, 0, "60 requests at once, a limit of 20 a second, none refused");
+    cr_assert_geq(ok, 20);
+    /* The other tenant is not held back by alpha's flood. */
+    test_unique(key, sizeof key, "rate-beta");
+    cr_assert_eq(post_as("beta-key-456", key, "cust-rate", NULL, 0), 201);
+    /* The refused key was not claimed: after the wait it is a new payment. */
+    sleep((unsigned)atoi(ra) + 1);
+    cr_assert_eq(post_as("alpha-key-123", limited_key, "cust-rate", NULL, 0), 201);
+    struct test_response r;
+    char u[128];
+    snprintf(u, sizeof u, "%s/metrics", srv.base);
+    test_http("GET", u, NULL, NULL, 0, &r);
+    cr_assert(strstr(r.body, "mockery_rate_limited_total "), "%s", r.body);
+    cr_assert_null(strstr(r.body, "mockery_rate_limited_total 0\n"));
+    test_response_free(&r);
+}
+
+struct flood {
+    volatile int stop;
+    int lists;
+};
+
+/* Reads one answer of any size and drops it: its status, 0 on a close. */
+static int drain_answer(int fd)
+{
+    char buf[65536];
+    size_t n = 0;
+    char *end = NULL;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    while (!end && n + 1 < sizeof buf && poll(&p, 1, 10000) > 0) {
+        ssize_t got = recv(fd, buf + n, sizeof buf - n - 1, 0);
+        if (got <= 0)
+            return 0;
+        n += (size_t)got;
+        buf[n] = '\0';
+        end = strstr(buf, "\r\n\r\n");
+    }
+    if (!end)
+        return 0;
+    int status = 0;
+    sscanf(buf, "HTTP/1.1 %d", &status);
+    const char *cl = strstr(buf, "Content-Length: ");
+    long left = (cl && cl < end ? atol(cl + 16) : 0) - (long)(n - (size_t)(end + 4 - buf));
+    while (left > 0 && poll(&p, 1, 10000) > 0) {
+        ssize_t got = recv(fd, buf, sizeof buf, 0);
+        if (got <= 0)
+            return 0;
+        left -= got;
+    }
+    return status;
+}
+
+/* Tenant alpha asks for the largest list page, again and again. */
+static void *list_flooder(void *arg)
+{
+    struct flood *f = arg;
+    while (!f->stop) {
+        int fd = connect_from(ATTACKER);
+        if (fd < 0)
+            continue;
+        for (int i = 0; i < 50 && !f->stop; i++) {
+            const char *req = "GET /api/v1/payments?limit=500 HTTP/1.1\r\nHost: x\r\n"
+                              "Authorization: Bearer alpha-key-123\r\n\r\n";
+            send_all(fd, req, strlen(req));
+            if (drain_answer(fd) != 200)
+                break;
+            __atomic_add_fetch(&f->lists, 1, __ATOMIC_RELAXED);
+        }
+        close(fd);
+    }
+    return NULL;
+}
+
+/* Payments of tenant beta, one after another for `seconds`: how many a
+ * second, and the slowest. */
+static double beta_payments(double seconds, double *worst)
+{
+    double end = now_s() + seconds;
+    int n = 0;
+    *worst = 0;
+    while (now_s() < end) {
+        char key[96];
+        test_unique(key, sizeof key, "beta");
+        double t0 = now_s();
+        cr_assert_eq(post_as("beta-key-456", key, "cust-beta", NULL, 0), 201);
+        double took = now_s() - t0;
+        *worst = took > *worst ? took : *worst;
+        n++;
+    }
+    return n / seconds;
+}
+
+static void start_tenants_pg(void)
+{
+    start_with(STORE_KIND_POSTGRES, "alpha:alpha-key-123,beta:beta-key-456", 100000);
+}
+
+/* One tenant flooding the largest list pages from 64 connections does not
+ * crowd out another tenant's payments (it once cut them ~30x). */
+Test(attack, a_list_flood_does_not_crowd_out_another_tenants_payments, .init = start_tenants_pg,
+     .fini = stop, .timeout = 120)
+{
+    /* Enough of alpha's payments that a page holds 500. */
+    for (int i = 0; i < 520; i++) {
+        char key[96];
+        test_unique(key, sizeof key, "alpha-seed");
+        cr_assert_eq(post_as("alpha-key-123", key, "cust-alpha", NULL, 0), 201);
+    }
+    double worst_alone, alone = beta_payments(3, &worst_alone);
+    enum { FLOODERS = 64 };
+    pthread_t t[FLOODERS];
+    struct flood f = {0};
+    for (int i = 0; i < FLOODERS; i++)
+        pthread_create(&t[i], NULL, list_flooder, &f);
+    sleep_ms(500);
+    double worst, during = beta_payments(5, &worst);
+    f.stop = 1;
+    for (int i = 0; i < FLOODERS; i++)
+        pthread_join(t[i], NULL);
+    cr_log_info("beta alone %.0f/s (slowest %.3f s); beside the flood %.0f/s (slowest %.3f s); "
+                "alpha's pages %d",
+                alone, worst_alone, during, worst, f.lists);
+    cr_assert_gt(f.lists, 0, "the flood did not run");
+    cr_assert_lt(worst, 2.0, "a payment beside the flood took %.2f s", worst);
+    cr_assert_geq(during, alone / 4, "payments fell from %.0f/s to %.0f/s", alone, during);
+    alive();
+}
+
+/* ---- mutation ------------------------------------------------------------------- */
+
+/* Whole requests, valid ones mutated byte by byte with a fixed seed: each
+ * gets an HTTP answer or a close, and the process lives. */
+static void mutation_loop(void)
+{
+    const char *seeds[] = {
+        "POST /api/v1/payments HTTP/1.1\r\nHost: x\r\nIdempotency-Key: mut-%d\r\n"
+        "Content-Type: application/json\r\nContent-Length: 52\r\n\r\n"
+        "{\"amount\":1.50,\"currency\":\"USD\",\"customer_id\":\"cm\"}",
+        "GET /api/v1/payments?limit=5&customer_id=cm HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /api/v1/payments/txn_AAAAAAAAAAAAAAAAAAAAAAAA HTTP/1.1\r\nHost: x\r\n\r\n",
+        "POST /api/v1/payments HTTP/1.1\r\nHost: x\r\nIdempotency-Key: mut-%d\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "34\r\n{\"amount\":1.50,\"currency\":\"USD\",\"customer_id\":\"cm\"}\r\n0\r\n\r\n",
+    };
+    const char alphabet[] = "{}[]\":,\\\r\n 0-9e.%\x00\xff\xc3\x80uA";
+    unsigned seed = 20261201;
+    for (int i = 0; i < 1500; i++) {
+        char req[1024];
+        int len = snprintf(req, sizeof req, seeds[i % 4], i);
+        int edits = 1 + (int)(rand_r(&seed) % 4);
+        for (int e = 0; e < edits; e++) {
+            int at = (int)(rand_r(&seed) % (unsigned)len);
+            switch (rand_r(&seed) % 3) {
+            case 0: /* replace */
+                req[at] = alphabet[rand_r(&seed) % (sizeof alphabet - 1)];
+                break;
+            case 1: /* insert */
+                if (len + 1 < (int)sizeof req) {
+                    memmove(req + at + 1, req + at, (size_t)(len - at));
+                    req[at] = alphabet[rand_r(&seed) % (sizeof alphabet - 1)];
+                    len++;
+                }
+                break;
+            default: /* delete */
+                memmove(req + at, req + at + 1, (size_t)(len - at - 1));
+                len--;
+            }
+        }
+        int fd = connect_from(CLIENT);
+        cr_assert_geq(fd, 0);
+        send_all(fd, req, (size_t)len);
+        shutdown(fd, SHUT_WR);
+        struct answer a;
+        read_answer(fd, 12000, 0, &a);
+        close(fd);
+        cr_assert(a.status == 0 || (a.status >= 200 && a.status < 600), "case %d: status %d", i,
+                  a.status);
+        if (a.status >= 400)
+            cr_assert(strstr(a.body, "{\"error\":{"), "case %d: %s", i, a.body);
+        if (i % 100 == 0)
+            alive();
+    }
+    still_serving();
+    log_is_json_utf8();
+}
+
+Test(attack, mutated_requests_never_take_it_down_memory, .init = start_memory, .fini = stop,
+     .timeout = 300)
+{
+    mutation_loop();
+}
+
+Test(attack, mutated_requests_never_take_it_down_pg, .init = start_pg, .fini = stop, .timeout = 300)
+{
+    mutation_loop();
+}
