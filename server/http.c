@@ -155,6 +155,13 @@ int http_fail(struct request *r, int status, const char *type, const char *code,
     return http_send_error(r, &e, NULL);
 }
 
+/* Reads of this request's body end HTTP_BODY_DEADLINE_MS from now. */
+static void arm_body_deadline(struct request *r, struct watch *w)
+{
+    watchdog_arm(r->app->watchdog, w, r->ri->remote_addr, r->ri->remote_port, r->ri->server_port,
+                 watchdog_now_us() + (int64_t)HTTP_BODY_DEADLINE_MS * 1000);
+}
+
 enum http_body http_read_body(struct request *r, size_t max, char **out, size_t *len)
 {
     long long declared = r->ri->content_length;
@@ -170,8 +177,7 @@ enum http_body http_read_body(struct request *r, size_t max, char **out, size_t 
      * whole timeout without a byte: the watchdog ends a read still going at
      * the deadline. */
     struct watch w;
-    watchdog_arm(r->app->watchdog, &w, r->ri->remote_addr, r->ri->remote_port, r->ri->server_port,
-                 watchdog_now_us() + (int64_t)HTTP_BODY_DEADLINE_MS * 1000);
+    arm_body_deadline(r, &w);
     for (;;) {
         if (n + 1 >= cap) {
             if (cap > max + 1) { /* chunked body longer than allowed */
@@ -227,8 +233,11 @@ void http_discard_body(struct request *r)
     char buf[8192];
     size_t total = 0;
     int got;
+    struct watch w;
+    arm_body_deadline(r, &w); /* a trickled body is not waited for either */
     while (total < HTTP_DISCARD_MAX && (got = mg_read(r->conn, buf, sizeof buf)) > 0)
         total += (size_t)got;
+    watchdog_disarm(r->app->watchdog, &w);
 }
 
 /* civetweb keeps this many header fields and silently drops the rest. */

@@ -347,6 +347,47 @@ static int cmp_ptr(const void *x, const void *y)
                        *(const struct store_payment *const *)y);
 }
 
+/* The k newest of a stream, kept as a heap whose root is the oldest of
+ * them: O(n log k) under the mutex rather than sorting every payment. */
+struct newest {
+    const struct store_payment **heap;
+    size_t n, k;
+};
+
+static void newest_sift_down(struct newest *h, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, old = i;
+        if (l < h->n && newer_first(h->heap[l], h->heap[old]) > 0)
+            old = l;
+        if (r < h->n && newer_first(h->heap[r], h->heap[old]) > 0)
+            old = r;
+        if (old == i)
+            return;
+        const struct store_payment *t = h->heap[i];
+        h->heap[i] = h->heap[old];
+        h->heap[old] = t;
+        i = old;
+    }
+}
+
+static void newest_offer(struct newest *h, const struct store_payment *p)
+{
+    if (h->n < h->k) {
+        size_t i = h->n++;
+        h->heap[i] = p;
+        while (i > 0 && newer_first(h->heap[i], h->heap[(i - 1) / 2]) > 0) {
+            const struct store_payment *t = h->heap[i];
+            h->heap[i] = h->heap[(i - 1) / 2];
+            h->heap[(i - 1) / 2] = t;
+            i = (i - 1) / 2;
+        }
+    } else if (newer_first(p, h->heap[0]) < 0) {
+        h->heap[0] = p; /* newer than the oldest kept */
+        newest_sift_down(h, 0);
+    }
+}
+
 static enum store_status mem_list_payments(struct store *s, const char *tenant,
                                            const struct store_list_query *q, struct store_list *out,
                                            char *err, size_t errlen)
@@ -368,7 +409,9 @@ static enum store_status mem_list_payments(struct store *s, const char *tenant,
         }
         cursor = &c->p;
     }
-    sel = malloc((m->npayments + 1) * sizeof *sel);
+    /* The limit newest, and one more to tell whether there are more. */
+    struct newest h = {.k = (size_t)q->limit + 1};
+    sel = h.heap = malloc(h.k * sizeof *sel);
     if (!sel)
         goto oom;
     for (size_t i = 0; i < m->npayments; i++) {
@@ -379,8 +422,9 @@ static enum store_status mem_list_payments(struct store *s, const char *tenant,
             continue;
         if (cursor && newer_first(&mp->p, cursor) <= 0)
             continue;
-        sel[n++] = &mp->p;
+        newest_offer(&h, &mp->p);
     }
+    n = h.n;
     qsort(sel, n, sizeof *sel, cmp_ptr);
     size_t take = n < (size_t)q->limit ? n : (size_t)q->limit;
     res.has_more = n > take;

@@ -1,5 +1,6 @@
 /* test_fuzz_regress.c - every seed and every kept crash of the fuzzers,
- * replayed through the same entry points (under ASan in the sanitizer run) */
+ * replayed through the same entry points (under ASan in the sanitizer run),
+ * each on a thread with a civetweb worker's stack */
 #define _POSIX_C_SOURCE 200809L
 #include <criterion/criterion.h>
 #include <dirent.h>
@@ -29,7 +30,7 @@ static int replay(const char *kind, const char *target, int (*fn)(const uint8_t 
         uint8_t buf[1 << 16];
         size_t len = fread(buf, 1, sizeof buf, f);
         fclose(f);
-        fn(buf, len);
+        fuzz_on_worker_stack(fn, buf, len); /* as on a civetweb worker */
         n++;
     }
     closedir(d);

@@ -51,5 +51,8 @@ int fuzz_body_one(const uint8_t *data, size_t size)
 
 #ifdef MOCKERY_LIBFUZZER
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) { return fuzz_body_one(data, size); }
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    return fuzz_on_worker_stack(fuzz_body_one, data, size);
+}
 #endif

@@ -57,6 +57,6 @@ int fuzz_fingerprint_one(const uint8_t *data, size_t size)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    return fuzz_fingerprint_one(data, size);
+    return fuzz_on_worker_stack(fuzz_fingerprint_one, data, size);
 }
 #endif

@@ -34,5 +34,8 @@ int fuzz_key_one(const uint8_t *data, size_t size)
 
 #ifdef MOCKERY_LIBFUZZER
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) { return fuzz_key_one(data, size); }
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    return fuzz_on_worker_stack(fuzz_key_one, data, size);
+}
 #endif
