@@ -49,7 +49,33 @@ static int on_log_message(const struct mg_connection *conn, const char *message)
 struct civetweb_connection_head {
     int connection_type, protocol_type, request_state;
     struct mg_request_info request_info;
+    struct mg_response_info response_info;
+    void *phys_ctx, *dom_ctx;
+    void *ssl;
+    int sock; /* the first member of its struct socket client */
 };
+
+/* The same, built with server statistics (one int more before ssl). */
+struct civetweb_connection_head_stats {
+    int connection_type, protocol_type, request_state;
+    struct mg_request_info request_info;
+    struct mg_response_info response_info;
+    void *phys_ctx, *dom_ctx;
+    int conn_state;
+    void *ssl;
+    int sock;
+};
+
+int app_socket_hint(const struct app *app, const struct mg_connection *conn)
+{
+    if (!__atomic_load_n(&app->early_info_ok, __ATOMIC_RELAXED))
+        return -1;
+    size_t at = app->civetweb_stats ? offsetof(struct civetweb_connection_head_stats, sock)
+                                    : offsetof(struct civetweb_connection_head, sock);
+    int fd;
+    memcpy(&fd, (const char *)conn + at, sizeof fd);
+    return fd;
+}
 
 const struct mg_request_info *app_early_request_info(const struct app *app,
                                                      const struct mg_connection *conn)
@@ -94,7 +120,8 @@ static int on_connection_open(const struct mg_connection *conn, void **conn_data
         snprintf(answer, sizeof answer, TOO_MANY, sizeof TOO_MANY_BODY - 1);
         *conn_data = &app->shed_marker;
         metrics_connection_refused(app->metrics);
-        connlimit_shed(ri->remote_addr, ri->remote_port, ri->server_port, answer);
+        connlimit_shed(app_socket_hint(app, conn), ri->remote_addr, ri->remote_port,
+                       ri->server_port, answer);
         return 0;
     }
     *conn_data = &app->counted_marker;
@@ -232,6 +259,7 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
     }
     app->replays = replay_cache_new((size_t)cfg->replay_cache);
     app->early_info_ok = mg_check_feature(MG_FEATURES_HTTP2) == 0;
+    app->civetweb_stats = mg_check_feature(MG_FEATURES_STATS) != 0;
     app->connlimit = connlimit_new(cfg->max_client_connections);
     app->ratelimit = ratelimit_new(cfg->rate_limit);
     app->watchdog = watchdog_new();

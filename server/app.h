@@ -36,7 +36,8 @@ struct app {
     /* Connection data: the address of shed_marker marks a connection
      * refused by connlimit, of counted_marker one it counted. */
     char shed_marker, counted_marker;
-    int early_info_ok; /* app_early_request_info() may be used; atomic */
+    int early_info_ok;  /* app_early_request_info() may be used; atomic */
+    int civetweb_stats; /* civetweb built with server statistics (its layout) */
     struct mg_context *ctx;
     int port;
     int connections; /* held by workers now; atomic (see handlers.c) */
@@ -59,6 +60,10 @@ struct mg_request_info;
  * a request, or NULL when it cannot be had (see app.c). */
 const struct mg_request_info *app_early_request_info(const struct app *app,
                                                      const struct mg_connection *conn);
+
+/* The descriptor of the connection's socket as civetweb's connection holds
+ * it, or -1: a hint only, to be checked (peer_socket.h). */
+int app_socket_hint(const struct app *app, const struct mg_connection *conn);
 
 /* Starts the reaper and the HTTP server over store, which the app then owns
  * (freed by app_stop, or here on failure); with store NULL it opens the one

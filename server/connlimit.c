@@ -101,9 +101,10 @@ unsigned long long connlimit_refused(const struct connlimit *c)
     return __atomic_load_n(&c->refused, __ATOMIC_RELAXED);
 }
 
-int connlimit_shed(const char *remote_addr, int remote_port, int local_port, const char *response)
+int connlimit_shed(int hint, const char *remote_addr, int remote_port, int local_port,
+                   const char *response)
 {
-    int fd = peer_socket_find(remote_addr, remote_port, local_port);
+    int fd = peer_socket_find(hint, remote_addr, remote_port, local_port);
     if (fd < 0)
         return -1;
     /* Non-blocking (civetweb's sockets are): an answer that does not fit

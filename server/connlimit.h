@@ -32,7 +32,9 @@ unsigned long long connlimit_refused(const struct connlimit *c);
  * local_port with response (a whole HTTP answer) and shuts it down both
  * ways, so that the worker's read of its request ends at once. The socket
  * is the caller's own (the worker's current connection), found by its
- * addresses. Returns 0, or -1 when no such socket is open. */
-int connlimit_shed(const char *remote_addr, int remote_port, int local_port, const char *response);
+ * addresses (hint, or -1: the descriptor it probably is; see
+ * peer_socket.h). Returns 0, or -1 when no such socket is open. */
+int connlimit_shed(int hint, const char *remote_addr, int remote_port, int local_port,
+                   const char *response);
 
 #endif

@@ -158,7 +158,8 @@ int http_fail(struct request *r, int status, const char *type, const char *code,
 /* Reads of this request's body end HTTP_BODY_DEADLINE_MS from now. */
 static void arm_body_deadline(struct request *r, struct watch *w)
 {
-    watchdog_arm(r->app->watchdog, w, r->ri->remote_addr, r->ri->remote_port, r->ri->server_port,
+    watchdog_arm(r->app->watchdog, w, app_socket_hint(r->app, r->conn), r->ri->remote_addr,
+                 r->ri->remote_port, r->ri->server_port,
                  watchdog_now_us() + (int64_t)HTTP_BODY_DEADLINE_MS * 1000);
 }
 

@@ -25,8 +25,23 @@ static int describe(const struct sockaddr_storage *sa, char *addr, size_t len)
     return -1;
 }
 
-int peer_socket_find(const char *remote_addr, int remote_port, int local_port)
+/* Whether fd is the TCP socket from remote_addr:remote_port to local_port. */
+static int is_the_socket(int fd, const char *remote_addr, int remote_port, int local_port)
 {
+    struct sockaddr_storage peer, local;
+    socklen_t plen = sizeof peer, llen = sizeof local;
+    char paddr[64], laddr[64];
+    if (getpeername(fd, (struct sockaddr *)&peer, &plen) != 0 ||
+        getsockname(fd, (struct sockaddr *)&local, &llen) != 0)
+        return 0;
+    return describe(&peer, paddr, sizeof paddr) == remote_port &&
+           describe(&local, laddr, sizeof laddr) == local_port && strcmp(paddr, remote_addr) == 0;
+}
+
+int peer_socket_find(int hint, const char *remote_addr, int remote_port, int local_port)
+{
+    if (hint >= 0 && is_the_socket(hint, remote_addr, remote_port, local_port))
+        return hint;
     DIR *d = opendir("/proc/self/fd");
     if (!d)
         return -1;
@@ -36,16 +51,7 @@ int peer_socket_find(const char *remote_addr, int remote_port, int local_port)
         if (e->d_name[0] < '0' || e->d_name[0] > '9')
             continue;
         int fd = atoi(e->d_name);
-        if (fd == dirfd(d))
-            continue;
-        struct sockaddr_storage peer, local;
-        socklen_t plen = sizeof peer, llen = sizeof local;
-        char paddr[64], laddr[64];
-        if (getpeername(fd, (struct sockaddr *)&peer, &plen) != 0 ||
-            getsockname(fd, (struct sockaddr *)&local, &llen) != 0)
-            continue;
-        if (describe(&peer, paddr, sizeof paddr) == remote_port &&
-            describe(&local, laddr, sizeof laddr) == local_port && strcmp(paddr, remote_addr) == 0)
+        if (fd != dirfd(d) && is_the_socket(fd, remote_addr, remote_port, local_port))
             found = fd;
     }
     closedir(d);

@@ -9,8 +9,10 @@
 #define MOCKERY_PEER_SOCKET_H
 
 /* The descriptor of the open TCP socket from remote_addr:remote_port to our
- * local_port, or -1. The caller must know the connection is open (its own,
- * or one held by a read it is watching), so the descriptor is its. */
-int peer_socket_find(const char *remote_addr, int remote_port, int local_port);
+ * local_port, or -1. hint (or -1) is tried first: two system calls when it
+ * is right, a walk over every descriptor when not. The caller must know the
+ * connection is open (its own, or one held by a read it is watching), so
+ * the descriptor is its. */
+int peer_socket_find(int hint, const char *remote_addr, int remote_port, int local_port);
 
 #endif

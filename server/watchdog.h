@@ -19,7 +19,8 @@ struct watch {
     int64_t deadline_us; /* CLOCK_MONOTONIC */
     char remote_addr[48];
     int remote_port, local_port;
-    int fired; /* set by the watchdog, under its mutex */
+    int socket_hint; /* its descriptor, probably (peer_socket.h), or -1 */
+    int fired;       /* set by the watchdog, under its mutex */
     struct watch *prev, *next;
 };
 
@@ -29,9 +30,9 @@ struct watchdog *watchdog_new(void);
 void watchdog_free(struct watchdog *w);
 
 /* Arms w for the connection from remote_addr:remote_port to local_port
- * until deadline_us. */
-void watchdog_arm(struct watchdog *wd, struct watch *w, const char *remote_addr, int remote_port,
-                  int local_port, int64_t deadline_us);
+ * (socket_hint: its descriptor, probably, or -1) until deadline_us. */
+void watchdog_arm(struct watchdog *wd, struct watch *w, int socket_hint, const char *remote_addr,
+                  int remote_port, int local_port, int64_t deadline_us);
 
 /* Disarms w: whether its deadline had fired (the socket is shut for
  * reading: the connection must close after the answer). */

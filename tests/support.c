@@ -6,6 +6,7 @@
 #include <curl/curl.h>
 #include <openssl/rand.h>
 #include <stdio.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -277,4 +278,16 @@ void test_post_payment(const struct test_server *s, const char *key, const char 
 void test_response_free(struct test_response *r)
 {
     httpc_response_free(r);
+}
+
+void test_send_all(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    while (len) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n <= 0)
+            return;
+        p += n;
+        len -= (size_t)n;
+    }
 }

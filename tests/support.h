@@ -56,6 +56,10 @@ void test_server_kill(struct test_server *s);
  * if the command fails. */
 void test_cluster(const char *name, const char *action, char *url, size_t len);
 
+/* Sends all of buf on a raw socket; stops quietly when the server closes on
+ * us mid-way (that is an answer too). */
+void test_send_all(int fd, const void *buf, size_t len);
+
 /* A response: status, body, and the API's headers (see httpc.h). */
 #define test_response httpc_response
 

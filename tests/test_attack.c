@@ -46,7 +46,9 @@ static void start_with(enum store_kind kind, const char *api_keys, int rate_limi
         snprintf(c.api_keys, sizeof c.api_keys, "%s", api_keys);
     memset(&srv, 0, sizeof srv);
     srv.keep_log = 1;
-    test_server_spawn(&srv, &c, MOCKERY_SERVER_BIN);
+    /* The TSan pass names its server build; otherwise this build's. */
+    const char *bin = getenv("MOCKERY_TEST_SERVER_BIN");
+    test_server_spawn(&srv, &c, bin && *bin ? bin : MOCKERY_SERVER_BIN);
 }
 
 static void start_memory(void)
@@ -107,18 +109,6 @@ static int connect_from(const char *src)
     return fd;
 }
 
-static void send_all(int fd, const void *buf, size_t len)
-{
-    const char *p = buf;
-    while (len) {
-        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-        if (n <= 0)
-            return;
-        p += n;
-        len -= (size_t)n;
-    }
-}
-
 struct answer {
     int status;
     int closed; /* the server closed the connection after it */
@@ -168,7 +158,7 @@ static void exchange(const char *req, size_t len, struct answer *a)
 {
     int fd = connect_from(CLIENT);
     cr_assert_geq(fd, 0);
-    send_all(fd, req, len ? len : strlen(req));
+    test_send_all(fd, req, len ? len : strlen(req));
     read_answer(fd, 5000, 2000, a);
     close(fd);
 }
@@ -548,7 +538,7 @@ static void *attacker_main(void *arg)
             continue;
         }
         if (at->kind == TRICKLED_BODY)
-            send_all(fd, hdr, strlen(hdr));
+            test_send_all(fd, hdr, strlen(hdr));
         const char *slow = "GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa";
         for (size_t i = 0; !at->stop; i++) {
             struct pollfd p = {.fd = fd, .events = POLLIN};
@@ -562,9 +552,9 @@ static void *attacker_main(void *arg)
                 break;
             }
             if (at->kind == SLOW_HEADERS)
-                send_all(fd, slow + (i % strlen(slow)), 1);
+                test_send_all(fd, slow + (i % strlen(slow)), 1);
             else if (at->kind == TRICKLED_BODY)
-                send_all(fd, " ", 1);
+                test_send_all(fd, " ", 1);
         }
         close(fd);
     }
@@ -594,7 +584,8 @@ static void under_attack(enum attack_kind kind, int seconds, struct attackers *a
         struct answer a;
         int fd = connect_from(CLIENT);
         cr_assert_geq(fd, 0);
-        send_all(fd, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 54);
+        const char *probe = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        test_send_all(fd, probe, strlen(probe));
         read_answer(fd, 5000, 0, &a);
         close(fd);
         double took = now_s() - t0;
@@ -648,7 +639,7 @@ Test(attack, expect_continue_with_an_oversized_body_is_closed_at_once, .init = s
                       "Content-Type: application/json\r\nContent-Length: 100000\r\n"
                       "Expect: 100-continue\r\n\r\n";
     double t0 = now_s();
-    send_all(fd, req, strlen(req));
+    test_send_all(fd, req, strlen(req));
     struct answer a;
     read_answer(fd, 5000, 3000, &a);
     close(fd);
@@ -761,7 +752,7 @@ static void *list_flooder(void *arg)
         for (int i = 0; i < 50 && !f->stop; i++) {
             const char *req = "GET /api/v1/payments?limit=500 HTTP/1.1\r\nHost: x\r\n"
                               "Authorization: Bearer alpha-key-123\r\n\r\n";
-            send_all(fd, req, strlen(req));
+            test_send_all(fd, req, strlen(req));
             if (drain_answer(fd) != 200)
                 break;
             __atomic_add_fetch(&f->lists, 1, __ATOMIC_RELAXED);
@@ -868,7 +859,7 @@ static void mutation_loop(void)
         }
         int fd = connect_from(CLIENT);
         cr_assert_geq(fd, 0);
-        send_all(fd, req, (size_t)len);
+        test_send_all(fd, req, (size_t)len);
         shutdown(fd, SHUT_WR);
         struct answer a;
         read_answer(fd, 12000, 0, &a);

@@ -46,18 +46,6 @@ static int connect_raw(void)
     return fd;
 }
 
-static void send_all(int fd, const void *buf, size_t len)
-{
-    const char *p = buf;
-    while (len) {
-        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-        if (n <= 0)
-            return; /* the server may close on us mid-way: that is an answer too */
-        p += n;
-        len -= (size_t)n;
-    }
-}
-
 /* What came back within timeout_ms before the server closed: the status
  * code of the response (0 when it closed without one). */
 static int read_status(int fd, int timeout_ms, char *body, size_t blen)
@@ -110,8 +98,8 @@ Test(hostile, random_bytes, .init = start, .fini = stop, .timeout = 60)
         if (i % 2)
             memcpy(junk, "POST /api/v1/payments HTTP/1.1\r\n", 32); /* then garbage headers */
         int fd = connect_raw();
-        send_all(fd, junk, len);
-        send_all(fd, "\r\n\r\n", 4);
+        test_send_all(fd, junk, len);
+        test_send_all(fd, "\r\n\r\n", 4);
         char body[4096];
         expect_json_error(read_status(fd, 3000, body, sizeof body), body);
         close(fd);
@@ -128,7 +116,7 @@ Test(hostile, oversized_request_line_and_headers, .init = start, .fini = stop, .
     memset(line + 5, 'a', big);
     memcpy(line + 5 + big, " HTTP/1.1\r\nHost: x\r\n\r\n", 23);
     int fd = connect_raw();
-    send_all(fd, line, big + 28);
+    test_send_all(fd, line, big + 28);
     int st = read_status(fd, 5000, body, sizeof body);
     cr_assert(st == 0 || (st >= 400 && st < 500), "status %d", st);
     expect_json_error(st, body);
@@ -139,7 +127,7 @@ Test(hostile, oversized_request_line_and_headers, .init = start, .fini = stop, .
     memset(line + 29, 'b', 20 * 1024);
     memcpy(line + 29 + 20 * 1024, "\r\n\r\n", 4);
     fd = connect_raw();
-    send_all(fd, line, 29 + 20 * 1024 + 4);
+    test_send_all(fd, line, 29 + 20 * 1024 + 4);
     st = read_status(fd, 5000, body, sizeof body);
     cr_assert(st == 0 || (st >= 400 && st < 500), "status %d", st);
     expect_json_error(st, body);
@@ -151,7 +139,7 @@ Test(hostile, oversized_request_line_and_headers, .init = start, .fini = stop, .
         n += (size_t)snprintf(line + n, big - n, "X-H%d: v\r\n", i);
     n += (size_t)snprintf(line + n, big - n, "\r\n");
     fd = connect_raw();
-    send_all(fd, line, n);
+    test_send_all(fd, line, n);
     st = read_status(fd, 5000, body, sizeof body);
     cr_assert(st == 0 || st == 200 || (st >= 400 && st < 500), "status %d", st);
     close(fd);
@@ -161,7 +149,7 @@ Test(hostile, oversized_request_line_and_headers, .init = start, .fini = stop, .
     fd = connect_raw();
     const char *hdr = "POST /api/v1/payments HTTP/1.1\r\nHost: x\r\nIdempotency-Key: big\r\n"
                       "Content-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n";
-    send_all(fd, hdr, strlen(hdr));
+    test_send_all(fd, hdr, strlen(hdr));
     st = read_status(fd, 5000, body, sizeof body);
     cr_assert_eq(st, 413, "status %d: %s", st, body);
     cr_assert_not_null(strstr(body, "body_too_large"), "%s", body);
@@ -184,7 +172,7 @@ Test(hostile, an_oversized_body_still_sent_gets_the_413_not_a_reset, .init = sta
                       "POST /api/v1/payments HTTP/1.1\r\nHost: x\r\nIdempotency-Key: over\r\n"
                       "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n",
                       SIZE);
-    send_all(fd, hdr, (size_t)hl);
+    test_send_all(fd, hdr, (size_t)hl);
     /* the answer comes before the body: it is refused by its length */
     char buf[4096] = "";
     size_t n = 0;
@@ -226,7 +214,7 @@ Test(hostile, unfinished_and_idle_connections_do_not_stop_others, .init = start,
             i % 2 ? "POST /api/v1/payments HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
                     "\r\nIdempotency-Key: slow\r\nContent-Length: 100\r\n\r\n{\"amount\":"
                   : "GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: still typ";
-        send_all(fds[IDLE + i], partial, strlen(partial));
+        test_send_all(fds[IDLE + i], partial, strlen(partial));
     }
     /* With twenty connections hanging, a client that behaves is served. */
     still_serving();
@@ -252,7 +240,7 @@ Test(hostile, body_shorter_than_announced, .init = start, .fini = stop, .timeout
     int fd = connect_raw();
     const char *req = "POST /api/v1/payments HTTP/1.1\r\nHost: x\r\nIdempotency-Key: short\r\n"
                       "Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{\"amount\":1}";
-    send_all(fd, req, strlen(req));
+    test_send_all(fd, req, strlen(req));
     shutdown(fd, SHUT_WR); /* and nothing more */
     char body[4096];
     int st = read_status(fd, 15000, body, sizeof body);
