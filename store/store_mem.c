@@ -208,7 +208,12 @@ out:
     return st;
 }
 
-/* Appends a copy of p; caller holds the mutex. */
+static int newer_first(const struct store_payment *a, const struct store_payment *b);
+
+/* Adds a copy of p where it belongs in m->payments, which is kept oldest
+ * first (nearly always at the end: payments arrive in the order they were
+ * processed, give or take the ones completing together); caller holds the
+ * mutex. */
 static enum store_status add_payment(struct store_mem *m, const char *tenant,
                                      const struct store_payment *p)
 {
@@ -220,14 +225,19 @@ static enum store_status add_payment(struct store_mem *m, const char *tenant,
         m->payments = np;
         m->cap = cap;
     }
-    struct mem_payment *mp = &m->payments[m->npayments];
-    mp->tenant = strdup(tenant);
-    if (!mp->tenant)
+    struct mem_payment mp;
+    mp.tenant = strdup(tenant);
+    if (!mp.tenant)
         return STORE_ERROR;
-    if (store_payment_copy(&mp->p, p) != 0) {
-        free(mp->tenant);
+    if (store_payment_copy(&mp.p, p) != 0) {
+        free(mp.tenant);
         return STORE_ERROR;
     }
+    size_t at = m->npayments;
+    while (at > 0 && newer_first(&m->payments[at - 1].p, &mp.p) < 0)
+        at--;
+    memmove(&m->payments[at + 1], &m->payments[at], (m->npayments - at) * sizeof mp);
+    m->payments[at] = mp;
     m->npayments++;
     return STORE_OK;
 }
@@ -341,62 +351,13 @@ static int newer_first(const struct store_payment *a, const struct store_payment
     return -strcmp(a->transaction_id, b->transaction_id);
 }
 
-static int cmp_ptr(const void *x, const void *y)
-{
-    return newer_first(*(const struct store_payment *const *)x,
-                       *(const struct store_payment *const *)y);
-}
-
-/* The k newest of a stream, kept as a heap whose root is the oldest of
- * them: O(n log k) under the mutex rather than sorting every payment. */
-struct newest {
-    const struct store_payment **heap;
-    size_t n, k;
-};
-
-static void newest_sift_down(struct newest *h, size_t i)
-{
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, old = i;
-        if (l < h->n && newer_first(h->heap[l], h->heap[old]) > 0)
-            old = l;
-        if (r < h->n && newer_first(h->heap[r], h->heap[old]) > 0)
-            old = r;
-        if (old == i)
-            return;
-        const struct store_payment *t = h->heap[i];
-        h->heap[i] = h->heap[old];
-        h->heap[old] = t;
-        i = old;
-    }
-}
-
-static void newest_offer(struct newest *h, const struct store_payment *p)
-{
-    if (h->n < h->k) {
-        size_t i = h->n++;
-        h->heap[i] = p;
-        while (i > 0 && newer_first(h->heap[i], h->heap[(i - 1) / 2]) > 0) {
-            const struct store_payment *t = h->heap[i];
-            h->heap[i] = h->heap[(i - 1) / 2];
-            h->heap[(i - 1) / 2] = t;
-            i = (i - 1) / 2;
-        }
-    } else if (newer_first(p, h->heap[0]) < 0) {
-        h->heap[0] = p; /* newer than the oldest kept */
-        newest_sift_down(h, 0);
-    }
-}
-
 static enum store_status mem_list_payments(struct store *s, const char *tenant,
                                            const struct store_list_query *q, struct store_list *out,
                                            char *err, size_t errlen)
 {
     struct store_mem *m = (struct store_mem *)s;
     enum store_status st = STORE_OK;
-    const struct store_payment **sel = NULL;
     struct store_list res = {0};
-    size_t n = 0;
 
     pthread_mutex_lock(&m->mu);
     const struct store_payment *cursor = NULL;
@@ -409,31 +370,37 @@ static enum store_status mem_list_payments(struct store *s, const char *tenant,
         }
         cursor = &c->p;
     }
-    /* The limit newest, and one more to tell whether there are more. */
-    struct newest h = {.k = (size_t)q->limit + 1};
-    sel = h.heap = malloc(h.k * sizeof *sel);
-    if (!sel)
+    /* Newest first from the end of the ordered array: the work is the page
+     * (and the other tenants' and customers' payments passed on the way),
+     * not every payment held. */
+    res.items = calloc((size_t)q->limit, sizeof *res.items);
+    if (!res.items)
         goto oom;
-    for (size_t i = 0; i < m->npayments; i++) {
+    size_t start = m->npayments;
+    if (cursor) { /* the first that is not older than the cursor */
+        size_t lo = 0;
+        while (lo < start) {
+            size_t mid = lo + (start - lo) / 2;
+            if (newer_first(&m->payments[mid].p, cursor) > 0)
+                lo = mid + 1;
+            else
+                start = mid;
+        }
+    }
+    for (size_t i = start; i-- > 0;) {
         const struct mem_payment *mp = &m->payments[i];
         if (strcmp(mp->tenant, tenant) != 0)
             continue;
         if (q->customer_id && strcmp(mp->p.customer_id, q->customer_id) != 0)
             continue;
-        if (cursor && newer_first(&mp->p, cursor) <= 0)
-            continue;
-        newest_offer(&h, &mp->p);
-    }
-    n = h.n;
-    qsort(sel, n, sizeof *sel, cmp_ptr);
-    size_t take = n < (size_t)q->limit ? n : (size_t)q->limit;
-    res.has_more = n > take;
-    res.items = calloc(take ? take : 1, sizeof *res.items);
-    if (!res.items)
-        goto oom;
-    for (; res.count < take; res.count++)
-        if (store_payment_copy(&res.items[res.count], sel[res.count]) != 0)
+        if (res.count == (size_t)q->limit) {
+            res.has_more = 1;
+            break;
+        }
+        if (store_payment_copy(&res.items[res.count], &mp->p) != 0)
             goto oom;
+        res.count++;
+    }
     *out = res;
     res = (struct store_list){0};
     goto out;
@@ -443,7 +410,6 @@ oom:
 out:
     pthread_mutex_unlock(&m->mu);
     store_list_clear(&res);
-    free(sel);
     return st;
 }
 
