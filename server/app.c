@@ -45,7 +45,9 @@ static int on_log_message(const struct mg_connection *conn, const char *message)
  * mg_connection, after three ints (without HTTP/2, which Debian's build
  * leaves out): read it there, check the address is one, and compare the
  * place with what mg_get_request_info() returns on every request
- * (handlers.c), which turns this off if they ever differ. */
+ * (handlers.c), which turns this off if they ever differ. The socket's
+ * descriptor further on is only a hint, checked against the addresses
+ * before use (peer_socket.c). */
 struct civetweb_connection_head {
     int connection_type, protocol_type, request_state;
     struct mg_request_info request_info;
@@ -77,14 +79,23 @@ int app_socket_hint(const struct app *app, const struct mg_connection *conn)
     return fd;
 }
 
+static const struct mg_request_info *request_info_at(const struct mg_connection *conn)
+{
+    return (const void *)((const char *)conn +
+                          offsetof(struct civetweb_connection_head, request_info));
+}
+
+int app_layout_matches(const struct mg_connection *conn, const struct mg_request_info *ri)
+{
+    return request_info_at(conn) == ri;
+}
+
 const struct mg_request_info *app_early_request_info(const struct app *app,
                                                      const struct mg_connection *conn)
 {
     if (!__atomic_load_n(&app->early_info_ok, __ATOMIC_RELAXED))
         return NULL;
-    const struct mg_request_info *ri =
-        (const void *)((const char *)conn +
-                       offsetof(struct civetweb_connection_head, request_info));
+    const struct mg_request_info *ri = request_info_at(conn);
     unsigned char a[16];
     if (!memchr(ri->remote_addr, '\0', sizeof ri->remote_addr) ||
         (inet_pton(AF_INET, ri->remote_addr, a) != 1 &&
@@ -263,8 +274,9 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
     app->connlimit = connlimit_new(cfg->max_client_connections);
     app->ratelimit = ratelimit_new(cfg->rate_limit);
     app->watchdog = watchdog_new();
-    /* An eighth of the pool (one connection by default) for list pages: a flood of large pages
-     * leaves the rest to claims, completions and single reads. */
+    /* An eighth of the pool (one connection by default) for list pages: a
+     * flood of large pages leaves the rest to claims, completions and
+     * single reads. */
     app->list_slots_ready =
         sem_init(&app->list_slots, 0,
                  (unsigned)(cfg->pool_size / 8 > 1 ? cfg->pool_size / 8 : 1)) == 0;

@@ -61,6 +61,10 @@ struct mg_request_info;
 const struct mg_request_info *app_early_request_info(const struct app *app,
                                                      const struct mg_connection *conn);
 
+/* Whether ri (from mg_get_request_info) sits where app_early_request_info()
+ * reads it: the layout check, made on every request. */
+int app_layout_matches(const struct mg_connection *conn, const struct mg_request_info *ri);
+
 /* The descriptor of the connection's socket as civetweb's connection holds
  * it, or -1: a hint only, to be checked (peer_socket.h). */
 int app_socket_hint(const struct app *app, const struct mg_connection *conn);

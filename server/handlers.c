@@ -195,8 +195,8 @@ static void list_payments(struct request *r)
         }
         q.starting_after = after;
     }
-    /* At most a quarter of the pool lists at once; the rest wait their turn
-     * (as long as a pool connection would be waited for). */
+    /* Lists take turns for a few slots (app.c: an eighth of the pool); the
+     * rest wait as long as a pool connection would be waited for. */
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += 5;
@@ -388,8 +388,7 @@ int handlers_route(struct mg_connection *conn, void *cbdata)
      * long as the busy ones keep talking: close this connection after its
      * answer so the worker serves whoever waits. */
     struct app *app = cbdata;
-    if (__atomic_load_n(&app->early_info_ok, __ATOMIC_RELAXED) &&
-        app_early_request_info(app, conn) != r.ri) {
+    if (__atomic_load_n(&app->early_info_ok, __ATOMIC_RELAXED) && !app_layout_matches(conn, r.ri)) {
         __atomic_store_n(&app->early_info_ok, 0, __ATOMIC_RELAXED);
         log_msg(app->log, LOG_ERROR,
                 "civetweb's connection layout is not the one expected: connections per client "
