@@ -277,13 +277,6 @@ static void metrics(struct request *r)
     free(text);
 }
 
-static int64_t monotonic_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 /* ---- routing ---------------------------------------------------------------- */
 
 static void not_allowed(struct request *r, const char *allow)
@@ -347,7 +340,7 @@ static void dispatch(struct request *r)
                     : auth_tenant(r->app->auth, mg_get_header(r->conn, "Authorization"));
     int retry_after = 1;
     if (r->tenant &&
-        ratelimit_take(r->app->ratelimit, r->tenant, 1, monotonic_us(), &retry_after) != 0) {
+        ratelimit_take(r->app->ratelimit, r->tenant, 1, watchdog_now_us(), &retry_after) != 0) {
         /* Before the key is claimed: nothing is cached or consumed. */
         char secs[16];
         snprintf(secs, sizeof secs, "%d", retry_after);
