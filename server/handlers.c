@@ -45,13 +45,13 @@ static const char *pay_customer(const void *req)
     return ((const struct payment_request *)req)->customer_id;
 }
 
-static void pay_log_fields(const void *vreq, cJSON *line)
+static void pay_log_fields(const void *vreq, struct log_line *line)
 {
     const struct payment_request *req = vreq;
     char amount[32];
     if (money_format(req->amount_minor, req->digits, amount, sizeof amount) > 0)
-        cJSON_AddRawToObject(line, "amount", amount);
-    cJSON_AddStringToObject(line, "currency", req->currency);
+        log_line_raw(line, "amount", amount);
+    log_line_str(line, "currency", req->currency);
 }
 
 static void pay_free(void *req)
@@ -268,7 +268,7 @@ static void health(struct request *r)
 static void metrics(struct request *r)
 {
     size_t len = 0;
-    char *text = metrics_render(r->app->metrics, r->app->store, &len);
+    char *text = metrics_render(r->app->metrics, r->app->store, log_dropped(r->app->log), &len);
     if (!text) {
         http_fail(r, 500, "api_error", "internal_error", NULL, "out of memory");
         return;
@@ -290,20 +290,20 @@ static void not_allowed(struct request *r, const char *allow)
 
 static void access_log(struct request *r, double ms)
 {
-    cJSON *line = log_begin(r->app->log, LOG_INFO, "request");
-    cJSON_AddStringToObject(line, "method", r->ri->request_method);
-    cJSON_AddStringToObject(line, "path", r->ri->local_uri ? r->ri->local_uri : "");
-    cJSON_AddNumberToObject(line, "status", r->status);
-    cJSON_AddNumberToObject(line, "duration_ms", ms);
-    if (r->tenant)
-        cJSON_AddStringToObject(line, "tenant", r->tenant);
-    if (r->outcome)
-        cJSON_AddStringToObject(line, "outcome", r->outcome);
+    struct log_line b;
+    if (!log_line_begin(r->app->log, LOG_INFO, "request", &b))
+        return;
+    log_line_str(&b, "method", r->ri->request_method);
+    log_line_str(&b, "path", r->ri->local_uri ? r->ri->local_uri : "");
+    log_line_int(&b, "status", r->status);
+    log_line_ms(&b, "duration_ms", ms);
+    log_line_str(&b, "tenant", r->tenant);
+    log_line_str(&b, "outcome", r->outcome);
     if (r->key[0])
-        cJSON_AddStringToObject(line, "key", r->key);
+        log_line_str(&b, "key", r->key);
     if (r->customer[0])
-        cJSON_AddStringToObject(line, "customer", r->customer);
-    log_end(r->app->log, line);
+        log_line_str(&b, "customer", r->customer);
+    log_line_end(r->app->log, &b);
 }
 
 static void dispatch(struct request *r)

@@ -32,17 +32,19 @@ static void log_duplicate(struct request *r, const struct idem_op *op, const voi
                           const char *what, int64_t original_us)
 {
     char when[40];
+    struct log_line line;
+    if (!log_line_begin(r->app->log, LOG_INFO, "duplicate prevented", &line))
+        return;
     payment_format_time(original_us, when, sizeof when);
-    cJSON *line = log_begin(r->app->log, LOG_INFO, "duplicate prevented");
-    cJSON_AddStringToObject(line, "event", "duplicate_prevented");
-    cJSON_AddStringToObject(line, "outcome", what);
-    cJSON_AddStringToObject(line, "tenant", r->tenant);
-    cJSON_AddStringToObject(line, "key", r->key);
-    cJSON_AddStringToObject(line, "customer", r->customer);
-    if (line && op->log_fields)
-        op->log_fields(req, line);
-    cJSON_AddStringToObject(line, "original_time", when);
-    log_end(r->app->log, line);
+    log_line_str(&line, "event", "duplicate_prevented");
+    log_line_str(&line, "outcome", what);
+    log_line_str(&line, "tenant", r->tenant);
+    log_line_str(&line, "key", r->key);
+    log_line_str(&line, "customer", r->customer);
+    if (op->log_fields)
+        op->log_fields(req, &line);
+    log_line_str(&line, "original_time", when);
+    log_line_end(r->app->log, &line);
 }
 
 /* A static copy of a stored payment's status (the result is freed before

@@ -14,6 +14,7 @@
 #include "apierr.h"
 
 struct cJSON;
+struct log_line;
 #include "http.h"
 #include "idemkey.h"
 #include "replay_cache.h"
@@ -41,7 +42,7 @@ struct idem_op {
     /* The customer the request is for, for the logs. */
     const char *(*customer)(const void *req);
     /* Adds what identifies the request to a log line (amount, currency). */
-    void (*log_fields)(const void *req, struct cJSON *line);
+    void (*log_fields)(const void *req, struct log_line *line);
     /* Runs the operation; key is NULL for a request without one. No store
      * calls happen here: the layer stores the result. Returns 0, or -1 with
      * err on an internal failure (answered 500, the claim released). */

@@ -131,7 +131,8 @@ static void put(struct buf *b, const char *fmt, ...)
     }
 }
 
-char *metrics_render(struct metrics *m, struct store *store, size_t *len)
+char *metrics_render(struct metrics *m, struct store *store, unsigned long long log_dropped,
+                     size_t *len)
 {
     struct buf b = {malloc(16384), 0, 16384, 0};
     if (!b.p)
@@ -228,6 +229,12 @@ char *metrics_render(struct metrics *m, struct store *store, size_t *len)
         "mockery_connections_refused_total %llu\n",
         (unsigned long long)LOAD(m->rate_limited),
         (unsigned long long)LOAD(m->connections_refused));
+    put(&b,
+        "# HELP mockery_log_lines_dropped_total Log lines dropped because the log sink was"
+        " slower than the lines (its 1 MiB buffer was full).\n"
+        "# TYPE mockery_log_lines_dropped_total counter\n"
+        "mockery_log_lines_dropped_total %llu\n",
+        log_dropped);
 
     if (b.failed) {
         free(b.p);

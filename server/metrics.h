@@ -59,7 +59,9 @@ void metrics_rate_limited(struct metrics *m);
 void metrics_connection_refused(struct metrics *m);
 
 /* The Prometheus text exposition, malloc'd; NULL on allocation failure.
- * store (may be NULL) supplies the pool gauges. */
-char *metrics_render(struct metrics *m, struct store *store, size_t *len);
+ * store (may be NULL) supplies the pool gauges; log_dropped is the
+ * logger's count of dropped lines. */
+char *metrics_render(struct metrics *m, struct store *store, unsigned long long log_dropped,
+                     size_t *len);
 
 #endif

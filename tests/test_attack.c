@@ -10,10 +10,13 @@
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <cjson/cJSON.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,10 +64,19 @@ static void start_pg(void)
     start_with(STORE_KIND_POSTGRES, NULL, 100000);
 }
 
+/* Stops the server (SIGTERM, exit code 0 expected: it is alive) and keeps
+ * its log's path in log_path. */
+static void stop_keeping_log(char *log_path, size_t len)
+{
+    snprintf(log_path, len, "%s", srv.log_path);
+    test_server_stop(&srv);
+}
+
 static void stop(void)
 {
-    test_server_stop(&srv); /* SIGTERM, and exit code 0 expected: it is alive */
-    unlink(srv.log_path);
+    char path[128];
+    stop_keeping_log(path, sizeof path);
+    unlink(path);
 }
 
 static int port(void)
@@ -113,14 +125,14 @@ struct answer {
     int status;
     int closed; /* the server closed the connection after it */
     char head[2048];
-    char body[8192];
+    char body[32768];
 };
 
 /* Reads one response (by Content-Length), then whether the connection is
  * closed within close_ms (0: do not wait for a close). */
 static void read_answer(int fd, int timeout_ms, int close_ms, struct answer *a)
 {
-    char buf[16384];
+    char buf[36864];
     size_t n = 0;
     memset(a, 0, sizeof *a);
     struct pollfd p = {.fd = fd, .events = POLLIN};
@@ -884,4 +896,186 @@ Test(attack, mutated_requests_never_take_it_down_memory, .init = start_memory, .
 Test(attack, mutated_requests_never_take_it_down_pg, .init = start_pg, .fini = stop, .timeout = 300)
 {
     mutation_loop();
+}
+
+/* ---- the access log ---------------------------------------------------------- */
+
+struct log_client {
+    int id, answered;
+};
+
+/* 200 requests on one keep-alive connection: payments whose keys hold
+ * backslashes, braces and commas (a bare key may not hold a quote), and
+ * GETs of paths with a quote, a backslash, a newline and a byte that is
+ * not UTF-8. */
+static void *log_client_main(void *arg)
+{
+    struct log_client *c = arg;
+    int fd = connect_from(CLIENT);
+    if (fd < 0)
+        return NULL;
+    for (int i = 0; i < 200; i++) {
+        char req[512];
+        int n;
+        if (i % 2 == 0) {
+            const char *body = "{\"amount\":1,\"currency\":\"USD\",\"customer_id\":\"cust-log\"}";
+            n = snprintf(req, sizeof req,
+                         "POST /api/v1/payments HTTP/1.1\r\nHost: x\r\n"
+                         "Idempotency-Key: log\\%d\\%d}{,'\r\nContent-Type: application/json\r\n"
+                         "Content-Length: %zu\r\n\r\n%s",
+                         c->id, i, strlen(body), body);
+        } else {
+            n = snprintf(req, sizeof req,
+                         "GET /nope/%%ff%%22%%5c%%0a%d-%d HTTP/1.1\r\nHost: x\r\n\r\n", c->id, i);
+        }
+        test_send_all(fd, req, (size_t)n);
+        struct answer a;
+        read_answer(fd, 5000, 0, &a);
+        if (a.status == 0)
+            break;
+        c->answered++;
+    }
+    close(fd);
+    return NULL;
+}
+
+/* 16 clients at once: one whole JSON line per request, with every field,
+ * and the hostile bytes escaped or replaced, never interleaved. */
+Test(attack, the_access_log_is_one_json_line_per_request_under_concurrency, .init = start_memory,
+     .timeout = 120)
+{
+    enum { CLIENTS = 16 };
+    pthread_t t[CLIENTS];
+    struct log_client c[CLIENTS];
+    for (int i = 0; i < CLIENTS; i++) {
+        c[i] = (struct log_client){.id = i};
+        pthread_create(&t[i], NULL, log_client_main, &c[i]);
+    }
+    int answered = 0;
+    for (int i = 0; i < CLIENTS; i++) {
+        pthread_join(t[i], NULL);
+        answered += c[i].answered;
+    }
+    cr_assert_eq(answered, CLIENTS * 200);
+    char path[128];
+    stop_keeping_log(path, sizeof path); /* SIGTERM: the log is written out */
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f);
+    char line[65536];
+    int requests = 0, posts = 0;
+    while (fgets(line, sizeof line, f)) {
+        size_t n = strlen(line);
+        cr_assert(n > 0 && line[n - 1] == '\n', "a line without its end: %s", line);
+        cr_assert(utf8_valid(line, n), "not UTF-8: %s", line);
+        cJSON *o = cJSON_Parse(line);
+        cr_assert_not_null(o, "not one JSON object: %s", line);
+        const cJSON *msg = cJSON_GetObjectItem(o, "msg");
+        if (cJSON_IsString(msg) && strcmp(msg->valuestring, "request") == 0) {
+            requests++;
+            const char *always[] = {"time", "level", "method", "path", "status", "duration_ms"};
+            for (size_t k = 0; k < sizeof always / sizeof always[0]; k++)
+                cr_assert_not_null(cJSON_GetObjectItem(o, always[k]), "no %s: %s", always[k], line);
+            const char *m = cJSON_GetObjectItem(o, "method")->valuestring;
+            if (strcmp(m, "POST") == 0) {
+                posts++;
+                const cJSON *key = cJSON_GetObjectItem(o, "key");
+                cr_assert(cJSON_IsString(key) && strncmp(key->valuestring, "log\\", 4) == 0 &&
+                              strchr(key->valuestring, '\\'),
+                          "the key is not the one sent: %s", line);
+                cr_assert_not_null(cJSON_GetObjectItem(o, "tenant"), "%s", line);
+                cr_assert_not_null(cJSON_GetObjectItem(o, "outcome"), "%s", line);
+                cr_assert_not_null(cJSON_GetObjectItem(o, "customer"), "%s", line);
+            } else {
+                const char *path = cJSON_GetObjectItem(o, "path")->valuestring;
+                /* civetweb turns the backslash into a slash */
+                cr_assert(strstr(path, "\xef\xbf\xbd\"/\n"), "path not as decoded: %s", line);
+            }
+        }
+        cJSON_Delete(o);
+    }
+    fclose(f);
+    unlink(path);
+    cr_assert_eq(requests, CLIENTS * 200, "%d access lines for %d requests", requests,
+                 CLIENTS * 200);
+    cr_assert_eq(posts, CLIENTS * 100);
+}
+
+/* stderr to a pipe that nobody reads: requests are still answered at once;
+ * the lines that do not fit are dropped and counted. */
+static pid_t sink_pid;
+
+static void kill_sink(void)
+{
+    if (sink_pid > 0) { /* its last lines would wait for the pipe for ever */
+        kill(sink_pid, SIGKILL);
+        waitpid(sink_pid, NULL, 0);
+    }
+}
+
+Test(attack, a_log_sink_that_stops_reading_holds_up_no_request, .fini = kill_sink, .timeout = 120)
+{
+    int pipefd[2];
+    cr_assert_eq(pipe(pipefd), 0);
+    int probe = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t alen = sizeof a;
+    cr_assert_eq(bind(probe, (struct sockaddr *)&a, sizeof a), 0);
+    getsockname(probe, (struct sockaddr *)&a, &alen);
+    char portbuf[16];
+    snprintf(portbuf, sizeof portbuf, "%d", ntohs(a.sin_port));
+    close(probe);
+    const char *env_bin = getenv("MOCKERY_TEST_SERVER_BIN");
+    const char *bin = env_bin && *env_bin ? env_bin : MOCKERY_SERVER_BIN;
+    char *argv[] = {(char *)bin, "--port", portbuf, "--store", "memory", NULL};
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, pipefd[1], 2);
+    posix_spawn_file_actions_addclose(&fa, pipefd[0]);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    pid_t pid;
+    extern char **environ;
+    cr_assert_eq(posix_spawn(&pid, bin, &fa, NULL, argv, environ), 0);
+    sink_pid = pid;
+    posix_spawn_file_actions_destroy(&fa);
+    close(pipefd[1]); /* pipefd[0] stays open and unread */
+    memset(&srv, 0, sizeof srv);
+    srv.pid = pid;
+    snprintf(srv.base, sizeof srv.base, "http://127.0.0.1:%s", portbuf);
+    struct answer ans;
+    int up = 0;
+    for (int i = 0; i < 100 && !up; i++) {
+        int fd = connect_from(CLIENT);
+        if (fd >= 0) {
+            test_send_all(fd, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n", 34);
+            read_answer(fd, 2000, 0, &ans);
+            close(fd);
+            up = ans.status == 200;
+        }
+        if (!up)
+            sleep_ms(50);
+    }
+    cr_assert(up, "the server did not start");
+    /* ~20,000 lines of ~250 bytes: far past the pipe and the 1 MiB buffer. */
+    int fd = connect_from(CLIENT);
+    double worst = 0;
+    for (int i = 0; i < 20000; i++) {
+        const char *req = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+        double t0 = now_s();
+        test_send_all(fd, req, strlen(req));
+        read_answer(fd, 5000, 0, &ans);
+        double took = now_s() - t0;
+        worst = took > worst ? took : worst;
+        cr_assert_eq(ans.status, 200, "request %d: %d", i, ans.status);
+    }
+    close(fd);
+    cr_assert_lt(worst, 1.0, "a request waited %.2f s on the log", worst);
+    fd = connect_from(CLIENT);
+    test_send_all(fd, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 35);
+    read_answer(fd, 5000, 0, &ans);
+    close(fd);
+    const char *d = strstr(ans.body, "\nmockery_log_lines_dropped_total ");
+    cr_assert_not_null(d, "%s", ans.body);
+    cr_assert_gt(atol(d + 33), 0, "nothing counted as dropped");
+    close(pipefd[0]);
 }

@@ -673,6 +673,7 @@ Test(log, lines_are_json_and_levels_filter)
     cJSON_AddStringToObject(line, "key", "k1");
     log_end(l, line);
     cr_assert_null(log_begin(l, LOG_DEBUG, "filtered"));
+    log_flush(l);
     fflush(f);
     cr_assert_null(strstr(buf, "hidden"));
     cr_assert_eq(strchr(buf, '\n'), buf + len - 1, "exactly one line: %s", buf);
