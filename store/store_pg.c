@@ -19,6 +19,7 @@
 #include <libpq-fe.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -264,7 +265,27 @@ struct store_pg {
     int queued;                             /* operations in those queues */
     struct batch_run *running[BATCH_KINDS]; /* batches of each kind running now */
     unsigned long long split;
+    /* Statements are prepared again on each connection whenever plan_gen
+     * moves on (replan_due); conn_gen says what each was prepared under. */
+    atomic_uint plan_gen;
+    unsigned *conn_gen;
+    unsigned long long replan_at; /* completions that move plan_gen on next */
 };
+
+/* PostgreSQL keeps a prepared statement's generic plan, made after its fifth
+ * run, until the statistics of a table it reads change. A new database has
+ * none until autoanalyze comes (up to a minute later), and on a table that
+ * small - under about 70 pages, a thousand records - the cheapest plan for
+ * the batched completion is a sequential scan of idempotency_keys, which it
+ * then keeps while the table grows: every batch read the whole table, and
+ * throughput fell about fivefold within 25 s of load on an empty database.
+ * So the statements are prepared again (and planned afresh at the tables'
+ * new size) each time this server's completions pass 1,024, then four times
+ * as many, up to about a million: a plan made on a table too small for an
+ * index is never kept past a fourfold growth, and the plans made later are
+ * index scans. Once statistics exist, PostgreSQL replans by itself. */
+#define REPLAN_FIRST 1024ULL
+#define REPLAN_LAST (1ULL << 20)
 
 static void notice_cb(void *arg, const char *message)
 {
@@ -302,6 +323,41 @@ static enum store_status status_of(PGconn *conn, const PGresult *res)
     return STORE_ERROR;
 }
 
+static int prepare_all(PGconn *conn, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < sizeof PREPARED / sizeof PREPARED[0]; i++) {
+        PGresult *res =
+            PQprepare(conn, PREPARED[i].name, PREPARED[i].sql, PREPARED[i].nparams, NULL);
+        int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+        if (!ok)
+            first_line(err, errlen, "could not prepare statements", PQerrorMessage(conn));
+        PQclear(res);
+        if (!ok)
+            return -1;
+    }
+    return 0;
+}
+
+/* Prepares a connection's statements again if plan_gen has moved on since
+ * they were. If that fails the connection is closed, to be opened (and
+ * prepared) again by its next user. */
+static void replan(struct store_pg *pg, int idx)
+{
+    unsigned gen = atomic_load(&pg->plan_gen);
+    if (pg->conn_gen[idx] == gen)
+        return;
+    char err[256];
+    PGresult *res = PQexec(pg->conns[idx], "DEALLOCATE ALL");
+    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    if (!ok || prepare_all(pg->conns[idx], err, sizeof err) != 0) {
+        PQfinish(pg->conns[idx]);
+        pg->conns[idx] = NULL;
+        return;
+    }
+    pg->conn_gen[idx] = gen;
+}
+
 static PGconn *pg_connect(struct store_pg *pg, char *err, size_t errlen)
 {
     const char *keys[] = {"dbname", "connect_timeout", "application_name", NULL};
@@ -317,17 +373,9 @@ static PGconn *pg_connect(struct store_pg *pg, char *err, size_t errlen)
         return NULL;
     }
     PQsetNoticeProcessor(conn, notice_cb, pg);
-    for (size_t i = 0; i < sizeof PREPARED / sizeof PREPARED[0]; i++) {
-        PGresult *res =
-            PQprepare(conn, PREPARED[i].name, PREPARED[i].sql, PREPARED[i].nparams, NULL);
-        int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-        if (!ok)
-            first_line(err, errlen, "could not prepare statements", PQerrorMessage(conn));
-        PQclear(res);
-        if (!ok) {
-            PQfinish(conn);
-            return NULL;
-        }
+    if (prepare_all(conn, err, errlen) != 0) {
+        PQfinish(conn);
+        return NULL;
     }
     return conn;
 }
@@ -410,7 +458,10 @@ static int pool_ready(struct store_pg *pg, int idx, char *err, size_t errlen)
         PQfinish(conn);
         pg->conns[idx] = NULL;
     }
+    if (pg->conns[idx])
+        replan(pg, idx);
     if (!pg->conns[idx]) {
+        pg->conn_gen[idx] = atomic_load(&pg->plan_gen);
         pg->conns[idx] = pg_connect(pg, err, errlen);
         if (!pg->conns[idx]) {
             pthread_mutex_lock(&pg->mu);
@@ -605,6 +656,11 @@ static int take_batch(struct store_pg *pg, int kind, struct batch_op **batch)
     if (n) {
         pg->batches[kind]++;
         pg->batched[kind] += (unsigned long long)n;
+        if (kind == BATCH_COMPLETE && pg->batched[kind] >= pg->replan_at &&
+            pg->replan_at <= REPLAN_LAST) {
+            atomic_fetch_add(&pg->plan_gen, 1);
+            pg->replan_at *= 4;
+        }
     }
     return n;
 }
@@ -1123,6 +1179,7 @@ static void pg_free(struct store *s)
             PQfinish(pg->conns[i]);
     free(pg->conns);
     free(pg->free_idx);
+    free(pg->conn_gen);
     free(pg->url);
     pthread_cond_destroy(&pg->cv);
     pthread_mutex_destroy(&pg->mu);
@@ -1222,7 +1279,9 @@ struct store *store_pg_new(const struct store_pg_options *opts, char *err, size_
     pg->url = strdup(opts->database_url ? opts->database_url : "");
     pg->conns = calloc((size_t)pg->size, sizeof *pg->conns);
     pg->free_idx = calloc((size_t)pg->size, sizeof *pg->free_idx);
-    if (!pg->url || !pg->conns || !pg->free_idx) {
+    pg->conn_gen = calloc((size_t)pg->size, sizeof *pg->conn_gen);
+    pg->replan_at = REPLAN_FIRST;
+    if (!pg->url || !pg->conns || !pg->free_idx || !pg->conn_gen) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
