@@ -280,12 +280,13 @@ struct store_pg {
  * then keeps while the table grows: every batch read the whole table, and
  * throughput fell about fivefold within 25 s of load on an empty database.
  * So the statements are prepared again (and planned afresh at the tables'
- * new size) each time this server's completions pass 1,024, then four times
- * as many, up to about a million: a plan made on a table too small for an
- * index is never kept past a fourfold growth, and the plans made later are
- * index scans. Once statistics exist, PostgreSQL replans by itself. */
-#define REPLAN_FIRST 1024ULL
-#define REPLAN_LAST (1ULL << 20)
+ * new size) each time this server's completions pass 2,048, then four times
+ * as many, up to about two million: a plan made on a table too small for an
+ * index is never kept past a fourfold growth, and the plans made past 2,048
+ * records are index scans. Once statistics exist, PostgreSQL replans by
+ * itself. */
+#define REPLAN_FIRST 2048ULL
+#define REPLAN_LAST (1ULL << 21)
 
 static void notice_cb(void *arg, const char *message)
 {
