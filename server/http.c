@@ -14,6 +14,8 @@
 #include <strings.h>
 #include <time.h>
 
+#include "utc_text.h"
+
 int http_send(struct request *r, int status, const char *body, size_t len,
               const char *const *headers)
 {
@@ -79,11 +81,8 @@ static const char *reason(struct mg_connection *conn, int status)
 int http_send_typed(struct request *r, int status, const char *content_type, const char *body,
                     size_t len, const char *const *headers)
 {
-    char stack[8192], date[64];
-    struct tm tm;
-    time_t now = time(NULL);
-    gmtime_r(&now, &tm);
-    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    char stack[8192], date[32];
+    utc_http_date(time(NULL), date);
     for (int i = 0; headers && headers[i] && headers[i + 1]; i += 2)
         if (strcasecmp(headers[i], "Connection") == 0 && strcasecmp(headers[i + 1], "close") == 0)
             http_close_after(r);

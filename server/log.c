@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "utc_text.h"
 #include "utf8.h"
 
 /* What may wait for the sink; past it lines are dropped. */
@@ -244,14 +245,15 @@ int log_line_begin(const struct logger *l, enum log_level level, const char *msg
     if (!b->on)
         return 0;
     struct timespec ts;
-    struct tm tm;
     clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    char when[48];
-    int n = snprintf(when, sizeof when, "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\"",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                     ts.tv_nsec / 1000000);
-    put(b, when, (size_t)n);
+    char when[48] = "{\"time\":\"";
+    size_t n = 9;
+    utc_iso_second(ts.tv_sec, when + n);
+    n += 19;
+    when[n++] = '.';
+    n += (size_t)utc_digits(when + n, (unsigned long long)(ts.tv_nsec / 1000000), 3);
+    memcpy(when + n, "Z\"", 2);
+    put(b, when, n + 2);
     put(b, ",\"level\":\"", 10);
     put(b, NAMES[level], strlen(NAMES[level]));
     put(b, "\"", 1);
@@ -279,16 +281,37 @@ void log_line_raw(struct log_line *b, const char *key, const char *json)
 
 void log_line_int(struct log_line *b, const char *key, long long value)
 {
-    char num[32];
-    snprintf(num, sizeof num, "%lld", value);
-    log_line_raw(b, key, num);
+    if (!b->on)
+        return;
+    char num[24];
+    size_t n = 0;
+    unsigned long long u = (unsigned long long)value;
+    if (value < 0) {
+        num[n++] = '-';
+        u = 0 - u;
+    }
+    n += (size_t)utc_digits(num + n, u, 1);
+    put_key(b, key);
+    put(b, num, n);
 }
 
 void log_line_ms(struct log_line *b, const char *key, double ms)
 {
+    if (!b->on)
+        return;
+    if (!(ms >= 0 && ms < 1e15)) { /* not a duration: as it is */
+        char num[40];
+        snprintf(num, sizeof num, "%.3f", ms);
+        log_line_raw(b, key, num);
+        return;
+    }
+    unsigned long long us = (unsigned long long)(ms * 1000.0 + 0.5);
     char num[32];
-    snprintf(num, sizeof num, "%.3f", ms);
-    log_line_raw(b, key, num);
+    size_t n = (size_t)utc_digits(num, us / 1000, 1);
+    num[n++] = '.';
+    n += (size_t)utc_digits(num + n, us % 1000, 3);
+    put_key(b, key);
+    put(b, num, n);
 }
 
 void log_line_end(struct logger *l, struct log_line *b)

@@ -14,6 +14,7 @@
 
 #include "json_strict.h"
 #include "money.h"
+#include "utc_text.h"
 #include "utf8.h"
 
 #define INVALID "invalid_request_error"
@@ -265,13 +266,20 @@ int64_t payment_now_us(void)
 
 void payment_format_time(int64_t us, char *buf, size_t len)
 {
-    time_t secs = (time_t)(us / 1000000);
-    struct tm tm;
-    gmtime_r(&secs, &tm);
-    char date[32];
-    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", &tm);
-    if (snprintf(buf, len, "%s.%06lldZ", date, (long long)(us % 1000000)) >= (int)len && len)
-        buf[len - 1] = '\0';
+    int64_t secs = us / 1000000, frac = us % 1000000;
+    if (frac < 0) {
+        frac += 1000000;
+        secs--;
+    }
+    char text[32];
+    utc_iso_second((time_t)secs, text);
+    size_t n = 19;
+    text[n++] = '.';
+    n += (size_t)utc_digits(text + n, (unsigned long long)frac, 6);
+    text[n++] = 'Z';
+    text[n] = '\0';
+    if (len)
+        snprintf(buf, len, "%s", text);
 }
 
 /* Adds the payment object's fields to obj; returns 0 or -1. */

@@ -1,5 +1,5 @@
 /* test_unit.c - pure functions: keys, money, validation, fingerprints, JSON,
- * configuration, API keys */
+ * configuration, API keys, log lines, UTC text */
 #define _POSIX_C_SOURCE 200809L
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
@@ -15,6 +15,7 @@
 #include "idem.h"
 #include "money.h"
 #include "payment.h"
+#include "utc_text.h"
 #include "utf8.h"
 
 /* ---- Idempotency-Key -------------------------------------------------------- */
@@ -686,6 +687,58 @@ Test(log, lines_are_json_and_levels_filter)
     log_free(l);
     fclose(f);
     free(buf);
+}
+
+Test(log, numbers_and_time_are_written_exactly)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    struct logger *l = log_new(f, LOG_INFO);
+    struct log_line line;
+    cr_assert(log_line_begin(l, LOG_INFO, "numbers", &line));
+    log_line_int(&line, "zero", 0);
+    log_line_int(&line, "neg", -9223372036854775807LL - 1);
+    log_line_int(&line, "big", 9223372036854775807LL);
+    log_line_ms(&line, "ms", 1.2345);
+    log_line_ms(&line, "small", 0.0004);
+    log_line_ms(&line, "whole", 12.0);
+    log_line_end(l, &line);
+    log_flush(l);
+    fflush(f);
+    cr_assert_not_null(strstr(buf, "\"zero\":0,\"neg\":-9223372036854775808,"
+                                   "\"big\":9223372036854775807,\"ms\":1.235,"
+                                   "\"small\":0.000,\"whole\":12.000}"),
+                       "%s", buf);
+    cJSON *o = cJSON_Parse(buf);
+    cr_assert_not_null(o, "%s", buf);
+    const char *t = cJSON_GetObjectItem(o, "time")->valuestring;
+    /* YYYY-MM-DDTHH:MM:SS.mmmZ */
+    cr_assert_eq(strlen(t), 24, "%s", t);
+    cr_assert(t[4] == '-' && t[10] == 'T' && t[19] == '.' && t[23] == 'Z', "%s", t);
+    cJSON_Delete(o);
+    log_free(l);
+    fclose(f);
+    free(buf);
+}
+
+Test(utc_text, seconds_dates_and_fractions)
+{
+    char iso[20], date[30], when[40];
+    utc_iso_second(0, iso);
+    cr_assert_str_eq(iso, "1970-01-01T00:00:00");
+    utc_http_date(784111777, date);
+    cr_assert_str_eq(date, "Sun, 06 Nov 1994 08:49:37 GMT");
+    utc_iso_second(784111777, iso); /* the cache holds one second per use */
+    cr_assert_str_eq(iso, "1994-11-06T08:49:37");
+    utc_iso_second(784111778, iso);
+    cr_assert_str_eq(iso, "1994-11-06T08:49:38");
+    payment_format_time(784111777000001LL, when, sizeof when);
+    cr_assert_str_eq(when, "1994-11-06T08:49:37.000001Z");
+    payment_format_time(-1, when, sizeof when);
+    cr_assert_str_eq(when, "1969-12-31T23:59:59.999999Z");
+    payment_format_time(0, when, 8); /* cut, never overrun */
+    cr_assert_str_eq(when, "1970-01");
 }
 
 Test(auth, keys_from_a_file)
