@@ -1,22 +1,31 @@
 #!/usr/bin/env python3
-"""bench/run.py - the server against what PostgreSQL itself can do, in one run.
+"""bench/run.py - the server as shipped against what PostgreSQL itself can do, in one run.
 
-Scenarios (each at every client count):
+The server runs with its default flags and its access log written to a file,
+as the Docker image and `scripts/dev up` run it, each time on an empty
+database. Scenarios (each at every client count):
   ceiling-new     pgbench -M prepared: exactly the SQL one new payment costs the
                   server when it arrives alone (its single-row claim and
                   completion statements, read out of store/store_pg.c so they
                   cannot drift); under load the server batches them
   naive-new       pgbench: the textbook protocol (bench/naive.sql), a reference
-  server-new      wrk: POSTs with a new key each, keep-alive
+  server-new-cold wrk: POSTs with a new key each, keep-alive: the first
+                  --cold seconds on an empty database
+  server-new      wrk: the same, the next --duration seconds (warm)
+  server-replay   wrk: completed keys replayed over HTTP
   ceiling-replay  pgbench: the SQL one replay of a completed key costs
-  server-replay   wrk: the same completed keys replayed over HTTP
   http-floor      wrk: a route that does no store work (the 404 answer)
   mixed           wrk: 90% new, 10% retries of recent keys, 1% immediate repeats
+  quiet-*         server-new-cold, server-new and server-replay again with
+                  --log-level warn (no access log), on an empty database
 
-Prints one table (requests/s, p50, p99, ratio to the ceiling; for server-new
-and mixed the mean claims/completions per statement) and writes it as JSON
-under bench/results/. --memory N adds the server's peak RSS after N and
-N/10 new payments.
+pgbench's scenarios run on a database of their own, empty when they start.
+Prints one table (answers with a 2xx status per second, the count of any
+other, p50, p99, ratios; for server-new and mixed the mean claims/completions
+per statement), then the targets of issue 10, and writes it all as JSON
+under bench/results/. A new-payment run with any non-2xx answer fails the run
+(exit status 1). --memory N adds the server's peak RSS after N and N/10 new
+payments.
 """
 import argparse
 import json
@@ -27,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,7 +139,13 @@ def wrk_ms(text):
     return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+def wrk_seconds(text):
+    v, unit = re.match(r"([\d.]+)(ms|us|s|m|h)", text).groups()
+    return float(v) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+
+
 def wrk(base, path, script, clients, seconds, args=(), url=None):
+    """A wrk run: rps counts the 2xx answers only, non_2xx the others."""
     if url:
         checkpoint(url)
     cmd = ["wrk", "-t", "2", "-c", str(clients), "-d", "%ds" % seconds, "--latency",
@@ -143,11 +159,16 @@ def wrk(base, path, script, clients, seconds, args=(), url=None):
     if out.returncode != 0:
         raise SystemExit("wrk failed: " + out.stderr[-2000:])
     text = out.stdout
-    res = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
+    m = re.search(r"(\d+) requests in (\S+?),", text)
+    requests, elapsed = int(m.group(1)), wrk_seconds(m.group(2))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                              text)
+    res = {"non_2xx": int(errors.group(1)) if errors else 0,
+           "socket_errors": sum(int(g) for g in socket_errors.groups()) if socket_errors else 0,
            "p50_ms": wrk_ms(re.search(r"\s50%\s+(\S+)", text).group(1)),
            "p99_ms": wrk_ms(re.search(r"\s99%\s+(\S+)", text).group(1))}
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    res["non_2xx"] = int(errors.group(1)) if errors else 0
+    res["rps"] = (requests - res["non_2xx"]) / elapsed
     m = re.search(r"OUTCOMES (\{.*\})", text)
     if m:
         res["outcomes"] = json.loads(m.group(1))
@@ -203,14 +224,111 @@ def rss_kb(pid):
     return 0
 
 
+def fresh_db(url, name, schema=False):
+    """An empty database of this name on the cluster of url (dropped first if
+    a run before left it), with the server's tables if schema; its URL."""
+    def on(db):
+        return urllib.parse.urlsplit(url)._replace(path="/" + db).geturl()
+    for sql in ("DROP DATABASE IF EXISTS %s" % name, "CREATE DATABASE %s" % name):
+        subprocess.run(["psql", "-qAt", on("postgres"), "-c", sql], check=True, capture_output=True)
+    if schema:
+        for f in sorted(os.listdir(os.path.join(ROOT, "sql"))):
+            if f.endswith(".sql"):
+                subprocess.run(["psql", "-qAt", "-v", "ON_ERROR_STOP=1", on(name), "-f",
+                                os.path.join(ROOT, "sql", f)], check=True, capture_output=True)
+    return on(name)
+
+
+class Server:
+    """mockery-server with its default flags (plus extra), its stderr - the
+    access log - written to a file, on the given database."""
+
+    def __init__(self, args, url, log_path, extra=()):
+        self.log = open(log_path, "w")
+        self.proc = None
+        # A port found free can be taken before the server binds it: try
+        # another, a few times.
+        for attempt in range(5):
+            port = free_port()
+            self.proc = subprocess.Popen([os.path.join(args.build_dir, "mockery-server"), "--port",
+                                          str(port), "--database-url", url] + list(extra),
+                                         stderr=self.log)
+            self.base = "http://127.0.0.1:%d" % port
+            for _ in range(100):
+                try:
+                    urllib.request.urlopen(self.base + "/health", timeout=1)
+                    break
+                except Exception:
+                    if self.proc.poll() is not None:
+                        break
+                    time.sleep(0.1)
+            if self.proc.poll() is None:
+                return
+        raise SystemExit("the server did not start: see " + log_path)
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=60)
+        self.log.close()
+
+
+def preload(base, n):
+    for i in range(1, n + 1):
+        st = post(base, "bench-replay-%d" % i)
+        if st not in (200, 201):
+            raise SystemExit("preload failed with %d" % st)
+
+
+def fingerprint(url):
+    return subprocess.run(["psql", "-tA", url, "-c",
+                           "SELECT fingerprint FROM idempotency_keys WHERE tenant_id = 'default'"
+                           " AND idempotency_key = 'bench-replay-1'"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def server_runs(args, url, tmp, c, run, quiet, row):
+    """The server's scenarios at c clients on an empty database; quiet: the
+    same server with --log-level warn (the quiet-* rows)."""
+    name = "quiet" if quiet else "server"
+    db = fresh_db(url, "bench_%s_c%d" % (name, c))
+    server = Server(args, db, os.path.join(tmp, "%s-c%d.log" % (name, c)),
+                    ["--log-level", "warn"] if quiet else [])
+    try:
+        base, d = server.base, args.duration
+        say("%s pid %d on %s, %d clients, empty database" % (name, server.proc.pid, base, c))
+        tag = "%s%s%d" % (run, name[0], c)
+        # cold: the first seconds on the empty database; warm: right after
+        row[name + "-new-cold"] = with_batches(base, lambda: wrk(
+            base, "/api/v1/payments", "new.lua", c, args.cold, [tag + "a"], url=db))
+        row[name + "-new"] = with_batches(base, lambda: wrk(
+            base, "/api/v1/payments", "new.lua", c, d, [tag + "b"]))
+        preload(base, args.replay_keys)
+        row[name + "-replay"] = wrk(base, "/api/v1/payments", "replay.lua", c, d,
+                                    [str(args.replay_keys)], url=db)
+        if not quiet:
+            row["ceiling-replay"] = pgbench(db, args.scripts["replay"], c, d, tmp,
+                                            ["-D", "keys=%d" % args.replay_keys,
+                                             "-D", "fp=" + fingerprint(db)])
+            row["http-floor"] = wrk(base, "/bench-floor", None, c, d, url=db)
+            row["mixed"] = with_batches(base, lambda: wrk(
+                base, "/api/v1/payments", "mixed.lua", c, d, [tag + "m"], url=db))
+            if args.memory and c == args.conns[-1]:
+                args.memory_result = measure_memory(base, server.proc.pid, args.memory, c)
+    finally:
+        server.stop()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--build-dir", default=os.path.join(ROOT, "build"))
-    ap.add_argument("--database-url", help="use this database instead of a cluster of its own")
-    ap.add_argument("--duration", type=int, default=8, help="seconds per scenario (8)")
+    ap.add_argument("--database-url",
+                    help="use this cluster (its user must create databases) instead of one of its own")
+    ap.add_argument("--duration", type=int, default=10, help="seconds per scenario (10)")
+    ap.add_argument("--cold", type=int, default=10,
+                    help="seconds of the cold window on an empty database (10)")
     ap.add_argument("--connections", default="16,32", help="client counts (16,32)")
-    ap.add_argument("--pool-size", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=128)
+    ap.add_argument("--no-quiet", action="store_true", help="leave out the --log-level warn rows")
     ap.add_argument("--replay-keys", type=int, default=1000)
     ap.add_argument("--memory", type=int, default=0,
                     help="also measure peak RSS after N/10 and N new payments")
@@ -218,8 +336,9 @@ def main():
     ap.add_argument("--out", default=os.path.join(BENCH, "results"))
     args = ap.parse_args()
     if args.smoke:
-        args.duration, args.connections, args.replay_keys = 1, "4", 50
-    conns = [int(c) for c in args.connections.split(",")]
+        args.duration, args.cold, args.connections, args.replay_keys = 1, 1, "4", 50
+    args.conns = [int(c) for c in args.connections.split(",")]
+    args.memory_result = None
 
     tmp = tempfile.mkdtemp(prefix="mockery-bench.")
     cluster = None
@@ -228,75 +347,31 @@ def main():
         cluster = "bench-%d" % os.getpid()
         url = subprocess.run(["bash", os.path.join(ROOT, "scripts", "dev"), "cluster", cluster, "up"],
                              check=True, capture_output=True, text=True).stdout.strip()
-    log = open(os.path.join(tmp, "server.log"), "w")
     results = []
-    server = None
     try:
-        # A port found free can be taken before the server binds it: try
-        # another, a few times.
-        for attempt in range(5):
-            port = free_port()
-            server = subprocess.Popen([os.path.join(args.build_dir, "mockery-server"), "--port",
-                                       str(port), "--database-url", url, "--pool-size",
-                                       str(args.pool_size), "--threads", str(args.threads),
-                                       "--log-level", "warn"], stderr=log)
-            base = "http://127.0.0.1:%d" % port
-            for _ in range(100):
-                try:
-                    urllib.request.urlopen(base + "/health", timeout=1)
-                    break
-                except Exception:
-                    if server.poll() is not None:
-                        break
-                    time.sleep(0.1)
-            if server.poll() is None:
-                break
-        else:
-            raise SystemExit("the server did not start: see " + log.name)
-        say("server pid %d on %s, database %s" % (server.pid, base, "own cluster" if cluster else "given"))
-        scripts = pgbench_scripts(tmp)
-        say("preloading %d completed keys for the replay scenarios" % args.replay_keys)
-        for i in range(1, args.replay_keys + 1):
-            st = post(base, "bench-replay-%d" % i)
-            if st not in (200, 201):
-                raise SystemExit("preload failed with %d" % st)
-        fp = subprocess.run(["psql", "-tA", url, "-c",
-                             "SELECT fingerprint FROM idempotency_keys WHERE tenant_id = 'default'"
-                             " AND idempotency_key = 'bench-replay-1'"],
-                            check=True, capture_output=True, text=True).stdout.strip()
+        args.scripts = pgbench_scripts(tmp)
         run = "%d" % time.time()
         d = args.duration
-        for c in conns:
-            say("%d clients" % c)
+        for c in args.conns:
             row = {}
+            say("%d clients: pgbench on an empty database" % c)
+            pdb = fresh_db(url, "bench_pgbench_c%d" % c, schema=True)
             # (the body travels as a variable: pgbench would read its colons as ones)
-            row["ceiling-new"] = pgbench(url, scripts["new"], c, d, tmp,
-                                         ["-D", "body=" + BODY, "-D", "run=%sc%d" % (run, c)])
-            row["naive-new"] = pgbench(url, scripts["naive"], c, d, tmp,
+            row["naive-new"] = pgbench(pdb, args.scripts["naive"], c, d, tmp,
                                        ["-D", "body=" + BODY, "-D", "run=%sn%d" % (run, c)])
-            row["server-new"] = with_batches(base, lambda: wrk(
-                base, "/api/v1/payments", "new.lua", c, d, [run + "n%d" % c], url=url))
-            row["ceiling-replay"] = pgbench(url, scripts["replay"], c, d, tmp,
-                                            ["-D", "keys=%d" % args.replay_keys, "-D", "fp=" + fp])
-            row["server-replay"] = wrk(base, "/api/v1/payments", "replay.lua", c, d,
-                                       [str(args.replay_keys)], url=url)
-            row["http-floor"] = wrk(base, "/bench-floor", None, c, d, url=url)
-            row["mixed"] = with_batches(base, lambda: wrk(
-                base, "/api/v1/payments", "mixed.lua", c, d, [run + "m%d" % c], url=url))
+            row["ceiling-new"] = pgbench(pdb, args.scripts["new"], c, d, tmp,
+                                         ["-D", "body=" + BODY, "-D", "run=%sc%d" % (run, c)])
+            server_runs(args, url, tmp, c, run, False, row)
+            if not args.no_quiet:
+                server_runs(args, url, tmp, c, run, True, row)
             for name, r in row.items():
                 r.update({"scenario": name, "clients": c})
                 results.append(r)
-        memory = None
-        if args.memory:
-            memory = measure_memory(base, server.pid, args.memory, conns[-1])
     finally:
-        if server is not None and server.poll() is None:
-            server.terminate()
-            server.wait(timeout=60)
         if cluster:
             subprocess.run(["bash", os.path.join(ROOT, "scripts", "dev"), "cluster", cluster, "down"],
                            capture_output=True)
-    report(results, memory, args)
+    sys.exit(report(results, args.memory_result, args))
 
 
 def measure_memory(base, pid, n, clients):
@@ -330,39 +405,70 @@ def measure_memory(base, pid, n, clients):
 
 
 def report(results, memory, args):
-    ceilings = {("server-new", "ceiling-new"), ("server-replay", "ceiling-replay"),
-                ("naive-new", "ceiling-new"), ("mixed", "ceiling-new")}
+    """Prints the table and the targets; returns the exit status."""
     by = {(r["scenario"], r["clients"]): r for r in results}
-    print("%-15s %7s %11s %9s %9s  %s" % ("scenario", "clients", "req/s", "p50 ms", "p99 ms", "ratio"))
+
+    def ratio(a, b, c, key="rps"):
+        if (a, c) in by and (b, c) in by and by[(b, c)][key]:
+            return by[(a, c)][key] / by[(b, c)][key]
+        return None
+
+    refs = {"server-new": "naive-new", "server-new-cold": "naive-new", "quiet-new": "naive-new",
+            "quiet-new-cold": "naive-new", "mixed": "naive-new", "ceiling-new": "naive-new",
+            "server-replay": "ceiling-replay", "quiet-replay": "ceiling-replay"}
+    print("%-16s %7s %9s %7s %8s %8s  %s" % ("scenario", "clients", "2xx/s", "other", "p50 ms",
+                                           "p99 ms", "ratio"))
+    failed = []
     for r in results:
-        ratio = ""
-        for s, ceil in sorted(ceilings):
-            if r["scenario"] == s and (ceil, r["clients"]) in by:
-                ratio = "%.2f x %s" % (r["rps"] / by[(ceil, r["clients"])]["rps"], ceil)
-        if r["scenario"] == "server-new" and ("naive-new", r["clients"]) in by:
-            ratio += ", %.2f x naive-new" % (r["rps"] / by[("naive-new", r["clients"])]["rps"])
-        if r["scenario"] == "server-new" and ("ceiling-new", r["clients"]) in by:
-            ratio += "; p99 %.2f x pgbench's" % (r["p99_ms"] / max(by[("ceiling-new", r["clients"])]["p99_ms"], 1e-9))
-        extra = ""
+        c, name = r["clients"], r["scenario"]
+        text = ""
+        if name in refs and ratio(name, refs[name], c):
+            text = "%.2f x %s" % (ratio(name, refs[name], c), refs[name])
         if "mean_batch" in r:
-            extra += "  batch %.1f/%.1f" % (r["mean_batch"]["claim"], r["mean_batch"]["complete"])
+            text += "  batch %.1f/%.1f" % (r["mean_batch"]["claim"], r["mean_batch"]["complete"])
         if "outcomes" in r:
-            extra += "  outcomes " + json.dumps(r["outcomes"], sort_keys=True)
-        elif r.get("non_2xx") and r["scenario"] not in ("http-floor",):
-            extra += "  non-2xx %d" % r["non_2xx"]
-        print("%-15s %7d %11.0f %9.2f %9.2f  %s%s" % (r["scenario"], r["clients"], r["rps"],
-                                                     r["p50_ms"], r["p99_ms"], ratio, extra))
+            text += "  outcomes " + json.dumps(r["outcomes"], sort_keys=True)
+        other = r.get("non_2xx", 0) + r.get("socket_errors", 0)
+        if name.endswith("-new") or name.endswith("-new-cold"):
+            if other and name.startswith(("server", "quiet")):
+                failed.append("%s at %d clients: %d answers not 2xx (or socket errors)" %
+                              (name, c, other))
+        print("%-16s %7d %9.0f %7s %8.2f %8.2f  %s" % (name, c, r["rps"],
+                                                    other if "non_2xx" in r else "-",
+                                                    r["p50_ms"], r["p99_ms"], text))
+    print()
+    print("targets (issue 10):")
+    for c in args.conns:
+        checks = [
+            ("server-new warm / naive-new >= 1.3", ratio("server-new", "naive-new", c), 1.3, 1),
+            ("server-new cold / warm >= 0.8", ratio("server-new-cold", "server-new", c), 0.8, 1),
+            ("server-new, log on / off >= 0.95", ratio("server-new", "quiet-new", c), 0.95, 1),
+            ("server-replay, log on / off >= 0.95", ratio("server-replay", "quiet-replay", c),
+             0.95, 1),
+            ("server-replay / ceiling-replay >= 1.0", ratio("server-replay", "ceiling-replay", c),
+             1.0, 1),
+            ("server-new p99 / naive-new p99 <= 2", ratio("server-new", "naive-new", c, "p99_ms"),
+             2.0, -1),
+        ]
+        for label, value, bound, sense in checks:
+            if value is None:
+                continue
+            met = value >= bound if sense > 0 else value <= bound
+            print("  %2d clients  %-40s %5.2f  %s" % (c, label, value, "met" if met else "MISSED"))
     if memory:
         for k, v in memory.items():
             print("%s: %d KiB" % (k, v))
+    for f in failed:
+        print("FAILED: " + f)
     if not args.smoke:
         os.makedirs(args.out, exist_ok=True)
         path = os.path.join(args.out, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + ".json")
         with open(path, "w") as f:
             json.dump({"machine": {"cores": os.cpu_count()}, "duration_s": args.duration,
-                       "pool_size": args.pool_size, "threads": args.threads,
+                       "cold_s": args.cold, "server_flags": "defaults",
                        "results": results, "memory": memory}, f, indent=1)
         say("written " + os.path.relpath(path, ROOT))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
