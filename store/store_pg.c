@@ -266,13 +266,14 @@ struct store_pg {
     struct batch_run *running[BATCH_KINDS]; /* batches of each kind running now */
     unsigned long long split;
     /* Statements are prepared again on each connection whenever plan_gen
-     * moves on (replan_due); conn_gen says what each was prepared under. */
+     * moves on (take_batch, as completions pass replan_at); conn_gen says
+     * what each was prepared under. */
     atomic_uint plan_gen;
     unsigned *conn_gen;
     unsigned long long replan_at; /* completions that move plan_gen on next */
 };
 
-/* PostgreSQL keeps a prepared statement's generic plan, made after its fifth
+/* PostgreSQL keeps a prepared statement's generic plan, made at its sixth
  * run, until the statistics of a table it reads change. A new database has
  * none until autoanalyze comes (up to a minute later), and on a table that
  * small - under about 70 pages, a thousand records - the cheapest plan for
