@@ -350,6 +350,7 @@ def main():
     results = []
     try:
         args.scripts = pgbench_scripts(tmp)
+        args.pg_settings = pg_settings(url)
         run = "%d" % time.time()
         d = args.duration
         for c in args.conns:
@@ -404,8 +405,20 @@ def measure_memory(base, pid, n, clients):
     return out
 
 
+def pg_settings(url):
+    """The cluster settings the figures depend on (README: PostgreSQL settings)."""
+    names = ("wal_init_zero", "synchronous_commit", "fsync", "full_page_writes", "shared_buffers",
+             "max_wal_size")
+    out = subprocess.run(["psql", "-qAt", "-F", "=", url, "-c",
+                          "SELECT name, setting || coalesce(unit, '') FROM pg_settings"
+                          " WHERE name IN (%s) ORDER BY name" % ",".join("'%s'" % n for n in names)],
+                         check=True, capture_output=True, text=True).stdout.split()
+    return dict(line.split("=", 1) for line in out)
+
+
 def report(results, memory, args):
     """Prints the table and the targets; returns the exit status."""
+    print("PostgreSQL: " + " ".join("%s=%s" % kv for kv in sorted(args.pg_settings.items())))
     by = {(r["scenario"], r["clients"]): r for r in results}
 
     def ratio(a, b, c, key="rps"):
@@ -466,6 +479,7 @@ def report(results, memory, args):
         with open(path, "w") as f:
             json.dump({"machine": {"cores": os.cpu_count()}, "duration_s": args.duration,
                        "cold_s": args.cold, "server_flags": "defaults",
+                       "postgresql": args.pg_settings,
                        "results": results, "memory": memory}, f, indent=1)
         say("written " + os.path.relpath(path, ROOT))
     return 1 if failed else 0
