@@ -8,6 +8,10 @@
  * fivefold within 25 s (bench/run.py shows the speed; this test the plan).
  * Here autovacuum is off for the table, so no analyze can come to the
  * rescue, and pg_stat_user_tables counts the sequential scans.
+ *
+ * The same counts show whether completions are HOT updates (the record's new
+ * version on its own page, no new index entries), which the fillfactor of
+ * sql/004_fillfactor.sql makes room for.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <criterion/criterion.h>
@@ -153,5 +157,13 @@ Test(cold_start, batched_completions_use_the_index_before_any_analyze, .fini = d
                                  "idempotency_keys"),
                  1, "the table was analyzed: this test proves nothing");
     cr_assert_lt(more, 5, "%ld sequential scans of idempotency_keys during 3,200 payments", more);
+    /* (seq_scans waited for the statistics to settle) */
+    long updates = test_query_long(
+        url, "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = $1", "idempotency_keys");
+    long hot = test_query_long(
+        url, "SELECT n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = $1", "idempotency_keys");
+    cr_assert_geq(updates, 6400, "%ld updates of idempotency_keys for 6,400 payments", updates);
+    cr_assert_geq(hot * 10, updates * 9, "only %ld of %ld completions were HOT updates", hot,
+                  updates);
     test_server_stop(&srv);
 }

@@ -1,0 +1,12 @@
+-- 004_fillfactor.sql - room on each page for a record's completion
+--
+-- A record is inserted small ('processing': no response yet) and grows by
+-- its cached response when it completes. On full pages that update could
+-- not stay on the record's page, so it was not a HOT update: a new version
+-- elsewhere and new entries in both indexes, for about a third of the
+-- completions. With half of each page left free at insert time, 96% of the
+-- completions are HOT (bench, 16 clients on an empty database): about 12%
+-- less PostgreSQL CPU per payment and 11% more payments a second, for about
+-- 30% more space per record (table and indexes). Applies to pages written
+-- from now on.
+ALTER TABLE idempotency_keys SET (fillfactor = 50);
