@@ -46,7 +46,7 @@ static const char *const NAMES[] = {"debug", "info", "warn", "error"};
 static void *writer_main(void *arg)
 {
     struct logger *l = arg;
-    char *batch = malloc(LOG_BUFFER);
+    char *batch = malloc(LOG_BUFFER); /* the buffer being written, swapped with l->buf */
     pthread_mutex_lock(&l->mu);
     for (;;) {
         while (!l->used && !l->stopping) {
@@ -62,8 +62,10 @@ static void *writer_main(void *arg)
         if (!l->used && l->stopping)
             break;
         size_t n = l->used;
-        if (batch) {
-            memcpy(batch, l->buf, n);
+        if (batch) { /* the lines gathered become the batch: no copy under the mutex */
+            char *gathered = l->buf;
+            l->buf = batch;
+            batch = gathered;
             l->used = 0;
             l->writing = 1;
             pthread_mutex_unlock(&l->mu);
