@@ -49,8 +49,8 @@ static void *post_new(void *arg)
         char key[96];
         test_unique(key, sizeof key, "cold");
         struct test_response r;
-        test_post_payment(&srv, key, "{\"amount\":10.50,\"currency\":\"USD\",\"customer_id\":\"c\"}",
-                          &r);
+        test_post_payment(&srv, key,
+                          "{\"amount\":10.50,\"currency\":\"USD\",\"customer_id\":\"c\"}", &r);
         c->created += r.status == 201;
         test_response_free(&r);
     }
@@ -160,8 +160,9 @@ Test(cold_start, batched_completions_use_the_index_before_any_analyze, .fini = d
     /* (seq_scans waited for the statistics to settle) */
     long updates = test_query_long(
         url, "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = $1", "idempotency_keys");
-    long hot = test_query_long(
-        url, "SELECT n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = $1", "idempotency_keys");
+    long hot =
+        test_query_long(url, "SELECT n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = $1",
+                        "idempotency_keys");
     cr_assert_geq(updates, 6400, "%ld updates of idempotency_keys for 6,400 payments", updates);
     cr_assert_geq(hot * 10, updates * 9, "only %ld of %ld completions were HOT updates", hot,
                   updates);
