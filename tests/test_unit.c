@@ -729,7 +729,7 @@ Test(utc_text, seconds_dates_and_fractions)
     cr_assert_str_eq(iso, "1970-01-01T00:00:00");
     utc_http_date(784111777, date);
     cr_assert_str_eq(date, "Sun, 06 Nov 1994 08:49:37 GMT");
-    utc_iso_second(784111777, iso); /* the cache holds one second per use */
+    utc_iso_second(784111777, iso);
     cr_assert_str_eq(iso, "1994-11-06T08:49:37");
     utc_iso_second(784111778, iso);
     cr_assert_str_eq(iso, "1994-11-06T08:49:38");
@@ -739,6 +739,45 @@ Test(utc_text, seconds_dates_and_fractions)
     cr_assert_str_eq(when, "1969-12-31T23:59:59.999999Z");
     payment_format_time(0, when, 8); /* cut, never overrun */
     cr_assert_str_eq(when, "1970-01");
+}
+
+/* The arithmetic against gmtime_r + strftime over the years glibc's %Y
+ * writes with four digits, leap days and the turns of centuries included;
+ * below 1000 strftime writes fewer digits, RFC 3339 four. */
+Test(utc_text, agrees_with_gmtime_from_year_1000_to_9999)
+{
+    const long long first = -30610224000LL, last = 253402300799LL; /* 1000-01-01, 9999-12-31 */
+    long long edges[] = {first,
+                         last,
+                         -1,
+                         0,
+                         951782400LL /* 2000-02-29 */,
+                         4107456000LL /* 2100-02-28 */,
+                         4107542400LL /* 2100-03-01 */,
+                         68256000LL /* 1972-02-29 */};
+    int n = 0;
+    for (long long t = first, i = 0; t <= last; t += 7919LL * 86 + 3607, i++) {
+        long long secs = i < 8 ? edges[i] : t;
+        char iso[20], date[30], want_iso[32], want_date[40];
+        time_t tt = (time_t)secs;
+        struct tm tm;
+        cr_assert_not_null(gmtime_r(&tt, &tm));
+        strftime(want_iso, sizeof want_iso, "%Y-%m-%dT%H:%M:%S", &tm);
+        strftime(want_date, sizeof want_date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        utc_iso_second(tt, iso);
+        utc_http_date(tt, date);
+        cr_assert_str_eq(iso, want_iso, "at %lld", secs);
+        cr_assert_str_eq(date, want_date, "at %lld", secs);
+        n++;
+    }
+    cr_assert_gt(n, 300000);
+    char iso[20], date[30];
+    utc_iso_second((time_t)(last + 1), iso); /* year 10000 */
+    cr_assert_str_eq(iso, "");
+    utc_iso_second((time_t)-62167219200LL, iso);
+    cr_assert_str_eq(iso, "0000-01-01T00:00:00");
+    utc_http_date((time_t)-62167219200LL, date);
+    cr_assert_str_eq(date, "Sat, 01 Jan 0000 00:00:00 GMT");
 }
 
 Test(auth, keys_from_a_file)
