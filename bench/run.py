@@ -18,7 +18,10 @@ database. Scenarios (each at every client count):
                   rate counts every answer)
   mixed           wrk: 90% new, 10% retries of recent keys, 1% immediate repeats
   quiet-*         server-new-cold, server-new and server-replay again with
-                  --log-level warn (no access log), on an empty database
+                  --log-level warn (no access log), on an empty database; both
+                  servers run at once, and their warm and replay windows take
+                  turns (ABBA, --rounds), so that log on / off is compared
+                  over the same minutes
 
 pgbench's scenarios run on a database of their own, empty when they start.
 Prints one table (answers with a 2xx status per second, the count of any
@@ -209,14 +212,18 @@ def batch_counts(base):
             re.finditer(r'mockery_store_(batches|batched)_total\{kind="(\w+)"\} (\d+)', text)}
 
 
+def batch_means(before, after):
+    """Mean operations per statement, by kind, between two batch_counts."""
+    d = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    return {kind: round(d[("batched", kind)] / max(d[("batches", kind)], 1), 1)
+            for kind in ("claim", "complete")}
+
+
 def with_batches(base, run):
     """run() under the server's batch counters: adds the mean batch sizes."""
     before = batch_counts(base)
     res = run()
-    after = batch_counts(base)
-    d = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-    res["mean_batch"] = {kind: round(d[("batched", kind)] / max(d[("batches", kind)], 1), 1)
-                         for kind in ("claim", "complete")}
+    res["mean_batch"] = batch_means(before, batch_counts(base))
     return res
 
 
@@ -241,6 +248,14 @@ def fresh_db(url, name, schema=False):
                 subprocess.run(["psql", "-qAt", "-v", "ON_ERROR_STOP=1", on(name), "-f",
                                 os.path.join(ROOT, "sql", f)], check=True, capture_output=True)
     return on(name)
+
+
+def drop_db(db_url):
+    """Drops a database a scenario is done with, so that its autovacuum does
+    not run beside the scenarios after it."""
+    parts = urllib.parse.urlsplit(db_url)
+    subprocess.run(["psql", "-qAt", parts._replace(path="/postgres").geturl(), "-c",
+                    "DROP DATABASE IF EXISTS %s" % parts.path.lstrip("/")], capture_output=True)
 
 
 class Server:
@@ -291,36 +306,85 @@ def fingerprint(url):
                           check=True, capture_output=True, text=True).stdout.strip()
 
 
-def server_runs(args, url, tmp, c, run, quiet, row):
-    """The server's scenarios at c clients on an empty database; quiet: the
-    same server with --log-level warn (the quiet-* rows)."""
-    name = "quiet" if quiet else "server"
-    db = fresh_db(url, "bench_%s_c%d" % (name, c))
-    server = Server(args, db, os.path.join(tmp, "%s-c%d.log" % (name, c)),
-                    ["--log-level", "warn"] if quiet else [])
+def merged(runs):
+    """One result from several equally long wrk runs of one scenario: the
+    mean rate, the answers not 2xx added up, p50 the mean, p99 the worst."""
+    n = len(runs)
+    return {"rps": sum(r["rps"] for r in runs) / n,
+            "non_2xx": sum(r["non_2xx"] for r in runs),
+            "socket_errors": sum(r["socket_errors"] for r in runs),
+            "p50_ms": sum(r["p50_ms"] for r in runs) / n,
+            "p99_ms": max(r["p99_ms"] for r in runs), "windows": n}
+
+
+def alternating(servers, seconds, rounds, run_one):
+    """run_one(name, server, round, seconds) for each server in turn, in
+    ABBA order, so that whatever drifts (the disk, the tables' size) falls on
+    each alike; each server's windows merged, with its mean batch sizes."""
+    windows = max(1, seconds // rounds)
+    before = {name: batch_counts(srv.base) for name, srv in servers.items()}
+    runs = {name: [] for name in servers}
+    for r in range(rounds):
+        order = list(servers) if r % 2 == 0 else list(reversed(list(servers)))
+        for name in order:
+            runs[name].append(run_one(name, servers[name], r, windows))
+    out = {}
+    for name, srv in servers.items():
+        out[name] = merged(runs[name])
+        out[name]["mean_batch"] = batch_means(before[name], batch_counts(srv.base))
+    return out
+
+
+def server_runs(args, url, tmp, c, run, row):
+    """The server's scenarios at c clients, and beside it (unless
+    --no-quiet) the same server with --log-level warn (the quiet-* rows),
+    each on an empty database of its own. The cold windows run one after
+    the other; the warm and replay windows alternate between the two."""
+    names = ["server"] + ([] if args.no_quiet else ["quiet"])
+    servers = {}
     try:
-        base, d = server.base, args.duration
-        say("%s pid %d on %s, %d clients, empty database" % (name, server.proc.pid, base, c))
-        tag = "%s%s%d" % (run, name[0], c)
-        # cold: the first seconds on the empty database; warm: right after
-        row[name + "-new-cold"] = with_batches(base, lambda: wrk(
-            base, "/api/v1/payments", "new.lua", c, args.cold, [tag + "a"], url=db))
-        row[name + "-new"] = with_batches(base, lambda: wrk(
-            base, "/api/v1/payments", "new.lua", c, d, [tag + "b"]))
-        preload(base, args.replay_keys)
-        row[name + "-replay"] = wrk(base, "/api/v1/payments", "replay.lua", c, d,
-                                    [str(args.replay_keys)], url=db)
-        if not quiet:
-            row["ceiling-replay"] = pgbench(db, args.scripts["replay"], c, d, tmp,
-                                            ["-D", "keys=%d" % args.replay_keys,
-                                             "-D", "fp=" + fingerprint(db)])
-            row["http-floor"] = wrk(base, "/bench-floor", None, c, d, url=db, every_answer=True)
-            row["mixed"] = with_batches(base, lambda: wrk(
-                base, "/api/v1/payments", "mixed.lua", c, d, [tag + "m"], url=db))
-            if args.memory and c == args.conns[-1]:
-                args.memory_result = measure_memory(base, server.proc.pid, args.memory, c)
+        for name in names:
+            db = fresh_db(url, "bench_%s_c%d" % (name, c))
+            servers[name] = Server(args, db, os.path.join(tmp, "%s-c%d.log" % (name, c)),
+                                   ["--log-level", "warn"] if name == "quiet" else [])
+            servers[name].db = db
+            say("%s pid %d on %s, %d clients, empty database" %
+                (name, servers[name].proc.pid, servers[name].base, c))
+
+        def tag(name, what):
+            return "%s%s%d%s" % (run, name[0], c, what)
+
+        # cold: the first seconds on each empty database
+        for name, srv in servers.items():
+            row[name + "-new-cold"] = with_batches(srv.base, lambda: wrk(
+                srv.base, "/api/v1/payments", "new.lua", c, args.cold, [tag(name, "a")],
+                url=srv.db))
+        # warm: right after, the two servers taking turns
+        res = alternating(servers, args.duration, args.rounds, lambda name, srv, r, t: wrk(
+            srv.base, "/api/v1/payments", "new.lua", c, t, [tag(name, "b%d" % r)]))
+        for name in names:
+            row[name + "-new"] = res[name]
+        for srv in servers.values():
+            preload(srv.base, args.replay_keys)
+        checkpoint(servers["server"].db)
+        res = alternating(servers, args.duration, args.rounds, lambda name, srv, r, t: wrk(
+            srv.base, "/api/v1/payments", "replay.lua", c, t, [str(args.replay_keys)]))
+        for name in names:
+            res[name].pop("mean_batch")  # replays make no batches
+            row[name + "-replay"] = res[name]
+        base, db, d = servers["server"].base, servers["server"].db, args.duration
+        row["ceiling-replay"] = pgbench(db, args.scripts["replay"], c, d, tmp,
+                                        ["-D", "keys=%d" % args.replay_keys,
+                                         "-D", "fp=" + fingerprint(db)])
+        row["http-floor"] = wrk(base, "/bench-floor", None, c, d, url=db, every_answer=True)
+        row["mixed"] = with_batches(base, lambda: wrk(
+            base, "/api/v1/payments", "mixed.lua", c, d, [tag("server", "m")], url=db))
+        if args.memory and c == args.conns[-1]:
+            args.memory_result = measure_memory(base, servers["server"].proc.pid, args.memory, c)
     finally:
-        server.stop()
+        for srv in servers.values():
+            srv.stop()
+            drop_db(srv.db)
 
 
 def main():
@@ -333,14 +397,18 @@ def main():
                     help="seconds of the cold window on an empty database (10)")
     ap.add_argument("--connections", default="16,32", help="client counts (16,32)")
     ap.add_argument("--no-quiet", action="store_true", help="leave out the --log-level warn rows")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="warm and replay windows alternate between the server and its quiet\n"
+                         "twin in this many turns each (ABBA...), --duration in all (2)")
     ap.add_argument("--replay-keys", type=int, default=1000)
     ap.add_argument("--memory", type=int, default=0,
                     help="also measure peak RSS after N/10 and N new payments")
-    ap.add_argument("--smoke", action="store_true", help="1 s per scenario, 4 clients: it runs")
+    ap.add_argument("--smoke", action="store_true", help="1-2 s per scenario, 4 clients: it runs")
     ap.add_argument("--out", default=os.path.join(BENCH, "results"))
     args = ap.parse_args()
     if args.smoke:
-        args.duration, args.cold, args.connections, args.replay_keys = 1, 1, "4", 50
+        args.duration, args.cold, args.connections, args.replay_keys = 2, 1, "4", 50
+        args.rounds = 2
     args.conns = [int(c) for c in args.connections.split(",")]
     args.memory_result = None
 
@@ -366,9 +434,8 @@ def main():
                                        ["-D", "body=" + BODY, "-D", "run=%sn%d" % (run, c)])
             row["ceiling-new"] = pgbench(pdb, args.scripts["new"], c, d, tmp,
                                          ["-D", "body=" + BODY, "-D", "run=%sc%d" % (run, c)])
-            server_runs(args, url, tmp, c, run, False, row)
-            if not args.no_quiet:
-                server_runs(args, url, tmp, c, run, True, row)
+            drop_db(pdb)
+            server_runs(args, url, tmp, c, run, row)
             for name, r in row.items():
                 r.update({"scenario": name, "clients": c})
                 results.append(r)
