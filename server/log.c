@@ -190,6 +190,27 @@ static void put(struct log_line *b, const char *s, size_t n)
     b->len += n;
 }
 
+/* Bytes that go into a JSON string as they are: ASCII from the space up,
+ * but the quote and the backslash. */
+static const unsigned char PLAIN[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 00 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 10 */
+    1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 20 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 30 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 40 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, /* 50 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 60 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 70 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 80 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 90 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* a0 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* b0 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* c0 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* d0 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* e0 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* f0 */
+};
+
 /* s as the inside of a JSON string: escaped, bytes that are not UTF-8
  * replaced by U+FFFD, cut at a character when the line is full. */
 static void put_escaped(struct log_line *b, const char *s, size_t n)
@@ -215,8 +236,7 @@ static void put_escaped(struct log_line *b, const char *s, size_t n)
             i++;
         } else if (c < 0x80) {
             size_t run = i; /* plain ASCII goes in one copy */
-            while (run < n && (unsigned char)s[run] >= 0x20 && (unsigned char)s[run] < 0x80 &&
-                   s[run] != '"' && s[run] != '\\')
+            while (run < n && PLAIN[(unsigned char)s[run]])
                 run++;
             put(b, s + i, run - i);
             i = run;
@@ -267,6 +287,24 @@ void log_line_str(struct log_line *b, const char *key, const char *value)
 {
     if (!b->on || !value)
         return;
+    /* The usual value, plain ASCII with room to spare, in one pass. */
+    size_t klen = strlen(key), vlen = 0;
+    while (PLAIN[(unsigned char)value[vlen]])
+        vlen++;
+    if (!value[vlen] && b->len + klen + vlen + 8 <= sizeof b->text - 2) {
+        char *at = b->text + b->len;
+        *at++ = ',';
+        *at++ = '"';
+        memcpy(at, key, klen);
+        at += klen;
+        memcpy(at, "\":\"", 3);
+        at += 3;
+        memcpy(at, value, vlen);
+        at += vlen;
+        *at++ = '"';
+        b->len = (size_t)(at - b->text);
+        return;
+    }
     put_key(b, key);
     put(b, "\"", 1);
     put_escaped(b, value, strlen(value));
