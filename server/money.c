@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "utc_text.h"
+
 struct currency {
     char code[4];
     int digits;
@@ -141,12 +143,23 @@ enum money_status money_parse(const char *s, size_t len, int digits, int64_t *mi
 
 int money_format(int64_t minor, int digits, char *buf, size_t len)
 {
-    int64_t p = pow10i(digits);
-    int n;
-    if (digits == 0)
-        n = snprintf(buf, len, "%lld", (long long)minor);
-    else
-        n = snprintf(buf, len, "%lld.%0*lld", (long long)(minor / p), digits,
-                     (long long)(minor % p));
-    return (n < 0 || (size_t)n >= len) ? -1 : n;
+    /* digit by digit: snprintf was most of the cost of a log line's amount */
+    char text[48];
+    size_t n = 0;
+    unsigned long long u = (unsigned long long)minor;
+    if (minor < 0) {
+        text[n++] = '-';
+        u = 0 - u;
+    }
+    unsigned long long p = (unsigned long long)pow10i(digits);
+    n += (size_t)utc_digits(text + n, u / p, 1);
+    if (digits > 0) {
+        text[n++] = '.';
+        n += (size_t)utc_digits(text + n, u % p, digits);
+    }
+    if (n >= len)
+        return -1;
+    memcpy(buf, text, n);
+    buf[n] = '\0';
+    return (int)n;
 }

@@ -157,6 +157,12 @@ Test(money, format_uses_the_currency_digits)
     money_format(1234, 3, b, sizeof b);
     cr_assert_str_eq(b, "1.234");
     cr_assert_eq(money_format(1050, 2, b, 3), -1);
+    cr_assert_eq(money_format(99999999, 2, b, sizeof b), 9);
+    cr_assert_str_eq(b, "999999.99");
+    money_format(1, 4, b, sizeof b);
+    cr_assert_str_eq(b, "0.0001");
+    cr_assert_eq(money_format(1050, 2, b, 6), 5); /* exactly room for the NUL */
+    cr_assert_str_eq(b, "10.50");
 }
 
 /* ---- payment validation ----------------------------------------------------- */
