@@ -9,6 +9,7 @@ WORKDIR /src
 COPY CMakeLists.txt ./
 COPY cmake cmake
 COPY server server
+COPY client client
 COPY store store
 COPY sql sql
 RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUILD_TESTING=OFF -DMOCKERY_WERROR=ON \

@@ -65,10 +65,12 @@ static void replay(struct request *r, const struct idem_op *op, const void *req,
                    const struct replay_entry *c)
 {
     int status = c->status >= 200 && c->status < 300 ? 200 : c->status;
-    const char *headers[5] = {"X-Idempotent-Replay", "true", NULL};
+    /* Idempotent-Replayed is Stripe's name, which clients written for
+     * Stripe look for */
+    const char *headers[7] = {"X-Idempotent-Replay", "true", "Idempotent-Replayed", "true", NULL};
     if (c->location) {
-        headers[2] = "Location";
-        headers[3] = c->location;
+        headers[4] = "Location";
+        headers[5] = c->location;
     }
     r->outcome = "replay";
     log_duplicate(r, op, req, "replay", c->created_at_us);

@@ -128,7 +128,7 @@ def main():
     check(re.search(r"COPY --from=build .*mockery-server", docker) is not None,
           "the runtime stage does not copy mockery-server")
     check('ENTRYPOINT ["mockery-server"]' in docker, "the image does not run mockery-server")
-    for needed in ("server", "store", "sql", "cmake", "CMakeLists.txt"):
+    for needed in ("server", "store", "client", "sql", "cmake", "CMakeLists.txt"):
         check(re.search(r"^COPY\s+%s\b" % re.escape(needed), docker, re.M) is not None,
               "the build stage does not copy %s" % needed)
 

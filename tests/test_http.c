@@ -152,6 +152,7 @@ BOTH(first_payment_is_created_with_location)
     snprintf(loc, sizeof loc, "/api/v1/payments/%s", id);
     cr_assert_str_eq(r.location, loc);
     cr_assert_str_empty(r.replay);
+    cr_assert_str_empty(r.replayed);
 
     /* The Location answers with the same object. */
     char u[256];
@@ -184,6 +185,7 @@ BOTH(retry_replays_the_original_byte_for_byte)
     test_post_payment(&srv, quoted, body2, &b);
     cr_assert_eq(b.status, 200, "%s", b.body);
     cr_assert_str_eq(b.replay, "true");
+    cr_assert_str_eq(b.replayed, "true");
     cr_assert_eq(b.len, a.len);
     cr_assert_str_eq(b.body, a.body);
     cr_assert_str_eq(b.location, a.location);
@@ -208,6 +210,7 @@ BOTH(decline_is_stored_cached_and_replayed)
     test_post_payment(&srv, key, body, &b);
     cr_assert_eq(b.status, 402, "a replayed decline keeps its status");
     cr_assert_str_eq(b.replay, "true");
+    cr_assert_str_eq(b.replayed, "true");
     cr_assert_str_eq(b.body, a.body);
     /* Stored and listed like any other. */
     char u[256];
@@ -238,6 +241,7 @@ BOTH(gateway_failure_is_not_cached_and_releases_the_key)
     test_post_payment(&srv, key, body, &b);
     expect_error(&b, 502, "gateway_error", NULL);
     cr_assert_str_empty(b.replay, "a gateway failure must run again, not replay");
+    cr_assert_str_empty(b.replayed);
     /* The key is free: another payment may use it now. */
     body_for(ok_body, sizeof ok_body, ok_cust, "5");
     test_post_payment(&srv, key, ok_body, &c);
@@ -312,6 +316,7 @@ BOTH_SLOW(retry_while_running_is_409_then_replay)
     test_post_payment(&srv, key, body, &c);
     cr_assert_eq(c.status, 200);
     cr_assert_str_eq(c.replay, "true");
+    cr_assert_str_eq(c.replayed, "true");
     cr_assert_eq(count_for(cust), 1);
     for (int i = 0; i < 2; i++)
         test_response_free(&args[i].r);

@@ -42,6 +42,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *arg)
     size_t len = size * n;
     copy_header(p, len, "Location", r->location, sizeof r->location);
     copy_header(p, len, "X-Idempotent-Replay", r->replay, sizeof r->replay);
+    copy_header(p, len, "Idempotent-Replayed", r->replayed, sizeof r->replayed);
     copy_header(p, len, "Retry-After", r->retry_after, sizeof r->retry_after);
     copy_header(p, len, "Allow", r->allow, sizeof r->allow);
     copy_header(p, len, "Content-Type", r->content_type, sizeof r->content_type);

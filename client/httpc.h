@@ -14,7 +14,8 @@ struct httpc_response {
     char error[256];
     /* The headers the API defines, "" when absent. */
     char location[256];
-    char replay[16];
+    char replay[16];   /* X-Idempotent-Replay */
+    char replayed[16]; /* Idempotent-Replayed */
     char retry_after[16];
     char allow[64];
     char content_type[128];
