@@ -298,7 +298,7 @@ static void access_log(struct request *r, double ms)
     log_line_int(&b, "status", r->status);
     log_line_ms(&b, "duration_ms", ms);
     log_line_str(&b, "tenant", r->tenant);
-    log_line_str(&b, "outcome", r->outcome);
+    log_line_str(&b, "outcome", outcome_name(r->outcome));
     if (r->key[0])
         log_line_str(&b, "key", r->key);
     if (r->customer[0])

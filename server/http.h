@@ -18,6 +18,7 @@ struct cJSON;
 struct app;
 
 #include "idemkey.h"
+#include "outcome.h"
 
 #define HTTP_KEY_MAX IDEM_KEY_MAX
 
@@ -28,7 +29,7 @@ struct request {
     const char *tenant;
     /* What the access log reports. */
     int status;
-    const char *outcome;        /* idempotency outcome, or NULL */
+    enum outcome outcome;       /* what the idempotency layer did, or OUTCOME_NONE */
     const char *payment_status; /* set when the request stored a payment */
     int route;                  /* enum metrics_route */
     int close;                  /* the connection ends with this answer */

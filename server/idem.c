@@ -29,7 +29,7 @@ void idem_result_clear(struct idem_result *r)
 
 /* One line per prevented duplicate: which key, whose, first seen when. */
 static void log_duplicate(struct request *r, const struct idem_op *op, const void *req,
-                          const char *what, int64_t original_us)
+                          int64_t original_us)
 {
     char when[40];
     struct log_line line;
@@ -37,7 +37,7 @@ static void log_duplicate(struct request *r, const struct idem_op *op, const voi
         return;
     payment_format_time(original_us, when, sizeof when);
     log_line_str(&line, "event", "duplicate_prevented");
-    log_line_str(&line, "outcome", what);
+    log_line_str(&line, "outcome", outcome_name(r->outcome));
     log_line_str(&line, "tenant", r->tenant);
     log_line_str(&line, "key", r->key);
     log_line_str(&line, "customer", r->customer);
@@ -72,16 +72,16 @@ static void replay(struct request *r, const struct idem_op *op, const void *req,
         headers[4] = "Location";
         headers[5] = c->location;
     }
-    r->outcome = "replay";
-    log_duplicate(r, op, req, "replay", c->created_at_us);
+    r->outcome = OUTCOME_REPLAY;
+    log_duplicate(r, op, req, c->created_at_us);
     http_send(r, status, c->body, c->body_len, headers);
 }
 
 static void mismatch(struct request *r, const struct idem_op *op, const void *req,
                      int64_t created_at_us)
 {
-    r->outcome = "mismatch";
-    log_duplicate(r, op, req, "mismatch", created_at_us);
+    r->outcome = OUTCOME_MISMATCH;
+    log_duplicate(r, op, req, created_at_us);
     http_fail(r, 422, IDEMPOTENCY, "idempotency_key_reused", NULL,
               "this idempotency key was used with a different request; use a new key for "
               "a new payment");
@@ -101,7 +101,7 @@ static void run_without_key(struct request *r, const struct idem_op *op, const v
     struct idem_result res = {0};
     struct apierr e;
     char err[256] = "";
-    r->outcome = "no_key";
+    r->outcome = OUTCOME_NO_KEY;
     if (op->run(r->app, req, NULL, &res, &e) != 0) {
         http_send_error(r, &e, NULL);
         goto out;
@@ -128,7 +128,7 @@ static void release_claim(struct request *r, int64_t token)
     enum store_status st = store_release(r->app->store, r->tenant, r->key, token, err, sizeof err);
     if (st != STORE_OK)
         http_log_store_error(r, "release", st, err);
-    r->outcome = st == STORE_OK ? "released" : "release_failed";
+    r->outcome = st == STORE_OK ? OUTCOME_RELEASED : OUTCOME_RELEASE_FAILED;
 }
 
 /* Runs the operation under the lease just won, then completes or releases. */
@@ -166,7 +166,7 @@ static void run_claimed(struct request *r, const struct idem_op *op, const void 
         /* Our lease ran out and another request took the key over: nothing
          * of ours was written; its answer is the one a retry will get. */
         http_log_store_error(r, "complete", st, err);
-        r->outcome = "lease_lost";
+        r->outcome = OUTCOME_LEASE_LOST;
         const char *headers[] = {"Retry-After", "1", NULL};
         struct apierr le;
         apierr_set(&le, 409, IDEMPOTENCY, "idempotency_key_in_use", NULL,
@@ -283,7 +283,7 @@ void idem_handle(struct request *r, const struct idem_op *op)
     switch (claim.outcome) {
     case CLAIM_NEW:
     case CLAIM_TAKEOVER:
-        r->outcome = claim.outcome == CLAIM_NEW ? "new" : "takeover";
+        r->outcome = claim.outcome == CLAIM_NEW ? OUTCOME_NEW : OUTCOME_TAKEOVER;
         run_claimed(r, op, req, fp, &claim);
         break;
     case CLAIM_COMPLETED: {
@@ -296,10 +296,10 @@ void idem_handle(struct request *r, const struct idem_op *op)
     }
     case CLAIM_IN_PROGRESS: {
         const char *headers[] = {"Retry-After", "1", NULL};
-        r->outcome = "conflict";
+        r->outcome = OUTCOME_CONFLICT;
         apierr_set(&e, 409, IDEMPOTENCY, "idempotency_key_in_use", NULL,
                    "a request with this idempotency key is still being processed; retry later");
-        log_duplicate(r, op, req, "conflict", claim.created_at_us);
+        log_duplicate(r, op, req, claim.created_at_us);
         http_send_error(r, &e, headers);
         break;
     }

@@ -15,9 +15,6 @@ static const double BUCKETS[NBUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.0
 static const char *const ROUTES[ROUTE_COUNT] = {"/api/v1/payments", "/api/v1/payments/{id}",
                                                 "/health", "/metrics", "other"};
 static const char *const METHODS[METHOD_COUNT] = {"GET", "POST", "other"};
-static const char *const OUTCOMES[OUTCOME_COUNT] = {"new",      "replay",     "conflict",
-                                                    "mismatch", "takeover",   "released",
-                                                    "no_key",   "lease_lost", "release_failed"};
 
 #define STATUS_MIN 100
 #define STATUS_SLOTS 500 /* 100..599 */
@@ -48,16 +45,8 @@ void metrics_free(struct metrics *m)
     free(m);
 }
 
-int metrics_outcome_of(const char *word)
-{
-    for (int i = 0; word && i < OUTCOME_COUNT; i++)
-        if (strcmp(word, OUTCOMES[i]) == 0)
-            return i;
-    return -1;
-}
-
 void metrics_request(struct metrics *m, enum metrics_route route, const char *method, int status,
-                     double seconds, const char *outcome, const char *payment_status)
+                     double seconds, enum outcome outcome, const char *payment_status)
 {
     int mi = strcmp(method, "GET") == 0    ? METHOD_GET
              : strcmp(method, "POST") == 0 ? METHOD_POST
@@ -71,9 +60,8 @@ void metrics_request(struct metrics *m, enum metrics_route route, const char *me
         ADD(m->latency_buckets[route][b], 1);
     ADD(m->latency_count[route], 1);
     ADD(m->latency_sum_us[route], (uint64_t)(seconds * 1e6));
-    int o = metrics_outcome_of(outcome);
-    if (o >= 0)
-        ADD(m->outcomes[o], 1);
+    if (outcome_name(outcome))
+        ADD(m->outcomes[outcome], 1);
     if (payment_status && strcmp(payment_status, "completed") == 0)
         ADD(m->payments_completed, 1);
     else if (payment_status && strcmp(payment_status, "declined") == 0)
@@ -171,9 +159,9 @@ char *metrics_render(struct metrics *m, struct store *store, unsigned long long 
 
     put(&b, "# HELP mockery_idempotency_outcomes_total What the idempotency layer did with a "
             "POST.\n# TYPE mockery_idempotency_outcomes_total counter\n");
-    for (int o = 0; o < OUTCOME_COUNT; o++)
-        put(&b, "mockery_idempotency_outcomes_total{outcome=\"%s\"} %llu\n", OUTCOMES[o],
-            (unsigned long long)LOAD(m->outcomes[o]));
+    for (int o = OUTCOME_NONE + 1; o < OUTCOME_COUNT; o++)
+        put(&b, "mockery_idempotency_outcomes_total{outcome=\"%s\"} %llu\n",
+            outcome_name((enum outcome)o), (unsigned long long)LOAD(m->outcomes[o]));
 
     put(&b,
         "# HELP mockery_payments_total Payments stored, by status.\n"

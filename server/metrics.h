@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "outcome.h"
+
 struct store;
 
 enum metrics_route {
@@ -21,33 +23,16 @@ enum metrics_route {
 
 enum metrics_method { METHOD_GET = 0, METHOD_POST, METHOD_OTHER, METHOD_COUNT };
 
-/* Idempotency outcomes, as the access log names them. */
-enum metrics_outcome {
-    OUTCOME_NEW = 0,
-    OUTCOME_REPLAY,
-    OUTCOME_CONFLICT,
-    OUTCOME_MISMATCH,
-    OUTCOME_TAKEOVER,
-    OUTCOME_RELEASED,
-    OUTCOME_NO_KEY,
-    OUTCOME_LEASE_LOST,
-    OUTCOME_RELEASE_FAILED,
-    OUTCOME_COUNT
-};
-
 struct metrics;
 
 /* Zeroed metrics; NULL on allocation failure. */
 struct metrics *metrics_new(void);
 void metrics_free(struct metrics *m);
 
-/* The outcome named by an access-log word, or -1. */
-int metrics_outcome_of(const char *word);
-
-/* One finished request. outcome may be NULL; payment_status ("completed",
+/* One finished request. outcome may be OUTCOME_NONE; payment_status ("completed",
  * "declined") is set when the request stored a payment. */
 void metrics_request(struct metrics *m, enum metrics_route route, const char *method, int status,
-                     double seconds, const char *outcome, const char *payment_status);
+                     double seconds, enum outcome outcome, const char *payment_status);
 
 /* Expired records the reaper deleted. */
 void metrics_reaped(struct metrics *m, int n);

@@ -14,6 +14,7 @@
 #include "config.h"
 #include "idem.h"
 #include "money.h"
+#include "outcome.h"
 #include "payment.h"
 #include "utc_text.h"
 #include "utf8.h"
@@ -784,6 +785,20 @@ Test(utc_text, agrees_with_gmtime_from_year_1000_to_9999)
     cr_assert_str_eq(iso, "0000-01-01T00:00:00");
     utc_http_date((time_t)-62167219200LL, date);
     cr_assert_str_eq(date, "Sat, 01 Jan 0000 00:00:00 GMT");
+}
+
+/* Every outcome has its own word, the one logs and metrics print. */
+Test(outcome, each_has_one_name)
+{
+    cr_assert_null(outcome_name(OUTCOME_NONE));
+    cr_assert_null(outcome_name(OUTCOME_COUNT));
+    cr_assert_str_eq(outcome_name(OUTCOME_NEW), "new");
+    cr_assert_str_eq(outcome_name(OUTCOME_RELEASE_FAILED), "release_failed");
+    for (int a = OUTCOME_NONE + 1; a < OUTCOME_COUNT; a++) {
+        cr_assert_not_null(outcome_name((enum outcome)a), "outcome %d has no name", a);
+        for (int b = a + 1; b < OUTCOME_COUNT; b++)
+            cr_assert_str_neq(outcome_name((enum outcome)a), outcome_name((enum outcome)b));
+    }
 }
 
 Test(auth, keys_from_a_file)
