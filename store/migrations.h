@@ -10,7 +10,9 @@ struct store_migration {
     const char *sql;  /* its text, NUL-terminated */
 };
 
-/* In ascending version order. */
+/* In ascending version order. The first, version 0, creates the table
+ * that records the others (schema_migrations): it runs on every start and
+ * is never recorded itself. */
 extern const struct store_migration store_migrations[];
 extern const size_t store_migrations_count;
 

@@ -167,9 +167,6 @@ static const char SQL_REAP[] =
 static const char SQL_PING[] = "SELECT 1";
 
 static const char SQL_MIGRATE_LOCK[] = "SELECT pg_advisory_xact_lock(7243117001)";
-static const char SQL_MIGRATE_TABLE[] =
-    "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY,"
-    " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())";
 static const char SQL_MIGRATE_HAS[] = "SELECT 1 FROM schema_migrations WHERE version = $1";
 static const char SQL_MIGRATE_RECORD[] =
     "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)";
@@ -1201,16 +1198,22 @@ static int exec_ok(PGconn *conn, const char *sql, ExecStatusType want, char *err
 }
 
 /* Applies the embedded migrations in one transaction under an advisory
- * lock, so servers starting together apply each exactly once. */
+ * lock, so servers starting together apply each exactly once. Version 0
+ * (sql/000_schema_migrations.sql) is the record's own table: run every
+ * time, before anything reads the record, and never recorded. */
 static int migrate(PGconn *conn, char *err, size_t errlen)
 {
     if (!exec_ok(conn, "BEGIN", PGRES_COMMAND_OK, err, errlen))
         return -1;
-    if (!exec_ok(conn, SQL_MIGRATE_LOCK, PGRES_TUPLES_OK, err, errlen) ||
-        !exec_ok(conn, SQL_MIGRATE_TABLE, PGRES_COMMAND_OK, err, errlen))
+    if (!exec_ok(conn, SQL_MIGRATE_LOCK, PGRES_TUPLES_OK, err, errlen))
         goto fail;
     for (size_t i = 0; i < store_migrations_count; i++) {
         const struct store_migration *m = &store_migrations[i];
+        if (m->version == 0) {
+            if (!exec_ok(conn, m->sql, PGRES_COMMAND_OK, err, errlen))
+                goto fail;
+            continue;
+        }
         char version[16];
         snprintf(version, sizeof version, "%d", m->version);
         const char *vals[] = {version, m->name};

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "migrations.h"
 #include "store.h"
 #include "support.h"
 
@@ -383,6 +384,31 @@ Test(store_pg, terminated_connection_is_replaced_before_use, .timeout = 30)
     cr_assert_eq(backends_named(name), 1);
     store_claim_result_clear(&r);
     store_free(s);
+}
+
+/* Every numbered file of sql/ is recorded once, by its number; 000, the
+ * record's own table, runs first on every start and is never recorded. */
+Test(store_pg, migrations_are_recorded_once_each, .init = open_pg, .fini = close_store,
+     .timeout = 30)
+{
+    cr_assert_eq(store_migrations[0].version, 0);
+    cr_assert_str_eq(store_migrations[0].name, "000_schema_migrations.sql");
+    char want[256] = "", have[256];
+    for (size_t i = 1; i < store_migrations_count; i++) {
+        size_t n = strlen(want);
+        snprintf(want + n, sizeof want - n, "%s%d", i > 1 ? "," : "", store_migrations[i].version);
+    }
+    /* (open_pg ran them; a second store opening runs none again) */
+    char err[256] = "";
+    struct store_pg_options o = {.database_url = test_db_url(), .pool_size = 1};
+    struct store *again = store_pg_new(&o, err, sizeof err);
+    cr_assert_not_null(again, "store_pg_new: %s", err);
+    store_free(again);
+    test_query_text(test_db_url(),
+                    "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"
+                    " WHERE name LIKE $1",
+                    "%.sql", have, sizeof have);
+    cr_assert_str_eq(have, want);
 }
 
 Test(store_pg, unreachable_database_fails_to_open, .timeout = 30)
