@@ -389,3 +389,61 @@ int http_fail_store(struct request *r, const char *op, enum store_status st, con
     apierr_set(&e, 500, "api_error", "internal_error", NULL, "the payment store failed; %s", retry);
     return http_send_error(r, &e, NULL);
 }
+
+const char *http_method(const struct request *r)
+{
+    return r->ri->request_method;
+}
+
+#define INVALID_REQUEST "invalid_request_error"
+
+int http_read_idempotent_post(struct request *r, size_t max_body, int require_key,
+                              enum idem_key_status *key_status, char **body, size_t *len)
+{
+    struct apierr e;
+    const char *close[] = {"Connection", "close", NULL};
+    enum idem_key_status ks =
+        http_header_count(r->ri, "Idempotency-Key") > 1
+            ? IDEM_KEY_INVALID
+            : idem_parse_key(mg_get_header(r->conn, "Idempotency-Key"), r->key);
+    if (ks == IDEM_KEY_MISSING && require_key) {
+        http_fail(r, 400, INVALID_REQUEST, "idempotency_key_missing", NULL,
+                  "the Idempotency-Key header is required");
+        return -1;
+    }
+    if (ks == IDEM_KEY_INVALID) {
+        r->key[0] = '\0';
+        http_fail(r, 400, INVALID_REQUEST, "idempotency_key_invalid", NULL,
+                  "the Idempotency-Key header must be sent once, as 1-%d visible ASCII "
+                  "characters, bare or as a quoted string",
+                  HTTP_KEY_MAX);
+        return -1;
+    }
+    if (!http_is_json(mg_get_header(r->conn, "Content-Type"))) {
+        http_fail(r, 415, INVALID_REQUEST, "unsupported_media_type", NULL,
+                  "the body must be sent as Content-Type: application/json");
+        return -1;
+    }
+    switch (http_read_body(r, max_body, body, len)) {
+    case HTTP_BODY_OK:
+        *key_status = ks;
+        return 0;
+    case HTTP_BODY_TOO_LARGE:
+        apierr_set(&e, 413, INVALID_REQUEST, "body_too_large", NULL,
+                   "the body is larger than %zu bytes", max_body);
+        http_send_error(r, &e, close);
+        http_discard_body(r);
+        return -1;
+    case HTTP_BODY_TOO_SLOW:
+        apierr_set(&e, 408, INVALID_REQUEST, "request_timeout", NULL,
+                   "the body did not arrive within %d s", HTTP_BODY_DEADLINE_MS / 1000);
+        http_send_error(r, &e, close);
+        return -1;
+    case HTTP_BODY_BROKEN:
+        break;
+    }
+    apierr_set(&e, 400, INVALID_REQUEST, "invalid_body", NULL,
+               "the body could not be read: shorter than Content-Length, or too slow");
+    http_send_error(r, &e, close);
+    return -1;
+}

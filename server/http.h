@@ -94,6 +94,18 @@ enum http_body http_read_body(struct request *r, size_t max, char **out, size_t 
 #define HTTP_DISCARD_MAX (1024 * 1024)
 void http_discard_body(struct request *r);
 
+/* The request's method ("POST"), as civetweb parsed it. */
+const char *http_method(const struct request *r);
+
+/* Reads what an idempotent POST carries, in the documented order: the
+ * Idempotency-Key header (400 if sent twice or malformed, or missing when
+ * require_key; the key goes to r->key), the content type (415), then the
+ * body, at most max_body bytes (413, 408, 400). On a refusal it answers the
+ * request and returns -1; else 0 with *key_status (IDEM_KEY_OK or, without
+ * require_key, IDEM_KEY_MISSING) and the malloc'd body in *body, *len. */
+int http_read_idempotent_post(struct request *r, size_t max_body, int require_key,
+                              enum idem_key_status *key_status, char **body, size_t *len);
+
 /* What RFC 9112 says a server must refuse and civetweb 1.15 lets through,
  * each a way to smuggle a request past a proxy that frames it otherwise:
  * several or malformed Content-Length, Content-Length with

@@ -3,8 +3,6 @@
 #define _POSIX_C_SOURCE 200809L
 #include "idem.h"
 
-#include <civetweb.h>
-#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,7 +11,6 @@
 #include "log.h"
 #include "payment.h"
 
-#define INVALID "invalid_request_error"
 #define IDEMPOTENCY "idempotency_error"
 
 void idem_result_clear(struct idem_result *r)
@@ -192,54 +189,9 @@ void idem_handle(struct request *r, const struct idem_op *op)
     struct store_claim_result claim = {0};
     char err[256] = "";
 
-    enum idem_key_status ks =
-        http_header_count(r->ri, "Idempotency-Key") > 1
-            ? IDEM_KEY_INVALID
-            : idem_parse_key(mg_get_header(r->conn, "Idempotency-Key"), r->key);
-    if (ks == IDEM_KEY_MISSING && app->cfg.require_key) {
-        http_fail(r, 400, INVALID, "idempotency_key_missing", NULL,
-                  "the Idempotency-Key header is required");
+    enum idem_key_status ks;
+    if (http_read_idempotent_post(r, op->max_body, app->cfg.require_key, &ks, &body, &len) != 0)
         goto out;
-    }
-    if (ks == IDEM_KEY_INVALID) {
-        r->key[0] = '\0';
-        http_fail(r, 400, INVALID, "idempotency_key_invalid", NULL,
-                  "the Idempotency-Key header must be sent once, as 1-%d visible ASCII "
-                  "characters, bare or as a quoted string",
-                  HTTP_KEY_MAX);
-        goto out;
-    }
-    if (!http_is_json(mg_get_header(r->conn, "Content-Type"))) {
-        http_fail(r, 415, INVALID, "unsupported_media_type", NULL,
-                  "the body must be sent as Content-Type: application/json");
-        goto out;
-    }
-    switch (http_read_body(r, op->max_body, &body, &len)) {
-    case HTTP_BODY_OK:
-        break;
-    case HTTP_BODY_TOO_LARGE: {
-        const char *headers[] = {"Connection", "close", NULL};
-        apierr_set(&e, 413, INVALID, "body_too_large", NULL, "the body is larger than %zu bytes",
-                   op->max_body);
-        http_send_error(r, &e, headers);
-        http_discard_body(r);
-        goto out;
-    }
-    case HTTP_BODY_TOO_SLOW: {
-        const char *headers[] = {"Connection", "close", NULL};
-        apierr_set(&e, 408, INVALID, "request_timeout", NULL, "the body did not arrive within %d s",
-                   HTTP_BODY_DEADLINE_MS / 1000);
-        http_send_error(r, &e, headers);
-        goto out;
-    }
-    case HTTP_BODY_BROKEN: {
-        const char *headers[] = {"Connection", "close", NULL};
-        apierr_set(&e, 400, INVALID, "invalid_body", NULL,
-                   "the body could not be read: shorter than Content-Length, or too slow");
-        http_send_error(r, &e, headers);
-        goto out;
-    }
-    }
     if (op->parse(body, len, &req, &e) != 0) {
         http_send_error(r, &e, NULL);
         goto out;
@@ -257,7 +209,7 @@ void idem_handle(struct request *r, const struct idem_op *op)
         goto out;
     }
     char fp[65];
-    idem_fingerprint(r->ri->request_method, op->route, canon, clen, fp);
+    idem_fingerprint(http_method(r), op->route, canon, clen, fp);
 
     /* A retry of a completed key: answered from memory when this server has
      * seen the answer (a completed record never changes until it expires). */
