@@ -14,6 +14,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "decimal.h"
 #include "utc_text.h"
 
 int http_send(struct request *r, int status, const char *body, size_t len,
@@ -108,7 +109,7 @@ int http_send_typed(struct request *r, int status, const char *content_type, con
     size_t used = 0;
     char num[24];
     append(buf, &used, "HTTP/1.1 ", 9);
-    append(buf, &used, num, (size_t)utc_digits(num, (unsigned long long)status, 3));
+    append(buf, &used, num, (size_t)decimal_digits(num, (unsigned long long)status, 3));
     append(buf, &used, " ", 1);
     const char *why = reason(r->conn, status);
     append(buf, &used, why, strlen(why));
@@ -117,7 +118,7 @@ int http_send_typed(struct request *r, int status, const char *content_type, con
     append(buf, &used, "\r\nContent-Type: ", 16);
     append(buf, &used, content_type, strlen(content_type));
     append(buf, &used, "\r\nContent-Length: ", 18);
-    append(buf, &used, num, (size_t)utc_digits(num, (unsigned long long)len, 1));
+    append(buf, &used, num, (size_t)decimal_digits(num, (unsigned long long)len, 1));
     append(buf, &used, "\r\nCache-Control: no-store\r\nConnection: ", 39);
     append(buf, &used, r->close ? "close\r\n" : "keep-alive\r\n", r->close ? 7 : 12);
     for (int i = 0; headers && headers[i] && headers[i + 1]; i += 2) {

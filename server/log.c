@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "decimal.h"
 #include "utc_text.h"
 #include "utf8.h"
 
@@ -273,7 +274,7 @@ int log_line_begin(const struct logger *l, enum log_level level, const char *msg
     utc_iso_second(ts.tv_sec, when + n);
     n += 19;
     when[n++] = '.';
-    n += (size_t)utc_digits(when + n, (unsigned long long)(ts.tv_nsec / 1000000), 3);
+    n += (size_t)decimal_digits(when + n, (unsigned long long)(ts.tv_nsec / 1000000), 3);
     memcpy(when + n, "Z\"", 2);
     put(b, when, n + 2);
     put(b, ",\"level\":\"", 10);
@@ -324,13 +325,7 @@ void log_line_int(struct log_line *b, const char *key, long long value)
     if (!b->on)
         return;
     char num[24];
-    size_t n = 0;
-    unsigned long long u = (unsigned long long)value;
-    if (value < 0) {
-        num[n++] = '-';
-        u = 0 - u;
-    }
-    n += (size_t)utc_digits(num + n, u, 1);
+    size_t n = (size_t)decimal_fixed(num, value, 0);
     put_key(b, key);
     put(b, num, n);
 }
@@ -347,9 +342,9 @@ void log_line_ms(struct log_line *b, const char *key, double ms)
     }
     unsigned long long us = (unsigned long long)(ms * 1000.0 + 0.5);
     char num[32];
-    size_t n = (size_t)utc_digits(num, us / 1000, 1);
+    size_t n = (size_t)decimal_digits(num, us / 1000, 1);
     num[n++] = '.';
-    n += (size_t)utc_digits(num + n, us % 1000, 3);
+    n += (size_t)decimal_digits(num + n, us % 1000, 3);
     put_key(b, key);
     put(b, num, n);
 }

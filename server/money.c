@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "utc_text.h"
+#include "decimal.h"
 
 struct currency {
     char code[4];
@@ -143,20 +143,8 @@ enum money_status money_parse(const char *s, size_t len, int digits, int64_t *mi
 
 int money_format(int64_t minor, int digits, char *buf, size_t len)
 {
-    /* digit by digit: snprintf was most of the cost of a log line's amount */
     char text[48];
-    size_t n = 0;
-    unsigned long long u = (unsigned long long)minor;
-    if (minor < 0) {
-        text[n++] = '-';
-        u = 0 - u;
-    }
-    unsigned long long p = (unsigned long long)pow10i(digits);
-    n += (size_t)utc_digits(text + n, u / p, 1);
-    if (digits > 0) {
-        text[n++] = '.';
-        n += (size_t)utc_digits(text + n, u % p, digits);
-    }
+    size_t n = (size_t)decimal_fixed(text, (long long)minor, digits);
     if (n >= len)
         return -1;
     memcpy(buf, text, n);

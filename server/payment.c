@@ -14,6 +14,7 @@
 
 #include "json_strict.h"
 #include "money.h"
+#include "decimal.h"
 #include "utc_text.h"
 #include "utf8.h"
 
@@ -275,7 +276,7 @@ void payment_format_time(int64_t us, char *buf, size_t len)
     utc_iso_second((time_t)secs, text);
     size_t n = 19;
     text[n++] = '.';
-    n += (size_t)utc_digits(text + n, (unsigned long long)frac, 6);
+    n += (size_t)decimal_digits(text + n, (unsigned long long)frac, 6);
     text[n++] = 'Z';
     text[n] = '\0';
     if (len)

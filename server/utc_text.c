@@ -78,18 +78,3 @@ void utc_http_date(time_t secs, char out[30])
     two(out + 20, hms / 60 % 60);
     two(out + 23, hms % 60);
 }
-
-int utc_digits(char *out, unsigned long long value, int width)
-{
-    char tmp[20];
-    int n = 0;
-    do {
-        tmp[n++] = (char)('0' + value % 10);
-        value /= 10;
-    } while (value);
-    while (n < width && n < (int)sizeof tmp)
-        tmp[n++] = '0';
-    for (int i = 0; i < n; i++)
-        out[i] = tmp[n - 1 - i];
-    return n;
-}

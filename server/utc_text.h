@@ -17,8 +17,5 @@ void utc_iso_second(time_t secs, char out[20]);
 /* RFC 9110's IMF-fixdate, "Sun, 06 Nov 1994 08:49:37 GMT" (29 and a NUL);
  * "" for a year outside 0000-9999 */
 void utc_http_date(time_t secs, char out[30]);
-/* value as decimal digits, at least width of them (zero-padded); returns the
- * length written to out (at most 20, no NUL) */
-int utc_digits(char *out, unsigned long long value, int width);
 
 #endif

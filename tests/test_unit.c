@@ -1,8 +1,9 @@
 /* test_unit.c - pure functions: keys, money, validation, fingerprints, JSON,
- * configuration, API keys, log lines, UTC text */
+ * configuration, API keys, log lines, UTC text, decimals, outcomes */
 #define _POSIX_C_SOURCE 200809L
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 #include "apierr.h"
 #include "auth.h"
 #include "config.h"
+#include "decimal.h"
 #include "idem.h"
 #include "money.h"
 #include "outcome.h"
@@ -785,6 +787,27 @@ Test(utc_text, agrees_with_gmtime_from_year_1000_to_9999)
     cr_assert_str_eq(iso, "0000-01-01T00:00:00");
     utc_http_date((time_t)-62167219200LL, date);
     cr_assert_str_eq(date, "Sat, 01 Jan 0000 00:00:00 GMT");
+}
+
+Test(decimal, digits_and_fixed_points)
+{
+    char out[48];
+    out[decimal_digits(out, 7, 3)] = '\0';
+    cr_assert_str_eq(out, "007");
+    out[decimal_digits(out, 0, 1)] = '\0';
+    cr_assert_str_eq(out, "0");
+    out[decimal_digits(out, ULLONG_MAX, 1)] = '\0';
+    cr_assert_str_eq(out, "18446744073709551615");
+    out[decimal_fixed(out, 1050, 2)] = '\0';
+    cr_assert_str_eq(out, "10.50");
+    out[decimal_fixed(out, -5, 2)] = '\0';
+    cr_assert_str_eq(out, "-0.05");
+    out[decimal_fixed(out, -3, 0)] = '\0';
+    cr_assert_str_eq(out, "-3");
+    out[decimal_fixed(out, LLONG_MIN, 0)] = '\0';
+    cr_assert_str_eq(out, "-9223372036854775808");
+    out[decimal_fixed(out, 1, 4)] = '\0';
+    cr_assert_str_eq(out, "0.0001");
 }
 
 /* Every outcome has its own word, the one logs and metrics print. */
