@@ -7,6 +7,9 @@
 
 #include <stddef.h>
 
+/* The type of every error a client's request caused (4xx). */
+#define APIERR_INVALID_REQUEST "invalid_request_error"
+
 struct apierr {
     int status;       /* HTTP status */
     const char *type; /* e.g. "invalid_request_error" (a static string) */

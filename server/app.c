@@ -319,7 +319,7 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
         "keep_alive_timeout_ms",
         "5000",
         /* The request line and headers must arrive within this; each read
-         * of a body waits at most this long (http_read_body bounds the
+         * of a body waits at most this long (read_body in http.c bounds the
          * whole body). */
         "request_timeout_ms",
         HTTP_HEADER_TIMEOUT_MS_TEXT,

@@ -17,7 +17,6 @@
 #include "money.h"
 #include "payment.h"
 
-#define INVALID "invalid_request_error"
 #define PAYMENTS "/api/v1/payments"
 
 /* ---- POST /api/v1/payments, as an idempotent operation ------------------ */
@@ -156,7 +155,7 @@ static void send_list(struct request *r, const struct store_list *list)
 
 static int bad_param(struct request *r, const char *param, const char *msg)
 {
-    return http_fail(r, 400, INVALID, "invalid_parameter", param, "%s", msg);
+    return http_fail(r, 400, APIERR_INVALID_REQUEST, "invalid_parameter", param, "%s", msg);
 }
 
 static void list_payments(struct request *r)
@@ -232,7 +231,8 @@ static void get_payment(struct request *r, const char *id)
     if (payment_id_valid(id))
         st = store_get_payment(r->app->store, r->tenant, id, &p, err, sizeof err);
     if (st == STORE_NOT_FOUND) {
-        http_fail(r, 404, INVALID, "payment_not_found", NULL, "no payment with that id");
+        http_fail(r, 404, APIERR_INVALID_REQUEST, "payment_not_found", NULL,
+                  "no payment with that id");
         return;
     }
     if (st != STORE_OK) {
@@ -283,8 +283,8 @@ static void not_allowed(struct request *r, const char *allow)
 {
     struct apierr e;
     const char *headers[] = {"Allow", allow, NULL};
-    apierr_set(&e, 405, INVALID, "method_not_allowed", NULL, "%s is not allowed here; use %s",
-               r->ri->request_method, allow);
+    apierr_set(&e, 405, APIERR_INVALID_REQUEST, "method_not_allowed", NULL,
+               "%s is not allowed here; use %s", r->ri->request_method, allow);
     http_send_error(r, &e, headers);
 }
 
@@ -329,7 +329,7 @@ static void dispatch(struct request *r)
                  !strchr(path + plen + 1, '/');
     if (!is_list && !is_one) {
         r->route = ROUTE_OTHER;
-        http_fail(r, 404, INVALID, "route_not_found", NULL, "no such route");
+        http_fail(r, 404, APIERR_INVALID_REQUEST, "route_not_found", NULL, "no such route");
         return;
     }
     r->route = is_list ? ROUTE_PAYMENTS : ROUTE_PAYMENT;
@@ -407,8 +407,8 @@ int handlers_route(struct mg_connection *conn, void *cbdata)
         const char *headers[] = {"Connection", "close", NULL};
         struct apierr e;
         r.route = ROUTE_OTHER;
-        apierr_set(&e, framing, INVALID, framing == 431 ? "headers_too_large" : "bad_request", NULL,
-                   "%s", why);
+        apierr_set(&e, framing, APIERR_INVALID_REQUEST,
+                   framing == 431 ? "headers_too_large" : "bad_request", NULL, "%s", why);
         http_send_error(&r, &e, headers);
     } else if (__atomic_load_n(&app->draining, __ATOMIC_SEQ_CST)) {
         const char *headers[] = {"Connection", "close", "Retry-After", "1", NULL};
@@ -449,7 +449,7 @@ int handlers_http_error(struct mg_connection *conn, int status, const char *msg)
             code = CIVETWEB_ERRORS[i].code;
     const char *headers[] = {"Connection", "close", NULL};
     struct apierr e;
-    apierr_set(&e, status, status >= 500 ? "api_error" : INVALID, code, NULL, "%s",
+    apierr_set(&e, status, status >= 500 ? "api_error" : APIERR_INVALID_REQUEST, code, NULL, "%s",
                msg && *msg ? msg : "the request could not be handled");
     http_send_error(&r, &e, headers);
     return 0;

@@ -174,6 +174,15 @@ int http_fail(struct request *r, int status, const char *type, const char *code,
     return http_send_error(r, &e, NULL);
 }
 
+enum http_body {
+    HTTP_BODY_OK = 0,
+    HTTP_BODY_TOO_LARGE, /* more than max bytes: 413 */
+    HTTP_BODY_BROKEN,    /* the client went away or sent less than it announced */
+    HTTP_BODY_TOO_SLOW,  /* not all there by HTTP_BODY_DEADLINE_MS: 408 */
+};
+
+#define HTTP_DISCARD_MAX (1024 * 1024)
+
 /* Reads of this request's body end HTTP_BODY_DEADLINE_MS from now. */
 static void arm_body_deadline(struct request *r, struct watch *w)
 {
@@ -182,7 +191,9 @@ static void arm_body_deadline(struct request *r, struct watch *w)
                  watchdog_now_us() + (int64_t)HTTP_BODY_DEADLINE_MS * 1000);
 }
 
-enum http_body http_read_body(struct request *r, size_t max, char **out, size_t *len)
+/* Reads the whole body, at most max bytes, into a malloc'd NUL-terminated
+ * buffer. *out is written only on HTTP_BODY_OK. */
+static enum http_body read_body(struct request *r, size_t max, char **out, size_t *len)
 {
     long long declared = r->ri->content_length;
     if (declared > (long long)max)
@@ -242,7 +253,12 @@ enum http_body http_read_body(struct request *r, size_t max, char **out, size_t 
     return HTTP_BODY_OK;
 }
 
-void http_discard_body(struct request *r)
+/* After an answer that refuses the body (413), reads and drops the rest of
+ * it when the client announced at most HTTP_DISCARD_MAX bytes (or sends it
+ * chunked, up to that much): closing with unread data makes the kernel reset
+ * the connection, and a client still uploading would see the reset, not the
+ * answer. A larger announced body is not waited for. */
+static void discard_body(struct request *r)
 {
     /* A client that waits for 100 Continue sends nothing after the 413 (and
      * the first read would send it the 100). */
@@ -348,7 +364,8 @@ int http_header_count(const struct mg_request_info *ri, const char *name)
     return n;
 }
 
-int http_is_json(const char *ct)
+/* Whether a Content-Type value is application/json, parameters allowed. */
+static int is_json(const char *ct)
 {
     if (!ct)
         return 0;
@@ -396,8 +413,6 @@ const char *http_method(const struct request *r)
     return r->ri->request_method;
 }
 
-#define INVALID_REQUEST "invalid_request_error"
-
 int http_read_idempotent_post(struct request *r, size_t max_body, int require_key,
                               enum idem_key_status *key_status, char **body, size_t *len)
 {
@@ -408,42 +423,42 @@ int http_read_idempotent_post(struct request *r, size_t max_body, int require_ke
             ? IDEM_KEY_INVALID
             : idem_parse_key(mg_get_header(r->conn, "Idempotency-Key"), r->key);
     if (ks == IDEM_KEY_MISSING && require_key) {
-        http_fail(r, 400, INVALID_REQUEST, "idempotency_key_missing", NULL,
+        http_fail(r, 400, APIERR_INVALID_REQUEST, "idempotency_key_missing", NULL,
                   "the Idempotency-Key header is required");
         return -1;
     }
     if (ks == IDEM_KEY_INVALID) {
         r->key[0] = '\0';
-        http_fail(r, 400, INVALID_REQUEST, "idempotency_key_invalid", NULL,
+        http_fail(r, 400, APIERR_INVALID_REQUEST, "idempotency_key_invalid", NULL,
                   "the Idempotency-Key header must be sent once, as 1-%d visible ASCII "
                   "characters, bare or as a quoted string",
                   HTTP_KEY_MAX);
         return -1;
     }
-    if (!http_is_json(mg_get_header(r->conn, "Content-Type"))) {
-        http_fail(r, 415, INVALID_REQUEST, "unsupported_media_type", NULL,
+    if (!is_json(mg_get_header(r->conn, "Content-Type"))) {
+        http_fail(r, 415, APIERR_INVALID_REQUEST, "unsupported_media_type", NULL,
                   "the body must be sent as Content-Type: application/json");
         return -1;
     }
-    switch (http_read_body(r, max_body, body, len)) {
+    switch (read_body(r, max_body, body, len)) {
     case HTTP_BODY_OK:
         *key_status = ks;
         return 0;
     case HTTP_BODY_TOO_LARGE:
-        apierr_set(&e, 413, INVALID_REQUEST, "body_too_large", NULL,
+        apierr_set(&e, 413, APIERR_INVALID_REQUEST, "body_too_large", NULL,
                    "the body is larger than %zu bytes", max_body);
         http_send_error(r, &e, close);
-        http_discard_body(r);
+        discard_body(r);
         return -1;
     case HTTP_BODY_TOO_SLOW:
-        apierr_set(&e, 408, INVALID_REQUEST, "request_timeout", NULL,
+        apierr_set(&e, 408, APIERR_INVALID_REQUEST, "request_timeout", NULL,
                    "the body did not arrive within %d s", HTTP_BODY_DEADLINE_MS / 1000);
         http_send_error(r, &e, close);
         return -1;
     case HTTP_BODY_BROKEN:
         break;
     }
-    apierr_set(&e, 400, INVALID_REQUEST, "invalid_body", NULL,
+    apierr_set(&e, 400, APIERR_INVALID_REQUEST, "invalid_body", NULL,
                "the body could not be read: shorter than Content-Length, or too slow");
     http_send_error(r, &e, close);
     return -1;

@@ -75,25 +75,6 @@ int http_fail_store(struct request *r, const char *op, enum store_status st, con
 #define HTTP_HEADER_TIMEOUT_MS_TEXT "5000"
 #define HTTP_BODY_DEADLINE_MS 10000
 
-enum http_body {
-    HTTP_BODY_OK = 0,
-    HTTP_BODY_TOO_LARGE, /* more than max bytes: 413 */
-    HTTP_BODY_BROKEN,    /* the client went away or sent less than it announced */
-    HTTP_BODY_TOO_SLOW,  /* not all there by HTTP_BODY_DEADLINE_MS: 408 */
-};
-
-/* Reads the whole body, at most max bytes, into a malloc'd NUL-terminated
- * buffer. *out is written only on HTTP_BODY_OK. */
-enum http_body http_read_body(struct request *r, size_t max, char **out, size_t *len);
-
-/* After an answer that refuses the body (413), reads and drops the rest of
- * it when the client announced at most HTTP_DISCARD_MAX bytes (or sends it
- * chunked, up to that much): closing with unread data makes the kernel reset
- * the connection, and a client still uploading would see the reset, not the
- * answer. A larger announced body is not waited for. */
-#define HTTP_DISCARD_MAX (1024 * 1024)
-void http_discard_body(struct request *r);
-
 /* The request's method ("POST"), as civetweb parsed it. */
 const char *http_method(const struct request *r);
 
@@ -118,8 +99,5 @@ int http_check_framing(const struct mg_request_info *ri, const char **why);
 
 /* How many times the request carries header name (case-insensitive). */
 int http_header_count(const struct mg_request_info *ri, const char *name);
-
-/* Whether a Content-Type value is application/json, parameters allowed. */
-int http_is_json(const char *content_type);
 
 #endif

@@ -18,8 +18,6 @@
 #include "utc_text.h"
 #include "utf8.h"
 
-#define INVALID "invalid_request_error"
-
 /* The length of s if it is all [A-Za-z0-9_-], else 0. */
 static size_t url_safe_len(const char *s)
 {
@@ -61,22 +59,24 @@ int payment_parse(const char *body, size_t len, struct payment_request *out, str
     case JSON_STRICT_OK:
         break;
     case JSON_STRICT_TOO_DEEP:
-        apierr_set(err, 400, INVALID, "invalid_json", NULL,
+        apierr_set(err, 400, APIERR_INVALID_REQUEST, "invalid_json", NULL,
                    "the body nests arrays or objects more than %d levels deep",
                    JSON_STRICT_MAX_DEPTH);
         goto out;
     case JSON_STRICT_SYNTAX:
-        apierr_set(err, 400, INVALID, "invalid_json", NULL,
+        apierr_set(err, 400, APIERR_INVALID_REQUEST, "invalid_json", NULL,
                    "the body is not valid JSON (RFC 8259, UTF-8): fault at byte %zu", at);
         goto out;
     }
     root = cJSON_ParseWithLength(body, len);
     if (!root) {
-        apierr_set(err, 400, INVALID, "invalid_json", NULL, "the body is not valid JSON");
+        apierr_set(err, 400, APIERR_INVALID_REQUEST, "invalid_json", NULL,
+                   "the body is not valid JSON");
         goto out;
     }
     if (!cJSON_IsObject(root)) {
-        apierr_set(err, 400, INVALID, "invalid_json", NULL, "the body must be a JSON object");
+        apierr_set(err, 400, APIERR_INVALID_REQUEST, "invalid_json", NULL,
+                   "the body must be a JSON object");
         goto out;
     }
     /* Unknown and repeated fields first: nothing ambiguous is looked at. */
@@ -87,12 +87,13 @@ int payment_parse(const char *body, size_t len, struct payment_request *out, str
         if (!known) {
             char name[65];
             utf8_copy(name, sizeof name, f->string);
-            apierr_set(err, 422, INVALID, "unknown_field", name, "unknown field '%s'", name);
+            apierr_set(err, 422, APIERR_INVALID_REQUEST, "unknown_field", name,
+                       "unknown field '%s'", name);
             goto out;
         }
         for (cJSON *g = f->next; g; g = g->next)
             if (strcmp(f->string, g->string) == 0) {
-                apierr_set(err, 400, INVALID, "invalid_json", f->string,
+                apierr_set(err, 400, APIERR_INVALID_REQUEST, "invalid_json", f->string,
                            "field '%s' appears more than once", f->string); /* a known name */
                 goto out;
             }
@@ -100,11 +101,12 @@ int payment_parse(const char *body, size_t len, struct payment_request *out, str
 
     cJSON *cur = cJSON_GetObjectItemCaseSensitive(root, "currency");
     if (!cur) {
-        apierr_set(err, 422, INVALID, "invalid_currency", "currency", "currency is required");
+        apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_currency", "currency",
+                   "currency is required");
         goto out;
     }
     if (!cJSON_IsString(cur) || (r.digits = money_currency_digits(cur->valuestring)) < 0) {
-        apierr_set(err, 422, INVALID, "invalid_currency", "currency",
+        apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_currency", "currency",
                    "currency must be a supported upper-case ISO 4217 code");
         goto out;
     }
@@ -119,11 +121,13 @@ int payment_parse(const char *body, size_t len, struct payment_request *out, str
         amount_at++;
     }
     if (!amount) {
-        apierr_set(err, 422, INVALID, "invalid_amount", "amount", "amount is required");
+        apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_amount", "amount",
+                   "amount is required");
         goto out;
     }
     if (!cJSON_IsNumber(amount)) {
-        apierr_set(err, 422, INVALID, "invalid_amount", "amount", "amount must be a number");
+        apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_amount", "amount",
+                   "amount must be a number");
         goto out;
     }
     if (amount_at >= JSON_STRICT_MEMBERS) {
@@ -135,29 +139,31 @@ int payment_parse(const char *body, size_t len, struct payment_request *out, str
     case MONEY_OK:
         break;
     case MONEY_NOT_NUMBER:
-        apierr_set(err, 422, INVALID, "invalid_amount", "amount", "amount must be a number");
+        apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_amount", "amount",
+                   "amount must be a number");
         goto out;
     case MONEY_NOT_POSITIVE:
-        apierr_set(err, 422, INVALID, "invalid_amount", "amount", "amount must be greater than 0");
+        apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_amount", "amount",
+                   "amount must be greater than 0");
         goto out;
     case MONEY_TOO_LARGE:
-        apierr_set(err, 422, INVALID, "invalid_amount", "amount",
+        apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_amount", "amount",
                    "amount must be at most " MONEY_MAX_TEXT);
         goto out;
     case MONEY_TOO_PRECISE:
-        apierr_set(err, 422, INVALID, "invalid_amount", "amount",
+        apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_amount", "amount",
                    "amount has more than %d decimals for %s", r.digits, r.currency);
         goto out;
     }
 
     cJSON *cust = cJSON_GetObjectItemCaseSensitive(root, "customer_id");
     if (!cust) {
-        apierr_set(err, 422, INVALID, "invalid_customer_id", "customer_id",
+        apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_customer_id", "customer_id",
                    "customer_id is required");
         goto out;
     }
     if (!cJSON_IsString(cust) || !payment_customer_valid(cust->valuestring)) {
-        apierr_set(err, 422, INVALID, "invalid_customer_id", "customer_id",
+        apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_customer_id", "customer_id",
                    "customer_id must be 1-64 characters of A-Z, a-z, 0-9, _ and -");
         goto out;
     }
@@ -168,7 +174,7 @@ int payment_parse(const char *body, size_t len, struct payment_request *out, str
         size_t n = cJSON_IsString(desc) ? strlen(desc->valuestring) : 0;
         if (!cJSON_IsString(desc) || n > PAYMENT_DESCRIPTION_MAX ||
             !utf8_valid(desc->valuestring, n)) {
-            apierr_set(err, 422, INVALID, "invalid_description", "description",
+            apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_description", "description",
                        "description must be a string of at most %d bytes of UTF-8",
                        PAYMENT_DESCRIPTION_MAX);
             goto out;
