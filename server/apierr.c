@@ -42,6 +42,18 @@ int apierr_set(struct apierr *e, int status, const char *type, const char *code,
     return -1;
 }
 
+void apierr_store(struct apierr *e, int unavailable, int idempotent)
+{
+    const char *retry =
+        idempotent ? "nothing was recorded, retry with the same idempotency key" : "retry later";
+    if (unavailable)
+        apierr_set(e, 503, "api_error", "store_unavailable", NULL,
+                   "the payment store is unavailable; %s", retry);
+    else
+        apierr_set(e, 500, "api_error", "internal_error", NULL, "the payment store failed; %s",
+                   retry);
+}
+
 char *apierr_json(const struct apierr *e)
 {
     char *out = NULL;

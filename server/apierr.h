@@ -22,6 +22,11 @@ struct apierr {
 int apierr_set(struct apierr *e, int status, const char *type, const char *code, const char *param,
                const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 
+/* The answer to a store call that failed: 503 store_unavailable when the
+ * database did not answer (worth a retry), else 500 internal_error.
+ * idempotent: the request was a POST, and nothing of it was recorded. */
+void apierr_store(struct apierr *e, int unavailable, int idempotent);
+
 /* The error body, malloc'd, NUL-terminated; NULL on allocation failure. */
 char *apierr_json(const struct apierr *e);
 

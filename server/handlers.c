@@ -1,4 +1,6 @@
-/* handlers.c - routing, the payment operation, listing, health */
+/* handlers.c - what every request goes through (framing, draining,
+ * tenant, rate limit, access log, metrics) and routing to the resources
+ * (routes.h); health and metrics */
 #define _POSIX_C_SOURCE 200809L
 #include "handlers.h"
 
@@ -13,240 +15,8 @@
 
 #include "app.h"
 #include "http.h"
-#include "idem.h"
-#include "money.h"
-#include "payment.h"
-
-#define PAYMENTS "/api/v1/payments"
-
-/* ---- POST /api/v1/payments, as an idempotent operation ------------------ */
-
-static int pay_parse(const char *body, size_t len, void **req, struct apierr *err)
-{
-    struct payment_request *pr = calloc(1, sizeof *pr);
-    if (!pr)
-        return apierr_set(err, 500, "api_error", "internal_error", NULL, "out of memory");
-    if (payment_parse(body, len, pr, err) != 0) {
-        free(pr);
-        return -1;
-    }
-    *req = pr;
-    return 0;
-}
-
-static char *pay_canonical(const void *req, size_t *len)
-{
-    return payment_canonical(req, len);
-}
-
-static const char *pay_customer(const void *req)
-{
-    return ((const struct payment_request *)req)->customer_id;
-}
-
-static void pay_log_fields(const void *vreq, struct log_line *line)
-{
-    const struct payment_request *req = vreq;
-    char amount[32];
-    if (money_format(req->amount_minor, req->digits, amount, sizeof amount) > 0)
-        log_line_raw(line, "amount", amount);
-    log_line_str(line, "currency", req->currency);
-}
-
-static void pay_free(void *req)
-{
-    payment_request_clear(req);
-    free(req);
-}
-
-static int pay_run(struct app *app, const void *vreq, const char *key, struct idem_result *out,
-                   struct apierr *err)
-{
-    const struct payment_request *req = vreq;
-    char id[PAYMENT_ID_LEN + 1];
-    enum payment_outcome po = payment_process(req, app->cfg.processing_delay_ms);
-
-    if (po == PAYMENT_GATEWAY_ERROR) {
-        struct apierr ge;
-        apierr_set(&ge, 502, "api_error", "gateway_error", NULL,
-                   "the payment gateway failed before charging; retry with the same "
-                   "idempotency key");
-        out->status = 502;
-        out->retryable = 1;
-        out->body = apierr_json(&ge);
-        if (!out->body)
-            return apierr_set(err, 500, "api_error", "internal_error", NULL, "out of memory");
-        out->body_len = strlen(out->body);
-        return 0;
-    }
-    if (payment_new_id(id) != 0)
-        return apierr_set(err, 500, "api_error", "internal_error", NULL,
-                          "the random source failed");
-    struct store_payment p = {
-        .transaction_id = id,
-        .idempotency_key = (char *)key,
-        .customer_id = (char *)req->customer_id,
-        .amount_minor = req->amount_minor,
-        .description = req->description,
-        .status = po == PAYMENT_APPROVED ? "completed" : "declined",
-        .processed_at_us = payment_now_us(),
-    };
-    memcpy(p.currency, req->currency, sizeof p.currency);
-
-    out->payment = calloc(1, sizeof *out->payment);
-    if (!out->payment || store_payment_copy(out->payment, &p) != 0)
-        goto oom;
-    if (po == PAYMENT_APPROVED) {
-        out->status = 201;
-        out->body = payment_json(&p);
-        size_t n = sizeof PAYMENTS + 1 + PAYMENT_ID_LEN;
-        out->location = malloc(n);
-        if (!out->location)
-            goto oom;
-        snprintf(out->location, n, "%s/%s", PAYMENTS, id);
-    } else {
-        out->status = 402;
-        out->body = payment_declined_json(&p);
-    }
-    if (!out->body)
-        goto oom;
-    out->body_len = strlen(out->body);
-    return 0;
-oom:
-    idem_result_clear(out);
-    return apierr_set(err, 500, "api_error", "internal_error", NULL, "out of memory");
-}
-
-static const struct idem_op PAYMENT_OP = {
-    .route = PAYMENTS,
-    .max_body = PAYMENT_MAX_BODY,
-    .parse = pay_parse,
-    .canonical = pay_canonical,
-    .customer = pay_customer,
-    .log_fields = pay_log_fields,
-    .run = pay_run,
-    .free_req = pay_free,
-};
-
-/* ---- GET /api/v1/payments ----------------------------------------------- */
-
-static void send_list(struct request *r, const struct store_list *list)
-{
-    cJSON *root = cJSON_CreateObject();
-    cJSON *items = cJSON_AddArrayToObject(root, "payments");
-    int ok = items != NULL;
-    for (size_t i = 0; ok && i < list->count; i++) {
-        cJSON *p = payment_to_cjson(&list->items[i]);
-        ok = p && cJSON_AddItemToArray(items, p);
-    }
-    ok = ok && cJSON_AddNumberToObject(root, "count", (double)list->count) &&
-         cJSON_AddBoolToObject(root, "has_more", list->has_more);
-    if (ok)
-        ok = list->has_more && list->count
-                 ? cJSON_AddStringToObject(root, "next_cursor",
-                                           list->items[list->count - 1].transaction_id) != NULL
-                 : cJSON_AddNullToObject(root, "next_cursor") != NULL;
-    if (ok)
-        http_send_json(r, 200, root);
-    else
-        http_fail(r, 500, "api_error", "internal_error", NULL, "out of memory");
-    cJSON_Delete(root);
-}
-
-static int bad_param(struct request *r, const char *param, const char *msg)
-{
-    return http_fail(r, 400, APIERR_INVALID_REQUEST, "invalid_parameter", param, "%s", msg);
-}
-
-static void list_payments(struct request *r)
-{
-    const char *qs = r->ri->query_string ? r->ri->query_string : "";
-    size_t qlen = strlen(qs);
-    char limit_s[16], customer[PAYMENT_CUSTOMER_MAX + 2], after[PAYMENT_ID_LEN + 40];
-    struct store_list_query q = {.limit = 50};
-    struct store_list list = {0};
-    char err[256] = "";
-
-    int n = mg_get_var(qs, qlen, "limit", limit_s, sizeof limit_s);
-    if (n != -1) {
-        char *end;
-        long v = n > 0 ? strtol(limit_s, &end, 10) : 0;
-        if (n <= 0 || *end || v < 1 || v > 500) {
-            bad_param(r, "limit", "limit must be a whole number from 1 to 500");
-            return;
-        }
-        q.limit = (int)v;
-    }
-    n = mg_get_var(qs, qlen, "customer_id", customer, sizeof customer);
-    if (n != -1) {
-        if (n < 0 || !payment_customer_valid(customer)) {
-            bad_param(r, "customer_id",
-                      "customer_id must be 1-64 characters of A-Z, a-z, 0-9, _ and -");
-            return;
-        }
-        q.customer_id = customer;
-    }
-    n = mg_get_var(qs, qlen, "starting_after", after, sizeof after);
-    if (n != -1) {
-        if (n <= 0 || !payment_id_valid(after)) {
-            bad_param(r, "starting_after", "starting_after must be a transaction id");
-            return;
-        }
-        q.starting_after = after;
-    }
-    /* Lists take turns for a few slots (app.c: an eighth of the pool); the
-     * rest wait as long as a pool connection would be waited for. */
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 5;
-    int waited;
-    while ((waited = sem_timedwait(&r->app->list_slots, &until)) != 0 && errno == EINTR)
-        ;
-    if (waited != 0) {
-        http_fail_store(r, "list_payments", STORE_UNAVAILABLE,
-                        "every list slot stayed busy for 5 s");
-        return;
-    }
-    /* The slot is held until the page is sent: rendering it costs as much
-     * CPU as the query. */
-    enum store_status st =
-        store_list_payments(r->app->store, r->tenant, &q, &list, err, sizeof err);
-    if (st == STORE_NOT_FOUND)
-        bad_param(r, "starting_after", "starting_after names no payment of yours");
-    else if (st != STORE_OK)
-        http_fail_store(r, "list_payments", st, err);
-    else
-        send_list(r, &list);
-    sem_post(&r->app->list_slots);
-    store_list_clear(&list);
-}
-
-/* ---- GET /api/v1/payments/{id} ------------------------------------------ */
-
-static void get_payment(struct request *r, const char *id)
-{
-    struct store_payment p = {0};
-    char err[256] = "";
-    enum store_status st = STORE_NOT_FOUND;
-    if (payment_id_valid(id))
-        st = store_get_payment(r->app->store, r->tenant, id, &p, err, sizeof err);
-    if (st == STORE_NOT_FOUND) {
-        http_fail(r, 404, APIERR_INVALID_REQUEST, "payment_not_found", NULL,
-                  "no payment with that id");
-        return;
-    }
-    if (st != STORE_OK) {
-        http_fail_store(r, "get_payment", st, err);
-        return;
-    }
-    cJSON *obj = payment_to_cjson(&p);
-    if (obj)
-        http_send_json(r, 200, obj);
-    else
-        http_fail(r, 500, "api_error", "internal_error", NULL, "out of memory");
-    cJSON_Delete(obj);
-    store_payment_clear(&p);
-}
+#include "ids.h"
+#include "routes.h"
 
 /* ---- GET /health ---------------------------------------------------------- */
 
@@ -323,16 +93,33 @@ static void dispatch(struct request *r)
             metrics(r);
         return;
     }
-    size_t plen = strlen(PAYMENTS);
-    int is_list = strcmp(path, PAYMENTS) == 0;
-    int is_one = strncmp(path, PAYMENTS "/", plen + 1) == 0 && path[plen + 1] &&
-                 !strchr(path + plen + 1, '/');
-    if (!is_list && !is_one) {
+    /* /api/v1/payments[/{id}[/refunds]] and /api/v1/refunds/{id}: an id
+     * is one path segment */
+    size_t plen = strlen(ROUTES_PAYMENTS), rlen = strlen(ROUTES_REFUNDS);
+    char id[IDS_MAX + 1] = "";
+    int is_list = strcmp(path, ROUTES_PAYMENTS) == 0;
+    int is_one = 0, is_refunds = 0, is_refund = 0;
+    if (strncmp(path, ROUTES_PAYMENTS "/", plen + 1) == 0 && path[plen + 1]) {
+        const char *seg = path + plen + 1;
+        const char *slash = strchr(seg, '/');
+        size_t n = slash ? (size_t)(slash - seg) : strlen(seg);
+        if (n && n <= IDS_MAX) {
+            memcpy(id, seg, n);
+            id[n] = '\0';
+            is_one = !slash;
+            is_refunds = slash && strcmp(slash, "/refunds") == 0;
+        }
+    } else if (strncmp(path, ROUTES_REFUNDS "/", rlen + 1) == 0 && path[rlen + 1] &&
+               !strchr(path + rlen + 1, '/') && strlen(path + rlen + 1) <= IDS_MAX) {
+        snprintf(id, sizeof id, "%s", path + rlen + 1);
+        is_refund = 1;
+    }
+    if (!is_list && !is_one && !is_refunds && !is_refund) {
         r->route = ROUTE_OTHER;
         http_fail(r, 404, APIERR_INVALID_REQUEST, "route_not_found", NULL, "no such route");
         return;
     }
-    r->route = is_list ? ROUTE_PAYMENTS : ROUTE_PAYMENT;
+    r->route = is_list ? ROUTE_PAYMENTS : is_one ? ROUTE_PAYMENT : is_refunds ? ROUTE_REFUNDS : ROUTE_REFUND;
     /* Every /api/ route needs a key, and its 401 comes first; a second
      * Authorization header is refused, not silently ignored. */
     r->tenant = http_header_count(r->ri, "Authorization") > 1
@@ -361,14 +148,21 @@ static void dispatch(struct request *r)
         http_send_error(r, &e, headers);
         return;
     }
-    if (is_list && strcmp(method, "POST") == 0)
-        idem_handle(r, &PAYMENT_OP);
+    int post = strcmp(method, "POST") == 0;
+    if (is_list && post)
+        routes_create_payment(r);
     else if (is_list && get)
-        list_payments(r);
+        routes_list_payments(r);
     else if (is_one && get)
-        get_payment(r, path + plen + 1);
+        routes_get_payment(r, id);
+    else if (is_refunds && post)
+        routes_create_refund(r, id);
+    else if (is_refunds && get)
+        routes_list_refunds(r, id);
+    else if (is_refund && get)
+        routes_get_refund(r, id);
     else
-        not_allowed(r, is_list ? "GET, POST" : "GET");
+        not_allowed(r, is_list || is_refunds ? "GET, POST" : "GET");
 }
 
 int handlers_route(struct mg_connection *conn, void *cbdata)

@@ -394,18 +394,10 @@ void http_log_store_error(struct request *r, const char *op, enum store_status s
 int http_fail_store(struct request *r, const char *op, enum store_status st, const char *err)
 {
     struct apierr e;
-    int post = strcmp(r->ri->request_method, "POST") == 0;
-    const char *retry =
-        post ? "nothing was recorded, retry with the same idempotency key" : "retry later";
+    const char *headers[] = {"Retry-After", "1", NULL};
     http_log_store_error(r, op, st, err);
-    if (st == STORE_UNAVAILABLE) {
-        const char *headers[] = {"Retry-After", "1", NULL};
-        apierr_set(&e, 503, "api_error", "store_unavailable", NULL,
-                   "the payment store is unavailable; %s", retry);
-        return http_send_error(r, &e, headers);
-    }
-    apierr_set(&e, 500, "api_error", "internal_error", NULL, "the payment store failed; %s", retry);
-    return http_send_error(r, &e, NULL);
+    apierr_store(&e, st == STORE_UNAVAILABLE, strcmp(r->ri->request_method, "POST") == 0);
+    return http_send_error(r, &e, st == STORE_UNAVAILABLE ? headers : NULL);
 }
 
 const char *http_method(const struct request *r)

@@ -1,5 +1,5 @@
-/* idem.c - the idempotency layer: key, fingerprint, claim, then run and
- * complete, or replay / 409 / 422 */
+/* idem.c - the idempotency layer: fingerprint, replay cache, claim, then run
+ * and complete (or release), or replay / 409 / 422 (idem.h) */
 #define _POSIX_C_SOURCE 200809L
 #include "idem.h"
 
@@ -7,9 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "app.h"
-#include "log.h"
-#include "payment.h"
+#include "idemkey.h"
+#include "utc_text.h"
 
 #define IDEMPOTENCY "idempotency_error"
 
@@ -17,252 +16,298 @@ void idem_result_clear(struct idem_result *r)
 {
     free(r->body);
     free(r->location);
-    if (r->payment) {
-        store_payment_clear(r->payment);
-        free(r->payment);
-    }
+    if (r->free_rows)
+        r->free_rows(&r->rows);
     memset(r, 0, sizeof *r);
 }
 
-/* One line per prevented duplicate: which key, whose, first seen when. */
-static void log_duplicate(struct request *r, const struct idem_op *op, const void *req,
-                          int64_t original_us)
+void idem_answer_clear(struct idem_answer *a)
 {
-    char when[40];
-    struct log_line line;
-    if (!log_line_begin(r->app->log, LOG_INFO, "duplicate prevented", &line))
+    free(a->body);
+    free(a->location);
+    memset(a, 0, sizeof *a);
+}
+
+/* Copies an answer into *out (status, body, location); on allocation
+ * failure a 500 with no body. */
+static void answer_with(struct idem_answer *out, int status, const char *body, size_t len,
+                        const char *location)
+{
+    free(out->body);
+    free(out->location);
+    out->status = status;
+    out->body_len = len;
+    out->body = malloc(len + 1);
+    out->location = location ? strdup(location) : NULL;
+    if (!out->body || (location && !out->location)) {
+        free(out->body);
+        free(out->location);
+        out->body = NULL;
+        out->location = NULL;
+        out->body_len = 0;
+        out->status = 500;
         return;
-    payment_format_time(original_us, when, sizeof when);
-    log_line_str(&line, "event", "duplicate_prevented");
-    log_line_str(&line, "outcome", outcome_name(r->outcome));
-    log_line_str(&line, "tenant", r->tenant);
-    log_line_str(&line, "key", r->key);
-    log_line_str(&line, "customer", r->customer);
-    if (op->log_fields)
-        op->log_fields(req, &line);
-    log_line_str(&line, "original_time", when);
-    log_line_end(r->app->log, &line);
-}
-
-/* A static copy of a stored payment's status (the result is freed before
- * the request is counted). */
-static const char *payment_status_word(const struct store_payment *p)
-{
-    return strcmp(p->status, "completed") == 0 ? "completed" : "declined";
-}
-
-static void send_result(struct request *r, const struct idem_result *res)
-{
-    const char *headers[] = {"Location", res->location, NULL};
-    http_send(r, res->status, res->body, res->body_len, res->location ? headers : NULL);
-}
-
-/* Sends a completed answer again, as it was, byte for byte. */
-static void replay(struct request *r, const struct idem_op *op, const void *req,
-                   const struct replay_entry *c)
-{
-    int status = c->status >= 200 && c->status < 300 ? 200 : c->status;
-    /* Idempotent-Replayed is Stripe's name, which clients written for
-     * Stripe look for */
-    const char *headers[7] = {"X-Idempotent-Replay", "true", "Idempotent-Replayed", "true", NULL};
-    if (c->location) {
-        headers[4] = "Location";
-        headers[5] = c->location;
     }
-    r->outcome = OUTCOME_REPLAY;
-    log_duplicate(r, op, req, c->created_at_us);
-    http_send(r, status, c->body, c->body_len, headers);
+    memcpy(out->body, body, len);
+    out->body[len] = '\0';
 }
 
-static void mismatch(struct request *r, const struct idem_op *op, const void *req,
-                     int64_t created_at_us)
+static void answer_error(struct idem_answer *out, const struct apierr *e)
 {
-    r->outcome = OUTCOME_MISMATCH;
-    log_duplicate(r, op, req, created_at_us);
-    http_fail(r, 422, IDEMPOTENCY, "idempotency_key_reused", NULL,
-              "this idempotency key was used with a different request; use a new key for "
-              "a new payment");
+    char *body = apierr_json(e);
+    answer_with(out, e->status, body ? body : "", body ? strlen(body) : 0, NULL);
+    free(body);
+    out->retry_after = e->status == 503 ? 1 : 0;
+}
+
+static void note_failure(struct idem_answer *out, const char *op, enum store_status st,
+                         const char *err)
+{
+    if (out->nfailures >= 2)
+        return;
+    struct idem_store_failure *f = &out->failures[out->nfailures++];
+    f->op = op;
+    f->status = st;
+    snprintf(f->err, sizeof f->err, "%s", err);
+}
+
+/* A store failure as the answer: nothing was recorded, the client retries. */
+static void answer_store_failure(struct idem_answer *out, const char *op, enum store_status st,
+                                 const char *err)
+{
+    struct apierr e;
+    note_failure(out, op, st, err);
+    apierr_store(&e, st == STORE_UNAVAILABLE, 1);
+    answer_error(out, &e);
+}
+
+static void answer_duplicate(struct idem_answer *out, enum outcome o, int64_t first_seen_us)
+{
+    out->outcome = o;
+    out->duplicate = 1;
+    out->first_seen_us = first_seen_us;
+}
+
+/* The first answer, again, byte for byte (a 201 is replayed as 200). */
+static void answer_replay(struct idem_answer *out, const struct replay_entry *e)
+{
+    answer_with(out, e->status >= 200 && e->status < 300 ? 200 : e->status, e->body, e->body_len,
+                e->location);
+    out->replayed = 1;
+    answer_duplicate(out, OUTCOME_REPLAY, e->created_at_us);
+}
+
+static void answer_mismatch(struct idem_answer *out, int64_t first_seen_us)
+{
+    struct apierr e;
+    apierr_set(&e, 422, IDEMPOTENCY, "idempotency_key_reused", NULL,
+               "this idempotency key was used with a different request; use a new key for a new "
+               "request");
+    answer_error(out, &e);
+    answer_duplicate(out, OUTCOME_MISMATCH, first_seen_us);
+}
+
+static void answer_in_use(struct idem_answer *out, const char *why)
+{
+    struct apierr e;
+    apierr_set(&e, 409, IDEMPOTENCY, "idempotency_key_in_use", NULL, "%s", why);
+    answer_error(out, &e);
+    out->retry_after = 1;
+}
+
+static void answer_result(struct idem_answer *out, const struct idem_result *res)
+{
+    answer_with(out, res->status, res->body ? res->body : "", res->body ? res->body_len : 0,
+                res->location);
 }
 
 /* Keeps a completed answer for retries, until its record expires. */
-static void remember(struct request *r, const char *fp, const struct replay_entry *e)
+static void remember(const struct idem *l, const struct idem_request *rq, const char *fp,
+                     const struct replay_entry *e)
 {
-    replay_cache_put(r->app->replays, r->tenant, r->key, fp, e,
-                     e->created_at_us + r->app->ttl_ms * 1000);
+    replay_cache_put(l->replays, rq->tenant, rq->key, fp, e, e->created_at_us + l->ttl_ms * 1000);
 }
 
-/* A request without a key (--require-key=false): run once, store the
- * payment, no record. */
-static void run_without_key(struct request *r, const struct idem_op *op, const void *req)
+/* Runs the operation. Returns 0, or -1 with *out holding the error to
+ * answer. */
+static int run_op(const struct idem_op *op, const struct idem_request *rq, struct idem_result *res,
+                  struct idem_answer *out)
+{
+    struct apierr e;
+    if (op->run(rq->ctx, rq->req, rq->key, res, &e) == 0)
+        return 0;
+    idem_result_clear(res);
+    answer_error(out, &e);
+    return -1;
+}
+
+/* The operation's answer when the store refused its rows, in *res (with no
+ * rows). Returns 0, or -1: with *out holding the error to answer when the
+ * operation has such an answer and failed to give it. */
+static int run_rejected(const struct idem_op *op, const struct idem_request *rq,
+                        struct idem_result *res, struct idem_answer *out)
+{
+    struct apierr e;
+    idem_result_clear(res);
+    if (op->rejected && op->rejected(rq->ctx, rq->req, res, &e) == 0)
+        return 0;
+    idem_result_clear(res);
+    if (op->rejected)
+        answer_error(out, &e);
+    return -1;
+}
+
+/* A request without a key (--require-key=false): run once, write its
+ * rows, no record. */
+static void run_without_key(const struct idem *l, const struct idem_op *op,
+                            const struct idem_request *rq, struct idem_answer *out)
 {
     struct idem_result res = {0};
-    struct apierr e;
     char err[256] = "";
-    r->outcome = OUTCOME_NO_KEY;
-    if (op->run(r->app, req, NULL, &res, &e) != 0) {
-        http_send_error(r, &e, NULL);
-        goto out;
-    }
-    if (!res.retryable && res.payment) {
-        enum store_status st =
-            store_insert_payment(r->app->store, r->tenant, res.payment, err, sizeof err);
-        if (st != STORE_OK) {
-            http_fail_store(r, "insert_payment", st, err);
+    out->outcome = OUTCOME_NO_KEY;
+    if (run_op(op, rq, &res, out) != 0)
+        return;
+    if (!res.retryable) {
+        enum store_status st = store_write_rows(l->store, rq->tenant, &res.rows, err, sizeof err);
+        if (st == STORE_REJECTED && op->rejected) {
+            if (run_rejected(op, rq, &res, out) == 0)
+                answer_result(out, &res);
             goto out;
         }
-        r->payment_status = payment_status_word(res.payment);
+        if (st != STORE_OK) {
+            answer_store_failure(out, "write_rows", st, err);
+            goto out;
+        }
+        out->effect = res.effect;
     }
-    send_result(r, &res);
+    answer_result(out, &res);
 out:
     idem_result_clear(&res);
 }
 
 /* Deletes our claim so that a retry runs again; on failure (the database is
- * away too) the lease runs out instead. Sets the outcome for the log. */
-static void release_claim(struct request *r, int64_t token)
+ * away too) the lease runs out instead. */
+static void release_claim(const struct idem *l, const struct idem_request *rq, int64_t token,
+                          struct idem_answer *out)
 {
     char err[256] = "";
-    enum store_status st = store_release(r->app->store, r->tenant, r->key, token, err, sizeof err);
+    enum store_status st = store_release(l->store, rq->tenant, rq->key, token, err, sizeof err);
     if (st != STORE_OK)
-        http_log_store_error(r, "release", st, err);
-    r->outcome = st == STORE_OK ? OUTCOME_RELEASED : OUTCOME_RELEASE_FAILED;
+        note_failure(out, "release", st, err);
+    out->outcome = st == STORE_OK ? OUTCOME_RELEASED : OUTCOME_RELEASE_FAILED;
 }
 
 /* Runs the operation under the lease just won, then completes or releases. */
-static void run_claimed(struct request *r, const struct idem_op *op, const void *req,
-                        const char *fp, const struct store_claim_result *claim)
+static void run_claimed(const struct idem *l, const struct idem_op *op,
+                        const struct idem_request *rq, const char *fp,
+                        const struct store_claim_result *claim, struct idem_answer *out)
 {
     int64_t token = claim->lease_token;
-    struct app *app = r->app;
     struct idem_result res = {0};
-    struct apierr e;
     char err[256] = "";
 
-    if (op->run(app, req, r->key, &res, &e) != 0) {
-        release_claim(r, token);
-        http_send_error(r, &e, NULL);
-        goto out;
+    if (run_op(op, rq, &res, out) != 0) {
+        release_claim(l, rq, token, out);
+        return;
     }
     if (res.retryable) {
-        /* Failed before any charge: forget the claim so a retry runs again. */
-        release_claim(r, token);
-        send_result(r, &res);
+        /* Failed before any effect: forget the claim so a retry runs again. */
+        release_claim(l, rq, token, out);
+        answer_result(out, &res);
         goto out;
     }
     struct store_response resp = {res.status, res.body, res.body_len, res.location};
     enum store_status st =
-        store_complete(app->store, r->tenant, r->key, token, &resp, res.payment, err, sizeof err);
+        store_complete(l->store, rq->tenant, rq->key, token, &resp, &res.rows, err, sizeof err);
+    if (st == STORE_REJECTED) {
+        /* The rows no longer fit (the condition the run checked changed
+         * since): refused as the run would have refused it, not cached. */
+        if (run_rejected(op, rq, &res, out) == 0)
+            answer_result(out, &res);
+        else if (!op->rejected) /* rows no operation said could be refused */
+            answer_store_failure(out, "complete", st, err);
+        release_claim(l, rq, token, out);
+        goto out;
+    }
     if (st == STORE_OK) {
-        if (res.payment)
-            r->payment_status = payment_status_word(res.payment);
+        out->effect = res.effect;
         struct replay_entry done = {res.status, res.body, res.body_len, res.location,
                                     claim->created_at_us};
-        remember(r, fp, &done);
-        send_result(r, &res);
+        remember(l, rq, fp, &done);
+        answer_result(out, &res);
     } else if (st == STORE_LEASE_LOST) {
         /* Our lease ran out and another request took the key over: nothing
          * of ours was written; its answer is the one a retry will get. */
-        http_log_store_error(r, "complete", st, err);
-        r->outcome = OUTCOME_LEASE_LOST;
-        const char *headers[] = {"Retry-After", "1", NULL};
-        struct apierr le;
-        apierr_set(&le, 409, IDEMPOTENCY, "idempotency_key_in_use", NULL,
-                   "another request with this idempotency key took over; retry to get its "
-                   "result");
-        http_send_error(r, &le, headers);
+        note_failure(out, "complete", st, err);
+        out->outcome = OUTCOME_LEASE_LOST;
+        answer_in_use(out, "another request with this idempotency key took over; retry to get "
+                           "its result");
     } else {
         /* Nothing was stored: a retry must run again. */
-        release_claim(r, token);
-        http_fail_store(r, "complete", st, err);
+        answer_store_failure(out, "complete", st, err);
+        release_claim(l, rq, token, out);
     }
 out:
     idem_result_clear(&res);
 }
 
-void idem_handle(struct request *r, const struct idem_op *op)
+void idem_execute(const struct idem *l, const struct idem_op *op, const struct idem_request *rq,
+                  struct idem_answer *out)
 {
-    struct app *app = r->app;
-    char *body = NULL, *canon = NULL;
-    void *req = NULL;
-    size_t len = 0, clen = 0;
-    struct apierr e;
     struct store_claim_result claim = {0};
     char err[256] = "";
+    memset(out, 0, sizeof *out);
 
-    enum idem_key_status ks;
-    if (http_read_idempotent_post(r, op->max_body, app->cfg.require_key, &ks, &body, &len) != 0)
-        goto out;
-    if (op->parse(body, len, &req, &e) != 0) {
-        http_send_error(r, &e, NULL);
-        goto out;
-    }
-    snprintf(r->customer, sizeof r->customer, "%s", op->customer(req));
-
-    if (ks == IDEM_KEY_MISSING) {
-        run_without_key(r, op, req);
-        goto out;
-    }
-
-    canon = op->canonical(req, &clen);
-    if (!canon) {
-        http_fail(r, 500, "api_error", "internal_error", NULL, "out of memory");
-        goto out;
+    if (!rq->key) {
+        run_without_key(l, op, rq, out);
+        return;
     }
     char fp[65];
-    idem_fingerprint(http_method(r), op->route, canon, clen, fp);
+    idem_fingerprint(rq->method, op->route, rq->canonical, rq->canonical_len, fp);
 
     /* A retry of a completed key: answered from memory when this server has
      * seen the answer (a completed record never changes until it expires). */
     struct replay_entry cached;
-    switch (replay_cache_get(app->replays, r->tenant, r->key, fp, payment_now_us(), &cached)) {
+    switch (replay_cache_get(l->replays, rq->tenant, rq->key, fp, utc_now_us(), &cached)) {
     case REPLAY_HIT:
-        replay(r, op, req, &cached);
+        answer_replay(out, &cached);
         replay_entry_clear(&cached);
-        goto out;
+        return;
     case REPLAY_MISMATCH:
-        mismatch(r, op, req, cached.created_at_us);
-        goto out;
+        answer_mismatch(out, cached.created_at_us);
+        return;
     case REPLAY_MISS:
         break;
     }
 
-    enum store_status st = store_claim(app->store, r->tenant, r->key, fp, app->lease_ms,
-                                       app->ttl_ms, &claim, err, sizeof err);
+    enum store_status st = store_claim(l->store, rq->tenant, rq->key, fp, l->lease_ms, l->ttl_ms,
+                                       &claim, err, sizeof err);
     if (st != STORE_OK) {
-        http_fail_store(r, "claim", st, err);
-        goto out;
+        answer_store_failure(out, "claim", st, err);
+        return;
     }
     switch (claim.outcome) {
     case CLAIM_NEW:
     case CLAIM_TAKEOVER:
-        r->outcome = claim.outcome == CLAIM_NEW ? OUTCOME_NEW : OUTCOME_TAKEOVER;
-        run_claimed(r, op, req, fp, &claim);
+        out->outcome = claim.outcome == CLAIM_NEW ? OUTCOME_NEW : OUTCOME_TAKEOVER;
+        run_claimed(l, op, rq, fp, &claim, out);
         break;
     case CLAIM_COMPLETED: {
         struct replay_entry found = {claim.response_status, claim.response_body,
                                      claim.response_body_len, claim.response_location,
                                      claim.created_at_us};
-        remember(r, fp, &found);
-        replay(r, op, req, &found);
+        remember(l, rq, fp, &found);
+        answer_replay(out, &found);
         break;
     }
-    case CLAIM_IN_PROGRESS: {
-        const char *headers[] = {"Retry-After", "1", NULL};
-        r->outcome = OUTCOME_CONFLICT;
-        apierr_set(&e, 409, IDEMPOTENCY, "idempotency_key_in_use", NULL,
-                   "a request with this idempotency key is still being processed; retry later");
-        log_duplicate(r, op, req, claim.created_at_us);
-        http_send_error(r, &e, headers);
+    case CLAIM_IN_PROGRESS:
+        answer_in_use(out, "a request with this idempotency key is still being processed; retry "
+                           "later");
+        answer_duplicate(out, OUTCOME_CONFLICT, claim.created_at_us);
         break;
-    }
     case CLAIM_MISMATCH:
-        mismatch(r, op, req, claim.created_at_us);
+        answer_mismatch(out, claim.created_at_us);
         break;
     }
-out:
     store_claim_result_clear(&claim);
-    if (req)
-        op->free_req(req);
-    free(canon);
-    free(body);
 }

@@ -12,8 +12,9 @@
 #define NBUCKETS 14
 static const double BUCKETS[NBUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                          0.1,    0.25,  0.5,    1,     2.5,  5,     10};
-static const char *const ROUTES[ROUTE_COUNT] = {"/api/v1/payments", "/api/v1/payments/{id}",
-                                                "/health", "/metrics", "other"};
+static const char *const ROUTES[ROUTE_COUNT] = {
+    "/api/v1/payments", "/api/v1/payments/{id}", "/api/v1/payments/{id}/refunds",
+    "/api/v1/refunds/{id}", "/health", "/metrics", "other"};
 static const char *const METHODS[METHOD_COUNT] = {"GET", "POST", "other"};
 
 #define STATUS_MIN 100

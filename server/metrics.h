@@ -15,6 +15,8 @@ struct store;
 enum metrics_route {
     ROUTE_PAYMENTS = 0, /* /api/v1/payments */
     ROUTE_PAYMENT,      /* /api/v1/payments/{transaction_id} */
+    ROUTE_REFUNDS,      /* /api/v1/payments/{transaction_id}/refunds */
+    ROUTE_REFUND,       /* /api/v1/refunds/{refund_id} */
     ROUTE_HEALTH,       /* /health */
     ROUTE_METRICS,      /* /metrics */
     ROUTE_OTHER,        /* anything else (404s) */

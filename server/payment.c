@@ -5,44 +5,27 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <openssl/evp.h>
-#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "json_strict.h"
+#include "ids.h"
+#include "request_json.h"
 #include "money.h"
 #include "decimal.h"
 #include "utc_text.h"
 #include "utf8.h"
 
-/* The length of s if it is all [A-Za-z0-9_-], else 0. */
-static size_t url_safe_len(const char *s)
-{
-    size_t n = 0;
-    for (; s[n]; n++) {
-        char c = s[n];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '_' || c == '-'))
-            return 0;
-    }
-    return n;
-}
-
 int payment_customer_valid(const char *s)
 {
-    size_t n = url_safe_len(s);
+    size_t n = ids_url_safe_len(s);
     return n >= 1 && n <= PAYMENT_CUSTOMER_MAX;
 }
 
 int payment_id_valid(const char *s)
 {
-    if (strncmp(s, "txn_", 4) != 0)
-        return 0;
-    size_t n = url_safe_len(s + 4);
-    return n >= 1 && n <= 60;
+    return ids_valid("txn_", s);
 }
 
 static const char *const FIELDS[] = {"amount", "currency", "customer_id", "description"};
@@ -52,52 +35,9 @@ int payment_parse(const char *body, size_t len, struct payment_request *out, str
     struct payment_request r = {0};
     int rc = -1;
     struct json_top top;
-    size_t at = 0;
-    cJSON *root = NULL;
-    /* Strictly first (RFC 8259, shallow): cJSON recurses and is lenient. */
-    switch (json_strict_check(body, len, &top, &at)) {
-    case JSON_STRICT_OK:
-        break;
-    case JSON_STRICT_TOO_DEEP:
-        apierr_set(err, 400, APIERR_INVALID_REQUEST, "invalid_json", NULL,
-                   "the body nests arrays or objects more than %d levels deep",
-                   JSON_STRICT_MAX_DEPTH);
+    cJSON *root = request_json_object(body, len, FIELDS, sizeof FIELDS / sizeof FIELDS[0], &top, err);
+    if (!root)
         goto out;
-    case JSON_STRICT_SYNTAX:
-        apierr_set(err, 400, APIERR_INVALID_REQUEST, "invalid_json", NULL,
-                   "the body is not valid JSON (RFC 8259, UTF-8): fault at byte %zu", at);
-        goto out;
-    }
-    root = cJSON_ParseWithLength(body, len);
-    if (!root) {
-        apierr_set(err, 400, APIERR_INVALID_REQUEST, "invalid_json", NULL,
-                   "the body is not valid JSON");
-        goto out;
-    }
-    if (!cJSON_IsObject(root)) {
-        apierr_set(err, 400, APIERR_INVALID_REQUEST, "invalid_json", NULL,
-                   "the body must be a JSON object");
-        goto out;
-    }
-    /* Unknown and repeated fields first: nothing ambiguous is looked at. */
-    for (cJSON *f = root->child; f; f = f->next) {
-        int known = 0;
-        for (size_t i = 0; i < sizeof FIELDS / sizeof FIELDS[0]; i++)
-            known |= strcmp(f->string, FIELDS[i]) == 0;
-        if (!known) {
-            char name[65];
-            utf8_copy(name, sizeof name, f->string);
-            apierr_set(err, 422, APIERR_INVALID_REQUEST, "unknown_field", name,
-                       "unknown field '%s'", name);
-            goto out;
-        }
-        for (cJSON *g = f->next; g; g = g->next)
-            if (strcmp(f->string, g->string) == 0) {
-                apierr_set(err, 400, APIERR_INVALID_REQUEST, "invalid_json", f->string,
-                           "field '%s' appears more than once", f->string); /* a known name */
-                goto out;
-            }
-    }
 
     cJSON *cur = cJSON_GetObjectItemCaseSensitive(root, "currency");
     if (!cur) {
@@ -112,47 +52,12 @@ int payment_parse(const char *body, size_t len, struct payment_request *out, str
     }
     memcpy(r.currency, cur->valuestring, 4);
 
-    /* The amount's index among the members: its decimal text is at the same
-     * index of top (a valid body has at most four members). */
-    cJSON *amount = root->child;
-    size_t amount_at = 0;
-    while (amount && strcmp(amount->string, "amount") != 0) {
-        amount = amount->next;
-        amount_at++;
-    }
-    if (!amount) {
+    int has = request_json_amount(root, body, &top, r.digits, r.currency, &r.amount_minor, err);
+    if (has < 0)
+        goto out;
+    if (!has) {
         apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_amount", "amount",
                    "amount is required");
-        goto out;
-    }
-    if (!cJSON_IsNumber(amount)) {
-        apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_amount", "amount",
-                   "amount must be a number");
-        goto out;
-    }
-    if (amount_at >= JSON_STRICT_MEMBERS) {
-        apierr_set(err, 500, "api_error", "internal_error", NULL, "amount text not found");
-        goto out;
-    }
-    switch (money_parse(body + top.value[amount_at].off, top.value[amount_at].len, r.digits,
-                        &r.amount_minor)) {
-    case MONEY_OK:
-        break;
-    case MONEY_NOT_NUMBER:
-        apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_amount", "amount",
-                   "amount must be a number");
-        goto out;
-    case MONEY_NOT_POSITIVE:
-        apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_amount", "amount",
-                   "amount must be greater than 0");
-        goto out;
-    case MONEY_TOO_LARGE:
-        apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_amount", "amount",
-                   "amount must be at most " MONEY_MAX_TEXT);
-        goto out;
-    case MONEY_TOO_PRECISE:
-        apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_amount", "amount",
-                   "amount has more than %d decimals for %s", r.digits, r.currency);
         goto out;
     }
 
@@ -226,28 +131,7 @@ char *payment_canonical(const struct payment_request *r, size_t *len)
 
 int payment_new_id(char out[PAYMENT_ID_LEN + 1])
 {
-    /* RAND_bytes costs about as much per call as per kilobyte: each thread
-     * draws 1 KiB at a time and spends it 18 bytes per id. */
-    static _Thread_local unsigned char pool[18 * 56];
-    static _Thread_local size_t left;
-    unsigned char raw[18];
-    unsigned char b64[25];
-    if (left < sizeof raw) {
-        if (RAND_bytes(pool, sizeof pool) != 1)
-            return -1;
-        left = sizeof pool;
-    }
-    left -= sizeof raw;
-    memcpy(raw, pool + left, sizeof raw);
-    OPENSSL_cleanse(pool + left, sizeof raw);
-    EVP_EncodeBlock(b64, raw, sizeof raw); /* 18 bytes: 24 characters, no padding */
-    memcpy(out, "txn_", 4);
-    for (int i = 0; i < 24; i++) {
-        char c = (char)b64[i];
-        out[4 + i] = c == '+' ? '-' : c == '/' ? '_' : c;
-    }
-    out[PAYMENT_ID_LEN] = '\0';
-    return 0;
+    return ids_new("txn_", out);
 }
 
 enum payment_outcome payment_process(const struct payment_request *r, int delay_ms)
@@ -264,39 +148,16 @@ enum payment_outcome payment_process(const struct payment_request *r, int delay_
     return PAYMENT_APPROVED;
 }
 
-int64_t payment_now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-void payment_format_time(int64_t us, char *buf, size_t len)
-{
-    int64_t secs = us / 1000000, frac = us % 1000000;
-    if (frac < 0) {
-        frac += 1000000;
-        secs--;
-    }
-    char text[32];
-    utc_iso_second((time_t)secs, text);
-    size_t n = 19;
-    text[n++] = '.';
-    n += (size_t)decimal_digits(text + n, (unsigned long long)frac, 6);
-    text[n++] = 'Z';
-    text[n] = '\0';
-    if (len)
-        snprintf(buf, len, "%s", text);
-}
-
 /* Adds the payment object's fields to obj; returns 0 or -1. */
 static int add_payment_fields(cJSON *obj, const struct store_payment *p)
 {
-    char amount[32], when[40];
+    char amount[32], refunded[32], when[28];
     int digits = money_currency_digits(p->currency);
-    if (money_format(p->amount_minor, digits < 0 ? 2 : digits, amount, sizeof amount) < 0)
+    if (money_format(p->amount_minor, digits < 0 ? 2 : digits, amount, sizeof amount) < 0 ||
+        money_format(p->amount_refunded_minor, digits < 0 ? 2 : digits, refunded,
+                     sizeof refunded) < 0)
         return -1;
-    payment_format_time(p->processed_at_us, when, sizeof when);
+    utc_iso_micro(p->processed_at_us, when);
     if (!cJSON_AddStringToObject(obj, "transaction_id", p->transaction_id) ||
         !cJSON_AddStringToObject(obj, "status", p->status) ||
         !cJSON_AddRawToObject(obj, "amount", amount) ||
@@ -310,6 +171,11 @@ static int add_payment_fields(cJSON *obj, const struct store_payment *p)
         return -1;
     if (!(p->idempotency_key ? cJSON_AddStringToObject(obj, "idempotency_key", p->idempotency_key)
                              : cJSON_AddNullToObject(obj, "idempotency_key")))
+        return -1;
+    if (!cJSON_AddRawToObject(obj, "amount_refunded", refunded) ||
+        !cJSON_AddBoolToObject(obj, "refunded",
+                               p->amount_refunded_minor > 0 &&
+                                   p->amount_refunded_minor >= p->amount_minor))
         return -1;
     return 0;
 }

@@ -69,10 +69,4 @@ char *payment_json(const struct store_payment *p);
 /* The 402 body of a declined payment, malloc'd; NULL on allocation failure. */
 char *payment_declined_json(const struct store_payment *p);
 
-/* Formats unix microseconds as RFC 3339 UTC ("2026-11-27T23:13:07.123456Z"). */
-void payment_format_time(int64_t us, char *buf, size_t len);
-
-/* Current time in unix microseconds. */
-int64_t payment_now_us(void);
-
 #endif

@@ -4,6 +4,32 @@
 
 #include <string.h>
 
+#include "decimal.h"
+
+int64_t utc_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+void utc_iso_micro(int64_t us, char out[28])
+{
+    int64_t secs = us / 1000000, frac = us % 1000000;
+    if (frac < 0) {
+        frac += 1000000;
+        secs--;
+    }
+    utc_iso_second((time_t)secs, out);
+    if (!out[0])
+        return;
+    size_t n = 19;
+    out[n++] = '.';
+    n += (size_t)decimal_digits(out + n, (unsigned long long)frac, 6);
+    out[n++] = 'Z';
+    out[n] = '\0';
+}
+
 /* The civil date of a day count since 1970-01-01 (proleptic Gregorian, as
  * gmtime_r): Howard Hinnant's civil_from_days. */
 static void civil_from_days(long long z, long long *y, int *m, int *d)

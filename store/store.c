@@ -29,6 +29,8 @@ const char *store_status_name(enum store_status st)
         return "unavailable";
     case STORE_ERROR:
         return "error";
+    case STORE_REJECTED:
+        return "rejected";
     }
     return "unknown";
 }
@@ -47,9 +49,9 @@ enum store_status store_claim(struct store *s, const char *tenant, const char *k
 
 enum store_status store_complete(struct store *s, const char *tenant, const char *key,
                                  int64_t lease_token, const struct store_response *resp,
-                                 const struct store_payment *payment, char *err, size_t errlen)
+                                 const struct store_rows *rows, char *err, size_t errlen)
 {
-    return s->ops->complete(s, tenant, key, lease_token, resp, payment, err, errlen);
+    return s->ops->complete(s, tenant, key, lease_token, resp, rows, err, errlen);
 }
 
 enum store_status store_release(struct store *s, const char *tenant, const char *key,
@@ -58,11 +60,10 @@ enum store_status store_release(struct store *s, const char *tenant, const char 
     return s->ops->release(s, tenant, key, lease_token, err, errlen);
 }
 
-enum store_status store_insert_payment(struct store *s, const char *tenant,
-                                       const struct store_payment *payment, char *err,
-                                       size_t errlen)
+enum store_status store_write_rows(struct store *s, const char *tenant,
+                                   const struct store_rows *rows, char *err, size_t errlen)
 {
-    return s->ops->insert_payment(s, tenant, payment, err, errlen);
+    return s->ops->write_rows(s, tenant, rows, err, errlen);
 }
 
 enum store_status store_get_payment(struct store *s, const char *tenant, const char *transaction_id,
@@ -76,6 +77,19 @@ enum store_status store_list_payments(struct store *s, const char *tenant,
                                       char *err, size_t errlen)
 {
     return s->ops->list_payments(s, tenant, q, out, err, errlen);
+}
+
+enum store_status store_get_refund(struct store *s, const char *tenant, const char *refund_id,
+                                   struct store_refund *out, char *err, size_t errlen)
+{
+    return s->ops->get_refund(s, tenant, refund_id, out, err, errlen);
+}
+
+enum store_status store_list_refunds(struct store *s, const char *tenant,
+                                     const struct store_refund_query *q,
+                                     struct store_refund_list *out, char *err, size_t errlen)
+{
+    return s->ops->list_refunds(s, tenant, q, out, err, errlen);
 }
 
 enum store_status store_reap(struct store *s, int batch, int *deleted, char *err, size_t errlen)
@@ -142,11 +156,47 @@ int store_payment_copy(struct store_payment *dst, const struct store_payment *sr
     memcpy(dst->currency, src->currency, sizeof dst->currency);
     dst->currency[3] = '\0';
     dst->processed_at_us = src->processed_at_us;
+    dst->amount_refunded_minor = src->amount_refunded_minor;
     if (dup_opt(&dst->transaction_id, src->transaction_id) ||
         dup_opt(&dst->idempotency_key, src->idempotency_key) ||
         dup_opt(&dst->customer_id, src->customer_id) ||
         dup_opt(&dst->description, src->description) || dup_opt(&dst->status, src->status)) {
         store_payment_clear(dst);
+        return -1;
+    }
+    return 0;
+}
+
+void store_refund_clear(struct store_refund *r)
+{
+    free(r->refund_id);
+    free(r->transaction_id);
+    free(r->idempotency_key);
+    free(r->reason);
+    free(r->status);
+    memset(r, 0, sizeof *r);
+}
+
+void store_refund_list_clear(struct store_refund_list *l)
+{
+    for (size_t i = 0; i < l->count; i++)
+        store_refund_clear(&l->items[i]);
+    free(l->items);
+    memset(l, 0, sizeof *l);
+}
+
+int store_refund_copy(struct store_refund *dst, const struct store_refund *src)
+{
+    memset(dst, 0, sizeof *dst);
+    dst->amount_minor = src->amount_minor;
+    memcpy(dst->currency, src->currency, sizeof dst->currency);
+    dst->currency[3] = '\0';
+    dst->created_at_us = src->created_at_us;
+    if (dup_opt(&dst->refund_id, src->refund_id) ||
+        dup_opt(&dst->transaction_id, src->transaction_id) ||
+        dup_opt(&dst->idempotency_key, src->idempotency_key) ||
+        dup_opt(&dst->reason, src->reason) || dup_opt(&dst->status, src->status)) {
+        store_refund_clear(dst);
         return -1;
     }
     return 0;

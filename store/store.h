@@ -1,9 +1,12 @@
-/* store.h - the idempotency and payment store interface
+/* store.h - the idempotency records and the business rows written with them
  *
  * One contract, two backends: PostgreSQL (store_pg.c) and memory
  * (store_mem.c). Callers hold an opaque struct store and call the thin
  * wrappers below; every function is safe to call from many threads at once.
- * The store knows nothing of HTTP or JSON: bodies are opaque bytes.
+ * The store knows nothing of HTTP or JSON: bodies are opaque bytes. A
+ * completion writes the cached answer and the operation's rows (struct
+ * store_rows: a payment, a refund) in one transaction, under the fencing
+ * token of the claim.
  */
 #ifndef MOCKERY_STORE_H
 #define MOCKERY_STORE_H
@@ -17,6 +20,8 @@ enum store_status {
     STORE_LEASE_LOST,  /* the fencing token no longer matches: nothing written */
     STORE_UNAVAILABLE, /* the database did not answer; retrying later may work */
     STORE_ERROR,       /* anything else: a bug or a constraint we did not expect */
+    STORE_REJECTED,    /* a row's condition failed when written (a refund over what is left
+                          of its payment): nothing written */
 };
 
 enum claim_outcome {
@@ -50,6 +55,31 @@ struct store_payment {
     char *description; /* may be NULL */
     char *status;      /* "completed" or "declined" */
     int64_t processed_at_us;
+    int64_t amount_refunded_minor; /* read only: the sum of its refunds (0 when inserted) */
+};
+
+/* A refund row, owned like a payment's strings: free with store_refund_clear(). */
+struct store_refund {
+    char *refund_id;
+    char *transaction_id;  /* the payment refunded, of the same tenant */
+    char *idempotency_key; /* may be NULL */
+    int64_t amount_minor;
+    char currency[4];
+    char *reason; /* may be NULL */
+    char *status; /* "succeeded" */
+    int64_t created_at_us;
+};
+
+/* The business rows an operation writes with its completion (or alone, for
+ * a request without a key); NULL members write nothing. A payment is
+ * inserted. A refund is inserted and added to its payment's
+ * amount_refunded_minor only while the payment is completed and its refunds
+ * stay within its amount - checked under the payment row's lock in the same
+ * transaction, so refunds racing on any number of servers can never add up
+ * to more - else STORE_REJECTED and nothing is written. */
+struct store_rows {
+    const struct store_payment *payment;
+    const struct store_refund *refund;
 };
 
 /* The cached answer written by store_complete(). */
@@ -68,6 +98,18 @@ struct store_list_query {
 
 struct store_list {
     struct store_payment *items;
+    size_t count;
+    int has_more;
+};
+
+struct store_refund_query {
+    const char *transaction_id; /* the payment whose refunds are listed */
+    const char *starting_after; /* a refund id; NULL: from the newest */
+    int limit;
+};
+
+struct store_refund_list {
+    struct store_refund *items;
     size_t count;
     int has_more;
 };
@@ -92,18 +134,22 @@ struct store_ops {
                                struct store_claim_result *out, char *err, size_t errlen);
     enum store_status (*complete)(struct store *s, const char *tenant, const char *key,
                                   int64_t lease_token, const struct store_response *resp,
-                                  const struct store_payment *payment, char *err, size_t errlen);
+                                  const struct store_rows *rows, char *err, size_t errlen);
     enum store_status (*release)(struct store *s, const char *tenant, const char *key,
                                  int64_t lease_token, char *err, size_t errlen);
-    enum store_status (*insert_payment)(struct store *s, const char *tenant,
-                                        const struct store_payment *payment, char *err,
-                                        size_t errlen);
+    enum store_status (*write_rows)(struct store *s, const char *tenant,
+                                    const struct store_rows *rows, char *err, size_t errlen);
     enum store_status (*get_payment)(struct store *s, const char *tenant,
                                      const char *transaction_id, struct store_payment *out,
                                      char *err, size_t errlen);
     enum store_status (*list_payments)(struct store *s, const char *tenant,
                                        const struct store_list_query *q, struct store_list *out,
                                        char *err, size_t errlen);
+    enum store_status (*get_refund)(struct store *s, const char *tenant, const char *refund_id,
+                                    struct store_refund *out, char *err, size_t errlen);
+    enum store_status (*list_refunds)(struct store *s, const char *tenant,
+                                      const struct store_refund_query *q,
+                                      struct store_refund_list *out, char *err, size_t errlen);
     enum store_status (*reap)(struct store *s, int batch, int *deleted, char *err, size_t errlen);
     enum store_status (*ping)(struct store *s, char *err, size_t errlen);
     void (*pool_stats)(struct store *s, struct store_pool_stats *out);
@@ -133,22 +179,25 @@ enum store_status store_claim(struct store *s, const char *tenant, const char *k
                               const char *fingerprint, int64_t lease_ms, int64_t ttl_ms,
                               struct store_claim_result *out, char *err, size_t errlen);
 
-/* Atomically mark the record completed with resp and, when payment is not
- * NULL, insert the payment row - only if the record is still processing
- * under lease_token. STORE_LEASE_LOST when it is not: nothing is written. */
+/* Atomically mark the record completed with resp and write rows (may be
+ * NULL) - only if the record is still processing under lease_token.
+ * STORE_LEASE_LOST when it is not, STORE_REJECTED when a row's condition
+ * fails (struct store_rows): either way nothing is written. A refund's
+ * completion locks its payment row before the record, so a duplicate's
+ * claim never waits behind another refund of the same payment. */
 enum store_status store_complete(struct store *s, const char *tenant, const char *key,
                                  int64_t lease_token, const struct store_response *resp,
-                                 const struct store_payment *payment, char *err, size_t errlen);
+                                 const struct store_rows *rows, char *err, size_t errlen);
 
 /* Delete the processing record held under lease_token so that a retry runs
  * again. STORE_LEASE_LOST when the token no longer matches. */
 enum store_status store_release(struct store *s, const char *tenant, const char *key,
                                 int64_t lease_token, char *err, size_t errlen);
 
-/* Insert a payment row with no idempotency record (requests without a key). */
-enum store_status store_insert_payment(struct store *s, const char *tenant,
-                                       const struct store_payment *payment, char *err,
-                                       size_t errlen);
+/* Write rows with no idempotency record (requests without a key), in one
+ * transaction; STORE_REJECTED as for store_complete(). */
+enum store_status store_write_rows(struct store *s, const char *tenant,
+                                   const struct store_rows *rows, char *err, size_t errlen);
 
 /* Read one payment of the tenant. STORE_NOT_FOUND when there is none. */
 enum store_status store_get_payment(struct store *s, const char *tenant, const char *transaction_id,
@@ -159,6 +208,17 @@ enum store_status store_get_payment(struct store *s, const char *tenant, const c
 enum store_status store_list_payments(struct store *s, const char *tenant,
                                       const struct store_list_query *q, struct store_list *out,
                                       char *err, size_t errlen);
+
+/* Read one refund of the tenant. STORE_NOT_FOUND when there is none. */
+enum store_status store_get_refund(struct store *s, const char *tenant, const char *refund_id,
+                                   struct store_refund *out, char *err, size_t errlen);
+
+/* The refunds of one payment, newest first. STORE_NOT_FOUND when
+ * starting_after names no refund of that payment. Free *out with
+ * store_refund_list_clear(). */
+enum store_status store_list_refunds(struct store *s, const char *tenant,
+                                     const struct store_refund_query *q,
+                                     struct store_refund_list *out, char *err, size_t errlen);
 
 /* Delete at most batch expired idempotency records; payments are kept. */
 enum store_status store_reap(struct store *s, int batch, int *deleted, char *err, size_t errlen);
@@ -180,6 +240,10 @@ void store_payment_clear(struct store_payment *p);
 void store_list_clear(struct store_list *l);
 /* Deep copy of a payment; returns 0, or -1 on allocation failure (dst zeroed). */
 int store_payment_copy(struct store_payment *dst, const struct store_payment *src);
+/* The same for refunds. */
+void store_refund_clear(struct store_refund *r);
+void store_refund_list_clear(struct store_refund_list *l);
+int store_refund_copy(struct store_refund *dst, const struct store_refund *src);
 
 /* Constructors. Return NULL on failure with a message in err. */
 struct store *store_mem_new(void);

@@ -36,6 +36,11 @@ struct mem_payment {
     struct store_payment p;
 };
 
+struct mem_refund {
+    char *tenant;
+    struct store_refund r;
+};
+
 struct store_mem {
     struct store base;
     pthread_mutex_t mu;
@@ -44,6 +49,8 @@ struct store_mem {
     size_t nrecords;
     struct mem_payment *payments;
     size_t npayments, cap;
+    struct mem_refund *refunds; /* oldest first, like payments */
+    size_t nrefunds, refunds_cap;
     int64_t next_token;
 };
 
@@ -242,9 +249,61 @@ static enum store_status add_payment(struct store_mem *m, const char *tenant,
     return STORE_OK;
 }
 
+static struct mem_payment *find_payment(struct store_mem *m, const char *tenant, const char *id);
+static int refund_newer_first(const struct store_refund *a, const struct store_refund *b);
+
+/* Writes rows (caller holds the mutex): all of them, or nothing with
+ * STORE_REJECTED (a refund that does not fit its payment) or STORE_ERROR. */
+static enum store_status write_rows_locked(struct store_mem *m, const char *tenant,
+                                           const struct store_rows *rows, char *err, size_t errlen)
+{
+    const struct store_refund *rf = rows ? rows->refund : NULL;
+    const struct store_payment *pay = rows ? rows->payment : NULL;
+    struct mem_payment *target = NULL;
+    struct mem_refund add = {0};
+    if (rf) {
+        target = find_payment(m, tenant, rf->transaction_id);
+        if (!target || strcmp(target->p.status, "completed") != 0 || rf->amount_minor <= 0 ||
+            rf->amount_minor > target->p.amount_minor - target->p.amount_refunded_minor) {
+            snprintf(err, errlen, "refund does not fit its payment");
+            return STORE_REJECTED;
+        }
+        if (m->nrefunds == m->refunds_cap) {
+            size_t cap = m->refunds_cap ? m->refunds_cap * 2 : 16;
+            struct mem_refund *nr = realloc(m->refunds, cap * sizeof *nr);
+            if (!nr)
+                goto oom;
+            m->refunds = nr;
+            m->refunds_cap = cap;
+        }
+        add.tenant = strdup(tenant);
+        if (!add.tenant || store_refund_copy(&add.r, rf) != 0)
+            goto oom;
+    }
+    if (pay && add_payment(m, tenant, pay) != STORE_OK)
+        goto oom;
+    if (rf) {
+        /* add_payment may have moved the array: find the payment again */
+        target = find_payment(m, tenant, rf->transaction_id);
+        target->p.amount_refunded_minor += rf->amount_minor;
+        size_t at = m->nrefunds;
+        while (at > 0 && refund_newer_first(&m->refunds[at - 1].r, &add.r) < 0)
+            at--;
+        memmove(&m->refunds[at + 1], &m->refunds[at], (m->nrefunds - at) * sizeof add);
+        m->refunds[at] = add;
+        m->nrefunds++;
+    }
+    return STORE_OK;
+oom:
+    free(add.tenant);
+    store_refund_clear(&add.r);
+    snprintf(err, errlen, "out of memory");
+    return STORE_ERROR;
+}
+
 static enum store_status mem_complete(struct store *s, const char *tenant, const char *key,
                                       int64_t lease_token, const struct store_response *resp,
-                                      const struct store_payment *payment, char *err, size_t errlen)
+                                      const struct store_rows *rows, char *err, size_t errlen)
 {
     struct store_mem *m = (struct store_mem *)s;
     enum store_status st = STORE_OK;
@@ -259,12 +318,14 @@ static enum store_status mem_complete(struct store *s, const char *tenant, const
     }
     body = memdup(resp->body, resp->body_len);
     loc = resp->location ? strdup(resp->location) : NULL;
-    if (!body || (resp->location && !loc) ||
-        (payment && add_payment(m, tenant, payment) != STORE_OK)) {
+    if (!body || (resp->location && !loc)) {
         snprintf(err, errlen, "out of memory");
         st = STORE_ERROR;
         goto out;
     }
+    st = write_rows_locked(m, tenant, rows, err, errlen);
+    if (st != STORE_OK)
+        goto out;
     record_drop_response(r);
     r->state = REC_COMPLETED;
     r->response_status = resp->status;
@@ -300,21 +361,17 @@ static enum store_status mem_release(struct store *s, const char *tenant, const 
     return st;
 }
 
-static enum store_status mem_insert_payment(struct store *s, const char *tenant,
-                                            const struct store_payment *payment, char *err,
-                                            size_t errlen)
+static enum store_status mem_write_rows(struct store *s, const char *tenant,
+                                        const struct store_rows *rows, char *err, size_t errlen)
 {
     struct store_mem *m = (struct store_mem *)s;
     pthread_mutex_lock(&m->mu);
-    enum store_status st = add_payment(m, tenant, payment);
+    enum store_status st = write_rows_locked(m, tenant, rows, err, errlen);
     pthread_mutex_unlock(&m->mu);
-    if (st != STORE_OK)
-        snprintf(err, errlen, "out of memory");
     return st;
 }
 
-static const struct mem_payment *find_payment(struct store_mem *m, const char *tenant,
-                                              const char *id)
+static struct mem_payment *find_payment(struct store_mem *m, const char *tenant, const char *id)
 {
     for (size_t i = 0; i < m->npayments; i++)
         if (strcmp(m->payments[i].p.transaction_id, id) == 0 &&
@@ -413,6 +470,87 @@ out:
     return st;
 }
 
+/* Newest first: created_at descending, then refund id descending. */
+static int refund_newer_first(const struct store_refund *a, const struct store_refund *b)
+{
+    if (a->created_at_us != b->created_at_us)
+        return a->created_at_us > b->created_at_us ? -1 : 1;
+    return -strcmp(a->refund_id, b->refund_id);
+}
+
+static const struct mem_refund *find_refund(struct store_mem *m, const char *tenant,
+                                            const char *id)
+{
+    for (size_t i = 0; i < m->nrefunds; i++)
+        if (strcmp(m->refunds[i].r.refund_id, id) == 0 && strcmp(m->refunds[i].tenant, tenant) == 0)
+            return &m->refunds[i];
+    return NULL;
+}
+
+static enum store_status mem_get_refund(struct store *s, const char *tenant, const char *refund_id,
+                                        struct store_refund *out, char *err, size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    enum store_status st = STORE_OK;
+    pthread_mutex_lock(&m->mu);
+    const struct mem_refund *mr = find_refund(m, tenant, refund_id);
+    if (!mr) {
+        snprintf(err, errlen, "no such refund");
+        st = STORE_NOT_FOUND;
+    } else if (store_refund_copy(out, &mr->r) != 0) {
+        snprintf(err, errlen, "out of memory");
+        st = STORE_ERROR;
+    }
+    pthread_mutex_unlock(&m->mu);
+    return st;
+}
+
+static enum store_status mem_list_refunds(struct store *s, const char *tenant,
+                                          const struct store_refund_query *q,
+                                          struct store_refund_list *out, char *err, size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    enum store_status st = STORE_OK;
+    struct store_refund_list res = {0};
+
+    pthread_mutex_lock(&m->mu);
+    size_t start = m->nrefunds;
+    if (q->starting_after) {
+        const struct mem_refund *c = find_refund(m, tenant, q->starting_after);
+        if (!c || strcmp(c->r.transaction_id, q->transaction_id) != 0) {
+            snprintf(err, errlen, "no such refund for cursor");
+            st = STORE_NOT_FOUND;
+            goto out;
+        }
+        start = (size_t)(c - m->refunds);
+    }
+    res.items = calloc(q->limit > 0 ? (size_t)q->limit : 1, sizeof *res.items);
+    if (!res.items)
+        goto oom;
+    for (size_t i = start; i-- > 0;) {
+        const struct mem_refund *mr = &m->refunds[i];
+        if (strcmp(mr->tenant, tenant) != 0 || strcmp(mr->r.transaction_id, q->transaction_id) != 0)
+            continue;
+        if (res.count == (size_t)q->limit) {
+            res.has_more = 1;
+            break;
+        }
+        if (store_refund_copy(&res.items[res.count], &mr->r) != 0)
+            goto oom;
+        res.count++;
+    }
+    *out = res;
+    res = (struct store_refund_list){0};
+    goto out;
+oom:
+    snprintf(err, errlen, "out of memory");
+    st = STORE_ERROR;
+out:
+    pthread_mutex_unlock(&m->mu);
+    store_refund_list_clear(&res);
+    return st;
+}
+
 static enum store_status mem_reap(struct store *s, int batch, int *deleted, char *err,
                                   size_t errlen)
 {
@@ -466,6 +604,11 @@ static void mem_free(struct store *s)
         store_payment_clear(&m->payments[i].p);
     }
     free(m->payments);
+    for (size_t i = 0; i < m->nrefunds; i++) {
+        free(m->refunds[i].tenant);
+        store_refund_clear(&m->refunds[i].r);
+    }
+    free(m->refunds);
     free(m->buckets);
     pthread_mutex_destroy(&m->mu);
     free(m);
@@ -476,9 +619,11 @@ static const struct store_ops mem_ops = {
     .claim = mem_claim,
     .complete = mem_complete,
     .release = mem_release,
-    .insert_payment = mem_insert_payment,
+    .write_rows = mem_write_rows,
     .get_payment = mem_get_payment,
     .list_payments = mem_list_payments,
+    .get_refund = mem_get_refund,
+    .list_refunds = mem_list_refunds,
     .reap = mem_reap,
     .ping = mem_ping,
     .pool_stats = NULL,

@@ -140,7 +140,7 @@ static const char SQL_INSERT_PAYMENT[] =
 
 #define PAYMENT_COLS                                                                               \
     "transaction_id, idempotency_key, customer_id, amount_minor, currency, description,"           \
-    " status, " US_OF("processed_at")
+    " status, " US_OF("processed_at") ", amount_refunded_minor"
 
 static const char SQL_GET_PAYMENT[] =
     "SELECT " PAYMENT_COLS " FROM payments WHERE tenant_id = $1 AND transaction_id = $2";
@@ -157,6 +157,37 @@ static const char SQL_LIST_CUSTOMER[] =
     "SELECT " PAYMENT_COLS " FROM payments WHERE tenant_id = $1 AND customer_id = $5"
     " AND (processed_at, transaction_id) < ($2::timestamptz, $3)"
     " ORDER BY processed_at DESC, transaction_id DESC LIMIT $4";
+
+/* A refund's share of its payment, taken under the payment row's lock:
+ * refunds of one payment queue on it, and each sees the sum the previous
+ * one committed (READ COMMITTED re-evaluates the condition on the newest
+ * version after the wait). No row: the refund does not fit. */
+static const char SQL_REFUND_APPLY[] =
+    "UPDATE payments SET amount_refunded_minor = amount_refunded_minor + $3"
+    " WHERE tenant_id = $1 AND transaction_id = $2 AND status = 'completed'"
+    " AND amount_refunded_minor + $3::bigint <= amount_minor";
+
+static const char SQL_INSERT_REFUND[] =
+    "INSERT INTO refunds (tenant_id, refund_id, transaction_id, idempotency_key, amount_minor,"
+    " currency, reason, status, created_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, " TS_OF("$9") ")";
+
+#define REFUND_COLS                                                                                \
+    "refund_id, transaction_id, idempotency_key, amount_minor, currency, reason, status, "         \
+    US_OF("created_at")
+
+static const char SQL_GET_REFUND[] =
+    "SELECT " REFUND_COLS " FROM refunds WHERE tenant_id = $1 AND refund_id = $2";
+
+static const char SQL_REFUND_CURSOR[] = "SELECT created_at::text FROM refunds"
+                                        " WHERE tenant_id = $1 AND refund_id = $2"
+                                        " AND transaction_id = $3";
+
+/* $3/$4: the cursor's (created_at, refund_id), or ('infinity', '') */
+static const char SQL_LIST_REFUNDS[] =
+    "SELECT " REFUND_COLS " FROM refunds WHERE tenant_id = $1 AND transaction_id = $2"
+    " AND (created_at, refund_id) < ($3::timestamptz, $4)"
+    " ORDER BY created_at DESC, refund_id DESC LIMIT $5";
 
 /* Bounded work per pass; SKIP LOCKED lets several servers reap together. */
 static const char SQL_REAP[] =
@@ -190,6 +221,11 @@ static const struct prepared PREPARED[] = {
     {"cursor", SQL_CURSOR, 2},
     {"list", SQL_LIST, 4},
     {"list_customer", SQL_LIST_CUSTOMER, 5},
+    {"refund_apply", SQL_REFUND_APPLY, 3},
+    {"insert_refund", SQL_INSERT_REFUND, 9},
+    {"get_refund", SQL_GET_REFUND, 2},
+    {"refund_cursor", SQL_REFUND_CURSOR, 3},
+    {"list_refunds", SQL_LIST_REFUNDS, 5},
     {"reap", SQL_REAP, 1},
     {"ping", SQL_PING, 0},
 };
@@ -929,12 +965,24 @@ static enum store_status pg_claim(struct store *s, const char *tenant, const cha
     return STORE_UNAVAILABLE;
 }
 
+static enum store_status write_refund(struct store_pg *pg, const char *tenant, const char *key,
+                                      int64_t lease_token, const struct store_response *resp,
+                                      const struct store_refund *rf, char *err, size_t errlen);
+
 static enum store_status pg_complete(struct store *s, const char *tenant, const char *key,
                                      int64_t lease_token, const struct store_response *resp,
-                                     const struct store_payment *p, char *err, size_t errlen)
+                                     const struct store_rows *rows, char *err, size_t errlen)
 {
     struct store_pg *pg = (struct store_pg *)s;
     enum store_status st = STORE_OK;
+    const struct store_payment *p = rows ? rows->payment : NULL;
+    if (rows && rows->refund) {
+        if (p) {
+            snprintf(err, errlen, "a completion carries a payment or a refund, not both");
+            return STORE_ERROR;
+        }
+        return write_refund(pg, tenant, key, lease_token, resp, rows->refund, err, errlen);
+    }
     char token[24], status[16], amount[24], processed[24];
     snprintf(token, sizeof token, "%" PRId64, lease_token);
     snprintf(status, sizeof status, "%d", resp->status);
@@ -994,11 +1042,104 @@ static enum store_status pg_release(struct store *s, const char *tenant, const c
     return st;
 }
 
-static enum store_status pg_insert_payment(struct store *s, const char *tenant,
-                                           const struct store_payment *p, char *err, size_t errlen)
+/* Runs one statement of a transaction: 1 when it changed a row, 0 when it
+ * changed none, -1 on failure (*st and err set). */
+static int tx_step(struct store_pg *pg, int idx, const char *stmt, int n, const char *const *vals,
+                   enum store_status *st, char *err, size_t errlen)
+{
+    PGresult *res = run(pg, idx, stmt, n, vals, PGRES_COMMAND_OK, st, err, errlen);
+    if (!res)
+        return -1;
+    int changed = strcmp(PQcmdTuples(res), "0") != 0;
+    PQclear(res);
+    return changed;
+}
+
+static int tx_exec(struct store_pg *pg, int idx, const char *sql, enum store_status *st, char *err,
+                   size_t errlen)
+{
+    PGconn *conn = pg->conns[idx];
+    PGresult *res = PQexec(conn, sql);
+    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok) {
+        *st = status_of(conn, res);
+        first_line(err, errlen, sql, PQerrorMessage(conn));
+    }
+    PQclear(res);
+    return ok ? 0 : -1;
+}
+
+/* A refund in one transaction: its share of the payment first (the row
+ * lock that orders refunds of one payment), then - with a key - the fenced
+ * completion of its record, then the refund row. Locking the payment before
+ * the record means a duplicate's claim on the record never waits while this
+ * refund waits for another refund of the same payment. */
+static enum store_status write_refund(struct store_pg *pg, const char *tenant, const char *key,
+                                      int64_t lease_token, const struct store_response *resp,
+                                      const struct store_refund *rf, char *err, size_t errlen)
+{
+    enum store_status st = STORE_OK;
+    char amount[24], created[24], token[24], status[16];
+    snprintf(amount, sizeof amount, "%" PRId64, rf->amount_minor);
+    snprintf(created, sizeof created, "%" PRId64, rf->created_at_us);
+    snprintf(token, sizeof token, "%" PRId64, lease_token);
+    snprintf(status, sizeof status, "%d", resp ? resp->status : 0);
+    char *body = key ? strndup(resp->body, resp->body_len) : NULL;
+    if (key && !body) {
+        snprintf(err, errlen, "out of memory");
+        return STORE_ERROR;
+    }
+    const char *apply[] = {tenant, rf->transaction_id, amount};
+    const char *done[] = {tenant, key, token, status, body, key ? resp->location : NULL};
+    const char *row[] = {tenant,       rf->refund_id, rf->transaction_id, rf->idempotency_key,
+                         amount,       rf->currency,  rf->reason,         rf->status,
+                         created};
+
+    int idx = pool_acquire(pg, err, errlen);
+    if (idx < 0) {
+        free(body);
+        return STORE_UNAVAILABLE;
+    }
+    int rc = tx_exec(pg, idx, "BEGIN", &st, err, errlen);
+    if (rc == 0) {
+        rc = tx_step(pg, idx, "refund_apply", 3, apply, &st, err, errlen);
+        if (rc == 0) {
+            snprintf(err, errlen, "refund does not fit its payment");
+            st = STORE_REJECTED;
+        }
+    }
+    if (rc == 1 && key) {
+        rc = tx_step(pg, idx, "complete", 6, done, &st, err, errlen);
+        if (rc == 0) {
+            snprintf(err, errlen, "lease lost on key");
+            st = STORE_LEASE_LOST;
+        }
+    }
+    if (rc == 1)
+        rc = tx_step(pg, idx, "insert_refund", 9, row, &st, err, errlen) < 0 ? -1 : 1;
+    if (rc == 1)
+        rc = tx_exec(pg, idx, "COMMIT", &st, err, errlen) == 0 ? 1 : -1;
+    else if (PQtransactionStatus(pg->conns[idx]) != PQTRANS_IDLE)
+        PQclear(PQexec(pg->conns[idx], "ROLLBACK"));
+    pool_release(pg, idx);
+    free(body);
+    return st;
+}
+
+static enum store_status pg_write_rows(struct store *s, const char *tenant,
+                                       const struct store_rows *rows, char *err, size_t errlen)
 {
     struct store_pg *pg = (struct store_pg *)s;
     enum store_status st = STORE_OK;
+    const struct store_payment *p = rows->payment;
+    if (rows->refund && p) {
+        snprintf(err, errlen, "rows carry a payment or a refund, not both");
+        return STORE_ERROR;
+    }
+    if (rows->refund)
+        return write_refund(pg, tenant, NULL, 0, NULL, rows->refund, err, errlen);
+    if (!p)
+        return STORE_OK;
     char amount[24], processed[24];
     snprintf(amount, sizeof amount, "%" PRId64, p->amount_minor);
     snprintf(processed, sizeof processed, "%" PRId64, p->processed_at_us);
@@ -1027,6 +1168,7 @@ static int payment_from_row(const PGresult *res, int row, struct store_payment *
     p->description = dup_value(res, row, 5);
     p->status = dup_value(res, row, 6);
     p->processed_at_us = int_value(res, row, 7);
+    p->amount_refunded_minor = int_value(res, row, 8);
     if (!p->transaction_id || !p->customer_id || !p->status ||
         (!PQgetisnull(res, row, 1) && !p->idempotency_key) ||
         (!PQgetisnull(res, row, 5) && !p->description)) {
@@ -1118,6 +1260,111 @@ out:
     PQclear(res);
     pool_release(pg, idx);
     store_list_clear(&list);
+    free(cursor_ts);
+    return st;
+}
+
+/* Fills r from row of a REFUND_COLS result; returns -1 on allocation failure. */
+static int refund_from_row(const PGresult *res, int row, struct store_refund *r)
+{
+    memset(r, 0, sizeof *r);
+    r->refund_id = dup_value(res, row, 0);
+    r->transaction_id = dup_value(res, row, 1);
+    r->idempotency_key = dup_value(res, row, 2);
+    r->amount_minor = int_value(res, row, 3);
+    snprintf(r->currency, sizeof r->currency, "%s", PQgetvalue(res, row, 4));
+    r->reason = dup_value(res, row, 5);
+    r->status = dup_value(res, row, 6);
+    r->created_at_us = int_value(res, row, 7);
+    if (!r->refund_id || !r->transaction_id || !r->status ||
+        (!PQgetisnull(res, row, 2) && !r->idempotency_key) ||
+        (!PQgetisnull(res, row, 5) && !r->reason)) {
+        store_refund_clear(r);
+        return -1;
+    }
+    return 0;
+}
+
+static enum store_status pg_get_refund(struct store *s, const char *tenant, const char *refund_id,
+                                       struct store_refund *out, char *err, size_t errlen)
+{
+    struct store_pg *pg = (struct store_pg *)s;
+    enum store_status st = STORE_OK;
+    const char *vals[] = {tenant, refund_id};
+
+    int idx = pool_acquire(pg, err, errlen);
+    if (idx < 0)
+        return STORE_UNAVAILABLE;
+    PGresult *res = run(pg, idx, "get_refund", 2, vals, PGRES_TUPLES_OK, &st, err, errlen);
+    if (res) {
+        if (PQntuples(res) == 0) {
+            snprintf(err, errlen, "no such refund");
+            st = STORE_NOT_FOUND;
+        } else if (refund_from_row(res, 0, out) != 0) {
+            snprintf(err, errlen, "out of memory");
+            st = STORE_ERROR;
+        }
+        PQclear(res);
+    }
+    pool_release(pg, idx);
+    return st;
+}
+
+static enum store_status pg_list_refunds(struct store *s, const char *tenant,
+                                         const struct store_refund_query *q,
+                                         struct store_refund_list *out, char *err, size_t errlen)
+{
+    struct store_pg *pg = (struct store_pg *)s;
+    enum store_status st = STORE_OK;
+    struct store_refund_list list = {0};
+    PGresult *res = NULL;
+    char *cursor_ts = NULL;
+    char limit[16];
+    snprintf(limit, sizeof limit, "%d", q->limit + 1);
+
+    int idx = pool_acquire(pg, err, errlen);
+    if (idx < 0)
+        return STORE_UNAVAILABLE;
+    if (q->starting_after) {
+        const char *cv[] = {tenant, q->starting_after, q->transaction_id};
+        res = run(pg, idx, "refund_cursor", 3, cv, PGRES_TUPLES_OK, &st, err, errlen);
+        if (!res)
+            goto out;
+        if (PQntuples(res) == 0) {
+            snprintf(err, errlen, "no such refund for cursor");
+            st = STORE_NOT_FOUND;
+            goto out;
+        }
+        cursor_ts = strdup(PQgetvalue(res, 0, 0));
+        PQclear(res);
+        res = NULL;
+        if (!cursor_ts)
+            goto oom;
+    }
+    const char *vals[] = {tenant, q->transaction_id, cursor_ts ? cursor_ts : "infinity",
+                          cursor_ts ? q->starting_after : "", limit};
+    res = run(pg, idx, "list_refunds", 5, vals, PGRES_TUPLES_OK, &st, err, errlen);
+    if (!res)
+        goto out;
+    int rows = PQntuples(res);
+    int take = rows > q->limit ? q->limit : rows;
+    list.has_more = rows > q->limit;
+    list.items = calloc(take ? (size_t)take : 1, sizeof *list.items);
+    if (!list.items)
+        goto oom;
+    for (; list.count < (size_t)take; list.count++)
+        if (refund_from_row(res, (int)list.count, &list.items[list.count]) != 0)
+            goto oom;
+    *out = list;
+    list = (struct store_refund_list){0};
+    goto out;
+oom:
+    snprintf(err, errlen, "out of memory");
+    st = STORE_ERROR;
+out:
+    PQclear(res);
+    pool_release(pg, idx);
+    store_refund_list_clear(&list);
     free(cursor_ts);
     return st;
 }
@@ -1253,9 +1500,11 @@ static const struct store_ops pg_ops = {
     .claim = pg_claim,
     .complete = pg_complete,
     .release = pg_release,
-    .insert_payment = pg_insert_payment,
+    .write_rows = pg_write_rows,
     .get_payment = pg_get_payment,
     .list_payments = pg_list_payments,
+    .get_refund = pg_get_refund,
+    .list_refunds = pg_list_refunds,
     .reap = pg_reap,
     .ping = pg_ping,
     .pool_stats = pg_pool_stats,

@@ -47,13 +47,13 @@ static enum store_status f_claim(struct store *s, const char *tenant, const char
 
 static enum store_status f_complete(struct store *s, const char *tenant, const char *key,
                                     int64_t token, const struct store_response *resp,
-                                    const struct store_payment *p, char *err, size_t errlen)
+                                    const struct store_rows *rows, char *err, size_t errlen)
 {
     struct faulty *f = (struct faulty *)s;
     enum store_status st;
     if (should_fail(f, FAULTY_COMPLETE, &st, err, errlen))
         return st;
-    return store_complete(f->inner, tenant, key, token, resp, p, err, errlen);
+    return store_complete(f->inner, tenant, key, token, resp, rows, err, errlen);
 }
 
 static enum store_status f_release(struct store *s, const char *tenant, const char *key,
@@ -66,10 +66,10 @@ static enum store_status f_release(struct store *s, const char *tenant, const ch
     return store_release(f->inner, tenant, key, token, err, errlen);
 }
 
-static enum store_status f_insert(struct store *s, const char *tenant,
-                                  const struct store_payment *p, char *err, size_t errlen)
+static enum store_status f_write_rows(struct store *s, const char *tenant,
+                                      const struct store_rows *rows, char *err, size_t errlen)
 {
-    return store_insert_payment(((struct faulty *)s)->inner, tenant, p, err, errlen);
+    return store_write_rows(((struct faulty *)s)->inner, tenant, rows, err, errlen);
 }
 
 static enum store_status f_get(struct store *s, const char *tenant, const char *id,
@@ -83,6 +83,19 @@ static enum store_status f_list(struct store *s, const char *tenant,
                                 size_t errlen)
 {
     return store_list_payments(((struct faulty *)s)->inner, tenant, q, out, err, errlen);
+}
+
+static enum store_status f_get_refund(struct store *s, const char *tenant, const char *id,
+                                      struct store_refund *out, char *err, size_t errlen)
+{
+    return store_get_refund(((struct faulty *)s)->inner, tenant, id, out, err, errlen);
+}
+
+static enum store_status f_list_refunds(struct store *s, const char *tenant,
+                                        const struct store_refund_query *q,
+                                        struct store_refund_list *out, char *err, size_t errlen)
+{
+    return store_list_refunds(((struct faulty *)s)->inner, tenant, q, out, err, errlen);
 }
 
 static enum store_status f_reap(struct store *s, int batch, int *deleted, char *err, size_t errlen)
@@ -112,9 +125,11 @@ static const struct store_ops faulty_ops = {
     .claim = f_claim,
     .complete = f_complete,
     .release = f_release,
-    .insert_payment = f_insert,
+    .write_rows = f_write_rows,
     .get_payment = f_get,
     .list_payments = f_list,
+    .get_refund = f_get_refund,
+    .list_refunds = f_list_refunds,
     .reap = f_reap,
     .ping = f_ping,
     .pool_stats = f_stats,

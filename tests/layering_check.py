@@ -4,8 +4,11 @@
 - libpq's header is included only inside store/ (and by tests that query
   PostgreSQL themselves);
 - store/ includes nothing of server/ (no HTTP, no JSON);
-- the idempotency layer (server/idem.c, server/idem.h) does not include
-  civetweb: HTTP reading lives in the HTTP module.
+- the idempotency layer (server/idem.c, server/idem.h) includes, directly
+  or through other headers, neither civetweb nor HTTP nor anything of the
+  handlers or of one operation (payments, refunds): it is generic, and
+  its text does not even name them;
+- store/ includes nothing above it, the layer nothing of the handlers.
 Prints each violation and exits 1 if there is any.
 """
 import glob
@@ -35,8 +38,27 @@ def main():
             for i in inc:
                 if "server/" in i or i in ("civetweb.h", "cjson/cJSON.h", "http.h"):
                     failures.append("%s includes %s: the store knows no HTTP or JSON" % (rel, i))
-        if rel in ("server/idem.c", "server/idem.h") and "civetweb.h" in inc:
-            failures.append("%s includes civetweb.h: the idempotency layer reads no HTTP" % rel)
+    # The layer, with every header it reaches in server/ and store/.
+    above = {"civetweb.h", "http.h", "app.h", "handlers.h", "routes.h", "post_route.h",
+             "paging.h", "payment.h", "refund.h"}
+    for start in ("server/idem.c", "server/idem.h"):
+        seen, todo = set(), [start]
+        while todo:
+            rel = os.path.normpath(todo.pop())
+            if rel in seen:
+                continue
+            seen.add(rel)
+            path = os.path.join(root, rel)
+            if not os.path.exists(path):
+                continue
+            for i in includes(path):
+                if os.path.basename(i) in above:
+                    failures.append("%s reaches %s (through %s): the idempotency layer is "
+                                    "below HTTP and the operations" % (start, i, rel))
+                todo.append(os.path.join(os.path.dirname(rel), i))
+        text = open(os.path.join(root, start)).read()
+        for word in re.findall(r"payment|refund|civetweb|mg_\w+", text, re.I):
+            failures.append("%s names '%s': the idempotency layer is generic" % (start, word))
     for f in failures:
         print("FAIL:", f)
     print("layering: %d files checked, %d violations" % (len(sources), len(failures)))

@@ -43,11 +43,17 @@ def main():
     check(len(pairs) > 20, "found only %d (status, code) pairs: the scan is broken" % len(pairs))
 
     # Routes.
+    # The resources: routes.h says each function's method and path, and
+    # handlers.c must route to each.
     handlers = src[os.path.join(root, "server", "handlers.c")]
-    base = re.search(r"#define PAYMENTS \"([^\"]+)\"", handlers).group(1)
+    routes_h = open(os.path.join(root, "server", "routes.h")).read()
     fixed = set(re.findall(r"strcmp\(path, \"(/[a-z]+)\"\)", handlers))
-    want_paths = {base: {"get", "post"}, base + "/{transaction_id}": {"get"}}
-    want_paths.update({p: {"get"} for p in fixed})
+    want_paths = {p: {"get"} for p in fixed}
+    declared = re.findall(r"/\* (GET|POST) (/\S+)[^*]*\*/\s*void (routes_\w+)\(", routes_h)
+    check(len(declared) >= 6, "found only %d routes in routes.h: the scan is broken" % len(declared))
+    for method, path, fn in declared:
+        want_paths.setdefault(path, set()).add(method.lower())
+        check(fn + "(" in handlers, "%s (%s %s) is never routed to in handlers.c" % (fn, method, path))
     paths = spec.get("paths", {})
     check(set(paths) == set(want_paths), "paths %s, server has %s" % (sorted(paths), sorted(want_paths)))
     for p, methods in want_paths.items():

@@ -177,7 +177,8 @@ static void *complete_thread(void *arg)
                               .description = NULL,
                               .status = "completed",
                               .processed_at_us = 1700000000000000LL};
-    o->st = store_complete(store, T, o->key, o->token, &resp, &p, o->err, sizeof o->err);
+    struct store_rows rows = {.payment = &p};
+    o->st = store_complete(store, T, o->key, o->token, &resp, &rows, o->err, sizeof o->err);
     return NULL;
 }
 

@@ -88,7 +88,8 @@ static enum store_status complete(const char *key, int64_t token, const char *bo
 {
     char err[256] = "";
     struct store_response resp = {201, body, strlen(body), "/api/v1/payments/x"};
-    return store_complete(store, T, key, token, &resp, p, err, sizeof err);
+    struct store_rows rows = {.payment = p};
+    return store_complete(store, T, key, token, &resp, &rows, err, sizeof err);
 }
 
 CONTRACT(claim_new_key_wins)
@@ -270,7 +271,8 @@ CONTRACT(tenants_do_not_share_keys_or_payments)
     cr_assert_eq(b.outcome, CLAIM_NEW);
     struct store_payment p = payment_for(key, id, "cust-t", 1);
     struct store_response resp = {201, "{}", 2, NULL};
-    cr_assert_eq(store_complete(store, "t1", key, a.lease_token, &resp, &p, err, sizeof err),
+    struct store_rows rows = {.payment = &p};
+    cr_assert_eq(store_complete(store, "t1", key, a.lease_token, &resp, &rows, err, sizeof err),
                  STORE_OK);
     struct store_payment got;
     cr_assert_eq(store_get_payment(store, "t2", id, &got, err, sizeof err), STORE_NOT_FOUND);
@@ -322,7 +324,8 @@ CONTRACT(payment_without_key_is_stored)
     char id[64], err[256];
     test_unique(id, sizeof id, "txn");
     struct store_payment p = payment_for(NULL, id, "cust-nokey", 5);
-    cr_assert_eq(store_insert_payment(store, T, &p, err, sizeof err), STORE_OK, "%s", err);
+    struct store_rows rows = {.payment = &p};
+    cr_assert_eq(store_write_rows(store, T, &rows, err, sizeof err), STORE_OK, "%s", err);
     struct store_payment got;
     cr_assert_eq(store_get_payment(store, T, id, &got, err, sizeof err), STORE_OK);
     cr_assert_null(got.idempotency_key);

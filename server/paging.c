@@ -1,0 +1,89 @@
+/* paging.c - list parameters, list slots and the page envelope (paging.h) */
+#define _POSIX_C_SOURCE 200809L
+#include "paging.h"
+
+#include <civetweb.h>
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <semaphore.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "app.h"
+
+static int bad_param(struct request *r, const char *param, const char *msg)
+{
+    return http_fail(r, 400, APIERR_INVALID_REQUEST, "invalid_parameter", param, "%s", msg);
+}
+
+int paging_read(struct request *r, int (*valid)(const char *), const char *what,
+                struct paging *out)
+{
+    const char *qs = r->ri->query_string ? r->ri->query_string : "";
+    size_t qlen = strlen(qs);
+    char limit_s[16];
+    memset(out, 0, sizeof *out);
+    out->limit = PAGING_DEFAULT_LIMIT;
+    int n = mg_get_var(qs, qlen, "limit", limit_s, sizeof limit_s);
+    if (n != -1) {
+        char *end;
+        long v = n > 0 ? strtol(limit_s, &end, 10) : 0;
+        if (n <= 0 || *end || v < 1 || v > PAGING_MAX_LIMIT)
+            return bad_param(r, "limit", "limit must be a whole number from 1 to 500");
+        out->limit = (int)v;
+    }
+    n = mg_get_var(qs, qlen, "starting_after", out->after, sizeof out->after);
+    if (n != -1) {
+        if (n <= 0 || !valid(out->after))
+            return http_fail(r, 400, APIERR_INVALID_REQUEST, "invalid_parameter",
+                             "starting_after", "starting_after must be a %s id", what);
+        out->has_after = 1;
+    }
+    return 0;
+}
+
+void paging_unknown_cursor(struct request *r, const char *what)
+{
+    http_fail(r, 400, APIERR_INVALID_REQUEST, "invalid_parameter", "starting_after",
+              "starting_after names no %s of yours", what);
+}
+
+int paging_take_slot(struct request *r, const char *op)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 5;
+    int waited;
+    while ((waited = sem_timedwait(&r->app->list_slots, &until)) != 0 && errno == EINTR)
+        ;
+    if (waited != 0) {
+        http_fail_store(r, op, STORE_UNAVAILABLE, "every list slot stayed busy for 5 s");
+        return -1;
+    }
+    return 0;
+}
+
+void paging_done(struct request *r)
+{
+    sem_post(&r->app->list_slots);
+}
+
+void paging_send(struct request *r, const char *name, cJSON *items, size_t count, int has_more,
+                 const char *last_id)
+{
+    cJSON *root = cJSON_CreateObject();
+    int ok = root && items && cJSON_AddItemToObject(root, name, items);
+    if (!ok)
+        cJSON_Delete(items);
+    ok = ok && cJSON_AddNumberToObject(root, "count", (double)count) &&
+         cJSON_AddBoolToObject(root, "has_more", has_more);
+    if (ok)
+        ok = has_more && last_id ? cJSON_AddStringToObject(root, "next_cursor", last_id) != NULL
+                                 : cJSON_AddNullToObject(root, "next_cursor") != NULL;
+    if (ok)
+        http_send_json(r, 200, root);
+    else
+        http_fail(r, 500, "api_error", "internal_error", NULL, "out of memory");
+    cJSON_Delete(root);
+}

@@ -1,0 +1,26 @@
+/* routes.h - the API's resources, each served by its own file: payments
+ * (payment_routes.c) and refunds (refund_routes.c). handlers.c routes to
+ * them once the tenant is known. */
+#ifndef MOCKERY_ROUTES_H
+#define MOCKERY_ROUTES_H
+
+#include "http.h"
+
+#define ROUTES_PAYMENTS "/api/v1/payments"
+#define ROUTES_REFUNDS "/api/v1/refunds"
+
+/* POST /api/v1/payments (idempotent) */
+void routes_create_payment(struct request *r);
+/* GET /api/v1/payments */
+void routes_list_payments(struct request *r);
+/* GET /api/v1/payments/{transaction_id} */
+void routes_get_payment(struct request *r, const char *id);
+
+/* POST /api/v1/payments/{transaction_id}/refunds (idempotent) */
+void routes_create_refund(struct request *r, const char *payment_id);
+/* GET /api/v1/payments/{transaction_id}/refunds */
+void routes_list_refunds(struct request *r, const char *payment_id);
+/* GET /api/v1/refunds/{refund_id} */
+void routes_get_refund(struct request *r, const char *id);
+
+#endif
