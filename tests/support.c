@@ -2,6 +2,7 @@
 #define _GNU_SOURCE /* pipe2 */
 #include "support.h"
 
+#include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <curl/curl.h>
 #include <openssl/rand.h>
@@ -265,14 +266,50 @@ void test_http(const char *method, const char *url, const char *const *headers, 
     cr_assert_eq(rc, 0, "%s %s: %s", method, url, out->error);
 }
 
-void test_post_payment(const struct test_server *s, const char *key, const char *json,
-                       struct test_response *out)
+void test_post_json(const struct test_server *s, const char *path, const char *key,
+                    const char *json, struct test_response *out)
 {
-    char url[128], keyh[600];
-    snprintf(url, sizeof url, "%s/api/v1/payments", s->base);
+    char url[256], keyh[600];
+    snprintf(url, sizeof url, "%s%s", s->base, path);
     snprintf(keyh, sizeof keyh, "Idempotency-Key: %s", key ? key : "");
     const char *headers[] = {"Content-Type: application/json", key ? keyh : NULL, NULL};
     test_http("POST", url, headers, json, strlen(json), out);
+}
+
+void test_post_payment(const struct test_server *s, const char *key, const char *json,
+                       struct test_response *out)
+{
+    test_post_json(s, "/api/v1/payments", key, json, out);
+}
+
+cJSON *test_json(const struct test_response *r)
+{
+    cJSON *o = cJSON_Parse(r->body);
+    cr_assert_not_null(o, "not JSON: %s", r->body);
+    return o;
+}
+
+const char *test_json_str(const cJSON *o, const char *name)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    cr_assert(cJSON_IsString(v), "no string %s", name);
+    return v->valuestring;
+}
+
+void test_expect_error(const struct test_response *r, long status, const char *code,
+                       const char *param)
+{
+    cr_assert_eq(r->status, status, "status %ld, want %ld: %s", r->status, status, r->body);
+    cr_assert(strncmp(r->content_type, "application/json", 16) == 0);
+    cJSON *o = test_json(r);
+    cJSON *e = cJSON_GetObjectItem(o, "error");
+    cr_assert_not_null(e, "no error object: %s", r->body);
+    cr_assert_str_eq(test_json_str(e, "code"), code);
+    cr_assert(strlen(test_json_str(e, "type")) > 0);
+    cr_assert(strlen(test_json_str(e, "message")) > 0);
+    if (param)
+        cr_assert_str_eq(test_json_str(e, "param"), param);
+    cJSON_Delete(o);
 }
 
 void test_response_free(struct test_response *r)

@@ -70,6 +70,19 @@ void test_http(const char *method, const char *url, const char *const *headers, 
 /* POST a JSON body to /api/v1/payments with this key (NULL: no header). */
 void test_post_payment(const struct test_server *s, const char *key, const char *json,
                        struct test_response *out);
+/* POST a JSON body to a path (e.g. "/api/v1/payments/txn_1/refunds") with
+ * this key (NULL: no header). */
+void test_post_json(const struct test_server *s, const char *path, const char *key,
+                    const char *json, struct test_response *out);
 void test_response_free(struct test_response *r);
+
+struct cJSON;
+/* The response body as JSON (fails the test when it is not); cJSON_Delete it. */
+struct cJSON *test_json(const struct test_response *r);
+/* The string member name of o (fails the test when there is none). */
+const char *test_json_str(const struct cJSON *o, const char *name);
+/* Asserts the error shape with this status and code (and param, if not NULL). */
+void test_expect_error(const struct test_response *r, long status, const char *code,
+                       const char *param);
 
 #endif

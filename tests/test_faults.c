@@ -61,15 +61,22 @@ static void body_for(char *buf, size_t len, const char *customer)
     snprintf(buf, len, "{\"amount\":25,\"currency\":\"EUR\",\"customer_id\":\"%s\"}", customer);
 }
 
-/* POST that may get no answer at all (the server may die under it). */
-static int post(const struct test_server *s, const char *key, const char *body,
-                struct httpc_response *r)
+/* POST to path (NULL: /api/v1/payments) that may get no answer at all (the
+ * server may die under it). */
+static int post_to(const struct test_server *s, const char *path, const char *key,
+                   const char *body, struct httpc_response *r)
 {
-    char url[128], keyh[160];
-    snprintf(url, sizeof url, "%s/api/v1/payments", s->base);
+    char url[256], keyh[160];
+    snprintf(url, sizeof url, "%s%s", s->base, path ? path : "/api/v1/payments");
     snprintf(keyh, sizeof keyh, "Idempotency-Key: %s", key);
     const char *headers[] = {"Content-Type: application/json", keyh, NULL};
     return httpc_request("POST", url, headers, body, strlen(body), 30000, r);
+}
+
+static int post(const struct test_server *s, const char *key, const char *body,
+                struct httpc_response *r)
+{
+    return post_to(s, NULL, key, body, r);
 }
 
 struct bg_post {
@@ -79,6 +86,7 @@ struct bg_post {
     struct httpc_response r;
     int rc;
     pthread_barrier_t *barrier;
+    const char *path; /* NULL: /api/v1/payments */
 };
 
 static void *bg_post_main(void *p)
@@ -86,17 +94,17 @@ static void *bg_post_main(void *p)
     struct bg_post *b = p;
     if (b->barrier)
         pthread_barrier_wait(b->barrier);
-    b->rc = post(b->srv, b->key, b->body, &b->r);
+    b->rc = post_to(b->srv, b->path, b->key, b->body, &b->r);
     return NULL;
 }
 
 /* Retries on s until the answer is not 409; returns how many 409s came first. */
-static int retry_until_settled(const struct test_server *s, const char *key, const char *body,
-                               struct httpc_response *r)
+static int retry_path_until_settled(const struct test_server *s, const char *path,
+                                    const char *key, const char *body, struct httpc_response *r)
 {
     int conflicts = 0;
     for (int i = 0; i < 300; i++) {
-        cr_assert_eq(post(s, key, body, r), 0, "no answer: %s", r->error);
+        cr_assert_eq(post_to(s, path, key, body, r), 0, "no answer: %s", r->error);
         if (r->status != 409)
             return conflicts;
         conflicts++;
@@ -105,6 +113,12 @@ static int retry_until_settled(const struct test_server *s, const char *key, con
     }
     cr_assert_fail("still 409 after 30 s");
     return conflicts;
+}
+
+static int retry_until_settled(const struct test_server *s, const char *key, const char *body,
+                               struct httpc_response *r)
+{
+    return retry_path_until_settled(s, NULL, key, body, r);
 }
 
 static double metric(const struct test_server *s, const char *series)
@@ -129,7 +143,7 @@ Test(faults, server_killed_mid_payment_is_taken_over_once, .timeout = 120)
     spawn(&a, NULL, 2, 2500);
     spawn(&b, NULL, 30, 0);
 
-    struct bg_post first = {&a, key, body, {0}, 0, NULL};
+    struct bg_post first = {&a, key, body, {0}, 0, NULL, NULL};
     pthread_t t;
     pthread_create(&t, NULL, bg_post_main, &first);
     wait_processing(test_db_url(), key);
@@ -169,7 +183,7 @@ Test(faults, two_servers_one_database_concurrent_duplicates, .timeout = 120)
     struct bg_post p[N];
     pthread_t t[N];
     for (int i = 0; i < N; i++) {
-        p[i] = (struct bg_post){&s[i % 2], key, body, {0}, 0, &barrier};
+        p[i] = (struct bg_post){&s[i % 2], key, body, {0}, 0, &barrier, NULL};
         pthread_create(&t[i], NULL, bg_post_main, &p[i]);
     }
     int created = 0;
@@ -188,6 +202,109 @@ Test(faults, two_servers_one_database_concurrent_duplicates, .timeout = 120)
     test_server_stop(&s[1]);
 }
 
+/* A payment of 100.00 EUR through s; its id into id. */
+static void paid(const struct test_server *s, char *id, size_t len)
+{
+    char key[96], cust[64], body[160];
+    test_unique(key, sizeof key, "pay");
+    test_unique(cust, sizeof cust, "cust");
+    snprintf(body, sizeof body, "{\"amount\":100,\"currency\":\"EUR\",\"customer_id\":\"%s\"}",
+             cust);
+    struct httpc_response r;
+    cr_assert_eq(post(s, key, body, &r), 0, "%s", r.error);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    cJSON *o = cJSON_Parse(r.body);
+    snprintf(id, len, "%s", cJSON_GetObjectItem(o, "transaction_id")->valuestring);
+    cJSON_Delete(o);
+    httpc_response_free(&r);
+}
+
+static long refunds_of(const char *payment, const char *what)
+{
+    char sql[160];
+    snprintf(sql, sizeof sql, "SELECT %s FROM refunds WHERE transaction_id = $1", what);
+    return test_query_long(test_db_url(), sql, payment);
+}
+
+Test(faults, two_servers_concurrent_refunds_never_exceed_the_payment, .timeout = 120)
+{
+    enum { N = 25 }; /* 20 refunds of 10% each, and 5 more: 10 fit */
+    struct test_server s[2];
+    char payment[64], path[128], keys[N][96];
+    spawn(&s[0], NULL, 30, 50);
+    spawn(&s[1], NULL, 30, 50);
+    paid(&s[0], payment, sizeof payment);
+    snprintf(path, sizeof path, "/api/v1/payments/%s/refunds", payment);
+    pthread_barrier_t barrier;
+    pthread_barrier_init(&barrier, NULL, N);
+    struct bg_post p[N];
+    pthread_t t[N];
+    for (int i = 0; i < N; i++) {
+        test_unique(keys[i], sizeof keys[i], "refund");
+        p[i] = (struct bg_post){&s[i % 2], keys[i], "{\"amount\":10}", {0}, 0, &barrier, path};
+        pthread_create(&t[i], NULL, bg_post_main, &p[i]);
+    }
+    int created = 0, refused = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(t[i], NULL);
+        cr_assert_eq(p[i].rc, 0, "%s", p[i].r.error);
+        long st = p[i].r.status;
+        cr_assert(st == 201 || st == 422, "status %ld: %s", st, p[i].r.body);
+        if (st == 422)
+            cr_assert(strstr(p[i].r.body, "refund_exceeds_payment"), "%s", p[i].r.body);
+        created += st == 201;
+        refused += st == 422;
+        httpc_response_free(&p[i].r);
+    }
+    pthread_barrier_destroy(&barrier);
+    cr_assert_eq(created, 10, "%d refunds of 10%% succeeded", created);
+    cr_assert_eq(refused, N - 10);
+    cr_assert_eq(refunds_of(payment, "count(*)"), 10);
+    cr_assert_eq(refunds_of(payment, "sum(amount_minor)"), 10000);
+    cr_assert_eq(test_query_long(test_db_url(),
+                                 "SELECT amount_refunded_minor FROM payments"
+                                 " WHERE transaction_id = $1",
+                                 payment),
+                 10000);
+    test_server_stop(&s[0]);
+    test_server_stop(&s[1]);
+}
+
+Test(faults, server_killed_mid_refund_refunds_once_after_the_lease, .timeout = 120)
+{
+    struct test_server a, b;
+    char payment[64], path[128], key[96];
+    const char *body = "{\"amount\":40,\"reason\":\"duplicate\"}";
+    spawn(&a, NULL, 2, 2500);
+    spawn(&b, NULL, 30, 0);
+    paid(&b, payment, sizeof payment);
+    snprintf(path, sizeof path, "/api/v1/payments/%s/refunds", payment);
+    test_unique(key, sizeof key, "refund-kill");
+
+    struct bg_post first = {&a, key, body, {0}, 0, NULL, path};
+    pthread_t t;
+    pthread_create(&t, NULL, bg_post_main, &first);
+    wait_processing(test_db_url(), key);
+    test_server_kill(&a); /* mid-refund: nothing stored */
+    pthread_join(t, NULL);
+    cr_assert_neq(first.rc, 0, "the killed server answered: %ld", first.r.status);
+    httpc_response_free(&first.r);
+    cr_assert_eq(refunds_of(payment, "count(*)"), 0);
+
+    /* 409 while the dead holder's lease (2 s) lasts, then one refund */
+    struct httpc_response r;
+    int conflicts = retry_path_until_settled(&b, path, key, body, &r);
+    cr_assert_gt(conflicts, 0, "a retry ran before the lease ended");
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    httpc_response_free(&r);
+    cr_assert_eq(post_to(&b, path, key, body, &r), 0);
+    cr_assert_eq(r.status, 200);
+    httpc_response_free(&r);
+    cr_assert_eq(refunds_of(payment, "count(*)"), 1);
+    cr_assert_eq(refunds_of(payment, "sum(amount_minor)"), 4000);
+    test_server_stop(&b);
+}
+
 Test(faults, completion_after_lost_lease_is_rolled_back, .timeout = 120)
 {
     struct test_server a, b;
@@ -198,7 +315,7 @@ Test(faults, completion_after_lost_lease_is_rolled_back, .timeout = 120)
     spawn(&a, NULL, 1, 2500); /* its lease ends long before its payment */
     spawn(&b, NULL, 30, 2500);
 
-    struct bg_post slow = {&a, key, body, {0}, 0, NULL};
+    struct bg_post slow = {&a, key, body, {0}, 0, NULL, NULL};
     pthread_t t;
     pthread_create(&t, NULL, bg_post_main, &slow);
     wait_processing(test_db_url(), key);

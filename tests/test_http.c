@@ -73,37 +73,6 @@ static void url(char *buf, size_t len, const char *path)
         cr_assert_fail("url too long");
 }
 
-static cJSON *parse(const struct test_response *r)
-{
-    cJSON *o = cJSON_Parse(r->body);
-    cr_assert_not_null(o, "not JSON: %s", r->body);
-    return o;
-}
-
-static const char *str(const cJSON *o, const char *name)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-    cr_assert(cJSON_IsString(v), "no string %s", name);
-    return v->valuestring;
-}
-
-/* Asserts the error shape with this status and code. */
-static void expect_error(const struct test_response *r, long status, const char *code,
-                         const char *param)
-{
-    cr_assert_eq(r->status, status, "status %ld, want %ld: %s", r->status, status, r->body);
-    cr_assert(strncmp(r->content_type, "application/json", 16) == 0);
-    cJSON *o = parse(r);
-    cJSON *e = cJSON_GetObjectItem(o, "error");
-    cr_assert_not_null(e, "no error object: %s", r->body);
-    cr_assert_str_eq(str(e, "code"), code);
-    cr_assert(strlen(str(e, "type")) > 0);
-    cr_assert(strlen(str(e, "message")) > 0);
-    if (param)
-        cr_assert_str_eq(str(e, "param"), param);
-    cJSON_Delete(o);
-}
-
 static void body_for(char *buf, size_t len, const char *customer, const char *amount)
 {
     snprintf(buf, len, "{\"amount\":%s,\"currency\":\"USD\",\"customer_id\":\"%s\"}", amount,
@@ -118,7 +87,7 @@ static int count_for(const char *customer)
     snprintf(u, sizeof u, "%s/api/v1/payments?limit=500&customer_id=%s", srv.base, customer);
     test_http("GET", u, NULL, NULL, 0, &r);
     cr_assert_eq(r.status, 200, "%s", r.body);
-    cJSON *o = parse(&r);
+    cJSON *o = test_json(&r);
     int n = cJSON_GetObjectItem(o, "count")->valueint;
     cJSON_Delete(o);
     test_response_free(&r);
@@ -137,17 +106,17 @@ BOTH(first_payment_is_created_with_location)
     struct test_response r;
     test_post_payment(&srv, key, body, &r);
     cr_assert_eq(r.status, 201, "%s", r.body);
-    cJSON *o = parse(&r);
-    const char *id = str(o, "transaction_id");
+    cJSON *o = test_json(&r);
+    const char *id = test_json_str(o, "transaction_id");
     cr_assert_eq(strncmp(id, "txn_", 4), 0);
     cr_assert_geq(strlen(id), 28);
-    cr_assert_str_eq(str(o, "status"), "completed");
+    cr_assert_str_eq(test_json_str(o, "status"), "completed");
     cr_assert_float_eq(cJSON_GetObjectItem(o, "amount")->valuedouble, 10.5, 1e-9);
-    cr_assert_str_eq(str(o, "currency"), "USD");
-    cr_assert_str_eq(str(o, "customer_id"), cust);
-    cr_assert_str_eq(str(o, "description"), "tea");
-    cr_assert_str_eq(str(o, "idempotency_key"), key);
-    cr_assert_eq(strlen(str(o, "processed_at")), 27);
+    cr_assert_str_eq(test_json_str(o, "currency"), "USD");
+    cr_assert_str_eq(test_json_str(o, "customer_id"), cust);
+    cr_assert_str_eq(test_json_str(o, "description"), "tea");
+    cr_assert_str_eq(test_json_str(o, "idempotency_key"), key);
+    cr_assert_eq(strlen(test_json_str(o, "processed_at")), 27);
     char loc[128];
     snprintf(loc, sizeof loc, "/api/v1/payments/%s", id);
     cr_assert_str_eq(r.location, loc);
@@ -202,10 +171,10 @@ BOTH(decline_is_stored_cached_and_replayed)
     body_for(body, sizeof body, cust, "20");
     struct test_response a, b;
     test_post_payment(&srv, key, body, &a);
-    expect_error(&a, 402, "card_declined", NULL);
-    cJSON *o = parse(&a);
-    cr_assert_str_eq(str(o, "status"), "declined");
-    const char *id = str(o, "transaction_id");
+    test_expect_error(&a, 402, "card_declined", NULL);
+    cJSON *o = test_json(&a);
+    cr_assert_str_eq(test_json_str(o, "status"), "declined");
+    const char *id = test_json_str(o, "transaction_id");
     cr_assert_eq(strncmp(id, "txn_", 4), 0);
     test_post_payment(&srv, key, body, &b);
     cr_assert_eq(b.status, 402, "a replayed decline keeps its status");
@@ -218,8 +187,8 @@ BOTH(decline_is_stored_cached_and_replayed)
     snprintf(u, sizeof u, "%s/api/v1/payments/%s", srv.base, id);
     test_http("GET", u, NULL, NULL, 0, &g);
     cr_assert_eq(g.status, 200);
-    cJSON *p = parse(&g);
-    cr_assert_str_eq(str(p, "status"), "declined");
+    cJSON *p = test_json(&g);
+    cr_assert_str_eq(test_json_str(p, "status"), "declined");
     cr_assert_eq(count_for(cust), 1);
     cJSON_Delete(o);
     cJSON_Delete(p);
@@ -237,9 +206,9 @@ BOTH(gateway_failure_is_not_cached_and_releases_the_key)
     body_for(body, sizeof body, cust, "5");
     struct test_response a, b, c;
     test_post_payment(&srv, key, body, &a);
-    expect_error(&a, 502, "gateway_error", NULL);
+    test_expect_error(&a, 502, "gateway_error", NULL);
     test_post_payment(&srv, key, body, &b);
-    expect_error(&b, 502, "gateway_error", NULL);
+    test_expect_error(&b, 502, "gateway_error", NULL);
     cr_assert_str_empty(b.replay, "a gateway failure must run again, not replay");
     cr_assert_str_empty(b.replayed);
     /* The key is free: another payment may use it now. */
@@ -263,7 +232,7 @@ BOTH(same_key_different_payload_is_422_and_runs_nothing)
     test_post_payment(&srv, key, body, &a);
     cr_assert_eq(a.status, 201);
     test_post_payment(&srv, key, other, &b);
-    expect_error(&b, 422, "idempotency_key_reused", NULL);
+    test_expect_error(&b, 422, "idempotency_key_reused", NULL);
     cr_assert_eq(count_for(cust), 1);
     test_response_free(&a);
     test_response_free(&b);
@@ -306,7 +275,7 @@ BOTH_SLOW(retry_while_running_is_409_then_replay)
             created++;
         if (args[i].r.status == 409) {
             conflict++;
-            expect_error(&args[i].r, 409, "idempotency_key_in_use", NULL);
+            test_expect_error(&args[i].r, 409, "idempotency_key_in_use", NULL);
             cr_assert_str_eq(args[i].r.retry_after, "1");
         }
     }
@@ -374,7 +343,7 @@ BOTH(bad_input_is_rejected_before_the_key_is_claimed)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct test_response r;
         post_raw(headers, cases[i].body, strlen(cases[i].body), &r);
-        expect_error(&r, cases[i].status, cases[i].code, cases[i].param);
+        test_expect_error(&r, cases[i].status, cases[i].code, cases[i].param);
         test_response_free(&r);
     }
     /* 415: no content type, another one; parameters are fine. */
@@ -382,10 +351,10 @@ BOTH(bad_input_is_rejected_before_the_key_is_claimed)
     const char *text[] = {keyh, "Content-Type: text/plain", NULL};
     struct test_response r;
     post_raw(no_ct, good, strlen(good), &r);
-    expect_error(&r, 415, "unsupported_media_type", NULL);
+    test_expect_error(&r, 415, "unsupported_media_type", NULL);
     test_response_free(&r);
     post_raw(text, good, strlen(good), &r);
-    expect_error(&r, 415, "unsupported_media_type", NULL);
+    test_expect_error(&r, 415, "unsupported_media_type", NULL);
     test_response_free(&r);
     /* 413: over 64 KiB. */
     size_t big = 64 * 1024 + 1;
@@ -394,7 +363,7 @@ BOTH(bad_input_is_rejected_before_the_key_is_claimed)
     huge[0] = '{';
     huge[big - 1] = '}';
     post_raw(headers, huge, big, &r);
-    expect_error(&r, 413, "body_too_large", NULL);
+    test_expect_error(&r, 413, "body_too_large", NULL);
     test_response_free(&r);
     free(huge);
 
@@ -427,7 +396,7 @@ BOTH(idempotency_key_header_rules)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct test_response r;
         post_raw(cases[i], good, strlen(good), &r);
-        expect_error(&r, 400, codes[i], NULL);
+        test_expect_error(&r, 400, codes[i], NULL);
         test_response_free(&r);
     }
     cr_assert_eq(count_for(cust), 0);
@@ -447,8 +416,8 @@ BOTH(list_pages_newest_first_and_filters_by_customer)
         body_for(body, sizeof body, i == 2 ? other : cust, "1");
         test_post_payment(&srv, key, body, &r);
         cr_assert_eq(r.status, 201);
-        cJSON *o = parse(&r);
-        snprintf(ids[i], sizeof ids[i], "%s", str(o, "transaction_id"));
+        cJSON *o = test_json(&r);
+        snprintf(ids[i], sizeof ids[i], "%s", test_json_str(o, "transaction_id"));
         cJSON_Delete(o);
         test_response_free(&r);
     }
@@ -463,12 +432,12 @@ BOTH(list_pages_newest_first_and_filters_by_customer)
                  cursor[0] ? "&starting_after=" : "", cursor);
         test_http("GET", u, NULL, NULL, 0, &r);
         cr_assert_eq(r.status, 200, "%s", r.body);
-        cJSON *o = parse(&r);
+        cJSON *o = test_json(&r);
         cJSON *items = cJSON_GetObjectItem(o, "payments");
         cr_assert_eq(cJSON_GetArraySize(items), 2);
         cr_assert_eq(cJSON_GetObjectItem(o, "count")->valueint, 2);
         for (int i = 0; i < 2; i++)
-            cr_assert_str_eq(str(cJSON_GetArrayItem(items, i), "transaction_id"), want[seen++]);
+            cr_assert_str_eq(test_json_str(cJSON_GetArrayItem(items, i), "transaction_id"), want[seen++]);
         cJSON *more = cJSON_GetObjectItem(o, "has_more");
         cJSON *next = cJSON_GetObjectItem(o, "next_cursor");
         if (page == 0) {
@@ -498,7 +467,7 @@ BOTH(list_rejects_bad_parameters)
         struct test_response r;
         snprintf(u, sizeof u, "%s/api/v1/payments%s", srv.base, bad[i][0]);
         test_http("GET", u, NULL, NULL, 0, &r);
-        expect_error(&r, 400, "invalid_parameter", bad[i][1]);
+        test_expect_error(&r, 400, "invalid_parameter", bad[i][1]);
         test_response_free(&r);
     }
 }
@@ -509,7 +478,7 @@ BOTH(unknown_payment_is_404)
     struct test_response r;
     url(u, sizeof u, "/api/v1/payments/txn_doesnotexist0000000000000");
     test_http("GET", u, NULL, NULL, 0, &r);
-    expect_error(&r, 404, "payment_not_found", NULL);
+    test_expect_error(&r, 404, "payment_not_found", NULL);
     test_response_free(&r);
 }
 
@@ -519,21 +488,21 @@ BOTH(unknown_routes_and_methods)
     struct test_response r;
     url(u, sizeof u, "/api/v2/payments");
     test_http("GET", u, NULL, NULL, 0, &r);
-    expect_error(&r, 404, "route_not_found", NULL);
+    test_expect_error(&r, 404, "route_not_found", NULL);
     test_response_free(&r);
     url(u, sizeof u, "/api/v1/payments");
     test_http("DELETE", u, NULL, NULL, 0, &r);
-    expect_error(&r, 405, "method_not_allowed", NULL);
+    test_expect_error(&r, 405, "method_not_allowed", NULL);
     cr_assert_str_eq(r.allow, "GET, POST");
     test_response_free(&r);
     url(u, sizeof u, "/api/v1/payments/txn_x");
     test_http("PUT", u, NULL, "{}", 2, &r);
-    expect_error(&r, 405, "method_not_allowed", NULL);
+    test_expect_error(&r, 405, "method_not_allowed", NULL);
     cr_assert_str_eq(r.allow, "GET");
     test_response_free(&r);
     url(u, sizeof u, "/health");
     test_http("POST", u, NULL, "{}", 2, &r);
-    expect_error(&r, 405, "method_not_allowed", NULL);
+    test_expect_error(&r, 405, "method_not_allowed", NULL);
     cr_assert_str_eq(r.allow, "GET");
     test_response_free(&r);
 }
@@ -667,7 +636,7 @@ static void payment_without_key_runs_each_time(void)
     struct test_response a, b, c;
     test_post_payment(&srv, NULL, body, &a);
     cr_assert_eq(a.status, 201, "%s", a.body);
-    cJSON *o = parse(&a);
+    cJSON *o = test_json(&a);
     cr_assert(cJSON_IsNull(cJSON_GetObjectItem(o, "idempotency_key")));
     cJSON_Delete(o);
     test_post_payment(&srv, NULL, body, &b);
@@ -738,14 +707,14 @@ static void tenants_are_isolated(void)
 
     /* No key, a wrong key: 401 before anything else, nothing cached. */
     tenant_post("X-None: 1", key, body_a, &r);
-    expect_error(&r, 401, "unauthorized", NULL);
+    test_expect_error(&r, 401, "unauthorized", NULL);
     test_response_free(&r);
     tenant_post("Authorization: Bearer key-acme-0002", key, "{bad", &r);
-    expect_error(&r, 401, "unauthorized", NULL);
+    test_expect_error(&r, 401, "unauthorized", NULL);
     test_response_free(&r);
     url(u, sizeof u, "/api/v1/payments");
     test_http("GET", u, NULL, NULL, 0, &r);
-    expect_error(&r, 401, "unauthorized", NULL);
+    test_expect_error(&r, 401, "unauthorized", NULL);
     test_response_free(&r);
     url(u, sizeof u, "/health");
     test_http("GET", u, NULL, NULL, 0, &r);
@@ -767,7 +736,7 @@ static void tenants_are_isolated(void)
     const char *as_acme[] = {acme, NULL};
     url(u, sizeof u, ra.location);
     test_http("GET", u, as_globex, NULL, 0, &r);
-    expect_error(&r, 404, "payment_not_found", NULL);
+    test_expect_error(&r, 404, "payment_not_found", NULL);
     test_response_free(&r);
     test_http("GET", u, as_acme, NULL, 0, &r);
     cr_assert_eq(r.status, 200);
@@ -775,7 +744,7 @@ static void tenants_are_isolated(void)
     snprintf(u, sizeof u, "%s/api/v1/payments?customer_id=%s", srv.base, cust);
     test_http("GET", u, as_globex, NULL, 0, &r);
     cr_assert_eq(r.status, 200);
-    cJSON *o = parse(&r);
+    cJSON *o = test_json(&r);
     cJSON *items = cJSON_GetObjectItem(o, "payments");
     cr_assert_eq(cJSON_GetArraySize(items), 1);
     cJSON *amount = cJSON_GetObjectItem(cJSON_GetArrayItem(items, 0), "amount");
@@ -839,7 +808,7 @@ static void store_failure_after_claim_is_503_and_not_cached(void)
     /* The completion fails: 503, the claim released, nothing stored. */
     faulty_store_fail(faulty, FAULTY_COMPLETE, 1, STORE_UNAVAILABLE);
     test_post_payment(&srv, key, body, &r);
-    expect_error(&r, 503, "store_unavailable", NULL);
+    test_expect_error(&r, 503, "store_unavailable", NULL);
     cr_assert_str_eq(r.retry_after, "1");
     test_response_free(&r);
     cr_assert_eq(faulty_store_calls(faulty, FAULTY_RELEASE), 1);
@@ -856,7 +825,7 @@ static void store_failure_after_claim_is_503_and_not_cached(void)
     test_unique(key, sizeof key, "k");
     faulty_store_fail(faulty, FAULTY_CLAIM, 1, STORE_UNAVAILABLE);
     test_post_payment(&srv, key, body, &r);
-    expect_error(&r, 503, "store_unavailable", NULL);
+    test_expect_error(&r, 503, "store_unavailable", NULL);
     test_response_free(&r);
     test_post_payment(&srv, key, body, &r);
     cr_assert_eq(r.status, 201, "%s", r.body);
@@ -866,7 +835,7 @@ static void store_failure_after_claim_is_503_and_not_cached(void)
     test_unique(key, sizeof key, "k");
     faulty_store_fail(faulty, FAULTY_COMPLETE, 1, STORE_ERROR);
     test_post_payment(&srv, key, body, &r);
-    expect_error(&r, 500, "internal_error", NULL);
+    test_expect_error(&r, 500, "internal_error", NULL);
     test_response_free(&r);
     test_post_payment(&srv, key, body, &r);
     cr_assert_eq(r.status, 201, "%s", r.body);
@@ -898,10 +867,10 @@ static void release_failure_leaves_the_lease_to_expire(void)
     faulty_store_fail(faulty, FAULTY_COMPLETE, 1, STORE_UNAVAILABLE);
     faulty_store_fail(faulty, FAULTY_RELEASE, 1, STORE_UNAVAILABLE);
     test_post_payment(&srv, key, body, &r);
-    expect_error(&r, 503, "store_unavailable", NULL);
+    test_expect_error(&r, 503, "store_unavailable", NULL);
     test_response_free(&r);
     test_post_payment(&srv, key, body, &r);
-    expect_error(&r, 409, "idempotency_key_in_use", NULL);
+    test_expect_error(&r, 409, "idempotency_key_in_use", NULL);
     test_response_free(&r);
     cr_assert_eq(count_for(cust), 0);
 }

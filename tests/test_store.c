@@ -3,6 +3,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include <criterion/criterion.h>
 #include <libpq-fe.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -336,6 +338,206 @@ CONTRACT(ping_answers)
 {
     char err[256];
     cr_assert_eq(store_ping(store, err, sizeof err), STORE_OK);
+}
+
+/* ---- refunds: rows written with a completion, under a condition -------- */
+
+/* A completed payment of 100.00 (10000 minor units) with a new id in id. */
+static void paid(char *id, size_t len, const char *status)
+{
+    char key[96];
+    test_unique(key, sizeof key, "pay");
+    test_unique(id, len, "txn");
+    struct store_claim_result a = claim(key, FP, LONG_MS, DAY_MS);
+    struct store_payment p = payment_for(key, id, "cust-r", 1700000000000000LL);
+    p.amount_minor = 10000;
+    p.status = (char *)status;
+    cr_assert_eq(complete(key, a.lease_token, "{}", &p), STORE_OK);
+    store_claim_result_clear(&a);
+}
+
+static struct store_refund refund_of(const char *payment, const char *id, const char *key,
+                                     int64_t amount, int64_t at)
+{
+    struct store_refund r = {.refund_id = (char *)id,
+                             .transaction_id = (char *)payment,
+                             .idempotency_key = (char *)key,
+                             .amount_minor = amount,
+                             .currency = "USD",
+                             .reason = NULL,
+                             .status = "succeeded",
+                             .created_at_us = at};
+    return r;
+}
+
+/* Claims a new key and completes it with a refund of amount: the status. */
+static enum store_status refund_with_key(const char *payment, int64_t amount, char *refund_id,
+                                         size_t len)
+{
+    char key[96], err[256] = "";
+    test_unique(key, sizeof key, "refund");
+    test_unique(refund_id, len, "re");
+    struct store_claim_result a = claim(key, "fp-refund", LONG_MS, DAY_MS);
+    struct store_refund r = refund_of(payment, refund_id, key, amount, 1700000000000000LL);
+    struct store_rows rows = {.refund = &r};
+    struct store_response resp = {201, "{\"refund\":1}", 12, NULL};
+    enum store_status st =
+        store_complete(store, T, key, a.lease_token, &resp, &rows, err, sizeof err);
+    store_claim_result_clear(&a);
+    return st;
+}
+
+static int64_t refunded(const char *payment)
+{
+    char err[256] = "";
+    struct store_payment got;
+    cr_assert_eq(store_get_payment(store, T, payment, &got, err, sizeof err), STORE_OK, "%s", err);
+    int64_t n = got.amount_refunded_minor;
+    store_payment_clear(&got);
+    return n;
+}
+
+CONTRACT(refund_within_the_payment_is_written_with_its_completion)
+{
+    char pay[96], re1[96], re2[96], err[256] = "";
+    paid(pay, sizeof pay, "completed");
+    cr_assert_eq(refund_with_key(pay, 2500, re1, sizeof re1), STORE_OK);
+    cr_assert_eq(refund_with_key(pay, 7500, re2, sizeof re2), STORE_OK);
+    cr_assert_eq(refunded(pay), 10000);
+    struct store_refund got;
+    cr_assert_eq(store_get_refund(store, T, re1, &got, err, sizeof err), STORE_OK, "%s", err);
+    cr_assert_eq(got.amount_minor, 2500);
+    cr_assert_str_eq(got.transaction_id, pay);
+    cr_assert_str_eq(got.currency, "USD");
+    cr_assert_str_eq(got.status, "succeeded");
+    store_refund_clear(&got);
+    cr_assert_eq(store_get_refund(store, "tenant-other", re1, &got, err, sizeof err),
+                 STORE_NOT_FOUND);
+
+    /* newest first (same time: the id breaks the tie), with a cursor */
+    struct store_refund_list l = {0}, l2 = {0};
+    struct store_refund_query q = {.transaction_id = pay, .limit = 1};
+    cr_assert_eq(store_list_refunds(store, T, &q, &l, err, sizeof err), STORE_OK, "%s", err);
+    cr_assert_eq(l.count, 1);
+    cr_assert(l.has_more);
+    const char *newer = strcmp(re1, re2) > 0 ? re1 : re2, *older = newer == re1 ? re2 : re1;
+    cr_assert_str_eq(l.items[0].refund_id, newer);
+    q.starting_after = newer;
+    q.limit = 5;
+    cr_assert_eq(store_list_refunds(store, T, &q, &l2, err, sizeof err), STORE_OK, "%s", err);
+    cr_assert_eq(l2.count, 1);
+    cr_assert_not(l2.has_more);
+    cr_assert_str_eq(l2.items[0].refund_id, older);
+    store_refund_list_clear(&l);
+    store_refund_list_clear(&l2);
+    q.starting_after = "re_not_there";
+    cr_assert_eq(store_list_refunds(store, T, &q, &l, err, sizeof err), STORE_NOT_FOUND);
+}
+
+CONTRACT(refund_over_what_is_left_is_rejected_and_writes_nothing)
+{
+    char pay[96], re[96], err[256] = "";
+    paid(pay, sizeof pay, "completed");
+    cr_assert_eq(refund_with_key(pay, 6000, re, sizeof re), STORE_OK);
+    cr_assert_eq(refund_with_key(pay, 4001, re, sizeof re), STORE_REJECTED);
+    struct store_refund got;
+    cr_assert_eq(store_get_refund(store, T, re, &got, err, sizeof err), STORE_NOT_FOUND);
+    cr_assert_eq(refunded(pay), 6000);
+    /* the rejected key's record is still processing: nothing was completed */
+    char key[96];
+    test_unique(key, sizeof key, "refund-over");
+    struct store_claim_result a = claim(key, "fp-refund", LONG_MS, DAY_MS);
+    struct store_refund r = refund_of(pay, "re_over", key, 5000, 1);
+    struct store_rows rows = {.refund = &r};
+    struct store_response resp = {201, "{}", 2, NULL};
+    cr_assert_eq(store_complete(store, T, key, a.lease_token, &resp, &rows, err, sizeof err),
+                 STORE_REJECTED);
+    struct store_claim_result b = claim(key, "fp-refund", LONG_MS, DAY_MS);
+    cr_assert_eq(b.outcome, CLAIM_IN_PROGRESS);
+    cr_assert_eq(store_release(store, T, key, a.lease_token, err, sizeof err), STORE_OK);
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&b);
+    /* without a key too; and a declined payment, or none, takes no refund */
+    r = refund_of(pay, "re_over2", NULL, 4001, 1);
+    cr_assert_eq(store_write_rows(store, T, &rows, err, sizeof err), STORE_REJECTED);
+    r = refund_of(pay, "re_rest", NULL, 4000, 1);
+    cr_assert_eq(store_write_rows(store, T, &rows, err, sizeof err), STORE_OK, "%s", err);
+    cr_assert_eq(refunded(pay), 10000);
+    char declined[96];
+    paid(declined, sizeof declined, "declined");
+    cr_assert_eq(refund_with_key(declined, 1, re, sizeof re), STORE_REJECTED);
+    cr_assert_eq(refund_with_key("txn_nobody", 1, re, sizeof re), STORE_REJECTED);
+}
+
+CONTRACT(refund_with_a_stale_token_is_refused_with_no_row)
+{
+    char pay[96], key[96], err[256] = "";
+    paid(pay, sizeof pay, "completed");
+    test_unique(key, sizeof key, "refund-stale");
+    struct store_claim_result a = claim(key, "fp-refund", 200, DAY_MS);
+    wait_ms(400);
+    struct store_claim_result b = claim(key, "fp-refund", LONG_MS, DAY_MS);
+    cr_assert_eq(b.outcome, CLAIM_TAKEOVER);
+    struct store_refund r = refund_of(pay, "re_stale_holder", key, 1000, 1);
+    struct store_rows rows = {.refund = &r};
+    struct store_response resp = {201, "{}", 2, NULL};
+    cr_assert_eq(store_complete(store, T, key, a.lease_token, &resp, &rows, err, sizeof err),
+                 STORE_LEASE_LOST);
+    struct store_refund got;
+    cr_assert_eq(store_get_refund(store, T, "re_stale_holder", &got, err, sizeof err),
+                 STORE_NOT_FOUND);
+    cr_assert_eq(refunded(pay), 0, "the stale holder's share was rolled back");
+    r.refund_id = "re_new_holder";
+    cr_assert_eq(store_complete(store, T, key, b.lease_token, &resp, &rows, err, sizeof err),
+                 STORE_OK, "%s", err);
+    cr_assert_eq(refunded(pay), 1000);
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&b);
+}
+
+struct racer {
+    const char *payment;
+    enum store_status st;
+};
+
+static void *race_refund(void *arg)
+{
+    struct racer *rc = arg;
+    char re[96];
+    rc->st = refund_with_key(rc->payment, 1000, re, sizeof re);
+    return NULL;
+}
+
+CONTRACT(concurrent_refunds_with_different_keys_never_exceed_the_payment)
+{
+    enum { N = 16 }; /* 16 refunds of 10% each: exactly 10 fit */
+    char pay[96];
+    paid(pay, sizeof pay, "completed");
+    pthread_t th[N];
+    struct racer rc[N];
+    for (int i = 0; i < N; i++) {
+        rc[i] = (struct racer){pay, STORE_ERROR};
+        cr_assert_eq(pthread_create(&th[i], NULL, race_refund, &rc[i]), 0);
+    }
+    int ok = 0, rejected = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        ok += rc[i].st == STORE_OK;
+        rejected += rc[i].st == STORE_REJECTED;
+    }
+    cr_assert_eq(ok, 10, "%d refunds written", ok);
+    cr_assert_eq(rejected, N - 10);
+    cr_assert_eq(refunded(pay), 10000);
+    char err[256] = "";
+    struct store_refund_list l = {0};
+    struct store_refund_query q = {.transaction_id = pay, .limit = 100};
+    cr_assert_eq(store_list_refunds(store, T, &q, &l, err, sizeof err), STORE_OK, "%s", err);
+    int64_t sum = 0;
+    for (size_t i = 0; i < l.count; i++)
+        sum += l.items[i].amount_minor;
+    cr_assert_eq(l.count, 10);
+    cr_assert_eq(sum, 10000);
+    store_refund_list_clear(&l);
 }
 
 /* ---- PostgreSQL only: losing the database connection --------------------------- */

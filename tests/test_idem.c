@@ -1,0 +1,287 @@
+/* test_idem.c - the idempotency layer's state machine, without sockets:
+ * idem_execute over the memory store, and over the faulty store where the
+ * database fails at each step */
+#define _POSIX_C_SOURCE 200809L
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "faulty_store.h"
+#include "idem.h"
+#include "idemkey.h"
+#include "replay_cache.h"
+#include "store.h"
+#include "support.h"
+
+/* A made-up operation: answers what the test tells it, counts its runs. */
+struct fake {
+    int runs;
+    int fail;      /* run returns -1 (a 404 of its own) */
+    int retryable; /* run answers a 502 that must not be cached */
+    int rejected;  /* calls of the rejected hook */
+    struct store_payment row;     /* written with the answer when it has an id */
+    struct store_refund *refund;  /* written with the answer when set */
+};
+
+static void free_rows(struct store_rows *rows)
+{
+    rows->payment = NULL; /* borrowed from struct fake */
+    rows->refund = NULL;
+}
+
+static int fake_run(void *ctx, const void *req, const char *key, struct idem_result *out,
+                    struct apierr *err)
+{
+    struct fake *f = ctx;
+    (void)req;
+    (void)key;
+    f->runs++;
+    if (f->fail)
+        return apierr_set(err, 404, APIERR_INVALID_REQUEST, "payment_not_found", NULL, "none");
+    char body[64];
+    snprintf(body, sizeof body, "{\"run\":%d}", f->runs);
+    out->status = f->retryable ? 502 : 201;
+    out->retryable = f->retryable;
+    out->body = strdup(body);
+    out->body_len = strlen(body);
+    out->location = strdup("/things/1");
+    out->rows.payment = f->row.transaction_id ? &f->row : NULL;
+    out->rows.refund = f->refund;
+    out->free_rows = free_rows;
+    out->effect = "completed";
+    return 0;
+}
+
+static int fake_rejected(void *ctx, const void *req, struct idem_result *out, struct apierr *err)
+{
+    struct fake *f = ctx;
+    (void)req;
+    (void)err;
+    f->rejected++;
+    out->status = 422;
+    out->body = strdup("{\"rejected\":true}");
+    out->body_len = strlen(out->body);
+    return 0;
+}
+
+static const struct idem_op OP = {.route = "/things", .run = fake_run, .rejected = fake_rejected};
+static const struct idem_op OTHER_ROUTE = {.route = "/things/{id}/other", .run = fake_run};
+
+static struct store *store, *faulty;
+static struct replay_cache *cache;
+static struct idem layer;
+
+static void setup(void)
+{
+    faulty = faulty_store_new(store_mem_new());
+    store = faulty;
+    cache = replay_cache_new(64);
+    layer = (struct idem){store, cache, 60000, 86400000};
+}
+
+static void teardown(void)
+{
+    store_free(faulty);
+    replay_cache_free(cache);
+}
+
+static struct idem_answer exec(const struct idem_op *op, const char *key, const char *canon,
+                               struct fake *f)
+{
+    struct idem_answer a;
+    struct idem_request rq = {.tenant = "t",
+                              .key = key,
+                              .method = "POST",
+                              .canonical = canon,
+                              .canonical_len = strlen(canon),
+                              .ctx = f};
+    idem_execute(&layer, op, &rq, &a);
+    return a;
+}
+
+TestSuite(idem, .init = setup, .fini = teardown, .timeout = 30);
+
+Test(idem, new_key_runs_once_and_every_retry_replays_it)
+{
+    struct fake f = {0};
+    struct idem_answer a = exec(&OP, "k1", "x=1", &f);
+    cr_assert_eq(a.outcome, OUTCOME_NEW);
+    cr_assert_eq(a.status, 201);
+    cr_assert_str_eq(a.body, "{\"run\":1}");
+    cr_assert_str_eq(a.location, "/things/1");
+    cr_assert_not(a.replayed);
+    cr_assert_str_eq(a.effect, "completed");
+    idem_answer_clear(&a);
+    /* from the replay cache, then from the store (cache emptied) */
+    for (int i = 0; i < 2; i++) {
+        if (i == 1) {
+            replay_cache_free(cache);
+            cache = layer.replays = replay_cache_new(64);
+        }
+        a = exec(&OP, "k1", "x=1", &f);
+        cr_assert_eq(a.outcome, OUTCOME_REPLAY);
+        cr_assert(a.replayed);
+        cr_assert(a.duplicate);
+        cr_assert_eq(a.status, 200);
+        cr_assert_str_eq(a.body, "{\"run\":1}");
+        cr_assert_str_eq(a.location, "/things/1");
+        cr_assert_null(a.effect);
+        idem_answer_clear(&a);
+    }
+    cr_assert_eq(f.runs, 1);
+}
+
+Test(idem, same_key_with_another_request_or_route_is_a_mismatch)
+{
+    struct fake f = {0};
+    struct idem_answer a = exec(&OP, "k2", "x=1", &f);
+    idem_answer_clear(&a);
+    a = exec(&OP, "k2", "x=2", &f);
+    cr_assert_eq(a.outcome, OUTCOME_MISMATCH);
+    cr_assert_eq(a.status, 422);
+    cr_assert(strstr(a.body, "idempotency_key_reused"));
+    idem_answer_clear(&a);
+    a = exec(&OTHER_ROUTE, "k2", "x=1", &f);
+    cr_assert_eq(a.outcome, OUTCOME_MISMATCH, "same fields, another route");
+    idem_answer_clear(&a);
+    cr_assert_eq(f.runs, 1);
+}
+
+Test(idem, a_key_still_running_is_a_409_with_retry_after)
+{
+    struct fake f = {0};
+    struct store_claim_result c;
+    char err[256], fp[65];
+    idem_fingerprint("POST", "/things", "x=1", 3, fp);
+    cr_assert_eq(store_claim(store, "t", "k3", fp, 60000, 86400000, &c, err, sizeof err), STORE_OK);
+    struct idem_answer a = exec(&OP, "k3", "x=1", &f);
+    cr_assert_eq(a.outcome, OUTCOME_CONFLICT);
+    cr_assert_eq(a.status, 409);
+    cr_assert_eq(a.retry_after, 1);
+    cr_assert_eq(f.runs, 0);
+    idem_answer_clear(&a);
+    store_claim_result_clear(&c);
+}
+
+Test(idem, a_failed_or_retryable_run_releases_the_key)
+{
+    struct fake f = {.fail = 1};
+    struct idem_answer a = exec(&OP, "k4", "x=1", &f);
+    cr_assert_eq(a.outcome, OUTCOME_RELEASED);
+    cr_assert_eq(a.status, 404);
+    idem_answer_clear(&a);
+    f.fail = 0;
+    f.retryable = 1;
+    a = exec(&OP, "k4", "x=1", &f);
+    cr_assert_eq(a.outcome, OUTCOME_RELEASED);
+    cr_assert_eq(a.status, 502);
+    idem_answer_clear(&a);
+    f.retryable = 0;
+    a = exec(&OP, "k4", "x=1", &f);
+    cr_assert_eq(a.outcome, OUTCOME_NEW, "the key was free again");
+    cr_assert_eq(a.status, 201);
+    idem_answer_clear(&a);
+    cr_assert_eq(f.runs, 3);
+}
+
+Test(idem, rows_the_store_rejects_get_the_operations_answer_uncached)
+{
+    /* a refund of a payment that does not exist: the store rejects it */
+    struct store_refund bad = {.refund_id = "re_x",
+                               .transaction_id = "txn_none",
+                               .amount_minor = 1,
+                               .currency = "USD",
+                               .status = "succeeded"};
+    struct fake f = {.refund = &bad};
+    struct idem_answer a = exec(&OP, "k5", "x=1", &f);
+    cr_assert_eq(f.rejected, 1);
+    cr_assert_eq(a.status, 422);
+    cr_assert_str_eq(a.body, "{\"rejected\":true}");
+    cr_assert_eq(a.outcome, OUTCOME_RELEASED);
+    cr_assert_null(a.effect);
+    idem_answer_clear(&a);
+    /* not cached: the retry runs again */
+    a = exec(&OP, "k5", "x=1", &f);
+    cr_assert_eq(f.runs, 2);
+    cr_assert_eq(a.status, 422);
+    idem_answer_clear(&a);
+    /* an operation with no answer for it: a 500, the key released */
+    a = exec(&OTHER_ROUTE, "k5b", "x=1", &f);
+    cr_assert_eq(a.status, 500);
+    cr_assert_eq(a.outcome, OUTCOME_RELEASED);
+    idem_answer_clear(&a);
+}
+
+Test(idem, a_request_without_a_key_runs_each_time_and_writes_its_rows)
+{
+    struct fake f = {.row = {.transaction_id = "txn_nokey",
+                             .customer_id = "c",
+                             .amount_minor = 5,
+                             .currency = "USD",
+                             .status = "completed"}};
+    for (int i = 1; i <= 2; i++) {
+        struct idem_answer a = exec(&OP, NULL, "x=1", &f);
+        cr_assert_eq(a.outcome, OUTCOME_NO_KEY);
+        cr_assert_eq(a.status, 201);
+        cr_assert_eq(f.runs, i);
+        idem_answer_clear(&a);
+        f.row.transaction_id = "txn_nokey2";
+    }
+    struct store_payment got;
+    char err[256];
+    cr_assert_eq(store_get_payment(store, "t", "txn_nokey", &got, err, sizeof err), STORE_OK);
+    store_payment_clear(&got);
+}
+
+Test(idem, a_claim_the_store_cannot_make_is_a_503_and_nothing_runs)
+{
+    struct fake f = {0};
+    faulty_store_fail(store, FAULTY_CLAIM, 1, STORE_UNAVAILABLE);
+    struct idem_answer a = exec(&OP, "k6", "x=1", &f);
+    cr_assert_eq(a.status, 503);
+    cr_assert_eq(a.retry_after, 1);
+    cr_assert(strstr(a.body, "store_unavailable"));
+    cr_assert_eq(a.nfailures, 1);
+    cr_assert_str_eq(a.failures[0].op, "claim");
+    cr_assert_eq(f.runs, 0);
+    idem_answer_clear(&a);
+}
+
+Test(idem, a_completion_that_fails_releases_the_key_for_the_retry)
+{
+    struct fake f = {0};
+    faulty_store_fail(store, FAULTY_COMPLETE, 1, STORE_UNAVAILABLE);
+    struct idem_answer a = exec(&OP, "k7", "x=1", &f);
+    cr_assert_eq(a.status, 503);
+    cr_assert_eq(a.outcome, OUTCOME_RELEASED);
+    idem_answer_clear(&a);
+    a = exec(&OP, "k7", "x=1", &f);
+    cr_assert_eq(a.outcome, OUTCOME_NEW);
+    cr_assert_eq(a.status, 201);
+    cr_assert_eq(f.runs, 2);
+    idem_answer_clear(&a);
+    /* and when the release fails too, the lease is what frees the key */
+    faulty_store_fail(store, FAULTY_COMPLETE, 1, STORE_UNAVAILABLE);
+    faulty_store_fail(store, FAULTY_RELEASE, 1, STORE_UNAVAILABLE);
+    a = exec(&OP, "k8", "x=1", &f);
+    cr_assert_eq(a.status, 503);
+    cr_assert_eq(a.outcome, OUTCOME_RELEASE_FAILED);
+    cr_assert_eq(a.nfailures, 2);
+    idem_answer_clear(&a);
+    a = exec(&OP, "k8", "x=1", &f);
+    cr_assert_eq(a.outcome, OUTCOME_CONFLICT, "still held until its lease runs out");
+    idem_answer_clear(&a);
+}
+
+Test(idem, a_lost_lease_is_a_409_and_writes_nothing)
+{
+    struct fake f = {0};
+    faulty_store_fail(store, FAULTY_COMPLETE, 1, STORE_LEASE_LOST);
+    struct idem_answer a = exec(&OP, "k9", "x=1", &f);
+    cr_assert_eq(a.status, 409);
+    cr_assert_eq(a.outcome, OUTCOME_LEASE_LOST);
+    cr_assert_eq(a.retry_after, 1);
+    cr_assert(strstr(a.body, "idempotency_key_in_use"));
+    idem_answer_clear(&a);
+}
