@@ -1,9 +1,11 @@
 /* demo.c - mockery-demo: the walkthrough, as a program
  *
  * Against a running server it shows a lost response and its retries, three
- * payments for one customer, a burst of concurrent duplicates and a retried
- * decline, then counts the charges per key through the API and prints
- * "double charges: N" (exit 1 unless N is 0). HTTP through libcurl.
+ * payments for one customer, a burst of concurrent duplicates, a retried
+ * decline, and refunds (one whose answer is lost, two racing with different
+ * keys for more than is left), then counts the charges per key through the
+ * API and prints "double charges: N" (exit 1 unless N is 0). HTTP through
+ * libcurl.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <cjson/cJSON.h>
@@ -68,13 +70,15 @@ static const char *field(const struct reply *r, const char *name, char *buf, siz
 
 static void show(const char *what, const struct reply *r)
 {
-    char id[64], code[64];
+    char id[64], code[64], refund[64];
     if (!r->status) {
         printf("  %-34s -> no answer (%s)\n", what, r->error);
         return;
     }
     printf("  %-34s -> %ld", what, r->status);
-    if (field(r, "transaction_id", id, sizeof id)[0])
+    if (field(r, "refund_id", refund, sizeof refund)[0])
+        printf("  refund %s", refund);
+    else if (field(r, "transaction_id", id, sizeof id)[0])
         printf("  transaction %s", id);
     if (field(r, "code", code, sizeof code)[0])
         printf("  error %s", code);
@@ -244,6 +248,105 @@ static int declined(const struct opts *o)
     return ok ? 0 : -1;
 }
 
+/* Retries a POST with the same key until it is not a 409 (as Retry-After
+ * says); returns the last reply in *r. */
+static void post_until_settled(const struct opts *o, const char *path, const char *key,
+                               const char *body, struct reply *r)
+{
+    for (int attempt = 0; attempt < 60; attempt++) {
+        call(o, "POST", path, key, body, 30000, r);
+        show("POST retry, same key", r);
+        if (r->status != 409)
+            return;
+        long wait = atol(r->retry_after) > 0 ? atol(r->retry_after) * 1000 : 1000;
+        reply_free(r);
+        sleep_ms(wait);
+    }
+}
+
+struct refund_arg {
+    const struct opts *o;
+    pthread_barrier_t *barrier;
+    const char *path;
+    char key[64];
+    struct reply r;
+};
+
+static void *refund_one(void *p)
+{
+    struct refund_arg *a = p;
+    pthread_barrier_wait(a->barrier);
+    call(a->o, "POST", a->path, a->key, "{\"amount\":30.00}", 30000, &a->r);
+    return NULL;
+}
+
+/* 5: refunds are idempotent the same way, and never add up to more than
+ * the payment: a refund whose answer is lost, then two refunds with
+ * different keys that together ask for more than is left. */
+static int refunds(const struct opts *o)
+{
+    char key[64], cust[64], body[256], id[64], path[160], refunded[64];
+    struct reply r;
+    snprintf(cust, sizeof cust, "cust-demo-refund-%s", run_id);
+    snprintf(key, sizeof key, "demo-%s-refunded-order", run_id);
+    payment_body(body, sizeof body, cust, "80.00");
+    printf("\n5. Refunds of an 80.00 EUR payment\n");
+    call(o, "POST", "/api/v1/payments", key, body, 30000, &r);
+    show("POST payment", &r);
+    field(&r, "transaction_id", id, sizeof id);
+    int ok = r.status == 201;
+    reply_free(&r);
+    if (!ok)
+        return -1;
+    snprintf(path, sizeof path, "/api/v1/payments/%s/refunds", id);
+
+    snprintf(key, sizeof key, "demo-%s-refund-lost", run_id);
+    const char *thirty = "{\"amount\":30.00,\"reason\":\"requested_by_customer\"}";
+    call(o, "POST", path, key, thirty, o->timeout_ms, &r);
+    show("POST refund 30.00 (client gives up)", &r);
+    reply_free(&r);
+    post_until_settled(o, path, key, thirty, &r);
+    ok = r.status == 200 || r.status == 201;
+    reply_free(&r);
+
+    printf("  two refunds of 30.00 at once, two keys, 50.00 left:\n");
+    pthread_barrier_t barrier;
+    pthread_barrier_init(&barrier, NULL, 2);
+    struct refund_arg args[2];
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++) {
+        args[i] = (struct refund_arg){o, &barrier, path, "", {0}};
+        snprintf(args[i].key, sizeof args[i].key, "demo-%s-refund-race-%d", run_id, i + 1);
+        pthread_create(&t[i], NULL, refund_one, &args[i]);
+    }
+    int created = 0, refused = 0;
+    for (int i = 0; i < 2; i++) {
+        pthread_join(t[i], NULL);
+        show(args[i].key + strlen(run_id) + 6, &args[i].r);
+        created += args[i].r.status == 201;
+        refused += args[i].r.status == 422;
+        reply_free(&args[i].r);
+    }
+    pthread_barrier_destroy(&barrier);
+    printf("  one refunded, one refused (refund_exceeds_payment): %s\n",
+           created == 1 && refused == 1 ? "yes" : "NO");
+    ok = ok && created == 1 && refused == 1;
+
+    snprintf(path, sizeof path, "/api/v1/payments/%s", id);
+    call(o, "GET", path, NULL, NULL, 30000, &r);
+    cJSON *p = r.status == 200 ? cJSON_Parse(r.body) : NULL;
+    cJSON *amount = cJSON_GetObjectItem(p, "amount_refunded");
+    /* the money as the server wrote it, never through a float */
+    const char *at = r.body ? strstr(r.body, "\"amount_refunded\":") : NULL;
+    snprintf(refunded, sizeof refunded, "%.*s", at ? (int)strcspn(at + 18, ",}") : 1,
+             at ? at + 18 : "?");
+    printf("  GET %s -> %ld: amount_refunded %s of 80.00\n", id, r.status, refunded);
+    ok = ok && cJSON_IsNumber(amount) && strcmp(refunded, "60.00") == 0;
+    cJSON_Delete(p);
+    reply_free(&r);
+    return ok ? 0 : -1;
+}
+
 /* Counts payments per idempotency key for one customer, through the API;
  * returns how many keys were charged more than once, or -1. */
 static int double_charges_for(const struct opts *o, const char *customer, int *payments)
@@ -340,11 +443,13 @@ int main(int argc, char **argv)
     failed |= three_payments(&o) != 0;
     failed |= burst(&o) != 0;
     failed |= declined(&o) != 0;
+    failed |= refunds(&o) != 0;
 
     printf("\nCounting the charges per idempotency key through the API\n");
-    const char *prefixes[] = {"cust-demo-", "cust-demo-burst-", "cust-declined-demo-"};
+    const char *prefixes[] = {"cust-demo-", "cust-demo-burst-", "cust-declined-demo-",
+                              "cust-demo-refund-"};
     int doubles = 0, payments = 0;
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 4; i++) {
         char cust[64];
         snprintf(cust, sizeof cust, "%s%s", prefixes[i], run_id);
         int d = double_charges_for(&o, cust, &payments);
@@ -355,10 +460,10 @@ int main(int argc, char **argv)
             doubles += d;
         }
     }
-    printf("  %d payments for 6 keys (%d requests sent)\n", payments, 3 + 3 + o.burst + 2);
+    printf("  %d payments for 7 keys (%d requests sent)\n", payments, 3 + 3 + o.burst + 2 + 1);
     printf("double charges: %d\n", doubles);
     curl_global_cleanup();
-    if (payments != 6)
+    if (payments != 7)
         failed = 1;
     return doubles == 0 && !failed ? 0 : 1;
 }

@@ -218,7 +218,7 @@ int handlers_route(struct mg_connection *conn, void *cbdata)
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     metrics_request(app->metrics, (enum metrics_route)r.route, r.ri->request_method, r.status, secs,
-                    r.outcome, r.payment_status);
+                    r.outcome, r.effect);
     access_log(&r, secs * 1e3);
     return r.status ? r.status : 500;
 }

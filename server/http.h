@@ -30,7 +30,7 @@ struct request {
     /* What the access log reports. */
     int status;
     enum outcome outcome;       /* what the idempotency layer did, or OUTCOME_NONE */
-    const char *payment_status; /* set when the request stored a payment */
+    enum effect effect;         /* what the request's rows were, once written */
     int route;                  /* enum metrics_route */
     int close;                  /* the connection ends with this answer */
     char key[HTTP_KEY_MAX + 1];

@@ -30,7 +30,8 @@ struct idem_result {
     int retryable;  /* failed before any effect: release the key, do not cache */
     struct store_rows rows; /* written with the completion, in its transaction */
     void (*free_rows)(struct store_rows *rows); /* the operation's; NULL: nothing to free */
-    const char *effect; /* a static word for the metrics, counted once the rows are written */
+    int effect; /* the operation's code for what its rows were (0: none), passed on once
+                   they are written: the layer does not read it */
 };
 
 void idem_result_clear(struct idem_result *r);
@@ -86,7 +87,7 @@ struct idem_answer {
     enum outcome outcome;
     int duplicate;            /* a duplicate was prevented (replay, 409, 422) */
     int64_t first_seen_us;    /* with duplicate: when the key was first used */
-    const char *effect; /* the operation's effect word, when its rows were written */
+    int effect; /* the operation's effect code, when its rows were written; else 0 */
     struct idem_store_failure failures[2];
     int nfailures;
 };

@@ -28,6 +28,7 @@ struct metrics {
     uint64_t outcomes[OUTCOME_COUNT];
     uint64_t payments_completed;
     uint64_t payments_declined;
+    uint64_t refunds;
     uint64_t reaped;
     uint64_t rate_limited;
     uint64_t connections_refused;
@@ -47,7 +48,7 @@ void metrics_free(struct metrics *m)
 }
 
 void metrics_request(struct metrics *m, enum metrics_route route, const char *method, int status,
-                     double seconds, enum outcome outcome, const char *payment_status)
+                     double seconds, enum outcome outcome, enum effect effect)
 {
     int mi = strcmp(method, "GET") == 0    ? METHOD_GET
              : strcmp(method, "POST") == 0 ? METHOD_POST
@@ -63,10 +64,12 @@ void metrics_request(struct metrics *m, enum metrics_route route, const char *me
     ADD(m->latency_sum_us[route], (uint64_t)(seconds * 1e6));
     if (outcome_name(outcome))
         ADD(m->outcomes[outcome], 1);
-    if (payment_status && strcmp(payment_status, "completed") == 0)
+    if (effect == EFFECT_PAYMENT_COMPLETED)
         ADD(m->payments_completed, 1);
-    else if (payment_status && strcmp(payment_status, "declined") == 0)
+    else if (effect == EFFECT_PAYMENT_DECLINED)
         ADD(m->payments_declined, 1);
+    else if (effect == EFFECT_REFUND)
+        ADD(m->refunds, 1);
 }
 
 void metrics_reaped(struct metrics *m, int n)
@@ -168,9 +171,12 @@ char *metrics_render(struct metrics *m, struct store *store, unsigned long long 
         "# HELP mockery_payments_total Payments stored, by status.\n"
         "# TYPE mockery_payments_total counter\n"
         "mockery_payments_total{status=\"completed\"} %llu\n"
-        "mockery_payments_total{status=\"declined\"} %llu\n",
+        "mockery_payments_total{status=\"declined\"} %llu\n"
+        "# HELP mockery_refunds_total Refunds stored.\n"
+        "# TYPE mockery_refunds_total counter\n"
+        "mockery_refunds_total %llu\n",
         (unsigned long long)LOAD(m->payments_completed),
-        (unsigned long long)LOAD(m->payments_declined));
+        (unsigned long long)LOAD(m->payments_declined), (unsigned long long)LOAD(m->refunds));
 
     struct store_pool_stats ps = {0};
     if (store)

@@ -31,10 +31,9 @@ struct metrics;
 struct metrics *metrics_new(void);
 void metrics_free(struct metrics *m);
 
-/* One finished request. outcome may be OUTCOME_NONE; payment_status ("completed",
- * "declined") is set when the request stored a payment. */
+/* One finished request. outcome may be OUTCOME_NONE, effect EFFECT_NONE. */
 void metrics_request(struct metrics *m, enum metrics_route route, const char *method, int status,
-                     double seconds, enum outcome outcome, const char *payment_status);
+                     double seconds, enum outcome outcome, enum effect effect);
 
 /* Expired records the reaper deleted. */
 void metrics_reaped(struct metrics *m, int n);

@@ -21,6 +21,16 @@ enum outcome {
     OUTCOME_COUNT
 };
 
+/* What an operation's rows were, once written: what the metrics count
+ * (payments by status, refunds). The idempotency layer passes it on
+ * without reading it. */
+enum effect {
+    EFFECT_NONE = 0,
+    EFFECT_PAYMENT_COMPLETED,
+    EFFECT_PAYMENT_DECLINED,
+    EFFECT_REFUND,
+};
+
 /* The outcome's word ("new", "replay", ...); NULL for OUTCOME_NONE or a
  * value out of range. */
 const char *outcome_name(enum outcome o);

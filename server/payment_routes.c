@@ -118,7 +118,7 @@ static int pay_run(void *vctx, const void *vreq, const char *key, struct idem_re
         goto oom;
     out->rows.payment = row;
     out->free_rows = pay_free_rows;
-    out->effect = po == PAYMENT_APPROVED ? "completed" : "declined";
+    out->effect = po == PAYMENT_APPROVED ? EFFECT_PAYMENT_COMPLETED : EFFECT_PAYMENT_DECLINED;
     if (po == PAYMENT_APPROVED) {
         out->status = 201;
         out->body = payment_json(&p);

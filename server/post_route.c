@@ -102,7 +102,7 @@ void post_route_serve(struct request *r, const struct post_route *route, const c
     for (int i = 0; i < ans.nfailures; i++)
         http_log_store_error(r, ans.failures[i].op, ans.failures[i].status, ans.failures[i].err);
     r->outcome = ans.outcome;
-    r->payment_status = ans.effect;
+    r->effect = (enum effect)ans.effect;
     if (ans.duplicate)
         log_duplicate(r, route, req, ans.first_seen_us);
     send_answer(r, &ans);

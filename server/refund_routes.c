@@ -150,6 +150,7 @@ static int refund_run(void *vctx, const void *vreq, const char *key, struct idem
     if (!copy)
         goto oom;
     out->rows.refund = copy;
+    out->effect = EFFECT_REFUND;
     out->free_rows = refund_free_rows;
     out->status = 201;
     out->body = refund_json(&row);

@@ -246,7 +246,10 @@ Test(process, demo_walkthrough_reports_zero_double_charges, .timeout = 120)
                           "201 created: 1",
                           "one charge: yes",
                           "the same decline, replayed: yes",
-                          "6 payments for 6 keys",
+                          "POST refund 30.00 (client gives up) -> no answer",
+                          "one refunded, one refused (refund_exceeds_payment): yes",
+                          "amount_refunded 60.00 of 80.00",
+                          "7 payments for 7 keys",
                           "\ndouble charges: 0\n"};
     for (size_t i = 0; i < sizeof seen / sizeof seen[0]; i++)
         cr_assert_not_null(strstr(r.out, seen[i]), "demo output lacks '%s':\n%s", seen[i], r.out);

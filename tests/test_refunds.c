@@ -177,6 +177,15 @@ BOTH(refund_is_created_replayed_and_listed)
     cr_assert_str_eq(test_json_str(cJSON_GetArrayItem(cJSON_GetObjectItem(l2, "refunds"), 0),
                                    "refund_id"),
                      id);
+    /* counted once each, under their route templates */
+    struct test_response m;
+    get("/metrics", &m);
+    cr_assert(strstr(m.body, "\nmockery_refunds_total 2\n"), "%s", m.body);
+    cr_assert(strstr(m.body, "mockery_http_requests_total{route=\"/api/v1/payments/{id}/refunds\","
+                             "method=\"POST\",status=\"201\"} 2\n"));
+    cr_assert(strstr(m.body, "mockery_http_requests_total{route=\"/api/v1/refunds/{id}\","
+                             "method=\"GET\",status=\"200\"} 1\n"));
+    test_response_free(&m);
     cJSON_Delete(l);
     cJSON_Delete(l2);
     cJSON_Delete(second_o);

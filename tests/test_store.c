@@ -447,7 +447,10 @@ CONTRACT(refund_over_what_is_left_is_rejected_and_writes_nothing)
     char key[96];
     test_unique(key, sizeof key, "refund-over");
     struct store_claim_result a = claim(key, "fp-refund", LONG_MS, DAY_MS);
-    struct store_refund r = refund_of(pay, "re_over", key, 5000, 1);
+    char ids[3][96];
+    for (int i = 0; i < 3; i++)
+        test_unique(ids[i], sizeof ids[i], "re");
+    struct store_refund r = refund_of(pay, ids[0], key, 5000, 1);
     struct store_rows rows = {.refund = &r};
     struct store_response resp = {201, "{}", 2, NULL};
     cr_assert_eq(store_complete(store, T, key, a.lease_token, &resp, &rows, err, sizeof err),
@@ -458,9 +461,9 @@ CONTRACT(refund_over_what_is_left_is_rejected_and_writes_nothing)
     store_claim_result_clear(&a);
     store_claim_result_clear(&b);
     /* without a key too; and a declined payment, or none, takes no refund */
-    r = refund_of(pay, "re_over2", NULL, 4001, 1);
+    r = refund_of(pay, ids[1], NULL, 4001, 1);
     cr_assert_eq(store_write_rows(store, T, &rows, err, sizeof err), STORE_REJECTED);
-    r = refund_of(pay, "re_rest", NULL, 4000, 1);
+    r = refund_of(pay, ids[2], NULL, 4000, 1);
     cr_assert_eq(store_write_rows(store, T, &rows, err, sizeof err), STORE_OK, "%s", err);
     cr_assert_eq(refunded(pay), 10000);
     char declined[96];
@@ -478,16 +481,18 @@ CONTRACT(refund_with_a_stale_token_is_refused_with_no_row)
     wait_ms(400);
     struct store_claim_result b = claim(key, "fp-refund", LONG_MS, DAY_MS);
     cr_assert_eq(b.outcome, CLAIM_TAKEOVER);
-    struct store_refund r = refund_of(pay, "re_stale_holder", key, 1000, 1);
+    char stale[96], fresh[96];
+    test_unique(stale, sizeof stale, "re");
+    test_unique(fresh, sizeof fresh, "re");
+    struct store_refund r = refund_of(pay, stale, key, 1000, 1);
     struct store_rows rows = {.refund = &r};
     struct store_response resp = {201, "{}", 2, NULL};
     cr_assert_eq(store_complete(store, T, key, a.lease_token, &resp, &rows, err, sizeof err),
                  STORE_LEASE_LOST);
     struct store_refund got;
-    cr_assert_eq(store_get_refund(store, T, "re_stale_holder", &got, err, sizeof err),
-                 STORE_NOT_FOUND);
+    cr_assert_eq(store_get_refund(store, T, stale, &got, err, sizeof err), STORE_NOT_FOUND);
     cr_assert_eq(refunded(pay), 0, "the stale holder's share was rolled back");
-    r.refund_id = "re_new_holder";
+    r.refund_id = fresh;
     cr_assert_eq(store_complete(store, T, key, b.lease_token, &resp, &rows, err, sizeof err),
                  STORE_OK, "%s", err);
     cr_assert_eq(refunded(pay), 1000);
