@@ -26,8 +26,8 @@ struct idem_result {
     int status;
     char *body; /* malloc'd */
     size_t body_len;
-    char *location; /* malloc'd, or NULL: sent as the Location header */
-    int retryable;  /* failed before any effect: release the key, do not cache */
+    char *location;         /* malloc'd, or NULL: sent as the Location header */
+    int retryable;          /* failed before any effect: release the key, do not cache */
     struct store_rows rows; /* written with the completion, in its transaction */
     void (*free_rows)(struct store_rows *rows); /* the operation's; NULL: nothing to free */
     int effect; /* the operation's code for what its rows were (0: none), passed on once
@@ -81,13 +81,13 @@ struct idem_answer {
     int status;
     char *body; /* malloc'd */
     size_t body_len;
-    char *location;   /* malloc'd, or NULL */
-    int replayed;     /* the first answer, sent again: marked as a replay */
-    int retry_after;  /* seconds for a Retry-After header; 0: none */
+    char *location;  /* malloc'd, or NULL */
+    int replayed;    /* the first answer, sent again: marked as a replay */
+    int retry_after; /* seconds for a Retry-After header; 0: none */
     enum outcome outcome;
-    int duplicate;            /* a duplicate was prevented (replay, 409, 422) */
-    int64_t first_seen_us;    /* with duplicate: when the key was first used */
-    int effect; /* the operation's effect code, when its rows were written; else 0 */
+    int duplicate;         /* a duplicate was prevented (replay, 409, 422) */
+    int64_t first_seen_us; /* with duplicate: when the key was first used */
+    int effect;            /* the operation's effect code, when its rows were written; else 0 */
     struct idem_store_failure failures[2];
     int nfailures;
 };
@@ -97,7 +97,7 @@ void idem_answer_clear(struct idem_answer *a);
 /* Runs rq through op: replay, 409, 422, or claim, run, and complete (or
  * release). Always fills *out with an answer (a 500 if even that cannot be
  * allocated has an empty body). */
-void idem_execute(const struct idem *layer, const struct idem_op *op,
-                  const struct idem_request *rq, struct idem_answer *out);
+void idem_execute(const struct idem *layer, const struct idem_op *op, const struct idem_request *rq,
+                  struct idem_answer *out);
 
 #endif

@@ -17,8 +17,7 @@ static int bad_param(struct request *r, const char *param, const char *msg)
     return http_fail(r, 400, APIERR_INVALID_REQUEST, "invalid_parameter", param, "%s", msg);
 }
 
-int paging_read(struct request *r, int (*valid)(const char *), const char *what,
-                struct paging *out)
+int paging_read(struct request *r, int (*valid)(const char *), const char *what, struct paging *out)
 {
     const char *qs = r->ri->query_string ? r->ri->query_string : "";
     size_t qlen = strlen(qs);
@@ -36,8 +35,8 @@ int paging_read(struct request *r, int (*valid)(const char *), const char *what,
     n = mg_get_var(qs, qlen, "starting_after", out->after, sizeof out->after);
     if (n != -1) {
         if (n <= 0 || !valid(out->after))
-            return http_fail(r, 400, APIERR_INVALID_REQUEST, "invalid_parameter",
-                             "starting_after", "starting_after must be a %s id", what);
+            return http_fail(r, 400, APIERR_INVALID_REQUEST, "invalid_parameter", "starting_after",
+                             "starting_after must be a %s id", what);
         out->has_after = 1;
     }
     return 0;

@@ -22,8 +22,7 @@ struct post_route {
     size_t max_body;
     /* Validates a body: 0 and *req (malloc'd), or -1 with err (nothing is
      * claimed). path_id: the id in the route's path, or NULL. */
-    int (*parse)(const char *body, size_t len, const char *path_id, void **req,
-                 struct apierr *err);
+    int (*parse)(const char *body, size_t len, const char *path_id, void **req, struct apierr *err);
     /* The bytes that identify the request (malloc'd), NULL on failure. */
     char *(*canonical)(const void *req, size_t *len);
     /* The customer the request is for, for the logs; may be NULL. */

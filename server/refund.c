@@ -22,7 +22,8 @@ int refund_parse(const char *body, size_t len, const char *transaction_id,
     struct json_top top;
     int rc = -1;
     snprintf(r.transaction_id, sizeof r.transaction_id, "%s", transaction_id);
-    cJSON *root = request_json_object(body, len, FIELDS, sizeof FIELDS / sizeof FIELDS[0], &top, err);
+    cJSON *root =
+        request_json_object(body, len, FIELDS, sizeof FIELDS / sizeof FIELDS[0], &top, err);
     if (!root)
         return -1;
     int has = request_json_amount(root, body, &top, REFUND_PARSE_DIGITS, NULL, &r.amount_e4, err);

@@ -107,8 +107,8 @@ static int refund_run(void *vctx, const void *vreq, const char *key, struct idem
                        "payment %s is already fully refunded", p.transaction_id);
         else
             apierr_set(err, 422, APIERR_INVALID_REQUEST, "refund_exceeds_payment", "amount",
-                       "a refund of %s %s is more than the %s left of payment %s", want,
-                       p.currency, rest, p.transaction_id);
+                       "a refund of %s %s is more than the %s left of payment %s", want, p.currency,
+                       rest, p.transaction_id);
         goto out;
     }
     wait_ms(ctx->delay_ms);
@@ -172,8 +172,7 @@ out:
 
 /* The refund did not fit when written: another refund of the same payment
  * got there first. */
-static int refund_rejected(void *ctx, const void *vreq, struct idem_result *out,
-                           struct apierr *err)
+static int refund_rejected(void *ctx, const void *vreq, struct idem_result *out, struct apierr *err)
 {
     (void)ctx;
     const struct refund_request *req = vreq;

@@ -9,8 +9,8 @@
 #include "money.h"
 #include "utf8.h"
 
-cJSON *request_json_object(const char *body, size_t len, const char *const *fields,
-                           size_t nfields, struct json_top *top, struct apierr *err)
+cJSON *request_json_object(const char *body, size_t len, const char *const *fields, size_t nfields,
+                           struct json_top *top, struct apierr *err)
 {
     size_t at = 0;
     /* Strictly first (RFC 8259, shallow): cJSON recurses and is lenient. */
@@ -63,8 +63,8 @@ fail:
     return NULL;
 }
 
-int request_json_amount(const cJSON *root, const char *body, const struct json_top *top,
-                        int digits, const char *currency, int64_t *minor, struct apierr *err)
+int request_json_amount(const cJSON *root, const char *body, const struct json_top *top, int digits,
+                        const char *currency, int64_t *minor, struct apierr *err)
 {
     /* The amount's index among the members: its decimal text is at the same
      * index of top. */
@@ -81,8 +81,8 @@ int request_json_amount(const cJSON *root, const char *body, const struct json_t
                           "amount must be a number");
     if (amount_at >= JSON_STRICT_MEMBERS)
         return apierr_set(err, 500, "api_error", "internal_error", NULL, "amount text not found");
-    switch (money_parse(body + top->value[amount_at].off, top->value[amount_at].len, digits,
-                        minor)) {
+    switch (
+        money_parse(body + top->value[amount_at].off, top->value[amount_at].len, digits, minor)) {
     case MONEY_OK:
         return 1;
     case MONEY_NOT_NUMBER:

@@ -17,11 +17,11 @@
 /* A made-up operation: answers what the test tells it, counts its runs. */
 struct fake {
     int runs;
-    int fail;      /* run returns -1 (a 404 of its own) */
-    int retryable; /* run answers a 502 that must not be cached */
-    int rejected;  /* calls of the rejected hook */
-    struct store_payment row;     /* written with the answer when it has an id */
-    struct store_refund *refund;  /* written with the answer when set */
+    int fail;                    /* run returns -1 (a 404 of its own) */
+    int retryable;               /* run answers a 502 that must not be cached */
+    int rejected;                /* calls of the rejected hook */
+    struct store_payment row;    /* written with the answer when it has an id */
+    struct store_refund *refund; /* written with the answer when set */
 };
 
 static void free_rows(struct store_rows *rows)

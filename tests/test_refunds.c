@@ -174,9 +174,8 @@ BOTH(refund_is_created_replayed_and_listed)
     cr_assert_eq(cJSON_GetObjectItem(l2, "count")->valueint, 1);
     cr_assert_not(cJSON_IsTrue(cJSON_GetObjectItem(l2, "has_more")));
     cr_assert(cJSON_IsNull(cJSON_GetObjectItem(l2, "next_cursor")));
-    cr_assert_str_eq(test_json_str(cJSON_GetArrayItem(cJSON_GetObjectItem(l2, "refunds"), 0),
-                                   "refund_id"),
-                     id);
+    cr_assert_str_eq(
+        test_json_str(cJSON_GetArrayItem(cJSON_GetObjectItem(l2, "refunds"), 0), "refund_id"), id);
     /* counted once each, under their route templates */
     struct test_response m;
     get("/metrics", &m);
@@ -303,8 +302,7 @@ BOTH(a_payment_key_used_on_a_refund_route_is_422)
     struct test_response p, r;
     test_unique(cust, sizeof cust, "cust");
     test_unique(key, sizeof key, "shared");
-    snprintf(body, sizeof body, "{\"amount\":3,\"currency\":\"USD\",\"customer_id\":\"%s\"}",
-             cust);
+    snprintf(body, sizeof body, "{\"amount\":3,\"currency\":\"USD\",\"customer_id\":\"%s\"}", cust);
     test_post_payment(&srv, key, body, &p);
     cr_assert_eq(p.status, 201, "%s", p.body);
     cJSON *o = test_json(&p);
@@ -327,8 +325,7 @@ static void refunds_of_another_tenant_are_404(void)
     test_unique(cust, sizeof cust, "cust");
     test_unique(key, sizeof key, "k");
     snprintf(keyh, sizeof keyh, "Idempotency-Key: %s", key);
-    snprintf(body, sizeof body, "{\"amount\":3,\"currency\":\"USD\",\"customer_id\":\"%s\"}",
-             cust);
+    snprintf(body, sizeof body, "{\"amount\":3,\"currency\":\"USD\",\"customer_id\":\"%s\"}", cust);
     const char *pay_h[] = {"Content-Type: application/json", keyh, acme, NULL};
     struct test_response p, r;
     snprintf(u, sizeof u, "%s/api/v1/payments", srv.base);

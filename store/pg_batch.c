@@ -1,0 +1,378 @@
+/* pg_batch.c - group commit for claims and completions (pg_batch.h) */
+#define _POSIX_C_SOURCE 200809L
+#include "pg_batch.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A batch still running after this long is waiting on something (a record
+ * lock held outside the server, a stalled flush): the next turn of its kind
+ * starts beside it, on another connection, rather than wait behind it. */
+#define BATCH_STALL_MS 200
+
+/* PostgreSQL keeps a prepared statement's generic plan, made at its sixth
+ * run, until the statistics of a table it reads change. A new database has
+ * none until autoanalyze comes (up to a minute later), and on a table that
+ * small - under about 70 pages, a thousand records - the cheapest plan for
+ * the batched completion is a sequential scan of idempotency_keys, which it
+ * then keeps while the table grows: every batch read the whole table, and
+ * throughput fell about fivefold within 25 s of load on an empty database.
+ * So the statements are prepared again (and planned afresh at the tables'
+ * new size) each time this server's completions pass 2,048, then four times
+ * as many, up to about two million: a plan made on a table too small for an
+ * index is never kept past a fourfold growth, and the plans made past 2,048
+ * records are index scans. Once statistics exist, PostgreSQL replans by
+ * itself. */
+#define REPLAN_FIRST 2048ULL
+#define REPLAN_LAST (1ULL << 21)
+
+/* With b->pool->mu held: when the next batch of this kind may start - now if none
+ * is running, else once every running one has stalled. */
+static void turn_at(const struct pg_batcher *b, int kind, struct timespec *at)
+{
+    *at = (struct timespec){0, 0};
+    for (const struct pg_batch_run *r = b->running[kind]; r; r = r->next)
+        if (r->start.tv_sec > at->tv_sec ||
+            (r->start.tv_sec == at->tv_sec && r->start.tv_nsec > at->tv_nsec))
+            *at = r->start;
+    if (!b->running[kind])
+        return;
+    at->tv_nsec += (long)BATCH_STALL_MS * 1000000L;
+    while (at->tv_nsec >= 1000000000L) {
+        at->tv_sec++;
+        at->tv_nsec -= 1000000000L;
+    }
+}
+
+/* The pool's wake hook (mu held, a connection free): the oldest queued
+ * claim and completion, when their kind may start a batch now. */
+static void wake_oldest(void *arg)
+{
+    struct pg_batcher *b = arg;
+    for (int k = 0; k < PG_BATCH_KINDS; k++) {
+        if (!b->head[k])
+            continue;
+        struct timespec turn;
+        turn_at(b, k, &turn);
+        if (!b->running[k] || pg_deadline_passed(&turn))
+            pthread_cond_signal(&b->head[k]->cv);
+    }
+}
+
+void pg_batcher_init(struct pg_batcher *b, struct pg_pool *pool)
+{
+    memset(b, 0, sizeof *b);
+    b->pool = pool;
+    b->replan_at = REPLAN_FIRST;
+    pthread_mutex_lock(&pool->mu);
+    pool->wake = wake_oldest;
+    pool->wake_arg = b;
+    pthread_mutex_unlock(&pool->mu);
+}
+
+/* ---- batches ------------------------------------------------------------ */
+
+/* A PostgreSQL array literal, built up element by element. */
+struct array_text {
+    char *p;
+    size_t len, cap;
+    int failed;
+};
+
+static void array_put(struct array_text *a, const char *text, size_t n)
+{
+    if (a->failed)
+        return;
+    if (a->len + n + 1 > a->cap) {
+        size_t cap = a->cap ? a->cap : 256;
+        while (a->len + n + 1 > cap)
+            cap *= 2;
+        char *p = realloc(a->p, cap);
+        if (!p) {
+            a->failed = 1;
+            return;
+        }
+        a->p = p;
+        a->cap = cap;
+    }
+    memcpy(a->p + a->len, text, n);
+    a->len += n;
+    a->p[a->len] = '\0';
+}
+
+/* Parameter col of every operation as one array: {"a","b\"c",NULL}. */
+static void array_of(struct array_text *a, struct pg_batch_op *const *ops, int n, int col)
+{
+    array_put(a, "{", 1);
+    for (int i = 0; i < n; i++) {
+        const char *v = col < ops[i]->nvals ? ops[i]->vals[col] : NULL;
+        if (i)
+            array_put(a, ",", 1);
+        if (!v) {
+            array_put(a, "NULL", 4);
+            continue;
+        }
+        array_put(a, "\"", 1);
+        for (const char *q = v; *q; q++) {
+            size_t run = strcspn(q, "\"\\");
+            array_put(a, q, run);
+            q += run;
+            if (!*q)
+                break;
+            array_put(a, "\\", 1);
+            array_put(a, q, 1);
+        }
+        array_put(a, "\"", 1);
+    }
+    array_put(a, "}", 1);
+}
+
+static int same_key(const struct pg_batch_op *a, const struct pg_batch_op *b)
+{
+    return strcmp(a->vals[0], b->vals[0]) == 0 && strcmp(a->vals[1], b->vals[1]) == 0;
+}
+
+/* With b->pool->mu held: queue operations, oldest first. */
+static void queue_push(struct pg_batcher *b, struct pg_batch_op *op)
+{
+    op->next = NULL;
+    op->prev = b->tail[op->kind];
+    if (op->prev)
+        op->prev->next = op;
+    else
+        b->head[op->kind] = op;
+    b->tail[op->kind] = op;
+    b->queued++;
+}
+
+static void queue_remove(struct pg_batcher *b, struct pg_batch_op *op)
+{
+    if (op->prev)
+        op->prev->next = op->next;
+    else
+        b->head[op->kind] = op->next;
+    if (op->next)
+        op->next->prev = op->prev;
+    else
+        b->tail[op->kind] = op->prev;
+    b->queued--;
+}
+
+/* With b->pool->mu held: unlinks up to BATCH_MAX queued operations of one kind,
+ * oldest first, at most one per (tenant, key) - a statement may touch a row
+ * once - and none for a key a running batch holds (a batch started beside a
+ * stalled one must not stall on the same record), and for claims only those
+ * with the first one's lease and TTL. */
+static int take_batch(struct pg_batcher *b, int kind, struct pg_batch_op **batch)
+{
+    int n = 0;
+    for (struct pg_batch_op *op = b->head[kind], *next; op && n < BATCH_MAX; op = next) {
+        next = op->next;
+        int fits = 1;
+        for (int i = 0; fits && i < n; i++)
+            fits = !same_key(batch[i], op);
+        for (const struct pg_batch_run *r = b->running[kind]; fits && r; r = r->next)
+            for (int i = 0; fits && i < r->n; i++)
+                fits = !same_key(r->ops[i], op);
+        if (fits && n && kind == PG_BATCH_CLAIM)
+            fits = strcmp(op->vals[3], batch[0]->vals[3]) == 0 &&
+                   strcmp(op->vals[4], batch[0]->vals[4]) == 0;
+        if (fits) {
+            queue_remove(b, op);
+            op->taken = 1;
+            batch[n++] = op;
+        }
+    }
+    if (n) {
+        b->batches[kind]++;
+        b->batched[kind] += (unsigned long long)n;
+        if (kind == PG_BATCH_COMPLETE && b->batched[kind] >= b->replan_at &&
+            b->replan_at <= REPLAN_LAST) {
+            pg_pool_replan(b->pool);
+            b->replan_at *= 4;
+        }
+    }
+    return n;
+}
+
+/* One operation with the single-row statement. */
+static void run_one(struct pg_batcher *b, int idx, struct pg_batch_op *op)
+{
+    if (op->kind == PG_BATCH_CLAIM) {
+        PGresult *res = pg_pool_exec(b->pool, idx, "claim", 5, op->vals, PGRES_TUPLES_OK, &op->st,
+                                     op->err, op->errlen);
+        if (!res)
+            return;
+        op->matched = PQntuples(res) == 1;
+        if (op->matched) {
+            op->lease_token = pg_int_value(res, 0, 0);
+            op->inserted = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
+            op->created_at_us = pg_int_value(res, 0, 2);
+        }
+        PQclear(res);
+        return;
+    }
+    const char *stmt = op->nvals == 13 ? "complete_payment" : "complete";
+    PGresult *res = pg_pool_exec(b->pool, idx, stmt, op->nvals, op->vals, PGRES_COMMAND_OK, &op->st,
+                                 op->err, op->errlen);
+    if (res) {
+        op->matched = strcmp(PQcmdTuples(res), "1") == 0;
+        PQclear(res);
+    }
+}
+
+/* Several operations in one statement. If it fails while the connection
+ * stays usable (a lock wait that ended in a deadlock, one operation's bad
+ * row), nothing of it committed: each operation runs alone instead, so one
+ * cannot fail the others. */
+static void run_many(struct pg_batcher *b, int idx, struct pg_batch_op **ops, int n)
+{
+    PGconn *conn = b->pool->conns[idx];
+    int kind = ops[0]->kind;
+    int ncols = kind == PG_BATCH_CLAIM ? 3 : 13;
+    struct array_text arrays[13] = {{0}};
+    const char *vals[13];
+    int failed = 0;
+    for (int c = 0; c < ncols; c++) {
+        array_of(&arrays[c], ops, n, c);
+        vals[c] = arrays[c].p;
+        failed |= arrays[c].failed;
+    }
+    if (kind == PG_BATCH_CLAIM) {
+        vals[3] = ops[0]->vals[3];
+        vals[4] = ops[0]->vals[4];
+        ncols = 5;
+    }
+    PGresult *res = NULL;
+    if (!failed)
+        res = PQexecPrepared(conn, kind == PG_BATCH_CLAIM ? "claim_batch" : "complete_batch", ncols,
+                             vals, NULL, NULL, 0);
+    for (int c = 0; c < 13; c++)
+        free(arrays[c].p);
+
+    if (res && PQresultStatus(res) == PGRES_TUPLES_OK) {
+        for (int r = 0; r < PQntuples(res); r++) {
+            for (int i = 0; i < n; i++) {
+                struct pg_batch_op *op = ops[i];
+                if (op->matched || strcmp(PQgetvalue(res, r, 0), op->vals[0]) != 0 ||
+                    strcmp(PQgetvalue(res, r, 1), op->vals[1]) != 0)
+                    continue;
+                op->matched = 1;
+                if (kind == PG_BATCH_CLAIM) {
+                    op->lease_token = pg_int_value(res, r, 2);
+                    op->inserted = strcmp(PQgetvalue(res, r, 3), "t") == 0;
+                    op->created_at_us = pg_int_value(res, r, 4);
+                }
+                break;
+            }
+        }
+        PQclear(res);
+        return;
+    }
+    if (!failed && PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) == PQTRANS_IDLE) {
+        PQclear(res);
+        pthread_mutex_lock(&b->pool->mu);
+        b->split++;
+        pthread_mutex_unlock(&b->pool->mu);
+        for (int i = 0; i < n; i++)
+            run_one(b, idx, ops[i]);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        ops[i]->st = failed ? STORE_ERROR : pg_status_of(conn, res);
+        pg_first_line(ops[i]->err, ops[i]->errlen, kind == PG_BATCH_CLAIM ? "claim" : "complete",
+                      failed ? "out of memory" : PQerrorMessage(conn));
+    }
+    PQclear(res);
+}
+
+/* Queues op and returns when it has run, in a batch this thread led or in
+ * another thread's. op->st says how it went. */
+void pg_batch_submit(struct pg_batcher *b, struct pg_batch_op *op)
+{
+    struct timespec deadline;
+    pg_deadline_in(&deadline, b->pool->acquire_timeout_ms);
+    pthread_cond_init(&op->cv, NULL);
+    op->st = STORE_OK;
+
+    pthread_mutex_lock(&b->pool->mu);
+    queue_push(b, op);
+
+    while (!op->done) {
+        struct timespec turn;
+        turn_at(b, op->kind, &turn);
+        struct pg_batch_op *batch[BATCH_MAX];
+        int n = 0;
+        if (!op->taken && b->pool->nfree > 0 &&
+            (!b->running[op->kind] || pg_deadline_passed(&turn)))
+            n = take_batch(b, op->kind, batch);
+        /* n == 0 with a turn due: every queued key is held by a stalled batch;
+         * wait for one to end */
+        int held = !op->taken && b->running[op->kind] && pg_deadline_passed(&turn) && n == 0;
+        if (n) {
+            struct pg_batch_run run = {.ops = batch, .n = n, .next = b->running[op->kind]};
+            clock_gettime(CLOCK_REALTIME, &run.start);
+            b->running[op->kind] = &run;
+            int idx = pg_pool_take_locked(b->pool);
+            if (b->head[op->kind]) /* left behind: its turn is timed from now */
+                pthread_cond_signal(&b->head[op->kind]->cv);
+            pthread_mutex_unlock(&b->pool->mu);
+
+            char err[256];
+            if (pg_pool_ready(b->pool, idx, err, sizeof err) < 0) {
+                for (int i = 0; i < n; i++) {
+                    batch[i]->st = STORE_UNAVAILABLE;
+                    snprintf(batch[i]->err, batch[i]->errlen, "%s", err);
+                }
+            } else {
+                if (n == 1)
+                    run_one(b, idx, batch[0]);
+                else
+                    run_many(b, idx, batch, n);
+                pg_pool_release(b->pool, idx);
+            }
+
+            pthread_mutex_lock(&b->pool->mu);
+            struct pg_batch_run **link = &b->running[op->kind];
+            while (*link != &run)
+                link = &(*link)->next;
+            *link = run.next;
+            /* with a stalled batch still running, the oldest waiter's turn
+             * now comes sooner than it was told */
+            if (b->running[op->kind] && b->head[op->kind])
+                pthread_cond_signal(&b->head[op->kind]->cv);
+            for (int i = 0; i < n; i++) {
+                batch[i]->done = 1;
+                if (batch[i] != op)
+                    pthread_cond_signal(&batch[i]->cv);
+            }
+            continue;
+        }
+        if (op->taken) {
+            pthread_cond_wait(&op->cv, &b->pool->mu);
+            continue;
+        }
+        /* the oldest waiter also wakes when the running batch would count
+         * as stalled */
+        const struct timespec *until = &deadline;
+        if (b->head[op->kind] == op && b->running[op->kind] && !held &&
+            (turn.tv_sec < deadline.tv_sec ||
+             (turn.tv_sec == deadline.tv_sec && turn.tv_nsec < deadline.tv_nsec)))
+            until = &turn;
+        int rc = pthread_cond_timedwait(&op->cv, &b->pool->mu, until);
+        if (rc == ETIMEDOUT && !op->taken && pg_deadline_passed(&deadline)) {
+            queue_remove(b, op);
+            op->st = STORE_UNAVAILABLE;
+            snprintf(op->err, op->errlen, "no database connection free for this %s within %d ms",
+                     op->kind == PG_BATCH_CLAIM ? "claim" : "completion",
+                     b->pool->acquire_timeout_ms);
+            break;
+        }
+    }
+    /* a wake-up meant for whoever leads next may have landed here */
+    pg_pool_wake_locked(b->pool);
+    pthread_mutex_unlock(&b->pool->mu);
+    pthread_cond_destroy(&op->cv);
+}

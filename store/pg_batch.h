@@ -1,0 +1,77 @@
+/* pg_batch.h - group commit: claims and completions queued for a connection
+ * and run many to a statement (internal to store/)
+ *
+ * Locking: the queues and counters below are guarded by the pool's mu
+ * (pg_pool.h says why); an operation's fields are written by its own
+ * thread before it is queued and by the batch's leader while it runs, and
+ * read by their owner once done is set under mu.
+ */
+#ifndef MOCKERY_PG_BATCH_H
+#define MOCKERY_PG_BATCH_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "pg_pool.h"
+#include "store.h"
+
+enum { PG_BATCH_CLAIM, PG_BATCH_COMPLETE, PG_BATCH_KINDS };
+#define BATCH_MAX 32
+
+/* A batch that is running, on its leader's stack. */
+struct pg_batch_run {
+    struct timespec start;
+    struct pg_batch_op **ops;
+    int n;
+    struct pg_batch_run *next;
+};
+
+/* One request's claim or completion, queued for its turn. One statement of
+ * claims and one of completions run at a time (group commit): the thread
+ * whose turn it is, with a free connection, takes every queued operation of
+ * its kind (up to BATCH_MAX, one per key) and runs them as one statement; the
+ * others sleep on their own condition variable until theirs is done. Under
+ * light load a batch is one operation and the single-row statement runs.
+ * While a statement runs, the next requests gather behind it: the busier the
+ * server, the more each statement (and each WAL flush) carries. Measured on 2
+ * cores (bench/): more than one statement of a kind at a time made smaller
+ * batches and less throughput. The exception is a stalled batch
+ * (BATCH_STALL_MS). The other connections serve reads, lists and the
+ * reaper. */
+struct pg_batch_op {
+    struct pg_batch_op *prev, *next; /* in its kind's queue */
+    pthread_cond_t cv;
+    int kind;
+    int taken; /* in a batch that is running: wait for it, whatever the deadline */
+    int done;
+    const char *vals[13]; /* the single-row statement's parameters */
+    int nvals;            /* claim 5; completion 6, or 13 with a payment */
+    /* results */
+    enum store_status st;
+    int matched; /* claim: won (a row came back); completion: the fenced update matched */
+    int inserted;
+    int64_t lease_token, created_at_us;
+    char *err;
+    size_t errlen;
+};
+
+struct pg_batcher {
+    struct pg_pool *pool;
+    /* claims and completions waiting for a connection, oldest first (mu) */
+    struct pg_batch_op *head[PG_BATCH_KINDS], *tail[PG_BATCH_KINDS];
+    unsigned long long batches[PG_BATCH_KINDS], batched[PG_BATCH_KINDS];
+    int queued;                                   /* operations in those queues */
+    struct pg_batch_run *running[PG_BATCH_KINDS]; /* batches of each kind running now */
+    unsigned long long split;     /* batches that failed as a whole and ran one by one */
+    unsigned long long replan_at; /* completions that call pg_pool_replan() next */
+};
+
+/* Sets b up over pool, and hooks its wake-ups into the pool's. */
+void pg_batcher_init(struct pg_batcher *b, struct pg_pool *pool);
+
+/* Queues op (kind, vals, nvals, err set) and returns when it has run, in a
+ * batch this thread led or in another thread's: op->st says how it went. */
+void pg_batch_submit(struct pg_batcher *b, struct pg_batch_op *op);
+
+#endif

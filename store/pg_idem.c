@@ -1,0 +1,286 @@
+/* pg_idem.c - the PostgreSQL store's idempotency operations: claim,
+ * complete with the operation's rows, release, and rows without a key
+ * (DESIGN.md section 3; the SQL is in pg_sql.c) */
+#define _POSIX_C_SOURCE 200809L
+#include "pg_store.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Reads the record a losing claim ran into. *retry is set when the record
+ * vanished or became claimable in between (the claim should run again). */
+static enum store_status read_existing(struct store_pg *pg, int idx, const char *tenant,
+                                       const char *key, const char *fingerprint,
+                                       struct store_claim_result *out, int *retry, char *err,
+                                       size_t errlen)
+{
+    enum store_status st = STORE_OK;
+    const char *vals[] = {tenant, key, fingerprint};
+    PGresult *res =
+        pg_pool_exec(&pg->pool, idx, "read", 3, vals, PGRES_TUPLES_OK, &st, err, errlen);
+    if (!res)
+        return st;
+    *retry = 0;
+    if (PQntuples(res) == 0) {
+        *retry = 1;
+        goto out;
+    }
+    int completed = strcmp(PQgetvalue(res, 0, 0), "completed") == 0;
+    int same = strcmp(PQgetvalue(res, 0, 1), fingerprint) == 0;
+    int64_t created = pg_int_value(res, 0, 5);
+    if (!same) {
+        *out = (struct store_claim_result){.outcome = CLAIM_MISMATCH, .created_at_us = created};
+    } else if (!completed) {
+        *out = (struct store_claim_result){.outcome = CLAIM_IN_PROGRESS, .created_at_us = created};
+    } else {
+        struct store_claim_result r = {.outcome = CLAIM_COMPLETED,
+                                       .response_status = (int)pg_int_value(res, 0, 2),
+                                       .created_at_us = created};
+        r.response_body = pg_dup_value(res, 0, 3);
+        r.response_body_len = r.response_body ? strlen(r.response_body) : 0;
+        r.response_location = pg_dup_value(res, 0, 4);
+        if (!r.response_body || (!PQgetisnull(res, 0, 4) && !r.response_location)) {
+            store_claim_result_clear(&r);
+            snprintf(err, errlen, "out of memory");
+            st = STORE_ERROR;
+            goto out;
+        }
+        *out = r;
+    }
+out:
+    PQclear(res);
+    return st;
+}
+
+enum store_status pg_claim(struct store *s, const char *tenant, const char *key,
+                           const char *fingerprint, int64_t lease_ms, int64_t ttl_ms,
+                           struct store_claim_result *out, char *err, size_t errlen)
+{
+    struct store_pg *pg = (struct store_pg *)s;
+    enum store_status st = STORE_OK;
+    char lease[24], ttl[24];
+    snprintf(lease, sizeof lease, "%" PRId64, lease_ms);
+    snprintf(ttl, sizeof ttl, "%" PRId64, ttl_ms);
+
+    /* A record can vanish (released) or become claimable between the claim
+     * and the read of what it ran into; a few rounds settle it. */
+    for (int attempt = 0; attempt < 5; attempt++) {
+        struct pg_batch_op op = {.kind = PG_BATCH_CLAIM,
+                                 .vals = {tenant, key, fingerprint, lease, ttl},
+                                 .nvals = 5,
+                                 .err = err,
+                                 .errlen = errlen};
+        pg_batch_submit(&pg->batch, &op);
+        if (op.st != STORE_OK)
+            return op.st;
+        if (op.matched) {
+            *out = (struct store_claim_result){.outcome = op.inserted ? CLAIM_NEW : CLAIM_TAKEOVER,
+                                               .lease_token = op.lease_token,
+                                               .created_at_us = op.created_at_us};
+            return STORE_OK;
+        }
+        int retry = 0;
+        int idx = pg_pool_acquire(&pg->pool, err, errlen);
+        if (idx < 0)
+            return STORE_UNAVAILABLE;
+        st = read_existing(pg, idx, tenant, key, fingerprint, out, &retry, err, errlen);
+        pg_pool_release(&pg->pool, idx);
+        if (st != STORE_OK || !retry)
+            return st;
+    }
+    snprintf(err, errlen, "claim did not settle after 5 attempts");
+    return STORE_UNAVAILABLE;
+}
+
+/* Runs one statement of a transaction: 1 when it changed a row, 0 when it
+ * changed none, -1 on failure (*st and err set). */
+static int tx_step(struct store_pg *pg, int idx, const char *stmt, int n, const char *const *vals,
+                   enum store_status *st, char *err, size_t errlen)
+{
+    PGresult *res = pg_pool_exec(&pg->pool, idx, stmt, n, vals, PGRES_COMMAND_OK, st, err, errlen);
+    if (!res)
+        return -1;
+    int changed = strcmp(PQcmdTuples(res), "0") != 0;
+    PQclear(res);
+    return changed;
+}
+
+static int tx_exec(struct store_pg *pg, int idx, const char *sql, enum store_status *st, char *err,
+                   size_t errlen)
+{
+    PGconn *conn = pg->pool.conns[idx];
+    PGresult *res = PQexec(conn, sql);
+    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok) {
+        *st = pg_status_of(conn, res);
+        pg_first_line(err, errlen, sql, PQerrorMessage(conn));
+    }
+    PQclear(res);
+    return ok ? 0 : -1;
+}
+
+/* A refund in one transaction: its share of the payment first (the row
+ * lock that orders refunds of one payment), then - with a key - the fenced
+ * completion of its record, then the refund row. Locking the payment before
+ * the record means a duplicate's claim on the record never waits while this
+ * refund waits for another refund of the same payment. */
+static enum store_status write_refund(struct store_pg *pg, const char *tenant, const char *key,
+                                      int64_t lease_token, const struct store_response *resp,
+                                      const struct store_refund *rf, char *err, size_t errlen)
+{
+    enum store_status st = STORE_OK;
+    char amount[24], created[24], token[24], status[16];
+    snprintf(amount, sizeof amount, "%" PRId64, rf->amount_minor);
+    snprintf(created, sizeof created, "%" PRId64, rf->created_at_us);
+    snprintf(token, sizeof token, "%" PRId64, lease_token);
+    snprintf(status, sizeof status, "%d", resp ? resp->status : 0);
+    char *body = key ? strndup(resp->body, resp->body_len) : NULL;
+    if (key && !body) {
+        snprintf(err, errlen, "out of memory");
+        return STORE_ERROR;
+    }
+    const char *apply[] = {tenant, rf->transaction_id, amount};
+    const char *done[] = {tenant, key, token, status, body, key ? resp->location : NULL};
+    const char *row[] = {tenant, rf->refund_id, rf->transaction_id, rf->idempotency_key,
+                         amount, rf->currency,  rf->reason,         rf->status,
+                         created};
+
+    int idx = pg_pool_acquire(&pg->pool, err, errlen);
+    if (idx < 0) {
+        free(body);
+        return STORE_UNAVAILABLE;
+    }
+    int rc = tx_exec(pg, idx, "BEGIN", &st, err, errlen);
+    if (rc == 0) {
+        rc = tx_step(pg, idx, "refund_apply", 3, apply, &st, err, errlen);
+        if (rc == 0) {
+            snprintf(err, errlen, "refund does not fit its payment");
+            st = STORE_REJECTED;
+        }
+    }
+    if (rc == 1 && key) {
+        rc = tx_step(pg, idx, "complete", 6, done, &st, err, errlen);
+        if (rc == 0) {
+            snprintf(err, errlen, "lease lost on key");
+            st = STORE_LEASE_LOST;
+        }
+    }
+    if (rc == 1)
+        rc = tx_step(pg, idx, "insert_refund", 9, row, &st, err, errlen) < 0 ? -1 : 1;
+    if (rc == 1)
+        rc = tx_exec(pg, idx, "COMMIT", &st, err, errlen) == 0 ? 1 : -1;
+    else if (PQtransactionStatus(pg->pool.conns[idx]) != PQTRANS_IDLE)
+        PQclear(PQexec(pg->pool.conns[idx], "ROLLBACK"));
+    pg_pool_release(&pg->pool, idx);
+    free(body);
+    return st;
+}
+
+enum store_status pg_complete(struct store *s, const char *tenant, const char *key,
+                              int64_t lease_token, const struct store_response *resp,
+                              const struct store_rows *rows, char *err, size_t errlen)
+{
+    struct store_pg *pg = (struct store_pg *)s;
+    enum store_status st = STORE_OK;
+    const struct store_payment *p = rows ? rows->payment : NULL;
+    if (rows && rows->refund) {
+        if (p) {
+            snprintf(err, errlen, "a completion carries a payment or a refund, not both");
+            return STORE_ERROR;
+        }
+        return write_refund(pg, tenant, key, lease_token, resp, rows->refund, err, errlen);
+    }
+    char token[24], status[16], amount[24], processed[24];
+    snprintf(token, sizeof token, "%" PRId64, lease_token);
+    snprintf(status, sizeof status, "%d", resp->status);
+    char *body = strndup(resp->body, resp->body_len);
+    if (!body) {
+        snprintf(err, errlen, "out of memory");
+        return STORE_ERROR;
+    }
+    struct pg_batch_op op = {.kind = PG_BATCH_COMPLETE,
+                             .vals = {tenant, key, token, status, body, resp->location},
+                             .nvals = 6,
+                             .err = err,
+                             .errlen = errlen};
+    if (p) {
+        snprintf(amount, sizeof amount, "%" PRId64, p->amount_minor);
+        snprintf(processed, sizeof processed, "%" PRId64, p->processed_at_us);
+        op.vals[6] = p->transaction_id;
+        op.vals[7] = p->customer_id;
+        op.vals[8] = amount;
+        op.vals[9] = p->currency;
+        op.vals[10] = p->description;
+        op.vals[11] = p->status;
+        op.vals[12] = processed;
+        op.nvals = 13;
+    }
+    pg_batch_submit(&pg->batch, &op);
+    st = op.st;
+    if (st == STORE_OK && !op.matched) {
+        snprintf(err, errlen, "lease lost on key");
+        st = STORE_LEASE_LOST;
+    }
+    free(body);
+    return st;
+}
+
+enum store_status pg_release(struct store *s, const char *tenant, const char *key,
+                             int64_t lease_token, char *err, size_t errlen)
+{
+    struct store_pg *pg = (struct store_pg *)s;
+    enum store_status st = STORE_OK;
+    char token[24];
+    snprintf(token, sizeof token, "%" PRId64, lease_token);
+    const char *vals[] = {tenant, key, token};
+
+    int idx = pg_pool_acquire(&pg->pool, err, errlen);
+    if (idx < 0)
+        return STORE_UNAVAILABLE;
+    PGresult *res =
+        pg_pool_exec(&pg->pool, idx, "release", 3, vals, PGRES_COMMAND_OK, &st, err, errlen);
+    if (res) {
+        if (strcmp(PQcmdTuples(res), "1") != 0) {
+            snprintf(err, errlen, "lease lost on key");
+            st = STORE_LEASE_LOST;
+        }
+        PQclear(res);
+    }
+    pg_pool_release(&pg->pool, idx);
+    return st;
+}
+
+enum store_status pg_write_rows(struct store *s, const char *tenant, const struct store_rows *rows,
+                                char *err, size_t errlen)
+{
+    struct store_pg *pg = (struct store_pg *)s;
+    enum store_status st = STORE_OK;
+    const struct store_payment *p = rows->payment;
+    if (rows->refund && p) {
+        snprintf(err, errlen, "rows carry a payment or a refund, not both");
+        return STORE_ERROR;
+    }
+    if (rows->refund)
+        return write_refund(pg, tenant, NULL, 0, NULL, rows->refund, err, errlen);
+    if (!p)
+        return STORE_OK;
+    char amount[24], processed[24];
+    snprintf(amount, sizeof amount, "%" PRId64, p->amount_minor);
+    snprintf(processed, sizeof processed, "%" PRId64, p->processed_at_us);
+    const char *vals[] = {tenant,   p->transaction_id, p->idempotency_key, p->customer_id,
+                          amount,   p->currency,       p->description,     p->status,
+                          processed};
+
+    int idx = pg_pool_acquire(&pg->pool, err, errlen);
+    if (idx < 0)
+        return STORE_UNAVAILABLE;
+    PGresult *res =
+        pg_pool_exec(&pg->pool, idx, "insert_payment", 9, vals, PGRES_COMMAND_OK, &st, err, errlen);
+    PQclear(res);
+    pg_pool_release(&pg->pool, idx);
+    return st;
+}
+
+/* Fills p from row of a PAYMENT_COLS result; returns -1 on allocation failure. */

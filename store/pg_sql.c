@@ -1,0 +1,195 @@
+/* pg_sql.c - the SQL the PostgreSQL store prepares on every connection
+ * (pg_sql.h) */
+#define _POSIX_C_SOURCE 200809L
+#include "pg_sql.h"
+
+/* Claim: insert, or take over an expired record or a processing one whose
+ * holder's lease ran out (same fingerprint only). Returns a row only when this
+ * request won. Row lock waits last at most one short commit, never a payment.
+ *
+ * Committed without waiting for the WAL flush (synchronous_commit off for
+ * this statement's transaction only): no client is told anything on the
+ * strength of a claim. If PostgreSQL crashes and loses it, the request's
+ * completion fails too and its client retries. If the completion commits,
+ * its synchronous commit flushes the WAL up to its own record - the claim's
+ * record comes before it - so every acknowledged payment survives a crash
+ * with its claim. One WAL flush per payment instead of two. */
+#define CLAIM_INTO                                                                                 \
+    " INSERT INTO idempotency_keys AS k (tenant_id, idempotency_key, fingerprint, state,"          \
+    " lease_token, locked_until, created_at, expires_at)"
+#define CLAIM_ON_CONFLICT                                                                          \
+    " ON CONFLICT (tenant_id, idempotency_key) DO UPDATE SET"                                      \
+    " fingerprint = EXCLUDED.fingerprint, state = 'processing',"                                   \
+    " lease_token = EXCLUDED.lease_token, locked_until = EXCLUDED.locked_until,"                   \
+    " response_status = NULL, response_body = NULL, response_location = NULL,"                     \
+    " completed_at = NULL,"                                                                        \
+    " duplicate_count = CASE WHEN k.expires_at <= now() THEN 0 ELSE k.duplicate_count END,"        \
+    " last_duplicate_at = CASE WHEN k.expires_at <= now() THEN NULL"                               \
+    " ELSE k.last_duplicate_at END,"                                                               \
+    " created_at = CASE WHEN k.expires_at <= now() THEN EXCLUDED.created_at"                       \
+    " ELSE k.created_at END,"                                                                      \
+    " expires_at = CASE WHEN k.expires_at <= now() THEN EXCLUDED.expires_at"                       \
+    " ELSE k.expires_at END"                                                                       \
+    " WHERE k.expires_at <= now()"                                                                 \
+    " OR (k.state = 'processing' AND k.locked_until <= now()"                                      \
+    " AND k.fingerprint = EXCLUDED.fingerprint)"
+
+static const char SQL_CLAIM[] =
+    "WITH async AS (SELECT set_config('synchronous_commit', 'off', true))" CLAIM_INTO
+    " SELECT $1, $2, $3, 'processing', nextval('lease_token_seq'),"
+    " now() + $4::bigint * interval '1 millisecond', now(),"
+    " now() + $5::bigint * interval '1 millisecond' FROM async" CLAIM_ON_CONFLICT
+    " RETURNING lease_token, (xmax = 0), " US_OF("created_at");
+
+/* Several requests' claims in one statement (arrays of tenants, keys and
+ * fingerprints), inserted in key order so that two batches lock the records
+ * they share in the same order. A row comes back for each claim that won. */
+static const char SQL_CLAIM_BATCH[] =
+    "WITH async AS (SELECT set_config('synchronous_commit', 'off', true))" CLAIM_INTO
+    " SELECT i.tenant, i.key, i.fp, 'processing', nextval('lease_token_seq'),"
+    " now() + $4::bigint * interval '1 millisecond', now(),"
+    " now() + $5::bigint * interval '1 millisecond'"
+    " FROM unnest($1::text[], $2::text[], $3::text[]) AS i(tenant, key, fp), async"
+    " ORDER BY i.tenant, i.key" CLAIM_ON_CONFLICT
+    " RETURNING tenant_id, idempotency_key, lease_token, (xmax = 0), " US_OF("created_at");
+
+/* What a losing claim ran into, counted as a prevented duplicate. No row:
+ * the record vanished (released) or became claimable since; claim again.
+ * The count is a statistic: committed without waiting for the flush. */
+static const char SQL_READ[] =
+    "WITH async AS (SELECT set_config('synchronous_commit', 'off', true))"
+    " UPDATE idempotency_keys SET duplicate_count = duplicate_count + 1,"
+    " last_duplicate_at = now() FROM async"
+    " WHERE tenant_id = $1 AND idempotency_key = $2 AND expires_at > now()"
+    " AND NOT (state = 'processing' AND locked_until <= now() AND fingerprint = $3)"
+    " RETURNING state, fingerprint, response_status, response_body, response_location, " US_OF(
+        "created_at");
+
+/* Completion and payment row in one statement, so in one transaction with
+ * one round trip: the payment is inserted only if the fenced update matched. */
+static const char SQL_COMPLETE_PAYMENT[] =
+    "WITH done AS (UPDATE idempotency_keys SET state = 'completed', response_status = $4,"
+    " response_body = $5, response_location = $6, locked_until = NULL, completed_at = now()"
+    " WHERE tenant_id = $1 AND idempotency_key = $2 AND lease_token = $3"
+    " AND state = 'processing' RETURNING tenant_id)"
+    " INSERT INTO payments (tenant_id, transaction_id, idempotency_key, customer_id,"
+    " amount_minor, currency, description, status, processed_at)"
+    " SELECT tenant_id, $7, $2, $8, $9, $10, $11, $12, " TS_OF("$13") " FROM done";
+
+/* Several requests' completions in one statement, so in one transaction and
+ * one WAL flush: each record is updated only under its own fencing token, a
+ * payment row is inserted only for the records that matched (and only where
+ * the completion carries one), and the matched keys come back. Records are
+ * locked in key order, as the claims lock them, so a batch of claims and one
+ * of completions never wait for each other in a circle. */
+static const char SQL_COMPLETE_BATCH[] =
+    "WITH i AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[],"
+    " $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::text[],"
+    " $12::text[], $13::bigint[]) AS i(tenant, key, token, status, body, location, txn,"
+    " customer, amount, currency, description, pstatus, processed) ORDER BY tenant, key),"
+    " done AS (UPDATE idempotency_keys k SET state = 'completed', response_status = i.status,"
+    " response_body = i.body, response_location = i.location, locked_until = NULL,"
+    " completed_at = now() FROM i WHERE k.tenant_id = i.tenant AND k.idempotency_key = i.key"
+    " AND k.lease_token = i.token AND k.state = 'processing' RETURNING i.*),"
+    " paid AS (INSERT INTO payments (tenant_id, transaction_id, idempotency_key, customer_id,"
+    " amount_minor, currency, description, status, processed_at)"
+    " SELECT tenant, txn, key, customer, amount, currency, description, pstatus,"
+    " " TS_OF("processed") " FROM done WHERE txn IS NOT NULL) SELECT tenant, key FROM done";
+
+static const char SQL_COMPLETE[] =
+    "UPDATE idempotency_keys SET state = 'completed', response_status = $4,"
+    " response_body = $5, response_location = $6, locked_until = NULL, completed_at = now()"
+    " WHERE tenant_id = $1 AND idempotency_key = $2 AND lease_token = $3"
+    " AND state = 'processing'";
+
+static const char SQL_RELEASE[] =
+    "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND idempotency_key = $2"
+    " AND lease_token = $3 AND state = 'processing'";
+
+static const char SQL_INSERT_PAYMENT[] =
+    "INSERT INTO payments (tenant_id, transaction_id, idempotency_key, customer_id,"
+    " amount_minor, currency, description, status, processed_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, " TS_OF("$9") ")";
+
+#define PAYMENT_COLS                                                                               \
+    "transaction_id, idempotency_key, customer_id, amount_minor, currency, description,"           \
+    " status, " US_OF("processed_at") ", amount_refunded_minor"
+
+static const char SQL_GET_PAYMENT[] =
+    "SELECT " PAYMENT_COLS " FROM payments WHERE tenant_id = $1 AND transaction_id = $2";
+
+static const char SQL_CURSOR[] =
+    "SELECT processed_at::text FROM payments WHERE tenant_id = $1 AND transaction_id = $2";
+
+/* $3/$4: the cursor's (processed_at, transaction_id), or ('infinity', '') */
+static const char SQL_LIST[] = "SELECT " PAYMENT_COLS " FROM payments WHERE tenant_id = $1"
+                               " AND (processed_at, transaction_id) < ($2::timestamptz, $3)"
+                               " ORDER BY processed_at DESC, transaction_id DESC LIMIT $4";
+
+static const char SQL_LIST_CUSTOMER[] =
+    "SELECT " PAYMENT_COLS " FROM payments WHERE tenant_id = $1 AND customer_id = $5"
+    " AND (processed_at, transaction_id) < ($2::timestamptz, $3)"
+    " ORDER BY processed_at DESC, transaction_id DESC LIMIT $4";
+
+/* A refund's share of its payment, taken under the payment row's lock:
+ * refunds of one payment queue on it, and each sees the sum the previous
+ * one committed (READ COMMITTED re-evaluates the condition on the newest
+ * version after the wait). No row: the refund does not fit. */
+static const char SQL_REFUND_APPLY[] =
+    "UPDATE payments SET amount_refunded_minor = amount_refunded_minor + $3"
+    " WHERE tenant_id = $1 AND transaction_id = $2 AND status = 'completed'"
+    " AND amount_refunded_minor + $3::bigint <= amount_minor";
+
+static const char SQL_INSERT_REFUND[] =
+    "INSERT INTO refunds (tenant_id, refund_id, transaction_id, idempotency_key, amount_minor,"
+    " currency, reason, status, created_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, " TS_OF("$9") ")";
+
+#define REFUND_COLS                                                                                \
+    "refund_id, transaction_id, idempotency_key, amount_minor, currency, reason, status, " US_OF(  \
+        "created_at")
+
+static const char SQL_GET_REFUND[] =
+    "SELECT " REFUND_COLS " FROM refunds WHERE tenant_id = $1 AND refund_id = $2";
+
+static const char SQL_REFUND_CURSOR[] = "SELECT created_at::text FROM refunds"
+                                        " WHERE tenant_id = $1 AND refund_id = $2"
+                                        " AND transaction_id = $3";
+
+/* $3/$4: the cursor's (created_at, refund_id), or ('infinity', '') */
+static const char SQL_LIST_REFUNDS[] =
+    "SELECT " REFUND_COLS " FROM refunds WHERE tenant_id = $1 AND transaction_id = $2"
+    " AND (created_at, refund_id) < ($3::timestamptz, $4)"
+    " ORDER BY created_at DESC, refund_id DESC LIMIT $5";
+
+/* Bounded work per pass; SKIP LOCKED lets several servers reap together. */
+static const char SQL_REAP[] =
+    "DELETE FROM idempotency_keys WHERE (tenant_id, idempotency_key) IN"
+    " (SELECT tenant_id, idempotency_key FROM idempotency_keys WHERE expires_at <= now()"
+    " ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)";
+
+static const char SQL_PING[] = "SELECT 1";
+
+const struct pg_prepared PG_PREPARED[] = {
+    {"claim", SQL_CLAIM, 5},
+    {"claim_batch", SQL_CLAIM_BATCH, 5},
+    {"complete_batch", SQL_COMPLETE_BATCH, 13},
+    {"read", SQL_READ, 3},
+    {"complete_payment", SQL_COMPLETE_PAYMENT, 13},
+    {"complete", SQL_COMPLETE, 6},
+    {"release", SQL_RELEASE, 3},
+    {"insert_payment", SQL_INSERT_PAYMENT, 9},
+    {"get_payment", SQL_GET_PAYMENT, 2},
+    {"cursor", SQL_CURSOR, 2},
+    {"list", SQL_LIST, 4},
+    {"list_customer", SQL_LIST_CUSTOMER, 5},
+    {"refund_apply", SQL_REFUND_APPLY, 3},
+    {"insert_refund", SQL_INSERT_REFUND, 9},
+    {"get_refund", SQL_GET_REFUND, 2},
+    {"refund_cursor", SQL_REFUND_CURSOR, 3},
+    {"list_refunds", SQL_LIST_REFUNDS, 5},
+    {"reap", SQL_REAP, 1},
+    {"ping", SQL_PING, 0},
+};
+
+const size_t PG_PREPARED_COUNT = sizeof PG_PREPARED / sizeof PG_PREPARED[0];

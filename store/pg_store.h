@@ -1,0 +1,48 @@
+/* pg_store.h - the PostgreSQL store's parts, seen from its operations
+ * (internal to store/)
+ *
+ *   pg_sql.c      the statements, prepared on every connection
+ *   pg_pool.c     the connection pool (its locking contract: pg_pool.h)
+ *   pg_batch.c    group commit of claims and completions
+ *   pg_migrate.c  the schema at start-up
+ *   pg_idem.c     claim, complete with rows, release, rows without a key
+ *   pg_reads.c    payments and refunds read and listed; reaper; ping
+ *   store_pg.c    the store_ops table, the constructor
+ */
+#ifndef MOCKERY_PG_STORE_H
+#define MOCKERY_PG_STORE_H
+
+#include "pg_batch.h"
+#include "pg_pool.h"
+#include "store.h"
+
+struct store_pg {
+    struct store base;
+    struct pg_pool pool;
+    struct pg_batcher batch;
+};
+
+enum store_status pg_claim(struct store *s, const char *tenant, const char *key,
+                           const char *fingerprint, int64_t lease_ms, int64_t ttl_ms,
+                           struct store_claim_result *out, char *err, size_t errlen);
+enum store_status pg_complete(struct store *s, const char *tenant, const char *key,
+                              int64_t lease_token, const struct store_response *resp,
+                              const struct store_rows *rows, char *err, size_t errlen);
+enum store_status pg_release(struct store *s, const char *tenant, const char *key,
+                             int64_t lease_token, char *err, size_t errlen);
+enum store_status pg_write_rows(struct store *s, const char *tenant, const struct store_rows *rows,
+                                char *err, size_t errlen);
+enum store_status pg_get_payment(struct store *s, const char *tenant, const char *transaction_id,
+                                 struct store_payment *out, char *err, size_t errlen);
+enum store_status pg_list_payments(struct store *s, const char *tenant,
+                                   const struct store_list_query *q, struct store_list *out,
+                                   char *err, size_t errlen);
+enum store_status pg_get_refund(struct store *s, const char *tenant, const char *refund_id,
+                                struct store_refund *out, char *err, size_t errlen);
+enum store_status pg_list_refunds(struct store *s, const char *tenant,
+                                  const struct store_refund_query *q, struct store_refund_list *out,
+                                  char *err, size_t errlen);
+enum store_status pg_reap(struct store *s, int batch, int *deleted, char *err, size_t errlen);
+enum store_status pg_ping(struct store *s, char *err, size_t errlen);
+
+#endif
