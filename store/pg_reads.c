@@ -7,8 +7,117 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int payment_from_row(const PGresult *res, int row, struct store_payment *p)
+/* How to turn a result row into one kind of struct. */
+struct row_kind {
+    const char *what; /* "payment", "refund": for messages */
+    size_t size;      /* of the struct */
+    int (*from_row)(const PGresult *res, int row, void *out); /* -1: out of memory */
+    void (*clear)(void *item);
+};
+
+/* The row of stmt (vals) into *out; STORE_NOT_FOUND when there is none. */
+static enum store_status read_one(struct store_pg *pg, const struct row_kind *k, const char *stmt,
+                                  const char *const *vals, int n, void *out, char *err,
+                                  size_t errlen)
 {
+    enum store_status st = STORE_OK;
+    int idx = pg_pool_acquire(&pg->pool, err, errlen);
+    if (idx < 0)
+        return STORE_UNAVAILABLE;
+    PGresult *res = pg_pool_exec(&pg->pool, idx, stmt, n, vals, PGRES_TUPLES_OK, &st, err, errlen);
+    if (res) {
+        if (PQntuples(res) == 0) {
+            snprintf(err, errlen, "no such %s", k->what);
+            st = STORE_NOT_FOUND;
+        } else if (k->from_row(res, 0, out) != 0) {
+            snprintf(err, errlen, "out of memory");
+            st = STORE_ERROR;
+        }
+        PQclear(res);
+    }
+    pg_pool_release(&pg->pool, idx);
+    return st;
+}
+
+/* A page, newest first. With a cursor (after), cursor_stmt (cvals) reads
+ * its timestamp first (STORE_NOT_FOUND when it names nothing); then stmt
+ * runs with vals[at], vals[at + 1], vals[at + 2] set to the cursor's
+ * (timestamp, id), or ('infinity', ''), and limit + 1 (the extra row tells
+ * has_more). *items is a malloc'd array of count structs of k's kind. */
+struct page {
+    void *items;
+    size_t count;
+    int has_more;
+};
+
+static enum store_status read_page(struct store_pg *pg, const struct row_kind *k,
+                                   const char *cursor_stmt, const char *const *cvals, int nc,
+                                   const char *after, const char *stmt, const char **vals, int n,
+                                   int at, int limit, struct page *out, char *err, size_t errlen)
+{
+    enum store_status st = STORE_OK;
+    struct page page = {0};
+    PGresult *res = NULL;
+    char *cursor_ts = NULL;
+    char limit_text[16];
+    snprintf(limit_text, sizeof limit_text, "%d", limit + 1);
+
+    int idx = pg_pool_acquire(&pg->pool, err, errlen);
+    if (idx < 0)
+        return STORE_UNAVAILABLE;
+    if (after) {
+        res =
+            pg_pool_exec(&pg->pool, idx, cursor_stmt, nc, cvals, PGRES_TUPLES_OK, &st, err, errlen);
+        if (!res)
+            goto out;
+        if (PQntuples(res) == 0) {
+            snprintf(err, errlen, "no such %s for cursor", k->what);
+            st = STORE_NOT_FOUND;
+            goto out;
+        }
+        cursor_ts = strdup(PQgetvalue(res, 0, 0));
+        PQclear(res);
+        res = NULL;
+        if (!cursor_ts)
+            goto oom;
+    }
+    vals[at] = cursor_ts ? cursor_ts : "infinity";
+    vals[at + 1] = cursor_ts ? after : "";
+    vals[at + 2] = limit_text;
+    res = pg_pool_exec(&pg->pool, idx, stmt, n, vals, PGRES_TUPLES_OK, &st, err, errlen);
+    if (!res)
+        goto out;
+    int rows = PQntuples(res);
+    int take = rows > limit ? limit : rows;
+    page.has_more = rows > limit;
+    page.items = calloc(take ? (size_t)take : 1, k->size);
+    if (!page.items)
+        goto oom;
+    for (; page.count < (size_t)take; page.count++)
+        if (k->from_row(res, (int)page.count, (char *)page.items + page.count * k->size) != 0)
+            goto oom;
+    *out = page;
+    page = (struct page){0};
+    goto out;
+oom:
+    snprintf(err, errlen, "out of memory");
+    st = STORE_ERROR;
+out:
+    PQclear(res);
+    pg_pool_release(&pg->pool, idx);
+    for (size_t i = 0; i < page.count; i++)
+        k->clear((char *)page.items + i * k->size);
+    free(page.items);
+    free(cursor_ts);
+    return st;
+}
+
+/* ---- payments ----------------------------------------------------------- */
+
+/* A row of PAYMENT_COLS (pg_sql.c). */
+static int payment_from_row(const PGresult *res, int row, void *out)
+{
+    struct store_payment *p = out;
     memset(p, 0, sizeof *p);
     p->transaction_id = pg_dup_value(res, row, 0);
     p->idempotency_key = pg_dup_value(res, row, 1);
@@ -28,96 +137,43 @@ static int payment_from_row(const PGresult *res, int row, struct store_payment *
     return 0;
 }
 
+static void payment_clear(void *p)
+{
+    store_payment_clear(p);
+}
+
+static const struct row_kind PAYMENT = {"payment", sizeof(struct store_payment), payment_from_row,
+                                        payment_clear};
+
 enum store_status pg_get_payment(struct store *s, const char *tenant, const char *transaction_id,
                                  struct store_payment *out, char *err, size_t errlen)
 {
-    struct store_pg *pg = (struct store_pg *)s;
-    enum store_status st = STORE_OK;
     const char *vals[] = {tenant, transaction_id};
-
-    int idx = pg_pool_acquire(&pg->pool, err, errlen);
-    if (idx < 0)
-        return STORE_UNAVAILABLE;
-    PGresult *res =
-        pg_pool_exec(&pg->pool, idx, "get_payment", 2, vals, PGRES_TUPLES_OK, &st, err, errlen);
-    if (res) {
-        if (PQntuples(res) == 0) {
-            snprintf(err, errlen, "no such payment");
-            st = STORE_NOT_FOUND;
-        } else if (payment_from_row(res, 0, out) != 0) {
-            snprintf(err, errlen, "out of memory");
-            st = STORE_ERROR;
-        }
-        PQclear(res);
-    }
-    pg_pool_release(&pg->pool, idx);
-    return st;
+    return read_one((struct store_pg *)s, &PAYMENT, "get_payment", vals, 2, out, err, errlen);
 }
 
 enum store_status pg_list_payments(struct store *s, const char *tenant,
                                    const struct store_list_query *q, struct store_list *out,
                                    char *err, size_t errlen)
 {
-    struct store_pg *pg = (struct store_pg *)s;
-    enum store_status st = STORE_OK;
-    struct store_list list = {0};
-    PGresult *res = NULL;
-    char *cursor_ts = NULL;
-    char limit[16];
-    snprintf(limit, sizeof limit, "%d", q->limit + 1);
-
-    int idx = pg_pool_acquire(&pg->pool, err, errlen);
-    if (idx < 0)
-        return STORE_UNAVAILABLE;
-    if (q->starting_after) {
-        const char *cv[] = {tenant, q->starting_after};
-        res = pg_pool_exec(&pg->pool, idx, "cursor", 2, cv, PGRES_TUPLES_OK, &st, err, errlen);
-        if (!res)
-            goto out;
-        if (PQntuples(res) == 0) {
-            snprintf(err, errlen, "no such payment for cursor");
-            st = STORE_NOT_FOUND;
-            goto out;
-        }
-        cursor_ts = strdup(PQgetvalue(res, 0, 0));
-        PQclear(res);
-        res = NULL;
-        if (!cursor_ts)
-            goto oom;
-    }
-    const char *vals[] = {tenant, cursor_ts ? cursor_ts : "infinity",
-                          cursor_ts ? q->starting_after : "", limit, q->customer_id};
-    const char *stmt = q->customer_id ? "list_customer" : "list";
-    res = pg_pool_exec(&pg->pool, idx, stmt, q->customer_id ? 5 : 4, vals, PGRES_TUPLES_OK, &st,
-                       err, errlen);
-    if (!res)
-        goto out;
-    int rows = PQntuples(res);
-    int take = rows > q->limit ? q->limit : rows;
-    list.has_more = rows > q->limit;
-    list.items = calloc(take ? (size_t)take : 1, sizeof *list.items);
-    if (!list.items)
-        goto oom;
-    for (; list.count < (size_t)take; list.count++)
-        if (payment_from_row(res, (int)list.count, &list.items[list.count]) != 0)
-            goto oom;
-    *out = list;
-    list = (struct store_list){0};
-    goto out;
-oom:
-    snprintf(err, errlen, "out of memory");
-    st = STORE_ERROR;
-out:
-    PQclear(res);
-    pg_pool_release(&pg->pool, idx);
-    store_list_clear(&list);
-    free(cursor_ts);
+    const char *cvals[] = {tenant, q->starting_after};
+    /* $2-$4: cursor and limit (read_page), $5 the customer */
+    const char *vals[] = {tenant, NULL, NULL, NULL, q->customer_id};
+    struct page page;
+    enum store_status st = read_page((struct store_pg *)s, &PAYMENT, "cursor", cvals, 2,
+                                     q->starting_after, q->customer_id ? "list_customer" : "list",
+                                     vals, q->customer_id ? 5 : 4, 1, q->limit, &page, err, errlen);
+    if (st == STORE_OK)
+        *out = (struct store_list){page.items, page.count, page.has_more};
     return st;
 }
 
-/* Fills r from row of a REFUND_COLS result; returns -1 on allocation failure. */
-static int refund_from_row(const PGresult *res, int row, struct store_refund *r)
+/* ---- refunds ------------------------------------------------------------ */
+
+/* A row of REFUND_COLS (pg_sql.c). */
+static int refund_from_row(const PGresult *res, int row, void *out)
 {
+    struct store_refund *r = out;
     memset(r, 0, sizeof *r);
     r->refund_id = pg_dup_value(res, row, 0);
     r->transaction_id = pg_dup_value(res, row, 1);
@@ -136,91 +192,38 @@ static int refund_from_row(const PGresult *res, int row, struct store_refund *r)
     return 0;
 }
 
+static void refund_clear(void *r)
+{
+    store_refund_clear(r);
+}
+
+static const struct row_kind REFUND = {"refund", sizeof(struct store_refund), refund_from_row,
+                                       refund_clear};
+
 enum store_status pg_get_refund(struct store *s, const char *tenant, const char *refund_id,
                                 struct store_refund *out, char *err, size_t errlen)
 {
-    struct store_pg *pg = (struct store_pg *)s;
-    enum store_status st = STORE_OK;
     const char *vals[] = {tenant, refund_id};
-
-    int idx = pg_pool_acquire(&pg->pool, err, errlen);
-    if (idx < 0)
-        return STORE_UNAVAILABLE;
-    PGresult *res =
-        pg_pool_exec(&pg->pool, idx, "get_refund", 2, vals, PGRES_TUPLES_OK, &st, err, errlen);
-    if (res) {
-        if (PQntuples(res) == 0) {
-            snprintf(err, errlen, "no such refund");
-            st = STORE_NOT_FOUND;
-        } else if (refund_from_row(res, 0, out) != 0) {
-            snprintf(err, errlen, "out of memory");
-            st = STORE_ERROR;
-        }
-        PQclear(res);
-    }
-    pg_pool_release(&pg->pool, idx);
-    return st;
+    return read_one((struct store_pg *)s, &REFUND, "get_refund", vals, 2, out, err, errlen);
 }
 
 enum store_status pg_list_refunds(struct store *s, const char *tenant,
                                   const struct store_refund_query *q, struct store_refund_list *out,
                                   char *err, size_t errlen)
 {
-    struct store_pg *pg = (struct store_pg *)s;
-    enum store_status st = STORE_OK;
-    struct store_refund_list list = {0};
-    PGresult *res = NULL;
-    char *cursor_ts = NULL;
-    char limit[16];
-    snprintf(limit, sizeof limit, "%d", q->limit + 1);
-
-    int idx = pg_pool_acquire(&pg->pool, err, errlen);
-    if (idx < 0)
-        return STORE_UNAVAILABLE;
-    if (q->starting_after) {
-        const char *cv[] = {tenant, q->starting_after, q->transaction_id};
-        res =
-            pg_pool_exec(&pg->pool, idx, "refund_cursor", 3, cv, PGRES_TUPLES_OK, &st, err, errlen);
-        if (!res)
-            goto out;
-        if (PQntuples(res) == 0) {
-            snprintf(err, errlen, "no such refund for cursor");
-            st = STORE_NOT_FOUND;
-            goto out;
-        }
-        cursor_ts = strdup(PQgetvalue(res, 0, 0));
-        PQclear(res);
-        res = NULL;
-        if (!cursor_ts)
-            goto oom;
-    }
-    const char *vals[] = {tenant, q->transaction_id, cursor_ts ? cursor_ts : "infinity",
-                          cursor_ts ? q->starting_after : "", limit};
-    res = pg_pool_exec(&pg->pool, idx, "list_refunds", 5, vals, PGRES_TUPLES_OK, &st, err, errlen);
-    if (!res)
-        goto out;
-    int rows = PQntuples(res);
-    int take = rows > q->limit ? q->limit : rows;
-    list.has_more = rows > q->limit;
-    list.items = calloc(take ? (size_t)take : 1, sizeof *list.items);
-    if (!list.items)
-        goto oom;
-    for (; list.count < (size_t)take; list.count++)
-        if (refund_from_row(res, (int)list.count, &list.items[list.count]) != 0)
-            goto oom;
-    *out = list;
-    list = (struct store_refund_list){0};
-    goto out;
-oom:
-    snprintf(err, errlen, "out of memory");
-    st = STORE_ERROR;
-out:
-    PQclear(res);
-    pg_pool_release(&pg->pool, idx);
-    store_refund_list_clear(&list);
-    free(cursor_ts);
+    const char *cvals[] = {tenant, q->starting_after, q->transaction_id};
+    /* $3-$5: cursor and limit (read_page) */
+    const char *vals[] = {tenant, q->transaction_id, NULL, NULL, NULL};
+    struct page page;
+    enum store_status st =
+        read_page((struct store_pg *)s, &REFUND, "refund_cursor", cvals, 3, q->starting_after,
+                  "list_refunds", vals, 5, 2, q->limit, &page, err, errlen);
+    if (st == STORE_OK)
+        *out = (struct store_refund_list){page.items, page.count, page.has_more};
     return st;
 }
+
+/* ---- the reaper, the ping ------------------------------------------------ */
 
 enum store_status pg_reap(struct store *s, int batch, int *deleted, char *err, size_t errlen)
 {

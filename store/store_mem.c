@@ -7,6 +7,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include "store.h"
 
+#include "mem_rows.h"
+
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,10 +49,8 @@ struct store_mem {
     struct record **buckets;
     size_t nbuckets;
     size_t nrecords;
-    struct mem_payment *payments;
-    size_t npayments, cap;
-    struct mem_refund *refunds; /* oldest first, like payments */
-    size_t nrefunds, refunds_cap;
+    struct mem_rows payments; /* of struct mem_payment */
+    struct mem_rows refunds;  /* of struct mem_refund */
     int64_t next_token;
 };
 
@@ -215,42 +215,57 @@ out:
     return st;
 }
 
-static int newer_first(const struct store_payment *a, const struct store_payment *b);
+/* ---- payments and refunds: mem_rows tables ------------------------------ */
 
-/* Adds a copy of p where it belongs in m->payments, which is kept oldest
- * first (nearly always at the end: payments arrive in the order they were
- * processed, give or take the ones completing together); caller holds the
- * mutex. */
-static enum store_status add_payment(struct store_mem *m, const char *tenant,
-                                     const struct store_payment *p)
+/* Newest first: processed_at descending, then transaction id descending. */
+static int payment_newer_first(const void *a, const void *b)
 {
-    if (m->npayments == m->cap) {
-        size_t cap = m->cap ? m->cap * 2 : 64;
-        struct mem_payment *np = realloc(m->payments, cap * sizeof *np);
-        if (!np)
-            return STORE_ERROR;
-        m->payments = np;
-        m->cap = cap;
-    }
-    struct mem_payment mp;
-    mp.tenant = strdup(tenant);
-    if (!mp.tenant)
-        return STORE_ERROR;
-    if (store_payment_copy(&mp.p, p) != 0) {
-        free(mp.tenant);
-        return STORE_ERROR;
-    }
-    size_t at = m->npayments;
-    while (at > 0 && newer_first(&m->payments[at - 1].p, &mp.p) < 0)
-        at--;
-    memmove(&m->payments[at + 1], &m->payments[at], (m->npayments - at) * sizeof mp);
-    m->payments[at] = mp;
-    m->npayments++;
-    return STORE_OK;
+    const struct store_payment *x = &((const struct mem_payment *)a)->p;
+    const struct store_payment *y = &((const struct mem_payment *)b)->p;
+    if (x->processed_at_us != y->processed_at_us)
+        return x->processed_at_us > y->processed_at_us ? -1 : 1;
+    return -strcmp(x->transaction_id, y->transaction_id);
 }
 
-static struct mem_payment *find_payment(struct store_mem *m, const char *tenant, const char *id);
-static int refund_newer_first(const struct store_refund *a, const struct store_refund *b);
+/* Newest first: created_at descending, then refund id descending. */
+static int refund_newer_first(const void *a, const void *b)
+{
+    const struct store_refund *x = &((const struct mem_refund *)a)->r;
+    const struct store_refund *y = &((const struct mem_refund *)b)->r;
+    if (x->created_at_us != y->created_at_us)
+        return x->created_at_us > y->created_at_us ? -1 : 1;
+    return -strcmp(x->refund_id, y->refund_id);
+}
+
+static int payment_is(const void *row, const void *id)
+{
+    return strcmp(((const struct mem_payment *)row)->p.transaction_id, id) == 0;
+}
+
+static int refund_is(const void *row, const void *id)
+{
+    return strcmp(((const struct mem_refund *)row)->r.refund_id, id) == 0;
+}
+
+static struct mem_payment *find_payment(struct store_mem *m, const char *tenant, const char *id)
+{
+    size_t i = mem_rows_find(&m->payments, tenant, payment_is, id);
+    return i < m->payments.n ? mem_rows_at(&m->payments, i) : NULL;
+}
+
+static void payment_row_clear(void *row)
+{
+    struct mem_payment *mp = row;
+    free(mp->tenant);
+    store_payment_clear(&mp->p);
+}
+
+static void refund_row_clear(void *row)
+{
+    struct mem_refund *mr = row;
+    free(mr->tenant);
+    store_refund_clear(&mr->r);
+}
 
 /* Writes rows (caller holds the mutex): all of them, or nothing with
  * STORE_REJECTED (a refund that does not fit its payment) or STORE_ERROR. */
@@ -259,46 +274,33 @@ static enum store_status write_rows_locked(struct store_mem *m, const char *tena
 {
     const struct store_refund *rf = rows ? rows->refund : NULL;
     const struct store_payment *pay = rows ? rows->payment : NULL;
-    struct mem_payment *target = NULL;
-    struct mem_refund add = {0};
+    struct mem_payment mp = {0};
+    struct mem_refund mr = {0};
     if (rf) {
-        target = find_payment(m, tenant, rf->transaction_id);
+        struct mem_payment *target = find_payment(m, tenant, rf->transaction_id);
         if (!target || strcmp(target->p.status, "completed") != 0 || rf->amount_minor <= 0 ||
             rf->amount_minor > target->p.amount_minor - target->p.amount_refunded_minor) {
             snprintf(err, errlen, "refund does not fit its payment");
             return STORE_REJECTED;
         }
-        if (m->nrefunds == m->refunds_cap) {
-            size_t cap = m->refunds_cap ? m->refunds_cap * 2 : 16;
-            struct mem_refund *nr = realloc(m->refunds, cap * sizeof *nr);
-            if (!nr)
-                goto oom;
-            m->refunds = nr;
-            m->refunds_cap = cap;
-        }
-        add.tenant = strdup(tenant);
-        if (!add.tenant || store_refund_copy(&add.r, rf) != 0)
-            goto oom;
     }
-    if (pay && add_payment(m, tenant, pay) != STORE_OK)
-        goto oom;
+    /* every copy and every allocation first: then nothing can fail */
+    if ((pay && (mem_rows_reserve(&m->payments) != 0 || !(mp.tenant = strdup(tenant)) ||
+                 store_payment_copy(&mp.p, pay) != 0)) ||
+        (rf && (mem_rows_reserve(&m->refunds) != 0 || !(mr.tenant = strdup(tenant)) ||
+                store_refund_copy(&mr.r, rf) != 0))) {
+        payment_row_clear(&mp);
+        refund_row_clear(&mr);
+        snprintf(err, errlen, "out of memory");
+        return STORE_ERROR;
+    }
+    if (pay)
+        mem_rows_insert(&m->payments, &mp);
     if (rf) {
-        /* add_payment may have moved the array: find the payment again */
-        target = find_payment(m, tenant, rf->transaction_id);
-        target->p.amount_refunded_minor += rf->amount_minor;
-        size_t at = m->nrefunds;
-        while (at > 0 && refund_newer_first(&m->refunds[at - 1].r, &add.r) < 0)
-            at--;
-        memmove(&m->refunds[at + 1], &m->refunds[at], (m->nrefunds - at) * sizeof add);
-        m->refunds[at] = add;
-        m->nrefunds++;
+        find_payment(m, tenant, rf->transaction_id)->p.amount_refunded_minor += rf->amount_minor;
+        mem_rows_insert(&m->refunds, &mr);
     }
     return STORE_OK;
-oom:
-    free(add.tenant);
-    store_refund_clear(&add.r);
-    snprintf(err, errlen, "out of memory");
-    return STORE_ERROR;
 }
 
 static enum store_status mem_complete(struct store *s, const char *tenant, const char *key,
@@ -371,28 +373,29 @@ static enum store_status mem_write_rows(struct store *s, const char *tenant,
     return st;
 }
 
-static struct mem_payment *find_payment(struct store_mem *m, const char *tenant, const char *id)
+static int payment_copy(void *item, const void *row)
 {
-    for (size_t i = 0; i < m->npayments; i++)
-        if (strcmp(m->payments[i].p.transaction_id, id) == 0 &&
-            strcmp(m->payments[i].tenant, tenant) == 0)
-            return &m->payments[i];
-    return NULL;
+    return store_payment_copy(item, &((const struct mem_payment *)row)->p);
 }
 
-static enum store_status mem_get_payment(struct store *s, const char *tenant,
-                                         const char *transaction_id, struct store_payment *out,
-                                         char *err, size_t errlen)
+static int refund_copy(void *item, const void *row)
 {
-    struct store_mem *m = (struct store_mem *)s;
-    enum store_status st = STORE_OK;
+    return store_refund_copy(item, &((const struct mem_refund *)row)->r);
+}
 
+/* One row of tenant with this id, copied into *out. */
+static enum store_status get_row(struct store_mem *m, struct mem_rows *t, const char *tenant,
+                                 int (*is)(const void *, const void *), const char *id,
+                                 int (*copy)(void *, const void *), void *out, const char *what,
+                                 char *err, size_t errlen)
+{
+    enum store_status st = STORE_OK;
     pthread_mutex_lock(&m->mu);
-    const struct mem_payment *mp = find_payment(m, tenant, transaction_id);
-    if (!mp) {
-        snprintf(err, errlen, "no such payment");
+    size_t i = mem_rows_find(t, tenant, is, id);
+    if (i == t->n) {
+        snprintf(err, errlen, "no such %s", what);
         st = STORE_NOT_FOUND;
-    } else if (store_payment_copy(out, &mp->p) != 0) {
+    } else if (copy(out, mem_rows_at(t, i)) != 0) {
         snprintf(err, errlen, "out of memory");
         st = STORE_ERROR;
     }
@@ -400,12 +403,41 @@ static enum store_status mem_get_payment(struct store *s, const char *tenant,
     return st;
 }
 
-/* Newest first: processed_at descending, then transaction id descending. */
-static int newer_first(const struct store_payment *a, const struct store_payment *b)
+static enum store_status mem_get_payment(struct store *s, const char *tenant,
+                                         const char *transaction_id, struct store_payment *out,
+                                         char *err, size_t errlen)
 {
-    if (a->processed_at_us != b->processed_at_us)
-        return a->processed_at_us > b->processed_at_us ? -1 : 1;
-    return -strcmp(a->transaction_id, b->transaction_id);
+    struct store_mem *m = (struct store_mem *)s;
+    return get_row(m, &m->payments, tenant, payment_is, transaction_id, payment_copy, out,
+                   "payment", err, errlen);
+}
+
+static enum store_status mem_get_refund(struct store *s, const char *tenant, const char *refund_id,
+                                        struct store_refund *out, char *err, size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    return get_row(m, &m->refunds, tenant, refund_is, refund_id, refund_copy, out, "refund", err,
+                   errlen);
+}
+
+static int payment_of_customer(const void *row, const void *customer)
+{
+    return !customer || strcmp(((const struct mem_payment *)row)->p.customer_id, customer) == 0;
+}
+
+static int refund_of_payment(const void *row, const void *transaction_id)
+{
+    return strcmp(((const struct mem_refund *)row)->r.transaction_id, transaction_id) == 0;
+}
+
+static void payment_item_clear(void *p)
+{
+    store_payment_clear(p);
+}
+
+static void refund_item_clear(void *r)
+{
+    store_refund_clear(r);
 }
 
 static enum store_status mem_list_payments(struct store *s, const char *tenant,
@@ -414,10 +446,14 @@ static enum store_status mem_list_payments(struct store *s, const char *tenant,
 {
     struct store_mem *m = (struct store_mem *)s;
     enum store_status st = STORE_OK;
-    struct store_list res = {0};
+    void *items = NULL;
 
     pthread_mutex_lock(&m->mu);
-    const struct store_payment *cursor = NULL;
+    /* Newest first from the end of the ordered table: the work is the page
+     * (and the other tenants' and customers' payments passed on the way),
+     * not every payment held. With a cursor, from the first row that is not
+     * older than it. */
+    size_t start = m->payments.n;
     if (q->starting_after) {
         const struct mem_payment *c = find_payment(m, tenant, q->starting_after);
         if (!c) {
@@ -425,82 +461,17 @@ static enum store_status mem_list_payments(struct store *s, const char *tenant,
             st = STORE_NOT_FOUND;
             goto out;
         }
-        cursor = &c->p;
+        start = mem_rows_not_older(&m->payments, c);
     }
-    /* Newest first from the end of the ordered array: the work is the page
-     * (and the other tenants' and customers' payments passed on the way),
-     * not every payment held. */
-    res.items = calloc((size_t)q->limit, sizeof *res.items);
-    if (!res.items)
-        goto oom;
-    size_t start = m->npayments;
-    if (cursor) { /* the first that is not older than the cursor */
-        size_t lo = 0;
-        while (lo < start) {
-            size_t mid = lo + (start - lo) / 2;
-            if (newer_first(&m->payments[mid].p, cursor) > 0)
-                lo = mid + 1;
-            else
-                start = mid;
-        }
-    }
-    for (size_t i = start; i-- > 0;) {
-        const struct mem_payment *mp = &m->payments[i];
-        if (strcmp(mp->tenant, tenant) != 0)
-            continue;
-        if (q->customer_id && strcmp(mp->p.customer_id, q->customer_id) != 0)
-            continue;
-        if (res.count == (size_t)q->limit) {
-            res.has_more = 1;
-            break;
-        }
-        if (store_payment_copy(&res.items[res.count], &mp->p) != 0)
-            goto oom;
-        res.count++;
-    }
-    *out = res;
-    res = (struct store_list){0};
-    goto out;
-oom:
-    snprintf(err, errlen, "out of memory");
-    st = STORE_ERROR;
-out:
-    pthread_mutex_unlock(&m->mu);
-    store_list_clear(&res);
-    return st;
-}
-
-/* Newest first: created_at descending, then refund id descending. */
-static int refund_newer_first(const struct store_refund *a, const struct store_refund *b)
-{
-    if (a->created_at_us != b->created_at_us)
-        return a->created_at_us > b->created_at_us ? -1 : 1;
-    return -strcmp(a->refund_id, b->refund_id);
-}
-
-static const struct mem_refund *find_refund(struct store_mem *m, const char *tenant,
-                                            const char *id)
-{
-    for (size_t i = 0; i < m->nrefunds; i++)
-        if (strcmp(m->refunds[i].r.refund_id, id) == 0 && strcmp(m->refunds[i].tenant, tenant) == 0)
-            return &m->refunds[i];
-    return NULL;
-}
-
-static enum store_status mem_get_refund(struct store *s, const char *tenant, const char *refund_id,
-                                        struct store_refund *out, char *err, size_t errlen)
-{
-    struct store_mem *m = (struct store_mem *)s;
-    enum store_status st = STORE_OK;
-    pthread_mutex_lock(&m->mu);
-    const struct mem_refund *mr = find_refund(m, tenant, refund_id);
-    if (!mr) {
-        snprintf(err, errlen, "no such refund");
-        st = STORE_NOT_FOUND;
-    } else if (store_refund_copy(out, &mr->r) != 0) {
+    if (mem_rows_page(&m->payments, start, tenant, payment_of_customer, q->customer_id,
+                      payment_copy, payment_item_clear, sizeof(struct store_payment), q->limit,
+                      &items, &out->count, &out->has_more) != 0) {
         snprintf(err, errlen, "out of memory");
         st = STORE_ERROR;
+        goto out;
     }
+    out->items = items;
+out:
     pthread_mutex_unlock(&m->mu);
     return st;
 }
@@ -511,43 +482,29 @@ static enum store_status mem_list_refunds(struct store *s, const char *tenant,
 {
     struct store_mem *m = (struct store_mem *)s;
     enum store_status st = STORE_OK;
-    struct store_refund_list res = {0};
+    void *items = NULL;
 
     pthread_mutex_lock(&m->mu);
-    size_t start = m->nrefunds;
+    size_t start = m->refunds.n;
     if (q->starting_after) {
-        const struct mem_refund *c = find_refund(m, tenant, q->starting_after);
-        if (!c || strcmp(c->r.transaction_id, q->transaction_id) != 0) {
+        start = mem_rows_find(&m->refunds, tenant, refund_is, q->starting_after);
+        if (start == m->refunds.n ||
+            !refund_of_payment(mem_rows_at(&m->refunds, start), q->transaction_id)) {
             snprintf(err, errlen, "no such refund for cursor");
             st = STORE_NOT_FOUND;
             goto out;
         }
-        start = (size_t)(c - m->refunds);
     }
-    res.items = calloc(q->limit > 0 ? (size_t)q->limit : 1, sizeof *res.items);
-    if (!res.items)
-        goto oom;
-    for (size_t i = start; i-- > 0;) {
-        const struct mem_refund *mr = &m->refunds[i];
-        if (strcmp(mr->tenant, tenant) != 0 || strcmp(mr->r.transaction_id, q->transaction_id) != 0)
-            continue;
-        if (res.count == (size_t)q->limit) {
-            res.has_more = 1;
-            break;
-        }
-        if (store_refund_copy(&res.items[res.count], &mr->r) != 0)
-            goto oom;
-        res.count++;
+    if (mem_rows_page(&m->refunds, start, tenant, refund_of_payment, q->transaction_id,
+                      refund_copy, refund_item_clear, sizeof(struct store_refund), q->limit, &items,
+                      &out->count, &out->has_more) != 0) {
+        snprintf(err, errlen, "out of memory");
+        st = STORE_ERROR;
+        goto out;
     }
-    *out = res;
-    res = (struct store_refund_list){0};
-    goto out;
-oom:
-    snprintf(err, errlen, "out of memory");
-    st = STORE_ERROR;
+    out->items = items;
 out:
     pthread_mutex_unlock(&m->mu);
-    store_refund_list_clear(&res);
     return st;
 }
 
@@ -599,16 +556,8 @@ static void mem_free(struct store *s)
             r = next;
         }
     }
-    for (size_t i = 0; i < m->npayments; i++) {
-        free(m->payments[i].tenant);
-        store_payment_clear(&m->payments[i].p);
-    }
-    free(m->payments);
-    for (size_t i = 0; i < m->nrefunds; i++) {
-        free(m->refunds[i].tenant);
-        store_refund_clear(&m->refunds[i].r);
-    }
-    free(m->refunds);
+    mem_rows_free(&m->payments, payment_row_clear);
+    mem_rows_free(&m->refunds, refund_row_clear);
     free(m->buckets);
     pthread_mutex_destroy(&m->mu);
     free(m);
@@ -636,6 +585,10 @@ struct store *store_mem_new(void)
     if (!m)
         return NULL;
     m->base.ops = &mem_ops;
+    m->payments = (struct mem_rows){.size = sizeof(struct mem_payment),
+                                    .newer_first = payment_newer_first};
+    m->refunds = (struct mem_rows){.size = sizeof(struct mem_refund),
+                                   .newer_first = refund_newer_first};
     m->nbuckets = 1024;
     m->buckets = calloc(m->nbuckets, sizeof *m->buckets);
     if (!m->buckets || pthread_mutex_init(&m->mu, NULL) != 0) {

@@ -1,0 +1,98 @@
+/* mem_rows.c - the memory store's ordered tables (mem_rows.h) */
+#define _POSIX_C_SOURCE 200809L
+#include "mem_rows.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static const char *tenant_of(const void *row)
+{
+    return *(char *const *)row;
+}
+
+int mem_rows_reserve(struct mem_rows *t)
+{
+    if (t->n < t->cap)
+        return 0;
+    size_t cap = t->cap ? t->cap * 2 : 64;
+    char *d = realloc(t->data, cap * t->size);
+    if (!d)
+        return -1;
+    t->data = d;
+    t->cap = cap;
+    return 0;
+}
+
+void mem_rows_insert(struct mem_rows *t, const void *row)
+{
+    size_t at = t->n;
+    while (at > 0 && t->newer_first(mem_rows_at(t, at - 1), row) < 0)
+        at--;
+    memmove(mem_rows_at(t, at + 1), mem_rows_at(t, at), (t->n - at) * t->size);
+    memcpy(mem_rows_at(t, at), row, t->size);
+    t->n++;
+}
+
+size_t mem_rows_find(const struct mem_rows *t, const char *tenant,
+                     int (*same)(const void *row, const void *key), const void *key)
+{
+    for (size_t i = 0; i < t->n; i++) {
+        const void *row = mem_rows_at(t, i);
+        if (same(row, key) && strcmp(tenant_of(row), tenant) == 0)
+            return i;
+    }
+    return t->n;
+}
+
+size_t mem_rows_not_older(const struct mem_rows *t, const void *row)
+{
+    size_t lo = 0, hi = t->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (t->newer_first(mem_rows_at(t, mid), row) > 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+int mem_rows_page(const struct mem_rows *t, size_t start, const char *tenant,
+                  int (*keep)(const void *row, const void *arg), const void *arg,
+                  int (*copy)(void *item, const void *row), void (*clear)(void *item),
+                  size_t item_size, int limit, void **items, size_t *count, int *has_more)
+{
+    char *out = calloc(limit > 0 ? (size_t)limit : 1, item_size);
+    size_t n = 0;
+    int more = 0;
+    if (!out)
+        return -1;
+    for (size_t i = start; i-- > 0;) {
+        const void *row = mem_rows_at(t, i);
+        if (strcmp(tenant_of(row), tenant) != 0 || (keep && !keep(row, arg)))
+            continue;
+        if (n == (size_t)limit) {
+            more = 1;
+            break;
+        }
+        if (copy(out + n * item_size, row) != 0) {
+            for (size_t j = 0; j < n; j++)
+                clear(out + j * item_size);
+            free(out);
+            return -1;
+        }
+        n++;
+    }
+    *items = out;
+    *count = n;
+    *has_more = more;
+    return 0;
+}
+
+void mem_rows_free(struct mem_rows *t, void (*clear_row)(void *row))
+{
+    for (size_t i = 0; i < t->n; i++)
+        clear_row(mem_rows_at(t, i));
+    free(t->data);
+    memset(t, 0, sizeof *t);
+}
