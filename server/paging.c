@@ -68,13 +68,19 @@ void paging_done(struct request *r)
     sem_post(&r->app->list_slots);
 }
 
-void paging_send(struct request *r, const char *name, cJSON *items, size_t count, int has_more,
+void paging_send(struct request *r, const char *name, const void *items, size_t count,
+                 size_t item_size, cJSON *(*to_cjson)(const void *item), int has_more,
                  const char *last_id)
 {
     cJSON *root = cJSON_CreateObject();
-    int ok = root && items && cJSON_AddItemToObject(root, name, items);
-    if (!ok)
-        cJSON_Delete(items);
+    cJSON *array = root ? cJSON_AddArrayToObject(root, name) : NULL;
+    int ok = array != NULL;
+    for (size_t i = 0; ok && i < count; i++) {
+        cJSON *o = to_cjson((const char *)items + i * item_size);
+        ok = o && cJSON_AddItemToArray(array, o);
+        if (!ok)
+            cJSON_Delete(o);
+    }
     ok = ok && cJSON_AddNumberToObject(root, "count", (double)count) &&
          cJSON_AddBoolToObject(root, "has_more", has_more);
     if (ok)

@@ -36,9 +36,11 @@ void paging_unknown_cursor(struct request *r, const char *what);
 int paging_take_slot(struct request *r, const char *op);
 void paging_done(struct request *r);
 
-/* Sends a page: items (an array, taken over), count, has_more and the
- * cursor to the next page (last_id, when has_more). */
-void paging_send(struct request *r, const char *name, struct cJSON *items, size_t count,
-                 int has_more, const char *last_id);
+/* Sends a page of count items (an array of item_size structs, each
+ * rendered by to_cjson), has_more, and the cursor to the next page (last_id,
+ * when has_more). */
+void paging_send(struct request *r, const char *name, const void *items, size_t count,
+                 size_t item_size, struct cJSON *(*to_cjson)(const void *item), int has_more,
+                 const char *last_id);
 
 #endif

@@ -163,6 +163,11 @@ void routes_create_payment(struct request *r)
 
 /* ---- GET /api/v1/payments ----------------------------------------------- */
 
+static cJSON *payment_item(const void *p)
+{
+    return payment_to_cjson(p);
+}
+
 void routes_list_payments(struct request *r)
 {
     const char *qs = r->ri->query_string ? r->ri->query_string : "";
@@ -195,17 +200,8 @@ void routes_list_payments(struct request *r)
     } else if (st != STORE_OK) {
         http_fail_store(r, "list_payments", st, err);
     } else {
-        cJSON *items = cJSON_CreateArray();
-        for (size_t i = 0; items && i < list.count; i++) {
-            cJSON *p = payment_to_cjson(&list.items[i]);
-            if (!p || !cJSON_AddItemToArray(items, p)) {
-                cJSON_Delete(p);
-                cJSON_Delete(items);
-                items = NULL;
-            }
-        }
-        paging_send(r, "payments", items, list.count, list.has_more,
-                    list.count ? list.items[list.count - 1].transaction_id : NULL);
+        paging_send(r, "payments", list.items, list.count, sizeof *list.items, payment_item,
+                    list.has_more, list.count ? list.items[list.count - 1].transaction_id : NULL);
     }
     paging_done(r);
     store_list_clear(&list);

@@ -220,6 +220,11 @@ void routes_create_refund(struct request *r, const char *payment_id)
 
 /* ---- GET /api/v1/payments/{id}/refunds ---------------------------------- */
 
+static cJSON *refund_item(const void *r)
+{
+    return refund_to_cjson(r);
+}
+
 void routes_list_refunds(struct request *r, const char *payment_id)
 {
     struct paging pg;
@@ -250,17 +255,8 @@ void routes_list_refunds(struct request *r, const char *payment_id)
     } else if (st != STORE_OK) {
         http_fail_store(r, "list_refunds", st, err);
     } else {
-        cJSON *items = cJSON_CreateArray();
-        for (size_t i = 0; items && i < list.count; i++) {
-            cJSON *o = refund_to_cjson(&list.items[i]);
-            if (!o || !cJSON_AddItemToArray(items, o)) {
-                cJSON_Delete(o);
-                cJSON_Delete(items);
-                items = NULL;
-            }
-        }
-        paging_send(r, "refunds", items, list.count, list.has_more,
-                    list.count ? list.items[list.count - 1].refund_id : NULL);
+        paging_send(r, "refunds", list.items, list.count, sizeof *list.items, refund_item,
+                    list.has_more, list.count ? list.items[list.count - 1].refund_id : NULL);
     }
     paging_done(r);
     store_refund_list_clear(&list);

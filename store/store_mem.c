@@ -217,24 +217,27 @@ out:
 
 /* ---- payments and refunds: mem_rows tables ------------------------------ */
 
-/* Newest first: processed_at descending, then transaction id descending. */
+/* Newest first: the later time, then the greater id. */
+static int newer_first(int64_t a_us, const char *a_id, int64_t b_us, const char *b_id)
+{
+    if (a_us != b_us)
+        return a_us > b_us ? -1 : 1;
+    return -strcmp(a_id, b_id);
+}
+
 static int payment_newer_first(const void *a, const void *b)
 {
     const struct store_payment *x = &((const struct mem_payment *)a)->p;
     const struct store_payment *y = &((const struct mem_payment *)b)->p;
-    if (x->processed_at_us != y->processed_at_us)
-        return x->processed_at_us > y->processed_at_us ? -1 : 1;
-    return -strcmp(x->transaction_id, y->transaction_id);
+    return newer_first(x->processed_at_us, x->transaction_id, y->processed_at_us,
+                       y->transaction_id);
 }
 
-/* Newest first: created_at descending, then refund id descending. */
 static int refund_newer_first(const void *a, const void *b)
 {
     const struct store_refund *x = &((const struct mem_refund *)a)->r;
     const struct store_refund *y = &((const struct mem_refund *)b)->r;
-    if (x->created_at_us != y->created_at_us)
-        return x->created_at_us > y->created_at_us ? -1 : 1;
-    return -strcmp(x->refund_id, y->refund_id);
+    return newer_first(x->created_at_us, x->refund_id, y->created_at_us, y->refund_id);
 }
 
 static int payment_is(const void *row, const void *id)

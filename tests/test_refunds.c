@@ -208,45 +208,31 @@ BOTH(refusals_are_clear_and_not_cached)
     pay("5.00", "USD", dcust, declined, sizeof declined);
     test_unique(key, sizeof key, "refund");
 
-    /* before anything is claimed */
-    refund(payment, key, "{\"amount\":0}", &r);
-    test_expect_error(&r, 422, "invalid_amount", "amount");
-    test_response_free(&r);
-    refund(payment, key, "{\"amount\":-1}", &r);
-    test_expect_error(&r, 422, "invalid_amount", "amount");
-    test_response_free(&r);
-    refund(payment, key, "{\"amount\":\"1\"}", &r);
-    test_expect_error(&r, 422, "invalid_amount", "amount");
-    test_response_free(&r);
-    refund(payment, key, "{\"reason\":\"whim\"}", &r);
-    test_expect_error(&r, 422, "invalid_reason", "reason");
-    test_response_free(&r);
-    refund(payment, key, "{\"amount\":1,\"currency\":\"USD\"}", &r);
-    test_expect_error(&r, 422, "unknown_field", "currency");
-    test_response_free(&r);
-    refund(payment, key, "{\"amount\":1", &r);
-    test_expect_error(&r, 400, "invalid_json", NULL);
-    test_response_free(&r);
-    refund("txn_doesnotexist", key, "{}", &r);
-    test_expect_error(&r, 404, "payment_not_found", NULL);
-    test_response_free(&r);
-    refund("not-an-id", key, "{}", &r);
-    test_expect_error(&r, 404, "payment_not_found", NULL);
-    test_response_free(&r);
-
-    /* against the payment: too precise for its currency, more than it, declined */
-    refund(payment, key, "{\"amount\":0.001}", &r);
-    test_expect_error(&r, 422, "invalid_amount", "amount");
-    test_response_free(&r);
-    refund(yen, key, "{\"amount\":0.5}", &r);
-    test_expect_error(&r, 422, "invalid_amount", "amount");
-    test_response_free(&r);
-    refund(payment, key, "{\"amount\":10.01}", &r);
-    test_expect_error(&r, 422, "refund_exceeds_payment", "amount");
-    test_response_free(&r);
-    refund(declined, key, "{}", &r);
-    test_expect_error(&r, 409, "payment_not_refundable", NULL);
-    test_response_free(&r);
+    /* before anything is claimed, then against the payment (too precise
+     * for its currency, more than it, declined); one key for all */
+    const struct {
+        const char *payment, *body;
+        long status;
+        const char *code, *param;
+    } refused[] = {
+        {payment, "{\"amount\":0}", 422, "invalid_amount", "amount"},
+        {payment, "{\"amount\":-1}", 422, "invalid_amount", "amount"},
+        {payment, "{\"amount\":\"1\"}", 422, "invalid_amount", "amount"},
+        {payment, "{\"reason\":\"whim\"}", 422, "invalid_reason", "reason"},
+        {payment, "{\"amount\":1,\"currency\":\"USD\"}", 422, "unknown_field", "currency"},
+        {payment, "{\"amount\":1", 400, "invalid_json", NULL},
+        {"txn_doesnotexist", "{}", 404, "payment_not_found", NULL},
+        {"not-an-id", "{}", 404, "payment_not_found", NULL},
+        {payment, "{\"amount\":0.001}", 422, "invalid_amount", "amount"},
+        {yen, "{\"amount\":0.5}", 422, "invalid_amount", "amount"},
+        {payment, "{\"amount\":10.01}", 422, "refund_exceeds_payment", "amount"},
+        {declined, "{}", 409, "payment_not_refundable", NULL},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        refund(refused[i].payment, key, refused[i].body, &r);
+        test_expect_error(&r, refused[i].status, refused[i].code, refused[i].param);
+        test_response_free(&r);
+    }
 
     /* none of that was cached: the key still works, for the first request
      * that succeeds */
