@@ -305,6 +305,66 @@ Test(faults, server_killed_mid_refund_refunds_once_after_the_lease, .timeout = 1
     test_server_stop(&b);
 }
 
+static double seconds_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* A refund's completion waits for the payment row's lock (here held by a
+ * psql-like session; in real life by another refund of the same payment).
+ * It takes that lock before its key's record, so a duplicate with the same
+ * key is answered 409 at once instead of queueing behind the lock. */
+Test(faults, a_duplicate_refund_never_waits_on_the_payment_row_lock, .timeout = 120)
+{
+    struct test_server s;
+    char payment[64], path[128], key[96];
+    const char *body = "{\"amount\":5}";
+    spawn(&s, NULL, 30, 0);
+    paid(&s, payment, sizeof payment);
+    snprintf(path, sizeof path, "/api/v1/payments/%s/refunds", payment);
+    test_unique(key, sizeof key, "refund-lock");
+
+    PGconn *locker = PQconnectdb(test_db_url());
+    cr_assert_eq(PQstatus(locker), CONNECTION_OK);
+    PQclear(PQexec(locker, "BEGIN"));
+    const char *vals[] = {payment};
+    PGresult *res = PQexecParams(locker,
+                                 "SELECT 1 FROM payments WHERE transaction_id = $1 FOR UPDATE", 1,
+                                 NULL, vals, NULL, NULL, 0);
+    cr_assert_eq(PQntuples(res), 1, "%s", PQerrorMessage(locker));
+    PQclear(res);
+
+    struct bg_post first = {&s, key, body, {0}, 0, NULL, path};
+    pthread_t t;
+    pthread_create(&t, NULL, bg_post_main, &first);
+    wait_processing(test_db_url(), key);
+    wait_ms(300); /* the refund has run and waits in its completion */
+
+    struct httpc_response r;
+    double t0 = seconds_now();
+    cr_assert_eq(post_to(&s, path, key, body, &r), 0, "%s", r.error);
+    double waited = seconds_now() - t0;
+    cr_assert_eq(r.status, 409, "%s", r.body);
+    cr_assert(strstr(r.body, "idempotency_key_in_use"), "%s", r.body);
+    cr_assert_lt(waited, 1.0, "the duplicate waited %.2f s", waited);
+    httpc_response_free(&r);
+    cr_assert_eq(refunds_of(payment, "count(*)"), 0);
+
+    PQclear(PQexec(locker, "COMMIT"));
+    PQfinish(locker);
+    pthread_join(t, NULL);
+    cr_assert_eq(first.rc, 0, "%s", first.r.error);
+    cr_assert_eq(first.r.status, 201, "%s", first.r.body);
+    httpc_response_free(&first.r);
+    cr_assert_eq(post_to(&s, path, key, body, &r), 0);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    httpc_response_free(&r);
+    cr_assert_eq(refunds_of(payment, "count(*)"), 1);
+    test_server_stop(&s);
+}
+
 Test(faults, completion_after_lost_lease_is_rolled_back, .timeout = 120)
 {
     struct test_server a, b;
