@@ -227,6 +227,7 @@ static struct store *open_store(struct app *app, char *err, size_t errlen)
         .pool_size = app->cfg.pool_size,
         .connect_timeout_s = 5,
         .acquire_timeout_ms = 5000,
+        .unnamed_statements = app->cfg.unnamed_statements,
         .notice = on_pg_notice,
         .notice_arg = app,
     };
@@ -365,6 +366,9 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
     cJSON_AddStringToObject(line, "store", store_name(app->store));
     cJSON_AddNumberToObject(line, "threads", cfg->threads);
     cJSON_AddNumberToObject(line, "pool_size", cfg->pool_size);
+    if (cfg->store == STORE_KIND_POSTGRES)
+        cJSON_AddStringToObject(line, "statements",
+                                cfg->unnamed_statements ? "unnamed" : "prepared");
     cJSON_AddNumberToObject(line, "lease_s", cfg->lease_s);
     cJSON_AddNumberToObject(line, "idempotency_ttl_s", cfg->idempotency_ttl_s);
     log_end(log, line);

@@ -247,8 +247,8 @@ static void run_many(struct pg_batcher *b, int idx, struct pg_batch_op **ops, in
     }
     PGresult *res = NULL;
     if (!failed)
-        res = PQexecPrepared(conn, kind == PG_BATCH_CLAIM ? "claim_batch" : "complete_batch", ncols,
-                             vals, NULL, NULL, 0);
+        res = pg_pool_send(b->pool, idx, kind == PG_BATCH_CLAIM ? "claim_batch" : "complete_batch",
+                           ncols, vals);
     for (int c = 0; c < 13; c++)
         free(arrays[c].p);
 

@@ -68,7 +68,7 @@ static int prepare_all(PGconn *conn, char *err, size_t errlen)
 static void replan(struct pg_pool *p, int idx)
 {
     unsigned gen = atomic_load(&p->plan_gen);
-    if (p->conn_gen[idx] == gen)
+    if (p->conn_gen[idx] == gen || p->unnamed)
         return;
     char err[256];
     PGresult *res = PQexec(p->conns[idx], "DEALLOCATE ALL");
@@ -97,7 +97,7 @@ static PGconn *connect_pooled(struct pg_pool *p, char *err, size_t errlen)
         return NULL;
     }
     PQsetNoticeProcessor(conn, notice_cb, p);
-    if (prepare_all(conn, err, errlen) != 0) {
+    if (!p->unnamed && prepare_all(conn, err, errlen) != 0) {
         PQfinish(conn);
         return NULL;
     }
@@ -198,13 +198,25 @@ void pg_pool_release(struct pg_pool *p, int idx)
     pthread_mutex_unlock(&p->mu);
 }
 
+PGresult *pg_pool_send(struct pg_pool *p, int idx, const char *stmt, int n,
+                       const char *const *vals)
+{
+    PGconn *conn = p->conns[idx];
+    if (!p->unnamed)
+        return PQexecPrepared(conn, stmt, n, vals, NULL, NULL, 0);
+    for (size_t i = 0; i < PG_PREPARED_COUNT; i++)
+        if (strcmp(PG_PREPARED[i].name, stmt) == 0)
+            return PQexecParams(conn, PG_PREPARED[i].sql, n, NULL, vals, NULL, NULL, 0);
+    return NULL; /* a name not in pg_sql.c: a bug, failed as a fatal error */
+}
+
 /* Runs a prepared statement and checks for the one expected result status.
  * On failure returns NULL with *st and err set (the result is cleared). */
 PGresult *pg_pool_exec(struct pg_pool *p, int idx, const char *stmt, int n, const char *const *vals,
                        ExecStatusType want, enum store_status *st, char *err, size_t errlen)
 {
     PGconn *conn = p->conns[idx];
-    PGresult *res = PQexecPrepared(conn, stmt, n, vals, NULL, NULL, 0);
+    PGresult *res = pg_pool_send(p, idx, stmt, n, vals);
     if (PQresultStatus(res) == want)
         return res;
     *st = pg_status_of(conn, res);
@@ -262,6 +274,7 @@ int pg_pool_init(struct pg_pool *p, const struct store_pg_options *opts, char *e
              opts->connect_timeout_s > 0 ? opts->connect_timeout_s : 5);
     snprintf(p->application_name, sizeof p->application_name, "%s",
              opts->application_name ? opts->application_name : "mockery-server");
+    p->unnamed = opts->unnamed_statements;
     p->notice = opts->notice;
     p->notice_arg = opts->notice_arg;
     pthread_mutex_init(&p->mu, NULL);

@@ -2,7 +2,8 @@
  *
  * A fixed number of slots, each a connection opened on first use and again
  * after it broke, with every statement of pg_sql.h prepared on it (and
- * prepared again, planned afresh, whenever pg_pool_replan() is called).
+ * prepared again, planned afresh, whenever pg_pool_replan() is called) -
+ * or none, when the pool sends its statements unnamed (behind pgbouncer).
  *
  * Locking contract:
  * - mu guards the free stack (free_idx, nfree) and waiting. By agreement it
@@ -35,6 +36,7 @@ struct pg_pool {
     char connect_timeout[16];
     char application_name[64];
     int acquire_timeout_ms;
+    int unnamed; /* statements sent unnamed, never prepared (store_pg_options) */
     void (*notice)(void *arg, const char *message);
     void *notice_arg;
 
@@ -76,8 +78,14 @@ void pg_pool_wake_locked(struct pg_pool *p);
 /* Every connection prepares its statements again before its next use. */
 void pg_pool_replan(struct pg_pool *p);
 
-/* Runs a prepared statement on a taken slot and checks for the one result
- * status expected. On failure returns NULL with *st and err set. */
+/* Sends the statement named stmt (pg_sql.h) on a taken slot: prepared, or
+ * with its text (unnamed) when the pool runs unnamed statements. The
+ * result as libpq gave it. */
+PGresult *pg_pool_send(struct pg_pool *p, int idx, const char *stmt, int n,
+                       const char *const *vals);
+
+/* pg_pool_send(), checking for the one result status expected. On failure
+ * returns NULL with *st and err set. */
 PGresult *pg_pool_exec(struct pg_pool *p, int idx, const char *stmt, int n, const char *const *vals,
                        ExecStatusType want, enum store_status *st, char *err, size_t errlen);
 

@@ -254,6 +254,12 @@ struct store_pg_options {
     int connect_timeout_s;
     int acquire_timeout_ms;       /* waiting for a free connection, then 503 */
     const char *application_name; /* shown in pg_stat_activity; NULL: mockery-server */
+    /* Run every statement unnamed (PQexecParams: Parse, Bind, Execute, Sync
+     * in one message) instead of preparing named statements on each
+     * connection: what pgbouncer's transaction pooling needs before 1.21,
+     * as its server connections change under a client between
+     * transactions. */
+    int unnamed_statements;
     void (*notice)(void *arg, const char *message); /* libpq notices, may be NULL */
     void *notice_arg;
 };

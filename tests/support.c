@@ -30,6 +30,15 @@ const char *test_db_url(void)
     return url;
 }
 
+const char *test_pgbouncer_url(void)
+{
+    const char *url = getenv("MOCKERY_TEST_PGBOUNCER_URL");
+    if (!url || !*url)
+        cr_assert_fail("MOCKERY_TEST_PGBOUNCER_URL is not set: run the tests with "
+                       "scripts/dev test, which starts pgbouncer in front of their PostgreSQL");
+    return url;
+}
+
 void test_query_text(const char *url, const char *sql, const char *param, char *out, size_t len)
 {
     PGconn *conn = PQconnectdb(url);
@@ -127,6 +136,7 @@ void test_server_spawn(struct test_server *s, const struct config *c, const char
     NUM("--reaper-interval-ms", c->reaper_interval_ms);
     NUM("--max-client-connections", c->max_client_connections);
     NUM("--rate-limit", c->rate_limit);
+    STR("--unnamed-statements", c->unnamed_statements ? "true" : "false");
     if (c->database_url[0])
         STR("--database-url", c->database_url);
     if (c->api_keys[0])

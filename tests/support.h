@@ -14,6 +14,10 @@
  * (never skips it) when it is not set. */
 const char *test_db_url(void);
 
+/* The test database through pgbouncer in transaction pooling mode, from
+ * MOCKERY_TEST_PGBOUNCER_URL; fails the test (never skips it) when unset. */
+const char *test_pgbouncer_url(void);
+
 /* The first value of a query with one text parameter, run on url in a
  * connection of its own ("" when there is no row); fails the test on error. */
 void test_query_text(const char *url, const char *sql, const char *param, char *out, size_t len);

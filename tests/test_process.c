@@ -117,7 +117,8 @@ Test(process, help_lists_every_flag)
                            "--log-level",
                            "--db-wait",
                            "--reaper-interval-ms",
-                           "--reaper-batch"};
+                           "--reaper-batch",
+                           "--unnamed-statements"};
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
         cr_assert_not_null(strstr(r.out, flags[i]), "--help does not mention %s", flags[i]);
 }

@@ -31,6 +31,17 @@ static void open_pg(void)
     cr_assert_not_null(store, "store_pg_new: %s", err);
 }
 
+/* The same database through pgbouncer (transaction pooling, fewer server
+ * connections than clients), with unnamed statements. */
+static void open_pgbouncer(void)
+{
+    char err[256] = "";
+    struct store_pg_options o = {
+        .database_url = test_pgbouncer_url(), .pool_size = 2, .unnamed_statements = 1};
+    store = store_pg_new(&o, err, sizeof err);
+    cr_assert_not_null(store, "store_pg_new through pgbouncer: %s", err);
+}
+
 static void close_store(void)
 {
     store_free(store);
@@ -44,7 +55,9 @@ static void wait_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-/* Defines the contract case `name` for both stores. */
+/* Defines the contract case `name` for both stores, the PostgreSQL one
+ * twice: direct with prepared statements, and through pgbouncer with
+ * unnamed ones. */
 #define CONTRACT(name)                                                                             \
     static void name(void);                                                                        \
     Test(store_mem, name, .init = open_mem, .fini = close_store, .timeout = 30)                    \
@@ -52,6 +65,10 @@ static void wait_ms(int ms)
         name();                                                                                    \
     }                                                                                              \
     Test(store_pg, name, .init = open_pg, .fini = close_store, .timeout = 30)                      \
+    {                                                                                              \
+        name();                                                                                    \
+    }                                                                                              \
+    Test(store_pgbouncer, name, .init = open_pgbouncer, .fini = close_store, .timeout = 30)        \
     {                                                                                              \
         name();                                                                                    \
     }                                                                                              \
