@@ -237,11 +237,13 @@ void test_server_kill(struct test_server *s)
     memset(s, 0, sizeof *s);
 }
 
-void test_cluster(const char *name, const char *action, char *url, size_t len)
+/* scripts/dev WHAT NAME ACTION, its first line of output into out. */
+static void dev_command(const char *what, const char *name, const char *action, char *line,
+                        size_t len)
 {
     char script[512];
     snprintf(script, sizeof script, "%s/scripts/dev", MOCKERY_SOURCE_DIR);
-    char *const argv[] = {"bash", script, "cluster", (char *)name, (char *)action, NULL};
+    char *const argv[] = {"bash", script, (char *)what, (char *)name, (char *)action, NULL};
     int out[2];
     cr_assert_eq(pipe2(out, O_CLOEXEC), 0); /* children get only the dup2 copy */
     posix_spawn_file_actions_t fa;
@@ -261,12 +263,22 @@ void test_cluster(const char *name, const char *action, char *url, size_t len)
     close(out[0]);
     int status;
     waitpid(pid, &status, 0);
-    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "scripts/dev cluster %s %s failed",
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "scripts/dev %s %s %s failed", what,
               name, action);
-    if (url) {
+    if (line) {
         buf[strcspn(buf, "\n")] = '\0';
-        snprintf(url, len, "%s", buf);
+        snprintf(line, len, "%s", buf);
     }
+}
+
+void test_cluster(const char *name, const char *action, char *url, size_t len)
+{
+    dev_command("cluster", name, action, url, len);
+}
+
+void test_ha(const char *name, const char *action, char *out, size_t len)
+{
+    dev_command("ha", name, action, out, len);
 }
 
 void test_http(const char *method, const char *url, const char *const *headers, const char *body,

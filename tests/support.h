@@ -60,6 +60,11 @@ void test_server_kill(struct test_server *s);
  * if the command fails. */
 void test_cluster(const char *name, const char *action, char *url, size_t len);
 
+/* scripts/dev ha NAME ACTION (up, failover, state, down): a pg_auto_failover
+ * formation of the test's own. out (may be NULL) receives the first line it
+ * prints (up: the servers' URL; failover: the killed primary's port). */
+void test_ha(const char *name, const char *action, char *out, size_t len);
+
 /* Sends all of buf on a raw socket; stops quietly when the server closes on
  * us mid-way (that is an answer too). */
 void test_send_all(int fd, const void *buf, size_t len);

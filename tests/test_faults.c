@@ -622,3 +622,70 @@ Test(faults, batched_payments_survive_a_postgres_crash_under_load, .fini = drop_
     cr_assert_str_eq(twice, "0");
     test_server_stop(&s);
 }
+
+/* Runs one statement on url in a connection of its own. */
+static void exec_on(const char *url, const char *sql)
+{
+    PGconn *conn = PQconnectdb(url);
+    cr_assert_eq(PQstatus(conn), CONNECTION_OK, "%s", PQerrorMessage(conn));
+    PGresult *res = PQexec(conn, sql);
+    cr_assert(PQresultStatus(res) == PGRES_COMMAND_OK || PQresultStatus(res) == PGRES_TUPLES_OK,
+              "%s: %s", sql, PQerrorMessage(conn));
+    PQclear(res);
+    PQfinish(conn);
+}
+
+/* The completion's COMMIT with an unknown outcome: it committed locally and
+ * waits for a synchronous standby (one that never answers here), and its
+ * connection is cut - as when a primary is lost between the completion's
+ * send and its reply. The client is answered 503 and not told the payment
+ * failed; the server's release, fenced on a processing record, leaves the
+ * completed one alone; the retry replays the one payment. */
+Test(faults, a_completion_whose_commit_outcome_is_unknown_is_charged_once, .fini = drop_cluster,
+     .timeout = 120)
+{
+    char url[256], key[96], cust[64], body[160];
+    snprintf(cluster, sizeof cluster, "fault-commit-%d", (int)getpid());
+    test_cluster(cluster, "up", url, sizeof url);
+    struct test_server s;
+    spawn(&s, url, 2, 0);
+    test_unique(cust, sizeof cust, "cust");
+    test_unique(key, sizeof key, "unknown-commit");
+    body_for(body, sizeof body, cust);
+    exec_on(url, "ALTER SYSTEM SET synchronous_standby_names = 'nobody'");
+    exec_on(url, "SELECT pg_reload_conf()");
+
+    struct bg_post first = {&s, key, body, {0}, 0, NULL, NULL};
+    pthread_t t;
+    pthread_create(&t, NULL, bg_post_main, &first);
+    const char *waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+                          " AND application_name = $1";
+    int i = 0;
+    while (test_query_long(url, waiting, "mockery-server") == 0 && i++ < 200)
+        wait_ms(25);
+    cr_assert_lt(i, 200, "the completion never waited for the standby");
+    test_query_long(url,
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE wait_event = 'SyncRep' AND application_name = $1",
+                    "mockery-server");
+    pthread_join(t, NULL);
+    cr_assert_eq(first.rc, 0, "%s", first.r.error);
+    cr_assert_eq(first.r.status, 503, "%s", first.r.body);
+    cr_assert(strstr(first.r.body, "store_unavailable"), "%s", first.r.body);
+    httpc_response_free(&first.r);
+    cr_assert_eq(payments_for_key(url, key), 1, "the cut commit happened all the same");
+
+    exec_on(url, "ALTER SYSTEM RESET synchronous_standby_names");
+    exec_on(url, "SELECT pg_reload_conf()");
+    struct httpc_response r;
+    cr_assert_eq(post(&s, key, body, &r), 0, "%s", r.error);
+    cr_assert_eq(r.status, 200, "the retry: %s", r.body);
+    cr_assert_str_eq(r.replayed, "true");
+    char txn[64];
+    test_query_text(url, "SELECT transaction_id FROM payments WHERE idempotency_key = $1", key,
+                    txn, sizeof txn);
+    cr_assert(strstr(r.body, txn), "the replay is the stored payment: %s", r.body);
+    httpc_response_free(&r);
+    cr_assert_eq(payments_for_key(url, key), 1);
+    test_server_stop(&s);
+}
