@@ -113,6 +113,7 @@ Test(concurrency, thirty_two_duplicates_make_one_payment, .init = start_pg_slow,
     cr_assert_geq(count_rows("SELECT duplicates_prevented FROM duplicates_prevented_per_hour v"
                              " JOIN idempotency_keys k ON k.tenant_id = v.tenant_id"
                              " AND date_trunc('hour', k.created_at) = v.hour"
+                             " AND v.operation = 'payment'"
                              " WHERE k.idempotency_key = $1",
                              key),
                   DUPES - 1);
