@@ -217,8 +217,9 @@ int handlers_route(struct mg_connection *conn, void *cbdata)
     __atomic_sub_fetch(&app->in_flight, 1, __ATOMIC_SEQ_CST);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    struct metrics_answer ma = {r.outcome, r.effect, r.replay_cached, r.error_code};
     metrics_request(app->metrics, (enum metrics_route)r.route, r.ri->request_method, r.status, secs,
-                    r.outcome, r.effect);
+                    &ma);
     access_log(&r, secs * 1e3);
     return r.status ? r.status : 500;
 }

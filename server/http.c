@@ -157,6 +157,7 @@ int http_send_error(struct request *r, const struct apierr *e, const char *const
     char *body = apierr_json(e);
     if (!body)
         return http_send(r, 500, INTERNAL, sizeof INTERNAL - 1, NULL);
+    r->error_code = e->code;
     int rc = http_send(r, e->status, body, strlen(body), headers);
     free(body);
     return rc;

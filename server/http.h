@@ -32,6 +32,8 @@ struct request {
     enum outcome outcome;       /* what the idempotency layer did, or OUTCOME_NONE */
     enum effect effect;         /* what the request's rows were, once written */
     int route;                  /* enum metrics_route */
+    int replay_cached;          /* a replay answered from the replay cache */
+    const char *error_code;     /* the code of an error sent (a static string), or NULL */
     int close;                  /* the connection ends with this answer */
     char key[HTTP_KEY_MAX + 1];
     char customer[65];

@@ -58,6 +58,7 @@ static void answer_error(struct idem_answer *out, const struct apierr *e)
     answer_with(out, e->status, body ? body : "", body ? strlen(body) : 0, NULL);
     free(body);
     out->retry_after = e->status == 503 ? 1 : 0;
+    out->error_code = e->code;
 }
 
 static void note_failure(struct idem_answer *out, const char *op, enum store_status st,
@@ -271,6 +272,7 @@ void idem_execute(const struct idem *l, const struct idem_op *op, const struct i
     switch (replay_cache_get(l->replays, rq->tenant, rq->key, fp, utc_now_us(), &cached)) {
     case REPLAY_HIT:
         answer_replay(out, &cached);
+        out->from_cache = 1;
         replay_entry_clear(&cached);
         return;
     case REPLAY_MISMATCH:

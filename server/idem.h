@@ -88,6 +88,8 @@ struct idem_answer {
     int duplicate;         /* a duplicate was prevented (replay, 409, 422) */
     int64_t first_seen_us; /* with duplicate: when the key was first used */
     int effect;            /* the operation's effect code, when its rows were written; else 0 */
+    int from_cache;        /* a replay answered from this server's replay cache */
+    const char *error_code; /* an error answered now (not a replay): its code, a static string */
     struct idem_store_failure failures[2];
     int nfailures;
 };

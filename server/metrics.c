@@ -32,6 +32,8 @@ struct metrics {
     uint64_t reaped;
     uint64_t rate_limited;
     uint64_t connections_refused;
+    uint64_t replay_cache_hits;
+    uint64_t store_unavailable;
 };
 
 #define ADD(field, n) __atomic_add_fetch(&(field), (n), __ATOMIC_RELAXED)
@@ -48,8 +50,10 @@ void metrics_free(struct metrics *m)
 }
 
 void metrics_request(struct metrics *m, enum metrics_route route, const char *method, int status,
-                     double seconds, enum outcome outcome, enum effect effect)
+                     double seconds, const struct metrics_answer *a)
 {
+    enum outcome outcome = a->outcome;
+    enum effect effect = a->effect;
     int mi = strcmp(method, "GET") == 0    ? METHOD_GET
              : strcmp(method, "POST") == 0 ? METHOD_POST
                                            : METHOD_OTHER;
@@ -70,6 +74,10 @@ void metrics_request(struct metrics *m, enum metrics_route route, const char *me
         ADD(m->payments_declined, 1);
     else if (effect == EFFECT_REFUND)
         ADD(m->refunds, 1);
+    if (a->replay_cached)
+        ADD(m->replay_cache_hits, 1);
+    if (status == 503 && a->error_code && strcmp(a->error_code, "store_unavailable") == 0)
+        ADD(m->store_unavailable, 1);
 }
 
 void metrics_reaped(struct metrics *m, int n)
@@ -177,6 +185,17 @@ char *metrics_render(struct metrics *m, struct store *store, unsigned long long 
         "mockery_refunds_total %llu\n",
         (unsigned long long)LOAD(m->payments_completed),
         (unsigned long long)LOAD(m->payments_declined), (unsigned long long)LOAD(m->refunds));
+    put(&b,
+        "# HELP mockery_replay_cache_hits_total Replays answered from this server's replay cache"
+        " (the rest of the replay outcomes read the store).\n"
+        "# TYPE mockery_replay_cache_hits_total counter\n"
+        "mockery_replay_cache_hits_total %llu\n"
+        "# HELP mockery_store_unavailable_total Answers 503 store_unavailable: the database did"
+        " not answer, nothing was recorded.\n"
+        "# TYPE mockery_store_unavailable_total counter\n"
+        "mockery_store_unavailable_total %llu\n",
+        (unsigned long long)LOAD(m->replay_cache_hits),
+        (unsigned long long)LOAD(m->store_unavailable));
 
     struct store_pool_stats ps = {0};
     if (store)

@@ -31,9 +31,17 @@ struct metrics;
 struct metrics *metrics_new(void);
 void metrics_free(struct metrics *m);
 
-/* One finished request. outcome may be OUTCOME_NONE, effect EFFECT_NONE. */
+/* What a finished request was, beyond its route, method and status. */
+struct metrics_answer {
+    enum outcome outcome;   /* or OUTCOME_NONE */
+    enum effect effect;     /* or EFFECT_NONE */
+    int replay_cached;      /* a replay answered from the replay cache */
+    const char *error_code; /* the error code answered, or NULL */
+};
+
+/* One finished request. */
 void metrics_request(struct metrics *m, enum metrics_route route, const char *method, int status,
-                     double seconds, enum outcome outcome, enum effect effect);
+                     double seconds, const struct metrics_answer *a);
 
 /* Expired records the reaper deleted. */
 void metrics_reaped(struct metrics *m, int n);

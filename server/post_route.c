@@ -103,6 +103,8 @@ void post_route_serve(struct request *r, const struct post_route *route, const c
         http_log_store_error(r, ans.failures[i].op, ans.failures[i].status, ans.failures[i].err);
     r->outcome = ans.outcome;
     r->effect = (enum effect)ans.effect;
+    r->replay_cached = ans.from_cache;
+    r->error_code = ans.error_code;
     if (ans.duplicate)
         log_duplicate(r, route, req, ans.first_seen_us);
     send_answer(r, &ans);

@@ -334,6 +334,34 @@ void test_expect_error(const struct test_response *r, long status, const char *c
     cJSON_Delete(o);
 }
 
+char *test_scrape(const struct test_server *s)
+{
+    char u[128];
+    struct test_response r;
+    snprintf(u, sizeof u, "%s/metrics", s->base);
+    test_http("GET", u, NULL, NULL, 0, &r);
+    cr_assert_eq(r.status, 200);
+    cr_assert_eq(strncmp(r.content_type, "text/plain; version=0.0.4", 25), 0, "%s", r.content_type);
+    char *text = r.body;
+    r.body = NULL;
+    test_response_free(&r);
+    return text;
+}
+
+double test_metric(const char *exposition, const char *series)
+{
+    size_t n = strlen(series);
+    for (const char *line = exposition; *line;) {
+        if (strncmp(line, series, n) == 0 && line[n] == ' ')
+            return strtod(line + n + 1, NULL);
+        const char *nl = strchr(line, '\n');
+        if (!nl)
+            break;
+        line = nl + 1;
+    }
+    return -1;
+}
+
 void test_response_free(struct test_response *r)
 {
     httpc_response_free(r);

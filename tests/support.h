@@ -85,6 +85,12 @@ void test_post_json(const struct test_server *s, const char *path, const char *k
                     const char *json, struct test_response *out);
 void test_response_free(struct test_response *r);
 
+/* GET /metrics of s: the exposition text (free it); fails the test unless 200. */
+char *test_scrape(const struct test_server *s);
+/* The value of one series ("name{labels}" exactly) in an exposition, or -1
+ * if absent. */
+double test_metric(const char *exposition, const char *series);
+
 struct cJSON;
 /* The response body as JSON (fails the test when it is not); cJSON_Delete it. */
 struct cJSON *test_json(const struct test_response *r);

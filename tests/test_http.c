@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "support.h"
 
@@ -841,6 +842,18 @@ static void store_failure_after_claim_is_503_and_not_cached(void)
     cr_assert_eq(r.status, 201, "%s", r.body);
     test_response_free(&r);
     cr_assert_eq(count_for(cust), 3);
+
+    /* An operator sees the two outages, and not the 500. The counts come
+     * just after each answer: scrape until they arrive, for at most 2 s. */
+    double n = -1;
+    for (int tries = 0; tries < 100 && n != 2; tries++) {
+        char *m = test_scrape(&srv);
+        n = test_metric(m, "mockery_store_unavailable_total");
+        free(m);
+        if (n != 2)
+            nanosleep(&(struct timespec){0, 20 * 1000000L}, NULL);
+    }
+    cr_assert_eq(n, 2, "mockery_store_unavailable_total %g, want 2", n);
 }
 
 Test(http_mem, store_failure_after_claim_is_503_and_not_cached, .init = start_mem_faulty,

@@ -58,28 +58,7 @@ static void stop(void)
 
 static char *scrape(void)
 {
-    char u[128];
-    struct test_response r;
-    snprintf(u, sizeof u, "%s/metrics", srv.base);
-    test_http("GET", u, NULL, NULL, 0, &r);
-    cr_assert_eq(r.status, 200);
-    cr_assert_eq(strncmp(r.content_type, "text/plain; version=0.0.4", 25), 0, "%s", r.content_type);
-    return r.body;
-}
-
-/* The value of one series ("name{labels}" exactly), or -1 if absent. */
-static double value_of(const char *text, const char *series)
-{
-    size_t n = strlen(series);
-    for (const char *line = text; *line;) {
-        if (strncmp(line, series, n) == 0 && line[n] == ' ')
-            return strtod(line + n + 1, NULL);
-        const char *nl = strchr(line, '\n');
-        if (!nl)
-            break;
-        line = nl + 1;
-    }
-    return -1;
+    return test_scrape(&srv);
 }
 
 static int valid_name(const char *s, size_t n)
@@ -177,8 +156,8 @@ static void post(const char *key, const char *customer, const char *amount, long
 /* How far a series moved between two scrapes (absent before: from 0). */
 static double delta(const char *before, const char *after, const char *series)
 {
-    double b = value_of(before, series);
-    return value_of(after, series) - (b < 0 ? 0 : b);
+    double b = test_metric(before, series);
+    return test_metric(after, series) - (b < 0 ? 0 : b);
 }
 
 BOTH(metrics_parse_and_move)
@@ -214,6 +193,9 @@ BOTH(metrics_parse_and_move)
         {"mockery_http_requests_total{route=\"/api/v1/payments\",method=\"POST\",status=\"502\"}",
          1},
         {"mockery_http_request_duration_seconds_count{route=\"/api/v1/payments\"}", 5},
+        /* the replay came from this server's memory (it answered the first) */
+        {"mockery_replay_cache_hits_total", 1},
+        {"mockery_store_unavailable_total", 0},
     };
     /* A request is counted just after its answer is written: the worker
      * that answered the last POST may not have counted it yet when the
@@ -235,17 +217,17 @@ BOTH(metrics_parse_and_move)
     }
     check_exposition(after);
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
-        cr_assert_geq(value_of(after, want[i].series), 0, "%s missing", want[i].series);
+        cr_assert_geq(test_metric(after, want[i].series), 0, "%s missing", want[i].series);
         cr_assert_float_eq(delta(before, after, want[i].series), want[i].delta, 1e-9,
-                           "%s: %g -> %g", want[i].series, value_of(before, want[i].series),
-                           value_of(after, want[i].series));
+                           "%s: %g -> %g", want[i].series, test_metric(before, want[i].series),
+                           test_metric(after, want[i].series));
     }
     /* the scrapes themselves: at least the first one is counted by now */
     cr_assert_geq(delta(before, after,
                         "mockery_http_requests_total{route=\"/metrics\","
                         "method=\"GET\",status=\"200\"}"),
                   1);
-    cr_assert_geq(value_of(after, "mockery_store_pool_waiting"), 0);
+    cr_assert_geq(test_metric(after, "mockery_store_pool_waiting"), 0);
     free(before);
     free(after);
 }
@@ -263,7 +245,7 @@ static void reaper_deletes_expired_keys_and_keeps_payments(int check_db)
     test_unique(cust, sizeof cust, "cust");
     post(key, cust, "3", 201);
     char *m = scrape();
-    double reaped_before = value_of(m, "mockery_reaper_deleted_total");
+    double reaped_before = test_metric(m, "mockery_reaper_deleted_total");
     free(m);
     /* TTL 1 s, a pass every 100 ms: wait (bounded) until the reaper counted it. */
     double reaped = reaped_before;
@@ -271,7 +253,7 @@ static void reaper_deletes_expired_keys_and_keeps_payments(int check_db)
         struct timespec ts = {0, 50 * 1000000L};
         nanosleep(&ts, NULL);
         m = scrape();
-        reaped = value_of(m, "mockery_reaper_deleted_total");
+        reaped = test_metric(m, "mockery_reaper_deleted_total");
         free(m);
     }
     cr_assert_gt(reaped, reaped_before, "the reaper deleted nothing within 5 s");
