@@ -24,6 +24,7 @@ struct opts {
     const char *api_key;
     long timeout_ms; /* the impatient client of scenario 1 */
     int burst;
+    int wait_s; /* how long to wait for a healthy server */
 };
 
 #define reply httpc_response
@@ -112,13 +113,15 @@ static int lost_response(const struct opts *o)
     char key[64], cust[64], body[256];
     struct reply r;
     snprintf(key, sizeof key, "demo-%s-lost", run_id);
-    snprintf(cust, sizeof cust, "cust-demo-%s", run_id);
+    /* A slow customer: the simulated processor takes 1.5 s, longer than
+     * this client waits. */
+    snprintf(cust, sizeof cust, "cust-slow-demo-%s", run_id);
     payment_body(body, sizeof body, cust, "49.90");
     printf("\n1. A payment whose response is lost (client timeout %ld ms)\n", o->timeout_ms);
     call(o, "POST", "/api/v1/payments", key, body, o->timeout_ms, &r);
     show("POST (client gives up early)", &r);
     if (r.status)
-        printf("     (the answer came in time: this server has no processing delay)\n");
+        printf("     (the answer came in time: this client waited longer than the payment took)\n");
     reply_free(&r);
     for (int attempt = 0; attempt < 60; attempt++) {
         call(o, "POST", "/api/v1/payments", key, body, 30000, &r);
@@ -190,7 +193,7 @@ static int burst(const struct opts *o)
 {
     char key[64], cust[64], body[256];
     snprintf(key, sizeof key, "demo-%s-burst", run_id);
-    snprintf(cust, sizeof cust, "cust-demo-burst-%s", run_id);
+    snprintf(cust, sizeof cust, "cust-slow-demo-burst-%s", run_id); /* slow: they overlap */
     payment_body(body, sizeof body, cust, "99.00");
     printf("\n3. A burst of %d concurrent requests with one key\n", o->burst);
     pthread_barrier_t barrier;
@@ -287,7 +290,7 @@ static int refunds(const struct opts *o)
 {
     char key[64], cust[64], body[256], id[64], path[160], refunded[64];
     struct reply r;
-    snprintf(cust, sizeof cust, "cust-demo-refund-%s", run_id);
+    snprintf(cust, sizeof cust, "cust-slow-demo-refund-%s", run_id); /* slow refunds */
     snprintf(key, sizeof key, "demo-%s-refunded-order", run_id);
     payment_body(body, sizeof body, cust, "80.00");
     printf("\n5. Refunds of an 80.00 EUR payment\n");
@@ -398,15 +401,16 @@ static void usage(void)
     fputs("usage: mockery-demo [--url URL] [--api-key KEY] [--timeout-ms N] [--burst N]\n"
           "  --url         the server (http://127.0.0.1:8080)\n"
           "  --api-key     sent as Authorization: Bearer KEY when the server has keys\n"
-          "  --timeout-ms  the impatient client of step 1 (500); run the server with a longer\n"
-          "                --processing-delay-ms to see the response get lost\n"
-          "  --burst       concurrent duplicates in step 3 (20)\n",
+          "  --timeout-ms  the impatient client of steps 1 and 5 (500): the payments and\n"
+          "                refunds of its cust-slow customers take 1.5 s, so the answer is lost\n"
+          "  --burst       concurrent duplicates in step 3 (20)\n"
+          "  --wait        seconds to wait for the server's /health to answer 200 (60)\n",
           stderr);
 }
 
 int main(int argc, char **argv)
 {
-    struct opts o = {.url = "http://127.0.0.1:8080", .timeout_ms = 500, .burst = 20};
+    struct opts o = {.url = "http://127.0.0.1:8080", .timeout_ms = 500, .burst = 20, .wait_s = 60};
     for (int i = 1; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(argv[i], "--url") && v)
@@ -417,6 +421,8 @@ int main(int argc, char **argv)
             o.timeout_ms = atol(v), i++;
         else if (!strcmp(argv[i], "--burst") && v && atoi(v) >= 2 && atoi(v) <= 500)
             o.burst = atoi(v), i++;
+        else if (!strcmp(argv[i], "--wait") && v && atoi(v) >= 0 && atoi(v) <= 3600)
+            o.wait_s = atoi(v), i++;
         else {
             usage();
             return 2;
@@ -428,8 +434,22 @@ int main(int argc, char **argv)
     snprintf(run_id, sizeof run_id, "%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3]);
     curl_global_init(CURL_GLOBAL_DEFAULT);
 
+    /* A server just started (docker-compose up) may not answer yet, or
+     * answer 503 until its database does: ask again until the deadline. */
     struct reply h;
-    call(&o, "GET", "/health", NULL, NULL, 5000, &h);
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int attempt = 0;; attempt++) {
+        call(&o, "GET", "/health", NULL, NULL, 5000, &h);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (h.status == 200 || now.tv_sec - t0.tv_sec >= o.wait_s)
+            break;
+        if (attempt == 0)
+            printf("Waiting up to %d s for %s/health (now: %s)\n", o.wait_s, o.url,
+                   h.status ? "not 200" : h.error);
+        reply_free(&h);
+        sleep_ms(500);
+    }
     printf("Mockery payment service at %s: /health %ld %s\n", o.url, h.status,
            h.body ? h.body : h.error);
     int ok = h.status == 200;
@@ -446,10 +466,10 @@ int main(int argc, char **argv)
     failed |= refunds(&o) != 0;
 
     printf("\nCounting the charges per idempotency key through the API\n");
-    const char *prefixes[] = {"cust-demo-", "cust-demo-burst-", "cust-declined-demo-",
-                              "cust-demo-refund-"};
+    const char *prefixes[] = {"cust-slow-demo-", "cust-demo-", "cust-slow-demo-burst-",
+                              "cust-declined-demo-", "cust-slow-demo-refund-"};
     int doubles = 0, payments = 0;
-    for (int i = 0; i < 4; i++) {
+    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) {
         char cust[64];
         snprintf(cust, sizeof cust, "%s%s", prefixes[i], run_id);
         int d = double_charges_for(&o, cust, &payments);

@@ -134,13 +134,19 @@ int payment_new_id(char out[PAYMENT_ID_LEN + 1])
     return ids_new("txn_", out);
 }
 
+void payment_simulated_wait(const char *customer_id, int delay_ms)
+{
+    int ms = delay_ms;
+    if (strncmp(customer_id, PAYMENT_SLOW_PREFIX, strlen(PAYMENT_SLOW_PREFIX)) == 0)
+        ms += PAYMENT_SLOW_MS;
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (ms > 0 && nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
 enum payment_outcome payment_process(const struct payment_request *r, int delay_ms)
 {
-    if (delay_ms > 0) {
-        struct timespec ts = {delay_ms / 1000, (long)(delay_ms % 1000) * 1000000L};
-        while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-            ;
-    }
+    payment_simulated_wait(r->customer_id, delay_ms);
     if (strncmp(r->customer_id, "cust-declined", 13) == 0)
         return PAYMENT_DECLINED;
     if (strncmp(r->customer_id, "cust-gateway-error", 18) == 0)

@@ -56,8 +56,20 @@ int payment_id_valid(const char *s);
  * Returns 0, or -1 if the random source failed. */
 int payment_new_id(char out[PAYMENT_ID_LEN + 1]);
 
-/* The simulated processor: waits delay_ms, then answers by customer id
- * (prefix "cust-declined" declines, "cust-gateway-error" fails). */
+/* A customer whose id starts with "cust-slow" is a slow one: the simulated
+ * processor takes PAYMENT_SLOW_MS longer for their payments, and the
+ * simulated gateway for their refunds. The walkthrough uses them for a lost
+ * answer and for overlapping duplicates, so that the servers need no
+ * --processing-delay-ms (which slows every payment). */
+#define PAYMENT_SLOW_PREFIX "cust-slow"
+#define PAYMENT_SLOW_MS 1500
+
+/* Waits as the simulated processor or gateway does for this customer:
+ * delay_ms, plus PAYMENT_SLOW_MS for a slow customer. */
+void payment_simulated_wait(const char *customer_id, int delay_ms);
+
+/* The simulated processor: waits (payment_simulated_wait), then answers by
+ * customer id (prefix "cust-declined" declines, "cust-gateway-error" fails). */
 enum payment_outcome payment_process(const struct payment_request *r, int delay_ms);
 
 /* The payment object as a new cJSON tree; NULL on allocation failure. */

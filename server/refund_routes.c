@@ -4,11 +4,9 @@
 #include "routes.h"
 
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "app.h"
 #include "log.h"
@@ -63,13 +61,6 @@ struct refund_ctx {
     int delay_ms; /* the simulated gateway's */
 };
 
-static void wait_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (ms > 0 && nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
 static int refund_run(void *vctx, const void *vreq, const char *key, struct idem_result *out,
                       struct apierr *err)
 {
@@ -111,7 +102,7 @@ static int refund_run(void *vctx, const void *vreq, const char *key, struct idem
                        rest, p.transaction_id);
         goto out;
     }
-    wait_ms(ctx->delay_ms);
+    payment_simulated_wait(p.customer_id, ctx->delay_ms);
     if (refund_gateway_fails(&p)) {
         struct apierr ge;
         apierr_set(&ge, 502, "api_error", "gateway_error", NULL,
