@@ -1,6 +1,7 @@
 # Dockerfile - mockery-server and mockery-demo on Debian 12, built in two stages.
 
 FROM debian:bookworm AS build
+ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential cmake libcivetweb-dev \
       libcjson-dev libpq-dev libssl-dev libcurl4-openssl-dev \
@@ -16,6 +17,7 @@ RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUILD_TESTING=OFF -D
  && cmake --build build -j"$(nproc)" --target mockery-server mockery-demo
 
 FROM debian:bookworm-slim AS runtime
+ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libcivetweb1 libcjson1 libpq5 libssl3 libcurl4 \
       ca-certificates curl \
@@ -25,7 +27,9 @@ COPY --from=build /src/build/mockery-server /src/build/mockery-demo /usr/local/b
 USER mockery
 ENV PORT=8080
 EXPOSE 8080
-HEALTHCHECK --interval=5s --timeout=3s --retries=5 CMD curl -fsS http://127.0.0.1:8080/health || exit 1
+# The port the server listens on is $PORT (set it, not --port, to move it:
+# this check reads the same variable).
+HEALTHCHECK --interval=5s --timeout=3s --retries=5 CMD curl -fsS "http://127.0.0.1:${PORT}/health" || exit 1
 # SIGTERM drains: requests in flight finish before the server exits.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["mockery-server"]

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """compose_check.py - docker-compose.yml and the Dockerfile agree with the real programs.
 
-No Docker engine runs here, so this checks what can be checked without one:
-`docker-compose config -q` accepts the file, and every image, port,
-environment variable and command flag it names is one the server (or the
-demo) really has, as their --help says.
+What can be checked in a second without an engine (the real stack is
+started by compose_stack.py): `docker-compose config -q` accepts the file,
+every image, port, environment variable and command flag it names is one the
+server (or the demo) really has, as their --help says, and the defects found
+when the stack was first started stay fixed (issue 13): ports published on
+127.0.0.1 only, no server-wide processing delay, a demo that builds its image
+and waits for healthy servers, a healthcheck on $PORT, no debconf prompts.
 
 usage: compose_check.py REPO_ROOT MOCKERY_SERVER MOCKERY_DEMO
 """
@@ -27,6 +30,15 @@ def flags_of(binary):
     out = subprocess.run([binary, "--help"], capture_output=True, text=True)
     text = out.stdout + out.stderr
     return set(re.findall(r"(--[a-z][a-z0-9-]*)", text))
+
+
+def parse_port(p):
+    """(host_ip, published, target) of a ports entry, long or short form."""
+    if isinstance(p, dict):
+        return p.get("host_ip"), str(p.get("published")), str(p.get("target"))
+    parts = str(p).split("/")[0].split(":")
+    parts = [None] * (3 - len(parts)) + parts
+    return parts[0], parts[1], parts[2]
 
 
 def env_to_flag(name):
@@ -77,13 +89,15 @@ def main():
         for tok in command:
             if tok.startswith("--"):
                 check(tok.split("=")[0] in server_flags, "%s: command flag %s unknown" % (name, tok))
-        # The container port is the one the server listens on.
+        # The container port is the one the server listens on, set by PORT:
+        # the image's healthcheck reads PORT, so --port would leave it behind.
         port = env.get("PORT", "8080")
-        if "--port" in command:
-            port = command[command.index("--port") + 1]
+        check("--port" not in command and not any(t.startswith("--port=") for t in command),
+              "%s: --port in the command; set PORT (the healthcheck reads it)" % name)
+        check("MOCKERY_PROCESSING_DELAY_MS" not in env,
+              "%s: a processing delay slows every payment of the stack" % name)
         for p in s.get("ports", []):
-            target = str(p.get("target")) if isinstance(p, dict) else str(p).split(":")[-1]
-            published = str(p.get("published")) if isinstance(p, dict) else str(p).split(":")[0]
+            _, published, target = parse_port(p)
             check(target == str(port), "%s: maps container port %s, server listens on %s"
                   % (name, target, port))
             host_ports.append(published)
@@ -111,6 +125,11 @@ def main():
         check(demo_svc.get("profiles") == ["demo"], "demo is not behind the demo profile")
         check(demo_svc.get("image") == image, "demo uses another image")
         check(demo_svc.get("entrypoint") == ["mockery-demo"], "demo does not run mockery-demo")
+        check("build" in demo_svc, "demo does not build the image it runs")
+        dep = demo_svc.get("depends_on", {})
+        check(isinstance(dep, dict) and all(
+            dep.get(r, {}).get("condition") == "service_healthy" for r in replicas),
+            "demo does not wait for healthy servers: %r" % dep)
         cmd = demo_svc.get("command", [])
         for tok in cmd:
             if tok.startswith("--"):
@@ -118,6 +137,15 @@ def main():
         if "--url" in cmd:
             target = cmd[cmd.index("--url") + 1]
             check(re.match(r"http://server-[12]:8080$", target) is not None, "demo url %s" % target)
+
+    # Every published port is on the loopback interface only.
+    for name, s in services.items():
+        for p in s.get("ports", []):
+            check(parse_port(p)[0] == "127.0.0.1",
+                  "%s: port %r is published on every interface" % (name, p))
+    prom = services.get("prometheus")
+    check(prom is not None and str(prom.get("image", "")).startswith("prom/prometheus:"),
+          "no prometheus service")
 
     # The Dockerfile: two stages on Debian 12, the runtime stage ships both programs.
     with open(os.path.join(root, "Dockerfile")) as f:
@@ -128,6 +156,11 @@ def main():
     check(re.search(r"COPY --from=build .*mockery-server", docker) is not None,
           "the runtime stage does not copy mockery-server")
     check('ENTRYPOINT ["mockery-server"]' in docker, "the image does not run mockery-server")
+    check(docker.count("ARG DEBIAN_FRONTEND=noninteractive") == 2,
+          "a stage runs apt-get without DEBIAN_FRONTEND=noninteractive")
+    health = re.search(r"^HEALTHCHECK .*$", docker, re.M)
+    check(health is not None and "${PORT}" in health.group(0) and ":8080" not in health.group(0),
+          "the healthcheck does not follow PORT: %s" % (health.group(0) if health else None))
     for needed in ("server", "store", "client", "sql", "cmake", "CMakeLists.txt"):
         check(re.search(r"^COPY\s+%s\b" % re.escape(needed), docker, re.M) is not None,
               "the build stage does not copy %s" % needed)
