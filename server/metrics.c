@@ -131,6 +131,12 @@ static void put(struct buf *b, const char *fmt, ...)
     }
 }
 
+/* A counter without labels: its HELP, TYPE and value. */
+static void put_counter(struct buf *b, const char *name, const char *help, unsigned long long v)
+{
+    put(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name, v);
+}
+
 char *metrics_render(struct metrics *m, struct store *store, unsigned long long log_dropped,
                      size_t *len)
 {
@@ -179,23 +185,18 @@ char *metrics_render(struct metrics *m, struct store *store, unsigned long long 
         "# HELP mockery_payments_total Payments stored, by status.\n"
         "# TYPE mockery_payments_total counter\n"
         "mockery_payments_total{status=\"completed\"} %llu\n"
-        "mockery_payments_total{status=\"declined\"} %llu\n"
-        "# HELP mockery_refunds_total Refunds stored.\n"
-        "# TYPE mockery_refunds_total counter\n"
-        "mockery_refunds_total %llu\n",
+        "mockery_payments_total{status=\"declined\"} %llu\n",
         (unsigned long long)LOAD(m->payments_completed),
-        (unsigned long long)LOAD(m->payments_declined), (unsigned long long)LOAD(m->refunds));
-    put(&b,
-        "# HELP mockery_replay_cache_hits_total Replays answered from this server's replay cache"
-        " (the rest of the replay outcomes read the store).\n"
-        "# TYPE mockery_replay_cache_hits_total counter\n"
-        "mockery_replay_cache_hits_total %llu\n"
-        "# HELP mockery_store_unavailable_total Answers 503 store_unavailable: the database did"
-        " not answer, nothing was recorded.\n"
-        "# TYPE mockery_store_unavailable_total counter\n"
-        "mockery_store_unavailable_total %llu\n",
-        (unsigned long long)LOAD(m->replay_cache_hits),
-        (unsigned long long)LOAD(m->store_unavailable));
+        (unsigned long long)LOAD(m->payments_declined));
+    put_counter(&b, "mockery_refunds_total", "Refunds stored.", LOAD(m->refunds));
+    put_counter(&b, "mockery_replay_cache_hits_total",
+                "Replays answered from this server's replay cache (the rest of the replay "
+                "outcomes read the store).",
+                LOAD(m->replay_cache_hits));
+    put_counter(&b, "mockery_store_unavailable_total",
+                "Answers 503 store_unavailable: the database did not answer, nothing was "
+                "recorded.",
+                LOAD(m->store_unavailable));
 
     struct store_pool_stats ps = {0};
     if (store)
@@ -219,36 +220,26 @@ char *metrics_render(struct metrics *m, struct store *store, unsigned long long 
         "# HELP mockery_store_batched_total Claims or completions those statements carried.\n"
         "# TYPE mockery_store_batched_total counter\n"
         "mockery_store_batched_total{kind=\"claim\"} %llu\n"
-        "mockery_store_batched_total{kind=\"complete\"} %llu\n"
-        "# HELP mockery_store_batches_split_total Batches that failed as a whole (a deadlock, one"
-        " bad row) and ran again one operation at a time.\n"
-        "# TYPE mockery_store_batches_split_total counter\n"
-        "mockery_store_batches_split_total %llu\n",
-        ps.claim_batches, ps.complete_batches, ps.claims_batched, ps.completes_batched,
-        ps.batches_split);
+        "mockery_store_batched_total{kind=\"complete\"} %llu\n",
+        ps.claim_batches, ps.complete_batches, ps.claims_batched, ps.completes_batched);
+    put_counter(&b, "mockery_store_batches_split_total",
+                "Batches that failed as a whole (a deadlock, one bad row) and ran again one "
+                "operation at a time.",
+                ps.batches_split);
 
-    put(&b,
-        "# HELP mockery_reaper_deleted_total Expired idempotency records deleted.\n"
-        "# TYPE mockery_reaper_deleted_total counter\n"
-        "mockery_reaper_deleted_total %llu\n",
-        (unsigned long long)LOAD(m->reaped));
-    put(&b,
-        "# HELP mockery_rate_limited_total Requests refused with 429 rate_limited (a tenant over"
-        " --rate-limit).\n"
-        "# TYPE mockery_rate_limited_total counter\n"
-        "mockery_rate_limited_total %llu\n"
-        "# HELP mockery_connections_refused_total Connections answered 429 and closed: their client"
-        " address already had --max-client-connections open.\n"
-        "# TYPE mockery_connections_refused_total counter\n"
-        "mockery_connections_refused_total %llu\n",
-        (unsigned long long)LOAD(m->rate_limited),
-        (unsigned long long)LOAD(m->connections_refused));
-    put(&b,
-        "# HELP mockery_log_lines_dropped_total Log lines dropped because the log sink was"
-        " slower than the lines (its 1 MiB buffer was full).\n"
-        "# TYPE mockery_log_lines_dropped_total counter\n"
-        "mockery_log_lines_dropped_total %llu\n",
-        log_dropped);
+    put_counter(&b, "mockery_reaper_deleted_total", "Expired idempotency records deleted.",
+                LOAD(m->reaped));
+    put_counter(&b, "mockery_rate_limited_total",
+                "Requests refused with 429 rate_limited (a tenant over --rate-limit).",
+                LOAD(m->rate_limited));
+    put_counter(&b, "mockery_connections_refused_total",
+                "Connections answered 429 and closed: their client address already had "
+                "--max-client-connections open.",
+                LOAD(m->connections_refused));
+    put_counter(&b, "mockery_log_lines_dropped_total",
+                "Log lines dropped because the log sink was slower than the lines (its 1 MiB "
+                "buffer was full).",
+                log_dropped);
 
     if (b.failed) {
         free(b.p);

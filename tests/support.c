@@ -304,6 +304,24 @@ void test_post_payment(const struct test_server *s, const char *key, const char 
     test_post_json(s, "/api/v1/payments", key, json, out);
 }
 
+void test_pay(const struct test_server *s, const char *amount, char *txn, size_t len)
+{
+    char key[96], cust[64], body[192];
+    struct test_response r;
+    test_unique(key, sizeof key, "pay");
+    test_unique(cust, sizeof cust, "cust");
+    snprintf(body, sizeof body, "{\"amount\":%s,\"currency\":\"EUR\",\"customer_id\":\"%s\"}",
+             amount, cust);
+    test_post_payment(s, key, body, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    if (txn) {
+        cJSON *o = test_json(&r);
+        snprintf(txn, len, "%s", test_json_str(o, "transaction_id"));
+        cJSON_Delete(o);
+    }
+    test_response_free(&r);
+}
+
 cJSON *test_json(const struct test_response *r)
 {
     cJSON *o = cJSON_Parse(r->body);

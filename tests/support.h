@@ -79,6 +79,9 @@ void test_http(const char *method, const char *url, const char *const *headers, 
 /* POST a JSON body to /api/v1/payments with this key (NULL: no header). */
 void test_post_payment(const struct test_server *s, const char *key, const char *json,
                        struct test_response *out);
+/* A new payment of amount EUR through s, with a key and customer of its own;
+ * fails the test unless 201. Its transaction id into txn (may be NULL). */
+void test_pay(const struct test_server *s, const char *amount, char *txn, size_t len);
 /* POST a JSON body to a path (e.g. "/api/v1/payments/txn_1/refunds") with
  * this key (NULL: no header). */
 void test_post_json(const struct test_server *s, const char *path, const char *key,

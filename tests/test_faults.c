@@ -202,23 +202,6 @@ Test(faults, two_servers_one_database_concurrent_duplicates, .timeout = 120)
     test_server_stop(&s[1]);
 }
 
-/* A payment of 100.00 EUR through s; its id into id. */
-static void paid(const struct test_server *s, char *id, size_t len)
-{
-    char key[96], cust[64], body[160];
-    test_unique(key, sizeof key, "pay");
-    test_unique(cust, sizeof cust, "cust");
-    snprintf(body, sizeof body, "{\"amount\":100,\"currency\":\"EUR\",\"customer_id\":\"%s\"}",
-             cust);
-    struct httpc_response r;
-    cr_assert_eq(post(s, key, body, &r), 0, "%s", r.error);
-    cr_assert_eq(r.status, 201, "%s", r.body);
-    cJSON *o = cJSON_Parse(r.body);
-    snprintf(id, len, "%s", cJSON_GetObjectItem(o, "transaction_id")->valuestring);
-    cJSON_Delete(o);
-    httpc_response_free(&r);
-}
-
 static long refunds_of(const char *payment, const char *what)
 {
     char sql[160];
@@ -233,7 +216,7 @@ Test(faults, two_servers_concurrent_refunds_never_exceed_the_payment, .timeout =
     char payment[64], path[128], keys[N][96];
     spawn(&s[0], NULL, 30, 50);
     spawn(&s[1], NULL, 30, 50);
-    paid(&s[0], payment, sizeof payment);
+    test_pay(&s[0], "100", payment, sizeof payment);
     snprintf(path, sizeof path, "/api/v1/payments/%s/refunds", payment);
     pthread_barrier_t barrier;
     pthread_barrier_init(&barrier, NULL, N);
@@ -277,7 +260,7 @@ Test(faults, server_killed_mid_refund_refunds_once_after_the_lease, .timeout = 1
     const char *body = "{\"amount\":40,\"reason\":\"duplicate\"}";
     spawn(&a, NULL, 2, 2500);
     spawn(&b, NULL, 30, 0);
-    paid(&b, payment, sizeof payment);
+    test_pay(&b, "100", payment, sizeof payment);
     snprintf(path, sizeof path, "/api/v1/payments/%s/refunds", payment);
     test_unique(key, sizeof key, "refund-kill");
 
@@ -322,7 +305,7 @@ Test(faults, a_duplicate_refund_never_waits_on_the_payment_row_lock, .timeout = 
     char payment[64], path[128], key[96];
     const char *body = "{\"amount\":5}";
     spawn(&s, NULL, 30, 0);
-    paid(&s, payment, sizeof payment);
+    test_pay(&s, "100", payment, sizeof payment);
     snprintf(path, sizeof path, "/api/v1/payments/%s/refunds", payment);
     test_unique(key, sizeof key, "refund-lock");
 

@@ -168,14 +168,7 @@ Test(prometheus, promtool_accepts_the_real_metrics_text, .init = setup, .fini = 
 {
     cr_assert_eq(access(PROMTOOL, X_OK), 0, PROMTOOL " is missing: install Debian's prometheus");
     /* Every family, after a payment too (the histogram and outcome series). */
-    char key[96], cust[64], body[256];
-    test_unique(key, sizeof key, "k");
-    test_unique(cust, sizeof cust, "cust");
-    snprintf(body, sizeof body, "{\"amount\":1,\"currency\":\"EUR\",\"customer_id\":\"%s\"}", cust);
-    struct test_response r;
-    test_post_payment(&srv, key, body, &r);
-    cr_assert_eq(r.status, 201, "%s", r.body);
-    test_response_free(&r);
+    test_pay(&srv, "1", NULL, 0);
     char *text = test_scrape(&srv);
     char path[128], cmd[400];
     snprintf(path, sizeof path, "%s/promtool.out", dir);
@@ -207,17 +200,8 @@ Test(prometheus, scrapes_the_server_and_sees_payments, .init = setup, .fini = te
     double before = promql(posts);
     if (before < 0) /* no payment yet: no series */
         before = 0;
-    for (int i = 0; i < 5; i++) {
-        char key[96], cust[64], body[256];
-        test_unique(key, sizeof key, "k");
-        test_unique(cust, sizeof cust, "cust");
-        snprintf(body, sizeof body, "{\"amount\":2,\"currency\":\"EUR\",\"customer_id\":\"%s\"}",
-                 cust);
-        struct test_response r;
-        test_post_payment(&srv, key, body, &r);
-        cr_assert_eq(r.status, 201, "%s", r.body);
-        test_response_free(&r);
-    }
+    for (int i = 0; i < 5; i++)
+        test_pay(&srv, "2", NULL, 0);
     double after = promql_until(posts, before + 5, 20);
     cr_assert_eq(after, before + 5, "Prometheus saw %g payments' POSTs, then %g (want +5)", before,
                  after);
