@@ -6,8 +6,8 @@ Docker engine, then checked through the published ports:
 
   scripts/dev docker up        an engine (started here if none answers) and
                                the base images, made when they are missing
-  docker-compose build         the project's image, from the Dockerfile
-  docker-compose up -d         postgres, server-1, server-2, prometheus
+  docker-compose up -d --build the project's image from the Dockerfile;
+                               postgres, server-1, server-2, prometheus
   - a payment on server-1, replayed by server-2 byte for byte;
   - Prometheus scraping both servers, with the shipped rules loaded;
   docker-compose --profile demo run --rm demo   prints "double charges: 0"
@@ -216,8 +216,7 @@ def main():
     rc = 0
     run_id = "%d%d" % (os.getpid(), int(time.time()))
     try:
-        run(["docker-compose", "build"], root)
-        run(["docker-compose", "up", "-d"], root)
+        run(["docker-compose", "up", "-d", "--build"], root)
         wait_healthy()
         txn = replay_across_servers(root, run_id)
         prometheus_sees_both_servers()
@@ -239,8 +238,7 @@ def main():
         rc = 1
     finally:
         try:
-            run(["docker-compose", "--profile", "demo", "down", "-v", "--remove-orphans"], root,
-                timeout=120)
+            run(["docker-compose", "down", "-v"], root, timeout=120)
             left = nothing_left(root)
             if left:
                 print("FAIL: docker-compose down -v left %r" % left)
