@@ -401,6 +401,20 @@ int http_fail_store(struct request *r, const char *op, enum store_status st, con
     return http_send_error(r, &e, st == STORE_UNAVAILABLE ? headers : NULL);
 }
 
+void http_send_found(struct request *r, const char *op, enum store_status st, const char *err,
+                     const char *not_found_code, const char *not_found_message, cJSON *obj)
+{
+    if (st == STORE_NOT_FOUND)
+        http_fail(r, 404, APIERR_INVALID_REQUEST, not_found_code, NULL, "%s", not_found_message);
+    else if (st != STORE_OK)
+        http_fail_store(r, op, st, err);
+    else if (obj)
+        http_send_json(r, 200, obj);
+    else
+        http_fail(r, 500, "api_error", "internal_error", NULL, "out of memory");
+    cJSON_Delete(obj);
+}
+
 const char *http_method(const struct request *r)
 {
     return r->ri->request_method;

@@ -68,6 +68,14 @@ void http_log_store_error(struct request *r, const char *op, enum store_status s
  * 503 store_unavailable (Retry-After: 1) or 500 internal_error. */
 int http_fail_store(struct request *r, const char *op, enum store_status st, const char *err);
 
+/* The answer to a GET of one resource, after its store call op answered st
+ * (and err): 404 not_found_code (a static string) with not_found_message
+ * when st is STORE_NOT_FOUND, the store's failure when it failed, else 200
+ * with obj (a 500 when obj is NULL: it could not be built). Deletes obj. */
+void http_send_found(struct request *r, const char *op, enum store_status st, const char *err,
+                     const char *not_found_code, const char *not_found_message,
+                     struct cJSON *obj);
+
 /* The request line and headers arrive within HTTP_HEADER_TIMEOUT_MS (a
  * civetweb option); the whole body within HTTP_BODY_DEADLINE_MS of the
  * start of its reading, enforced by the watchdog (watchdog.h): a request

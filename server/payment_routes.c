@@ -216,20 +216,7 @@ void routes_get_payment(struct request *r, const char *id)
     enum store_status st = STORE_NOT_FOUND;
     if (payment_id_valid(id))
         st = store_get_payment(r->app->store, r->tenant, id, &p, err, sizeof err);
-    if (st == STORE_NOT_FOUND) {
-        http_fail(r, 404, APIERR_INVALID_REQUEST, "payment_not_found", NULL,
-                  "no payment with that id");
-        return;
-    }
-    if (st != STORE_OK) {
-        http_fail_store(r, "get_payment", st, err);
-        return;
-    }
-    cJSON *obj = payment_to_cjson(&p);
-    if (obj)
-        http_send_json(r, 200, obj);
-    else
-        http_fail(r, 500, "api_error", "internal_error", NULL, "out of memory");
-    cJSON_Delete(obj);
+    http_send_found(r, "get_payment", st, err, "payment_not_found", "no payment with that id",
+                    st == STORE_OK ? payment_to_cjson(&p) : NULL);
     store_payment_clear(&p);
 }

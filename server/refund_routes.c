@@ -262,20 +262,7 @@ void routes_get_refund(struct request *r, const char *id)
     enum store_status st = STORE_NOT_FOUND;
     if (refund_id_valid(id))
         st = store_get_refund(r->app->store, r->tenant, id, &rf, err, sizeof err);
-    if (st == STORE_NOT_FOUND) {
-        http_fail(r, 404, APIERR_INVALID_REQUEST, "refund_not_found", NULL,
-                  "no refund with that id");
-        return;
-    }
-    if (st != STORE_OK) {
-        http_fail_store(r, "get_refund", st, err);
-        return;
-    }
-    cJSON *obj = refund_to_cjson(&rf);
-    if (obj)
-        http_send_json(r, 200, obj);
-    else
-        http_fail(r, 500, "api_error", "internal_error", NULL, "out of memory");
-    cJSON_Delete(obj);
+    http_send_found(r, "get_refund", st, err, "refund_not_found", "no refund with that id",
+                    st == STORE_OK ? refund_to_cjson(&rf) : NULL);
     store_refund_clear(&rf);
 }

@@ -37,6 +37,10 @@ def main():
             pairs.add((m.group(1), m.group(2)))
         for m in re.finditer(r"\{(\d{3}), \"([a-z_]+)\"\}", text):
             pairs.add((m.group(1), m.group(2)))
+        # http_send_found(r, op, st, err, "not_found_code", ...): a 404.
+        for m in re.finditer(r"http_send_found\(\s*[^,]+,\s*[^,]+,\s*[^,]+,\s*[^,]+,\s*\"([a-z_]+)\"",
+                             text, re.S):
+            pairs.add(("404", m.group(1)))
     declined = re.search(r"\"code\", \"(card_declined)\"", "".join(src.values()))
     check(declined is not None, "card_declined not found in the sources")
     pairs.add(("402", "card_declined"))
