@@ -8,9 +8,10 @@ Docker engine, then checked through the published ports:
                                the base images, made when they are missing
   docker-compose up -d --build the project's image from the Dockerfile;
                                postgres, server-1, server-2, prometheus
+  docker-compose --profile demo run --rm demo   at once, while the servers
+                               start: waits for them, prints "double charges: 0"
   - a payment on server-1, replayed by server-2 byte for byte;
   - Prometheus scraping both servers, with the shipped rules loaded;
-  docker-compose --profile demo run --rm demo   prints "double charges: 0"
   docker-compose exec -T postgres psql -U mockery mockery   counts the rows
   - docker-compose stop server-1 while it runs a slow payment: the payment
     is answered (SIGTERM drains), and server-1 exits 0;
@@ -217,10 +218,12 @@ def main():
     run_id = "%d%d" % (os.getpid(), int(time.time()))
     try:
         run(["docker-compose", "up", "-d", "--build"], root)
+        # At once, while the servers are still starting: the demo service
+        # waits for them to be healthy, and then for /health itself.
+        demo(root)
         wait_healthy()
         txn = replay_across_servers(root, run_id)
         prometheus_sees_both_servers()
-        demo(root)
         rows = psql(root, "SELECT count(*) FROM payments")
         check(rows == "8", "psql counts %s payments, want 8 (the demo's 7 and this test's 1)" % rows)
         one = psql(root, "SELECT count(*) FROM payments WHERE transaction_id = '%s'" % txn)
