@@ -162,18 +162,24 @@ def stop_during_slow_payment(root, run_id):
 
     def pay():
         answer["r"] = post_payment(PORTS["server-1"], key, cust)
+        answer["at"] = time.time()
 
     t = threading.Thread(target=pay)
     t.start()
-    time.sleep(0.5)
-    check(t.is_alive(), "the slow payment was answered before server-1 was stopped: %r" %
-          (answer.get("r"),))
+    # In flight: its key is claimed ('processing') in the database.
+    state = ""
+    for _ in range(50):
+        state = psql(root, "SELECT state FROM idempotency_keys WHERE idempotency_key = '%s'" % key)
+        if state:
+            break
+    check(state == "processing", "the slow payment's key: %r, want 'processing'" % state)
     started = time.time()
     run(["docker-compose", "stop", "server-1"], root)
     t.join(60)
     status, _, body = answer["r"]
     check(status == 201, "the payment in flight when server-1 stopped got %d %r" %
           (status, body[:300]))
+    check(answer["at"] > started, "the payment was answered before the stop began")
     cid = run(["docker-compose", "ps", "-q", "server-1"], root).stdout.strip()
     state = json.loads(run(["docker", "inspect", cid], root, quiet=True).stdout)[0]["State"]
     check(not state["Running"] and state["ExitCode"] == 0,
