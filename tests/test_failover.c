@@ -2,7 +2,12 @@
  * manager (pg_auto_failover: a monitor, two nodes, a synchronous standby)
  * promoting the standby, two real server processes on the two-host URL, and
  * clients that retry as the README tells them to: nothing a client was told
- * succeeded is lost, and no key is charged twice */
+ * succeeded is lost, and no key is charged twice.
+ *
+ * The load is not an amount of work: the clients make new payments until
+ * the main thread has seen the whole failover (payments acknowledged before
+ * the kill, /health down, /health up again, and payments acknowledged after
+ * that), so the kill lands mid-load on a machine of any speed. */
 #define _POSIX_C_SOURCE 200809L
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
@@ -15,7 +20,13 @@
 
 #include "support.h"
 
-enum { CLIENTS = 12, KEYS_EACH = 40, SERVERS = 2 };
+enum {
+    CLIENTS = 12,
+    SERVERS = 2,
+    /* payments acknowledged before the kill, and again after /health is
+     * back, before the load stops: the failover happens mid-load */
+    ACKS_EACH_SIDE = 3 * CLIENTS,
+};
 
 static char ha_name[64], url[512], run_tag[64];
 static struct test_server srv[SERVERS];
@@ -44,14 +55,81 @@ static void down(void)
 /* What one client saw. */
 struct client {
     int id;
-    char txn[KEYS_EACH][64]; /* the transaction each key was acknowledged with */
+    int keys;                 /* keys started, each answered 201/200 in the end */
+    char (*txn)[64];          /* [keys]: the transaction each key was acknowledged with */
+    int cap;
     int unavailable, conflicts, dropped, internal, replays_after_error;
     double last_unavailable; /* when its last 503 or dropped connection came */
 };
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static double kill_at; /* (mu) 0 until the primary is killed */
-static int keys_done;  /* (mu) */
+static double kill_at;      /* (mu) 0 until the primary is killed */
+static double recovered_at; /* (mu) 0 until /health answered 200 after the kill */
+static int acked_before_kill, acked_after_recovery; /* (mu) */
+static int stop_load;       /* (mu) set: finish the key in hand, start no other */
+
+static int counters(int *before, int *after)
+{
+    pthread_mutex_lock(&mu);
+    *before = acked_before_kill;
+    *after = acked_after_recovery;
+    int stop = stop_load;
+    pthread_mutex_unlock(&mu);
+    return stop;
+}
+
+/* One key to its final answer (201, or 200 replaying it), retrying through
+ * the failover as the README says: 503, 500 and a dropped connection after
+ * 100 ms, 409 after 250 ms, on the other server each time. */
+static void pay_one(struct client *c, const char *body, int k)
+{
+    char key[128], u[128], keyh[200];
+    snprintf(key, sizeof key, "%s-%d-%d", run_tag, c->id, k);
+    snprintf(keyh, sizeof keyh, "Idempotency-Key: %s", key);
+    const char *headers[] = {"Content-Type: application/json", keyh, NULL};
+    int erred = 0;
+    /* Not a measure of speed: a key that no server answers for this long
+     * after the failover has ended is a server that stopped serving. */
+    for (int attempt = 0;; attempt++) {
+        pthread_mutex_lock(&mu);
+        double since = recovered_at;
+        pthread_mutex_unlock(&mu);
+        cr_assert(since == 0 || now_s() < since + 120,
+                  "key %s has no final answer 120 s after /health came back", key);
+        /* spread over both servers, as a load balancer would */
+        snprintf(u, sizeof u, "%s/api/v1/payments", srv[(c->id + attempt) % SERVERS].base);
+        struct httpc_response r;
+        int rc = httpc_request("POST", u, headers, body, strlen(body), 10000, &r);
+        long st = rc == 0 ? r.status : 0;
+        if (st == 201 || st == 200) {
+            cJSON *o = cJSON_Parse(r.body);
+            cJSON *t = cJSON_GetObjectItem(o, "transaction_id");
+            cr_assert(cJSON_IsString(t), "%s", r.body);
+            snprintf(c->txn[k], sizeof c->txn[k], "%s", t->valuestring);
+            cJSON_Delete(o);
+            c->replays_after_error += st == 200 && erred;
+            httpc_response_free(&r);
+            break;
+        }
+        cr_assert(rc != 0 || st == 503 || st == 409 || st == 500, "key %s: unexpected %ld %s",
+                  key, st, r.body);
+        c->dropped += rc != 0;
+        c->unavailable += st == 503;
+        c->conflicts += st == 409;
+        c->internal += st == 500;
+        if (rc != 0 || st == 503)
+            c->last_unavailable = now_s();
+        erred |= st != 409;
+        httpc_response_free(&r);
+        sleep_ms(st == 409 ? 250 : 100);
+    }
+    pthread_mutex_lock(&mu);
+    if (kill_at == 0)
+        acked_before_kill++;
+    else if (recovered_at != 0)
+        acked_after_recovery++;
+    pthread_mutex_unlock(&mu);
+}
 
 static void *client_main(void *p)
 {
@@ -59,51 +137,57 @@ static void *client_main(void *p)
     char body[160];
     snprintf(body, sizeof body, "{\"amount\":12.34,\"currency\":\"EUR\",\"customer_id\":\"%s\"}",
              run_tag);
-    for (int k = 0; k < KEYS_EACH; k++) {
-        char key[128], u[128], keyh[200];
-        snprintf(key, sizeof key, "%s-%d-%d", run_tag, c->id, k);
-        snprintf(keyh, sizeof keyh, "Idempotency-Key: %s", key);
-        const char *headers[] = {"Content-Type: application/json", keyh, NULL};
-        int erred = 0;
-        double deadline = now_s() + 120;
-        for (int attempt = 0;; attempt++) {
-            cr_assert_lt(now_s(), deadline, "key %s has no final answer after 120 s", key);
-            /* spread over both servers, as a load balancer would */
-            snprintf(u, sizeof u, "%s/api/v1/payments", srv[(c->id + attempt) % SERVERS].base);
-            struct httpc_response r;
-            int rc = httpc_request("POST", u, headers, body, strlen(body), 10000, &r);
-            long st = rc == 0 ? r.status : 0;
-            if (st == 201 || st == 200) {
-                cJSON *o = cJSON_Parse(r.body);
-                cJSON *t = cJSON_GetObjectItem(o, "transaction_id");
-                cr_assert(cJSON_IsString(t), "%s", r.body);
-                snprintf(c->txn[k], sizeof c->txn[k], "%s", t->valuestring);
-                cJSON_Delete(o);
-                c->replays_after_error += st == 200 && erred;
-                httpc_response_free(&r);
-                break;
-            }
-            cr_assert(rc != 0 || st == 503 || st == 409 || st == 500,
-                      "key %s: unexpected %ld %s", key, st, r.body);
-            c->dropped += rc != 0;
-            c->unavailable += st == 503;
-            c->conflicts += st == 409;
-            c->internal += st == 500;
-            if (rc != 0 || st == 503)
-                c->last_unavailable = now_s();
-            erred |= st != 409;
-            httpc_response_free(&r);
-            sleep_ms(st == 409 ? 250 : 100);
+    int before, after;
+    while (!counters(&before, &after)) {
+        if (c->keys == c->cap) {
+            c->cap = c->cap ? 2 * c->cap : 64;
+            c->txn = realloc(c->txn, (size_t)c->cap * sizeof *c->txn);
+            cr_assert_not_null(c->txn);
         }
-        pthread_mutex_lock(&mu);
-        keys_done++;
-        pthread_mutex_unlock(&mu);
+        pay_one(c, body, c->keys++);
     }
     return NULL;
 }
 
+/* Polls until done() holds, failing with what after limit_s seconds: the
+ * bound says when to give up on an event, never when it should happen. */
+static void wait_for(int (*done)(void), double limit_s, const char *what)
+{
+    double give_up = now_s() + limit_s;
+    while (!done()) {
+        cr_assert_lt(now_s(), give_up, "%s: not within %.0f s", what, limit_s);
+        sleep_ms(50);
+    }
+}
+
+static int enough_before(void)
+{
+    int before, after;
+    counters(&before, &after);
+    return before >= ACKS_EACH_SIDE;
+}
+
+static int enough_after(void)
+{
+    int before, after;
+    counters(&before, &after);
+    return after >= ACKS_EACH_SIDE;
+}
+
+/* GET /health of server i: its status, and the body into out. */
+static long health(int i, char *out, size_t len)
+{
+    char u[160];
+    snprintf(u, sizeof u, "%s/health", srv[i].base);
+    struct httpc_response h;
+    long st = httpc_request("GET", u, NULL, NULL, 0, 10000, &h) == 0 ? h.status : 0;
+    snprintf(out, len, "%s", st ? h.body : "(no answer)");
+    httpc_response_free(&h);
+    return st;
+}
+
 Test(failover, the_primary_lost_under_load_loses_no_acknowledged_payment, .fini = down,
-     .timeout = 300)
+     .timeout = 540)
 {
     test_unique(ha_name, sizeof ha_name, "ha");
     test_unique(run_tag, sizeof run_tag, "fo");
@@ -125,42 +209,48 @@ Test(failover, the_primary_lost_under_load_loses_no_acknowledged_payment, .fini 
         c[i].id = i;
         pthread_create(&t[i], NULL, client_main, &c[i]);
     }
-    /* mid-load: a third of the keys answered */
-    for (int i = 0; i < 600; i++) {
-        pthread_mutex_lock(&mu);
-        int done = keys_done;
-        pthread_mutex_unlock(&mu);
-        if (done >= CLIENTS * KEYS_EACH / 3)
-            break;
-        sleep_ms(50);
-    }
+    /* mid-load: payments are being acknowledged, and the clients go on */
+    wait_for(enough_before, 120, "payments acknowledged before the kill");
     char killed_port[32];
     pthread_mutex_lock(&mu);
     kill_at = now_s();
     pthread_mutex_unlock(&mu);
     test_ha(ha_name, "failover", killed_port, sizeof killed_port);
-    /* while there is no primary, /health says so */
-    char health[160];
-    snprintf(health, sizeof health, "%s/health", srv[0].base);
+
+    /* while there is no primary, /health says so; then, once the standby is
+     * promoted, it says the database is up again */
+    char body[200];
     long seen = 0;
-    for (int i = 0; i < 100 && seen != 503; i++) {
-        struct httpc_response h;
-        seen = httpc_request("GET", health, NULL, NULL, 0, 10000, &h) == 0 ? h.status : 0;
-        if (seen == 503)
-            cr_assert(strstr(h.body, "\"database\":\"down\""), "%s", h.body);
-        httpc_response_free(&h);
+    double give_up = now_s() + 60;
+    while ((seen = health(0, body, sizeof body)) != 503) {
+        cr_assert_lt(now_s(), give_up, "/health never said the database was down: %ld %s", seen,
+                     body);
         sleep_ms(100);
     }
-    cr_assert_eq(seen, 503, "/health never said the database was down");
+    cr_assert(strstr(body, "\"database\":\"down\""), "%s", body);
+    give_up = now_s() + 300;
+    while ((seen = health(0, body, sizeof body)) != 200) {
+        cr_assert_lt(now_s(), give_up, "after the failover: %ld %s", seen, body);
+        sleep_ms(250);
+    }
+    pthread_mutex_lock(&mu);
+    recovered_at = now_s();
+    pthread_mutex_unlock(&mu);
+    /* the new primary takes payments under the same load */
+    wait_for(enough_after, 120, "payments acknowledged after /health came back");
+    pthread_mutex_lock(&mu);
+    stop_load = 1;
+    pthread_mutex_unlock(&mu);
     for (int i = 0; i < CLIENTS; i++)
         pthread_join(t[i], NULL);
-    struct httpc_response h;
-    cr_assert_eq(httpc_request("GET", health, NULL, NULL, 0, 10000, &h), 0);
-    cr_assert_eq(h.status, 200, "after the failover: %s", h.body);
-    httpc_response_free(&h);
+    cr_assert_eq(health(0, body, sizeof body), 200, "after the failover: %s", body);
+    cr_assert_eq(health(1, body, sizeof body), 200, "after the failover: %s", body);
 
     /* From the new primary: every acknowledged payment once, with the id the
      * client was given; no other payment; no record left processing. */
+    int acked = 0;
+    for (int i = 0; i < CLIENTS; i++)
+        acked += c[i].keys;
     PGconn *conn = PQconnectdb(url);
     cr_assert_eq(PQstatus(conn), CONNECTION_OK, "%s", PQerrorMessage(conn));
     PGresult *res = PQexec(conn, "SELECT inet_server_port()::text");
@@ -179,13 +269,14 @@ Test(failover, the_primary_lost_under_load_loses_no_acknowledged_payment, .fini 
                          PQgetvalue(res, i, 1));
         int client, k;
         cr_assert_eq(sscanf(key + strlen(run_tag), "-%d-%d", &client, &k), 2, "%s", key);
+        cr_assert(client >= 0 && client < CLIENTS && k >= 0 && k < c[client].keys,
+                  "key %s was never acknowledged, yet it has a payment", key);
         cr_assert_str_eq(PQgetvalue(res, i, 2), c[client].txn[k],
                          "key %s: the client was told %s, the database holds %s", key,
                          c[client].txn[k], PQgetvalue(res, i, 2));
         found++;
     }
-    cr_assert_eq(found, CLIENTS * KEYS_EACH, "%d acknowledged payments, %d in the database",
-                 CLIENTS * KEYS_EACH, found);
+    cr_assert_eq(found, acked, "%d acknowledged payments, %d in the database", acked, found);
     PQclear(res);
     res = PQexecParams(conn,
                        "SELECT count(*) FROM idempotency_keys WHERE state = 'processing'"
@@ -205,11 +296,16 @@ Test(failover, the_primary_lost_under_load_loses_no_acknowledged_payment, .fini 
         unknown += c[i].replays_after_error;
         if (c[i].last_unavailable > last)
             last = c[i].last_unavailable;
+        free(c[i].txn);
     }
     cr_assert_gt(last, kill_at, "no request ever found the database gone: was it killed?");
+    cr_assert_geq(acked_before_kill, ACKS_EACH_SIDE);
+    cr_assert_geq(acked_after_recovery, ACKS_EACH_SIDE);
     fprintf(stderr,
-            "failover: %d payments, each acknowledged once; without a primary for %.1f s (the kill "
-            "to the last 503); 503 store_unavailable %d, 409 %d, 500 %d, dropped %d; keys whose "
-            "retry after an error was a replay (the first answer lost, the payment not): %d\n",
-            found, last - kill_at, unavailable, conflicts, internal, dropped, unknown);
+            "failover: %d payments, each acknowledged once (%d before the kill, %d after /health "
+            "came back %.1f s after it); without a primary for %.1f s (the kill to the last 503); "
+            "503 store_unavailable %d, 409 %d, 500 %d, dropped %d; keys whose retry after an "
+            "error was a replay (the first answer lost, the payment not): %d\n",
+            found, acked_before_kill, acked_after_recovery, recovered_at - kill_at, last - kill_at,
+            unavailable, conflicts, internal, dropped, unknown);
 }
