@@ -4,6 +4,7 @@
 
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <curl/curl.h>
 #include <openssl/rand.h>
 #include <stdio.h>
@@ -145,10 +146,15 @@ void test_server_spawn(struct test_server *s, const struct config *c, const char
 #undef NUM
     argv[n] = NULL;
 
-    snprintf(s->log_path, sizeof s->log_path, "/tmp/mockery-test-server.%d.%u.log", (int)getpid(),
-             (unsigned)time(NULL));
-    int fd = open(s->log_path, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);
-    cr_assert_geq(fd, 0);
+    /* One log per server: two servers started within the same second by
+     * one test (failover starts two) once shared a file, and the second
+     * could read the first's "listening" line and talk to the wrong
+     * server. A counter per test process, and O_EXCL to prove it. */
+    static _Atomic unsigned spawned;
+    snprintf(s->log_path, sizeof s->log_path, "/tmp/mockery-test-server.%d.%u.%u.log",
+             (int)getpid(), (unsigned)time(NULL), ++spawned);
+    int fd = open(s->log_path, O_CREAT | O_EXCL | O_WRONLY | O_APPEND | O_CLOEXEC, 0600);
+    cr_assert_geq(fd, 0, "could not create %s: %s", s->log_path, strerror(errno));
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, fd, 1);
