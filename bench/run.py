@@ -273,16 +273,19 @@ class Server:
                                           str(port), "--database-url", url] + list(extra),
                                          stderr=self.log)
             self.base = "http://127.0.0.1:%d" % port
-            for _ in range(100):
+            # Until /health answers 200; the 60 s bound only turns a server
+            # that never becomes healthy into a failure, never a silent start.
+            end = time.time() + 60
+            while time.time() < end and self.proc.poll() is None:
                 try:
-                    urllib.request.urlopen(self.base + "/health", timeout=1)
-                    break
+                    urllib.request.urlopen(self.base + "/health", timeout=5)
+                    return
                 except Exception:
-                    if self.proc.poll() is not None:
-                        break
                     time.sleep(0.1)
             if self.proc.poll() is None:
-                return
+                self.proc.terminate()
+                self.proc.wait(timeout=60)
+                raise SystemExit("the server did not answer /health within 60 s: see " + log_path)
         raise SystemExit("the server did not start: see " + log_path)
 
     def stop(self):
