@@ -17,10 +17,10 @@
 #include "decimal.h"
 #include "utc_text.h"
 
-int http_send(struct request *r, int status, const char *body, size_t len,
-              const char *const *headers)
+void http_send(struct request *r, int status, const char *body, size_t len,
+               const char *const *headers)
 {
-    return http_send_typed(r, status, "application/json", body, len, headers);
+    http_send_typed(r, status, "application/json", body, len, headers);
 }
 
 void http_close_after(struct request *r)
@@ -85,10 +85,22 @@ static void append(char *buf, size_t *used, const char *s, size_t n)
  * mg_response_header_send() writes every header line with a send() of its
  * own, and with TCP_NODELAY each becomes a packet - measured at 11 send()s
  * and ~300 us of CPU per payment, most of it in the loopback TCP path. */
-int http_send_typed(struct request *r, int status, const char *content_type, const char *body,
-                    size_t len, const char *const *headers)
+void http_send_typed(struct request *r, int status, const char *content_type, const char *body,
+                     size_t len, const char *const *headers)
 {
     char stack[8192], date[32];
+    if (r->status != 0) {
+        /* A second answer to one request: a bug of the caller's. Written,
+         * it would answer the connection's next request (http.h). */
+        if (r->app) {
+            cJSON *line = log_begin(r->app->log, LOG_ERROR, "a second answer to one request refused");
+            cJSON_AddNumberToObject(line, "status", r->status);
+            cJSON_AddNumberToObject(line, "refused_status", status);
+            log_end(r->app->log, line);
+        }
+        http_close_after(r);
+        return;
+    }
     utc_http_date(time(NULL), date);
     for (int i = 0; headers && headers[i] && headers[i + 1]; i += 2)
         if (strcasecmp(headers[i], "Connection") == 0 && strcasecmp(headers[i + 1], "close") == 0)
@@ -102,8 +114,10 @@ int http_send_typed(struct request *r, int status, const char *content_type, con
         extra += strlen(headers[i]) + strlen(headers[i + 1]) + 4;
     size_t cap = 512 + strlen(content_type) + extra + len;
     char *buf = cap <= sizeof stack ? stack : malloc(cap);
-    if (!buf)
-        return -1;
+    if (!buf) {
+        http_close_after(r); /* nothing was written: the client waits for nothing */
+        return;
+    }
     /* (cap holds it all: the fixed text is under 512 bytes with the reason
      * and the numbers; snprintf was 8% of a replay's instructions) */
     size_t used = 0;
@@ -133,38 +147,40 @@ int http_send_typed(struct request *r, int status, const char *content_type, con
     used += 2;
     memcpy(buf + used, body, len);
     used += len;
-    int rc = mg_write(r->conn, buf, used) == (int)used ? 0 : -1;
+    mg_write(r->conn, buf, used); /* short only when the client is gone */
     if (buf != stack)
         free(buf);
-    return rc;
 }
 
 static const char INTERNAL[] = "{\"error\":{\"type\":\"api_error\",\"code\":\"internal_error\","
                                "\"message\":\"the response could not be built\"}}";
 
-int http_send_json(struct request *r, int status, const cJSON *obj)
+void http_send_json(struct request *r, int status, const cJSON *obj)
 {
     char *body = cJSON_PrintUnformatted(obj);
-    if (!body)
-        return http_send(r, 500, INTERNAL, sizeof INTERNAL - 1, NULL);
-    int rc = http_send(r, status, body, strlen(body), NULL);
+    if (!body) {
+        http_send(r, 500, INTERNAL, sizeof INTERNAL - 1, NULL);
+        return;
+    }
+    http_send(r, status, body, strlen(body), NULL);
     free(body);
-    return rc;
 }
 
-int http_send_error(struct request *r, const struct apierr *e, const char *const *headers)
+void http_send_error(struct request *r, const struct apierr *e, const char *const *headers)
 {
     char *body = apierr_json(e);
-    if (!body)
-        return http_send(r, 500, INTERNAL, sizeof INTERNAL - 1, NULL);
-    r->error_code = e->code;
-    int rc = http_send(r, e->status, body, strlen(body), headers);
+    if (!body) {
+        http_send(r, 500, INTERNAL, sizeof INTERNAL - 1, NULL);
+        return;
+    }
+    if (r->status == 0)
+        r->error_code = e->code;
+    http_send(r, e->status, body, strlen(body), headers);
     free(body);
-    return rc;
 }
 
-int http_fail(struct request *r, int status, const char *type, const char *code, const char *param,
-              const char *fmt, ...)
+void http_fail(struct request *r, int status, const char *type, const char *code, const char *param,
+               const char *fmt, ...)
 {
     struct apierr e;
     va_list ap;
@@ -172,7 +188,7 @@ int http_fail(struct request *r, int status, const char *type, const char *code,
     va_start(ap, fmt);
     vsnprintf(e.message, sizeof e.message, fmt, ap);
     va_end(ap);
-    return http_send_error(r, &e, NULL);
+    http_send_error(r, &e, NULL);
 }
 
 enum http_body {
@@ -392,13 +408,13 @@ void http_log_store_error(struct request *r, const char *op, enum store_status s
     log_end(r->app->log, line);
 }
 
-int http_fail_store(struct request *r, const char *op, enum store_status st, const char *err)
+void http_fail_store(struct request *r, const char *op, enum store_status st, const char *err)
 {
     struct apierr e;
     const char *headers[] = {"Retry-After", "1", NULL};
     http_log_store_error(r, op, st, err);
     apierr_store(&e, st == STORE_UNAVAILABLE, strcmp(r->ri->request_method, "POST") == 0);
-    return http_send_error(r, &e, st == STORE_UNAVAILABLE ? headers : NULL);
+    http_send_error(r, &e, st == STORE_UNAVAILABLE ? headers : NULL);
 }
 
 void http_send_found(struct request *r, const char *op, enum store_status st, const char *err,

@@ -39,34 +39,41 @@ struct request {
     char customer[65];
 };
 
-/* Sends a response with a JSON body. headers: name, value, ..., NULL (may be
- * NULL). Returns 0, or -1 when the client is gone. */
-int http_send(struct request *r, int status, const char *body, size_t len,
+/* The senders below answer the request, and return nothing: an answer sent
+ * is never a signal to carry on (paging once returned 0 after its 400, and
+ * the route sent a page as well - two answers to one request, so every
+ * later answer on the keep-alive connection went to the wrong request).
+ * Each request gets one answer: a second is not written, it is logged as an
+ * error and the connection is closed after the first.
+ *
+ * Sends a response with a JSON body. headers: name, value, ..., NULL (may be
+ * NULL). A client that is gone is not an error of the caller's. */
+void http_send(struct request *r, int status, const char *body, size_t len,
               const char *const *headers);
 
 /* Ends the connection after this request's answer (Connection: close). */
 void http_close_after(struct request *r);
 
 /* The same with another Content-Type. */
-int http_send_typed(struct request *r, int status, const char *content_type, const char *body,
+void http_send_typed(struct request *r, int status, const char *content_type, const char *body,
                     size_t len, const char *const *headers);
 
 /* Serializes obj (not freed) and sends it; a 500 if it cannot be serialized. */
-int http_send_json(struct request *r, int status, const struct cJSON *obj);
+void http_send_json(struct request *r, int status, const struct cJSON *obj);
 
 /* Sends the error shape of DESIGN.md section 2. */
-int http_send_error(struct request *r, const struct apierr *e, const char *const *headers);
+void http_send_error(struct request *r, const struct apierr *e, const char *const *headers);
 
 /* Shorthand for apierr_set() + http_send_error(). */
-int http_fail(struct request *r, int status, const char *type, const char *code, const char *param,
-              const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+void http_fail(struct request *r, int status, const char *type, const char *code, const char *param,
+               const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 
 /* Logs a failed store call once (op names it, err is the store's message). */
 void http_log_store_error(struct request *r, const char *op, enum store_status st, const char *err);
 
 /* The one place a store failure becomes an HTTP answer: logs it, then sends
  * 503 store_unavailable (Retry-After: 1) or 500 internal_error. */
-int http_fail_store(struct request *r, const char *op, enum store_status st, const char *err);
+void http_fail_store(struct request *r, const char *op, enum store_status st, const char *err);
 
 /* The answer to a GET of one resource, after its store call op answered st
  * (and err): 404 not_found_code (a static string) with not_found_message

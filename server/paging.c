@@ -12,9 +12,11 @@
 
 #include "app.h"
 
+/* Answers 400 and returns -1: the route stops here. */
 static int bad_param(struct request *r, const char *param, const char *msg)
 {
-    return http_fail(r, 400, APIERR_INVALID_REQUEST, "invalid_parameter", param, "%s", msg);
+    http_fail(r, 400, APIERR_INVALID_REQUEST, "invalid_parameter", param, "%s", msg);
+    return -1;
 }
 
 int paging_read(struct request *r, int (*valid)(const char *), const char *what, struct paging *out)
@@ -34,9 +36,11 @@ int paging_read(struct request *r, int (*valid)(const char *), const char *what,
     }
     n = mg_get_var(qs, qlen, "starting_after", out->after, sizeof out->after);
     if (n != -1) {
-        if (n <= 0 || !valid(out->after))
-            return http_fail(r, 400, APIERR_INVALID_REQUEST, "invalid_parameter", "starting_after",
-                             "starting_after must be a %s id", what);
+        if (n <= 0 || !valid(out->after)) {
+            http_fail(r, 400, APIERR_INVALID_REQUEST, "invalid_parameter", "starting_after",
+                      "starting_after must be a %s id", what);
+            return -1;
+        }
         out->has_after = 1;
     }
     return 0;
