@@ -89,23 +89,48 @@ static long metric(const char *series)
     return v;
 }
 
-/* Sequential scans of idempotency_keys so far. A backend reports its
- * counts to the statistics when it has been idle for a while (at most 10 s
- * in PostgreSQL 15): read until two reads a second apart agree, after 11 s. */
-static long seq_scans(const char *url)
+static void pause_ms(long ms)
 {
-    const char *sql = "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = $1";
-    sleep(11);
-    long before = test_query_long(url, sql, "idempotency_keys");
-    for (int i = 0; i < 30; i++) {
-        sleep(1);
-        long now = test_query_long(url, sql, "idempotency_keys");
-        if (now == before)
-            return now;
-        before = now;
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Sequential scans of idempotency_keys so far, once every count of the
+ * server's connections is in the statistics. A backend keeps its counts
+ * while it works and reports them when it goes idle - within 10 s of that
+ * in PostgreSQL 15, when its idle-stats timer fires - or when it exits,
+ * before it leaves pg_stat_activity. So wait for the events, not a time:
+ * first every other connection to the database idle for over 10.5 s (a
+ * busy one resets the clock), then the updates of idempotency_keys up to
+ * the completions the server made - one per payment - since a backend
+ * reports a table's scans and updates together, in one step. The bounds
+ * only turn "never" into a failure. */
+static long seq_scans(const char *url, long completions)
+{
+    const char *busy = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                       " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                       " AND (state IS DISTINCT FROM 'idle'"
+                       " OR clock_timestamp() - state_change < $1::interval)";
+    const char *upd = "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = $1";
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    long n;
+    while ((n = test_query_long(url, busy, "10.5 seconds")) > 0) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        cr_assert_lt(now.tv_sec - t0.tv_sec, 120,
+                     "%ld connections still not idle for 10.5 s after 120 s", n);
+        pause_ms(250);
     }
-    cr_assert_fail("the statistics of idempotency_keys did not settle");
-    return -1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while ((n = test_query_long(url, upd, "idempotency_keys")) < completions) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        cr_assert_lt(now.tv_sec - t0.tv_sec, 60,
+                     "the statistics count %ld updates of idempotency_keys, want %ld", n,
+                     completions);
+        pause_ms(100);
+    }
+    return test_query_long(url, "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = $1",
+                           "idempotency_keys");
 }
 
 static void exec_ok(const char *url, const char *sql)
@@ -119,7 +144,7 @@ static void exec_ok(const char *url, const char *sql)
 }
 
 Test(cold_start, batched_completions_use_the_index_before_any_analyze, .fini = drop_cluster,
-     .timeout = 240)
+     .timeout = 480)
 {
     char url[256];
     snprintf(cluster, sizeof cluster, "cold-%d", (int)getpid());
@@ -131,6 +156,9 @@ Test(cold_start, batched_completions_use_the_index_before_any_analyze, .fini = d
     config_defaults(&d);
     c.threads = d.threads;
     c.pool_size = d.pool_size;
+    /* no reaper pass in the test: its statements would be counted too, and
+     * would keep a connection from going idle */
+    c.reaper_interval_ms = 86400000;
     snprintf(c.database_url, sizeof c.database_url, "%s", url);
     memset(&srv, 0, sizeof srv);
     const char *bin = getenv("MOCKERY_TEST_SERVER_BIN");
@@ -142,11 +170,11 @@ Test(cold_start, batched_completions_use_the_index_before_any_analyze, .fini = d
     /* past the size where an index plan pays (about 70 pages, a thousand
      * records), then a second round while the statistics are watched */
     load(3200);
-    long scans = seq_scans(url);
+    long scans = seq_scans(url, 3200);
     long batches = metric("mockery_store_batches_total{kind=\"complete\"} ");
     long batched = metric("mockery_store_batched_total{kind=\"complete\"} ");
     load(3200);
-    long more = seq_scans(url) - scans;
+    long more = seq_scans(url, 6400) - scans;
     long multi = metric("mockery_store_batched_total{kind=\"complete\"} ") - batched -
                  (metric("mockery_store_batches_total{kind=\"complete\"} ") - batches);
     /* the round ran batches of several completions: the case in question */
@@ -157,14 +185,18 @@ Test(cold_start, batched_completions_use_the_index_before_any_analyze, .fini = d
                                  "idempotency_keys"),
                  1, "the table was analyzed: this test proves nothing");
     cr_assert_lt(more, 5, "%ld sequential scans of idempotency_keys during 3,200 payments", more);
-    /* (seq_scans waited for the statistics to settle) */
+    /* (seq_scans waited for the server's counts to be in the statistics) */
     long updates = test_query_long(
         url, "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = $1", "idempotency_keys");
     long hot =
         test_query_long(url, "SELECT n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = $1",
                         "idempotency_keys");
     cr_assert_geq(updates, 6400, "%ld updates of idempotency_keys for 6,400 payments", updates);
-    cr_assert_geq(hot * 10, updates * 9, "only %ld of %ld completions were HOT updates", hot,
+    /* 80%: between the ~70% seen without the migration and the 88-96% seen
+     * with it. How soon pages are pruned depends on the transactions beside
+     * them, i.e. on scheduling: 87.8% was seen on a loaded machine, so 90%
+     * was a threshold the machine's load could cross. */
+    cr_assert_geq(hot * 10, updates * 8, "only %ld of %ld completions were HOT updates", hot,
                   updates);
     test_server_stop(&srv);
 }
