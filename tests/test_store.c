@@ -258,13 +258,14 @@ CONTRACT(expired_records_are_free_and_reaped)
     /* An expired key is free, whatever the new request. */
     struct store_claim_result b = claim(key, "fp-other", LONG_MS, DAY_MS);
     cr_assert_eq(b.outcome, CLAIM_TAKEOVER);
-    /* The reaper deletes the other; it comes back as new. */
-    int deleted = 0, total = 0;
-    do {
+    /* The reaper deletes the other; it comes back as new. (The PostgreSQL
+     * cases share one database and run at the same time: the other one's
+     * pass may have deleted it first, so what this pass counted is not the
+     * test - that the key comes back new is.) */
+    int deleted = 0;
+    do
         cr_assert_eq(store_reap(store, 100, &deleted, err, sizeof err), STORE_OK, "%s", err);
-        total += deleted;
-    } while (deleted == 100);
-    cr_assert_geq(total, 1);
+    while (deleted == 100);
     struct store_claim_result c = claim(key2, FP, LONG_MS, DAY_MS);
     cr_assert_eq(c.outcome, CLAIM_NEW);
     /* The live one was not reaped. */
@@ -587,7 +588,7 @@ static long backends_named(const char *application_name)
                            application_name);
 }
 
-Test(store_pg, terminated_connection_is_replaced_before_use, .timeout = 30)
+Test(store_pg, terminated_connection_is_replaced_before_use, .timeout = 90)
 {
     char name[64], err[256], key[96];
     test_unique(name, sizeof name, "mockery-test");
@@ -597,10 +598,18 @@ Test(store_pg, terminated_connection_is_replaced_before_use, .timeout = 30)
     cr_assert_not_null(s, "%s", err);
     cr_assert_eq(store_ping(s, err, sizeof err), STORE_OK);
     terminate_backends(name);
-    /* Wait (bounded) for the backend to be gone, as after a restart. */
-    for (int i = 0; i < 200 && backends_named(name) > 0; i++)
+    /* Wait for the backend to be gone, as after a restart (30 s only turns
+     * one that never goes into a failure). */
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    long left;
+    while ((left = backends_named(name)) > 0) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec - t0.tv_sec >= 30)
+            break;
         wait_ms(10);
-    cr_assert_eq(backends_named(name), 0);
+    }
+    cr_assert_eq(left, 0, "the terminated backend is still there after 30 s");
     /* The pool notices the dead connection when it hands it out and opens a
      * new one: the caller never sees the old one fail. */
     test_unique(key, sizeof key, "lost");
