@@ -139,8 +139,8 @@ static void unblock(struct blocker *b)
     PQfinish(b->conn);
 }
 
-/* Waits until n operations queue behind the blocker, then lets it go. */
-static void release_pool_when_queued(struct blocker *b, int n)
+/* Waits (30 s at most) until n operations are queued; returns how many are. */
+static int queued(int n)
 {
     struct store_pool_stats ps = {0};
     struct timespec t0;
@@ -148,10 +148,16 @@ static void release_pool_when_queued(struct blocker *b, int n)
     for (;;) {
         store_pool_stats(store, &ps);
         if (ps.waiting >= n || seconds_since(&t0) >= 30)
-            break;
+            return ps.waiting;
         pause_10ms();
     }
-    cr_assert_eq(ps.waiting, n, "%d operations queued, wanted %d", ps.waiting, n);
+}
+
+/* Waits until n operations queue behind the blocker, then lets it go. */
+static void release_pool_when_queued(struct blocker *b, int n)
+{
+    int waiting = queued(n);
+    cr_assert_eq(waiting, n, "%d operations queued, wanted %d", waiting, n);
     unblock(b);
 }
 
@@ -364,19 +370,6 @@ static int finishes(const struct op *o)
     return o->finished;
 }
 
-/* Waits (30 s at most) until n operations are queued; returns how many are. */
-static int queued(int n)
-{
-    struct store_pool_stats ps = {0};
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (;;) {
-        store_pool_stats(store, &ps);
-        if (ps.waiting >= n || seconds_since(&t0) >= 30)
-            return ps.waiting;
-        pause_10ms();
-    }
-}
 
 Test(batch, a_claim_stuck_on_a_lock_does_not_hold_up_other_keys, .init = open_pool_of_two,
      .fini = close_store, .timeout = 120)
