@@ -152,6 +152,19 @@ static void on_connection_close(const struct mg_connection *conn)
         connlimit_leave(app->connlimit, ri->remote_addr);
 }
 
+/* The routes are registered here, in civetweb's init_context callback:
+ * mg_start2() calls it once the port is listening and before it starts the
+ * workers and the accepting thread. Registered after mg_start2() returned,
+ * a request that came in the meantime found no handler and was answered
+ * 404 route_not_found - a final answer - while the server was starting.
+ * (civetweb passes the context as const; registering a handler on it before
+ * any thread uses it is what the callback is for.) */
+static void on_context_ready(const struct mg_context *ctx)
+{
+    struct app *app = mg_get_user_data(ctx);
+    mg_set_request_handler((struct mg_context *)ctx, "/", handlers_route, app);
+}
+
 static void on_pg_notice(void *arg, const char *message)
 {
     struct app *app = arg;
@@ -347,6 +360,7 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
     cb.http_error = handlers_http_error;
     cb.init_connection = on_connection_open;
     cb.connection_close = on_connection_close;
+    cb.init_context = on_context_ready;
     struct mg_init_data init = {
         .callbacks = &cb, .user_data = app, .configuration_options = options};
     struct mg_error_data edata = {.text = err, .text_buffer_size = errlen};
@@ -356,7 +370,6 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
             snprintf(err, errlen, "could not start the HTTP server on port %d", cfg->port);
         goto fail;
     }
-    mg_set_request_handler(app->ctx, "/", handlers_route, app);
     struct mg_server_port sp[4];
     int n = mg_get_server_ports(app->ctx, 4, sp);
     app->port = n > 0 ? sp[0].port : cfg->port;

@@ -124,7 +124,7 @@ void test_server_spawn(struct test_server *s, const struct config *c, const char
     argv[n++] = (char *)bin;
 #define STR(name, value) (argv[n++] = (name), argv[n++] = (char *)(value))
 #define NUM(name, value) (snprintf(nums[k], sizeof nums[k], "%d", (value)), STR(name, nums[k]), k++)
-    STR("--port", "0");
+    NUM("--port", c->port); /* 0 (test_config): any free port */
     STR("--store", c->store == STORE_KIND_MEMORY ? "memory" : "postgres");
     NUM("--threads", c->threads);
     NUM("--pool-size", c->pool_size);
