@@ -107,7 +107,6 @@ void http_send_typed(struct request *r, int status, const char *content_type, co
             http_close_after(r);
     if (!r->close && client_closes(r))
         r->close = 1;
-    r->status = status;
 
     size_t extra = 0;
     for (int i = 0; headers && headers[i] && headers[i + 1]; i += 2)
@@ -115,9 +114,19 @@ void http_send_typed(struct request *r, int status, const char *content_type, co
     size_t cap = 512 + strlen(content_type) + extra + len;
     char *buf = cap <= sizeof stack ? stack : malloc(cap);
     if (!buf) {
-        http_close_after(r); /* nothing was written: the client waits for nothing */
-        return;
+        /* No memory for this answer: a short 500 from the stack instead,
+         * and the connection ends with it. */
+        static const char OOM[] = "{\"error\":{\"type\":\"api_error\",\"code\":\"internal_error\","
+                                  "\"message\":\"out of memory\"}}";
+        status = 500;
+        content_type = "application/json";
+        body = OOM;
+        len = sizeof OOM - 1;
+        headers = NULL;
+        buf = stack;
+        http_close_after(r);
     }
+    r->status = status;
     /* (cap holds it all: the fixed text is under 512 bytes with the reason
      * and the numbers; snprintf was 8% of a replay's instructions) */
     size_t used = 0;

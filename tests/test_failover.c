@@ -187,7 +187,7 @@ static long health(int i, char *out, size_t len)
 }
 
 Test(failover, the_primary_lost_under_load_loses_no_acknowledged_payment, .fini = down,
-     .timeout = 540)
+     .timeout = 660)
 {
     test_unique(ha_name, sizeof ha_name, "ha");
     test_unique(run_tag, sizeof run_tag, "fo");
