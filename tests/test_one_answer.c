@@ -333,3 +333,64 @@ Test(one_answer, too_slow, .init = start_mem, .fini = stop, .timeout = 90)
     snprintf(req, sizeof req, "GET /health HTTP/1.1\r\nHost: t\r\n");
     one_answer_each("headers that stop", req, 0);
 }
+
+/* Expect: 100-continue: the client sends the headers, waits for the interim
+ * 100, then sends the body and gets one final answer. The test waits for the
+ * 100 itself, not for a time: a server that never sends it answers after its
+ * body deadline with an error, and that error is what the test then reads. */
+static void expect_continue(void)
+{
+    static struct wire w;
+    memset(&w, 0, sizeof w);
+    w.fd = dial();
+    char key[96], req[1024];
+    test_unique(key, sizeof key, "continue");
+    const char *body = "{\"amount\":3.00,\"currency\":\"EUR\",\"customer_id\":\"cust-continue\"}";
+    snprintf(req, sizeof req,
+             "POST /api/v1/payments HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+             "Idempotency-Key: %s\r\nExpect: 100-continue\r\nContent-Length: %zu\r\n\r\n",
+             key, strlen(body));
+    send_text(w.fd, req);
+    char *end;
+    while (!(end = strstr(w.buf, "\r\n\r\n")))
+        cr_assert(read_more(&w), "the connection ended before any answer");
+    cr_assert_eq(strncmp(w.buf, "HTTP/1.1 100 Continue\r\n", 23), 0,
+                 "the first thing back is not the interim 100: %.300s", w.buf);
+    w.used = (size_t)(end + 4 - w.buf);
+    send_text(w.fd, body);
+    struct answer a;
+    cr_assert(next_answer(&w, &a), "no final answer after the body");
+    cr_assert_eq(a.status, 201, "%d %s", a.status, a.body);
+    cr_assert_not(a.close, "the connection was closed after a 201");
+    send_text(w.fd, HEALTH HEALTH_CLOSE);
+    for (int i = 0; i < 2; i++) {
+        cr_assert(next_answer(&w, &a), "GET /health #%d after it was not answered", i + 1);
+        cr_assert(a.status == 200 && strstr(a.body, "\"status\""), "%d %s", a.status, a.body);
+    }
+    cr_assert_not(next_answer(&w, &a), "a fourth answer: %d %s", a.status, a.body);
+    close(w.fd);
+
+    /* announced too large: the 413 at once, without a 100 */
+    memset(&w, 0, sizeof w);
+    w.fd = dial();
+    snprintf(req, sizeof req,
+             "POST /api/v1/payments HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+             "Idempotency-Key: %s-big\r\nExpect: 100-continue\r\nContent-Length: 100000\r\n\r\n",
+             key);
+    send_text(w.fd, req);
+    cr_assert(next_answer(&w, &a), "no answer to a body announced too large");
+    cr_assert_eq(a.status, 413, "%d %s", a.status, a.body);
+    cr_assert(a.close);
+    cr_assert_not(next_answer(&w, &a), "more after the 413: %d %s", a.status, a.body);
+    close(w.fd);
+}
+
+Test(one_answer_mem, expect_continue, .init = start_mem, .fini = stop, .timeout = 60)
+{
+    expect_continue();
+}
+
+Test(one_answer_pg, expect_continue, .init = start_pg, .fini = stop, .timeout = 60)
+{
+    expect_continue();
+}
