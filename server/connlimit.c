@@ -3,6 +3,7 @@
 #include "connlimit.h"
 
 #include "peer_socket.h"
+#include "store.h" /* store_key_hash: the one keyed hash */
 
 #include <pthread.h>
 #include <stdint.h>
@@ -51,10 +52,8 @@ void connlimit_free(struct connlimit *c)
 
 static struct node **slot(struct connlimit *c, const char *addr)
 {
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (const char *p = addr; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
-    struct node **n = &c->buckets[h % NBUCKETS];
+    /* the one keyed hash: addresses are the client's to choose */
+    struct node **n = &c->buckets[store_key_hash("addr", addr) % NBUCKETS];
     while (*n && strcmp((*n)->addr, addr) != 0)
         n = &(*n)->next;
     return n;

@@ -161,7 +161,9 @@ struct store {
     const struct store_ops *ops;
 };
 
-/* A hash of (tenant, key) for in-memory tables: "t1"+"k" and "t"+"1k" differ. */
+/* The one hash for in-memory tables whose keys come from clients: (tenant,
+ * key), "t1"+"k" and "t"+"1k" differ. Keyed at random once per process
+ * (SipHash), so no client can choose keys that share a bucket. Thread-safe. */
 size_t store_key_hash(const char *tenant, const char *key);
 
 /* A status as a word for logs ("unavailable"). */

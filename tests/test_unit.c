@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "apierr.h"
@@ -20,6 +21,7 @@
 #include "money.h"
 #include "outcome.h"
 #include "payment.h"
+#include "store.h"
 #include "utc_text.h"
 #include "utf8.h"
 
@@ -901,4 +903,33 @@ Test(replay_cache, least_recently_used_goes_first)
     replay_entry_clear(&got);
     cr_assert_null(got.location);
     replay_cache_free(c);
+}
+
+/* ---- the keyed hash of the in-memory tables ---------------------------------- */
+
+/* Keyed at random per process: the same (tenant, key) lands in other
+ * buckets in another process, so no client can find colliding keys
+ * offline. (With FNV-1a, which it was, every process agrees.) The child is
+ * forked before this process draws its key (each Criterion test is a
+ * process of its own, and nothing hashed in it before). */
+Test(key_hash, differs_between_processes_and_separates_its_parts)
+{
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        size_t there = store_key_hash("tenant", "key-1");
+        _exit(write(fds[1], &there, sizeof there) == (ssize_t)sizeof there ? 0 : 1);
+    }
+    size_t there = 0;
+    cr_assert_eq(read(fds[0], &there, sizeof there), (ssize_t)sizeof there);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    close(fds[0]);
+    close(fds[1]);
+    size_t here = store_key_hash("tenant", "key-1");
+    cr_assert_eq(here, store_key_hash("tenant", "key-1"), "not stable within a process");
+    cr_assert_neq(here, there, "two processes hash (tenant, key) alike: the hash is not keyed");
+    cr_assert_neq(store_key_hash("t1", "k"), store_key_hash("t", "1k"));
 }
