@@ -38,7 +38,8 @@ static void health(struct request *r)
 static void metrics(struct request *r)
 {
     size_t len = 0;
-    char *text = metrics_render(r->app->metrics, r->app->store, log_dropped(r->app->log), &len);
+    char *text = metrics_render(r->app->metrics, r->app->store, log_dropped(r->app->log),
+                                __atomic_load_n(&r->app->connections, __ATOMIC_RELAXED), &len);
     if (!text) {
         http_fail(r, 500, "api_error", "internal_error", NULL, "out of memory");
         return;

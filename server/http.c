@@ -156,7 +156,13 @@ void http_send_typed(struct request *r, int status, const char *content_type, co
     used += 2;
     memcpy(buf + used, body, len);
     used += len;
-    mg_write(r->conn, buf, used); /* short only when the client is gone */
+    /* Short when the client is gone, or when it has taken no byte for
+     * civetweb's write timeout (request_timeout_ms): either way the
+     * connection ends with this answer. A client that pipelines requests
+     * and never reads once held its worker for one timeout per request -
+     * 2,000 GET /metrics, hours; now for one. */
+    if (mg_write(r->conn, buf, used) != (int)used)
+        http_close_after(r);
     if (buf != stack)
         free(buf);
 }

@@ -138,7 +138,7 @@ static void put_counter(struct buf *b, const char *name, const char *help, unsig
 }
 
 char *metrics_render(struct metrics *m, struct store *store, unsigned long long log_dropped,
-                     size_t *len)
+                     int connections, size_t *len)
 {
     struct buf b = {malloc(16384), 0, 16384, 0};
     if (!b.p)
@@ -198,6 +198,11 @@ char *metrics_render(struct metrics *m, struct store *store, unsigned long long 
                 "recorded.",
                 LOAD(m->store_unavailable));
 
+    put(&b,
+        "# HELP mockery_http_connections HTTP connections open, each holding a worker.\n"
+        "# TYPE mockery_http_connections gauge\n"
+        "mockery_http_connections %d\n",
+        connections);
     struct store_pool_stats ps = {0};
     if (store)
         store_pool_stats(store, &ps);

@@ -54,8 +54,8 @@ void metrics_connection_refused(struct metrics *m);
 
 /* The Prometheus text exposition, malloc'd; NULL on allocation failure.
  * store (may be NULL) supplies the pool gauges; log_dropped is the
- * logger's count of dropped lines. */
+ * logger's count of dropped lines; connections the HTTP connections open. */
 char *metrics_render(struct metrics *m, struct store *store, unsigned long long log_dropped,
-                     size_t *len);
+                     int connections, size_t *len);
 
 #endif

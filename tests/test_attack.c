@@ -781,6 +781,84 @@ static void *burst_main(void *arg)
     return NULL;
 }
 
+
+/* A client that pipelines requests and never reads its answers: its
+ * connection is closed after one write that found the client taking no
+ * bytes for civetweb's write timeout (5 s), not kept for one such timeout
+ * per request. The attacker pipelines 2,000 GET /metrics (70 KB; ~13 KB
+ * each answer) on one connection with a small receive buffer and never
+ * reads; the test waits until the server's gauge of open connections shows
+ * that connection gone while the attacker still holds its end. Before, it
+ * stayed for 2,000 x 5 s, holding a worker; the EVENT_BOUND_S bound only
+ * turns that into a failure. */
+Test(attack, a_client_that_never_reads_is_closed_after_one_stuck_write, .init = start_memory,
+     .fini = stop, .timeout = 180)
+{
+    const char *open_conns = "mockery_http_connections";
+    const char *scrapes = "mockery_http_requests_total{route=\"/metrics\",method=\"GET\","
+                          "status=\"200\"}";
+    double base = metric(open_conns); /* the scrape's own connection */
+    /* (a series appears once counted, after its first answer: none is 0) */
+    char *text = test_scrape(&srv);
+    double scraped_before = test_metric(text, scrapes) > 0 ? test_metric(text, scrapes) : 0;
+    free(text);
+
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    int small = 4096;
+    cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small), 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    inet_pton(AF_INET, ATTACKER, &a.sin_addr);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0, "bind: %s", strerror(errno));
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port())};
+    inet_pton(AF_INET, CLIENT, &to.sin_addr);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&to, sizeof to), 0, "%s", strerror(errno));
+    cr_assert_eq(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK), 0);
+
+    static const char one[] = "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n";
+    enum { PIPELINED = 2000 };
+    size_t len = PIPELINED * (sizeof one - 1), sent = 0;
+    char *reqs = malloc(len);
+    cr_assert_not_null(reqs);
+    for (int i = 0; i < PIPELINED; i++)
+        memcpy(reqs + (size_t)i * (sizeof one - 1), one, sizeof one - 1);
+
+    /* Send what the server takes (it stops taking while it is stuck on a
+     * write), and watch its gauge: the attacker's connection appears, then
+     * goes. */
+    int seen = 0, gone = 0, reset = 0;
+    double started = now_s(), conns = base;
+    while (!gone && now_s() - started < EVENT_BOUND_S * 2) {
+        while (sent < len) {
+            ssize_t k = send(fd, reqs + sent, len - sent, MSG_NOSIGNAL);
+            if (k > 0) {
+                sent += (size_t)k;
+                continue;
+            }
+            if (k < 0 && (errno == EPIPE || errno == ECONNRESET))
+                reset = 1;
+            break;
+        }
+        conns = metric(open_conns);
+        seen |= conns > base;
+        gone = reset || (seen && conns <= base);
+        if (!gone)
+            sleep_ms(100);
+    }
+    double took = now_s() - started;
+    double answered = metric(scrapes) - scraped_before;
+    close(fd);
+    free(reqs);
+    cr_assert(gone,
+              "the connection that never reads is still open after %.0f s (%.0f open, %.0f "
+              "before it; %.0f GET /metrics answered, %zu of %zu request bytes taken)",
+              took, conns, base, answered, sent, len);
+    cr_assert_lt(answered, PIPELINED, "every pipelined request was answered: nothing was cut");
+    cr_log_info("never-reading client: closed after %.1f s, %.0f of %d pipelined requests "
+                "answered, %zu of %zu bytes taken",
+                took, answered, PIPELINED, sent, len);
+}
+
 /* 60 requests of one tenant that become whole at the same moment, against a
  * limit of 10 a second: whatever the machine's speed, only a server that
  * took more than 5 s to bring 60 requests already there to their rate check
