@@ -287,6 +287,7 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
     app->civetweb_stats = mg_check_feature(MG_FEATURES_STATS) != 0;
     app->connlimit = connlimit_new(cfg->max_client_connections);
     app->ratelimit = ratelimit_new(cfg->rate_limit);
+    app->unauth_limit = ratelimit_new_per_address(cfg->unauthenticated_rate_limit);
     app->watchdog = watchdog_new();
     /* An eighth of the pool (one connection by default) for list pages: a
      * flood of large pages leaves the rest to claims, completions and
@@ -294,7 +295,8 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
     app->list_slots_ready =
         sem_init(&app->list_slots, 0,
                  (unsigned)(cfg->pool_size / 8 > 1 ? cfg->pool_size / 8 : 1)) == 0;
-    if (!app->connlimit || !app->ratelimit || !app->watchdog || !app->list_slots_ready) {
+    if (!app->connlimit || !app->ratelimit || !app->unauth_limit || !app->watchdog ||
+        !app->list_slots_ready) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
@@ -418,6 +420,7 @@ void app_stop(struct app *app)
     replay_cache_free(app->replays);
     connlimit_free(app->connlimit);
     ratelimit_free(app->ratelimit);
+    ratelimit_free(app->unauth_limit);
     watchdog_free(app->watchdog);
     if (app->list_slots_ready)
         sem_destroy(&app->list_slots);

@@ -30,6 +30,7 @@ struct app {
     struct replay_cache *replays; /* NULL when --replay-cache is 0 */
     struct connlimit *connlimit;  /* connections per client address */
     struct ratelimit *ratelimit;  /* requests per tenant */
+    struct ratelimit *unauth_limit; /* requests without a valid API key, per address */
     struct watchdog *watchdog;    /* body deadlines */
     sem_t list_slots;             /* list queries running at once (APP_LIST_SLOTS) */
     int list_slots_ready;

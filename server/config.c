@@ -46,6 +46,8 @@ static const struct opt OPTS[] = {
     INT_OPT("max-client-connections", "MOCKERY_MAX_CLIENT_CONNECTIONS", max_client_connections, 0,
             100000),
     INT_OPT("rate-limit", "MOCKERY_RATE_LIMIT", rate_limit, 0, 100000000),
+    INT_OPT("unauthenticated-rate-limit", "MOCKERY_UNAUTHENTICATED_RATE_LIMIT",
+            unauthenticated_rate_limit, 0, 100000000),
     {"unnamed-statements", "MOCKERY_UNNAMED_STATEMENTS", OPT_BOOL,
      offsetof(struct config, unnamed_statements), 0, 0, 0},
 };
@@ -70,6 +72,7 @@ void config_defaults(struct config *c)
     c->db_wait_s = 30;
     c->max_client_connections = 64;
     c->rate_limit = 100000;
+    c->unauthenticated_rate_limit = 20;
 }
 
 const char *config_usage(void)
@@ -94,6 +97,8 @@ const char *config_usage(void)
            "  --max-client-connections N  open connections per client address, 0: no limit "
            "(64)\n"
            "  --rate-limit N           API requests a second per tenant, 0: no limit (100000)\n"
+           "  --unauthenticated-rate-limit N  requests without a valid API key a second per\n"
+           "                           client address, 0: no limit (20)\n"
            "  --unnamed-statements BOOL  no prepared statements: for pgbouncer in transaction\n"
            "                           pooling mode (false)\n"
            "Each flag also reads MOCKERY_<FLAG> (e.g. MOCKERY_POOL_SIZE); flags win.\n";

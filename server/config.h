@@ -30,6 +30,8 @@ struct config {
     int replay_cache;           /* completed answers kept in memory; 0: none */
     int max_client_connections; /* open connections per client address; 0: no limit */
     int rate_limit;             /* requests a second per tenant; 0: no limit */
+    int unauthenticated_rate_limit; /* requests without a valid API key a second per
+                                     * client address; 0: no limit */
     int unnamed_statements;     /* no prepared statements (behind pgbouncer) */
     /* Not a flag: tests listen on 127.0.0.1 only. */
     char listen_host[64]; /* empty: every interface */

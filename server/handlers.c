@@ -142,6 +142,22 @@ static void dispatch(struct request *r)
         return;
     }
     if (!r->tenant) {
+        /* Without a valid key, a bucket per client address: guessing keys,
+         * or a client misconfigured in a loop, gets 429s, not endless 401s. */
+        if (ratelimit_take(r->app->unauth_limit, r->ri->remote_addr, 1, watchdog_now_us(),
+                           &retry_after) != 0) {
+            char secs[16];
+            snprintf(secs, sizeof secs, "%d", retry_after);
+            const char *headers[] = {"Retry-After", secs, NULL};
+            struct apierr e;
+            metrics_rate_limited(r->app->metrics);
+            apierr_set(&e, 429, "rate_limit_error", "rate_limited", NULL,
+                       "this address sent more than %d requests a second without a valid API "
+                       "key; retry after %d s",
+                       r->app->cfg.unauthenticated_rate_limit, retry_after);
+            http_send_error(r, &e, headers);
+            return;
+        }
         const char *headers[] = {"WWW-Authenticate", "Bearer", NULL};
         struct apierr e;
         apierr_set(&e, 401, "authentication_error", "unauthorized", NULL,

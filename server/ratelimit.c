@@ -1,4 +1,4 @@
-/* ratelimit.c - token buckets, one per tenant */
+/* ratelimit.c - token buckets, one per tenant (or per client address) */
 #define _POSIX_C_SOURCE 200809L
 #include "ratelimit.h"
 
@@ -6,6 +6,8 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "store.h" /* store_key_hash: the one keyed hash */
 
 struct bucket {
     char tenant[65];
@@ -18,6 +20,7 @@ struct ratelimit {
     double rate; /* tokens a second, also the most a bucket holds */
     pthread_mutex_t mu;
     struct bucket *buckets; /* tenants are few: the configured API keys */
+    struct bucket *slots;   /* per address: RATELIMIT_ADDRESS_SLOTS, or NULL */
 };
 
 struct ratelimit *ratelimit_new(int rate)
@@ -30,10 +33,48 @@ struct ratelimit *ratelimit_new(int rate)
     return rl;
 }
 
+struct ratelimit *ratelimit_new_per_address(int rate)
+{
+    struct ratelimit *rl = ratelimit_new(rate);
+    if (rl && rate > 0 && !(rl->slots = calloc(RATELIMIT_ADDRESS_SLOTS, sizeof *rl->slots))) {
+        ratelimit_free(rl);
+        return NULL;
+    }
+    return rl;
+}
+
+/* Brings b's tokens up to now_us. */
+static void refill(const struct ratelimit *rl, struct bucket *b, int64_t now_us)
+{
+    if (now_us > b->at_us) {
+        b->tokens += rl->rate * (double)(now_us - b->at_us) / 1e6;
+        if (b->tokens > rl->rate)
+            b->tokens = rl->rate;
+        b->at_us = now_us;
+    }
+}
+
+/* The address's slot: its own, or taken over from an idle one. */
+static struct bucket *address_slot(struct ratelimit *rl, const char *addr, int64_t now_us)
+{
+    struct bucket *b = &rl->slots[store_key_hash("ratelimit", addr) % RATELIMIT_ADDRESS_SLOTS];
+    if (strcmp(b->tenant, addr) != 0) {
+        refill(rl, b, now_us);
+        if (!b->tenant[0] || b->tokens >= rl->rate) {
+            memset(b->tenant, 0, sizeof b->tenant);
+            strncpy(b->tenant, addr, sizeof b->tenant - 1);
+            b->tokens = rl->rate;
+            b->at_us = now_us;
+        }
+    }
+    return b;
+}
+
 void ratelimit_free(struct ratelimit *rl)
 {
     if (!rl)
         return;
+    free(rl->slots);
     for (struct bucket *b = rl->buckets, *next; b; b = next) {
         next = b->next;
         free(b);
@@ -49,8 +90,8 @@ int ratelimit_take(struct ratelimit *rl, const char *tenant, double cost, int64_
         return 0;
     int rc = 0;
     pthread_mutex_lock(&rl->mu);
-    struct bucket *b = rl->buckets;
-    while (b && strcmp(b->tenant, tenant) != 0)
+    struct bucket *b = rl->slots ? address_slot(rl, tenant, now_us) : rl->buckets;
+    while (!rl->slots && b && strcmp(b->tenant, tenant) != 0)
         b = b->next;
     if (!b && (b = calloc(1, sizeof *b)) != NULL) {
         strncpy(b->tenant, tenant, sizeof b->tenant - 1);
@@ -60,12 +101,7 @@ int ratelimit_take(struct ratelimit *rl, const char *tenant, double cost, int64_
         rl->buckets = b;
     }
     if (b) {
-        if (now_us > b->at_us) {
-            b->tokens += rl->rate * (double)(now_us - b->at_us) / 1e6;
-            if (b->tokens > rl->rate)
-                b->tokens = rl->rate;
-            b->at_us = now_us;
-        }
+        refill(rl, b, now_us);
         if (cost > rl->rate)
             cost = rl->rate; /* a request dearer than a full bucket waits for a full one */
         if (b->tokens >= cost) {

@@ -137,6 +137,7 @@ void test_server_spawn(struct test_server *s, const struct config *c, const char
     NUM("--reaper-interval-ms", c->reaper_interval_ms);
     NUM("--max-client-connections", c->max_client_connections);
     NUM("--rate-limit", c->rate_limit);
+    NUM("--unauthenticated-rate-limit", c->unauthenticated_rate_limit);
     STR("--unnamed-statements", c->unnamed_statements ? "true" : "false");
     if (c->database_url[0])
         STR("--database-url", c->database_url);

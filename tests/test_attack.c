@@ -1000,6 +1000,58 @@ static double beta_payments(double seconds, double *worst)
     return n / seconds;
 }
 
+/* Requests without a valid API key get a bucket per client address
+ * (--unauthenticated-rate-limit): one a second here. Each round sends two
+ * keyless requests in a row from 127.0.0.2 and goes on until the second was
+ * refused 429 (a round slower than the refill gets two 401s and tries
+ * again; the 50 rounds only turn a limit that never refuses into a
+ * failure). Then, at once: another address still gets its 401, and the
+ * address with a valid key is served - the bucket is the keyless
+ * requests' of that address, nobody else's. */
+static void start_keyless_limited(void)
+{
+    struct config c;
+    test_config(&c, STORE_KIND_MEMORY);
+    c.unauthenticated_rate_limit = 1;
+    snprintf(c.api_keys, sizeof c.api_keys, "%s", "alpha:alpha-key-123");
+    memset(&srv, 0, sizeof srv);
+    srv.keep_log = 1;
+    const char *bin = getenv("MOCKERY_TEST_SERVER_BIN");
+    test_server_spawn(&srv, &c, bin && *bin ? bin : MOCKERY_SERVER_BIN);
+}
+
+static int keyless_from(const char *src, const char *auth, struct answer *a)
+{
+    char req[256];
+    snprintf(req, sizeof req, "GET /api/v1/payments HTTP/1.1\r\nHost: t\r\n%s\r\n", auth);
+    int fd = connect_from(src);
+    cr_assert_geq(fd, 0);
+    test_send_all(fd, req, strlen(req));
+    read_answer(fd, 30000, 0, a);
+    close(fd);
+    return a->status;
+}
+
+Test(attack, requests_without_a_valid_key_are_rate_limited_per_address,
+     .init = start_keyless_limited, .fini = stop, .timeout = 120)
+{
+    static struct answer a;
+    int refused = 0;
+    for (int round = 0; round < 50 && !refused; round++) {
+        int first = keyless_from(ATTACKER, "Authorization: Bearer guess-1\r\n", &a);
+        cr_assert(first == 401 || first == 429, "%d %s", first, a.body);
+        int second = keyless_from(ATTACKER, "", &a);
+        cr_assert(second == 401 || second == 429, "%d %s", second, a.body);
+        refused = second == 429;
+    }
+    cr_assert(refused, "no 429 in 50 rounds of two keyless requests in a row");
+    cr_assert(strstr(a.body, "\"code\":\"rate_limited\""), "%s", a.body);
+    cr_assert(strstr(a.head, "Retry-After: "), "%s", a.head);
+    cr_assert_eq(keyless_from(CLIENT, "", &a), 401, "another address: %d %s", a.status, a.body);
+    cr_assert_eq(keyless_from(ATTACKER, "Authorization: Bearer alpha-key-123\r\n", &a), 200,
+                 "a valid key from the limited address: %d %s", a.status, a.body);
+}
+
 static void start_tenants_pg(void)
 {
     start_with(STORE_KIND_POSTGRES, "alpha:alpha-key-123,beta:beta-key-456", 100000);
