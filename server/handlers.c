@@ -126,38 +126,32 @@ static void dispatch(struct request *r)
     r->tenant = http_header_count(r->ri, "Authorization") > 1
                     ? NULL
                     : auth_tenant(r->app->auth, mg_get_header(r->conn, "Authorization"));
+    /* A bucket per tenant; without a valid key, one per client address
+     * (guessing keys, or a client misconfigured in a loop, gets 429s, not
+     * endless 401s). Before the key is claimed: nothing cached or consumed. */
     int retry_after = 1;
-    if (r->tenant &&
-        ratelimit_take(r->app->ratelimit, r->tenant, 1, watchdog_now_us(), &retry_after) != 0) {
-        /* Before the key is claimed: nothing is cached or consumed. */
+    if (r->tenant ? ratelimit_take(r->app->ratelimit, r->tenant, 1, watchdog_now_us(),
+                                   &retry_after) != 0
+                  : ratelimit_take(r->app->unauth_limit, r->ri->remote_addr, 1,
+                                   watchdog_now_us(), &retry_after) != 0) {
         char secs[16];
         snprintf(secs, sizeof secs, "%d", retry_after);
         const char *headers[] = {"Retry-After", secs, NULL};
         struct apierr e;
         metrics_rate_limited(r->app->metrics);
-        apierr_set(&e, 429, "rate_limit_error", "rate_limited", NULL,
-                   "this API key sent more than %d requests a second; retry after %d s",
-                   r->app->cfg.rate_limit, retry_after);
-        http_send_error(r, &e, headers);
-        return;
-    }
-    if (!r->tenant) {
-        /* Without a valid key, a bucket per client address: guessing keys,
-         * or a client misconfigured in a loop, gets 429s, not endless 401s. */
-        if (ratelimit_take(r->app->unauth_limit, r->ri->remote_addr, 1, watchdog_now_us(),
-                           &retry_after) != 0) {
-            char secs[16];
-            snprintf(secs, sizeof secs, "%d", retry_after);
-            const char *headers[] = {"Retry-After", secs, NULL};
-            struct apierr e;
-            metrics_rate_limited(r->app->metrics);
+        if (r->tenant)
+            apierr_set(&e, 429, "rate_limit_error", "rate_limited", NULL,
+                       "this API key sent more than %d requests a second; retry after %d s",
+                       r->app->cfg.rate_limit, retry_after);
+        else
             apierr_set(&e, 429, "rate_limit_error", "rate_limited", NULL,
                        "this address sent more than %d requests a second without a valid API "
                        "key; retry after %d s",
                        r->app->cfg.unauthenticated_rate_limit, retry_after);
-            http_send_error(r, &e, headers);
-            return;
-        }
+        http_send_error(r, &e, headers);
+        return;
+    }
+    if (!r->tenant) {
         const char *headers[] = {"WWW-Authenticate", "Bearer", NULL};
         struct apierr e;
         apierr_set(&e, 401, "authentication_error", "unauthorized", NULL,
