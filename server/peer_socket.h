@@ -10,7 +10,9 @@
 
 /* The descriptor of the open TCP socket from remote_addr:remote_port to our
  * local_port, or -1. hint (or -1) is tried first: two system calls when it
- * is right, a walk over every descriptor when not. The caller must know the
+ * is right, or -1 at once when it is a socket on local_port whose peer is
+ * gone (nothing to shut then); a walk over every descriptor only when the
+ * hint is -1 or another live connection's. The caller must know the
  * connection is open (its own, or one held by a read it is watching), so
  * the descriptor is its. */
 int peer_socket_find(int hint, const char *remote_addr, int remote_port, int local_port);
