@@ -14,6 +14,7 @@
 
 #include "handlers.h"
 #include "http.h"
+#include "peer_socket.h"
 
 /* civetweb's own messages become JSON lines too. */
 static int on_log_message(const struct mg_connection *conn, const char *message)
@@ -116,26 +117,54 @@ static const char TOO_MANY[] = "HTTP/1.1 429 Too Many Requests\r\n"
                                "Connection: close\r\n"
                                "Content-Length: %zu\r\n\r\n" TOO_MANY_BODY;
 
-/* Each connection holds a worker thread for as long as it stays open: one
- * over its address's limit is answered and shut at once, so the worker is
- * free again before civetweb would wait for its request. */
+/* Fewer free workers than this, and the connection table sheds (an eighth
+ * of the workers, at least one). */
+static int reserve_of(int threads)
+{
+    return threads / 8 > 1 ? threads / 8 : 1;
+}
+
+/* The watchdog's tick: the connection table's checks. */
+static void on_tick(void *arg, int64_t now_us)
+{
+    struct app *app = arg;
+    conntable_check(app->conns, now_us);
+}
+
+/* Each connection holds a worker thread for as long as it stays open. One
+ * over its address's limit - or, when few workers are free, over its fair
+ * share of them - is answered and shut at once, so the worker is free again
+ * before civetweb would wait for its request. Every connection gets a slot
+ * in the connection table (conntable.h), which sheds idle ones when few
+ * workers are free. */
 static int on_connection_open(const struct mg_connection *conn, void **conn_data)
 {
     struct app *app = mg_get_user_data(mg_get_context(conn));
     const struct mg_request_info *ri = app_early_request_info(app, conn);
-    __atomic_add_fetch(&app->connections, 1, __ATOMIC_RELAXED);
-    if (!ri)
-        return 0; /* not counted per address */
-    if (connlimit_enter(app->connlimit, ri->remote_addr) != 0) {
-        char answer[sizeof TOO_MANY + 16];
-        snprintf(answer, sizeof answer, TOO_MANY, sizeof TOO_MANY_BODY - 1);
-        *conn_data = &app->shed_marker;
-        metrics_connection_refused(app->metrics);
-        connlimit_shed(app_socket_hint(app, conn), ri->remote_addr, ri->remote_port,
-                       ri->server_port, answer);
-        return 0;
+    int open = __atomic_add_fetch(&app->connections, 1, __ATOMIC_RELAXED);
+    int64_t now = watchdog_now_us();
+    int fd = ri ? peer_socket_find(app_socket_hint(app, conn), ri->remote_addr, ri->remote_port,
+                                   ri->server_port)
+                : -1;
+    struct conn_slot *slot = conntable_enter(app->conns, fd, now);
+    *conn_data = slot;
+    int reserve = reserve_of(app->cfg.threads);
+    int pressed = open > app->cfg.threads - reserve;
+    if (ri && slot && fd >= 0) {
+        if (connlimit_enter(app->connlimit, ri->remote_addr,
+                            pressed ? app->cfg.threads - reserve : 0) != 0) {
+            char answer[sizeof TOO_MANY + 16];
+            snprintf(answer, sizeof answer, TOO_MANY, sizeof TOO_MANY_BODY - 1);
+            slot->refused = 1;
+            conntable_set(app->conns, slot, CONN_WORKING, now); /* shut already: not shed */
+            metrics_connection_refused(app->metrics);
+            connlimit_shed(fd, ri->remote_addr, ri->remote_port, ri->server_port, answer);
+            return 0;
+        }
+        slot->counted = 1;
     }
-    *conn_data = &app->counted_marker;
+    if (pressed)
+        conntable_check(app->conns, now);
     return 0;
 }
 
@@ -143,13 +172,15 @@ static void on_connection_close(const struct mg_connection *conn)
 {
     struct app *app = mg_get_user_data(mg_get_context(conn));
     __atomic_sub_fetch(&app->connections, 1, __ATOMIC_RELAXED);
-    if (mg_get_user_connection_data(conn) != &app->counted_marker)
-        return;
-    const struct mg_request_info *ri = mg_get_request_info(conn);
-    if (!ri)
-        ri = app_early_request_info(app, conn);
-    if (ri)
-        connlimit_leave(app->connlimit, ri->remote_addr);
+    struct conn_slot *slot = mg_get_user_connection_data(conn);
+    if (slot && slot->counted) {
+        const struct mg_request_info *ri = mg_get_request_info(conn);
+        if (!ri)
+            ri = app_early_request_info(app, conn);
+        if (ri)
+            connlimit_leave(app->connlimit, ri->remote_addr);
+    }
+    conntable_leave(app->conns, slot);
 }
 
 /* The routes are registered here, in civetweb's init_context callback:
@@ -288,14 +319,15 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
     app->connlimit = connlimit_new(cfg->max_client_connections);
     app->ratelimit = ratelimit_new(cfg->rate_limit);
     app->unauth_limit = ratelimit_new_per_address(cfg->unauthenticated_rate_limit);
-    app->watchdog = watchdog_new();
+    app->conns = conntable_new(cfg->threads, reserve_of(cfg->threads));
+    app->watchdog = watchdog_new(on_tick, app);
     /* An eighth of the pool (one connection by default) for list pages: a
      * flood of large pages leaves the rest to claims, completions and
      * single reads. */
     app->list_slots_ready =
         sem_init(&app->list_slots, 0,
                  (unsigned)(cfg->pool_size / 8 > 1 ? cfg->pool_size / 8 : 1)) == 0;
-    if (!app->connlimit || !app->ratelimit || !app->unauth_limit || !app->watchdog ||
+    if (!app->connlimit || !app->ratelimit || !app->unauth_limit || !app->conns || !app->watchdog ||
         !app->list_slots_ready) {
         snprintf(err, errlen, "out of memory");
         goto fail;
@@ -421,7 +453,8 @@ void app_stop(struct app *app)
     connlimit_free(app->connlimit);
     ratelimit_free(app->ratelimit);
     ratelimit_free(app->unauth_limit);
-    watchdog_free(app->watchdog);
+    watchdog_free(app->watchdog); /* its tick uses the table */
+    conntable_free(app->conns);
     if (app->list_slots_ready)
         sem_destroy(&app->list_slots);
     pthread_cond_destroy(&app->cv);

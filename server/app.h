@@ -12,6 +12,7 @@
 #include "auth.h"
 #include "config.h"
 #include "connlimit.h"
+#include "conntable.h"
 #include "log.h"
 #include "metrics.h"
 #include "ratelimit.h"
@@ -31,12 +32,10 @@ struct app {
     struct connlimit *connlimit;  /* connections per client address */
     struct ratelimit *ratelimit;  /* requests per tenant */
     struct ratelimit *unauth_limit; /* requests without a valid API key, per address */
-    struct watchdog *watchdog;    /* body deadlines */
+    struct conntable *conns;      /* open connections (each one's civetweb user data) */
+    struct watchdog *watchdog;    /* body deadlines, and the table's ticks */
     sem_t list_slots;             /* list queries running at once (APP_LIST_SLOTS) */
     int list_slots_ready;
-    /* Connection data: the address of shed_marker marks a connection
-     * refused by connlimit, of counted_marker one it counted. */
-    char shed_marker, counted_marker;
     int early_info_ok;  /* app_early_request_info() may be used; atomic */
     int civetweb_stats; /* civetweb built with server statistics (its layout) */
     struct mg_context *ctx;

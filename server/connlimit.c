@@ -22,6 +22,7 @@ struct node {
 
 struct connlimit {
     int max;
+    int addresses; /* holding a connection now */
     pthread_mutex_t mu;
     unsigned long long refused;
     struct node *buckets[NBUCKETS];
@@ -59,7 +60,16 @@ static struct node **slot(struct connlimit *c, const char *addr)
     return n;
 }
 
-int connlimit_enter(struct connlimit *c, const char *addr)
+/* Under the mutex: *n holds no connection any more. */
+static void forget(struct connlimit *c, struct node **n)
+{
+    struct node *gone = *n;
+    *n = gone->next;
+    free(gone);
+    c->addresses--;
+}
+
+int connlimit_enter(struct connlimit *c, const char *addr, int shared)
 {
     if (c->max <= 0)
         return 0;
@@ -68,12 +78,22 @@ int connlimit_enter(struct connlimit *c, const char *addr)
     struct node **n = slot(c, addr);
     if (!*n) {
         *n = calloc(1, sizeof **n);
-        if (*n)
+        if (*n) {
             strncpy((*n)->addr, addr, ADDR_MAX - 1);
+            c->addresses++;
+        }
     }
-    if (!*n || (*n)->count >= c->max) {
+    int limit = c->max;
+    if (shared > 0 && c->addresses > 1) { /* alone, an address takes nothing from others */
+        int share = shared / c->addresses;
+        share = share < 1 ? 1 : share;
+        limit = share < limit ? share : limit;
+    }
+    if (!*n || (*n)->count >= limit) {
         __atomic_add_fetch(&c->refused, 1, __ATOMIC_RELAXED);
         rc = -1;
+        if (*n && (*n)->count == 0)
+            forget(c, n);
     } else {
         (*n)->count++;
     }
@@ -87,11 +107,8 @@ void connlimit_leave(struct connlimit *c, const char *addr)
         return;
     pthread_mutex_lock(&c->mu);
     struct node **n = slot(c, addr);
-    if (*n && --(*n)->count <= 0) {
-        struct node *gone = *n;
-        *n = gone->next;
-        free(gone);
-    }
+    if (*n && --(*n)->count <= 0)
+        forget(c, n);
     pthread_mutex_unlock(&c->mu);
 }
 

@@ -19,8 +19,14 @@ struct connlimit *connlimit_new(int max);
 void connlimit_free(struct connlimit *c);
 
 /* Counts a new connection from addr: 0, or -1 when addr already has max
- * (then nothing is counted). -1 also when out of memory. */
-int connlimit_enter(struct connlimit *c, const char *addr);
+ * (then nothing is counted). -1 also when out of memory. When few workers
+ * are free, the caller passes shared > 0, the connections the addresses
+ * share: when other addresses hold connections too, addr is then also
+ * refused at its fair share of them, shared divided by the addresses
+ * holding connections (addr among them), at least one. Two addresses of idle connections held every worker under a fixed
+ * limit of 64; under this, none holds more than its share while others
+ * wait, and the queue of their refused connections drains at once. */
+int connlimit_enter(struct connlimit *c, const char *addr, int shared);
 
 /* The connection counted by connlimit_enter() has closed. */
 void connlimit_leave(struct connlimit *c, const char *addr);

@@ -38,6 +38,9 @@ static void health(struct request *r)
 static void metrics(struct request *r)
 {
     size_t len = 0;
+    struct conntable_counts cc;
+    conntable_counts(r->app->conns, &cc);
+    metrics_connections_shed(r->app->metrics, cc.shed, cc.drained);
     char *text = metrics_render(r->app->metrics, r->app->store, log_dropped(r->app->log),
                                 __atomic_load_n(&r->app->connections, __ATOMIC_RELAXED), &len);
     if (!text) {
@@ -178,9 +181,19 @@ static void dispatch(struct request *r)
 
 int handlers_route(struct mg_connection *conn, void *cbdata)
 {
-    struct request r = {.conn = conn, .ri = mg_get_request_info(conn), .app = cbdata};
+    struct request r = {.conn = conn,
+                        .ri = mg_get_request_info(conn),
+                        .app = cbdata,
+                        .slot = mg_get_user_connection_data(conn)};
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
+    /* Shed by the connection table as this request arrived (it had waited
+     * idle, few workers were free): not worked on, and not answered - the
+     * socket is shut; the client sees its connection close and asks again. */
+    if (conntable_set(r.app->conns, r.slot, CONN_WORKING, watchdog_now_us()) != 0) {
+        http_close_after(&r);
+        return 503;
+    }
     /* With keep-alive a connection holds its worker between requests. When
      * every worker holds one, a new client would wait in the queue for as
      * long as the busy ones keep talking: close this connection after its
@@ -192,14 +205,15 @@ int handlers_route(struct mg_connection *conn, void *cbdata)
                 "civetweb's connection layout is not the one expected: connections per client "
                 "address are no longer limited");
     }
-    if (__atomic_load_n(&app->connections, __ATOMIC_RELAXED) >= app->cfg.threads)
+    if (__atomic_load_n(&app->connections, __ATOMIC_RELAXED) >= app->cfg.threads ||
+        (r.slot && ++r.slot->requests >= HTTP_MAX_REQUESTS_PER_CONNECTION))
         http_close_after(&r);
     /* Counted before the draining check: app_stop waits for every request
      * that got past it. */
     __atomic_add_fetch(&app->in_flight, 1, __ATOMIC_SEQ_CST);
     const char *why = NULL;
     int framing = http_check_framing(r.ri, &why);
-    if (mg_get_user_connection_data(conn) == &app->shed_marker) {
+    if (r.slot && r.slot->refused) {
         /* Over its address's limit and not shut in time (see app.c). */
         const char *headers[] = {"Connection", "close", "Retry-After", "1", NULL};
         struct apierr e;
@@ -232,6 +246,7 @@ int handlers_route(struct mg_connection *conn, void *cbdata)
     metrics_request(app->metrics, (enum metrics_route)r.route, r.ri->request_method, r.status, secs,
                     &ma);
     access_log(&r, secs * 1e3);
+    conntable_set(app->conns, r.slot, CONN_WAITING, watchdog_now_us());
     return r.status ? r.status : 500;
 }
 

@@ -156,13 +156,20 @@ void http_send_typed(struct request *r, int status, const char *content_type, co
     used += 2;
     memcpy(buf + used, body, len);
     used += len;
-    /* Short when the client is gone, or when it has taken no byte for
-     * civetweb's write timeout (request_timeout_ms): either way the
-     * connection ends with this answer. A client that pipelines requests
-     * and never reads once held its worker for one timeout per request -
-     * 2,000 GET /metrics, hours; now for one. */
-    if (mg_write(r->conn, buf, used) != (int)used)
+    /* Short when the client is gone, when it has taken no byte for
+     * civetweb's write timeout (request_timeout_ms), or when the connection
+     * table shut it (its answers were not taken for CONNTABLE_DRAIN_MS, or
+     * few workers were free): each way the connection ends with this
+     * answer. A client that pipelines requests and reads nothing, or a byte
+     * now and then, once held its worker for a timeout per request - 2,000
+     * GET /metrics, hours. Answers already that late are not written. */
+    int64_t now = watchdog_now_us();
+    if (r->app && conntable_write_begin(r->app->conns, r->slot, now) != 0)
         http_close_after(r);
+    else if (mg_write(r->conn, buf, used) != (int)used)
+        http_close_after(r);
+    if (r->app)
+        conntable_set(r->app->conns, r->slot, CONN_WORKING, now);
     if (buf != stack)
         free(buf);
 }
@@ -241,6 +248,7 @@ static enum http_body read_body(struct request *r, size_t max, char **out, size_
      * the deadline. */
     struct watch w;
     arm_body_deadline(r, &w);
+    conntable_set(r->app->conns, r->slot, CONN_READING, watchdog_now_us());
     for (;;) {
         if (n + 1 >= cap) {
             if (cap > max + 1) { /* chunked body longer than allowed */
@@ -269,8 +277,12 @@ static enum http_body read_body(struct request *r, size_t max, char **out, size_
             break;
         }
     }
-    if (watchdog_disarm(r->app->watchdog, &w)) {
-        rc = HTTP_BODY_TOO_SLOW; /* its socket no longer reads: close after the 408 */
+    /* (both calls always: the table's state and the watch end here) */
+    int shed = conntable_set(r->app->conns, r->slot, CONN_WORKING, watchdog_now_us()) != 0;
+    if (watchdog_disarm(r->app->watchdog, &w) || shed) {
+        /* Past its deadline, or shed while few workers were free: its
+         * socket no longer reads; close after the 408. */
+        rc = HTTP_BODY_TOO_SLOW;
         http_close_after(r);
     } else if (rc == HTTP_BODY_OK && declared >= 0 && (long long)n != declared) {
         rc = HTTP_BODY_BROKEN;
@@ -303,8 +315,10 @@ static void discard_body(struct request *r)
     int got;
     struct watch w;
     arm_body_deadline(r, &w); /* a trickled body is not waited for either */
+    conntable_set(r->app->conns, r->slot, CONN_READING, watchdog_now_us());
     while (total < HTTP_DISCARD_MAX && (got = mg_read(r->conn, buf, sizeof buf)) > 0)
         total += (size_t)got;
+    conntable_set(r->app->conns, r->slot, CONN_WORKING, watchdog_now_us());
     watchdog_disarm(r->app->watchdog, &w);
 }
 

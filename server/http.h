@@ -16,6 +16,7 @@ struct mg_connection;
 struct mg_request_info;
 struct cJSON;
 struct app;
+struct conn_slot;
 
 #include "idemkey.h"
 #include "outcome.h"
@@ -26,6 +27,7 @@ struct request {
     struct mg_connection *conn;
     const struct mg_request_info *ri;
     struct app *app;
+    struct conn_slot *slot; /* the connection's in the table (conntable.h), or NULL */
     const char *tenant;
     /* What the access log reports. */
     int status;
@@ -86,11 +88,16 @@ void http_send_found(struct request *r, const char *op, enum store_status st, co
 /* The request line and headers arrive within HTTP_HEADER_TIMEOUT_MS (a
  * civetweb option); the whole body within HTTP_BODY_DEADLINE_MS of the
  * start of its reading, enforced by the watchdog (watchdog.h): a request
- * ends within 5 + 10 s (and a quarter-second tick), however its bytes
+ * ends within 5 + 10 s (and a 50 ms tick), however its bytes
  * trickle in. */
 #define HTTP_HEADER_TIMEOUT_MS 5000
 #define HTTP_HEADER_TIMEOUT_MS_TEXT "5000"
 #define HTTP_BODY_DEADLINE_MS 10000
+
+/* A connection answers at most this many requests, the last with
+ * Connection: close (nginx's keepalive_requests): requests pipelined on one
+ * connection cost a bounded amount of work, however many were sent. */
+#define HTTP_MAX_REQUESTS_PER_CONNECTION 1000
 
 /* The request's method ("POST"), as civetweb parsed it. */
 const char *http_method(const struct request *r);

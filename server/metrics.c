@@ -32,6 +32,8 @@ struct metrics {
     uint64_t reaped;
     uint64_t rate_limited;
     uint64_t connections_refused;
+    uint64_t connections_shed;    /* totals, as the connection table counts them */
+    uint64_t connections_drained;
     uint64_t replay_cache_hits;
     uint64_t store_unavailable;
 };
@@ -94,6 +96,13 @@ void metrics_rate_limited(struct metrics *m)
 void metrics_connection_refused(struct metrics *m)
 {
     ADD(m->connections_refused, 1);
+}
+
+void metrics_connections_shed(struct metrics *m, unsigned long long shed,
+                              unsigned long long drained)
+{
+    __atomic_store_n(&m->connections_shed, (uint64_t)shed, __ATOMIC_RELAXED);
+    __atomic_store_n(&m->connections_drained, (uint64_t)drained, __ATOMIC_RELAXED);
 }
 
 struct buf {
@@ -241,6 +250,13 @@ char *metrics_render(struct metrics *m, struct store *store, unsigned long long 
                 "Connections answered 429 and closed: their client address already had "
                 "--max-client-connections open.",
                 LOAD(m->connections_refused));
+    put_counter(&b, "mockery_connections_shed_total",
+                "Connections shut while few workers were free: idle, or their worker waiting "
+                "on the client for headers, a body or an answer to be taken.",
+                LOAD(m->connections_shed));
+    put_counter(&b, "mockery_connections_undrained_total",
+                "Connections ended because their client had not taken their answers for 10 s.",
+                LOAD(m->connections_drained));
     put_counter(&b, "mockery_log_lines_dropped_total",
                 "Log lines dropped because the log sink was slower than the lines (its 1 MiB "
                 "buffer was full).",

@@ -52,6 +52,12 @@ void metrics_rate_limited(struct metrics *m);
 /* A connection refused: its address had too many open. */
 void metrics_connection_refused(struct metrics *m);
 
+/* The connection table's totals (conntable.h), set before each render:
+ * connections shed while few workers were free, and ended because their
+ * answers were not taken. */
+void metrics_connections_shed(struct metrics *m, unsigned long long shed,
+                              unsigned long long drained);
+
 /* The Prometheus text exposition, malloc'd; NULL on allocation failure.
  * store (may be NULL) supplies the pool gauges; log_dropped is the
  * logger's count of dropped lines; connections the HTTP connections open. */

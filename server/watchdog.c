@@ -11,7 +11,7 @@
 
 #include "peer_socket.h"
 
-#define TICK_MS 250
+#define TICK_MS 50
 
 struct watchdog {
     pthread_mutex_t mu;
@@ -19,6 +19,8 @@ struct watchdog {
     pthread_t thread;
     int stopping;
     struct watch *armed; /* a doubly linked list */
+    void (*tick)(void *arg, int64_t now_us);
+    void *tick_arg;
 };
 
 int64_t watchdog_now_us(void)
@@ -52,16 +54,23 @@ static void *watchdog_main(void *arg)
                     shutdown(fd, SHUT_RD);
                 w->fired = 1;
             }
+        if (wd->tick) {
+            pthread_mutex_unlock(&wd->mu);
+            wd->tick(wd->tick_arg, now);
+            pthread_mutex_lock(&wd->mu);
+        }
     }
     pthread_mutex_unlock(&wd->mu);
     return NULL;
 }
 
-struct watchdog *watchdog_new(void)
+struct watchdog *watchdog_new(void (*tick)(void *arg, int64_t now_us), void *tick_arg)
 {
     struct watchdog *wd = calloc(1, sizeof *wd);
     if (!wd)
         return NULL;
+    wd->tick = tick;
+    wd->tick_arg = tick_arg;
     pthread_mutex_init(&wd->mu, NULL);
     pthread_cond_init(&wd->cv, NULL);
     if (pthread_create(&wd->thread, NULL, watchdog_main, wd) != 0) {

@@ -24,8 +24,10 @@ struct watch {
     struct watch *prev, *next;
 };
 
-/* Starts the watchdog thread; NULL on failure. */
-struct watchdog *watchdog_new(void);
+/* Starts the watchdog thread; NULL on failure. Every tick (50 ms) it also
+ * calls tick (if not NULL) with tick_arg and the time, outside its mutex:
+ * the connection table's checks (conntable.h) run there. */
+struct watchdog *watchdog_new(void (*tick)(void *arg, int64_t now_us), void *tick_arg);
 /* Stops the thread; watchdog_free(NULL) does nothing. */
 void watchdog_free(struct watchdog *w);
 
