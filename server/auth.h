@@ -1,4 +1,4 @@
-/* auth.h - API keys and the tenants they name (DESIGN.md section 5)
+/* auth.h - API keys and the tenants they name (docs/operations.md, "Configuration")
  *
  * Read-only after auth_new(): safe to share between threads.
  */

@@ -1,4 +1,4 @@
-/* handlers.h - routing and the handlers of DESIGN.md section 2 */
+/* handlers.h - routing and the handlers of the API (docs/api.md) */
 #ifndef MOCKERY_HANDLERS_H
 #define MOCKERY_HANDLERS_H
 

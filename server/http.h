@@ -63,7 +63,7 @@ void http_send_typed(struct request *r, int status, const char *content_type, co
 /* Serializes obj (not freed) and sends it; a 500 if it cannot be serialized. */
 void http_send_json(struct request *r, int status, const struct cJSON *obj);
 
-/* Sends the error shape of DESIGN.md section 2. */
+/* Sends the error shape of docs/api.md. */
 void http_send_error(struct request *r, const struct apierr *e, const char *const *headers);
 
 /* Shorthand for apierr_set() + http_send_error(). */

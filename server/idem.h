@@ -1,6 +1,6 @@
 /* idem.h - the idempotency layer: runs an operation at most once per
  * (tenant, Idempotency-Key) and gives every retry the first answer
- * (DESIGN.md section 3)
+ * (docs/design.md: claim, lease, fencing, completion)
  *
  * It knows no HTTP and no business. The caller gives it the tenant, the key,
  * what identifies the request (method, route template and the operation's

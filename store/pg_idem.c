@@ -1,6 +1,6 @@
 /* pg_idem.c - the PostgreSQL store's idempotency operations: claim,
  * complete with the operation's rows, release, and rows without a key
- * (DESIGN.md section 3; the SQL is in pg_sql.c) */
+ * (docs/design.md, "How a payment is kept exactly once"; the SQL is in pg_sql.c) */
 #define _POSIX_C_SOURCE 200809L
 #include "pg_store.h"
 

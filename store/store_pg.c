@@ -2,7 +2,7 @@
  *
  * The parts (pg_store.h lists them): a libpq connection pool, group commit
  * of claims and completions, migrations at start-up, and the operations of
- * DESIGN.md section 3. A connection that breaks is closed and opened again
+ * docs/design.md. A connection that breaks is closed and opened again
  * by the next thread that takes it; meanwhile calls return
  * STORE_UNAVAILABLE.
  */
