@@ -480,7 +480,7 @@ def measure_memory(base, pid, n, clients):
 
 
 def pg_settings(url):
-    """The cluster settings the figures depend on (README: PostgreSQL settings)."""
+    """The cluster settings the figures depend on (docs/operations.md: PostgreSQL settings)."""
     names = ("wal_init_zero", "synchronous_commit", "fsync", "full_page_writes", "shared_buffers",
              "max_wal_size")
     out = subprocess.run(["psql", "-qAt", "-F", "=", url, "-c",

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """compose_stack.py - the docker compose stack, started for real.
 
-What a Debian 12 user types (README: Docker compose), run against a real
+What a Debian 12 user types (README and docs/operations.md: Docker compose), run against a real
 Docker engine, then checked through the published ports:
 
   scripts/dev docker up        an engine (started here if none answers) and

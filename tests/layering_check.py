@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""layering_check.py - the includes run one way (README: Layout).
+"""layering_check.py - the includes run one way (docs/design.md: Layout).
 
 - libpq's header is included only inside store/ (and by tests that query
   PostgreSQL themselves);

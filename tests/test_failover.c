@@ -1,7 +1,7 @@
 /* test_failover.c - the primary PostgreSQL lost under load, a real failover
  * manager (pg_auto_failover: a monitor, two nodes, a synchronous standby)
  * promoting the standby, two real server processes on the two-host URL, and
- * clients that retry as the README tells them to: nothing a client was told
+ * clients that retry as docs/api.md tells them to: nothing a client was told
  * succeeded is lost, and no key is charged twice.
  *
  * The load is not an amount of work: the clients make new payments until
@@ -79,7 +79,7 @@ static int counters(int *before, int *after)
 }
 
 /* One key to its final answer (201, or 200 replaying it), retrying through
- * the failover as the README says: 503, 500 and a dropped connection after
+ * the failover as docs/operations.md says: 503, 500 and a dropped connection after
  * 100 ms, 409 after 250 ms, on the other server each time. */
 static void pay_one(struct client *c, const char *body, int k)
 {

@@ -3,7 +3,7 @@
  *
  * civetweb opens the port, starts its workers and only then did the server
  * register its routes: a request that came in between was answered 404
- * route_not_found, a final answer, and a client following the README drops
+ * route_not_found, a final answer, and a client following docs/api.md drops
  * a payment on a 404. Here clients keep connecting to the port before the
  * real mockery-server process is started, so their requests are the first
  * ones it accepts; each must get the answer of a running server. */
