@@ -11,7 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
+#include "civetweb_internals.h"
 #include "handlers.h"
 #include "http.h"
 #include "peer_socket.h"
@@ -37,72 +41,6 @@ static int on_log_message(const struct mg_connection *conn, const char *message)
         cJSON_Delete(line);
     }
     return 1;
-}
-
-/* civetweb 1.15 fills in a new connection's addresses before it calls
- * init_connection, but mg_get_request_info() answers NULL until a request
- * has been read, and an idle connection never sends one. The struct
- * mg_request_info (public) sits at a fixed place in civetweb's struct
- * mg_connection, after three ints (without HTTP/2, which Debian's build
- * leaves out): read it there, check the address is one, and compare the
- * place with what mg_get_request_info() returns on every request
- * (handlers.c), which turns this off if they ever differ. The socket's
- * descriptor further on is only a hint, checked against the addresses
- * before use (peer_socket.c). */
-struct civetweb_connection_head {
-    int connection_type, protocol_type, request_state;
-    struct mg_request_info request_info;
-    struct mg_response_info response_info;
-    void *phys_ctx, *dom_ctx;
-    void *ssl;
-    int sock; /* the first member of its struct socket client */
-};
-
-/* The same, built with server statistics (one int more before ssl). */
-struct civetweb_connection_head_stats {
-    int connection_type, protocol_type, request_state;
-    struct mg_request_info request_info;
-    struct mg_response_info response_info;
-    void *phys_ctx, *dom_ctx;
-    int conn_state;
-    void *ssl;
-    int sock;
-};
-
-int app_socket_hint(const struct app *app, const struct mg_connection *conn)
-{
-    if (!__atomic_load_n(&app->early_info_ok, __ATOMIC_RELAXED))
-        return -1;
-    size_t at = app->civetweb_stats ? offsetof(struct civetweb_connection_head_stats, sock)
-                                    : offsetof(struct civetweb_connection_head, sock);
-    int fd;
-    memcpy(&fd, (const char *)conn + at, sizeof fd);
-    return fd;
-}
-
-static const struct mg_request_info *request_info_at(const struct mg_connection *conn)
-{
-    return (const void *)((const char *)conn +
-                          offsetof(struct civetweb_connection_head, request_info));
-}
-
-int app_layout_matches(const struct mg_connection *conn, const struct mg_request_info *ri)
-{
-    return request_info_at(conn) == ri;
-}
-
-const struct mg_request_info *app_early_request_info(const struct app *app,
-                                                     const struct mg_connection *conn)
-{
-    if (!__atomic_load_n(&app->early_info_ok, __ATOMIC_RELAXED))
-        return NULL;
-    const struct mg_request_info *ri = request_info_at(conn);
-    unsigned char a[16];
-    if (!memchr(ri->remote_addr, '\0', sizeof ri->remote_addr) ||
-        (inet_pton(AF_INET, ri->remote_addr, a) != 1 &&
-         inet_pton(AF_INET6, ri->remote_addr, a) != 1))
-        return NULL;
-    return ri;
 }
 
 #define TOO_MANY_BODY                                                                              \
@@ -140,14 +78,18 @@ static void on_tick(void *arg, int64_t now_us)
 static int on_connection_open(const struct mg_connection *conn, void **conn_data)
 {
     struct app *app = mg_get_user_data(mg_get_context(conn));
-    const struct mg_request_info *ri = app_early_request_info(app, conn);
+    const struct mg_request_info *ri = civetweb_early_request_info(conn);
     int open = __atomic_add_fetch(&app->connections, 1, __ATOMIC_RELAXED);
     int64_t now = watchdog_now_us();
-    int fd = ri ? peer_socket_find(app_socket_hint(app, conn), ri->remote_addr, ri->remote_port,
+    int fd = ri ? peer_socket_find(civetweb_socket_hint(conn), ri->remote_addr, ri->remote_port,
                                    ri->server_port)
                 : -1;
     struct conn_slot *slot = conntable_enter(app->conns, fd, now);
     *conn_data = slot;
+    int probe = __atomic_load_n(&app->probe_port, __ATOMIC_SEQ_CST);
+    if (probe && ri && ri->remote_port == probe && strcmp(ri->remote_addr, app->probe_addr) == 0)
+        __atomic_store_n(&app->probe_result, fd >= 0 && fd == civetweb_socket_hint(conn) ? 1 : 2,
+                         __ATOMIC_SEQ_CST);
     int reserve = reserve_of(app->cfg.threads);
     int pressed = open > app->cfg.threads - reserve;
     if (ri && slot && fd >= 0) {
@@ -176,7 +118,7 @@ static void on_connection_close(const struct mg_connection *conn)
     if (slot && slot->counted) {
         const struct mg_request_info *ri = mg_get_request_info(conn);
         if (!ri)
-            ri = app_early_request_info(app, conn);
+            ri = civetweb_early_request_info(conn);
         if (ri)
             connlimit_leave(app->connlimit, ri->remote_addr);
     }
@@ -196,19 +138,85 @@ static void on_context_ready(const struct mg_context *ctx)
     mg_set_request_handler((struct mg_context *)ctx, "/", handlers_route, app);
 }
 
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* civetweb is not the one civetweb_internals.c reads (why): without its
+ * reads there is no limit per address and no shedding. Allowed only when
+ * the limit is off (--max-client-connections 0): returns 1 and logs it;
+ * else 0 with err set (the server refuses to start). */
+static int limits_off(struct app *app, struct logger *log, const char *why, char *err,
+                      size_t errlen)
+{
+    civetweb_internals_off();
+    if (app->cfg.max_client_connections > 0) {
+        snprintf(err, errlen,
+                 "%s; --max-client-connections 0 starts without limits per client address "
+                 "and without shedding when few workers are free",
+                 why);
+        return 0;
+    }
+    cJSON *line = log_begin(log, LOG_WARN, "no limits per client address and no shedding");
+    cJSON_AddStringToObject(line, "why", why);
+    log_end(log, line);
+    return 1;
+}
+
+/* The layout probe: a connection of the server's own to its port, made from
+ * a port it knows. on_connection_open reads that connection's addresses
+ * where civetweb_internals.c says they are, and the socket there must be
+ * the one they name. Waits up to 10 s for it; 0, or -1 with why. */
+static int probe_layout(struct app *app, char *why, size_t len)
+{
+    const char *host = app->cfg.listen_host;
+    struct in_addr to_ip;
+    if (!host[0] || strcmp(host, "0.0.0.0") == 0)
+        host = "127.0.0.1";
+    if (inet_pton(AF_INET, host, &to_ip) != 1)
+        return 0; /* an IPv6 or named listener: the per-request check still runs */
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in from = {.sin_family = AF_INET, .sin_addr = to_ip};
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_addr = to_ip,
+                             .sin_port = htons((uint16_t)app->port)};
+    socklen_t flen = sizeof from;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&from, sizeof from) != 0 ||
+        getsockname(fd, (struct sockaddr *)&from, &flen) != 0) {
+        snprintf(why, len, "the layout probe could not open a socket");
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    snprintf(app->probe_addr, sizeof app->probe_addr, "%s", host);
+    __atomic_store_n(&app->probe_port, ntohs(from.sin_port), __ATOMIC_SEQ_CST);
+    int result = 0;
+    if (connect(fd, (struct sockaddr *)&to, sizeof to) == 0)
+        for (int waited = 0; waited < 10000 && result == 0; waited += 5) {
+            result = __atomic_load_n(&app->probe_result, __ATOMIC_SEQ_CST);
+            if (result == 0)
+                sleep_ms(5);
+        }
+    __atomic_store_n(&app->probe_port, 0, __ATOMIC_SEQ_CST);
+    close(fd);
+    if (result == 1)
+        return 0;
+    snprintf(why, len,
+             result == 2 ? "civetweb's connection layout is not the one this server reads: the "
+                           "socket found for the probe's connection is not its own"
+                         : "civetweb's connection layout is not the one this server reads: the "
+                           "probe's connection was not seen within 10 s");
+    return -1;
+}
+
 static void on_pg_notice(void *arg, const char *message)
 {
     struct app *app = arg;
     cJSON *line = log_begin(app->log, LOG_INFO, "postgres notice");
     cJSON_AddStringToObject(line, "detail", message);
     log_end(app->log, line);
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
 }
 
 /* Deletes expired records in bounded batches every interval. */
@@ -314,8 +322,9 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
         goto fail;
     }
     app->replays = replay_cache_new((size_t)cfg->replay_cache);
-    app->early_info_ok = mg_check_feature(MG_FEATURES_HTTP2) == 0;
-    app->civetweb_stats = mg_check_feature(MG_FEATURES_STATS) != 0;
+    char why[256];
+    if (civetweb_internals_check(why, sizeof why) != 0 && !limits_off(app, log, why, err, errlen))
+        goto fail;
     app->connlimit = connlimit_new(cfg->max_client_connections);
     app->ratelimit = ratelimit_new(cfg->rate_limit);
     app->unauth_limit = ratelimit_new_per_address(cfg->unauthenticated_rate_limit);
@@ -407,6 +416,9 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
     struct mg_server_port sp[4];
     int n = mg_get_server_ports(app->ctx, 4, sp);
     app->port = n > 0 ? sp[0].port : cfg->port;
+    if (civetweb_internals_on() && probe_layout(app, why, sizeof why) != 0 &&
+        !limits_off(app, log, why, err, errlen))
+        goto fail;
 
     cJSON *line = log_begin(log, LOG_INFO, "listening");
     cJSON_AddNumberToObject(line, "port", app->port);

@@ -36,8 +36,11 @@ struct app {
     struct watchdog *watchdog;    /* body deadlines, and the table's ticks */
     sem_t list_slots;             /* list queries running at once (APP_LIST_SLOTS) */
     int list_slots_ready;
-    int early_info_ok;  /* app_early_request_info() may be used; atomic */
-    int civetweb_stats; /* civetweb built with server statistics (its layout) */
+    /* The layout probe at start-up (app.c): its connection's port and
+     * address, and what on_connection_open found (1 right, 2 wrong);
+     * atomic. */
+    int probe_port, probe_result;
+    char probe_addr[64];
     struct mg_context *ctx;
     int port;
     int connections; /* held by workers now; atomic (see handlers.c) */
@@ -52,22 +55,6 @@ struct app {
     pthread_cond_t cv;
     int stopping;
 };
-
-struct mg_connection;
-struct mg_request_info;
-
-/* A new connection's request info (its addresses) before civetweb has read
- * a request, or NULL when it cannot be had (see app.c). */
-const struct mg_request_info *app_early_request_info(const struct app *app,
-                                                     const struct mg_connection *conn);
-
-/* Whether ri (from mg_get_request_info) sits where app_early_request_info()
- * reads it: the layout check, made on every request. */
-int app_layout_matches(const struct mg_connection *conn, const struct mg_request_info *ri);
-
-/* The descriptor of the connection's socket as civetweb's connection holds
- * it, or -1: a hint only, to be checked (peer_socket.h). */
-int app_socket_hint(const struct app *app, const struct mg_connection *conn);
 
 /* Starts the reaper and the HTTP server over store, which the app then owns
  * (freed by app_stop, or here on failure); with store NULL it opens the one

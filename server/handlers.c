@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "app.h"
+#include "civetweb_internals.h"
 #include "http.h"
 #include "ids.h"
 #include "routes.h"
@@ -199,8 +200,8 @@ int handlers_route(struct mg_connection *conn, void *cbdata)
      * long as the busy ones keep talking: close this connection after its
      * answer so the worker serves whoever waits. */
     struct app *app = cbdata;
-    if (__atomic_load_n(&app->early_info_ok, __ATOMIC_RELAXED) && !app_layout_matches(conn, r.ri)) {
-        __atomic_store_n(&app->early_info_ok, 0, __ATOMIC_RELAXED);
+    if (civetweb_internals_on() && !civetweb_layout_matches(conn, r.ri)) {
+        civetweb_internals_off();
         log_msg(app->log, LOG_ERROR,
                 "civetweb's connection layout is not the one expected: connections per client "
                 "address are no longer limited");

@@ -3,6 +3,7 @@
 #include "http.h"
 
 #include "app.h"
+#include "civetweb_internals.h"
 #include "log.h"
 
 #include <civetweb.h>
@@ -225,7 +226,7 @@ enum http_body {
 /* Reads of this request's body end HTTP_BODY_DEADLINE_MS from now. */
 static void arm_body_deadline(struct request *r, struct watch *w)
 {
-    watchdog_arm(r->app->watchdog, w, app_socket_hint(r->app, r->conn), r->ri->remote_addr,
+    watchdog_arm(r->app->watchdog, w, civetweb_socket_hint(r->conn), r->ri->remote_addr,
                  r->ri->remote_port, r->ri->server_port,
                  watchdog_now_us() + (int64_t)HTTP_BODY_DEADLINE_MS * 1000);
 }
@@ -322,31 +323,6 @@ static void discard_body(struct request *r)
     watchdog_disarm(r->app->watchdog, &w);
 }
 
-/* civetweb keeps this many header fields and silently drops the rest. */
-#define CIVETWEB_MAX_HEADERS 64
-
-/* civetweb parses the header block in place: it writes a NUL over the colon
- * (and over any spaces before it) and over each line's CR and LF, and points
- * name and value into that buffer. What lies between tells what it dropped. */
-static int spaces_before_colon(const struct mg_header *h)
-{
-    int nuls = 0;
-    for (const char *p = h->name + strlen(h->name); p < h->value; p++)
-        nuls += *p == '\0';
-    return nuls > 1;
-}
-
-/* After the last field's value: its CR and LF (now NULs), then the blank
- * line. Anything else is a line civetweb stopped at (an obs-fold) and did
- * not read. */
-static int header_block_ends_after(const struct mg_header *h)
-{
-    const char *p = h->value + strlen(h->value);
-    for (int i = 0; i < 2 && *p == '\0'; i++)
-        p++;
-    return *p == '\r' || *p == '\n';
-}
-
 static int all_digits(const char *s)
 {
     size_t n = 0;
@@ -358,16 +334,16 @@ static int all_digits(const char *s)
 
 int http_check_framing(const struct mg_request_info *ri, const char **why)
 {
-    if (ri->num_headers >= CIVETWEB_MAX_HEADERS) {
+    if (ri->num_headers >= CIVETWEB_INTERNALS_MAX_HEADERS) {
         *why = "more than 63 header fields";
         return 431;
     }
     for (int i = 0; i < ri->num_headers; i++)
-        if (spaces_before_colon(&ri->http_headers[i])) {
+        if (civetweb_spaces_before_colon(&ri->http_headers[i])) {
             *why = "whitespace between a header field name and its colon";
             return 400;
         }
-    if (ri->num_headers > 0 && !header_block_ends_after(&ri->http_headers[ri->num_headers - 1])) {
+    if (ri->num_headers > 0 && !civetweb_header_block_ends_after(&ri->http_headers[ri->num_headers - 1])) {
         *why = "a header line that is not a field (obsolete line folding)";
         return 400;
     }
