@@ -94,8 +94,9 @@ int conntable_write_begin(struct conntable *t, struct conn_slot *s, int64_t now_
     if (s->fd < 0 || ioctl(s->fd, SIOCOUTQ, &queued) != 0)
         queued = 0;
     pthread_mutex_lock(&t->mu);
-    if (queued == 0 || s->backlog_us == 0)
+    if (queued == 0 || !s->backlogged)
         s->backlog_us = now_us;
+    s->backlogged = 1;
     s->state = CONN_WRITING;
     s->since_us = now_us;
     int late = now_us - s->backlog_us >= (int64_t)CONNTABLE_DRAIN_MS * 1000;
@@ -137,7 +138,7 @@ int conntable_check(struct conntable *t, int64_t now_us)
         struct conn_slot *s = &t->slots[i];
         if (!s->in_use || s->shut)
             continue;
-        if (s->state == CONN_WRITING && s->fd >= 0 &&
+        if (s->state == CONN_WRITING && s->fd >= 0 && s->backlogged &&
             now_us - s->backlog_us >= (int64_t)CONNTABLE_DRAIN_MS * 1000) {
             shut(s, SHUT_RDWR);
             t->drained++;

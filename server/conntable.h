@@ -52,7 +52,8 @@ struct conn_slot {
     int fd;                /* its socket, or -1: not known (never shut) */
     enum conn_state state; /* under the table's mutex */
     int64_t since_us;      /* when state began (CLOCK_MONOTONIC) */
-    int64_t backlog_us;    /* since when its answers have not all been taken; 0: none */
+    int64_t backlog_us;    /* since when its answers have not all been taken ... */
+    int backlogged;        /* ... once an answer has been written */
     int shut;              /* shut by the table: its worker ends the connection */
     int in_use;
     int passed_over;       /* during one check: not to be shed */
