@@ -58,7 +58,6 @@ struct conn_slot {
     int in_use;
     int passed_over;       /* during one check: not to be shed */
     /* the caller's own */
-    unsigned requests;     /* requests seen on the connection */
     int counted;           /* counted per address (connlimit) */
     int refused;           /* refused for its address: answered 429 and shut */
 };

@@ -206,8 +206,7 @@ int handlers_route(struct mg_connection *conn, void *cbdata)
                 "civetweb's connection layout is not the one expected: connections per client "
                 "address are no longer limited");
     }
-    if (__atomic_load_n(&app->connections, __ATOMIC_RELAXED) >= app->cfg.threads ||
-        (r.slot && ++r.slot->requests >= HTTP_MAX_REQUESTS_PER_CONNECTION))
+    if (__atomic_load_n(&app->connections, __ATOMIC_RELAXED) >= app->cfg.threads)
         http_close_after(&r);
     /* Counted before the draining check: app_stop waits for every request
      * that got past it. */

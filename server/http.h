@@ -94,11 +94,6 @@ void http_send_found(struct request *r, const char *op, enum store_status st, co
 #define HTTP_HEADER_TIMEOUT_MS_TEXT "5000"
 #define HTTP_BODY_DEADLINE_MS 10000
 
-/* A connection answers at most this many requests, the last with
- * Connection: close (nginx's keepalive_requests): requests pipelined on one
- * connection cost a bounded amount of work, however many were sent. */
-#define HTTP_MAX_REQUESTS_PER_CONNECTION 1000
-
 /* The request's method ("POST"), as civetweb parsed it. */
 const char *http_method(const struct request *r);
 

@@ -59,6 +59,17 @@ static void close_pair(struct pair *p)
     close(p->client);
 }
 
+/* The end of a test of two connections: their slots, sockets and table. */
+static void end_two(struct conntable *t, struct conn_slot *sa, struct conn_slot *sb, struct pair *a,
+                    struct pair *b)
+{
+    conntable_leave(t, sa);
+    conntable_leave(t, sb);
+    close_pair(a);
+    close_pair(b);
+    conntable_free(t);
+}
+
 /* Four slots, one to keep free: three connections leave it free, and
  * nothing is shed however long they idle; a fourth takes it, and the one
  * that has waited longest - at least CONNTABLE_SHED_MIN_MS - is shut. */
@@ -113,11 +124,7 @@ Test(conntable, never_sheds_a_request_being_worked_on_nor_a_young_connection)
     cr_assert_eq(conntable_check(t, 100 * S + CONNTABLE_SHED_MIN_MS * 1000LL), 1);
     cr_assert_not(ended(&a));
     cr_assert(ended(&b));
-    conntable_leave(t, sa);
-    conntable_leave(t, sb);
-    close_pair(&a);
-    close_pair(&b);
-    conntable_free(t);
+    end_two(t, sa, sb, &a, &b);
 }
 
 /* The oldest waiting connection has a request in its socket that its
@@ -133,11 +140,7 @@ Test(conntable, passes_over_a_connection_whose_request_is_waiting_unread)
     cr_assert_eq(conntable_check(t, 10 * S), 1);
     cr_assert_not(ended(&a), "the connection with a request waiting was shed");
     cr_assert(ended(&b));
-    conntable_leave(t, sa);
-    conntable_leave(t, sb);
-    close_pair(&a);
-    close_pair(&b);
-    conntable_free(t);
+    end_two(t, sa, sb, &a, &b);
 }
 
 /* Answers the client has not taken: the deadline runs from the first
@@ -175,11 +178,7 @@ Test(conntable, answers_not_taken_for_the_drain_deadline_end_the_connection)
     conntable_counts(t, &c);
     cr_assert_eq(c.drained, 2, "%llu", c.drained); /* the refused answer, and the write shut */
     cr_assert_eq(c.shed, 0);
-    conntable_leave(t, s);
-    conntable_leave(t, f);
-    close_pair(&slow);
-    close_pair(&fast);
-    conntable_free(t);
+    end_two(t, s, f, &slow, &fast);
 }
 
 /* connlimit: the fixed limit per address; with few workers free (shared >
