@@ -180,8 +180,8 @@ static int probe_layout(struct app *app, char *why, size_t len)
         return 0; /* an IPv6 or named listener: the per-request check still runs */
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_in from = {.sin_family = AF_INET, .sin_addr = to_ip};
-    struct sockaddr_in to = {.sin_family = AF_INET, .sin_addr = to_ip,
-                             .sin_port = htons((uint16_t)app->port)};
+    struct sockaddr_in to = {
+        .sin_family = AF_INET, .sin_addr = to_ip, .sin_port = htons((uint16_t)app->port)};
     socklen_t flen = sizeof from;
     if (fd < 0 || bind(fd, (struct sockaddr *)&from, sizeof from) != 0 ||
         getsockname(fd, (struct sockaddr *)&from, &flen) != 0) {

@@ -343,7 +343,8 @@ int http_check_framing(const struct mg_request_info *ri, const char **why)
             *why = "whitespace between a header field name and its colon";
             return 400;
         }
-    if (ri->num_headers > 0 && !civetweb_header_block_ends_after(&ri->http_headers[ri->num_headers - 1])) {
+    if (ri->num_headers > 0 &&
+        !civetweb_header_block_ends_after(&ri->http_headers[ri->num_headers - 1])) {
         *why = "a header line that is not a field (obsolete line folding)";
         return 400;
     }

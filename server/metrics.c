@@ -32,7 +32,7 @@ struct metrics {
     uint64_t reaped;
     uint64_t rate_limited;
     uint64_t connections_refused;
-    uint64_t connections_shed;    /* totals, as the connection table counts them */
+    uint64_t connections_shed; /* totals, as the connection table counts them */
     uint64_t connections_drained;
     uint64_t replay_cache_hits;
     uint64_t store_unavailable;
