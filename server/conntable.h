@@ -56,10 +56,10 @@ struct conn_slot {
     int backlogged;        /* ... once an answer has been written */
     int shut;              /* shut by the table: its worker ends the connection */
     int in_use;
-    int passed_over;       /* during one check: not to be shed */
+    int passed_over; /* during one check: not to be shed */
     /* the caller's own */
-    int counted;           /* counted per address (connlimit) */
-    int refused;           /* refused for its address: answered 429 and shut */
+    int counted; /* counted per address (connlimit) */
+    int refused; /* refused for its address: answered 429 and shut */
 };
 
 struct conntable;

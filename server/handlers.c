@@ -89,7 +89,7 @@ static void dispatch(struct request *r)
 
     if (strcmp(path, "/health") == 0 || strcmp(path, "/metrics") == 0) {
         int is_health = path[1] == 'h';
-        r->route = is_health ? ROUTE_HEALTH : ROUTE_METRICS;
+        r->route = is_health ? METRICS_ROUTE_HEALTH : METRICS_ROUTE_METRICS;
         if (!get)
             not_allowed(r, "GET");
         else if (is_health)
@@ -120,11 +120,14 @@ static void dispatch(struct request *r)
         is_refund = 1;
     }
     if (!is_list && !is_one && !is_refunds && !is_refund) {
-        r->route = ROUTE_OTHER;
+        r->route = METRICS_ROUTE_OTHER;
         http_fail(r, 404, APIERR_INVALID_REQUEST, "route_not_found", NULL, "no such route");
         return;
     }
-    r->route = is_list ? ROUTE_PAYMENTS : is_one ? ROUTE_PAYMENT : is_refunds ? ROUTE_REFUNDS : ROUTE_REFUND;
+    r->route = is_list      ? METRICS_ROUTE_PAYMENTS
+               : is_one     ? METRICS_ROUTE_PAYMENT
+               : is_refunds ? METRICS_ROUTE_REFUNDS
+                            : METRICS_ROUTE_REFUND;
     /* Every /api/ route needs a key, and its 401 comes first; a second
      * Authorization header is refused, not silently ignored. */
     r->tenant = http_header_count(r->ri, "Authorization") > 1
@@ -217,7 +220,7 @@ int handlers_route(struct mg_connection *conn, void *cbdata)
         /* Over its address's limit and not shut in time (see app.c). */
         const char *headers[] = {"Connection", "close", "Retry-After", "1", NULL};
         struct apierr e;
-        r.route = ROUTE_OTHER;
+        r.route = METRICS_ROUTE_OTHER;
         apierr_set(&e, 429, "rate_limit_error", "too_many_connections", NULL,
                    "this client address has too many open connections; close one and retry");
         http_send_error(&r, &e, headers);
@@ -225,7 +228,7 @@ int handlers_route(struct mg_connection *conn, void *cbdata)
         /* What follows on this connection cannot be framed: answer, close. */
         const char *headers[] = {"Connection", "close", NULL};
         struct apierr e;
-        r.route = ROUTE_OTHER;
+        r.route = METRICS_ROUTE_OTHER;
         apierr_set(&e, framing, APIERR_INVALID_REQUEST,
                    framing == 431 ? "headers_too_large" : "bad_request", NULL, "%s", why);
         http_send_error(&r, &e, headers);

@@ -459,20 +459,19 @@ static void send_continue(struct request *r, size_t max_body)
 }
 
 int http_read_idempotent_post(struct request *r, size_t max_body, int require_key,
-                              enum idem_key_status *key_status, char **body, size_t *len)
+                              enum idemkey_status *key_status, char **body, size_t *len)
 {
     struct apierr e;
     const char *close[] = {"Connection", "close", NULL};
-    enum idem_key_status ks =
-        http_header_count(r->ri, "Idempotency-Key") > 1
-            ? IDEM_KEY_INVALID
-            : idem_parse_key(mg_get_header(r->conn, "Idempotency-Key"), r->key);
-    if (ks == IDEM_KEY_MISSING && require_key) {
+    enum idemkey_status ks = http_header_count(r->ri, "Idempotency-Key") > 1
+                                 ? IDEMKEY_INVALID
+                                 : idemkey_parse(mg_get_header(r->conn, "Idempotency-Key"), r->key);
+    if (ks == IDEMKEY_MISSING && require_key) {
         http_fail(r, 400, APIERR_INVALID_REQUEST, "idempotency_key_missing", NULL,
                   "the Idempotency-Key header is required");
         return -1;
     }
-    if (ks == IDEM_KEY_INVALID) {
+    if (ks == IDEMKEY_INVALID) {
         r->key[0] = '\0';
         http_fail(r, 400, APIERR_INVALID_REQUEST, "idempotency_key_invalid", NULL,
                   "the Idempotency-Key header must be sent once, as 1-%d visible ASCII "

@@ -21,7 +21,7 @@ struct conn_slot;
 #include "idemkey.h"
 #include "outcome.h"
 
-#define HTTP_KEY_MAX IDEM_KEY_MAX
+#define HTTP_KEY_MAX IDEMKEY_MAX
 
 struct request {
     struct mg_connection *conn;
@@ -101,10 +101,10 @@ const char *http_method(const struct request *r);
  * Idempotency-Key header (400 if sent twice or malformed, or missing when
  * require_key; the key goes to r->key), the content type (415), then the
  * body, at most max_body bytes (413, 408, 400). On a refusal it answers the
- * request and returns -1; else 0 with *key_status (IDEM_KEY_OK or, without
- * require_key, IDEM_KEY_MISSING) and the malloc'd body in *body, *len. */
+ * request and returns -1; else 0 with *key_status (IDEMKEY_OK or, without
+ * require_key, IDEMKEY_MISSING) and the malloc'd body in *body, *len. */
 int http_read_idempotent_post(struct request *r, size_t max_body, int require_key,
-                              enum idem_key_status *key_status, char **body, size_t *len);
+                              enum idemkey_status *key_status, char **body, size_t *len);
 
 /* What RFC 9112 says a server must refuse and civetweb 1.15 lets through,
  * each a way to smuggle a request past a proxy that frames it otherwise:

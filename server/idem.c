@@ -264,7 +264,7 @@ void idem_execute(const struct idem *l, const struct idem_op *op, const struct i
         return;
     }
     char fp[65];
-    idem_fingerprint(rq->method, op->route, rq->canonical, rq->canonical_len, fp);
+    idemkey_fingerprint(rq->method, op->route, rq->canonical, rq->canonical_len, fp);
 
     /* A retry of a completed key: answered from memory when this server has
      * seen the answer (a completed record never changes until it expires). */

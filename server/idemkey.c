@@ -8,10 +8,10 @@
 #include <stdio.h>
 #include <string.h>
 
-enum idem_key_status idem_parse_key(const char *value, char out[IDEM_KEY_MAX + 1])
+enum idemkey_status idemkey_parse(const char *value, char out[IDEMKEY_MAX + 1])
 {
     if (!value)
-        return IDEM_KEY_MISSING;
+        return IDEMKEY_MISSING;
     size_t len = strlen(value);
     const char *start = value;
     /* Optional white space around a field value is not part of it (RFC 9110). */
@@ -26,18 +26,18 @@ enum idem_key_status idem_parse_key(const char *value, char out[IDEM_KEY_MAX + 1
         len -= 2;
         for (size_t i = 0; i < len; i++)
             if (start[i] == '"' || start[i] == '\\')
-                return IDEM_KEY_INVALID;
+                return IDEMKEY_INVALID;
     }
-    if (len == 0 || len > IDEM_KEY_MAX)
-        return IDEM_KEY_INVALID;
+    if (len == 0 || len > IDEMKEY_MAX)
+        return IDEMKEY_INVALID;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)start[i];
         if (c < 0x21 || c > 0x7E || c == '"')
-            return IDEM_KEY_INVALID;
+            return IDEMKEY_INVALID;
     }
     memcpy(out, start, len);
     out[len] = '\0';
-    return IDEM_KEY_OK;
+    return IDEMKEY_OK;
 }
 
 /* SHA-256 looked up once: EVP_sha256() in every call would fetch it from
@@ -50,8 +50,8 @@ static void sha256_fetch(void)
     sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
 }
 
-void idem_fingerprint(const char *method, const char *route, const char *canonical, size_t len,
-                      char out[65])
+void idemkey_fingerprint(const char *method, const char *route, const char *canonical, size_t len,
+                         char out[65])
 {
     static const char hex[] = "0123456789abcdef";
     unsigned char d[32];

@@ -12,19 +12,23 @@
 #define NBUCKETS 14
 static const double BUCKETS[NBUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                          0.1,    0.25,  0.5,    1,     2.5,  5,     10};
-static const char *const ROUTES[ROUTE_COUNT] = {
-    "/api/v1/payments", "/api/v1/payments/{id}", "/api/v1/payments/{id}/refunds",
-    "/api/v1/refunds/{id}", "/health", "/metrics", "other"};
+static const char *const ROUTES[METRICS_ROUTE_COUNT] = {"/api/v1/payments",
+                                                        "/api/v1/payments/{id}",
+                                                        "/api/v1/payments/{id}/refunds",
+                                                        "/api/v1/refunds/{id}",
+                                                        "/health",
+                                                        "/metrics",
+                                                        "other"};
 static const char *const METHODS[METHOD_COUNT] = {"GET", "POST", "other"};
 
 #define STATUS_MIN 100
 #define STATUS_SLOTS 500 /* 100..599 */
 
 struct metrics {
-    uint64_t requests[ROUTE_COUNT][METHOD_COUNT][STATUS_SLOTS];
-    uint64_t latency_buckets[ROUTE_COUNT][NBUCKETS]; /* not cumulative: one bucket each */
-    uint64_t latency_count[ROUTE_COUNT];
-    uint64_t latency_sum_us[ROUTE_COUNT];
+    uint64_t requests[METRICS_ROUTE_COUNT][METHOD_COUNT][STATUS_SLOTS];
+    uint64_t latency_buckets[METRICS_ROUTE_COUNT][NBUCKETS]; /* not cumulative: one bucket each */
+    uint64_t latency_count[METRICS_ROUTE_COUNT];
+    uint64_t latency_sum_us[METRICS_ROUTE_COUNT];
     uint64_t outcomes[OUTCOME_COUNT];
     uint64_t payments_completed;
     uint64_t payments_declined;
@@ -155,7 +159,7 @@ char *metrics_render(struct metrics *m, struct store *store, unsigned long long 
 
     put(&b, "# HELP mockery_http_requests_total HTTP requests answered, by route, method and "
             "status.\n# TYPE mockery_http_requests_total counter\n");
-    for (int r = 0; r < ROUTE_COUNT; r++)
+    for (int r = 0; r < METRICS_ROUTE_COUNT; r++)
         for (int mi = 0; mi < METHOD_COUNT; mi++)
             for (int s = 0; s < STATUS_SLOTS; s++) {
                 uint64_t n = LOAD(m->requests[r][mi][s]);
@@ -168,7 +172,7 @@ char *metrics_render(struct metrics *m, struct store *store, unsigned long long 
 
     put(&b, "# HELP mockery_http_request_duration_seconds Time to answer a request, by route.\n"
             "# TYPE mockery_http_request_duration_seconds histogram\n");
-    for (int r = 0; r < ROUTE_COUNT; r++) {
+    for (int r = 0; r < METRICS_ROUTE_COUNT; r++) {
         uint64_t cum = 0;
         for (int i = 0; i < NBUCKETS; i++) {
             cum += LOAD(m->latency_buckets[r][i]);

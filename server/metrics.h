@@ -13,14 +13,14 @@
 struct store;
 
 enum metrics_route {
-    ROUTE_PAYMENTS = 0, /* /api/v1/payments */
-    ROUTE_PAYMENT,      /* /api/v1/payments/{transaction_id} */
-    ROUTE_REFUNDS,      /* /api/v1/payments/{transaction_id}/refunds */
-    ROUTE_REFUND,       /* /api/v1/refunds/{refund_id} */
-    ROUTE_HEALTH,       /* /health */
-    ROUTE_METRICS,      /* /metrics */
-    ROUTE_OTHER,        /* anything else (404s) */
-    ROUTE_COUNT
+    METRICS_ROUTE_PAYMENTS = 0, /* /api/v1/payments */
+    METRICS_ROUTE_PAYMENT,      /* /api/v1/payments/{transaction_id} */
+    METRICS_ROUTE_REFUNDS,      /* /api/v1/payments/{transaction_id}/refunds */
+    METRICS_ROUTE_REFUND,       /* /api/v1/refunds/{refund_id} */
+    METRICS_ROUTE_HEALTH,       /* /health */
+    METRICS_ROUTE_METRICS,      /* /metrics */
+    METRICS_ROUTE_OTHER,        /* anything else (404s) */
+    METRICS_ROUTE_COUNT
 };
 
 enum metrics_method { METHOD_GET = 0, METHOD_POST, METHOD_OTHER, METHOD_COUNT };

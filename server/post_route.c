@@ -75,7 +75,7 @@ void post_route_serve(struct request *r, const struct post_route *route, const c
     struct apierr e;
     struct idem_answer ans = {0};
 
-    enum idem_key_status ks;
+    enum idemkey_status ks;
     if (http_read_idempotent_post(r, route->max_body, app->cfg.require_key, &ks, &body, &len) != 0)
         goto out;
     if (route->parse(body, len, path_id, &req, &e) != 0) {
@@ -92,7 +92,7 @@ void post_route_serve(struct request *r, const struct post_route *route, const c
     }
     struct idem layer = {app->store, app->replays, app->lease_ms, app->ttl_ms};
     struct idem_request rq = {.tenant = r->tenant,
-                              .key = ks == IDEM_KEY_MISSING ? NULL : r->key,
+                              .key = ks == IDEMKEY_MISSING ? NULL : r->key,
                               .method = http_method(r),
                               .canonical = canon,
                               .canonical_len = clen,

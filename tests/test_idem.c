@@ -153,7 +153,7 @@ Test(idem, a_key_still_running_is_a_409_with_retry_after)
     struct fake f = {0};
     struct store_claim_result c;
     char err[256], fp[65];
-    idem_fingerprint("POST", "/things", "x=1", 3, fp);
+    idemkey_fingerprint("POST", "/things", "x=1", 3, fp);
     cr_assert_eq(store_claim(store, "t", "k3", fp, 60000, 86400000, &c, err, sizeof err), STORE_OK);
     struct idem_answer a = exec(&OP, "k3", "x=1", &f);
     cr_assert_eq(a.outcome, OUTCOME_CONFLICT);

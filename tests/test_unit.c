@@ -30,8 +30,8 @@
 Test(idem_key, bare_and_quoted_forms_are_the_same_key)
 {
     char a[HTTP_KEY_MAX + 1], b[HTTP_KEY_MAX + 1];
-    cr_assert_eq(idem_parse_key("order-42", a), IDEM_KEY_OK);
-    cr_assert_eq(idem_parse_key("\"order-42\"", b), IDEM_KEY_OK);
+    cr_assert_eq(idemkey_parse("order-42", a), IDEMKEY_OK);
+    cr_assert_eq(idemkey_parse("\"order-42\"", b), IDEMKEY_OK);
     cr_assert_str_eq(a, "order-42");
     cr_assert_str_eq(b, "order-42");
 }
@@ -39,15 +39,15 @@ Test(idem_key, bare_and_quoted_forms_are_the_same_key)
 Test(idem_key, missing_empty_and_malformed)
 {
     char k[HTTP_KEY_MAX + 1];
-    cr_assert_eq(idem_parse_key(NULL, k), IDEM_KEY_MISSING);
-    cr_assert_eq(idem_parse_key("", k), IDEM_KEY_INVALID);
-    cr_assert_eq(idem_parse_key("\"\"", k), IDEM_KEY_INVALID);
-    cr_assert_eq(idem_parse_key("two words", k), IDEM_KEY_INVALID);
-    cr_assert_eq(idem_parse_key("tab\there", k), IDEM_KEY_INVALID);
-    cr_assert_eq(idem_parse_key("caf\xc3\xa9", k), IDEM_KEY_INVALID);
-    cr_assert_eq(idem_parse_key("\"unterminated", k), IDEM_KEY_INVALID);
-    cr_assert_eq(idem_parse_key("\"esc\\\"aped\"", k), IDEM_KEY_INVALID);
-    cr_assert_eq(idem_parse_key("a\"b", k), IDEM_KEY_INVALID);
+    cr_assert_eq(idemkey_parse(NULL, k), IDEMKEY_MISSING);
+    cr_assert_eq(idemkey_parse("", k), IDEMKEY_INVALID);
+    cr_assert_eq(idemkey_parse("\"\"", k), IDEMKEY_INVALID);
+    cr_assert_eq(idemkey_parse("two words", k), IDEMKEY_INVALID);
+    cr_assert_eq(idemkey_parse("tab\there", k), IDEMKEY_INVALID);
+    cr_assert_eq(idemkey_parse("caf\xc3\xa9", k), IDEMKEY_INVALID);
+    cr_assert_eq(idemkey_parse("\"unterminated", k), IDEMKEY_INVALID);
+    cr_assert_eq(idemkey_parse("\"esc\\\"aped\"", k), IDEMKEY_INVALID);
+    cr_assert_eq(idemkey_parse("a\"b", k), IDEMKEY_INVALID);
 }
 
 Test(idem_key, length_limit_is_255)
@@ -55,11 +55,11 @@ Test(idem_key, length_limit_is_255)
     char k[HTTP_KEY_MAX + 1], v[300];
     memset(v, 'k', 255);
     v[255] = '\0';
-    cr_assert_eq(idem_parse_key(v, k), IDEM_KEY_OK);
+    cr_assert_eq(idemkey_parse(v, k), IDEMKEY_OK);
     cr_assert_eq(strlen(k), 255);
     v[255] = 'k';
     v[256] = '\0';
-    cr_assert_eq(idem_parse_key(v, k), IDEM_KEY_INVALID);
+    cr_assert_eq(idemkey_parse(v, k), IDEMKEY_INVALID);
 }
 
 Test(idem_key, every_visible_ascii_character_is_allowed)
@@ -70,7 +70,7 @@ Test(idem_key, every_visible_ascii_character_is_allowed)
         if (c != '"')
             v[n++] = (char)c;
     v[n] = '\0';
-    cr_assert_eq(idem_parse_key(v, k), IDEM_KEY_OK);
+    cr_assert_eq(idemkey_parse(v, k), IDEMKEY_OK);
     cr_assert_str_eq(k, v);
 }
 
@@ -487,7 +487,7 @@ static void fingerprint_of(const char *body, char out[65])
     cr_assert_eq(payment_parse(body, strlen(body), &r, &e), 0, "%s: %s", body, e.message);
     char *c = payment_canonical(&r, &n);
     cr_assert_not_null(c);
-    idem_fingerprint("POST", "/api/v1/payments", c, n, out);
+    idemkey_fingerprint("POST", "/api/v1/payments", c, n, out);
     free(c);
     payment_request_clear(&r);
 }
@@ -528,8 +528,8 @@ Test(fingerprint, differs_for_every_field)
     }
     /* The route is part of it too. */
     char r1[65], r2[65];
-    idem_fingerprint("POST", "/a", "x", 1, r1);
-    idem_fingerprint("POST", "/b", "x", 1, r2);
+    idemkey_fingerprint("POST", "/a", "x", 1, r1);
+    idemkey_fingerprint("POST", "/b", "x", 1, r2);
     cr_assert_str_neq(r1, r2);
 }
 

@@ -38,8 +38,8 @@ int fuzz_body_one(const uint8_t *data, size_t size)
     char *c2 = payment_canonical(&r, &n2);
     if (c1 && c2) {
         char f1[65], f2[65];
-        idem_fingerprint("POST", "/api/v1/payments", c1, n1, f1);
-        idem_fingerprint("POST", "/api/v1/payments", c2, n2, f2);
+        idemkey_fingerprint("POST", "/api/v1/payments", c1, n1, f1);
+        idemkey_fingerprint("POST", "/api/v1/payments", c2, n2, f2);
         if (strcmp(f1, f2) != 0)
             abort();
     }

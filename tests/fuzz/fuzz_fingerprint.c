@@ -25,8 +25,8 @@ int fuzz_fingerprint_one(const uint8_t *data, size_t size)
     const char *body = (const char *)data + cut;
     size_t blen = size - cut;
     char a[65], b[65];
-    idem_fingerprint(method, route, body, blen, a);
-    idem_fingerprint(method, route, body, blen, b);
+    idemkey_fingerprint(method, route, body, blen, a);
+    idemkey_fingerprint(method, route, body, blen, b);
     if (strlen(a) != 64 || strcmp(a, b) != 0)
         abort();
     for (int i = 0; i < 64; i++)
@@ -42,7 +42,7 @@ int fuzz_fingerprint_one(const uint8_t *data, size_t size)
             shorter[rl - 1] = '\0';
             longer[0] = route[rl - 1];
             memcpy(longer + 1, body, blen);
-            idem_fingerprint(method, shorter, longer, blen + 1, b);
+            idemkey_fingerprint(method, shorter, longer, blen + 1, b);
             if (strcmp(a, b) == 0)
                 abort();
         }

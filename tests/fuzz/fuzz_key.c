@@ -17,15 +17,15 @@ int fuzz_key_one(const uint8_t *data, size_t size)
         return 0;
     memcpy(value, data, size);
     value[size] = '\0'; /* a header value is a C string: it ends at the first NUL */
-    char key[IDEM_KEY_MAX + 1], again[IDEM_KEY_MAX + 1];
-    if (idem_parse_key(value, key) == IDEM_KEY_OK) {
+    char key[IDEMKEY_MAX + 1], again[IDEMKEY_MAX + 1];
+    if (idemkey_parse(value, key) == IDEMKEY_OK) {
         size_t n = strlen(key);
-        if (n < 1 || n > IDEM_KEY_MAX)
+        if (n < 1 || n > IDEMKEY_MAX)
             abort();
         for (size_t i = 0; i < n; i++)
             if (key[i] < 0x21 || key[i] > 0x7E || key[i] == '"')
                 abort();
-        if (idem_parse_key(key, again) != IDEM_KEY_OK || strcmp(key, again) != 0)
+        if (idemkey_parse(key, again) != IDEMKEY_OK || strcmp(key, again) != 0)
             abort();
     }
     free(value);
