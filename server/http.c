@@ -4,6 +4,7 @@
 
 #include "app.h"
 #include "civetweb_internals.h"
+#include "peer_socket.h"
 #include "log.h"
 
 #include <civetweb.h>
@@ -226,8 +227,13 @@ enum http_body {
 /* Reads of this request's body end HTTP_BODY_DEADLINE_MS from now. */
 static void arm_body_deadline(struct request *r, struct watch *w)
 {
-    watchdog_arm(r->app->watchdog, w, civetweb_socket_hint(r->conn), r->ri->remote_addr,
-                 r->ri->remote_port, r->ri->server_port,
+    /* The socket the connection table found when the connection opened;
+     * without it (civetweb's reads off), a search here, in this worker and
+     * under no lock - the watchdog shuts what it is given. */
+    int fd = r->slot && r->slot->fd >= 0
+                 ? r->slot->fd
+                 : peer_socket_find(-1, r->ri->remote_addr, r->ri->remote_port, r->ri->server_port);
+    watchdog_arm(r->app->watchdog, w, fd,
                  watchdog_now_us() + (int64_t)HTTP_BODY_DEADLINE_MS * 1000);
 }
 

@@ -1,9 +1,9 @@
 /* peer_socket.h - this process's socket of one TCP connection, found by its
  * two ends
  *
- * civetweb 1.15 hands callbacks no socket; the connection limit (app.c) and
- * the read watchdog (watchdog.c) need the one of a connection they know by
- * its addresses. Reentrant.
+ * civetweb 1.15 hands callbacks no socket; the connection limit and table
+ * (app.c) need the one of a connection they know by its addresses, found
+ * once when it opens (the watchdog is then given it). Reentrant.
  */
 #ifndef MOCKERY_PEER_SOCKET_H
 #define MOCKERY_PEER_SOCKET_H

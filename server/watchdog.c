@@ -9,7 +9,6 @@
 #include <sys/socket.h>
 #include <time.h>
 
-#include "peer_socket.h"
 
 #define TICK_MS 50
 
@@ -48,10 +47,8 @@ static void *watchdog_main(void *arg)
          * connection (and socket) is still open. */
         for (struct watch *w = wd->armed; w; w = w->next)
             if (!w->fired && now >= w->deadline_us) {
-                int fd =
-                    peer_socket_find(w->socket_hint, w->remote_addr, w->remote_port, w->local_port);
-                if (fd >= 0)
-                    shutdown(fd, SHUT_RD);
+                if (w->fd >= 0)
+                    shutdown(w->fd, SHUT_RD);
                 w->fired = 1;
             }
         if (wd->tick) {
@@ -96,14 +93,10 @@ void watchdog_free(struct watchdog *wd)
     free(wd);
 }
 
-void watchdog_arm(struct watchdog *wd, struct watch *w, int socket_hint, const char *remote_addr,
-                  int remote_port, int local_port, int64_t deadline_us)
+void watchdog_arm(struct watchdog *wd, struct watch *w, int fd, int64_t deadline_us)
 {
     memset(w, 0, sizeof *w);
-    w->socket_hint = socket_hint;
-    strncpy(w->remote_addr, remote_addr, sizeof w->remote_addr - 1);
-    w->remote_port = remote_port;
-    w->local_port = local_port;
+    w->fd = fd;
     w->deadline_us = deadline_us;
     pthread_mutex_lock(&wd->mu);
     w->next = wd->armed;

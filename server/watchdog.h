@@ -17,10 +17,8 @@ struct watchdog;
 /* One armed read; lives on the reader's stack. */
 struct watch {
     int64_t deadline_us; /* CLOCK_MONOTONIC */
-    char remote_addr[48];
-    int remote_port, local_port;
-    int socket_hint; /* its descriptor, probably (peer_socket.h), or -1 */
-    int fired;       /* set by the watchdog, under its mutex */
+    int fd;              /* the connection's socket, or -1: not known (nothing to shut) */
+    int fired;           /* set by the watchdog, under its mutex */
     struct watch *prev, *next;
 };
 
@@ -31,10 +29,10 @@ struct watchdog *watchdog_new(void (*tick)(void *arg, int64_t now_us), void *tic
 /* Stops the thread; watchdog_free(NULL) does nothing. */
 void watchdog_free(struct watchdog *w);
 
-/* Arms w for the connection from remote_addr:remote_port to local_port
- * (socket_hint: its descriptor, probably, or -1) until deadline_us. */
-void watchdog_arm(struct watchdog *wd, struct watch *w, int socket_hint, const char *remote_addr,
-                  int remote_port, int local_port, int64_t deadline_us);
+/* Arms w for the read on socket fd (the connection's own, found by the
+ * caller: the watchdog shuts it without looking, under its mutex) until
+ * deadline_us. */
+void watchdog_arm(struct watchdog *wd, struct watch *w, int fd, int64_t deadline_us);
 
 /* Disarms w: whether its deadline had fired (the socket is shut for
  * reading: the connection must close after the answer). */
