@@ -1,6 +1,8 @@
-/* test_conntable.c - the connection table (server/conntable.c) and the
- * fair share of connlimit, on their own: real sockets (socketpairs, whose
- * other end sees what a client would), a clock the test sets.
+/* test_guards.c - the guards on their own: the connection table
+ * (server/conntable.c), connlimit's per-address limit and fair share, the
+ * rate limit's buckets and the watchdog's body deadlines. Real sockets
+ * (socketpairs, whose other end sees what a client would); the clock is
+ * the test's where the module takes one.
  *
  * What is asserted is what a client sees: its connection ended (EOF on its
  * end) or not. */
@@ -11,10 +13,13 @@
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <stdio.h>
 #include <unistd.h>
 
 #include "conntable.h"
 #include "connlimit.h"
+#include "ratelimit.h"
+#include "watchdog.h"
 
 #define S 1000000LL /* a second, in the table's microseconds */
 
@@ -206,4 +211,73 @@ Test(connlimit, an_address_is_held_to_its_share_only_beside_others)
     cr_assert_eq(connlimit_enter(c, "10.0.0.3", 1), 0);
     cr_assert_eq(connlimit_refused(c), 4);
     connlimit_free(c);
+}
+
+/* A tenant's bucket: `rate` a second with one second saved up; over it,
+ * refused with the whole seconds until a token is back, nothing taken;
+ * tenants do not share. Rate 0: no limit. */
+Test(ratelimit, a_tenant_spends_its_rate_and_gets_the_wait_when_over_it)
+{
+    struct ratelimit *rl = ratelimit_new(10);
+    cr_assert_not_null(rl);
+    int retry = 0;
+    int64_t t0 = 1000 * S;
+    for (int i = 0; i < 10; i++)
+        cr_assert_eq(ratelimit_take(rl, "alice", 1, t0, &retry), 0, "request %d refused", i);
+    cr_assert_eq(ratelimit_take(rl, "alice", 1, t0, &retry), -1, "the 11th in a second was let in");
+    cr_assert_geq(retry, 1);
+    cr_assert_eq(ratelimit_take(rl, "bob", 1, t0, &retry), 0, "bob paid for alice");
+    /* a tenth of a second gives one token back */
+    cr_assert_eq(ratelimit_take(rl, "alice", 1, t0 + S / 10, &retry), 0);
+    cr_assert_eq(ratelimit_take(rl, "alice", 1, t0 + S / 10, &retry), -1);
+    ratelimit_free(rl);
+    struct ratelimit *none = ratelimit_new(0);
+    for (int i = 0; i < 1000; i++)
+        cr_assert_eq(ratelimit_take(none, "alice", 1, t0, &retry), 0);
+    ratelimit_free(none);
+}
+
+/* Per address, in a fixed table: many addresses cost no memory and each
+ * still gets its own rate when their slots differ. */
+Test(ratelimit, addresses_without_a_key_have_buckets_of_their_own)
+{
+    struct ratelimit *rl = ratelimit_new_per_address(2);
+    int retry = 0;
+    int64_t t0 = 1000 * S;
+    cr_assert_eq(ratelimit_take(rl, "10.0.0.1", 1, t0, &retry), 0);
+    cr_assert_eq(ratelimit_take(rl, "10.0.0.1", 1, t0, &retry), 0);
+    cr_assert_eq(ratelimit_take(rl, "10.0.0.1", 1, t0, &retry), -1);
+    int others = 0;
+    char addr[32];
+    for (int i = 0; i < 10000; i++) {
+        snprintf(addr, sizeof addr, "10.1.%d.%d", i / 256, i % 256);
+        others += ratelimit_take(rl, addr, 1, t0, &retry) == 0;
+    }
+    /* 10,000 addresses in 4,096 slots: most get through at once */
+    cr_assert_gt(others, 4096, "only %d of 10,000 addresses let through", others);
+    ratelimit_free(rl);
+}
+
+/* A read armed with the watchdog and still going at its deadline has its
+ * socket shut for reading: the blocked read ends at once (here: returns
+ * 0), and disarm says it fired. One that ends first is not touched. */
+Test(watchdog, a_read_past_its_deadline_is_ended, .timeout = 30)
+{
+    struct watchdog *wd = watchdog_new(NULL, NULL);
+    cr_assert_not_null(wd);
+    struct pair p = open_pair();
+    struct watch w;
+    watchdog_arm(wd, &w, p.server, watchdog_now_us() + S / 5);
+    char buf[16];
+    ssize_t n = recv(p.server, buf, sizeof buf, 0); /* blocks: the client sends nothing */
+    cr_assert_eq(n, 0, "the read was not ended (%zd)", n);
+    cr_assert(watchdog_disarm(wd, &w), "disarm did not say it fired");
+    struct pair q = open_pair();
+    watchdog_arm(wd, &w, q.server, watchdog_now_us() + 3600 * S);
+    cr_assert_eq(send(q.client, "x", 1, 0), 1);
+    cr_assert_eq(recv(q.server, buf, sizeof buf, 0), 1);
+    cr_assert_not(watchdog_disarm(wd, &w), "a read that ended in time was marked fired");
+    close_pair(&p);
+    close_pair(&q);
+    watchdog_free(wd);
 }
