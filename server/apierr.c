@@ -3,6 +3,7 @@
 #include "apierr.h"
 
 #include <cjson/cJSON.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,16 +27,31 @@ static void make_utf8(char *buf, size_t len)
     free(fixed);
 }
 
-int apierr_set(struct apierr *e, int status, const char *type, const char *code, const char *param,
-               const char *fmt, ...)
+static const struct apierr_row ROWS[APIERR_COUNT] = {
+#define APIERR_ROW(name, status, type, code, message) {status, type, code, message},
+    APIERR_TABLE(APIERR_ROW)
+#undef APIERR_ROW
+};
+
+const struct apierr_row *apierr_row(enum apierr_id id)
 {
-    va_list ap;
-    e->status = status;
-    e->type = type;
-    e->code = code;
-    va_start(ap, fmt);
-    vsnprintf(e->message, sizeof e->message, fmt, ap);
-    va_end(ap);
+    return &ROWS[id];
+}
+
+int apierr_of(struct apierr *e, enum apierr_id id, const char *param, const char *fmt, ...)
+{
+    const struct apierr_row *row = &ROWS[id];
+    e->status = row->status;
+    e->type = row->type;
+    e->code = row->code;
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(e->message, sizeof e->message, fmt, ap);
+        va_end(ap);
+    } else {
+        snprintf(e->message, sizeof e->message, "%s", row->message);
+    }
     utf8_copy(e->param, sizeof e->param, param ? param : "");
     make_utf8(e->message, sizeof e->message);
     make_utf8(e->param, sizeof e->param);
@@ -47,11 +63,9 @@ void apierr_store(struct apierr *e, int unavailable, int idempotent)
     const char *retry =
         idempotent ? "nothing was recorded, retry with the same idempotency key" : "retry later";
     if (unavailable)
-        apierr_set(e, 503, "api_error", "store_unavailable", NULL,
-                   "the payment store is unavailable; %s", retry);
+        apierr_of(e, APIERR_STORE_UNAVAILABLE, NULL, "the payment store is unavailable; %s", retry);
     else
-        apierr_set(e, 500, "api_error", "internal_error", NULL, "the payment store failed; %s",
-                   retry);
+        apierr_of(e, APIERR_INTERNAL_ERROR, NULL, "the payment store failed; %s", retry);
 }
 
 char *apierr_json(const struct apierr *e)
@@ -69,4 +83,22 @@ char *apierr_json(const struct apierr *e)
 out:
     cJSON_Delete(root);
     return out;
+}
+
+/* The default bodies, written once (the messages need no escaping). */
+static char defaults[APIERR_COUNT][320];
+static pthread_once_t defaults_once = PTHREAD_ONCE_INIT;
+
+static void write_defaults(void)
+{
+    for (int i = 0; i < APIERR_COUNT; i++)
+        snprintf(defaults[i], sizeof defaults[i],
+                 "{\"error\":{\"type\":\"%s\",\"code\":\"%s\",\"message\":\"%s\"}}", ROWS[i].type,
+                 ROWS[i].code, ROWS[i].message);
+}
+
+const char *apierr_default_json(enum apierr_id id)
+{
+    pthread_once(&defaults_once, write_defaults);
+    return defaults[id];
 }

@@ -43,17 +43,13 @@ static int on_log_message(const struct mg_connection *conn, const char *message)
     return 1;
 }
 
-#define TOO_MANY_BODY                                                                              \
-    "{\"error\":{\"type\":\"rate_limit_error\",\"code\":\"too_many_connections\","                 \
-    "\"message\":\"this client address has too many open connections; close one and "              \
-    "retry\"}}"
-
-/* What a connection over its address's limit is told before it is shut. */
+/* What a connection over its address's limit is told before it is shut
+ * (the body: the error table's row). */
 static const char TOO_MANY[] = "HTTP/1.1 429 Too Many Requests\r\n"
                                "Content-Type: application/json\r\n"
                                "Retry-After: 1\r\n"
                                "Connection: close\r\n"
-                               "Content-Length: %zu\r\n\r\n" TOO_MANY_BODY;
+                               "Content-Length: %zu\r\n\r\n%s";
 
 /* Fewer free workers than this, and the connection table sheds (an eighth
  * of the workers, at least one). */
@@ -95,8 +91,9 @@ static int on_connection_open(const struct mg_connection *conn, void **conn_data
     if (ri && slot && fd >= 0) {
         if (connlimit_enter(app->connlimit, ri->remote_addr,
                             pressed ? app->cfg.threads - reserve : 0) != 0) {
-            char answer[sizeof TOO_MANY + 16];
-            snprintf(answer, sizeof answer, TOO_MANY, sizeof TOO_MANY_BODY - 1);
+            const char *body = apierr_default_json(APIERR_TOO_MANY_CONNECTIONS);
+            char answer[sizeof TOO_MANY + 512];
+            snprintf(answer, sizeof answer, TOO_MANY, strlen(body), body);
             slot->refused = 1;
             conntable_set(app->conns, slot, CONN_WORKING, now); /* shut already: not shed */
             metrics_connection_refused(app->metrics);

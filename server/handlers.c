@@ -45,7 +45,7 @@ static void metrics(struct request *r)
     char *text = metrics_render(r->app->metrics, r->app->store, log_dropped(r->app->log),
                                 __atomic_load_n(&r->app->connections, __ATOMIC_RELAXED), &len);
     if (!text) {
-        http_fail(r, 500, "api_error", "internal_error", NULL, "out of memory");
+        http_fail(r, APIERR_INTERNAL_ERROR, NULL, "out of memory");
         return;
     }
     http_send_typed(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, NULL);
@@ -58,8 +58,8 @@ static void not_allowed(struct request *r, const char *allow)
 {
     struct apierr e;
     const char *headers[] = {"Allow", allow, NULL};
-    apierr_set(&e, 405, APIERR_INVALID_REQUEST, "method_not_allowed", NULL,
-               "%s is not allowed here; use %s", r->ri->request_method, allow);
+    apierr_of(&e, APIERR_METHOD_NOT_ALLOWED, NULL, "%s is not allowed here; use %s",
+              r->ri->request_method, allow);
     http_send_error(r, &e, headers);
 }
 
@@ -121,7 +121,7 @@ static void dispatch(struct request *r)
     }
     if (!is_list && !is_one && !is_refunds && !is_refund) {
         r->route = METRICS_ROUTE_OTHER;
-        http_fail(r, 404, APIERR_INVALID_REQUEST, "route_not_found", NULL, "no such route");
+        http_fail(r, APIERR_ROUTE_NOT_FOUND, NULL, "no such route");
         return;
     }
     r->route = is_list      ? METRICS_ROUTE_PAYMENTS
@@ -147,22 +147,22 @@ static void dispatch(struct request *r)
         struct apierr e;
         metrics_rate_limited(r->app->metrics);
         if (r->tenant)
-            apierr_set(&e, 429, "rate_limit_error", "rate_limited", NULL,
-                       "this API key sent more than %d requests a second; retry after %d s",
-                       r->app->cfg.rate_limit, retry_after);
+            apierr_of(&e, APIERR_RATE_LIMITED, NULL,
+                      "this API key sent more than %d requests a second; retry after %d s",
+                      r->app->cfg.rate_limit, retry_after);
         else
-            apierr_set(&e, 429, "rate_limit_error", "rate_limited", NULL,
-                       "this address sent more than %d requests a second without a valid API "
-                       "key; retry after %d s",
-                       r->app->cfg.unauthenticated_rate_limit, retry_after);
+            apierr_of(&e, APIERR_RATE_LIMITED, NULL,
+                      "this address sent more than %d requests a second without a valid API "
+                      "key; retry after %d s",
+                      r->app->cfg.unauthenticated_rate_limit, retry_after);
         http_send_error(r, &e, headers);
         return;
     }
     if (!r->tenant) {
         const char *headers[] = {"WWW-Authenticate", "Bearer", NULL};
         struct apierr e;
-        apierr_set(&e, 401, "authentication_error", "unauthorized", NULL,
-                   "a valid API key is required as Authorization: Bearer <key>");
+        apierr_of(&e, APIERR_UNAUTHORIZED, NULL,
+                  "a valid API key is required as Authorization: Bearer <key>");
         http_send_error(r, &e, headers);
         return;
     }
@@ -221,23 +221,23 @@ int handlers_route(struct mg_connection *conn, void *cbdata)
         const char *headers[] = {"Connection", "close", "Retry-After", "1", NULL};
         struct apierr e;
         r.route = METRICS_ROUTE_OTHER;
-        apierr_set(&e, 429, "rate_limit_error", "too_many_connections", NULL,
-                   "this client address has too many open connections; close one and retry");
+        apierr_of(&e, APIERR_TOO_MANY_CONNECTIONS, NULL,
+                  "this client address has too many open connections; close one and retry");
         http_send_error(&r, &e, headers);
     } else if (framing) {
         /* What follows on this connection cannot be framed: answer, close. */
         const char *headers[] = {"Connection", "close", NULL};
         struct apierr e;
         r.route = METRICS_ROUTE_OTHER;
-        apierr_set(&e, framing, APIERR_INVALID_REQUEST,
-                   framing == 431 ? "headers_too_large" : "bad_request", NULL, "%s", why);
+        apierr_of(&e, framing == 431 ? APIERR_HEADERS_TOO_LARGE : APIERR_BAD_REQUEST, NULL, "%s",
+                  why);
         http_send_error(&r, &e, headers);
     } else if (__atomic_load_n(&app->draining, __ATOMIC_SEQ_CST)) {
         const char *headers[] = {"Connection", "close", "Retry-After", "1", NULL};
         struct apierr e;
         http_close_after(&r);
-        apierr_set(&e, 503, "api_error", "shutting_down", NULL,
-                   "this server is shutting down; retry (another server will answer)");
+        apierr_of(&e, APIERR_SHUTTING_DOWN, NULL,
+                  "this server is shutting down; retry (another server will answer)");
         http_send_error(&r, &e, headers);
     } else {
         dispatch(&r);
@@ -253,28 +253,35 @@ int handlers_route(struct mg_connection *conn, void *cbdata)
     return r.status ? r.status : 500;
 }
 
-/* What civetweb itself may refuse before a handler runs, and the code each
- * gets; anything else is a 400 bad_request (or a 500). */
+/* What civetweb itself may refuse before a handler runs, and the row of
+ * the error table each gets; a status not listed keeps its number, as
+ * bad_request (or internal_error from 500 up). */
 static const struct {
     int status;
-    const char *code;
+    enum apierr_id id;
 } CIVETWEB_ERRORS[] = {
-    {400, "bad_request"},       {404, "route_not_found"},   {405, "method_not_allowed"},
-    {408, "request_timeout"},   {413, "request_too_large"}, {414, "request_too_large"},
-    {431, "headers_too_large"}, {500, "internal_error"},    {505, "bad_request"},
+    {400, APIERR_BAD_REQUEST},        {404, APIERR_ROUTE_NOT_FOUND},
+    {405, APIERR_METHOD_NOT_ALLOWED}, {408, APIERR_REQUEST_TIMEOUT},
+    {413, APIERR_REQUEST_TOO_LARGE},  {414, APIERR_URI_TOO_LONG},
+    {431, APIERR_HEADERS_TOO_LARGE},  {500, APIERR_INTERNAL_ERROR},
+    {505, APIERR_HTTP_VERSION},
 };
 
 int handlers_http_error(struct mg_connection *conn, int status, const char *msg)
 {
     struct request r = {.conn = conn, .ri = mg_get_request_info(conn)};
-    const char *code = status >= 500 ? "internal_error" : "bad_request";
+    enum apierr_id id = status >= 500 ? APIERR_INTERNAL_ERROR : APIERR_BAD_REQUEST;
+    int listed = 0;
     for (size_t i = 0; i < sizeof CIVETWEB_ERRORS / sizeof CIVETWEB_ERRORS[0]; i++)
-        if (CIVETWEB_ERRORS[i].status == status)
-            code = CIVETWEB_ERRORS[i].code;
+        if (CIVETWEB_ERRORS[i].status == status) {
+            id = CIVETWEB_ERRORS[i].id;
+            listed = 1;
+        }
     const char *headers[] = {"Connection", "close", NULL};
     struct apierr e;
-    apierr_set(&e, status, status >= 500 ? "api_error" : APIERR_INVALID_REQUEST, code, NULL, "%s",
-               msg && *msg ? msg : "the request could not be handled");
+    apierr_of(&e, id, NULL, "%s", msg && *msg ? msg : apierr_row(id)->message);
+    if (!listed)
+        e.status = status;
     http_send_error(&r, &e, headers);
     return 0;
 }

@@ -118,12 +118,10 @@ void http_send_typed(struct request *r, int status, const char *content_type, co
     if (!buf) {
         /* No memory for this answer: a short 500 from the stack instead,
          * and the connection ends with it. */
-        static const char OOM[] = "{\"error\":{\"type\":\"api_error\",\"code\":\"internal_error\","
-                                  "\"message\":\"out of memory\"}}";
         status = 500;
         content_type = "application/json";
-        body = OOM;
-        len = sizeof OOM - 1;
+        body = apierr_default_json(APIERR_INTERNAL_ERROR);
+        len = strlen(body);
         headers = NULL;
         buf = stack;
         http_close_after(r);
@@ -176,14 +174,12 @@ void http_send_typed(struct request *r, int status, const char *content_type, co
         free(buf);
 }
 
-static const char INTERNAL[] = "{\"error\":{\"type\":\"api_error\",\"code\":\"internal_error\","
-                               "\"message\":\"the response could not be built\"}}";
-
 void http_send_json(struct request *r, int status, const cJSON *obj)
 {
     char *body = cJSON_PrintUnformatted(obj);
     if (!body) {
-        http_send(r, 500, INTERNAL, sizeof INTERNAL - 1, NULL);
+        http_send(r, 500, apierr_default_json(APIERR_INTERNAL_ERROR),
+                  strlen(apierr_default_json(APIERR_INTERNAL_ERROR)), NULL);
         return;
     }
     http_send(r, status, body, strlen(body), NULL);
@@ -194,7 +190,8 @@ void http_send_error(struct request *r, const struct apierr *e, const char *cons
 {
     char *body = apierr_json(e);
     if (!body) {
-        http_send(r, 500, INTERNAL, sizeof INTERNAL - 1, NULL);
+        http_send(r, 500, apierr_default_json(APIERR_INTERNAL_ERROR),
+                  strlen(apierr_default_json(APIERR_INTERNAL_ERROR)), NULL);
         return;
     }
     if (r->status == 0)
@@ -203,15 +200,15 @@ void http_send_error(struct request *r, const struct apierr *e, const char *cons
     free(body);
 }
 
-void http_fail(struct request *r, int status, const char *type, const char *code, const char *param,
-               const char *fmt, ...)
+void http_fail(struct request *r, enum apierr_id id, const char *param, const char *fmt, ...)
 {
     struct apierr e;
+    char message[sizeof e.message];
     va_list ap;
-    apierr_set(&e, status, type, code, param, "%s", "");
     va_start(ap, fmt);
-    vsnprintf(e.message, sizeof e.message, fmt, ap);
+    vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
+    apierr_of(&e, id, param, "%s", message);
     http_send_error(r, &e, NULL);
 }
 
@@ -430,16 +427,16 @@ void http_fail_store(struct request *r, const char *op, enum store_status st, co
 }
 
 void http_send_found(struct request *r, const char *op, enum store_status st, const char *err,
-                     const char *not_found_code, const char *not_found_message, cJSON *obj)
+                     enum apierr_id not_found, cJSON *obj)
 {
     if (st == STORE_NOT_FOUND)
-        http_fail(r, 404, APIERR_INVALID_REQUEST, not_found_code, NULL, "%s", not_found_message);
+        http_fail(r, not_found, NULL, "%s", apierr_row(not_found)->message);
     else if (st != STORE_OK)
         http_fail_store(r, op, st, err);
     else if (obj)
         http_send_json(r, 200, obj);
     else
-        http_fail(r, 500, "api_error", "internal_error", NULL, "out of memory");
+        http_fail(r, APIERR_INTERNAL_ERROR, NULL, "out of memory");
     cJSON_Delete(obj);
 }
 
@@ -473,20 +470,20 @@ int http_read_idempotent_post(struct request *r, size_t max_body, int require_ke
                                  ? IDEMKEY_INVALID
                                  : idemkey_parse(mg_get_header(r->conn, "Idempotency-Key"), r->key);
     if (ks == IDEMKEY_MISSING && require_key) {
-        http_fail(r, 400, APIERR_INVALID_REQUEST, "idempotency_key_missing", NULL,
+        http_fail(r, APIERR_IDEMPOTENCY_KEY_MISSING, NULL,
                   "the Idempotency-Key header is required");
         return -1;
     }
     if (ks == IDEMKEY_INVALID) {
         r->key[0] = '\0';
-        http_fail(r, 400, APIERR_INVALID_REQUEST, "idempotency_key_invalid", NULL,
+        http_fail(r, APIERR_IDEMPOTENCY_KEY_INVALID, NULL,
                   "the Idempotency-Key header must be sent once, as 1-%d visible ASCII "
                   "characters, bare or as a quoted string",
                   HTTP_KEY_MAX);
         return -1;
     }
     if (!is_json(mg_get_header(r->conn, "Content-Type"))) {
-        http_fail(r, 415, APIERR_INVALID_REQUEST, "unsupported_media_type", NULL,
+        http_fail(r, APIERR_UNSUPPORTED_MEDIA_TYPE, NULL,
                   "the body must be sent as Content-Type: application/json");
         return -1;
     }
@@ -496,21 +493,20 @@ int http_read_idempotent_post(struct request *r, size_t max_body, int require_ke
         *key_status = ks;
         return 0;
     case HTTP_BODY_TOO_LARGE:
-        apierr_set(&e, 413, APIERR_INVALID_REQUEST, "body_too_large", NULL,
-                   "the body is larger than %zu bytes", max_body);
+        apierr_of(&e, APIERR_BODY_TOO_LARGE, NULL, "the body is larger than %zu bytes", max_body);
         http_send_error(r, &e, close);
         discard_body(r);
         return -1;
     case HTTP_BODY_TOO_SLOW:
-        apierr_set(&e, 408, APIERR_INVALID_REQUEST, "request_timeout", NULL,
-                   "the body did not arrive within %d s", HTTP_BODY_DEADLINE_MS / 1000);
+        apierr_of(&e, APIERR_REQUEST_TIMEOUT, NULL, "the body did not arrive within %d s",
+                  HTTP_BODY_DEADLINE_MS / 1000);
         http_send_error(r, &e, close);
         return -1;
     case HTTP_BODY_BROKEN:
         break;
     }
-    apierr_set(&e, 400, APIERR_INVALID_REQUEST, "invalid_body", NULL,
-               "the body could not be read: shorter than Content-Length, or too slow");
+    apierr_of(&e, APIERR_INVALID_BODY, NULL,
+              "the body could not be read: shorter than Content-Length, or too slow");
     http_send_error(r, &e, close);
     return -1;
 }

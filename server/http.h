@@ -66,9 +66,9 @@ void http_send_json(struct request *r, int status, const struct cJSON *obj);
 /* Sends the error shape of docs/api.md. */
 void http_send_error(struct request *r, const struct apierr *e, const char *const *headers);
 
-/* Shorthand for apierr_set() + http_send_error(). */
-void http_fail(struct request *r, int status, const char *type, const char *code, const char *param,
-               const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/* Shorthand for apierr_of() + http_send_error(). */
+void http_fail(struct request *r, enum apierr_id id, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* Logs a failed store call once (op names it, err is the store's message). */
 void http_log_store_error(struct request *r, const char *op, enum store_status st, const char *err);
@@ -78,12 +78,11 @@ void http_log_store_error(struct request *r, const char *op, enum store_status s
 void http_fail_store(struct request *r, const char *op, enum store_status st, const char *err);
 
 /* The answer to a GET of one resource, after its store call op answered st
- * (and err): 404 not_found_code (a static string) with not_found_message
- * when st is STORE_NOT_FOUND, the store's failure when it failed, else 200
- * with obj (a 500 when obj is NULL: it could not be built). Deletes obj. */
+ * (and err): not_found (a 404 row, with its message) when st is
+ * STORE_NOT_FOUND, the store's failure when it failed, else 200 with obj (a
+ * 500 when obj is NULL: it could not be built). Deletes obj. */
 void http_send_found(struct request *r, const char *op, enum store_status st, const char *err,
-                     const char *not_found_code, const char *not_found_message,
-                     struct cJSON *obj);
+                     enum apierr_id not_found, struct cJSON *obj);
 
 /* The request line and headers arrive within HTTP_HEADER_TIMEOUT_MS (a
  * civetweb option); the whole body within HTTP_BODY_DEADLINE_MS of the

@@ -101,9 +101,9 @@ static void answer_replay(struct idem_answer *out, const struct replay_entry *e)
 static void answer_mismatch(struct idem_answer *out, int64_t first_seen_us)
 {
     struct apierr e;
-    apierr_set(&e, 422, IDEMPOTENCY, "idempotency_key_reused", NULL,
-               "this idempotency key was used with a different request; use a new key for a new "
-               "request");
+    apierr_of(&e, APIERR_IDEMPOTENCY_KEY_REUSED, NULL,
+              "this idempotency key was used with a different request; use a new key for a new "
+              "request");
     answer_error(out, &e);
     answer_duplicate(out, OUTCOME_MISMATCH, first_seen_us);
 }
@@ -111,7 +111,7 @@ static void answer_mismatch(struct idem_answer *out, int64_t first_seen_us)
 static void answer_in_use(struct idem_answer *out, const char *why)
 {
     struct apierr e;
-    apierr_set(&e, 409, IDEMPOTENCY, "idempotency_key_in_use", NULL, "%s", why);
+    apierr_of(&e, APIERR_IDEMPOTENCY_KEY_IN_USE, NULL, "%s", why);
     answer_error(out, &e);
     out->retry_after = 1;
 }

@@ -15,7 +15,7 @@
 /* Answers 400 and returns -1: the route stops here. */
 static int bad_param(struct request *r, const char *param, const char *msg)
 {
-    http_fail(r, 400, APIERR_INVALID_REQUEST, "invalid_parameter", param, "%s", msg);
+    http_fail(r, APIERR_INVALID_PARAMETER, param, "%s", msg);
     return -1;
 }
 
@@ -37,7 +37,7 @@ int paging_read(struct request *r, int (*valid)(const char *), const char *what,
     n = mg_get_var(qs, qlen, "starting_after", out->after, sizeof out->after);
     if (n != -1) {
         if (n <= 0 || !valid(out->after)) {
-            http_fail(r, 400, APIERR_INVALID_REQUEST, "invalid_parameter", "starting_after",
+            http_fail(r, APIERR_INVALID_PARAMETER, "starting_after",
                       "starting_after must be a %s id", what);
             return -1;
         }
@@ -48,8 +48,8 @@ int paging_read(struct request *r, int (*valid)(const char *), const char *what,
 
 void paging_unknown_cursor(struct request *r, const char *what)
 {
-    http_fail(r, 400, APIERR_INVALID_REQUEST, "invalid_parameter", "starting_after",
-              "starting_after names no %s of yours", what);
+    http_fail(r, APIERR_INVALID_PARAMETER, "starting_after", "starting_after names no %s of yours",
+              what);
 }
 
 int paging_take_slot(struct request *r, const char *op)
@@ -93,6 +93,6 @@ void paging_send(struct request *r, const char *name, const void *items, size_t 
     if (ok)
         http_send_json(r, 200, root);
     else
-        http_fail(r, 500, "api_error", "internal_error", NULL, "out of memory");
+        http_fail(r, APIERR_INTERNAL_ERROR, NULL, "out of memory");
     cJSON_Delete(root);
 }

@@ -41,13 +41,12 @@ int payment_parse(const char *body, size_t len, struct payment_request *out, str
 
     cJSON *cur = cJSON_GetObjectItemCaseSensitive(root, "currency");
     if (!cur) {
-        apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_currency", "currency",
-                   "currency is required");
+        apierr_of(err, APIERR_INVALID_CURRENCY, "currency", "currency is required");
         goto out;
     }
     if (!cJSON_IsString(cur) || (r.digits = money_currency_digits(cur->valuestring)) < 0) {
-        apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_currency", "currency",
-                   "currency must be a supported upper-case ISO 4217 code");
+        apierr_of(err, APIERR_INVALID_CURRENCY, "currency",
+                  "currency must be a supported upper-case ISO 4217 code");
         goto out;
     }
     memcpy(r.currency, cur->valuestring, 4);
@@ -56,20 +55,18 @@ int payment_parse(const char *body, size_t len, struct payment_request *out, str
     if (has < 0)
         goto out;
     if (!has) {
-        apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_amount", "amount",
-                   "amount is required");
+        apierr_of(err, APIERR_INVALID_AMOUNT, "amount", "amount is required");
         goto out;
     }
 
     cJSON *cust = cJSON_GetObjectItemCaseSensitive(root, "customer_id");
     if (!cust) {
-        apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_customer_id", "customer_id",
-                   "customer_id is required");
+        apierr_of(err, APIERR_INVALID_CUSTOMER_ID, "customer_id", "customer_id is required");
         goto out;
     }
     if (!cJSON_IsString(cust) || !payment_customer_valid(cust->valuestring)) {
-        apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_customer_id", "customer_id",
-                   "customer_id must be 1-64 characters of A-Z, a-z, 0-9, _ and -");
+        apierr_of(err, APIERR_INVALID_CUSTOMER_ID, "customer_id",
+                  "customer_id must be 1-64 characters of A-Z, a-z, 0-9, _ and -");
         goto out;
     }
     memcpy(r.customer_id, cust->valuestring, strlen(cust->valuestring) + 1);
@@ -79,14 +76,14 @@ int payment_parse(const char *body, size_t len, struct payment_request *out, str
         size_t n = cJSON_IsString(desc) ? strlen(desc->valuestring) : 0;
         if (!cJSON_IsString(desc) || n > PAYMENT_DESCRIPTION_MAX ||
             !utf8_valid(desc->valuestring, n)) {
-            apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_description", "description",
-                       "description must be a string of at most %d bytes of UTF-8",
-                       PAYMENT_DESCRIPTION_MAX);
+            apierr_of(err, APIERR_INVALID_DESCRIPTION, "description",
+                      "description must be a string of at most %d bytes of UTF-8",
+                      PAYMENT_DESCRIPTION_MAX);
             goto out;
         }
         r.description = strdup(desc->valuestring);
         if (!r.description) {
-            apierr_set(err, 500, "api_error", "internal_error", NULL, "out of memory");
+            apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
             goto out;
         }
     }
@@ -209,9 +206,10 @@ char *payment_declined_json(const struct store_payment *p)
     char *out = NULL;
     cJSON *root = cJSON_CreateObject();
     cJSON *err = cJSON_AddObjectToObject(root, "error");
-    if (!err || !cJSON_AddStringToObject(err, "type", "card_error") ||
-        !cJSON_AddStringToObject(err, "code", "card_declined") ||
-        !cJSON_AddStringToObject(err, "message", "the card was declined") ||
+    const struct apierr_row *row = apierr_row(APIERR_CARD_DECLINED);
+    if (!err || !cJSON_AddStringToObject(err, "type", row->type) ||
+        !cJSON_AddStringToObject(err, "code", row->code) ||
+        !cJSON_AddStringToObject(err, "message", row->message) ||
         !cJSON_AddStringToObject(root, "transaction_id", p->transaction_id) ||
         !cJSON_AddStringToObject(root, "status", "declined"))
         goto out;

@@ -25,7 +25,7 @@ static int pay_parse(const char *body, size_t len, const char *path_id, void **r
     (void)path_id;
     struct payment_request *pr = calloc(1, sizeof *pr);
     if (!pr)
-        return apierr_set(err, 500, "api_error", "internal_error", NULL, "out of memory");
+        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
     if (payment_parse(body, len, pr, err) != 0) {
         free(pr);
         return -1;
@@ -84,20 +84,19 @@ static int pay_run(void *vctx, const void *vreq, const char *key, struct idem_re
 
     if (po == PAYMENT_GATEWAY_ERROR) {
         struct apierr ge;
-        apierr_set(&ge, 502, "api_error", "gateway_error", NULL,
-                   "the payment gateway failed before charging; retry with the same "
-                   "idempotency key");
+        apierr_of(&ge, APIERR_GATEWAY_ERROR, NULL,
+                  "the payment gateway failed before charging; retry with the same "
+                  "idempotency key");
         out->status = 502;
         out->retryable = 1;
         out->body = apierr_json(&ge);
         if (!out->body)
-            return apierr_set(err, 500, "api_error", "internal_error", NULL, "out of memory");
+            return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
         out->body_len = strlen(out->body);
         return 0;
     }
     if (payment_new_id(id) != 0)
-        return apierr_set(err, 500, "api_error", "internal_error", NULL,
-                          "the random source failed");
+        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "the random source failed");
     struct store_payment p = {
         .transaction_id = id,
         .idempotency_key = (char *)key,
@@ -137,7 +136,7 @@ static int pay_run(void *vctx, const void *vreq, const char *key, struct idem_re
     return 0;
 oom:
     idem_result_clear(out);
-    return apierr_set(err, 500, "api_error", "internal_error", NULL, "out of memory");
+    return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
 }
 
 static const struct idem_op PAYMENT_OP = {
@@ -183,7 +182,7 @@ void routes_list_payments(struct request *r)
     int n = mg_get_var(qs, strlen(qs), "customer_id", customer, sizeof customer);
     if (n != -1) {
         if (n < 0 || !payment_customer_valid(customer)) {
-            http_fail(r, 400, APIERR_INVALID_REQUEST, "invalid_parameter", "customer_id",
+            http_fail(r, APIERR_INVALID_PARAMETER, "customer_id",
                       "customer_id must be 1-64 characters of A-Z, a-z, 0-9, _ and -");
             return;
         }
@@ -216,7 +215,7 @@ void routes_get_payment(struct request *r, const char *id)
     enum store_status st = STORE_NOT_FOUND;
     if (payment_id_valid(id))
         st = store_get_payment(r->app->store, r->tenant, id, &p, err, sizeof err);
-    http_send_found(r, "get_payment", st, err, "payment_not_found", "no payment with that id",
+    http_send_found(r, "get_payment", st, err, APIERR_PAYMENT_NOT_FOUND,
                     st == STORE_OK ? payment_to_cjson(&p) : NULL);
     store_payment_clear(&p);
 }

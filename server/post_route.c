@@ -57,12 +57,11 @@ static void send_answer(struct request *r, const struct idem_answer *a)
         headers[n++] = secs;
     }
     headers[n] = NULL;
-    static const char INTERNAL[] = "{\"error\":{\"type\":\"api_error\",\"code\":\"internal_error\","
-                                   "\"message\":\"out of memory\"}}";
     if (a->body)
         http_send(r, a->status, a->body, a->body_len, n ? headers : NULL);
     else
-        http_send(r, 500, INTERNAL, sizeof INTERNAL - 1, NULL);
+        http_send(r, 500, apierr_default_json(APIERR_INTERNAL_ERROR),
+                  strlen(apierr_default_json(APIERR_INTERNAL_ERROR)), NULL);
 }
 
 void post_route_serve(struct request *r, const struct post_route *route, const char *path_id,
@@ -87,7 +86,7 @@ void post_route_serve(struct request *r, const struct post_route *route, const c
         snprintf(r->customer, sizeof r->customer, "%s", customer);
     canon = route->canonical(req, &clen);
     if (!canon) {
-        http_fail(r, 500, "api_error", "internal_error", NULL, "out of memory");
+        http_fail(r, APIERR_INTERNAL_ERROR, NULL, "out of memory");
         goto out;
     }
     struct idem layer = {app->store, app->replays, app->lease_ms, app->ttl_ms};

@@ -36,8 +36,8 @@ int refund_parse(const char *body, size_t len, const char *transaction_id,
             if (strcmp(reason->valuestring, REASONS[i]) == 0)
                 r.reason = REASONS[i];
         if (!r.reason) {
-            apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_reason", "reason",
-                       "reason must be requested_by_customer, duplicate or fraudulent");
+            apierr_of(err, APIERR_INVALID_REASON, "reason",
+                      "reason must be requested_by_customer, duplicate or fraudulent");
             goto out;
         }
     }
@@ -74,8 +74,8 @@ int refund_amount_minor(const struct refund_request *r, int digits, const char *
     for (int i = digits; i < REFUND_PARSE_DIGITS; i++)
         unit *= 10;
     if (r->amount_e4 % unit != 0)
-        return apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_amount", "amount",
-                          "amount has more than %d decimals for %s", digits, currency);
+        return apierr_of(err, APIERR_INVALID_AMOUNT, "amount",
+                         "amount has more than %d decimals for %s", digits, currency);
     *minor = r->amount_e4 / unit;
     return 0;
 }

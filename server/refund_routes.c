@@ -24,7 +24,7 @@ static int refund_parse_req(const char *body, size_t len, const char *path_id, v
 {
     struct refund_request *rr = calloc(1, sizeof *rr);
     if (!rr)
-        return apierr_set(err, 500, "api_error", "internal_error", NULL, "out of memory");
+        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
     if (refund_parse(body, len, path_id, rr, err) != 0) {
         free(rr);
         return -1;
@@ -73,15 +73,14 @@ static int refund_run(void *vctx, const void *vreq, const char *key, struct idem
     enum store_status st =
         store_get_payment(ctx->store, ctx->tenant, req->transaction_id, &p, serr, sizeof serr);
     if (st == STORE_NOT_FOUND)
-        return apierr_set(err, 404, APIERR_INVALID_REQUEST, "payment_not_found", NULL,
-                          "no payment with that id");
+        return apierr_of(err, APIERR_PAYMENT_NOT_FOUND, NULL, "no payment with that id");
     if (st != STORE_OK) {
         apierr_store(err, st == STORE_UNAVAILABLE, 1);
         return -1;
     }
     if (strcmp(p.status, "completed") != 0) {
-        apierr_set(err, 409, APIERR_INVALID_REQUEST, "payment_not_refundable", NULL,
-                   "payment %s was %s: there is nothing to refund", p.transaction_id, p.status);
+        apierr_of(err, APIERR_PAYMENT_NOT_REFUNDABLE, NULL,
+                  "payment %s was %s: there is nothing to refund", p.transaction_id, p.status);
         goto out;
     }
     int digits = money_currency_digits(p.currency);
@@ -94,20 +93,20 @@ static int refund_run(void *vctx, const void *vreq, const char *key, struct idem
         money_format(amount, digits < 0 ? 2 : digits, want, sizeof want);
         money_format(left, digits < 0 ? 2 : digits, rest, sizeof rest);
         if (left <= 0)
-            apierr_set(err, 422, APIERR_INVALID_REQUEST, "refund_exceeds_payment", "amount",
-                       "payment %s is already fully refunded", p.transaction_id);
+            apierr_of(err, APIERR_REFUND_EXCEEDS_PAYMENT, "amount",
+                      "payment %s is already fully refunded", p.transaction_id);
         else
-            apierr_set(err, 422, APIERR_INVALID_REQUEST, "refund_exceeds_payment", "amount",
-                       "a refund of %s %s is more than the %s left of payment %s", want, p.currency,
-                       rest, p.transaction_id);
+            apierr_of(err, APIERR_REFUND_EXCEEDS_PAYMENT, "amount",
+                      "a refund of %s %s is more than the %s left of payment %s", want, p.currency,
+                      rest, p.transaction_id);
         goto out;
     }
     payment_simulated_wait(p.customer_id, ctx->delay_ms);
     if (refund_gateway_fails(&p)) {
         struct apierr ge;
-        apierr_set(&ge, 502, "api_error", "gateway_error", NULL,
-                   "the refund gateway failed before any money moved; retry with the same "
-                   "idempotency key");
+        apierr_of(&ge, APIERR_GATEWAY_ERROR, NULL,
+                  "the refund gateway failed before any money moved; retry with the same "
+                  "idempotency key");
         out->status = 502;
         out->retryable = 1;
         out->body = apierr_json(&ge);
@@ -120,7 +119,7 @@ static int refund_run(void *vctx, const void *vreq, const char *key, struct idem
 
     char id[REFUND_ID_LEN + 1];
     if (refund_new_id(id) != 0) {
-        apierr_set(err, 500, "api_error", "internal_error", NULL, "the random source failed");
+        apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "the random source failed");
         goto out;
     }
     struct store_refund row = {
@@ -155,7 +154,7 @@ static int refund_run(void *vctx, const void *vreq, const char *key, struct idem
     goto out;
 oom:
     idem_result_clear(out);
-    apierr_set(err, 500, "api_error", "internal_error", NULL, "out of memory");
+    apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
 out:
     store_payment_clear(&p);
     return rc;
@@ -168,13 +167,13 @@ static int refund_rejected(void *ctx, const void *vreq, struct idem_result *out,
     (void)ctx;
     const struct refund_request *req = vreq;
     struct apierr e;
-    apierr_set(&e, 422, APIERR_INVALID_REQUEST, "refund_exceeds_payment", "amount",
-               "the refunds of payment %s would add up to more than its amount",
-               req->transaction_id);
+    apierr_of(&e, APIERR_REFUND_EXCEEDS_PAYMENT, "amount",
+              "the refunds of payment %s would add up to more than its amount",
+              req->transaction_id);
     out->status = 422;
     out->body = apierr_json(&e);
     if (!out->body)
-        return apierr_set(err, 500, "api_error", "internal_error", NULL, "out of memory");
+        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
     out->body_len = strlen(out->body);
     return 0;
 }
@@ -196,7 +195,7 @@ static const struct post_route REFUND_POST = {
 
 static void payment_not_found(struct request *r)
 {
-    http_fail(r, 404, APIERR_INVALID_REQUEST, "payment_not_found", NULL, "no payment with that id");
+    http_fail(r, APIERR_PAYMENT_NOT_FOUND, NULL, "no payment with that id");
 }
 
 void routes_create_refund(struct request *r, const char *payment_id)
@@ -262,7 +261,7 @@ void routes_get_refund(struct request *r, const char *id)
     enum store_status st = STORE_NOT_FOUND;
     if (refund_id_valid(id))
         st = store_get_refund(r->app->store, r->tenant, id, &rf, err, sizeof err);
-    http_send_found(r, "get_refund", st, err, "refund_not_found", "no refund with that id",
+    http_send_found(r, "get_refund", st, err, APIERR_REFUND_NOT_FOUND,
                     st == STORE_OK ? refund_to_cjson(&rf) : NULL);
     store_refund_clear(&rf);
 }

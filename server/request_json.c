@@ -18,24 +18,22 @@ cJSON *request_json_object(const char *body, size_t len, const char *const *fiel
     case JSON_STRICT_OK:
         break;
     case JSON_STRICT_TOO_DEEP:
-        apierr_set(err, 400, APIERR_INVALID_REQUEST, "invalid_json", NULL,
-                   "the body nests arrays or objects more than %d levels deep",
-                   JSON_STRICT_MAX_DEPTH);
+        apierr_of(err, APIERR_INVALID_JSON, NULL,
+                  "the body nests arrays or objects more than %d levels deep",
+                  JSON_STRICT_MAX_DEPTH);
         return NULL;
     case JSON_STRICT_SYNTAX:
-        apierr_set(err, 400, APIERR_INVALID_REQUEST, "invalid_json", NULL,
-                   "the body is not valid JSON (RFC 8259, UTF-8): fault at byte %zu", at);
+        apierr_of(err, APIERR_INVALID_JSON, NULL,
+                  "the body is not valid JSON (RFC 8259, UTF-8): fault at byte %zu", at);
         return NULL;
     }
     cJSON *root = cJSON_ParseWithLength(body, len);
     if (!root) {
-        apierr_set(err, 400, APIERR_INVALID_REQUEST, "invalid_json", NULL,
-                   "the body is not valid JSON");
+        apierr_of(err, APIERR_INVALID_JSON, NULL, "the body is not valid JSON");
         return NULL;
     }
     if (!cJSON_IsObject(root)) {
-        apierr_set(err, 400, APIERR_INVALID_REQUEST, "invalid_json", NULL,
-                   "the body must be a JSON object");
+        apierr_of(err, APIERR_INVALID_JSON, NULL, "the body must be a JSON object");
         goto fail;
     }
     /* Unknown and repeated fields first: nothing ambiguous is looked at. */
@@ -46,14 +44,13 @@ cJSON *request_json_object(const char *body, size_t len, const char *const *fiel
         if (!known) {
             char name[65];
             utf8_copy(name, sizeof name, f->string);
-            apierr_set(err, 422, APIERR_INVALID_REQUEST, "unknown_field", name,
-                       "unknown field '%s'", name);
+            apierr_of(err, APIERR_UNKNOWN_FIELD, name, "unknown field '%s'", name);
             goto fail;
         }
         for (cJSON *g = f->next; g; g = g->next)
             if (strcmp(f->string, g->string) == 0) {
-                apierr_set(err, 400, APIERR_INVALID_REQUEST, "invalid_json", f->string,
-                           "field '%s' appears more than once", f->string); /* a known name */
+                apierr_of(err, APIERR_INVALID_JSON, f->string, "field '%s' appears more than once",
+                          f->string); /* a known name */
                 goto fail;
             }
     }
@@ -77,29 +74,26 @@ int request_json_amount(const cJSON *root, const char *body, const struct json_t
     if (!amount)
         return 0;
     if (!cJSON_IsNumber(amount))
-        return apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_amount", "amount",
-                          "amount must be a number");
+        return apierr_of(err, APIERR_INVALID_AMOUNT, "amount", "amount must be a number");
     if (amount_at >= JSON_STRICT_MEMBERS)
-        return apierr_set(err, 500, "api_error", "internal_error", NULL, "amount text not found");
+        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "amount text not found");
     switch (
         money_parse(body + top->value[amount_at].off, top->value[amount_at].len, digits, minor)) {
     case MONEY_OK:
         return 1;
     case MONEY_NOT_NUMBER:
-        return apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_amount", "amount",
-                          "amount must be a number");
+        return apierr_of(err, APIERR_INVALID_AMOUNT, "amount", "amount must be a number");
     case MONEY_NOT_POSITIVE:
-        return apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_amount", "amount",
-                          "amount must be greater than 0");
+        return apierr_of(err, APIERR_INVALID_AMOUNT, "amount", "amount must be greater than 0");
     case MONEY_TOO_LARGE:
-        return apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_amount", "amount",
-                          "amount must be at most " MONEY_MAX_TEXT);
+        return apierr_of(err, APIERR_INVALID_AMOUNT, "amount",
+                         "amount must be at most " MONEY_MAX_TEXT);
     case MONEY_TOO_PRECISE:
         break;
     }
     if (currency)
-        return apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_amount", "amount",
-                          "amount has more than %d decimals for %s", digits, currency);
-    return apierr_set(err, 422, APIERR_INVALID_REQUEST, "invalid_amount", "amount",
-                      "amount has more than %d decimals", digits);
+        return apierr_of(err, APIERR_INVALID_AMOUNT, "amount",
+                         "amount has more than %d decimals for %s", digits, currency);
+    return apierr_of(err, APIERR_INVALID_AMOUNT, "amount", "amount has more than %d decimals",
+                     digits);
 }

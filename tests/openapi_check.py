@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """openapi_check.py - openapi.yaml describes every route, status and error code the server has.
 
-Reads the server's sources for what it can answer (every apierr_set/http_fail
-with its status and code, civetweb's own refusals, the routes) and checks
+Reads the server's error table (server/apierr.h: every error answer is one
+of its rows, and each row must be used in the sources) and routes and checks
 that openapi.yaml documents each: the routes and methods match, every error
 code is in ErrorCode and named in a response of its status, and ErrorCode
 lists nothing the server never sends.
@@ -29,21 +29,16 @@ def main():
 
     check(str(spec.get("openapi", "")).startswith("3.1"), "not OpenAPI 3.1")
 
-    # What the server can answer: (status, code) pairs.
+    # What the server can answer: (status, code) pairs, the rows of the one
+    # error table (server/apierr.h), each of which the sources must use.
     pairs = set()
-    for text in src.values():
-        for m in re.finditer(r"(?:apierr_set|http_fail)\(\s*[^,]+,\s*(\d{3}),\s*[^,]+,\s*\"([a-z_]+)\"",
-                             text, re.S):
-            pairs.add((m.group(1), m.group(2)))
-        for m in re.finditer(r"\{(\d{3}), \"([a-z_]+)\"\}", text):
-            pairs.add((m.group(1), m.group(2)))
-        # http_send_found(r, op, st, err, "not_found_code", ...): a 404.
-        for m in re.finditer(r"http_send_found\(\s*[^,]+,\s*[^,]+,\s*[^,]+,\s*[^,]+,\s*\"([a-z_]+)\"",
-                             text, re.S):
-            pairs.add(("404", m.group(1)))
-    declined = re.search(r"\"code\", \"(card_declined)\"", "".join(src.values()))
-    check(declined is not None, "card_declined not found in the sources")
-    pairs.add(("402", "card_declined"))
+    table = open(os.path.join(root, "server", "apierr.h")).read()
+    rows = re.findall(r"X\((\w+),\s*(\d{3}),\s*\w+,\s*\"([a-z_]+)\"", table)
+    uses = "".join(src.values())
+    for name, status, code in rows:
+        pairs.add((status, code))
+        check("APIERR_" + name in uses, "APIERR_%s (%s %s) is in the table but never answered"
+              % (name, status, code))
     check(len(pairs) > 20, "found only %d (status, code) pairs: the scan is broken" % len(pairs))
 
     # Routes.

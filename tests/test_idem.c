@@ -38,7 +38,7 @@ static int fake_run(void *ctx, const void *req, const char *key, struct idem_res
     (void)key;
     f->runs++;
     if (f->fail)
-        return apierr_set(err, 404, APIERR_INVALID_REQUEST, "payment_not_found", NULL, "none");
+        return apierr_of(err, APIERR_PAYMENT_NOT_FOUND, NULL, "none");
     char body[64];
     snprintf(body, sizeof body, "{\"run\":%d}", f->runs);
     out->status = f->retryable ? 502 : 201;

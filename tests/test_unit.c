@@ -572,12 +572,12 @@ Test(json, declined_and_error_shapes)
                         "\"status\":\"declined\"}");
     free(s);
     struct apierr e;
-    apierr_set(&e, 422, "invalid_request_error", "invalid_amount", "amount", "bad \"%s\"", "x");
+    apierr_of(&e, APIERR_INVALID_AMOUNT, "amount", "bad \"%s\"", "x");
     s = apierr_json(&e);
     cr_assert_str_eq(s, "{\"error\":{\"type\":\"invalid_request_error\",\"code\":"
                         "\"invalid_amount\",\"message\":\"bad \\\"x\\\"\",\"param\":\"amount\"}}");
     free(s);
-    apierr_set(&e, 400, "invalid_request_error", "invalid_json", NULL, "x");
+    apierr_of(&e, APIERR_INVALID_JSON, NULL, "x");
     s = apierr_json(&e);
     cr_assert_null(strstr(s, "param"));
     free(s);
@@ -932,4 +932,25 @@ Test(key_hash, differs_between_processes_and_separates_its_parts)
     cr_assert_eq(here, store_key_hash("tenant", "key-1"), "not stable within a process");
     cr_assert_neq(here, there, "two processes hash (tenant, key) alike: the hash is not keyed");
     cr_assert_neq(store_key_hash("t1", "k"), store_key_hash("t", "1k"));
+}
+
+/* Every row of the error table has a default body that is the documented
+ * shape, valid JSON, with the row's type, code and message (they are
+ * written without escaping: a quote or backslash in a message would break
+ * it here). */
+Test(apierr, every_row_has_a_valid_default_body)
+{
+    for (int i = 0; i < APIERR_COUNT; i++) {
+        const struct apierr_row *row = apierr_row((enum apierr_id)i);
+        cJSON *doc = cJSON_Parse(apierr_default_json((enum apierr_id)i));
+        cr_assert_not_null(doc, "row %d (%s): not JSON", i, row->code);
+        cJSON *err = cJSON_GetObjectItemCaseSensitive(doc, "error");
+        cr_assert_str_eq(cJSON_GetObjectItemCaseSensitive(err, "type")->valuestring, row->type);
+        cr_assert_str_eq(cJSON_GetObjectItemCaseSensitive(err, "code")->valuestring, row->code);
+        cr_assert_str_eq(cJSON_GetObjectItemCaseSensitive(err, "message")->valuestring,
+                         row->message);
+        cr_assert(row->status >= 400 && row->status <= 599, "row %s: status %d", row->code,
+                  row->status);
+        cJSON_Delete(doc);
+    }
 }
