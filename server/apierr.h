@@ -74,6 +74,8 @@
     X(GATEWAY_ERROR, 502, APIERR_TYPE_API, "gateway_error", "the payment processor failed")        \
     X(STORE_UNAVAILABLE, 503, APIERR_TYPE_API, "store_unavailable",                                \
       "the payment store is unavailable")                                                          \
+    X(SERVER_BUSY, 503, APIERR_TYPE_API, "server_busy",                                            \
+      "few workers were free and this connection had waited idle: it is closed; retry")            \
     X(SHUTTING_DOWN, 503, APIERR_TYPE_API, "shutting_down",                                        \
       "this server is shutting down; retry (another server will answer)")                          \
     X(HTTP_VERSION, 505, APIERR_TYPE_INVALID, "bad_request", "this HTTP version is not supported")

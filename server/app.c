@@ -62,7 +62,8 @@ static int reserve_of(int threads)
 static void on_tick(void *arg, int64_t now_us)
 {
     struct app *app = arg;
-    conntable_check(app->conns, now_us);
+    if (app->conns) /* (NULL when start-up failed before the table) */
+        conntable_check(app->conns, now_us);
 }
 
 /* Each connection holds a worker thread for as long as it stays open. One

@@ -84,35 +84,44 @@ int conntable_set(struct conntable *t, struct conn_slot *s, enum conn_state stat
     return shut ? -1 : 0;
 }
 
-int conntable_write_begin(struct conntable *t, struct conn_slot *s, int64_t now_us)
-{
-    if (!s)
-        return 0;
-    /* Bytes written and not yet acknowledged by the client: none means it
-     * has taken every earlier answer, and this one starts a new backlog. */
-    int queued = 0;
-    if (s->fd < 0 || ioctl(s->fd, SIOCOUTQ, &queued) != 0)
-        queued = 0;
-    pthread_mutex_lock(&t->mu);
-    if (queued == 0 || !s->backlogged)
-        s->backlog_us = now_us;
-    s->backlogged = 1;
-    s->state = CONN_WRITING;
-    s->since_us = now_us;
-    int late = now_us - s->backlog_us >= (int64_t)CONNTABLE_DRAIN_MS * 1000;
-    if (late && !s->shut)
-        t->drained++;
-    int rc = s->shut || late ? -1 : 0;
-    pthread_mutex_unlock(&t->mu);
-    return rc;
-}
-
 /* Under the mutex: the connection is open (its slot in use), so its socket
  * is still its own. */
 static void shut(struct conn_slot *s, int how)
 {
-    shutdown(s->fd, how);
+    if (s->fd >= 0)
+        shutdown(s->fd, how);
     s->shut = 1;
+    s->shut_wr |= how != SHUT_RD;
+}
+
+int conntable_write_begin(struct conntable *t, struct conn_slot *s, int64_t now_us, size_t len)
+{
+    if (!s)
+        return 0;
+    /* Bytes written and not yet acknowledged by the client. Everything
+     * written before the previous answer acknowledged: the client keeps up
+     * (at most one answer behind - one in flight on a real link, even when
+     * it pipelines), and a new backlog starts here. */
+    int queued = 0;
+    if (s->fd < 0 || ioctl(s->fd, SIOCOUTQ, &queued) != 0)
+        queued = 0;
+    pthread_mutex_lock(&t->mu);
+    uint64_t acked = (uint64_t)queued < s->written ? s->written - (uint64_t)queued : 0;
+    if (!s->backlogged || acked >= s->written_before)
+        s->backlog_us = now_us;
+    s->backlogged = 1;
+    s->written_before = s->written;
+    s->written += len;
+    s->state = CONN_WRITING;
+    s->since_us = now_us;
+    int late = now_us - s->backlog_us >= (int64_t)CONNTABLE_DRAIN_MS * 1000;
+    if (late && !s->shut_wr) {
+        t->drained++;
+        shut(s, SHUT_RDWR);
+    }
+    int rc = s->shut_wr ? -1 : 0;
+    pthread_mutex_unlock(&t->mu);
+    return rc;
 }
 
 /* Whether s's worker has waited on its client long enough to be shed. */
@@ -136,16 +145,16 @@ int conntable_check(struct conntable *t, int64_t now_us)
     int busy = 0;
     for (int i = 0; i < t->nslots; i++) {
         struct conn_slot *s = &t->slots[i];
-        if (!s->in_use || s->shut)
+        if (!s->in_use)
             continue;
-        if (s->state == CONN_WRITING && s->fd >= 0 && s->backlogged &&
+        if (!s->shut_wr && s->state == CONN_WRITING && s->fd >= 0 && s->backlogged &&
             now_us - s->backlog_us >= (int64_t)CONNTABLE_DRAIN_MS * 1000) {
             shut(s, SHUT_RDWR);
             t->drained++;
             done++;
             continue;
         }
-        busy++;
+        busy += !s->shut; /* a shut one is as good as free: its worker is ending it */
     }
     /* Free slots now: the shut ones are as good as free. A connection with
      * a request waiting unread is passed over (at most a few: each costs a
@@ -167,9 +176,10 @@ int conntable_check(struct conntable *t, int64_t now_us)
             passed++;
             continue;
         }
-        /* A body being read is shut for reading only: its reader answers
-         * 408 and closes. */
-        shut(oldest, oldest->state == CONN_READING ? SHUT_RD : SHUT_RDWR);
+        /* Waiting for a request or reading a body: shut for reading only,
+         * so that a request that has just arrived (503 server_busy) or the
+         * body (408) can still be answered; an answer: both ways. */
+        shut(oldest, oldest->state == CONN_WRITING ? SHUT_RDWR : SHUT_RD);
         t->shed++;
         busy--;
         done++;

@@ -26,6 +26,7 @@
 #ifndef MOCKERY_CONNTABLE_H
 #define MOCKERY_CONNTABLE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* A connection whose worker has waited this long on its client - for a
@@ -55,6 +56,9 @@ struct conn_slot {
     int64_t backlog_us;    /* since when its answers have not all been taken ... */
     int backlogged;        /* ... once an answer has been written */
     int shut;              /* shut by the table: its worker ends the connection */
+    int shut_wr;           /* ... for writing too (else its reader may still answer) */
+    uint64_t written;      /* bytes of answers written on it */
+    uint64_t written_before; /* ... before the answer being written */
     int in_use;
     int passed_over; /* during one check: not to be shed */
     /* the caller's own */
@@ -84,12 +88,13 @@ void conntable_leave(struct conntable *t, struct conn_slot *s);
  * s may be NULL (not tracked): 0. */
 int conntable_set(struct conntable *t, struct conn_slot *s, enum conn_state state, int64_t now_us);
 
-/* The worker begins writing an answer. Its answers have not all been taken
- * since s->backlog_us, unless the socket's send queue is empty now; returns
- * -1 (write nothing; end the connection) when that was CONNTABLE_DRAIN_MS
- * ago or the table has shut it, else 0. The write is shut at that deadline
- * if it is still going. */
-int conntable_write_begin(struct conntable *t, struct conn_slot *s, int64_t now_us);
+/* The worker begins writing an answer of len bytes. The client has kept up
+ * when it has acknowledged everything written before the previous answer
+ * (one answer may be in flight); since it last kept up, s->backlog_us.
+ * Returns -1 (write nothing; end the connection) when that was
+ * CONNTABLE_DRAIN_MS ago (the socket is then shut) or the table has shut
+ * it for writing, else 0. A write still going at that deadline is shut. */
+int conntable_write_begin(struct conntable *t, struct conn_slot *s, int64_t now_us, size_t len);
 
 /* Counts of what the table has done, from the start. */
 struct conntable_counts {

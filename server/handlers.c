@@ -192,12 +192,9 @@ int handlers_route(struct mg_connection *conn, void *cbdata)
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     /* Shed by the connection table as this request arrived (it had waited
-     * idle, few workers were free): not worked on, and not answered - the
-     * socket is shut; the client sees its connection close and asks again. */
-    if (conntable_set(r.app->conns, r.slot, CONN_WORKING, watchdog_now_us()) != 0) {
-        http_close_after(&r);
-        return 503;
-    }
+     * idle while few workers were free): not worked on; answered 503
+     * server_busy, and the connection ends. */
+    int shed = conntable_set(r.app->conns, r.slot, CONN_WORKING, watchdog_now_us()) != 0;
     /* With keep-alive a connection holds its worker between requests. When
      * every worker holds one, a new client would wait in the queue for as
      * long as the busy ones keep talking: close this connection after its
@@ -216,7 +213,14 @@ int handlers_route(struct mg_connection *conn, void *cbdata)
     __atomic_add_fetch(&app->in_flight, 1, __ATOMIC_SEQ_CST);
     const char *why = NULL;
     int framing = http_check_framing(r.ri, &why);
-    if (r.slot && r.slot->refused) {
+    if (shed) {
+        const char *headers[] = {"Connection", "close", "Retry-After", "1", NULL};
+        struct apierr e;
+        r.route = METRICS_ROUTE_OTHER;
+        http_close_after(&r);
+        apierr_of(&e, APIERR_SERVER_BUSY, NULL, NULL);
+        http_send_error(&r, &e, headers);
+    } else if (r.slot && r.slot->refused) {
         /* Over its address's limit and not shut in time (see app.c). */
         const char *headers[] = {"Connection", "close", "Retry-After", "1", NULL};
         struct apierr e;

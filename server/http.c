@@ -164,7 +164,7 @@ void http_send_typed(struct request *r, int status, const char *content_type, co
      * now and then, once held its worker for a timeout per request - 2,000
      * GET /metrics, hours. Answers already that late are not written. */
     int64_t now = watchdog_now_us();
-    if (r->app && conntable_write_begin(r->app->conns, r->slot, now) != 0)
+    if (r->app && conntable_write_begin(r->app->conns, r->slot, now, used) != 0)
         http_close_after(r);
     else if (mg_write(r->conn, buf, used) != (int)used)
         http_close_after(r);
@@ -224,12 +224,13 @@ enum http_body {
 /* Reads of this request's body end HTTP_BODY_DEADLINE_MS from now. */
 static void arm_body_deadline(struct request *r, struct watch *w)
 {
-    /* The socket the connection table found when the connection opened;
-     * without it (civetweb's reads off), a search here, in this worker and
-     * under no lock - the watchdog shuts what it is given. */
-    int fd = r->slot && r->slot->fd >= 0
-                 ? r->slot->fd
-                 : peer_socket_find(-1, r->ri->remote_addr, r->ri->remote_port, r->ri->server_port);
+    /* The socket the connection table found when the connection opened.
+     * Without civetweb's reads (the operator turned the limits off after a
+     * failed check) a search here, in this worker and under no lock; with
+     * them, no socket means the peer was gone at open: nothing to shut. */
+    int fd = r->slot ? r->slot->fd : -1;
+    if (fd < 0 && !civetweb_internals_on())
+        fd = peer_socket_find(-1, r->ri->remote_addr, r->ri->remote_port, r->ri->server_port);
     watchdog_arm(r->app->watchdog, w, fd,
                  watchdog_now_us() + (int64_t)HTTP_BODY_DEADLINE_MS * 1000);
 }
@@ -458,7 +459,10 @@ static void send_continue(struct request *r, size_t max_body)
         strcmp(r->ri->http_version, "1.1") != 0 || r->ri->content_length > (long long)max_body)
         return;
     static const char CONTINUE[] = "HTTP/1.1 100 Continue\r\n\r\n";
-    mg_write(r->conn, CONTINUE, sizeof CONTINUE - 1);
+    /* (counted with the answers: the drain deadline sees every byte) */
+    if (conntable_write_begin(r->app->conns, r->slot, watchdog_now_us(), sizeof CONTINUE - 1) == 0)
+        mg_write(r->conn, CONTINUE, sizeof CONTINUE - 1);
+    conntable_set(r->app->conns, r->slot, CONN_WORKING, watchdog_now_us());
 }
 
 int http_read_idempotent_post(struct request *r, size_t max_body, int require_key,

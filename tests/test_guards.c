@@ -1,14 +1,16 @@
 /* test_guards.c - the guards on their own: the connection table
  * (server/conntable.c), connlimit's per-address limit and fair share, the
  * rate limit's buckets and the watchdog's body deadlines. Real sockets
- * (socketpairs, whose other end sees what a client would); the clock is
+ * (TCP over loopback, whose other end sees what a client would); the clock is
  * the test's where the module takes one.
  *
  * What is asserted is what a client sees: its connection ended (EOF on its
  * end) or not. */
 #define _POSIX_C_SOURCE 200809L
 #include <criterion/criterion.h>
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <string.h>
@@ -27,11 +29,36 @@ struct pair {
     int server, client;
 };
 
+/* A TCP connection over loopback (the send queue counts bytes as the
+ * server's sockets do: written and not yet acknowledged), the client's
+ * receive buffer rcvbuf bytes (0: the default). */
+static struct pair open_pair_with(int rcvbuf)
+{
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    cr_assert(l >= 0 && bind(l, (struct sockaddr *)&a, sizeof a) == 0 && listen(l, 1) == 0 &&
+                  getsockname(l, (struct sockaddr *)&a, &alen) == 0,
+              "%s", strerror(errno));
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    if (rcvbuf)
+        cr_assert_eq(setsockopt(c, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
+    cr_assert_eq(connect(c, (struct sockaddr *)&a, sizeof a), 0, "%s", strerror(errno));
+    int s = accept(l, NULL, NULL);
+    cr_assert_geq(s, 0, "%s", strerror(errno));
+    close(l);
+    return (struct pair){s, c};
+}
+
 static struct pair open_pair(void)
 {
-    int fds[2];
-    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0, "%s", strerror(errno));
-    return (struct pair){fds[0], fds[1]};
+    return open_pair_with(0);
+}
+
+/* A client that can hold little: a 4 KiB receive buffer. */
+static struct pair open_pair_small(void)
+{
+    return open_pair_with(4096);
 }
 
 /* Whether the client's end has seen its connection end (EOF, at once). */
@@ -45,11 +72,23 @@ static int ended(const struct pair *p)
     return n == 0;
 }
 
+/* Whether the worker's read of the connection ends at once (the table
+ * shut it for reading: a worker waiting for a request or a body stops, and
+ * may still answer). */
+static int read_ended(const struct pair *p)
+{
+    char buf[64];
+    return recv(p->server, buf, sizeof buf, MSG_DONTWAIT) == 0;
+}
+
 /* The same, after reading what was queued before the end. */
 static int ended_after_queued(const struct pair *p)
 {
-    char buf[4096];
+    char buf[65536];
     for (;;) {
+        struct pollfd q = {.fd = p->client, .events = POLLIN};
+        if (poll(&q, 1, 5000) <= 0)
+            return 0;
         ssize_t n = recv(p->client, buf, sizeof buf, MSG_DONTWAIT);
         if (n == 0)
             return 1;
@@ -93,9 +132,9 @@ Test(conntable, sheds_the_oldest_waiting_connection_only_when_few_slots_are_free
     s[3] = conntable_enter(t, p[3].server, 60 * S);
     /* the fourth is new; of the other three, the first came first */
     cr_assert_eq(conntable_check(t, 60 * S + S / 2), 1);
-    cr_assert(ended(&p[0]), "the oldest idle connection was not ended");
+    cr_assert(read_ended(&p[0]), "the oldest idle connection was not shed");
     for (int i = 1; i < 4; i++)
-        cr_assert_not(ended(&p[i]), "connection %d ended too", i);
+        cr_assert_not(read_ended(&p[i]), "connection %d shed too", i);
     cr_assert_eq(conntable_set(t, s[0], CONN_WORKING, 61 * S), -1,
                  "its worker was not told it was shed");
     cr_assert_eq(conntable_set(t, s[1], CONN_WORKING, 61 * S), 0);
@@ -123,12 +162,12 @@ Test(conntable, never_sheds_a_request_being_worked_on_nor_a_young_connection)
     conntable_set(t, sa, CONN_WORKING, 0);
     conntable_set(t, sb, CONN_WAITING, 100 * S);
     cr_assert_eq(conntable_check(t, 100 * S + CONNTABLE_SHED_MIN_MS * 1000LL - 1), 0);
-    cr_assert_not(ended(&a));
-    cr_assert_not(ended(&b));
+    cr_assert_not(read_ended(&a));
+    cr_assert_not(read_ended(&b));
     /* b's wait reaches the minimum: b goes, a stays */
     cr_assert_eq(conntable_check(t, 100 * S + CONNTABLE_SHED_MIN_MS * 1000LL), 1);
-    cr_assert_not(ended(&a));
-    cr_assert(ended(&b));
+    cr_assert_not(read_ended(&a));
+    cr_assert(read_ended(&b));
     end_two(t, sa, sb, &a, &b);
 }
 
@@ -143,47 +182,94 @@ Test(conntable, passes_over_a_connection_whose_request_is_waiting_unread)
     const char req[] = "GET /health HTTP/1.1\r\n\r\n";
     cr_assert_eq(send(a.client, req, sizeof req - 1, 0), (ssize_t)(sizeof req - 1));
     cr_assert_eq(conntable_check(t, 10 * S), 1);
-    cr_assert_not(ended(&a), "the connection with a request waiting was shed");
-    cr_assert(ended(&b));
+    cr_assert_not(read_ended(&a), "the connection with a request waiting was shed");
+    cr_assert(read_ended(&b));
     end_two(t, sa, sb, &a, &b);
 }
 
-/* Answers the client has not taken: the deadline runs from the first
- * answer written while earlier ones were still queued, across answers, and
- * at CONNTABLE_DRAIN_MS the next answer is refused and a write still going
- * is shut - with every slot free (no pressure). A client that takes
- * everything starts a new backlog at each answer. */
+/* A client that takes nothing (a 4 KiB receive buffer, never read): its
+ * answers back up in the server's send queue; once it has been more than
+ * one answer behind for CONNTABLE_DRAIN_MS, the next answer is refused and
+ * the connection ended - with every slot free (no pressure). A client that
+ * takes each answer is never refused. */
 Test(conntable, answers_not_taken_for_the_drain_deadline_end_the_connection)
 {
     struct conntable *t = conntable_new(8, 1);
-    struct pair slow = open_pair(), fast = open_pair();
+    struct pair slow = open_pair_small(), fast = open_pair();
     struct conn_slot *s = conntable_enter(t, slow.server, 0);
     struct conn_slot *f = conntable_enter(t, fast.server, 0);
     int64_t drain = CONNTABLE_DRAIN_MS * 1000LL;
-    char answer[1000];
+    static char answer[65536];
     memset(answer, 'x', sizeof answer);
-    for (int64_t now = 0; now < drain; now += S) {
-        cr_assert_eq(conntable_write_begin(t, s, now), 0, "refused at %lld us", (long long)now);
-        cr_assert_eq(send(slow.server, answer, sizeof answer, 0), (ssize_t)sizeof answer);
+    int64_t now = 0;
+    for (; now <= drain; now += S) {
+        cr_assert_eq(conntable_write_begin(t, s, now, sizeof answer), 0, "refused at %lld us",
+                     (long long)now);
+        (void)!send(slow.server, answer, sizeof answer, MSG_DONTWAIT); /* what fits */
         conntable_set(t, s, CONN_WORKING, now);
         /* the fast client reads each answer before the next */
-        cr_assert_eq(conntable_write_begin(t, f, 100 * S + now), 0);
-        cr_assert_eq(send(fast.server, answer, sizeof answer, 0), (ssize_t)sizeof answer);
-        char in[sizeof answer];
+        cr_assert_eq(conntable_write_begin(t, f, now, 1000), 0);
+        cr_assert_eq(send(fast.server, answer, 1000, 0), 1000);
+        char in[1000];
         cr_assert_eq(recv(fast.client, in, sizeof in, MSG_WAITALL), (ssize_t)sizeof in);
-        conntable_set(t, f, CONN_WORKING, 100 * S + now);
+        conntable_set(t, f, CONN_WORKING, now);
     }
-    cr_assert_eq(conntable_write_begin(t, s, drain), -1,
-                 "an answer begun %d ms after the backlog began was allowed", CONNTABLE_DRAIN_MS);
-    cr_assert_eq(conntable_write_begin(t, f, 100 * S + drain), 0, "the fast client was refused");
-    /* the table's check shuts the write still going */
-    cr_assert_eq(conntable_check(t, drain + 1), 1);
+    /* behind since its second answer (the first may be in flight) */
+    cr_assert_eq(conntable_write_begin(t, s, now, sizeof answer), -1,
+                 "an answer %lld us after the client last kept up was allowed", (long long)now);
     cr_assert(ended_after_queued(&slow), "the slow client's connection did not end");
+    cr_assert_eq(conntable_write_begin(t, f, now, 1000), 0, "the fast client was refused");
     struct conntable_counts c;
     conntable_counts(t, &c);
-    cr_assert_eq(c.drained, 2, "%llu", c.drained); /* the refused answer, and the write shut */
+    cr_assert_eq(c.drained, 1, "%llu", c.drained);
     cr_assert_eq(c.shed, 0);
     end_two(t, s, f, &slow, &fast);
+}
+
+/* A client that pipelines on a real link has the previous answer in flight
+ * whenever the next one starts: one answer behind is keeping up, and
+ * never ends its connection; a write that hangs past the deadline is shut
+ * by the table's check. */
+Test(conntable, one_answer_in_flight_is_keeping_up_and_a_stuck_write_is_shut)
+{
+    struct conntable *t = conntable_new(8, 1);
+    struct pair behind = open_pair(), stuck = open_pair();
+    struct conn_slot *b = conntable_enter(t, behind.server, 0);
+    struct conn_slot *k = conntable_enter(t, stuck.server, 0);
+    char answer[1000], in[sizeof answer];
+    memset(answer, 'x', sizeof answer);
+    for (int64_t now = 0; now < 3 * CONNTABLE_DRAIN_MS * 1000LL; now += S) {
+        cr_assert_eq(conntable_write_begin(t, b, now, sizeof answer), 0, "cut at %lld us",
+                     (long long)now);
+        cr_assert_eq(send(behind.server, answer, sizeof answer, 0), (ssize_t)sizeof answer);
+        conntable_set(t, b, CONN_WORKING, now);
+        if (now > 0) /* it reads the answer before this one */
+            cr_assert_eq(recv(behind.client, in, sizeof in, MSG_WAITALL), (ssize_t)sizeof in);
+    }
+    cr_assert_eq(conntable_write_begin(t, k, 0, sizeof answer), 0);
+    cr_assert_eq(conntable_check(t, CONNTABLE_DRAIN_MS * 1000LL - 1), 0);
+    cr_assert_eq(conntable_check(t, CONNTABLE_DRAIN_MS * 1000LL), 1);
+    cr_assert(ended(&stuck), "the stuck write's connection did not end");
+    end_two(t, b, k, &behind, &stuck);
+}
+
+/* A body shed while few slots are free is shut for reading only: its
+ * reader is told (conntable_set says -1) and may still write its 408. */
+Test(conntable, a_body_shed_still_gets_its_answer_written)
+{
+    struct conntable *t = conntable_new(2, 1);
+    struct pair a = open_pair(), b = open_pair();
+    struct conn_slot *sa = conntable_enter(t, a.server, 0);
+    struct conn_slot *sb = conntable_enter(t, b.server, 0);
+    conntable_set(t, sa, CONN_READING, 0);
+    conntable_set(t, sb, CONN_WORKING, 0);
+    cr_assert_eq(conntable_check(t, 10 * S), 1);
+    cr_assert_eq(conntable_set(t, sa, CONN_WORKING, 10 * S), -1, "the reader was not told");
+    cr_assert_eq(conntable_write_begin(t, sa, 10 * S, 3), 0, "its 408 may not be written");
+    cr_assert_eq(send(a.server, "408", 3, 0), 3);
+    char in[3];
+    cr_assert_eq(recv(a.client, in, sizeof in, 0), 3, "the client did not get its answer");
+    end_two(t, sa, sb, &a, &b);
 }
 
 /* connlimit: the fixed limit per address; with few workers free (shared >
