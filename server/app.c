@@ -98,7 +98,7 @@ static int on_connection_open(const struct mg_connection *conn, void **conn_data
             slot->refused = 1;
             conntable_set(app->conns, slot, CONN_WORKING, now); /* shut already: not shed */
             metrics_connection_refused(app->metrics);
-            connlimit_shed(fd, ri->remote_addr, ri->remote_port, ri->server_port, answer);
+            connlimit_shed(fd, answer); /* fd: found and checked above */
             return 0;
         }
         slot->counted = 1;

@@ -2,7 +2,6 @@
 #define _POSIX_C_SOURCE 200809L
 #include "connlimit.h"
 
-#include "peer_socket.h"
 #include "store.h" /* store_key_hash: the one keyed hash */
 
 #include <pthread.h>
@@ -117,15 +116,10 @@ unsigned long long connlimit_refused(const struct connlimit *c)
     return __atomic_load_n(&c->refused, __ATOMIC_RELAXED);
 }
 
-int connlimit_shed(int hint, const char *remote_addr, int remote_port, int local_port,
-                   const char *response)
+void connlimit_shed(int fd, const char *response)
 {
-    int fd = peer_socket_find(hint, remote_addr, remote_port, local_port);
-    if (fd < 0)
-        return -1;
     /* Non-blocking (civetweb's sockets are): an answer that does not fit
      * the send buffer at once is cut, and the close says the rest. */
     (void)!send(fd, response, strlen(response), MSG_NOSIGNAL | MSG_DONTWAIT);
     shutdown(fd, SHUT_RDWR);
-    return 0;
 }

@@ -34,13 +34,10 @@ void connlimit_leave(struct connlimit *c, const char *addr);
 /* Connections refused so far. */
 unsigned long long connlimit_refused(const struct connlimit *c);
 
-/* Answers the TCP connection from remote_addr:remote_port to our
- * local_port with response (a whole HTTP answer) and shuts it down both
- * ways, so that the worker's read of its request ends at once. The socket
- * is the caller's own (the worker's current connection), found by its
- * addresses (hint, or -1: the descriptor it probably is; see
- * peer_socket.h). Returns 0, or -1 when no such socket is open. */
-int connlimit_shed(int hint, const char *remote_addr, int remote_port, int local_port,
-                   const char *response);
+/* Answers the connection on socket fd (the caller's own, already found:
+ * the worker's current connection) with response (a whole HTTP answer) and
+ * shuts it down both ways, so that the worker's read of its request ends at
+ * once. */
+void connlimit_shed(int fd, const char *response);
 
 #endif

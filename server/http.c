@@ -174,12 +174,17 @@ void http_send_typed(struct request *r, int status, const char *content_type, co
         free(buf);
 }
 
+void http_send_internal(struct request *r)
+{
+    const char *body = apierr_default_json(APIERR_INTERNAL_ERROR);
+    http_send(r, 500, body, strlen(body), NULL);
+}
+
 void http_send_json(struct request *r, int status, const cJSON *obj)
 {
     char *body = cJSON_PrintUnformatted(obj);
     if (!body) {
-        http_send(r, 500, apierr_default_json(APIERR_INTERNAL_ERROR),
-                  strlen(apierr_default_json(APIERR_INTERNAL_ERROR)), NULL);
+        http_send_internal(r);
         return;
     }
     http_send(r, status, body, strlen(body), NULL);
@@ -190,8 +195,7 @@ void http_send_error(struct request *r, const struct apierr *e, const char *cons
 {
     char *body = apierr_json(e);
     if (!body) {
-        http_send(r, 500, apierr_default_json(APIERR_INTERNAL_ERROR),
-                  strlen(apierr_default_json(APIERR_INTERNAL_ERROR)), NULL);
+        http_send_internal(r);
         return;
     }
     if (r->status == 0)

@@ -60,6 +60,10 @@ void http_close_after(struct request *r);
 void http_send_typed(struct request *r, int status, const char *content_type, const char *body,
                     size_t len, const char *const *headers);
 
+/* A 500 internal_error with the error table's body, built without
+ * allocating: for when an answer could not be built. */
+void http_send_internal(struct request *r);
+
 /* Serializes obj (not freed) and sends it; a 500 if it cannot be serialized. */
 void http_send_json(struct request *r, int status, const struct cJSON *obj);
 

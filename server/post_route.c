@@ -60,8 +60,7 @@ static void send_answer(struct request *r, const struct idem_answer *a)
     if (a->body)
         http_send(r, a->status, a->body, a->body_len, n ? headers : NULL);
     else
-        http_send(r, 500, apierr_default_json(APIERR_INTERNAL_ERROR),
-                  strlen(apierr_default_json(APIERR_INTERNAL_ERROR)), NULL);
+        http_send_internal(r);
 }
 
 void post_route_serve(struct request *r, const struct post_route *route, const char *path_id,
