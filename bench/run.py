@@ -6,7 +6,7 @@ as the Docker image and `scripts/dev up` run it, each time on an empty
 database. Scenarios (each at every client count):
   ceiling-new     pgbench -M prepared: exactly the SQL one new payment costs the
                   server when it arrives alone (its single-row claim and
-                  completion statements, read out of store/pg_sql.c so they
+                  completion statements, read out of store/pg/pg_sql.c so they
                   cannot drift); under load the server batches them
   naive-new       pgbench: the textbook protocol (bench/naive.sql), a reference
   server-new-cold wrk: POSTs with a new key each, keep-alive: the first
@@ -56,8 +56,8 @@ def say(msg):
 
 
 def sql_of(name):
-    """A statement of store/pg_sql.c, as text with $n placeholders."""
-    src = open(os.path.join(ROOT, "store", "pg_sql.c")).read()
+    """A statement of store/pg/pg_sql.c, as text with $n placeholders."""
+    src = open(os.path.join(ROOT, "store", "pg", "pg_sql.c")).read()
     lit = r'"((?:[^"\\]|\\.)*)"'
     strings = {}  # macros that are only string literals, like CLAIM_INTO
     for m in re.finditer(r"#define (\w+)[ \t]*((?:[^\n]*\\\n)*[^\n]*)", src):

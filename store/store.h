@@ -161,11 +161,6 @@ struct store {
     const struct store_ops *ops;
 };
 
-/* The one hash for in-memory tables whose keys come from clients: (tenant,
- * key), "t1"+"k" and "t"+"1k" differ. Keyed at random once per process
- * (SipHash), so no client can choose keys that share a bucket. Thread-safe. */
-size_t store_key_hash(const char *tenant, const char *key);
-
 /* A status as a word for logs ("unavailable"). */
 const char *store_status_name(enum store_status st);
 
@@ -246,26 +241,5 @@ int store_payment_copy(struct store_payment *dst, const struct store_payment *sr
 void store_refund_clear(struct store_refund *r);
 void store_refund_list_clear(struct store_refund_list *l);
 int store_refund_copy(struct store_refund *dst, const struct store_refund *src);
-
-/* Constructors. Return NULL on failure with a message in err. */
-struct store *store_mem_new(void);
-
-struct store_pg_options {
-    const char *database_url; /* libpq connection string or URI; never logged */
-    int pool_size;
-    int connect_timeout_s;
-    int acquire_timeout_ms;       /* waiting for a free connection, then 503 */
-    const char *application_name; /* shown in pg_stat_activity; NULL: mockery-server */
-    /* Run every statement unnamed (PQexecParams: Parse, Bind, Execute, Sync
-     * in one message) instead of preparing named statements on each
-     * connection: what pgbouncer's transaction pooling needs before 1.21,
-     * as its server connections change under a client between
-     * transactions. */
-    int unnamed_statements;
-    void (*notice)(void *arg, const char *message); /* libpq notices, may be NULL */
-    void *notice_arg;
-};
-/* Connects the pool and applies the migrations in sql/ under an advisory lock. */
-struct store *store_pg_new(const struct store_pg_options *opts, char *err, size_t errlen);
 
 #endif

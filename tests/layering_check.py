@@ -1,14 +1,27 @@
 #!/usr/bin/env python3
 """layering_check.py - the includes run one way (docs/design.md: Layout).
 
-- libpq's header is included only inside store/ (and by tests that query
-  PostgreSQL themselves);
-- store/ includes nothing of server/ (no HTTP, no JSON);
-- the idempotency layer (server/idem.c, server/idem.h) includes, directly
-  or through other headers, neither civetweb nor HTTP nor anything of the
-  handlers or of one operation (payments, refunds): it is generic, and
-  its text does not even name them;
-- store/ includes nothing above it, the layer nothing of the handlers.
+The layers, one folder and one CMake library each, and what each may
+include (LAYERS below). The build already refuses most includes that run
+back up - a header of a layer above is on no include path of a layer below -
+and this check says the rest, and that the tree, the build and the docs
+agree:
+
+- every folder of server/ and store/ is a layer of the table, and every
+  layer of the table a folder;
+- an include names a file in its own folder or in a layer it may use, and
+  names it bare ("store.h", never "../store/store.h": a path would step
+  around the include directories);
+- CMakeLists.txt builds each layer as its own library from its own folder,
+  linked to exactly the layers the table lets it use (directly or through
+  another), so the table is the build's;
+- docs/design.md names every layer's folder in its Layout section;
+- libpq's header only in store/pg; civetweb's only in server/http; of
+  store/pg, only store_pg.h outside it; no HTTP or JSON in store/;
+- the routes (paging, post_route, *_routes) see the narrow service
+  (service.h), not the edge's guards (edge.h) nor the app;
+- the idempotency layer's sources and headers name no operation and no
+  HTTP ("payment", "refund", "civetweb", mg_*): it is generic.
 Prints each violation and exits 1 if there is any.
 """
 import glob
@@ -16,52 +29,130 @@ import os
 import re
 import sys
 
+# folder: (library, the layers it may include, directly or not)
+LAYERS = {
+    "server/base": ("mockery_base", set()),
+    "store": ("mockery_store", {"server/base"}),
+    "store/mem": ("mockery_store_mem", {"store", "server/base"}),
+    "store/pg": ("mockery_store_pg", {"store", "server/base"}),
+    "server/idem": ("mockery_idem", {"store", "server/base"}),
+    "server/ops": ("mockery_ops", {"store", "server/base"}),
+    "server/guard": ("mockery_guard", {"server/base"}),
+    "server/obs": ("mockery_obs", {"server/idem", "server/ops", "store", "server/base"}),
+    "server/http": ("mockery_http", {"server/obs", "server/guard", "server/idem", "server/ops",
+                                     "store", "server/base"}),
+    "server/app": ("mockery_app", {"server/http", "server/obs", "server/guard", "server/idem",
+                                   "server/ops", "store", "store/mem", "store/pg",
+                                   "server/base"}),
+    "client": ("mockery_httpc", set()),
+}
+ROUTES = ("paging.c", "paging.h", "post_route.c", "post_route.h", "payment_routes.c",
+          "refund_routes.c", "routes.h")
+
 
 def includes(path):
     with open(path) as f:
-        return re.findall(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', f.read(), re.M)
+        return re.findall(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]', f.read(), re.M)
+
+
+def cmake_libraries(root):
+    """{library: (set of source folders, set of mockery_* libraries linked)}"""
+    text = open(os.path.join(root, "CMakeLists.txt")).read()
+    libs = {}
+    for name, body in re.findall(r"add_library\((mockery_\w+)\s+STATIC\s+([^)]*)\)", text):
+        folders = {os.path.dirname(s) for s in body.split() if s.endswith(".c")
+                   and not s.startswith("$")}
+        libs[name] = (folders, set())
+    for name, body in re.findall(r"target_link_libraries\((mockery_\w+)\s+([^)]*)\)", text):
+        if name in libs:
+            libs[name][1].update(re.findall(r"\bmockery_\w+", body))
+    return libs
 
 
 def main():
     root = sys.argv[1]
     failures = []
-    sources = [p for d in ("server", "store", "client")
-               for p in glob.glob(os.path.join(root, d, "*.[ch]"))]
-    if len(sources) < 20:
-        failures.append("only %d sources found under %s" % (len(sources), root))
+    fail = failures.append
+    by_lib = {lib: folder for folder, (lib, _) in LAYERS.items()}
+
+    # The tree: every folder with sources is a layer, every layer a folder.
+    found = {os.path.relpath(os.path.dirname(p), root)
+             for d in ("server", "store", "client")
+             for p in glob.glob(os.path.join(root, d, "**", "*.[ch]"), recursive=True)}
+    for folder in sorted(found - set(LAYERS)):
+        fail("%s/ holds sources but is no layer of layering_check.py" % folder)
+    for folder in sorted(set(LAYERS) - found):
+        fail("layer %s/ has no sources" % folder)
+
+    # The build: one library per layer, from its folder, linked downwards.
+    libs = cmake_libraries(root)
+    for folder, (lib, may) in LAYERS.items():
+        if lib not in libs:
+            fail("CMakeLists.txt builds no %s for %s/" % (lib, folder))
+            continue
+        srcs, links = libs[lib]
+        if srcs != {folder}:
+            fail("%s is built from %s, not from %s/ alone" % (lib, sorted(srcs), folder))
+        reach, todo = set(), list(links)
+        while todo:
+            other = todo.pop()
+            if other in by_lib and by_lib[other] not in reach:
+                reach.add(by_lib[other])
+                todo.extend(libs.get(other, (set(), set()))[1])
+        if reach != may:
+            fail("%s links %s; the table says %s" % (lib, sorted(reach), sorted(may)))
+
+    # The docs.
+    design = open(os.path.join(root, "docs", "design.md")).read()
+    layout = design[design.find("## Layout"):]
+    for folder in LAYERS:
+        if "`%s/`" % folder not in layout:
+            fail("docs/design.md's Layout does not name `%s/`" % folder)
+
+    # The includes.
+    sources = [p for folder in LAYERS for p in glob.glob(os.path.join(root, folder, "*.[ch]"))]
+    if len(sources) < 60:
+        fail("only %d sources found under %s" % (len(sources), root))
+    where = {}
+    for p in sources:
+        where.setdefault(os.path.basename(p), os.path.relpath(os.path.dirname(p), root))
     for p in sources:
         rel = os.path.relpath(p, root)
-        inc = includes(p)
-        if "libpq-fe.h" in inc and not rel.startswith("store/"):
-            failures.append("%s includes libpq-fe.h outside store/" % rel)
-        if rel.startswith("store/"):
-            for i in inc:
-                if "server/" in i or i in ("civetweb.h", "cjson/cJSON.h", "http.h"):
-                    failures.append("%s includes %s: the store knows no HTTP or JSON" % (rel, i))
-    # The layer, with every header it reaches in server/ and store/.
-    above = {"civetweb.h", "http.h", "app.h", "handlers.h", "routes.h", "post_route.h",
-             "paging.h", "payment.h", "refund.h"}
-    for start in ("server/idem.c", "server/idem.h"):
-        seen, todo = set(), [start]
-        while todo:
-            rel = os.path.normpath(todo.pop())
-            if rel in seen:
+        folder = os.path.dirname(rel)
+        name = os.path.basename(rel)
+        may = LAYERS[folder][1]
+        for kind, inc in includes(p):
+            if kind == "<":
+                if inc == "libpq-fe.h" and folder != "store/pg":
+                    fail("%s includes libpq-fe.h outside store/pg" % rel)
+                if inc == "civetweb.h" and folder != "server/http":
+                    fail("%s includes civetweb.h outside server/http" % rel)
+                if inc.startswith("cjson/") and folder.startswith("store"):
+                    fail("%s includes %s: the store knows no JSON" % (rel, inc))
                 continue
-            seen.add(rel)
-            path = os.path.join(root, rel)
-            if not os.path.exists(path):
+            if "/" in inc:
+                fail("%s includes \"%s\": by its name alone, through the include "
+                     "directories" % (rel, inc))
                 continue
-            for i in includes(path):
-                if os.path.basename(i) in above:
-                    failures.append("%s reaches %s (through %s): the idempotency layer is "
-                                    "below HTTP and the operations" % (start, i, rel))
-                todo.append(os.path.join(os.path.dirname(rel), i))
-        text = open(os.path.join(root, start)).read()
-        for word in re.findall(r"payment|refund|civetweb|mg_\w+", text, re.I):
-            failures.append("%s names '%s': the idempotency layer is generic" % (start, word))
+            home = where.get(inc)
+            if home is None:
+                if not os.path.exists(os.path.join(root, folder, inc)):
+                    fail("%s includes %s, which no layer holds" % (rel, inc))
+                continue
+            if home != folder and home not in may:
+                fail("%s includes %s (%s/): %s/ may not use it" % (rel, inc, home, folder))
+            if home == "store/pg" and folder != "store/pg" and inc != "store_pg.h":
+                fail("%s includes %s: outside store/pg only store_pg.h" % (rel, inc))
+            if folder == "server/http" and name in ROUTES and inc in ("edge.h", "app.h"):
+                fail("%s includes %s: a route sees the service (service.h) alone" % (rel, inc))
+    for p in glob.glob(os.path.join(root, "server", "idem", "*.[ch]")):
+        text = open(p).read()
+        for word in sorted(set(re.findall(r"payment|refund|civetweb|mg_\w+", text, re.I))):
+            fail("%s names '%s': the idempotency layer is generic" % (os.path.relpath(p, root), word))
     for f in failures:
         print("FAIL:", f)
-    print("layering: %d files checked, %d violations" % (len(sources), len(failures)))
+    print("layering: %d files, %d layers checked, %d violations"
+          % (len(sources), len(LAYERS), len(failures)))
     return 1 if failures else 0
 
 

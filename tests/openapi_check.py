@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """openapi_check.py - openapi.yaml describes every route, status and error code the server has.
 
-Reads the server's error table (server/apierr.h: every error answer is one
+Reads the server's error table (server/base/apierr.h: every error answer is one
 of its rows, and each row must be used in the sources) and routes and checks
 that openapi.yaml documents each: the routes and methods match, every error
 code is in ErrorCode and named in a response of its status, and ErrorCode
@@ -20,7 +20,7 @@ import yaml
 def main():
     root = sys.argv[1]
     spec = yaml.safe_load(open(os.path.join(root, "openapi.yaml")))
-    src = {p: open(p).read() for p in glob.glob(os.path.join(root, "server", "*.c"))}
+    src = {p: open(p).read() for p in glob.glob(os.path.join(root, "server", "*", "*.c"))}
     failures = []
 
     def check(cond, msg):
@@ -30,9 +30,9 @@ def main():
     check(str(spec.get("openapi", "")).startswith("3.1"), "not OpenAPI 3.1")
 
     # What the server can answer: (status, code) pairs, the rows of the one
-    # error table (server/apierr.h), each of which the sources must use.
+    # error table (server/base/apierr.h), each of which the sources must use.
     pairs = set()
-    table = open(os.path.join(root, "server", "apierr.h")).read()
+    table = open(os.path.join(root, "server", "base", "apierr.h")).read()
     rows = re.findall(r"X\((\w+),\s*(\d{3}),\s*\w+,\s*\"([a-z_]+)\"", table)
     uses = "".join(src.values())
     for name, status, code in rows:
@@ -44,8 +44,8 @@ def main():
     # Routes.
     # The resources: routes.h says each function's method and path, and
     # handlers.c must route to each.
-    handlers = src[os.path.join(root, "server", "handlers.c")]
-    routes_h = open(os.path.join(root, "server", "routes.h")).read()
+    handlers = src[os.path.join(root, "server", "http", "handlers.c")]
+    routes_h = open(os.path.join(root, "server", "http", "routes.h")).read()
     fixed = set(re.findall(r"strcmp\(path, \"(/[a-z]+)\"\)", handlers))
     want_paths = {p: {"get"} for p in fixed}
     declared = re.findall(r"/\* (GET|POST) (/\S+)[^*]*\*/\s*void (routes_\w+)\(", routes_h)

@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "store.h"
+#include "store_pg.h"
 #include "support.h"
 
 #define LONG_MS (60 * 1000)

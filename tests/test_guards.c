@@ -1,5 +1,5 @@
 /* test_guards.c - the guards on their own: the connection table
- * (server/conntable.c), connlimit's per-address limit and fair share, the
+ * (server/guard/conntable.c), connlimit's per-address limit and fair share, the
  * rate limit's buckets and the watchdog's body deadlines. Real sockets
  * (TCP over loopback, whose other end sees what a client would); the clock is
  * the test's where the module takes one.

@@ -10,6 +10,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "store_mem.h"
+#include "store_pg.h"
 #include "support.h"
 
 static struct test_server srv;

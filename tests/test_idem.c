@@ -12,6 +12,7 @@
 #include "idemkey.h"
 #include "replay_cache.h"
 #include "store.h"
+#include "store_mem.h"
 #include "support.h"
 
 /* A made-up operation: answers what the test tells it, counts its runs. */

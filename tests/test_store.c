@@ -10,6 +10,8 @@
 
 #include "migrations.h"
 #include "store.h"
+#include "store_mem.h"
+#include "store_pg.h"
 #include "support.h"
 
 #define LONG_MS (60 * 1000)

@@ -1,0 +1,228 @@
+/* app.c - starting and stopping the service: the store, the reaper, the
+ * guards and metrics, and the HTTP edge over them (edge.h) */
+#define _POSIX_C_SOURCE 200809L
+#include "app.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "replay_cache.h"
+#include "store_mem.h"
+#include "store_pg.h"
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+static void on_pg_notice(void *arg, const char *message)
+{
+    struct app *app = arg;
+    cJSON *line = log_begin(app->log, LOG_INFO, "postgres notice");
+    cJSON_AddStringToObject(line, "detail", message);
+    log_end(app->log, line);
+}
+
+/* Deletes expired records in bounded batches every interval. */
+static void *reaper_main(void *arg)
+{
+    struct app *app = arg;
+    pthread_mutex_lock(&app->mu);
+    while (!app->stopping) {
+        struct timespec deadline;
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_sec += app->cfg.reaper_interval_ms / 1000;
+        deadline.tv_nsec += (long)(app->cfg.reaper_interval_ms % 1000) * 1000000L;
+        if (deadline.tv_nsec >= 1000000000L) {
+            deadline.tv_sec++;
+            deadline.tv_nsec -= 1000000000L;
+        }
+        while (!app->stopping && pthread_cond_timedwait(&app->cv, &app->mu, &deadline) != ETIMEDOUT)
+            ;
+        if (app->stopping)
+            break;
+        pthread_mutex_unlock(&app->mu);
+        int total = 0, deleted = 0;
+        char err[256] = "";
+        /* At most ten batches a pass: the rest waits for the next one. */
+        for (int i = 0; i < 10; i++) {
+            enum store_status st =
+                store_reap(app->edge.svc.store, app->cfg.reaper_batch, &deleted, err, sizeof err);
+            if (st != STORE_OK) {
+                cJSON *line = log_begin(app->log, LOG_WARN, "reaper pass failed");
+                cJSON_AddStringToObject(line, "error", err);
+                log_end(app->log, line);
+                break;
+            }
+            total += deleted;
+            metrics_reaped(app->edge.metrics, deleted);
+            if (deleted < app->cfg.reaper_batch)
+                break;
+        }
+        if (total > 0) {
+            cJSON *line = log_begin(app->log, LOG_INFO, "reaper deleted expired keys");
+            cJSON_AddNumberToObject(line, "deleted", total);
+            log_end(app->log, line);
+        }
+        pthread_mutex_lock(&app->mu);
+    }
+    pthread_mutex_unlock(&app->mu);
+    return NULL;
+}
+
+static struct store *open_store(struct app *app, char *err, size_t errlen)
+{
+    if (app->cfg.store == STORE_KIND_MEMORY) {
+        struct store *s = store_mem_new();
+        if (!s)
+            snprintf(err, errlen, "out of memory");
+        return s;
+    }
+    struct store_pg_options o = {
+        .database_url = app->cfg.database_url,
+        .pool_size = app->cfg.pool_size,
+        .connect_timeout_s = 5,
+        .acquire_timeout_ms = 5000,
+        .unnamed_statements = app->cfg.unnamed_statements,
+        .notice = on_pg_notice,
+        .notice_arg = app,
+    };
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        struct store *s = store_pg_new(&o, err, errlen);
+        if (s)
+            return s;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec - start.tv_sec >= app->cfg.db_wait_s)
+            return NULL;
+        cJSON *line = log_begin(app->log, LOG_WARN, "waiting for the database");
+        cJSON_AddStringToObject(line, "error", err);
+        log_end(app->log, line);
+        sleep_ms(1000);
+    }
+}
+
+struct app *app_start(const struct config *cfg, struct logger *log, struct store *store, char *err,
+                      size_t errlen)
+{
+    struct app *app = calloc(1, sizeof *app);
+    if (!app) {
+        store_free(store);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    struct edge *e = &app->edge;
+    struct service *svc = &e->svc;
+    app->cfg = *cfg;
+    app->log = log;
+    svc->store = store;
+    svc->log = log;
+    svc->lease_ms = (int64_t)cfg->lease_s * 1000;
+    svc->ttl_ms = (int64_t)cfg->idempotency_ttl_s * 1000;
+    svc->require_key = cfg->require_key;
+    svc->processing_delay_ms = cfg->processing_delay_ms;
+    e->opt = (struct edge_options){
+        .listen_host = app->cfg.listen_host,
+        .port = cfg->port,
+        .threads = cfg->threads,
+        .max_client_connections = cfg->max_client_connections,
+        .rate_limit = cfg->rate_limit,
+        .unauthenticated_rate_limit = cfg->unauthenticated_rate_limit,
+    };
+    pthread_mutex_init(&app->mu, NULL);
+    pthread_cond_init(&app->cv, NULL);
+
+    e->metrics = metrics_new();
+    if (!e->metrics) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    svc->replays = replay_cache_new((size_t)cfg->replay_cache);
+    e->connlimit = connlimit_new(cfg->max_client_connections);
+    e->ratelimit = ratelimit_new(cfg->rate_limit);
+    e->unauth_limit = ratelimit_new_per_address(cfg->unauthenticated_rate_limit);
+    e->conns = conntable_new(cfg->threads, edge_reserve(cfg->threads));
+    e->watchdog = watchdog_new(edge_on_tick, e);
+    /* An eighth of the pool (one connection by default) for list pages: a
+     * flood of large pages leaves the rest to claims, completions and
+     * single reads. */
+    app->list_slots_ready =
+        sem_init(&svc->list_slots, 0,
+                 (unsigned)(cfg->pool_size / 8 > 1 ? cfg->pool_size / 8 : 1)) == 0;
+    if (!e->connlimit || !e->ratelimit || !e->unauth_limit || !e->conns || !e->watchdog ||
+        !app->list_slots_ready) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    e->auth = auth_new(cfg->api_keys, err, errlen);
+    if (!e->auth)
+        goto fail;
+    if (!auth_enabled(e->auth))
+        log_msg(log, LOG_WARN,
+                "no API keys configured: every request is served as the one open tenant "
+                "'" AUTH_OPEN_TENANT "'");
+    if (!svc->store)
+        svc->store = open_store(app, err, errlen);
+    if (!svc->store)
+        goto fail;
+    if (pthread_create(&app->reaper, NULL, reaper_main, app) != 0) {
+        snprintf(err, errlen, "could not start the reaper thread");
+        goto fail;
+    }
+    app->reaper_started = 1;
+    if (edge_start(e, err, errlen) != 0)
+        goto fail;
+    app->port = e->port;
+
+    cJSON *line = log_begin(log, LOG_INFO, "listening");
+    cJSON_AddNumberToObject(line, "port", app->port);
+    cJSON_AddStringToObject(line, "store", store_name(svc->store));
+    cJSON_AddNumberToObject(line, "threads", cfg->threads);
+    cJSON_AddNumberToObject(line, "pool_size", cfg->pool_size);
+    if (cfg->store == STORE_KIND_POSTGRES)
+        cJSON_AddStringToObject(line, "statements",
+                                cfg->unnamed_statements ? "unnamed" : "prepared");
+    cJSON_AddNumberToObject(line, "lease_s", cfg->lease_s);
+    cJSON_AddNumberToObject(line, "idempotency_ttl_s", cfg->idempotency_ttl_s);
+    log_end(log, line);
+    return app;
+fail:
+    app_stop(app);
+    return NULL;
+}
+
+void app_stop(struct app *app)
+{
+    if (!app)
+        return;
+    struct edge *e = &app->edge;
+    edge_stop(e, (app->cfg.lease_s > 30 ? app->cfg.lease_s : 30) * 1000);
+    pthread_mutex_lock(&app->mu);
+    app->stopping = 1;
+    pthread_cond_broadcast(&app->cv);
+    pthread_mutex_unlock(&app->mu);
+    if (app->reaper_started)
+        pthread_join(app->reaper, NULL);
+    store_free(e->svc.store);
+    auth_free(e->auth);
+    metrics_free(e->metrics);
+    replay_cache_free(e->svc.replays);
+    connlimit_free(e->connlimit);
+    ratelimit_free(e->ratelimit);
+    ratelimit_free(e->unauth_limit);
+    watchdog_free(e->watchdog); /* its tick uses the table */
+    conntable_free(e->conns);
+    if (app->list_slots_ready)
+        sem_destroy(&e->svc.list_slots);
+    pthread_cond_destroy(&app->cv);
+    pthread_mutex_destroy(&app->mu);
+    free(app);
+}

@@ -1,0 +1,293 @@
+/* handlers.c - what every request goes through (framing, draining,
+ * tenant, rate limit, access log, metrics) and routing to the resources
+ * (routes.h); health and metrics */
+#define _POSIX_C_SOURCE 200809L
+#include "handlers.h"
+
+#include <civetweb.h>
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <semaphore.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "civetweb_internals.h"
+#include "edge.h"
+#include "http.h"
+#include "ids.h"
+#include "log.h"
+#include "routes.h"
+
+/* ---- GET /health ---------------------------------------------------------- */
+
+static void health(struct request *r)
+{
+    char err[256] = "";
+    int pg = strcmp(store_name(r->svc->store), "postgres") == 0;
+    enum store_status st = store_ping(r->svc->store, err, sizeof err);
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "status", st == STORE_OK ? "healthy" : "unhealthy");
+    cJSON_AddStringToObject(root, "store", store_name(r->svc->store));
+    cJSON_AddStringToObject(root, "database", !pg ? "none" : st == STORE_OK ? "up" : "down");
+    http_send_json(r, st == STORE_OK ? 200 : 503, root);
+    cJSON_Delete(root);
+}
+
+/* ---- GET /metrics ------------------------------------------------------------ */
+
+static void metrics(struct request *r)
+{
+    size_t len = 0;
+    struct conntable_counts cc;
+    conntable_counts(r->edge->conns, &cc);
+    metrics_connections_shed(r->edge->metrics, cc.shed, cc.drained);
+    char *text = metrics_render(r->edge->metrics, r->svc->store, log_dropped(r->svc->log),
+                                __atomic_load_n(&r->edge->connections, __ATOMIC_RELAXED), &len);
+    if (!text) {
+        http_fail(r, APIERR_INTERNAL_ERROR, NULL, "out of memory");
+        return;
+    }
+    http_send_typed(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, NULL);
+    free(text);
+}
+
+/* ---- routing ---------------------------------------------------------------- */
+
+static void not_allowed(struct request *r, const char *allow)
+{
+    struct apierr e;
+    const char *headers[] = {"Allow", allow, NULL};
+    apierr_of(&e, APIERR_METHOD_NOT_ALLOWED, NULL, "%s is not allowed here; use %s",
+              r->ri->request_method, allow);
+    http_send_error(r, &e, headers);
+}
+
+static void access_log(struct request *r, double ms)
+{
+    struct log_line b;
+    if (!log_line_begin(r->svc->log, LOG_INFO, "request", &b))
+        return;
+    log_line_str(&b, "method", r->ri->request_method);
+    log_line_str(&b, "path", r->ri->local_uri ? r->ri->local_uri : "");
+    log_line_int(&b, "status", r->status);
+    log_line_ms(&b, "duration_ms", ms);
+    log_line_str(&b, "tenant", r->tenant);
+    log_line_str(&b, "outcome", outcome_name(r->outcome));
+    if (r->key[0])
+        log_line_str(&b, "key", r->key);
+    if (r->customer[0])
+        log_line_str(&b, "customer", r->customer);
+    log_line_end(r->svc->log, &b);
+}
+
+static void dispatch(struct request *r)
+{
+    const char *path = r->ri->local_uri ? r->ri->local_uri : "";
+    const char *method = r->ri->request_method;
+    int get = strcmp(method, "GET") == 0;
+
+    if (strcmp(path, "/health") == 0 || strcmp(path, "/metrics") == 0) {
+        int is_health = path[1] == 'h';
+        r->route = is_health ? METRICS_ROUTE_HEALTH : METRICS_ROUTE_METRICS;
+        if (!get)
+            not_allowed(r, "GET");
+        else if (is_health)
+            health(r);
+        else
+            metrics(r);
+        return;
+    }
+    /* /api/v1/payments[/{id}[/refunds]] and /api/v1/refunds/{id}: an id
+     * is one path segment */
+    size_t plen = strlen(ROUTES_PAYMENTS), rlen = strlen(ROUTES_REFUNDS);
+    char id[IDS_MAX + 1] = "";
+    int is_list = strcmp(path, ROUTES_PAYMENTS) == 0;
+    int is_one = 0, is_refunds = 0, is_refund = 0;
+    if (strncmp(path, ROUTES_PAYMENTS "/", plen + 1) == 0 && path[plen + 1]) {
+        const char *seg = path + plen + 1;
+        const char *slash = strchr(seg, '/');
+        size_t n = slash ? (size_t)(slash - seg) : strlen(seg);
+        if (n && n <= IDS_MAX) {
+            memcpy(id, seg, n);
+            id[n] = '\0';
+            is_one = !slash;
+            is_refunds = slash && strcmp(slash, "/refunds") == 0;
+        }
+    } else if (strncmp(path, ROUTES_REFUNDS "/", rlen + 1) == 0 && path[rlen + 1] &&
+               !strchr(path + rlen + 1, '/') && strlen(path + rlen + 1) <= IDS_MAX) {
+        snprintf(id, sizeof id, "%s", path + rlen + 1);
+        is_refund = 1;
+    }
+    if (!is_list && !is_one && !is_refunds && !is_refund) {
+        r->route = METRICS_ROUTE_OTHER;
+        http_fail(r, APIERR_ROUTE_NOT_FOUND, NULL, "no such route");
+        return;
+    }
+    r->route = is_list      ? METRICS_ROUTE_PAYMENTS
+               : is_one     ? METRICS_ROUTE_PAYMENT
+               : is_refunds ? METRICS_ROUTE_REFUNDS
+                            : METRICS_ROUTE_REFUND;
+    /* Every /api/ route needs a key, and its 401 comes first; a second
+     * Authorization header is refused, not silently ignored. */
+    r->tenant = http_header_count(r->ri, "Authorization") > 1
+                    ? NULL
+                    : auth_tenant(r->edge->auth, mg_get_header(r->conn, "Authorization"));
+    /* A bucket per tenant; without a valid key, one per client address
+     * (guessing keys, or a client misconfigured in a loop, gets 429s, not
+     * endless 401s). Before the key is claimed: nothing cached or consumed. */
+    int retry_after = 1;
+    if (r->tenant
+            ? ratelimit_take(r->edge->ratelimit, r->tenant, 1, watchdog_now_us(), &retry_after) != 0
+            : ratelimit_take(r->edge->unauth_limit, r->ri->remote_addr, 1, watchdog_now_us(),
+                             &retry_after) != 0) {
+        char secs[16];
+        snprintf(secs, sizeof secs, "%d", retry_after);
+        const char *headers[] = {"Retry-After", secs, NULL};
+        struct apierr e;
+        metrics_rate_limited(r->edge->metrics);
+        if (r->tenant)
+            apierr_of(&e, APIERR_RATE_LIMITED, NULL,
+                      "this API key sent more than %d requests a second; retry after %d s",
+                      r->edge->opt.rate_limit, retry_after);
+        else
+            apierr_of(&e, APIERR_RATE_LIMITED, NULL,
+                      "this address sent more than %d requests a second without a valid API "
+                      "key; retry after %d s",
+                      r->edge->opt.unauthenticated_rate_limit, retry_after);
+        http_send_error(r, &e, headers);
+        return;
+    }
+    if (!r->tenant) {
+        const char *headers[] = {"WWW-Authenticate", "Bearer", NULL};
+        struct apierr e;
+        apierr_of(&e, APIERR_UNAUTHORIZED, NULL,
+                  "a valid API key is required as Authorization: Bearer <key>");
+        http_send_error(r, &e, headers);
+        return;
+    }
+    int post = strcmp(method, "POST") == 0;
+    if (is_list && post)
+        routes_create_payment(r);
+    else if (is_list && get)
+        routes_list_payments(r);
+    else if (is_one && get)
+        routes_get_payment(r, id);
+    else if (is_refunds && post)
+        routes_create_refund(r, id);
+    else if (is_refunds && get)
+        routes_list_refunds(r, id);
+    else if (is_refund && get)
+        routes_get_refund(r, id);
+    else
+        not_allowed(r, is_list || is_refunds ? "GET, POST" : "GET");
+}
+
+int handlers_route(struct mg_connection *conn, void *cbdata)
+{
+    struct request r = {.conn = conn,
+                        .ri = mg_get_request_info(conn),
+                        .edge = cbdata,
+                        .svc = &((struct edge *)cbdata)->svc,
+                        .slot = mg_get_user_connection_data(conn)};
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    /* Shed by the connection table as this request arrived (it had waited
+     * idle while few workers were free): not worked on; answered 503
+     * server_busy, and the connection ends. */
+    int shed = conntable_set(r.edge->conns, r.slot, CONN_WORKING, watchdog_now_us()) != 0;
+    /* With keep-alive a connection holds its worker between requests. When
+     * every worker holds one, a new client would wait in the queue for as
+     * long as the busy ones keep talking: close this connection after its
+     * answer so the worker serves whoever waits. */
+    struct edge *e = cbdata;
+    if (civetweb_internals_on() && !civetweb_layout_matches(conn, r.ri)) {
+        civetweb_internals_off();
+        log_msg(e->svc.log, LOG_ERROR,
+                "civetweb's connection layout is not the one expected: connections per client "
+                "address are no longer limited");
+    }
+    if (__atomic_load_n(&e->connections, __ATOMIC_RELAXED) >= e->opt.threads)
+        http_close_after(&r);
+    /* Counted before the draining check: edge_stop waits for every request
+     * that got past it. */
+    __atomic_add_fetch(&e->in_flight, 1, __ATOMIC_SEQ_CST);
+    const char *why = NULL;
+    int framing = http_check_framing(r.ri, &why);
+    if (shed) {
+        const char *headers[] = {"Connection", "close", "Retry-After", "1", NULL};
+        struct apierr e;
+        r.route = METRICS_ROUTE_OTHER;
+        http_close_after(&r);
+        apierr_of(&e, APIERR_SERVER_BUSY, NULL, NULL);
+        http_send_error(&r, &e, headers);
+    } else if (r.slot && r.slot->refused) {
+        /* Over its address's limit and not shut in time (see edge.c). */
+        const char *headers[] = {"Connection", "close", "Retry-After", "1", NULL};
+        struct apierr e;
+        r.route = METRICS_ROUTE_OTHER;
+        apierr_of(&e, APIERR_TOO_MANY_CONNECTIONS, NULL,
+                  "this client address has too many open connections; close one and retry");
+        http_send_error(&r, &e, headers);
+    } else if (framing) {
+        /* What follows on this connection cannot be framed: answer, close. */
+        const char *headers[] = {"Connection", "close", NULL};
+        struct apierr e;
+        r.route = METRICS_ROUTE_OTHER;
+        apierr_of(&e, framing == 431 ? APIERR_HEADERS_TOO_LARGE : APIERR_BAD_REQUEST, NULL, "%s",
+                  why);
+        http_send_error(&r, &e, headers);
+    } else if (__atomic_load_n(&e->draining, __ATOMIC_SEQ_CST)) {
+        const char *headers[] = {"Connection", "close", "Retry-After", "1", NULL};
+        struct apierr e;
+        http_close_after(&r);
+        apierr_of(&e, APIERR_SHUTTING_DOWN, NULL,
+                  "this server is shutting down; retry (another server will answer)");
+        http_send_error(&r, &e, headers);
+    } else {
+        dispatch(&r);
+    }
+    __atomic_sub_fetch(&e->in_flight, 1, __ATOMIC_SEQ_CST);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    struct metrics_answer ma = {r.outcome, r.effect, r.replay_cached, r.error_code};
+    metrics_request(e->metrics, (enum metrics_route)r.route, r.ri->request_method, r.status, secs,
+                    &ma);
+    access_log(&r, secs * 1e3);
+    conntable_set(e->conns, r.slot, CONN_WAITING, watchdog_now_us());
+    return r.status ? r.status : 500;
+}
+
+/* What civetweb itself may refuse before a handler runs, and the row of
+ * the error table each gets; a status not listed keeps its number, as
+ * bad_request (or internal_error from 500 up). */
+static const struct {
+    int status;
+    enum apierr_id id;
+} CIVETWEB_ERRORS[] = {
+    {400, APIERR_BAD_REQUEST},        {404, APIERR_ROUTE_NOT_FOUND},
+    {405, APIERR_METHOD_NOT_ALLOWED}, {408, APIERR_REQUEST_TIMEOUT},
+    {413, APIERR_REQUEST_TOO_LARGE},  {414, APIERR_URI_TOO_LONG},
+    {431, APIERR_HEADERS_TOO_LARGE},  {500, APIERR_INTERNAL_ERROR},
+    {505, APIERR_HTTP_VERSION},
+};
+
+int handlers_http_error(struct mg_connection *conn, int status, const char *msg)
+{
+    struct request r = {.conn = conn, .ri = mg_get_request_info(conn)};
+    enum apierr_id id = status >= 500 ? APIERR_INTERNAL_ERROR : APIERR_BAD_REQUEST;
+    int listed = 0;
+    for (size_t i = 0; i < sizeof CIVETWEB_ERRORS / sizeof CIVETWEB_ERRORS[0]; i++)
+        if (CIVETWEB_ERRORS[i].status == status) {
+            id = CIVETWEB_ERRORS[i].id;
+            listed = 1;
+        }
+    const char *headers[] = {"Connection", "close", NULL};
+    struct apierr e;
+    apierr_of(&e, id, NULL, "%s", msg && *msg ? msg : apierr_row(id)->message);
+    if (!listed)
+        e.status = status;
+    http_send_error(&r, &e, headers);
+    return 0;
+}

@@ -1,0 +1,267 @@
+/* refund_routes.c - POST /api/v1/payments/{id}/refunds as an operation of
+ * the idempotency layer; listing and reading refunds */
+#define _POSIX_C_SOURCE 200809L
+#include "routes.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "service.h"
+#include "log.h"
+#include "money.h"
+#include "paging.h"
+#include "payment.h"
+#include "post_route.h"
+#include "refund.h"
+#include "utc_text.h"
+
+/* ---- POST /api/v1/payments/{id}/refunds, as an idempotent operation ----- */
+
+static int refund_parse_req(const char *body, size_t len, const char *path_id, void **req,
+                            struct apierr *err)
+{
+    struct refund_request *rr = calloc(1, sizeof *rr);
+    if (!rr)
+        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
+    if (refund_parse(body, len, path_id, rr, err) != 0) {
+        free(rr);
+        return -1;
+    }
+    *req = rr;
+    return 0;
+}
+
+static char *refund_canonical_req(const void *req, size_t *len)
+{
+    return refund_canonical(req, len);
+}
+
+static void refund_log_fields(const void *vreq, struct log_line *line)
+{
+    const struct refund_request *req = vreq;
+    log_line_str(line, "transaction_id", req->transaction_id);
+}
+
+static void refund_free_rows(struct store_rows *rows)
+{
+    struct store_refund *r = (struct store_refund *)rows->refund;
+    if (r) {
+        store_refund_clear(r);
+        free(r);
+    }
+    rows->refund = NULL;
+}
+
+/* What a refund needs of the service. */
+struct refund_ctx {
+    struct store *store;
+    const char *tenant;
+    int delay_ms; /* the simulated gateway's */
+};
+
+static int refund_run(void *vctx, const void *vreq, const char *key, struct idem_result *out,
+                      struct apierr *err)
+{
+    const struct refund_ctx *ctx = vctx;
+    const struct refund_request *req = vreq;
+    struct store_payment p = {0};
+    char serr[256] = "";
+    int rc = -1;
+
+    enum store_status st =
+        store_get_payment(ctx->store, ctx->tenant, req->transaction_id, &p, serr, sizeof serr);
+    if (st == STORE_NOT_FOUND)
+        return apierr_of(err, APIERR_PAYMENT_NOT_FOUND, NULL, "no payment with that id");
+    if (st != STORE_OK) {
+        apierr_store(err, st == STORE_UNAVAILABLE, 1);
+        return -1;
+    }
+    if (strcmp(p.status, "completed") != 0) {
+        apierr_of(err, APIERR_PAYMENT_NOT_REFUNDABLE, NULL,
+                  "payment %s was %s: there is nothing to refund", p.transaction_id, p.status);
+        goto out;
+    }
+    int digits = money_currency_digits(p.currency);
+    int64_t left = p.amount_minor - p.amount_refunded_minor, amount = left;
+    if (req->has_amount &&
+        refund_amount_minor(req, digits < 0 ? 2 : digits, p.currency, &amount, err) != 0)
+        goto out;
+    if (amount <= 0 || amount > left) {
+        char want[32], rest[32];
+        money_format(amount, digits < 0 ? 2 : digits, want, sizeof want);
+        money_format(left, digits < 0 ? 2 : digits, rest, sizeof rest);
+        if (left <= 0)
+            apierr_of(err, APIERR_REFUND_EXCEEDS_PAYMENT, "amount",
+                      "payment %s is already fully refunded", p.transaction_id);
+        else
+            apierr_of(err, APIERR_REFUND_EXCEEDS_PAYMENT, "amount",
+                      "a refund of %s %s is more than the %s left of payment %s", want, p.currency,
+                      rest, p.transaction_id);
+        goto out;
+    }
+    payment_simulated_wait(p.customer_id, ctx->delay_ms);
+    if (refund_gateway_fails(&p)) {
+        struct apierr ge;
+        apierr_of(&ge, APIERR_GATEWAY_ERROR, NULL,
+                  "the refund gateway failed before any money moved; retry with the same "
+                  "idempotency key");
+        out->status = 502;
+        out->retryable = 1;
+        out->body = apierr_json(&ge);
+        if (!out->body)
+            goto oom;
+        out->body_len = strlen(out->body);
+        rc = 0;
+        goto out;
+    }
+
+    char id[REFUND_ID_LEN + 1];
+    if (refund_new_id(id) != 0) {
+        apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "the random source failed");
+        goto out;
+    }
+    struct store_refund row = {
+        .refund_id = id,
+        .transaction_id = p.transaction_id,
+        .idempotency_key = (char *)key,
+        .amount_minor = amount,
+        .reason = (char *)req->reason,
+        .status = "succeeded",
+        .created_at_us = utc_now_us(),
+    };
+    memcpy(row.currency, p.currency, sizeof row.currency);
+    struct store_refund *copy = calloc(1, sizeof *copy);
+    if (copy && store_refund_copy(copy, &row) != 0) {
+        free(copy);
+        copy = NULL;
+    }
+    if (!copy)
+        goto oom;
+    out->rows.refund = copy;
+    out->effect = EFFECT_REFUND;
+    out->free_rows = refund_free_rows;
+    out->status = 201;
+    out->body = refund_json(&row);
+    size_t n = sizeof ROUTES_REFUNDS + 1 + REFUND_ID_LEN;
+    out->location = malloc(n);
+    if (!out->body || !out->location)
+        goto oom;
+    snprintf(out->location, n, "%s/%s", ROUTES_REFUNDS, id);
+    out->body_len = strlen(out->body);
+    rc = 0;
+    goto out;
+oom:
+    idem_result_clear(out);
+    apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
+out:
+    store_payment_clear(&p);
+    return rc;
+}
+
+/* The refund did not fit when written: another refund of the same payment
+ * got there first. */
+static int refund_rejected(void *ctx, const void *vreq, struct idem_result *out, struct apierr *err)
+{
+    (void)ctx;
+    const struct refund_request *req = vreq;
+    struct apierr e;
+    apierr_of(&e, APIERR_REFUND_EXCEEDS_PAYMENT, "amount",
+              "the refunds of payment %s would add up to more than its amount",
+              req->transaction_id);
+    out->status = 422;
+    out->body = apierr_json(&e);
+    if (!out->body)
+        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
+    out->body_len = strlen(out->body);
+    return 0;
+}
+
+static const struct idem_op REFUND_OP = {
+    .route = ROUTES_PAYMENTS "/{id}/refunds",
+    .run = refund_run,
+    .rejected = refund_rejected,
+};
+
+static const struct post_route REFUND_POST = {
+    .op = &REFUND_OP,
+    .max_body = REFUND_MAX_BODY,
+    .parse = refund_parse_req,
+    .canonical = refund_canonical_req,
+    .log_fields = refund_log_fields,
+    .free_req = free,
+};
+
+static void payment_not_found(struct request *r)
+{
+    http_fail(r, APIERR_PAYMENT_NOT_FOUND, NULL, "no payment with that id");
+}
+
+void routes_create_refund(struct request *r, const char *payment_id)
+{
+    if (!payment_id_valid(payment_id)) {
+        payment_not_found(r);
+        return;
+    }
+    struct refund_ctx ctx = {r->svc->store, r->tenant, r->svc->processing_delay_ms};
+    post_route_serve(r, &REFUND_POST, payment_id, &ctx);
+}
+
+/* ---- GET /api/v1/payments/{id}/refunds ---------------------------------- */
+
+static cJSON *refund_item(const void *r)
+{
+    return refund_to_cjson(r);
+}
+
+void routes_list_refunds(struct request *r, const char *payment_id)
+{
+    struct paging pg;
+    struct store_payment p = {0};
+    struct store_refund_list list = {0};
+    char err[256] = "";
+
+    if (paging_read(r, refund_id_valid, "refund", &pg) != 0)
+        return;
+    enum store_status st = STORE_NOT_FOUND;
+    if (payment_id_valid(payment_id))
+        st = store_get_payment(r->svc->store, r->tenant, payment_id, &p, err, sizeof err);
+    store_payment_clear(&p);
+    if (st == STORE_NOT_FOUND) {
+        payment_not_found(r);
+        return;
+    }
+    if (st != STORE_OK) {
+        http_fail_store(r, "get_payment", st, err);
+        return;
+    }
+    if (paging_take_slot(r, "list_refunds") != 0)
+        return;
+    struct store_refund_query q = {payment_id, pg.has_after ? pg.after : NULL, pg.limit};
+    st = store_list_refunds(r->svc->store, r->tenant, &q, &list, err, sizeof err);
+    if (st == STORE_NOT_FOUND) {
+        paging_unknown_cursor(r, "refund of this payment");
+    } else if (st != STORE_OK) {
+        http_fail_store(r, "list_refunds", st, err);
+    } else {
+        paging_send(r, "refunds", list.items, list.count, sizeof *list.items, refund_item,
+                    list.has_more, list.count ? list.items[list.count - 1].refund_id : NULL);
+    }
+    paging_done(r);
+    store_refund_list_clear(&list);
+}
+
+/* ---- GET /api/v1/refunds/{id} ------------------------------------------- */
+
+void routes_get_refund(struct request *r, const char *id)
+{
+    struct store_refund rf = {0};
+    char err[256] = "";
+    enum store_status st = STORE_NOT_FOUND;
+    if (refund_id_valid(id))
+        st = store_get_refund(r->svc->store, r->tenant, id, &rf, err, sizeof err);
+    http_send_found(r, "get_refund", st, err, APIERR_REFUND_NOT_FOUND,
+                    st == STORE_OK ? refund_to_cjson(&rf) : NULL);
+    store_refund_clear(&rf);
+}

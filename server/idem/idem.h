@@ -1,0 +1,105 @@
+/* idem.h - the idempotency layer: runs an operation at most once per
+ * (tenant, Idempotency-Key) and gives every retry the first answer
+ * (docs/design.md: claim, lease, fencing, completion)
+ *
+ * It knows no HTTP and no business. The caller gives it the tenant, the key,
+ * what identifies the request (method, route template and the operation's
+ * canonical fields: the fingerprint) and an operation; it gives back the
+ * answer to send and what it did (enum outcome). An operation knows nothing
+ * of keys: it runs, and returns its answer and the rows (struct store_rows)
+ * the layer writes with the completion, in one transaction. Reentrant: all
+ * state is in the store and the replay cache.
+ */
+#ifndef MOCKERY_IDEM_H
+#define MOCKERY_IDEM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "apierr.h"
+#include "outcome.h"
+#include "replay_cache.h"
+#include "store.h"
+
+/* What an operation answered. The layer frees it with idem_result_clear(). */
+struct idem_result {
+    int status;
+    char *body; /* malloc'd */
+    size_t body_len;
+    char *location;         /* malloc'd, or NULL: sent as the Location header */
+    int retryable;          /* failed before any effect: release the key, do not cache */
+    struct store_rows rows; /* written with the completion, in its transaction */
+    void (*free_rows)(struct store_rows *rows); /* the operation's; NULL: nothing to free */
+    int effect; /* the operation's code for what its rows were (0: none), passed on once
+                   they are written: the layer does not read it */
+};
+
+void idem_result_clear(struct idem_result *r);
+
+struct idem_op {
+    const char *route; /* the route template, part of the fingerprint */
+    /* Runs the operation for req (key is NULL for a request without one).
+     * Returns 0 with *out filled, or -1 with err: answered as it is, the
+     * claim released (the failure is not cached). */
+    int (*run)(void *ctx, const void *req, const char *key, struct idem_result *out,
+               struct apierr *err);
+    /* The answer when the store refused the rows (STORE_REJECTED: a
+     * condition checked as they are written no longer held, such as money
+     * taken back beyond what is left). Like a failed run it is not cached: the claim
+     * is released, and a retry runs (and is refused) again. NULL for an
+     * operation whose rows are never refused. */
+    int (*rejected)(void *ctx, const void *req, struct idem_result *out, struct apierr *err);
+};
+
+/* What the layer needs of the service; borrowed. */
+struct idem {
+    struct store *store;
+    struct replay_cache *replays; /* may be NULL */
+    int64_t lease_ms, ttl_ms;
+};
+
+/* One request, as the layer sees it. */
+struct idem_request {
+    const char *tenant;
+    const char *key; /* NULL: no key (run once, no record) */
+    const char *method;
+    const char *canonical; /* the operation's canonical fields */
+    size_t canonical_len;
+    const void *req; /* the parsed request, for the operation */
+    void *ctx;       /* the operation's context */
+};
+
+/* A store call that failed on the way, for the caller's log. */
+struct idem_store_failure {
+    const char *op; /* "claim", "complete", "release", "write_rows" */
+    enum store_status status;
+    char err[256];
+};
+
+/* What to answer, and what happened. */
+struct idem_answer {
+    int status;
+    char *body; /* malloc'd */
+    size_t body_len;
+    char *location;  /* malloc'd, or NULL */
+    int replayed;    /* the first answer, sent again: marked as a replay */
+    int retry_after; /* seconds for a Retry-After header; 0: none */
+    enum outcome outcome;
+    int duplicate;          /* a duplicate was prevented (replay, 409, 422) */
+    int64_t first_seen_us;  /* with duplicate: when the key was first used */
+    int effect;             /* the operation's effect code, when its rows were written; else 0 */
+    int from_cache;         /* a replay answered from this server's replay cache */
+    const char *error_code; /* an error answered now (not a replay): its code, a static string */
+    struct idem_store_failure failures[2];
+    int nfailures;
+};
+
+void idem_answer_clear(struct idem_answer *a);
+
+/* Runs rq through op: replay, 409, 422, or claim, run, and complete (or
+ * release). Always fills *out with an answer (a 500 if even that cannot be
+ * allocated has an empty body). */
+void idem_execute(const struct idem *layer, const struct idem_op *op, const struct idem_request *rq,
+                  struct idem_answer *out);
+
+#endif

@@ -1,0 +1,604 @@
+/* store_mem.c - the in-memory store, for quick runs and tests
+ *
+ * Same contract as the PostgreSQL store. One mutex guards everything: every
+ * operation is short and never waits on a payment, so a duplicate gets its
+ * answer at once. Nothing survives the process.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "store_mem.h"
+
+#include "hash.h"
+#include "mem_rows.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum rec_state { REC_PROCESSING, REC_COMPLETED };
+
+struct record {
+    struct record *next;
+    char *tenant;
+    char *key;
+    char *fingerprint;
+    enum rec_state state;
+    int64_t lease_token;
+    int64_t locked_until_us;
+    int64_t created_at_us;
+    int64_t expires_at_us;
+    int response_status;
+    char *body;
+    size_t body_len;
+    char *location;
+};
+
+struct mem_payment {
+    char *tenant;
+    struct store_payment p;
+};
+
+struct mem_refund {
+    char *tenant;
+    struct store_refund r;
+};
+
+struct store_mem {
+    struct store base;
+    pthread_mutex_t mu;
+    struct record **buckets;
+    size_t nbuckets;
+    size_t nrecords;
+    struct mem_rows payments; /* of struct mem_payment */
+    struct mem_rows refunds;  /* of struct mem_refund */
+    int64_t next_token;
+};
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static struct record **find_slot(struct store_mem *m, const char *tenant, const char *key)
+{
+    struct record **pp = &m->buckets[hash_pair(tenant, key) % m->nbuckets];
+    for (; *pp; pp = &(*pp)->next)
+        if (strcmp((*pp)->tenant, tenant) == 0 && strcmp((*pp)->key, key) == 0)
+            return pp;
+    return pp;
+}
+
+static void record_drop_response(struct record *r)
+{
+    free(r->body);
+    free(r->location);
+    r->body = NULL;
+    r->location = NULL;
+    r->body_len = 0;
+    r->response_status = 0;
+}
+
+static void record_free(struct record *r)
+{
+    record_drop_response(r);
+    free(r->tenant);
+    free(r->key);
+    free(r->fingerprint);
+    free(r);
+}
+
+static void grow_buckets(struct store_mem *m)
+{
+    size_t n = m->nbuckets * 2;
+    struct record **nb = calloc(n, sizeof *nb);
+    if (!nb)
+        return; /* keep the old table: longer chains, still correct */
+    for (size_t i = 0; i < m->nbuckets; i++) {
+        struct record *r = m->buckets[i];
+        while (r) {
+            struct record *next = r->next;
+            size_t h = hash_pair(r->tenant, r->key) % n;
+            r->next = nb[h];
+            nb[h] = r;
+            r = next;
+        }
+    }
+    free(m->buckets);
+    m->buckets = nb;
+    m->nbuckets = n;
+}
+
+static char *memdup(const char *s, size_t n)
+{
+    char *d = malloc(n + 1);
+    if (d) {
+        memcpy(d, s, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
+static enum store_status fill_completed(const struct record *r, struct store_claim_result *out)
+{
+    struct store_claim_result res = {.outcome = CLAIM_COMPLETED,
+                                     .response_status = r->response_status,
+                                     .response_body_len = r->body_len,
+                                     .created_at_us = r->created_at_us};
+    res.response_body = memdup(r->body, r->body_len);
+    if (r->location)
+        res.response_location = strdup(r->location);
+    if (!res.response_body || (r->location && !res.response_location)) {
+        store_claim_result_clear(&res);
+        return STORE_ERROR;
+    }
+    *out = res;
+    return STORE_OK;
+}
+
+static enum store_status mem_claim(struct store *s, const char *tenant, const char *key,
+                                   const char *fingerprint, int64_t lease_ms, int64_t ttl_ms,
+                                   struct store_claim_result *out, char *err, size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    enum store_status st = STORE_OK;
+    int64_t now = now_us();
+
+    pthread_mutex_lock(&m->mu);
+    struct record **slot = find_slot(m, tenant, key);
+    struct record *r = *slot;
+    if (!r) {
+        r = calloc(1, sizeof *r);
+        if (!r || !(r->tenant = strdup(tenant)) || !(r->key = strdup(key)) ||
+            !(r->fingerprint = strdup(fingerprint))) {
+            if (r)
+                record_free(r);
+            snprintf(err, errlen, "out of memory");
+            st = STORE_ERROR;
+            goto out;
+        }
+        r->state = REC_PROCESSING;
+        r->lease_token = ++m->next_token;
+        r->locked_until_us = now + lease_ms * 1000;
+        r->created_at_us = now;
+        r->expires_at_us = now + ttl_ms * 1000;
+        *slot = r;
+        if (++m->nrecords > m->nbuckets * 2)
+            grow_buckets(m);
+        *out = (struct store_claim_result){
+            .outcome = CLAIM_NEW, .lease_token = r->lease_token, .created_at_us = now};
+        goto out;
+    }
+    if (r->expires_at_us <= now) {
+        char *fp = strdup(fingerprint);
+        if (!fp) {
+            snprintf(err, errlen, "out of memory");
+            st = STORE_ERROR;
+            goto out;
+        }
+        free(r->fingerprint);
+        r->fingerprint = fp;
+        record_drop_response(r);
+        r->state = REC_PROCESSING;
+        r->lease_token = ++m->next_token;
+        r->locked_until_us = now + lease_ms * 1000;
+        r->created_at_us = now;
+        r->expires_at_us = now + ttl_ms * 1000;
+        *out = (struct store_claim_result){
+            .outcome = CLAIM_TAKEOVER, .lease_token = r->lease_token, .created_at_us = now};
+        goto out;
+    }
+    if (strcmp(r->fingerprint, fingerprint) != 0) {
+        *out = (struct store_claim_result){.outcome = CLAIM_MISMATCH,
+                                           .created_at_us = r->created_at_us};
+        goto out;
+    }
+    if (r->state == REC_COMPLETED) {
+        st = fill_completed(r, out);
+        if (st != STORE_OK)
+            snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    if (r->locked_until_us <= now) {
+        r->lease_token = ++m->next_token;
+        r->locked_until_us = now + lease_ms * 1000;
+        *out = (struct store_claim_result){.outcome = CLAIM_TAKEOVER,
+                                           .lease_token = r->lease_token,
+                                           .created_at_us = r->created_at_us};
+        goto out;
+    }
+    *out = (struct store_claim_result){.outcome = CLAIM_IN_PROGRESS,
+                                       .created_at_us = r->created_at_us};
+out:
+    pthread_mutex_unlock(&m->mu);
+    return st;
+}
+
+/* ---- payments and refunds: mem_rows tables ------------------------------ */
+
+/* Newest first: the later time, then the greater id. */
+static int newer_first(int64_t a_us, const char *a_id, int64_t b_us, const char *b_id)
+{
+    if (a_us != b_us)
+        return a_us > b_us ? -1 : 1;
+    return -strcmp(a_id, b_id);
+}
+
+static int payment_newer_first(const void *a, const void *b)
+{
+    const struct store_payment *x = &((const struct mem_payment *)a)->p;
+    const struct store_payment *y = &((const struct mem_payment *)b)->p;
+    return newer_first(x->processed_at_us, x->transaction_id, y->processed_at_us,
+                       y->transaction_id);
+}
+
+static int refund_newer_first(const void *a, const void *b)
+{
+    const struct store_refund *x = &((const struct mem_refund *)a)->r;
+    const struct store_refund *y = &((const struct mem_refund *)b)->r;
+    return newer_first(x->created_at_us, x->refund_id, y->created_at_us, y->refund_id);
+}
+
+static int payment_is(const void *row, const void *id)
+{
+    return strcmp(((const struct mem_payment *)row)->p.transaction_id, id) == 0;
+}
+
+static int refund_is(const void *row, const void *id)
+{
+    return strcmp(((const struct mem_refund *)row)->r.refund_id, id) == 0;
+}
+
+static struct mem_payment *find_payment(struct store_mem *m, const char *tenant, const char *id)
+{
+    size_t i = mem_rows_find(&m->payments, tenant, payment_is, id);
+    return i < m->payments.n ? mem_rows_at(&m->payments, i) : NULL;
+}
+
+static void payment_row_clear(void *row)
+{
+    struct mem_payment *mp = row;
+    free(mp->tenant);
+    store_payment_clear(&mp->p);
+}
+
+static void refund_row_clear(void *row)
+{
+    struct mem_refund *mr = row;
+    free(mr->tenant);
+    store_refund_clear(&mr->r);
+}
+
+/* Writes rows (caller holds the mutex): all of them, or nothing with
+ * STORE_REJECTED (a refund that does not fit its payment) or STORE_ERROR. */
+static enum store_status write_rows_locked(struct store_mem *m, const char *tenant,
+                                           const struct store_rows *rows, char *err, size_t errlen)
+{
+    const struct store_refund *rf = rows ? rows->refund : NULL;
+    const struct store_payment *pay = rows ? rows->payment : NULL;
+    struct mem_payment mp = {0};
+    struct mem_refund mr = {0};
+    if (rf) {
+        struct mem_payment *target = find_payment(m, tenant, rf->transaction_id);
+        if (!target || strcmp(target->p.status, "completed") != 0 || rf->amount_minor <= 0 ||
+            rf->amount_minor > target->p.amount_minor - target->p.amount_refunded_minor) {
+            snprintf(err, errlen, "refund does not fit its payment");
+            return STORE_REJECTED;
+        }
+    }
+    /* every copy and every allocation first: then nothing can fail */
+    if ((pay && (mem_rows_reserve(&m->payments) != 0 || !(mp.tenant = strdup(tenant)) ||
+                 store_payment_copy(&mp.p, pay) != 0)) ||
+        (rf && (mem_rows_reserve(&m->refunds) != 0 || !(mr.tenant = strdup(tenant)) ||
+                store_refund_copy(&mr.r, rf) != 0))) {
+        payment_row_clear(&mp);
+        refund_row_clear(&mr);
+        snprintf(err, errlen, "out of memory");
+        return STORE_ERROR;
+    }
+    if (pay)
+        mem_rows_insert(&m->payments, &mp);
+    if (rf) {
+        find_payment(m, tenant, rf->transaction_id)->p.amount_refunded_minor += rf->amount_minor;
+        mem_rows_insert(&m->refunds, &mr);
+    }
+    return STORE_OK;
+}
+
+static enum store_status mem_complete(struct store *s, const char *tenant, const char *key,
+                                      int64_t lease_token, const struct store_response *resp,
+                                      const struct store_rows *rows, char *err, size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    enum store_status st = STORE_OK;
+    char *body = NULL, *loc = NULL;
+
+    pthread_mutex_lock(&m->mu);
+    struct record *r = *find_slot(m, tenant, key);
+    if (!r || r->state != REC_PROCESSING || r->lease_token != lease_token) {
+        snprintf(err, errlen, "lease lost on key");
+        st = STORE_LEASE_LOST;
+        goto out;
+    }
+    body = memdup(resp->body, resp->body_len);
+    loc = resp->location ? strdup(resp->location) : NULL;
+    if (!body || (resp->location && !loc)) {
+        snprintf(err, errlen, "out of memory");
+        st = STORE_ERROR;
+        goto out;
+    }
+    st = write_rows_locked(m, tenant, rows, err, errlen);
+    if (st != STORE_OK)
+        goto out;
+    record_drop_response(r);
+    r->state = REC_COMPLETED;
+    r->response_status = resp->status;
+    r->body = body;
+    r->body_len = resp->body_len;
+    r->location = loc;
+    body = loc = NULL;
+out:
+    pthread_mutex_unlock(&m->mu);
+    free(body);
+    free(loc);
+    return st;
+}
+
+static enum store_status mem_release(struct store *s, const char *tenant, const char *key,
+                                     int64_t lease_token, char *err, size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    enum store_status st = STORE_OK;
+
+    pthread_mutex_lock(&m->mu);
+    struct record **slot = find_slot(m, tenant, key);
+    struct record *r = *slot;
+    if (!r || r->state != REC_PROCESSING || r->lease_token != lease_token) {
+        snprintf(err, errlen, "lease lost on key");
+        st = STORE_LEASE_LOST;
+    } else {
+        *slot = r->next;
+        record_free(r);
+        m->nrecords--;
+    }
+    pthread_mutex_unlock(&m->mu);
+    return st;
+}
+
+static enum store_status mem_write_rows(struct store *s, const char *tenant,
+                                        const struct store_rows *rows, char *err, size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    pthread_mutex_lock(&m->mu);
+    enum store_status st = write_rows_locked(m, tenant, rows, err, errlen);
+    pthread_mutex_unlock(&m->mu);
+    return st;
+}
+
+static int payment_copy(void *item, const void *row)
+{
+    return store_payment_copy(item, &((const struct mem_payment *)row)->p);
+}
+
+static int refund_copy(void *item, const void *row)
+{
+    return store_refund_copy(item, &((const struct mem_refund *)row)->r);
+}
+
+/* One row of tenant with this id, copied into *out. */
+static enum store_status get_row(struct store_mem *m, struct mem_rows *t, const char *tenant,
+                                 int (*is)(const void *, const void *), const char *id,
+                                 int (*copy)(void *, const void *), void *out, const char *what,
+                                 char *err, size_t errlen)
+{
+    enum store_status st = STORE_OK;
+    pthread_mutex_lock(&m->mu);
+    size_t i = mem_rows_find(t, tenant, is, id);
+    if (i == t->n) {
+        snprintf(err, errlen, "no such %s", what);
+        st = STORE_NOT_FOUND;
+    } else if (copy(out, mem_rows_at(t, i)) != 0) {
+        snprintf(err, errlen, "out of memory");
+        st = STORE_ERROR;
+    }
+    pthread_mutex_unlock(&m->mu);
+    return st;
+}
+
+static enum store_status mem_get_payment(struct store *s, const char *tenant,
+                                         const char *transaction_id, struct store_payment *out,
+                                         char *err, size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    return get_row(m, &m->payments, tenant, payment_is, transaction_id, payment_copy, out,
+                   "payment", err, errlen);
+}
+
+static enum store_status mem_get_refund(struct store *s, const char *tenant, const char *refund_id,
+                                        struct store_refund *out, char *err, size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    return get_row(m, &m->refunds, tenant, refund_is, refund_id, refund_copy, out, "refund", err,
+                   errlen);
+}
+
+static int payment_of_customer(const void *row, const void *customer)
+{
+    return !customer || strcmp(((const struct mem_payment *)row)->p.customer_id, customer) == 0;
+}
+
+static int refund_of_payment(const void *row, const void *transaction_id)
+{
+    return strcmp(((const struct mem_refund *)row)->r.transaction_id, transaction_id) == 0;
+}
+
+static void payment_item_clear(void *p)
+{
+    store_payment_clear(p);
+}
+
+static void refund_item_clear(void *r)
+{
+    store_refund_clear(r);
+}
+
+static enum store_status mem_list_payments(struct store *s, const char *tenant,
+                                           const struct store_list_query *q, struct store_list *out,
+                                           char *err, size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    enum store_status st = STORE_OK;
+    void *items = NULL;
+
+    pthread_mutex_lock(&m->mu);
+    /* Newest first from the end of the ordered table: the work is the page
+     * (and the other tenants' and customers' payments passed on the way),
+     * not every payment held. With a cursor, from the first row that is not
+     * older than it. */
+    size_t start = m->payments.n;
+    if (q->starting_after) {
+        const struct mem_payment *c = find_payment(m, tenant, q->starting_after);
+        if (!c) {
+            snprintf(err, errlen, "no such payment for cursor");
+            st = STORE_NOT_FOUND;
+            goto out;
+        }
+        start = mem_rows_not_older(&m->payments, c);
+    }
+    if (mem_rows_page(&m->payments, start, tenant, payment_of_customer, q->customer_id,
+                      payment_copy, payment_item_clear, sizeof(struct store_payment), q->limit,
+                      &items, &out->count, &out->has_more) != 0) {
+        snprintf(err, errlen, "out of memory");
+        st = STORE_ERROR;
+        goto out;
+    }
+    out->items = items;
+out:
+    pthread_mutex_unlock(&m->mu);
+    return st;
+}
+
+static enum store_status mem_list_refunds(struct store *s, const char *tenant,
+                                          const struct store_refund_query *q,
+                                          struct store_refund_list *out, char *err, size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    enum store_status st = STORE_OK;
+    void *items = NULL;
+
+    pthread_mutex_lock(&m->mu);
+    size_t start = m->refunds.n;
+    if (q->starting_after) {
+        start = mem_rows_find(&m->refunds, tenant, refund_is, q->starting_after);
+        if (start == m->refunds.n ||
+            !refund_of_payment(mem_rows_at(&m->refunds, start), q->transaction_id)) {
+            snprintf(err, errlen, "no such refund for cursor");
+            st = STORE_NOT_FOUND;
+            goto out;
+        }
+    }
+    if (mem_rows_page(&m->refunds, start, tenant, refund_of_payment, q->transaction_id, refund_copy,
+                      refund_item_clear, sizeof(struct store_refund), q->limit, &items, &out->count,
+                      &out->has_more) != 0) {
+        snprintf(err, errlen, "out of memory");
+        st = STORE_ERROR;
+        goto out;
+    }
+    out->items = items;
+out:
+    pthread_mutex_unlock(&m->mu);
+    return st;
+}
+
+static enum store_status mem_reap(struct store *s, int batch, int *deleted, char *err,
+                                  size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    int n = 0;
+    int64_t now = now_us();
+    (void)err;
+    (void)errlen;
+
+    pthread_mutex_lock(&m->mu);
+    for (size_t i = 0; i < m->nbuckets && n < batch; i++) {
+        struct record **pp = &m->buckets[i];
+        while (*pp && n < batch) {
+            struct record *r = *pp;
+            if (r->expires_at_us <= now) {
+                *pp = r->next;
+                record_free(r);
+                m->nrecords--;
+                n++;
+            } else {
+                pp = &r->next;
+            }
+        }
+    }
+    pthread_mutex_unlock(&m->mu);
+    *deleted = n;
+    return STORE_OK;
+}
+
+static enum store_status mem_ping(struct store *s, char *err, size_t errlen)
+{
+    (void)s;
+    (void)err;
+    (void)errlen;
+    return STORE_OK;
+}
+
+static void mem_free(struct store *s)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    for (size_t i = 0; i < m->nbuckets; i++) {
+        struct record *r = m->buckets[i];
+        while (r) {
+            struct record *next = r->next;
+            record_free(r);
+            r = next;
+        }
+    }
+    mem_rows_free(&m->payments, payment_row_clear);
+    mem_rows_free(&m->refunds, refund_row_clear);
+    free(m->buckets);
+    pthread_mutex_destroy(&m->mu);
+    free(m);
+}
+
+static const struct store_ops mem_ops = {
+    .name = "memory",
+    .claim = mem_claim,
+    .complete = mem_complete,
+    .release = mem_release,
+    .write_rows = mem_write_rows,
+    .get_payment = mem_get_payment,
+    .list_payments = mem_list_payments,
+    .get_refund = mem_get_refund,
+    .list_refunds = mem_list_refunds,
+    .reap = mem_reap,
+    .ping = mem_ping,
+    .pool_stats = NULL,
+    .free = mem_free,
+};
+
+struct store *store_mem_new(void)
+{
+    struct store_mem *m = calloc(1, sizeof *m);
+    if (!m)
+        return NULL;
+    m->base.ops = &mem_ops;
+    m->payments =
+        (struct mem_rows){.size = sizeof(struct mem_payment), .newer_first = payment_newer_first};
+    m->refunds =
+        (struct mem_rows){.size = sizeof(struct mem_refund), .newer_first = refund_newer_first};
+    m->nbuckets = 1024;
+    m->buckets = calloc(m->nbuckets, sizeof *m->buckets);
+    if (!m->buckets || pthread_mutex_init(&m->mu, NULL) != 0) {
+        free(m->buckets);
+        free(m);
+        return NULL;
+    }
+    return &m->base;
+}
