@@ -82,55 +82,80 @@ static void access_log(struct request *r, double ms)
     log_line_end(r->svc->log, &b);
 }
 
-static void dispatch(struct request *r)
-{
-    const char *path = r->ri->local_uri ? r->ri->local_uri : "";
-    const char *method = r->ri->request_method;
-    int get = strcmp(method, "GET") == 0;
+/* ---- the route table ------------------------------------------------------- */
 
-    if (strcmp(path, "/health") == 0 || strcmp(path, "/metrics") == 0) {
-        int is_health = path[1] == 'h';
-        r->route = is_health ? METRICS_ROUTE_HEALTH : METRICS_ROUTE_METRICS;
-        if (!get)
-            not_allowed(r, "GET");
-        else if (is_health)
-            health(r);
-        else
-            metrics(r);
-        return;
-    }
-    /* /api/v1/payments[/{id}[/refunds]] and /api/v1/refunds/{id}: an id
-     * is one path segment */
-    size_t plen = strlen(ROUTES_PAYMENTS), rlen = strlen(ROUTES_REFUNDS);
-    char id[IDS_MAX + 1] = "";
-    int is_list = strcmp(path, ROUTES_PAYMENTS) == 0;
-    int is_one = 0, is_refunds = 0, is_refund = 0;
-    if (strncmp(path, ROUTES_PAYMENTS "/", plen + 1) == 0 && path[plen + 1]) {
-        const char *seg = path + plen + 1;
-        const char *slash = strchr(seg, '/');
-        size_t n = slash ? (size_t)(slash - seg) : strlen(seg);
-        if (n && n <= IDS_MAX) {
-            memcpy(id, seg, n);
+static void get_health(struct request *r, const char *id)
+{
+    (void)id;
+    health(r);
+}
+
+static void get_metrics(struct request *r, const char *id)
+{
+    (void)id;
+    metrics(r);
+}
+
+static void create_payment(struct request *r, const char *id)
+{
+    (void)id;
+    routes_create_payment(r);
+}
+
+static void list_payments(struct request *r, const char *id)
+{
+    (void)id;
+    routes_list_payments(r);
+}
+
+/* Every path the API serves. A pattern's "{name}" is one path segment, an
+ * id of 1 to IDS_MAX bytes, handed to the handler; the rest must match
+ * exactly. Routes under /api/ need an API key (and are rate-limited);
+ * /health and /metrics do not. A method without a handler is answered 405
+ * with the route's Allow. (tests/openapi_check.py compares this table with
+ * openapi.yaml.) */
+static const struct route {
+    const char *pattern;
+    enum metrics_route metric;
+    int authenticated;
+    const char *allow;
+    void (*get)(struct request *r, const char *id);
+    void (*post)(struct request *r, const char *id);
+} ROUTE_TABLE[] = {
+    {"/health", METRICS_ROUTE_HEALTH, 0, "GET", get_health, NULL},
+    {"/metrics", METRICS_ROUTE_METRICS, 0, "GET", get_metrics, NULL},
+    {ROUTES_PAYMENTS, METRICS_ROUTE_PAYMENTS, 1, "GET, POST", list_payments, create_payment},
+    {ROUTES_PAYMENTS "/{transaction_id}", METRICS_ROUTE_PAYMENT, 1, "GET", routes_get_payment,
+     NULL},
+    {ROUTES_PAYMENTS "/{transaction_id}/refunds", METRICS_ROUTE_REFUNDS, 1, "GET, POST",
+     routes_list_refunds, routes_create_refund},
+    {ROUTES_REFUNDS "/{refund_id}", METRICS_ROUTE_REFUND, 1, "GET", routes_get_refund, NULL},
+};
+
+/* Whether path matches pattern; the "{...}" segment, if any, goes to id. */
+static int route_matches(const char *pattern, const char *path, char id[IDS_MAX + 1])
+{
+    while (*pattern) {
+        if (*pattern == '{') {
+            size_t n = strcspn(path, "/");
+            if (n == 0 || n > IDS_MAX)
+                return 0;
+            memcpy(id, path, n);
             id[n] = '\0';
-            is_one = !slash;
-            is_refunds = slash && strcmp(slash, "/refunds") == 0;
+            path += n;
+            pattern = strchr(pattern, '}') + 1;
+        } else if (*pattern++ != *path++) {
+            return 0;
         }
-    } else if (strncmp(path, ROUTES_REFUNDS "/", rlen + 1) == 0 && path[rlen + 1] &&
-               !strchr(path + rlen + 1, '/') && strlen(path + rlen + 1) <= IDS_MAX) {
-        snprintf(id, sizeof id, "%s", path + rlen + 1);
-        is_refund = 1;
     }
-    if (!is_list && !is_one && !is_refunds && !is_refund) {
-        r->route = METRICS_ROUTE_OTHER;
-        http_fail(r, APIERR_ROUTE_NOT_FOUND, NULL, "no such route");
-        return;
-    }
-    r->route = is_list      ? METRICS_ROUTE_PAYMENTS
-               : is_one     ? METRICS_ROUTE_PAYMENT
-               : is_refunds ? METRICS_ROUTE_REFUNDS
-                            : METRICS_ROUTE_REFUND;
-    /* Every /api/ route needs a key, and its 401 comes first; a second
-     * Authorization header is refused, not silently ignored. */
+    return *path == '\0';
+}
+
+/* The tenant of an /api/ request and its rate limit: 0 with r->tenant set,
+ * or -1 once answered (429, or 401 without a valid key). */
+static int authenticate(struct request *r)
+{
+    /* A second Authorization header is refused, not silently ignored. */
     r->tenant = http_header_count(r->ri, "Authorization") > 1
                     ? NULL
                     : auth_tenant(r->edge->auth, mg_get_header(r->conn, "Authorization"));
@@ -157,7 +182,7 @@ static void dispatch(struct request *r)
                       "key; retry after %d s",
                       r->edge->opt.unauthenticated_rate_limit, retry_after);
         http_send_error(r, &e, headers);
-        return;
+        return -1;
     }
     if (!r->tenant) {
         const char *headers[] = {"WWW-Authenticate", "Bearer", NULL};
@@ -165,23 +190,36 @@ static void dispatch(struct request *r)
         apierr_of(&e, APIERR_UNAUTHORIZED, NULL,
                   "a valid API key is required as Authorization: Bearer <key>");
         http_send_error(r, &e, headers);
+        return -1;
+    }
+    return 0;
+}
+
+static void dispatch(struct request *r)
+{
+    const char *path = r->ri->local_uri ? r->ri->local_uri : "";
+    const char *method = r->ri->request_method;
+    char id[IDS_MAX + 1] = "";
+    const struct route *route = NULL;
+    for (size_t i = 0; i < sizeof ROUTE_TABLE / sizeof ROUTE_TABLE[0] && !route; i++)
+        if (route_matches(ROUTE_TABLE[i].pattern, path, id))
+            route = &ROUTE_TABLE[i];
+    if (!route) {
+        r->route = METRICS_ROUTE_OTHER;
+        http_fail(r, APIERR_ROUTE_NOT_FOUND, NULL, "no such route");
         return;
     }
-    int post = strcmp(method, "POST") == 0;
-    if (is_list && post)
-        routes_create_payment(r);
-    else if (is_list && get)
-        routes_list_payments(r);
-    else if (is_one && get)
-        routes_get_payment(r, id);
-    else if (is_refunds && post)
-        routes_create_refund(r, id);
-    else if (is_refunds && get)
-        routes_list_refunds(r, id);
-    else if (is_refund && get)
-        routes_get_refund(r, id);
+    r->route = route->metric;
+    void (*handler)(struct request *, const char *) = strcmp(method, "GET") == 0    ? route->get
+                                                      : strcmp(method, "POST") == 0 ? route->post
+                                                                                    : NULL;
+    /* Every /api/ route needs a key, and its 401 comes first (before 405). */
+    if (route->authenticated && authenticate(r) != 0)
+        return;
+    if (handler)
+        handler(r, id);
     else
-        not_allowed(r, is_list || is_refunds ? "GET, POST" : "GET");
+        not_allowed(r, route->allow);
 }
 
 int handlers_route(struct mg_connection *conn, void *cbdata)
