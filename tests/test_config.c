@@ -1,0 +1,167 @@
+/* test_config.c - what the server reads at start: flags and environment, API keys, log lines */
+#define _POSIX_C_SOURCE 200809L
+#include <cjson/cJSON.h>
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "auth.h"
+#include "config.h"
+#include "log.h"
+
+/* ---- configuration ------------------------------------------------------------ */
+
+Test(config, flags_win_over_environment)
+{
+    struct config c;
+    char err[256];
+    setenv("PORT", "9000", 1);
+    setenv("MOCKERY_POOL_SIZE", "3", 1);
+    setenv("MOCKERY_STORE", "memory", 1);
+    char *argv[] = {"mockery-server", "--port=9100", "--lease", "5", "--require-key=false", NULL};
+    config_defaults(&c);
+    cr_assert_eq(config_parse(&c, 5, argv, err, sizeof err), CONFIG_OK, "%s", err);
+    cr_assert_eq(c.port, 9100);
+    cr_assert_eq(c.pool_size, 3);
+    cr_assert_eq(c.store, STORE_KIND_MEMORY);
+    cr_assert_eq(c.lease_s, 5);
+    cr_assert_eq(c.require_key, 0);
+}
+
+Test(config, bad_values_name_the_flag)
+{
+    struct config c;
+    char err[256];
+    char *a1[] = {"s", "--threads=0", NULL};
+    char *a2[] = {"s", "--store=mysql", NULL};
+    char *a3[] = {"s", "--bogus", NULL};
+    char *a4[] = {"s", "--port", NULL};
+    char *a5[] = {"s", "--log-level=loud", NULL};
+    config_defaults(&c);
+    cr_assert_eq(config_parse(&c, 2, a1, err, sizeof err), CONFIG_INVALID);
+    cr_assert(strstr(err, "--threads"), "%s", err);
+    cr_assert_eq(config_parse(&c, 2, a2, err, sizeof err), CONFIG_INVALID);
+    cr_assert(strstr(err, "--store"), "%s", err);
+    cr_assert_eq(config_parse(&c, 2, a3, err, sizeof err), CONFIG_INVALID);
+    cr_assert(strstr(err, "--bogus"), "%s", err);
+    cr_assert_eq(config_parse(&c, 2, a4, err, sizeof err), CONFIG_INVALID);
+    cr_assert_eq(config_parse(&c, 2, a5, err, sizeof err), CONFIG_INVALID);
+    setenv("MOCKERY_LEASE", "soon", 1);
+    char *a6[] = {"s", NULL};
+    cr_assert_eq(config_parse(&c, 1, a6, err, sizeof err), CONFIG_INVALID);
+    cr_assert(strstr(err, "MOCKERY_LEASE"), "%s", err);
+}
+
+/* ---- API keys ------------------------------------------------------------------- */
+
+Test(auth, keys_map_to_tenants)
+{
+    char err[256];
+    struct auth *a = auth_new("acme:key-acme-123,globex:key-globex-456", err, sizeof err);
+    cr_assert_not_null(a, "%s", err);
+    cr_assert(auth_enabled(a));
+    cr_assert_str_eq(auth_tenant(a, "Bearer key-acme-123"), "acme");
+    cr_assert_str_eq(auth_tenant(a, "bearer key-globex-456"), "globex");
+    cr_assert_null(auth_tenant(a, "Bearer key-acme-12"));
+    cr_assert_null(auth_tenant(a, "key-acme-123"));
+    cr_assert_null(auth_tenant(a, NULL));
+    auth_free(a);
+    a = auth_new("", err, sizeof err);
+    cr_assert_not(auth_enabled(a));
+    cr_assert_str_eq(auth_tenant(a, NULL), AUTH_OPEN_TENANT);
+    auth_free(a);
+    cr_assert_null(auth_new("nocolon", err, sizeof err));
+    cr_assert_null(auth_new("t:short", err, sizeof err));
+    cr_assert_null(auth_new("@/nonexistent/file", err, sizeof err));
+}
+
+Test(auth, keys_from_a_file)
+{
+    char path[] = "/tmp/mockery-keys-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    FILE *f = fdopen(fd, "w");
+    fputs("# tenants of the staging cluster\n"
+          "acme:key-acme-123   # the first\n"
+          "\n"
+          "globex:key-globex-456, initech:key-initech-789\n",
+          f);
+    fclose(f);
+    char spec[64], err[256];
+    snprintf(spec, sizeof spec, "@%s", path);
+    struct auth *a = auth_new(spec, err, sizeof err);
+    cr_assert_not_null(a, "%s", err);
+    cr_assert_str_eq(auth_tenant(a, "Bearer key-acme-123"), "acme");
+    cr_assert_str_eq(auth_tenant(a, "Bearer key-globex-456"), "globex");
+    cr_assert_str_eq(auth_tenant(a, "Bearer key-initech-789"), "initech");
+    cr_assert_null(auth_tenant(a, "Bearer # the first"));
+    auth_free(a);
+    f = fopen(path, "w");
+    fputs("# nothing but comments\n", f);
+    fclose(f);
+    cr_assert_null(auth_new(spec, err, sizeof err), "a file without keys must be refused");
+    unlink(path);
+}
+
+/* ---- logger --------------------------------------------------------------------- */
+
+Test(log, lines_are_json_and_levels_filter)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    struct logger *l = log_new(f, LOG_WARN);
+    log_msg(l, LOG_INFO, "hidden");
+    cJSON *line = log_begin(l, LOG_ERROR, "shown \"quoted\"\nnewline");
+    cJSON_AddStringToObject(line, "key", "k1");
+    log_end(l, line);
+    cr_assert_null(log_begin(l, LOG_DEBUG, "filtered"));
+    log_flush(l);
+    fflush(f);
+    cr_assert_null(strstr(buf, "hidden"));
+    cr_assert_eq(strchr(buf, '\n'), buf + len - 1, "exactly one line: %s", buf);
+    cJSON *o = cJSON_Parse(buf);
+    cr_assert_not_null(o, "%s", buf);
+    cr_assert_str_eq(cJSON_GetObjectItem(o, "level")->valuestring, "error");
+    cr_assert_str_eq(cJSON_GetObjectItem(o, "msg")->valuestring, "shown \"quoted\"\nnewline");
+    cr_assert_str_eq(cJSON_GetObjectItem(o, "key")->valuestring, "k1");
+    cJSON_Delete(o);
+    log_free(l);
+    fclose(f);
+    free(buf);
+}
+
+Test(log, numbers_and_time_are_written_exactly)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    struct logger *l = log_new(f, LOG_INFO);
+    struct log_line line;
+    cr_assert(log_line_begin(l, LOG_INFO, "numbers", &line));
+    log_line_int(&line, "zero", 0);
+    log_line_int(&line, "neg", -9223372036854775807LL - 1);
+    log_line_int(&line, "big", 9223372036854775807LL);
+    log_line_ms(&line, "ms", 1.2345);
+    log_line_ms(&line, "small", 0.0004);
+    log_line_ms(&line, "whole", 12.0);
+    log_line_end(l, &line);
+    log_flush(l);
+    fflush(f);
+    cr_assert_not_null(strstr(buf, "\"zero\":0,\"neg\":-9223372036854775808,"
+                                   "\"big\":9223372036854775807,\"ms\":1.235,"
+                                   "\"small\":0.000,\"whole\":12.000}"),
+                       "%s", buf);
+    cJSON *o = cJSON_Parse(buf);
+    cr_assert_not_null(o, "%s", buf);
+    const char *t = cJSON_GetObjectItem(o, "time")->valuestring;
+    /* YYYY-MM-DDTHH:MM:SS.mmmZ */
+    cr_assert_eq(strlen(t), 24, "%s", t);
+    cr_assert(t[4] == '-' && t[10] == 'T' && t[19] == '.' && t[23] == 'Z', "%s", t);
+    cJSON_Delete(o);
+    log_free(l);
+    fclose(f);
+    free(buf);
+}
