@@ -8,13 +8,18 @@ server (or the demo) really has, as their --help says, and the defects found
 when the stack was first started stay fixed (issue 13): ports published on
 127.0.0.1 only, no server-wide processing delay, a demo that builds its image
 and waits for healthy servers, a healthcheck on $PORT, no debconf prompts.
+The front door: haproxy on 127.0.0.1:8080 with the repository's
+haproxy/haproxy.cfg, which `haproxy -c` accepts, balancing both replicas
+with health checks; the replicas only on debugging ports.
 
 usage: compose_check.py REPO_ROOT MOCKERY_SERVER MOCKERY_DEMO
 """
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import yaml
 
@@ -116,7 +121,49 @@ def main():
         check("build" in s, "%s: does not build the Dockerfile" % name)
         image = image or s.get("image")
         check(s.get("image") == image, "%s: another image" % name)
-    check(sorted(host_ports) == ["8080", "8081"], "host ports %s, want 8080 and 8081" % host_ports)
+    check(sorted(host_ports) == ["8081", "8082"],
+          "replicas' host ports %s, want 8081 and 8082 (for debugging; 8080 is the front door)"
+          % host_ports)
+    for name in replicas:
+        limit = services[name].get("environment", {}).get("MOCKERY_MAX_CLIENT_CONNECTIONS")
+        check(limit is not None and int(limit) > 96,
+              "%s: --max-client-connections %s is not above haproxy's 96 per replica" % (name, limit))
+
+    # The front door.
+    hap = services.get("haproxy")
+    check(hap is not None, "no haproxy service (the front door)")
+    if hap:
+        check(str(hap.get("image", "")).startswith("haproxy:2.6"), "haproxy image: %s" % hap.get("image"))
+        ports = [parse_port(p) for p in hap.get("ports", [])]
+        check(ports == [("127.0.0.1", "8080", "8080")], "haproxy publishes %s, want 127.0.0.1:8080" % ports)
+        check(any(str(v).endswith(":/usr/local/etc/haproxy:ro") and "haproxy" in str(v)
+                  for v in hap.get("volumes", [])), "haproxy does not mount haproxy/: %s"
+              % hap.get("volumes"))
+        dep = hap.get("depends_on", {})
+        check(isinstance(dep, dict) and all(
+            dep.get(r, {}).get("condition") == "service_healthy" for r in replicas),
+            "haproxy does not wait for healthy replicas: %r" % dep)
+    cfg_path = os.path.join(root, "haproxy", "haproxy.cfg")
+    hcfg = open(cfg_path).read()
+    servers = re.findall(r"^\s*server\s+(\S+)\s+(\S+)", hcfg, re.M)
+    check(sorted(servers) == [(r, r + ":8080") for r in sorted(replicas)],
+          "haproxy.cfg's servers %s, want both replicas on :8080" % servers)
+    for needed in ("option httpchk GET /health", "check inter", "timeout http-request",
+                   "timeout server", "option http-buffer-request", "sc0_conn_cur",
+                   "balance hdr(Idempotency-Key)", "retry-on conn-failure"):
+        check(needed in hcfg, "haproxy.cfg lacks %r" % needed)
+    for status in re.findall(r"errorfile (\d+) /usr/local/etc/haproxy/(\S+)", hcfg):
+        path = os.path.join(root, "haproxy", status[1])
+        check(os.path.exists(path), "haproxy.cfg names %s, which is not in haproxy/" % status[1])
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    check(os.path.exists(haproxy), "haproxy is not installed (scripts/dev installs it)")
+    if os.path.exists(haproxy):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "haproxy.cfg")
+            with open(path, "w") as f:
+                f.write(hcfg.replace("/usr/local/etc/haproxy/", os.path.join(root, "haproxy") + "/"))
+            res = subprocess.run([haproxy, "-c", "-f", path], capture_output=True, text=True)
+            check(res.returncode == 0, "haproxy -c refuses haproxy.cfg: %s" % res.stderr[-2000:])
     check(len(urls) == 1, "the replicas use different databases: %s" % urls)
 
     demo_svc = services.get("demo")
@@ -136,7 +183,7 @@ def main():
                 check(tok in demo_flags, "demo: flag %s unknown to mockery-demo" % tok)
         if "--url" in cmd:
             target = cmd[cmd.index("--url") + 1]
-            check(re.match(r"http://server-[12]:8080$", target) is not None, "demo url %s" % target)
+            check(target == "http://haproxy:8080", "demo url %s: not the front door" % target)
 
     # Every published port is on the loopback interface only.
     for name, s in services.items():

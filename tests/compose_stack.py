@@ -7,15 +7,21 @@ Docker engine, then checked through the published ports:
   scripts/dev docker up        an engine (started here if none answers) and
                                the base images, made when they are missing
   docker-compose up -d --build the project's image from the Dockerfile;
-                               postgres, server-1, server-2, prometheus
+                               postgres, server-1, server-2, haproxy (the
+                               front door, 127.0.0.1:8080), prometheus
   docker-compose --profile demo run --rm demo   at once, while the servers
-                               start: waits for them, prints "double charges: 0"
-  - a payment on server-1, replayed by server-2 byte for byte;
+                               start: through the front door, waits for the
+                               servers, prints "double charges: 0"
+  - a payment through the front door, replayed through it byte for byte by
+    the same replica, and by the other replica (on its debugging port);
+  - GETs through the front door reach both replicas;
   - Prometheus scraping both servers, with the shipped rules loaded;
   docker-compose exec -T postgres psql -U mockery mockery   counts the rows
   - server-1 recreated with a 20 s processor (tests/compose_slow_server1.yml)
-    and stopped while it runs a payment: the payment is answered after its
-    log says "stopping" (SIGTERM drains), and server-1 exits 0;
+    and stopped while it runs a payment sent through the front door: the
+    payment is answered after its log says "stopping" (SIGTERM drains),
+    server-1 exits 0, the retry through the front door is replayed by
+    server-2, and new payments through it are all answered 201;
   docker-compose down -v       leaves no container, volume or network
 
 The project name is COMPOSE_PROJECT_NAME=mockery-stack-test, so that a stack
@@ -36,7 +42,8 @@ import urllib.error
 import urllib.request
 
 PROJECT = "mockery-stack-test"
-PORTS = {"server-1": 8080, "server-2": 8081, "prometheus": 9090}
+FRONT = 8080  # haproxy
+PORTS = {"front door": FRONT, "server-1": 8081, "server-2": 8082, "prometheus": 9090}
 
 
 class Failure(Exception):
@@ -58,21 +65,26 @@ def run(args, root, check=True, timeout=900, quiet=False):
     return res
 
 
+def lower(headers):
+    """The headers with their names in lower case (haproxy sends them so)."""
+    return {k.lower(): v for k, v in headers.items()}
+
+
 def http(method, url, body=None, headers=None, timeout=30):
     """(status, headers, body bytes); status 0 and the reason when no answer came."""
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, dict(r.headers), r.read()
+            return r.status, lower(r.headers), r.read()
     except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
+        return e.code, lower(e.headers), e.read()
     except (urllib.error.URLError, OSError) as e:
         return 0, {}, str(e).encode()
 
 
-def post_payment(port, key, customer, amount="12.34"):
-    body = json.dumps({"amount": float(amount), "currency": "EUR", "customer_id": customer,
-                       "description": "compose stack test"}).encode()
+def post_payment(port, key, customer, amount="12.34", body=None):
+    body = body or json.dumps({"amount": float(amount), "currency": "EUR", "customer_id": customer,
+                               "description": "compose stack test"}).encode()
     return http("POST", "http://127.0.0.1:%d/api/v1/payments" % port, body,
                 {"Content-Type": "application/json", "Idempotency-Key": key}, timeout=60)
 
@@ -88,11 +100,12 @@ def port_taken(port):
 
 
 def wait_healthy(deadline_s=180):
-    """Both servers' /health answer 200 through the published ports."""
+    """Both servers' /health, and the front door's, answer 200 through the
+    published ports."""
     end = time.time() + deadline_s
     last = {}
     while time.time() < end:
-        for name in ("server-1", "server-2"):
+        for name in ("server-1", "server-2", "front door"):
             status, _, body = http("GET", "http://127.0.0.1:%d/health" % PORTS[name], timeout=5)
             last[name] = (status, body[:200])
         if all(s == 200 for s, _ in last.values()):
@@ -108,20 +121,52 @@ def psql(root, sql):
 
 
 def replay_across_servers(root, run_id):
+    """A payment through the front door; its retry through the front door
+    (the same replica: haproxy hashes the key) and on the other replica's
+    own port: the same bytes each time."""
     key = "stack-%s-replay" % run_id
     cust = "cust-stack-%s" % run_id
-    s1, h1, b1 = post_payment(PORTS["server-1"], key, cust)
-    check(s1 == 201, "server-1: POST -> %d %r" % (s1, b1[:300]))
-    s2, h2, b2 = post_payment(PORTS["server-2"], key, cust)
-    check(s2 == 200, "server-2: the retry -> %d %r" % (s2, b2[:300]))
-    check(h2.get("X-Idempotent-Replay") == "true",
-          "server-2's answer is not marked as a replay: %r" % h2)
-    check(b1 == b2, "server-2 replayed other bytes:\n%r\n%r" % (b1, b2))
-    check(h1.get("Location") == h2.get("Location"),
-          "Location %r then %r" % (h1.get("Location"), h2.get("Location")))
+    s1, h1, b1 = post_payment(FRONT, key, cust)
+    check(s1 == 201, "front door: POST -> %d %r" % (s1, b1[:300]))
+    first = h1.get("x-mockery-replica")
+    check(first in ("server-1", "server-2"), "the front door named no replica: %r" % h1)
+    other = "server-2" if first == "server-1" else "server-1"
+    for where, port in (("the front door", FRONT), (other, PORTS[other])):
+        s2, h2, b2 = post_payment(port, key, cust)
+        check(s2 == 200, "%s: the retry -> %d %r" % (where, s2, b2[:300]))
+        check(h2.get("x-idempotent-replay") == "true",
+              "%s's answer is not marked as a replay: %r" % (where, h2))
+        check(b1 == b2, "%s replayed other bytes:\n%r\n%r" % (where, b1, b2))
+        check(h1.get("location") == h2.get("location"),
+              "Location %r then %r" % (h1.get("location"), h2.get("location")))
+        if port == FRONT:
+            check(h2.get("x-mockery-replica") == first,
+                  "the retry went to %r, the payment to %r" % (h2.get("x-mockery-replica"), first))
     txn = json.loads(b1)["transaction_id"]
-    log("payment %s on server-1, replayed byte for byte by server-2" % txn)
+    log("payment %s through the front door (on %s), replayed byte for byte through it "
+        "and by %s" % (txn, first, other))
+    # Requests without a key are spread over both replicas.
+    seen = set()
+    for _ in range(10):
+        status, h, _ = http("GET", "http://127.0.0.1:%d/health" % FRONT, timeout=10)
+        check(status == 200, "GET /health through the front door -> %d" % status)
+        seen.add(h.get("x-mockery-replica"))
+    check(seen == {"server-1", "server-2"}, "10 GETs through the front door reached %s" % seen)
+    log("GETs through the front door reach both replicas")
     return txn
+
+
+def key_on(replica, run_id):
+    """An Idempotency-Key that the front door sends to replica: found by
+    POSTs of an empty body, which every replica refuses (422) without
+    claiming the key or writing anything."""
+    for i in range(64):
+        key = "stack-%s-on-%s-%d" % (run_id, replica, i)
+        status, h, body = post_payment(FRONT, key, None, body=b"{}")
+        check(status in (400, 422), "the probe POST {} -> %d %r" % (status, body[:200]))
+        if h.get("x-mockery-replica") == replica:
+            return key
+    raise Failure("64 keys, none sent to %s by the front door" % replica)
 
 
 def prometheus_sees_both_servers(deadline_s=60):
@@ -167,12 +212,12 @@ def stop_during_slow_payment(root, run_id):
     slow = ["docker-compose", "-f", "docker-compose.yml", "-f", "tests/compose_slow_server1.yml"]
     run(slow + ["up", "-d", "--no-deps", "server-1"], root)
     wait_healthy()
-    key = "stack-%s-stopped" % run_id
+    key = key_on("server-1", run_id)
     cust = "cust-slow-stack-%s" % run_id
     answer = {}
 
     def pay():
-        answer["r"] = post_payment(PORTS["server-1"], key, cust)
+        answer["r"] = post_payment(FRONT, key, cust)
 
     t = threading.Thread(target=pay)
     t.start()
@@ -190,9 +235,11 @@ def stop_during_slow_payment(root, run_id):
     run(slow + ["stop", "server-1"], root)
     t.join(120)
     check(not t.is_alive(), "the payment in flight when server-1 stopped was never answered")
-    status, _, body = answer["r"]
+    status, headers, body = answer["r"]
     check(status == 201, "the payment in flight when server-1 stopped got %d %r" %
           (status, body[:300]))
+    check(headers.get("x-mockery-replica") == "server-1",
+          "the slow payment was answered by %r" % headers.get("x-mockery-replica"))
     lines = run(slow + ["logs", "--no-color", "server-1"], root, quiet=True).stdout.splitlines()
     stopping = [i for i, l in enumerate(lines) if '"msg":"stopping' in l]
     answered = [i for i, l in enumerate(lines)
@@ -206,11 +253,22 @@ def stop_during_slow_payment(root, run_id):
     check(not state["Running"] and state["ExitCode"] == 0,
           "server-1 after docker-compose stop: running %s, exit code %s" %
           (state["Running"], state["ExitCode"]))
-    # The retry reaches the other server and gets the same payment.
-    s2, h2, b2 = post_payment(PORTS["server-2"], key, cust)
-    check(s2 == 200 and b2 == body, "server-2 after the stop: %d %r" % (s2, b2[:300]))
-    log("server-1 stopped in %.1f s while a payment ran: answered 201 after its "
-        "'stopping' line and exited 0; server-2 replays it" % (time.time() - started))
+    # The retry through the front door reaches the other server and gets
+    # the same payment; new payments through it are all answered.
+    s2, h2, b2 = post_payment(FRONT, key, cust)
+    check(s2 == 200 and b2 == body and h2.get("x-mockery-replica") == "server-2",
+          "the retry through the front door after the stop: %d from %r %r"
+          % (s2, h2.get("x-mockery-replica"), b2[:300]))
+    for i in range(10):
+        s3, h3, b3 = post_payment(FRONT, "stack-%s-after-stop-%d" % (run_id, i),
+                                  "cust-stack-%s" % run_id)
+        check(s3 == 201 and h3.get("x-mockery-replica") == "server-2",
+              "payment %d through the front door with server-1 stopped: %d from %r %r"
+              % (i, s3, h3.get("x-mockery-replica"), b3[:300]))
+    log("server-1 stopped in %.1f s while a payment sent through the front door ran: "
+        "answered 201 after its 'stopping' line and exited 0; the retry through the front "
+        "door replayed by server-2; 10 new payments answered 201 by server-2"
+        % (time.time() - started))
     return json.loads(body)["transaction_id"]
 
 
@@ -259,9 +317,12 @@ def main():
         slow = stop_during_slow_payment(root, run_id)
         one = psql(root, "SELECT count(*) FROM payments WHERE transaction_id = '%s'" % slow)
         check(one == "1", "the payment answered while server-1 stopped: %s rows" % one)
+        rows = psql(root, "SELECT count(*) FROM payments")
+        check(rows == "19", "psql counts %s payments, want 19 (8, the stopped one, 10 after it; "
+              "the probes none)" % rows)
     except (Failure, subprocess.TimeoutExpired) as e:
         print("FAIL: %s" % e)
-        for name in ("server-1", "server-2", "postgres", "prometheus"):
+        for name in ("server-1", "server-2", "haproxy", "postgres", "prometheus"):
             res = run(["docker-compose", "logs", "--tail", "20", name], root, check=False,
                       quiet=True)
             print("--- %s (last lines)\n%s" % (name, res.stdout[-3000:]))
