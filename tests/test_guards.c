@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "conntable.h"
 #include "connlimit.h"
 #include "ratelimit.h"
@@ -353,13 +354,13 @@ Test(watchdog, a_read_past_its_deadline_is_ended, .timeout = 30)
     cr_assert_not_null(wd);
     struct pair p = open_pair();
     struct watch w;
-    watchdog_arm(wd, &w, p.server, watchdog_now_us() + S / 5);
+    watchdog_arm(wd, &w, p.server, clock_mono_us() + S / 5);
     char buf[16];
     ssize_t n = recv(p.server, buf, sizeof buf, 0); /* blocks: the client sends nothing */
     cr_assert_eq(n, 0, "the read was not ended (%zd)", n);
     cr_assert(watchdog_disarm(wd, &w), "disarm did not say it fired");
     struct pair q = open_pair();
-    watchdog_arm(wd, &w, q.server, watchdog_now_us() + 3600 * S);
+    watchdog_arm(wd, &w, q.server, clock_mono_us() + 3600 * S);
     cr_assert_eq(send(q.client, "x", 1, 0), 1);
     cr_assert_eq(recv(q.server, buf, sizeof buf, 0), 1);
     cr_assert_not(watchdog_disarm(wd, &w), "a read that ended in time was marked fired");

@@ -11,16 +11,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "replay_cache.h"
 #include "store_mem.h"
 #include "store_pg.h"
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
 
 static void on_pg_notice(void *arg, const char *message)
 {
@@ -37,13 +31,7 @@ static void *reaper_main(void *arg)
     pthread_mutex_lock(&app->mu);
     while (!app->stopping) {
         struct timespec deadline;
-        clock_gettime(CLOCK_REALTIME, &deadline);
-        deadline.tv_sec += app->cfg.reaper_interval_ms / 1000;
-        deadline.tv_nsec += (long)(app->cfg.reaper_interval_ms % 1000) * 1000000L;
-        if (deadline.tv_nsec >= 1000000000L) {
-            deadline.tv_sec++;
-            deadline.tv_nsec -= 1000000000L;
-        }
+        clock_deadline_in(&deadline, app->cfg.reaper_interval_ms);
         while (!app->stopping && pthread_cond_timedwait(&app->cv, &app->mu, &deadline) != ETIMEDOUT)
             ;
         if (app->stopping)
@@ -94,19 +82,17 @@ static struct store *open_store(struct app *app, char *err, size_t errlen)
         .notice = on_pg_notice,
         .notice_arg = app,
     };
-    struct timespec start, now;
-    clock_gettime(CLOCK_MONOTONIC, &start);
+    int64_t start = clock_mono_us();
     for (;;) {
         struct store *s = store_pg_new(&o, err, errlen);
         if (s)
             return s;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        if (now.tv_sec - start.tv_sec >= app->cfg.db_wait_s)
+        if (clock_mono_us() - start >= (int64_t)app->cfg.db_wait_s * 1000000)
             return NULL;
         cJSON *line = log_begin(app->log, LOG_WARN, "waiting for the database");
         cJSON_AddStringToObject(line, "error", err);
         log_end(app->log, line);
-        sleep_ms(1000);
+        clock_sleep_ms(1000);
     }
 }
 

@@ -6,13 +6,6 @@
 
 #include "decimal.h"
 
-int64_t utc_now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 void utc_iso_micro(int64_t us, char out[28])
 {
     int64_t secs = us / 1000000, frac = us % 1000000;

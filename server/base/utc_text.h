@@ -12,8 +12,6 @@
 #include <stdint.h>
 #include <time.h>
 
-/* The wall clock in unix microseconds. */
-int64_t utc_now_us(void);
 /* Unix microseconds as RFC 3339 UTC, "2026-11-27T23:13:07.123456Z" (27
  * characters and a NUL); "" for a year outside 0000-9999. */
 void utc_iso_micro(int64_t us, char out[28]);

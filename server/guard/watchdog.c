@@ -11,6 +11,8 @@
 
 #define TICK_MS 50
 
+#include "clock.h"
+
 struct watchdog {
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -21,27 +23,15 @@ struct watchdog {
     void *tick_arg;
 };
 
-int64_t watchdog_now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static void *watchdog_main(void *arg)
 {
     struct watchdog *wd = arg;
     pthread_mutex_lock(&wd->mu);
     while (!wd->stopping) {
         struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += TICK_MS * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
+        clock_deadline_in(&until, TICK_MS);
         pthread_cond_timedwait(&wd->cv, &wd->mu, &until);
-        int64_t now = watchdog_now_us();
+        int64_t now = clock_mono_us();
         /* Under the mutex: an armed read is still in progress, so its
          * connection (and socket) is still open. */
         for (struct watch *w = wd->armed; w; w = w->next)

@@ -38,8 +38,4 @@ void watchdog_arm(struct watchdog *wd, struct watch *w, int fd, int64_t deadline
  * reading: the connection must close after the answer). */
 int watchdog_disarm(struct watchdog *wd, struct watch *w);
 
-/* CLOCK_MONOTONIC in microseconds (the clock of deadlines and rate
- * buckets). */
-int64_t watchdog_now_us(void);
-
 #endif

@@ -6,7 +6,6 @@
 #include <civetweb.h>
 #include <cjson/cJSON.h>
 #include <arpa/inet.h>
-#include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +16,7 @@
 #include <sys/socket.h>
 
 #include "civetweb_internals.h"
+#include "clock.h"
 #include "handlers.h"
 #include "http.h"
 #include "log.h"
@@ -76,7 +76,7 @@ static int on_connection_open(const struct mg_connection *conn, void **conn_data
     struct edge *e = mg_get_user_data(mg_get_context(conn));
     const struct mg_request_info *ri = civetweb_early_request_info(conn);
     int open = __atomic_add_fetch(&e->connections, 1, __ATOMIC_RELAXED);
-    int64_t now = watchdog_now_us();
+    int64_t now = clock_mono_us();
     int fd = ri ? peer_socket_find(civetweb_socket_hint(conn), ri->remote_addr, ri->remote_port,
                                    ri->server_port)
                 : -1;
@@ -135,13 +135,6 @@ static void on_context_ready(const struct mg_context *ctx)
     mg_set_request_handler((struct mg_context *)ctx, "/", handlers_route, e);
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
 /* civetweb is not the one civetweb_internals.c reads (why): without its
  * reads there is no limit per address and no shedding. Allowed only when
  * the limit is off (--max-client-connections 0): returns 1 and logs it;
@@ -193,7 +186,7 @@ static int probe_layout(struct edge *e, char *why, size_t len)
         for (int waited = 0; waited < 10000 && result == 0; waited += 5) {
             result = __atomic_load_n(&e->probe_result, __ATOMIC_SEQ_CST);
             if (result == 0)
-                sleep_ms(5);
+                clock_sleep_ms(5);
         }
     __atomic_store_n(&e->probe_port, 0, __ATOMIC_SEQ_CST);
     close(fd);
@@ -284,7 +277,7 @@ void edge_stop(struct edge *e, int drain_ms)
     __atomic_store_n(&e->draining, 1, __ATOMIC_SEQ_CST);
     for (int waited = 0; __atomic_load_n(&e->in_flight, __ATOMIC_SEQ_CST) > 0 && waited < drain_ms;
          waited += 10)
-        sleep_ms(10);
+        clock_sleep_ms(10);
     mg_stop(e->ctx);
     e->ctx = NULL;
 }

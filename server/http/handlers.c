@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "civetweb_internals.h"
+#include "clock.h"
 #include "edge.h"
 #include "http.h"
 #include "ids.h"
@@ -164,8 +165,8 @@ static int authenticate(struct request *r)
      * endless 401s). Before the key is claimed: nothing cached or consumed. */
     int retry_after = 1;
     if (r->tenant
-            ? ratelimit_take(r->edge->ratelimit, r->tenant, 1, watchdog_now_us(), &retry_after) != 0
-            : ratelimit_take(r->edge->unauth_limit, r->ri->remote_addr, 1, watchdog_now_us(),
+            ? ratelimit_take(r->edge->ratelimit, r->tenant, 1, clock_mono_us(), &retry_after) != 0
+            : ratelimit_take(r->edge->unauth_limit, r->ri->remote_addr, 1, clock_mono_us(),
                              &retry_after) != 0) {
         char secs[16];
         snprintf(secs, sizeof secs, "%d", retry_after);
@@ -229,12 +230,11 @@ int handlers_route(struct mg_connection *conn, void *cbdata)
                         .edge = cbdata,
                         .svc = &((struct edge *)cbdata)->svc,
                         .slot = mg_get_user_connection_data(conn)};
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int64_t t0 = clock_mono_us();
     /* Shed by the connection table as this request arrived (it had waited
      * idle while few workers were free): not worked on; answered 503
      * server_busy, and the connection ends. */
-    int shed = conntable_set(r.edge->conns, r.slot, CONN_WORKING, watchdog_now_us()) != 0;
+    int shed = conntable_set(r.edge->conns, r.slot, CONN_WORKING, clock_mono_us()) != 0;
     /* With keep-alive a connection holds its worker between requests. When
      * every worker holds one, a new client would wait in the queue for as
      * long as the busy ones keep talking: close this connection after its
@@ -287,13 +287,12 @@ int handlers_route(struct mg_connection *conn, void *cbdata)
         dispatch(&r);
     }
     __atomic_sub_fetch(&e->in_flight, 1, __ATOMIC_SEQ_CST);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    double secs = (double)(clock_mono_us() - t0) / 1e6;
     struct metrics_answer ma = {r.outcome, r.effect, r.replay_cached, r.error_code};
     metrics_request(e->metrics, (enum metrics_route)r.route, r.ri->request_method, r.status, secs,
                     &ma);
     access_log(&r, secs * 1e3);
-    conntable_set(e->conns, r.slot, CONN_WAITING, watchdog_now_us());
+    conntable_set(e->conns, r.slot, CONN_WAITING, clock_mono_us());
     return r.status ? r.status : 500;
 }
 

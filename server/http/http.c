@@ -4,6 +4,7 @@
 
 #include "edge.h"
 #include "civetweb_internals.h"
+#include "clock.h"
 #include "peer_socket.h"
 #include "log.h"
 
@@ -164,7 +165,7 @@ void http_send_typed(struct request *r, int status, const char *content_type, co
      * answer. A client that pipelines requests and reads nothing, or a byte
      * now and then, once held its worker for a timeout per request - 2,000
      * GET /metrics, hours. Answers already that late are not written. */
-    int64_t now = watchdog_now_us();
+    int64_t now = clock_mono_us();
     if (r->edge && conntable_write_begin(r->edge->conns, r->slot, now, used) != 0)
         http_close_after(r);
     else if (mg_write(r->conn, buf, used) != (int)used)
@@ -236,8 +237,7 @@ static void arm_body_deadline(struct request *r, struct watch *w)
     int fd = r->slot ? r->slot->fd : -1;
     if (fd < 0 && !civetweb_internals_on())
         fd = peer_socket_find(-1, r->ri->remote_addr, r->ri->remote_port, r->ri->server_port);
-    watchdog_arm(r->edge->watchdog, w, fd,
-                 watchdog_now_us() + (int64_t)HTTP_BODY_DEADLINE_MS * 1000);
+    watchdog_arm(r->edge->watchdog, w, fd, clock_mono_us() + (int64_t)HTTP_BODY_DEADLINE_MS * 1000);
 }
 
 /* Reads the whole body, at most max bytes, into a malloc'd NUL-terminated
@@ -258,7 +258,7 @@ static enum http_body read_body(struct request *r, size_t max, char **out, size_
      * the deadline. */
     struct watch w;
     arm_body_deadline(r, &w);
-    conntable_set(r->edge->conns, r->slot, CONN_READING, watchdog_now_us());
+    conntable_set(r->edge->conns, r->slot, CONN_READING, clock_mono_us());
     for (;;) {
         if (n + 1 >= cap) {
             if (cap > max + 1) { /* chunked body longer than allowed */
@@ -288,7 +288,7 @@ static enum http_body read_body(struct request *r, size_t max, char **out, size_
         }
     }
     /* (both calls always: the table's state and the watch end here) */
-    int shed = conntable_set(r->edge->conns, r->slot, CONN_WORKING, watchdog_now_us()) != 0;
+    int shed = conntable_set(r->edge->conns, r->slot, CONN_WORKING, clock_mono_us()) != 0;
     if (watchdog_disarm(r->edge->watchdog, &w) || shed) {
         /* Past its deadline, or shed while few workers were free: its
          * socket no longer reads; close after the 408. */
@@ -325,10 +325,10 @@ static void discard_body(struct request *r)
     int got;
     struct watch w;
     arm_body_deadline(r, &w); /* a trickled body is not waited for either */
-    conntable_set(r->edge->conns, r->slot, CONN_READING, watchdog_now_us());
+    conntable_set(r->edge->conns, r->slot, CONN_READING, clock_mono_us());
     while (total < HTTP_DISCARD_MAX && (got = mg_read(r->conn, buf, sizeof buf)) > 0)
         total += (size_t)got;
-    conntable_set(r->edge->conns, r->slot, CONN_WORKING, watchdog_now_us());
+    conntable_set(r->edge->conns, r->slot, CONN_WORKING, clock_mono_us());
     watchdog_disarm(r->edge->watchdog, &w);
 }
 
@@ -465,9 +465,9 @@ static void send_continue(struct request *r, size_t max_body)
         return;
     static const char CONTINUE[] = "HTTP/1.1 100 Continue\r\n\r\n";
     /* (counted with the answers: the drain deadline sees every byte) */
-    if (conntable_write_begin(r->edge->conns, r->slot, watchdog_now_us(), sizeof CONTINUE - 1) == 0)
+    if (conntable_write_begin(r->edge->conns, r->slot, clock_mono_us(), sizeof CONTINUE - 1) == 0)
         mg_write(r->conn, CONTINUE, sizeof CONTINUE - 1);
-    conntable_set(r->edge->conns, r->slot, CONN_WORKING, watchdog_now_us());
+    conntable_set(r->edge->conns, r->slot, CONN_WORKING, clock_mono_us());
 }
 
 int http_read_idempotent_post(struct request *r, size_t max_body, int require_key,

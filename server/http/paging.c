@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "service.h"
 
 /* Answers 400 and returns -1: the route stops here. */
@@ -55,8 +56,7 @@ void paging_unknown_cursor(struct request *r, const char *what)
 int paging_take_slot(struct request *r, const char *op)
 {
     struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 5;
+    clock_deadline_in(&until, 5000);
     int waited;
     while ((waited = sem_timedwait(&r->svc->list_slots, &until)) != 0 && errno == EINTR)
         ;

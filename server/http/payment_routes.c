@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "service.h"
 #include "log.h"
 #include "money.h"
@@ -104,7 +105,7 @@ static int pay_run(void *vctx, const void *vreq, const char *key, struct idem_re
         .amount_minor = req->amount_minor,
         .description = req->description,
         .status = po == PAYMENT_APPROVED ? "completed" : "declined",
-        .processed_at_us = utc_now_us(),
+        .processed_at_us = clock_wall_us(),
     };
     memcpy(p.currency, req->currency, sizeof p.currency);
 

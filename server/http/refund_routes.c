@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "service.h"
 #include "log.h"
 #include "money.h"
@@ -129,7 +130,7 @@ static int refund_run(void *vctx, const void *vreq, const char *key, struct idem
         .amount_minor = amount,
         .reason = (char *)req->reason,
         .status = "succeeded",
-        .created_at_us = utc_now_us(),
+        .created_at_us = clock_wall_us(),
     };
     memcpy(row.currency, p.currency, sizeof row.currency);
     struct store_refund *copy = calloc(1, sizeof *copy);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "idemkey.h"
 #include "utc_text.h"
 
@@ -269,7 +270,7 @@ void idem_execute(const struct idem *l, const struct idem_op *op, const struct i
     /* A retry of a completed key: answered from memory when this server has
      * seen the answer (a completed record never changes until it expires). */
     struct replay_entry cached;
-    switch (replay_cache_get(l->replays, rq->tenant, rq->key, fp, utc_now_us(), &cached)) {
+    switch (replay_cache_get(l->replays, rq->tenant, rq->key, fp, clock_wall_us(), &cached)) {
     case REPLAY_HIT:
         answer_replay(out, &cached);
         out->from_cache = 1;

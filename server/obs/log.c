@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "decimal.h"
 #include "utc_text.h"
 #include "utf8.h"
@@ -52,12 +53,7 @@ static void *writer_main(void *arg)
     for (;;) {
         while (!l->used && !l->stopping) {
             struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_nsec += LOG_TICK_MS * 1000000L;
-            if (until.tv_nsec >= 1000000000L) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000L;
-            }
+            clock_deadline_in(&until, LOG_TICK_MS);
             pthread_cond_timedwait(&l->wake, &l->mu, &until);
         }
         if (!l->used && l->stopping)
@@ -267,14 +263,13 @@ int log_line_begin(const struct logger *l, enum log_level level, const char *msg
     b->on = log_enabled(l, level);
     if (!b->on)
         return 0;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t now = clock_wall_us();
     char when[48] = "{\"time\":\"";
     size_t n = 9;
-    utc_iso_second(ts.tv_sec, when + n);
+    utc_iso_second(now / 1000000, when + n);
     n += 19;
     when[n++] = '.';
-    n += (size_t)decimal_digits(when + n, (unsigned long long)(ts.tv_nsec / 1000000), 3);
+    n += (size_t)decimal_digits(when + n, (unsigned long long)(now % 1000000 / 1000), 3);
     memcpy(when + n, "Z\"", 2);
     put(b, when, n + 2);
     put(b, ",\"level\":\"", 10);

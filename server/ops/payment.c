@@ -4,12 +4,12 @@
 #include "payment.h"
 
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "ids.h"
 #include "request_json.h"
 #include "money.h"
@@ -137,9 +137,8 @@ void payment_simulated_wait(const char *customer_id, int delay_ms)
     int ms = delay_ms;
     if (strncmp(customer_id, PAYMENT_SLOW_PREFIX, strlen(PAYMENT_SLOW_PREFIX)) == 0)
         ms += PAYMENT_SLOW_MS;
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (ms > 0 && nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
+    if (ms > 0)
+        clock_sleep_ms(ms);
 }
 
 enum payment_outcome payment_process(const struct payment_request *r, int delay_ms)

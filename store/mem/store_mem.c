@@ -7,6 +7,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "store_mem.h"
 
+#include "clock.h"
 #include "hash.h"
 #include "mem_rows.h"
 
@@ -54,13 +55,6 @@ struct store_mem {
     struct mem_rows refunds;  /* of struct mem_refund */
     int64_t next_token;
 };
-
-static int64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
 
 static struct record **find_slot(struct store_mem *m, const char *tenant, const char *key)
 {
@@ -144,7 +138,7 @@ static enum store_status mem_claim(struct store *s, const char *tenant, const ch
 {
     struct store_mem *m = (struct store_mem *)s;
     enum store_status st = STORE_OK;
-    int64_t now = now_us();
+    int64_t now = clock_wall_us();
 
     pthread_mutex_lock(&m->mu);
     struct record **slot = find_slot(m, tenant, key);
@@ -517,7 +511,7 @@ static enum store_status mem_reap(struct store *s, int batch, int *deleted, char
 {
     struct store_mem *m = (struct store_mem *)s;
     int n = 0;
-    int64_t now = now_us();
+    int64_t now = clock_wall_us();
     (void)err;
     (void)errlen;
 

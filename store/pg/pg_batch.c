@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
+
 /* A batch still running after this long is waiting on something (a record
  * lock held outside the server, a stalled flush): the next turn of its kind
  * starts beside it, on another connection, rather than wait behind it. */
@@ -39,11 +41,7 @@ static void turn_at(const struct pg_batcher *b, int kind, struct timespec *at)
             *at = r->start;
     if (!b->running[kind])
         return;
-    at->tv_nsec += (long)BATCH_STALL_MS * 1000000L;
-    while (at->tv_nsec >= 1000000000L) {
-        at->tv_sec++;
-        at->tv_nsec -= 1000000000L;
-    }
+    clock_add_ms(at, BATCH_STALL_MS);
 }
 
 /* The pool's wake hook (mu held, a connection free): the oldest queued
@@ -56,7 +54,7 @@ static void wake_oldest(void *arg)
             continue;
         struct timespec turn;
         turn_at(b, k, &turn);
-        if (!b->running[k] || pg_deadline_passed(&turn))
+        if (!b->running[k] || clock_passed(&turn))
             pthread_cond_signal(&b->head[k]->cv);
     }
 }
@@ -293,7 +291,7 @@ static void run_many(struct pg_batcher *b, int idx, struct pg_batch_op **ops, in
 void pg_batch_submit(struct pg_batcher *b, struct pg_batch_op *op)
 {
     struct timespec deadline;
-    pg_deadline_in(&deadline, b->pool->acquire_timeout_ms);
+    clock_deadline_in(&deadline, b->pool->acquire_timeout_ms);
     pthread_cond_init(&op->cv, NULL);
     op->st = STORE_OK;
 
@@ -305,15 +303,14 @@ void pg_batch_submit(struct pg_batcher *b, struct pg_batch_op *op)
         turn_at(b, op->kind, &turn);
         struct pg_batch_op *batch[BATCH_MAX];
         int n = 0;
-        if (!op->taken && b->pool->nfree > 0 &&
-            (!b->running[op->kind] || pg_deadline_passed(&turn)))
+        if (!op->taken && b->pool->nfree > 0 && (!b->running[op->kind] || clock_passed(&turn)))
             n = take_batch(b, op->kind, batch);
         /* n == 0 with a turn due: every queued key is held by a stalled batch;
          * wait for one to end */
-        int held = !op->taken && b->running[op->kind] && pg_deadline_passed(&turn) && n == 0;
+        int held = !op->taken && b->running[op->kind] && clock_passed(&turn) && n == 0;
         if (n) {
             struct pg_batch_run run = {.ops = batch, .n = n, .next = b->running[op->kind]};
-            clock_gettime(CLOCK_REALTIME, &run.start);
+            clock_deadline_in(&run.start, 0); /* now */
             b->running[op->kind] = &run;
             int idx = pg_pool_take_locked(b->pool);
             if (b->head[op->kind]) /* left behind: its turn is timed from now */
@@ -362,7 +359,7 @@ void pg_batch_submit(struct pg_batcher *b, struct pg_batch_op *op)
              (turn.tv_sec == deadline.tv_sec && turn.tv_nsec < deadline.tv_nsec)))
             until = &turn;
         int rc = pthread_cond_timedwait(&op->cv, &b->pool->mu, until);
-        if (rc == ETIMEDOUT && !op->taken && pg_deadline_passed(&deadline)) {
+        if (rc == ETIMEDOUT && !op->taken && clock_passed(&deadline)) {
             queue_remove(b, op);
             op->st = STORE_UNAVAILABLE;
             snprintf(op->err, op->errlen, "no database connection free for this %s within %d ms",

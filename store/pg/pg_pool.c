@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "pg_sql.h"
 
 static void notice_cb(void *arg, const char *message)
@@ -104,25 +105,6 @@ static PGconn *connect_pooled(struct pg_pool *p, char *err, size_t errlen)
     return conn;
 }
 
-void pg_deadline_in(struct timespec *deadline, int ms)
-{
-    clock_gettime(CLOCK_REALTIME, deadline);
-    deadline->tv_sec += ms / 1000;
-    deadline->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (deadline->tv_nsec >= 1000000000L) {
-        deadline->tv_sec++;
-        deadline->tv_nsec -= 1000000000L;
-    }
-}
-
-int pg_deadline_passed(const struct timespec *deadline)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    return now.tv_sec > deadline->tv_sec ||
-           (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec);
-}
-
 /* Puts a slot back on the free stack (p->mu held). */
 static void slot_free(struct pg_pool *p, int idx)
 {
@@ -164,13 +146,13 @@ int pg_pool_ready(struct pg_pool *p, int idx, char *err, size_t errlen)
 int pg_pool_acquire(struct pg_pool *p, char *err, size_t errlen)
 {
     struct timespec deadline;
-    pg_deadline_in(&deadline, p->acquire_timeout_ms);
+    clock_deadline_in(&deadline, p->acquire_timeout_ms);
 
     pthread_mutex_lock(&p->mu);
     p->waiting++;
     while (p->nfree == 0) {
         int rc = pthread_cond_timedwait(&p->cv, &p->mu, &deadline);
-        if (rc == ETIMEDOUT && p->nfree == 0 && pg_deadline_passed(&deadline)) {
+        if (rc == ETIMEDOUT && p->nfree == 0 && clock_passed(&deadline)) {
             p->waiting--;
             pthread_mutex_unlock(&p->mu);
             snprintf(err, errlen, "no database connection free within %d ms",

@@ -101,8 +101,5 @@ void pg_first_line(char *err, size_t errlen, const char *prefix, const char *msg
 /* A value of a result as a malloc'd string (NULL for SQL NULL) or a number (0). */
 char *pg_dup_value(const PGresult *res, int row, int col);
 int64_t pg_int_value(const PGresult *res, int row, int col);
-/* CLOCK_REALTIME deadlines, for the condition variables' timed waits. */
-void pg_deadline_in(struct timespec *deadline, int ms);
-int pg_deadline_passed(const struct timespec *deadline);
 
 #endif
