@@ -13,6 +13,7 @@
 #include "apierr.h"
 #include "decimal.h"
 #include "hash.h"
+#include "hashtab.h"
 #include "json_strict.h"
 #include "utc_text.h"
 
@@ -128,6 +129,59 @@ Test(key_hash, differs_between_processes_and_separates_its_parts)
     cr_assert_eq(here, hash_pair("tenant", "key-1"), "not stable within a process");
     cr_assert_neq(here, there, "two processes hash (tenant, key) alike: the hash is not keyed");
     cr_assert_neq(hash_pair("t1", "k"), hash_pair("t", "1k"));
+}
+
+/* ---- the one hash table -------------------------------------------------- */
+
+struct pair {
+    struct hashtab_link link;
+    char a[16], b[16];
+};
+
+static int same_pair(const struct hashtab_link *l, const char *a, const char *b)
+{
+    const struct pair *p = hashtab_entry(l, struct pair, link);
+    return strcmp(p->a, a) == 0 && strcmp(p->b, b) == 0;
+}
+
+static struct pair *find_pair(struct hashtab *t, const char *a, const char *b)
+{
+    struct hashtab_link *l = *hashtab_find(t, a, b, NULL, same_pair);
+    return l ? hashtab_entry(l, struct pair, link) : NULL;
+}
+
+/* 1,000 pairs in a table of 2 buckets that grows (and one that does not):
+ * each is found, by both parts; removed ones are gone, the rest stay. */
+Test(hashtab, finds_removes_and_grows_without_losing_an_entry)
+{
+    for (int grows = 0; grows <= 1; grows++) {
+        struct hashtab t;
+        cr_assert_eq(hashtab_init(&t, 2, grows), 0);
+        static struct pair pairs[1000];
+        for (int i = 0; i < 1000; i++) {
+            snprintf(pairs[i].a, sizeof pairs[i].a, "t%d", i % 7);
+            snprintf(pairs[i].b, sizeof pairs[i].b, "k%d", i);
+            size_t hash;
+            cr_assert_null(*hashtab_find(&t, pairs[i].a, pairs[i].b, &hash, same_pair));
+            hashtab_add(&t, &pairs[i].link, hash);
+        }
+        cr_assert_eq(t.count, 1000);
+        cr_assert(grows ? t.nbuckets >= 500 : t.nbuckets == 2, "%zu buckets", t.nbuckets);
+        for (int i = 0; i < 1000; i++)
+            cr_assert_eq(find_pair(&t, pairs[i].a, pairs[i].b), &pairs[i], "pair %d", i);
+        cr_assert_null(find_pair(&t, "t1", "k0"), "a pair of another's parts");
+        for (int i = 0; i < 1000; i += 2) {
+            if (i % 4 == 0)
+                hashtab_remove(&t, hashtab_find(&t, pairs[i].a, pairs[i].b, NULL, same_pair));
+            else
+                hashtab_unlink(&t, &pairs[i].link);
+        }
+        cr_assert_eq(t.count, 500);
+        for (int i = 0; i < 1000; i++)
+            cr_assert_eq(find_pair(&t, pairs[i].a, pairs[i].b), i % 2 ? &pairs[i] : NULL, "pair %d",
+                         i);
+        hashtab_destroy(&t);
+    }
 }
 
 /* Every row of the error table has a default body that is the documented

@@ -2,7 +2,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "connlimit.h"
 
-#include "hash.h"
+#include "hashtab.h"
 
 #include <pthread.h>
 #include <stdint.h>
@@ -14,9 +14,9 @@
 #define ADDR_MAX 64
 
 struct node {
+    struct hashtab_link link; /* in nodes, by address */
     char addr[ADDR_MAX];
     int count;
-    struct node *next;
 };
 
 struct connlimit {
@@ -24,7 +24,7 @@ struct connlimit {
     int addresses; /* holding a connection now */
     pthread_mutex_t mu;
     unsigned long long refused;
-    struct node *buckets[NBUCKETS];
+    struct hashtab nodes; /* of struct node: the addresses holding connections */
 };
 
 struct connlimit *connlimit_new(int max)
@@ -33,6 +33,10 @@ struct connlimit *connlimit_new(int max)
     if (!c)
         return NULL;
     c->max = max;
+    if (hashtab_init(&c->nodes, NBUCKETS, 1) != 0) {
+        free(c);
+        return NULL;
+    }
     pthread_mutex_init(&c->mu, NULL);
     return c;
 }
@@ -41,30 +45,32 @@ void connlimit_free(struct connlimit *c)
 {
     if (!c)
         return;
-    for (size_t i = 0; i < NBUCKETS; i++)
-        for (struct node *n = c->buckets[i], *next; n; n = next) {
-            next = n->next;
-            free(n);
+    for (size_t i = 0; i < c->nodes.nbuckets; i++)
+        for (struct hashtab_link *l = c->nodes.buckets[i], *next; l; l = next) {
+            next = l->next;
+            free(hashtab_entry(l, struct node, link));
         }
+    hashtab_destroy(&c->nodes);
     pthread_mutex_destroy(&c->mu);
     free(c);
 }
 
-static struct node **slot(struct connlimit *c, const char *addr)
+static int same_addr(const struct hashtab_link *l, const char *unused, const char *addr)
 {
-    /* the one keyed hash: addresses are the client's to choose */
-    struct node **n = &c->buckets[hash_pair("addr", addr) % NBUCKETS];
-    while (*n && strcmp((*n)->addr, addr) != 0)
-        n = &(*n)->next;
-    return n;
+    (void)unused;
+    return strcmp(hashtab_entry(l, struct node, link)->addr, addr) == 0;
 }
 
-/* Under the mutex: *n holds no connection any more. */
-static void forget(struct connlimit *c, struct node **n)
+static struct node *node_of(struct hashtab_link *l)
 {
-    struct node *gone = *n;
-    *n = gone->next;
-    free(gone);
+    return l ? hashtab_entry(l, struct node, link) : NULL;
+}
+
+/* Under the mutex: n holds no connection any more. */
+static void forget(struct connlimit *c, struct node *n)
+{
+    hashtab_unlink(&c->nodes, &n->link);
+    free(n);
     c->addresses--;
 }
 
@@ -74,11 +80,14 @@ int connlimit_enter(struct connlimit *c, const char *addr, int shared)
         return 0;
     int rc = 0;
     pthread_mutex_lock(&c->mu);
-    struct node **n = slot(c, addr);
-    if (!*n) {
-        *n = calloc(1, sizeof **n);
-        if (*n) {
-            strncpy((*n)->addr, addr, ADDR_MAX - 1);
+    /* the one keyed hash table: addresses are the client's to choose */
+    size_t hash;
+    struct node *n = node_of(*hashtab_find(&c->nodes, "addr", addr, &hash, same_addr));
+    if (!n) {
+        n = calloc(1, sizeof *n);
+        if (n) {
+            strncpy(n->addr, addr, ADDR_MAX - 1);
+            hashtab_add(&c->nodes, &n->link, hash);
             c->addresses++;
         }
     }
@@ -88,13 +97,13 @@ int connlimit_enter(struct connlimit *c, const char *addr, int shared)
         share = share < 1 ? 1 : share;
         limit = share < limit ? share : limit;
     }
-    if (!*n || (*n)->count >= limit) {
+    if (!n || n->count >= limit) {
         __atomic_add_fetch(&c->refused, 1, __ATOMIC_RELAXED);
         rc = -1;
-        if (*n && (*n)->count == 0)
+        if (n && n->count == 0)
             forget(c, n);
     } else {
-        (*n)->count++;
+        n->count++;
     }
     pthread_mutex_unlock(&c->mu);
     return rc;
@@ -105,8 +114,8 @@ void connlimit_leave(struct connlimit *c, const char *addr)
     if (c->max <= 0)
         return;
     pthread_mutex_lock(&c->mu);
-    struct node **n = slot(c, addr);
-    if (*n && --(*n)->count <= 0)
+    struct node *n = node_of(*hashtab_find(&c->nodes, "addr", addr, NULL, same_addr));
+    if (n && --n->count <= 0)
         forget(c, n);
     pthread_mutex_unlock(&c->mu);
 }

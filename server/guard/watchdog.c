@@ -9,16 +9,16 @@
 #include <sys/socket.h>
 #include <time.h>
 
-#define TICK_MS 50
-
 #include "clock.h"
+
+#define TICK_MS 50
 
 struct watchdog {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     pthread_t thread;
     int stopping;
-    struct watch *armed; /* a doubly linked list */
+    TAILQ_HEAD(, watch) armed;
     void (*tick)(void *arg, int64_t now_us);
     void *tick_arg;
 };
@@ -34,12 +34,13 @@ static void *watchdog_main(void *arg)
         int64_t now = clock_mono_us();
         /* Under the mutex: an armed read is still in progress, so its
          * connection (and socket) is still open. */
-        for (struct watch *w = wd->armed; w; w = w->next)
-            if (!w->fired && now >= w->deadline_us) {
-                if (w->fd >= 0)
-                    shutdown(w->fd, SHUT_RD);
-                w->fired = 1;
-            }
+        struct watch *w;
+        TAILQ_FOREACH(w, &wd->armed, link)
+        if (!w->fired && now >= w->deadline_us) {
+            if (w->fd >= 0)
+                shutdown(w->fd, SHUT_RD);
+            w->fired = 1;
+        }
         if (wd->tick) {
             pthread_mutex_unlock(&wd->mu);
             wd->tick(wd->tick_arg, now);
@@ -57,6 +58,7 @@ struct watchdog *watchdog_new(void (*tick)(void *arg, int64_t now_us), void *tic
         return NULL;
     wd->tick = tick;
     wd->tick_arg = tick_arg;
+    TAILQ_INIT(&wd->armed);
     pthread_mutex_init(&wd->mu, NULL);
     pthread_cond_init(&wd->cv, NULL);
     if (pthread_create(&wd->thread, NULL, watchdog_main, wd) != 0) {
@@ -88,22 +90,14 @@ void watchdog_arm(struct watchdog *wd, struct watch *w, int fd, int64_t deadline
     w->fd = fd;
     w->deadline_us = deadline_us;
     pthread_mutex_lock(&wd->mu);
-    w->next = wd->armed;
-    if (wd->armed)
-        wd->armed->prev = w;
-    wd->armed = w;
+    TAILQ_INSERT_HEAD(&wd->armed, w, link);
     pthread_mutex_unlock(&wd->mu);
 }
 
 int watchdog_disarm(struct watchdog *wd, struct watch *w)
 {
     pthread_mutex_lock(&wd->mu);
-    if (w->prev)
-        w->prev->next = w->next;
-    else
-        wd->armed = w->next;
-    if (w->next)
-        w->next->prev = w->prev;
+    TAILQ_REMOVE(&wd->armed, w, link);
     int fired = w->fired;
     pthread_mutex_unlock(&wd->mu);
     return fired;

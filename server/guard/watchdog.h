@@ -11,6 +11,7 @@
 #define MOCKERY_WATCHDOG_H
 
 #include <stdint.h>
+#include <sys/queue.h>
 
 struct watchdog;
 
@@ -19,7 +20,7 @@ struct watch {
     int64_t deadline_us; /* CLOCK_MONOTONIC */
     int fd;              /* the connection's socket, or -1: not known (nothing to shut) */
     int fired;           /* set by the watchdog, under its mutex */
-    struct watch *prev, *next;
+    TAILQ_ENTRY(watch) link; /* in the watchdog's armed list */
 };
 
 /* Starts the watchdog thread; NULL on failure. Every tick (50 ms) it also

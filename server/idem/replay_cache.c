@@ -2,28 +2,31 @@
 #define _POSIX_C_SOURCE 200809L
 #include "replay_cache.h"
 
-#include "hash.h"
-#include "store.h"
+#include "bytes.h"
+#include "hashtab.h"
 
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 
 struct node {
-    struct node *hnext;       /* hash chain */
-    struct node *prev, *next; /* LRU list, most recent first */
+    struct hashtab_link link; /* in nodes, by (tenant, key) */
+    TAILQ_ENTRY(node) lru;    /* most recent first */
     char *tenant, *key;
     char fingerprint[65];
     struct replay_entry e;
     int64_t expires_at_us;
 };
 
+TAILQ_HEAD(lru_list, node);
+
 struct replay_cache {
     pthread_mutex_t mu;
-    struct node **buckets;
-    size_t nbuckets, size, capacity;
-    struct node *head, *tail;
+    struct hashtab nodes;
+    struct lru_list lru;
+    size_t capacity;
 };
 
 struct replay_cache *replay_cache_new(size_t capacity)
@@ -34,12 +37,11 @@ struct replay_cache *replay_cache_new(size_t capacity)
     if (!c)
         return NULL;
     c->capacity = capacity;
-    c->nbuckets = capacity * 2;
-    c->buckets = calloc(c->nbuckets, sizeof *c->buckets);
-    if (!c->buckets) {
+    if (hashtab_init(&c->nodes, capacity * 2, 0) != 0) {
         free(c);
         return NULL;
     }
+    TAILQ_INIT(&c->lru);
     pthread_mutex_init(&c->mu, NULL);
     return c;
 }
@@ -63,66 +65,33 @@ void replay_cache_free(struct replay_cache *c)
 {
     if (!c)
         return;
-    for (struct node *n = c->head, *next; n; n = next) {
-        next = n->next;
+    struct node *n;
+    while ((n = TAILQ_FIRST(&c->lru))) {
+        TAILQ_REMOVE(&c->lru, n, lru);
         node_free(n);
     }
-    free(c->buckets);
+    hashtab_destroy(&c->nodes);
     pthread_mutex_destroy(&c->mu);
     free(c);
 }
 
-static struct node **slot_of(struct replay_cache *c, const char *tenant, const char *key)
+static int same_node(const struct hashtab_link *l, const char *tenant, const char *key)
 {
-    struct node **pp = &c->buckets[hash_pair(tenant, key) % c->nbuckets];
-    while (*pp && (strcmp((*pp)->tenant, tenant) != 0 || strcmp((*pp)->key, key) != 0))
-        pp = &(*pp)->hnext;
-    return pp;
+    const struct node *n = hashtab_entry(l, struct node, link);
+    return strcmp(n->tenant, tenant) == 0 && strcmp(n->key, key) == 0;
 }
 
-static void lru_unlink(struct replay_cache *c, struct node *n)
+static struct node *node_of(struct hashtab_link *l)
 {
-    if (n->prev)
-        n->prev->next = n->next;
-    else
-        c->head = n->next;
-    if (n->next)
-        n->next->prev = n->prev;
-    else
-        c->tail = n->prev;
-    n->prev = n->next = NULL;
-}
-
-static void lru_push_front(struct replay_cache *c, struct node *n)
-{
-    n->next = c->head;
-    n->prev = NULL;
-    if (c->head)
-        c->head->prev = n;
-    c->head = n;
-    if (!c->tail)
-        c->tail = n;
+    return l ? hashtab_entry(l, struct node, link) : NULL;
 }
 
 /* Removes n (caller holds the mutex). */
 static void drop(struct replay_cache *c, struct node *n)
 {
-    struct node **pp = slot_of(c, n->tenant, n->key);
-    if (*pp == n)
-        *pp = n->hnext;
-    lru_unlink(c, n);
-    c->size--;
+    hashtab_unlink(&c->nodes, &n->link);
+    TAILQ_REMOVE(&c->lru, n, lru);
     node_free(n);
-}
-
-static char *dup_bytes(const char *s, size_t n)
-{
-    char *d = malloc(n + 1);
-    if (d) {
-        memcpy(d, s, n);
-        d[n] = '\0';
-    }
-    return d;
 }
 
 enum replay_lookup replay_cache_get(struct replay_cache *c, const char *tenant, const char *key,
@@ -133,14 +102,14 @@ enum replay_lookup replay_cache_get(struct replay_cache *c, const char *tenant, 
         return REPLAY_MISS;
     enum replay_lookup res = REPLAY_MISS;
     pthread_mutex_lock(&c->mu);
-    struct node *n = *slot_of(c, tenant, key);
+    struct node *n = node_of(*hashtab_find(&c->nodes, tenant, key, NULL, same_node));
     if (n && n->expires_at_us <= now_us) {
         drop(c, n);
         n = NULL;
     }
     if (n) {
-        lru_unlink(c, n);
-        lru_push_front(c, n);
+        TAILQ_REMOVE(&c->lru, n, lru);
+        TAILQ_INSERT_HEAD(&c->lru, n, lru);
         if (strcmp(n->fingerprint, fingerprint) != 0) {
             memset(out, 0, sizeof *out);
             out->created_at_us = n->e.created_at_us;
@@ -149,7 +118,7 @@ enum replay_lookup replay_cache_get(struct replay_cache *c, const char *tenant, 
             struct replay_entry e = {.status = n->e.status,
                                      .body_len = n->e.body_len,
                                      .created_at_us = n->e.created_at_us};
-            e.body = dup_bytes(n->e.body, n->e.body_len);
+            e.body = bytes_dup(n->e.body, n->e.body_len);
             e.location = n->e.location ? strdup(n->e.location) : NULL;
             if (e.body && (!n->e.location || e.location)) {
                 *out = e;
@@ -175,7 +144,7 @@ void replay_cache_put(struct replay_cache *c, const char *tenant, const char *ke
     n->key = strdup(key);
     n->e = (struct replay_entry){
         .status = e->status, .body_len = e->body_len, .created_at_us = e->created_at_us};
-    n->e.body = dup_bytes(e->body, e->body_len);
+    n->e.body = bytes_dup(e->body, e->body_len);
     n->e.location = e->location ? strdup(e->location) : NULL;
     n->expires_at_us = expires_at_us;
     snprintf(n->fingerprint, sizeof n->fingerprint, "%s", fingerprint);
@@ -184,15 +153,14 @@ void replay_cache_put(struct replay_cache *c, const char *tenant, const char *ke
         return;
     }
     pthread_mutex_lock(&c->mu);
-    struct node **pp = slot_of(c, tenant, key);
-    if (*pp) /* already there (another worker's replay): keep one */
-        drop(c, *pp);
-    pp = slot_of(c, tenant, key);
-    n->hnext = *pp;
-    *pp = n;
-    lru_push_front(c, n);
-    if (++c->size > c->capacity)
-        drop(c, c->tail);
+    size_t hash;
+    struct node *old = node_of(*hashtab_find(&c->nodes, tenant, key, &hash, same_node));
+    if (old) /* already there (another worker's replay): keep one */
+        drop(c, old);
+    hashtab_add(&c->nodes, &n->link, hash);
+    TAILQ_INSERT_HEAD(&c->lru, n, lru);
+    if (c->nodes.count > c->capacity)
+        drop(c, TAILQ_LAST(&c->lru, lru_list));
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -201,7 +169,7 @@ size_t replay_cache_size(struct replay_cache *c)
     if (!c)
         return 0;
     pthread_mutex_lock(&c->mu);
-    size_t n = c->size;
+    size_t n = c->nodes.count;
     pthread_mutex_unlock(&c->mu);
     return n;
 }

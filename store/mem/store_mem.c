@@ -8,7 +8,8 @@
 #include "store_mem.h"
 
 #include "clock.h"
-#include "hash.h"
+#include "bytes.h"
+#include "hashtab.h"
 #include "mem_rows.h"
 
 #include <pthread.h>
@@ -20,7 +21,7 @@
 enum rec_state { REC_PROCESSING, REC_COMPLETED };
 
 struct record {
-    struct record *next;
+    struct hashtab_link link; /* in records, by (tenant, key) */
     char *tenant;
     char *key;
     char *fingerprint;
@@ -48,21 +49,21 @@ struct mem_refund {
 struct store_mem {
     struct store base;
     pthread_mutex_t mu;
-    struct record **buckets;
-    size_t nbuckets;
-    size_t nrecords;
+    struct hashtab records;   /* of struct record */
     struct mem_rows payments; /* of struct mem_payment */
     struct mem_rows refunds;  /* of struct mem_refund */
     int64_t next_token;
 };
 
-static struct record **find_slot(struct store_mem *m, const char *tenant, const char *key)
+static int same_record(const struct hashtab_link *l, const char *tenant, const char *key)
 {
-    struct record **pp = &m->buckets[hash_pair(tenant, key) % m->nbuckets];
-    for (; *pp; pp = &(*pp)->next)
-        if (strcmp((*pp)->tenant, tenant) == 0 && strcmp((*pp)->key, key) == 0)
-            return pp;
-    return pp;
+    const struct record *r = hashtab_entry(l, struct record, link);
+    return strcmp(r->tenant, tenant) == 0 && strcmp(r->key, key) == 0;
+}
+
+static struct record *record_of(struct hashtab_link *l)
+{
+    return l ? hashtab_entry(l, struct record, link) : NULL;
 }
 
 static void record_drop_response(struct record *r)
@@ -84,44 +85,13 @@ static void record_free(struct record *r)
     free(r);
 }
 
-static void grow_buckets(struct store_mem *m)
-{
-    size_t n = m->nbuckets * 2;
-    struct record **nb = calloc(n, sizeof *nb);
-    if (!nb)
-        return; /* keep the old table: longer chains, still correct */
-    for (size_t i = 0; i < m->nbuckets; i++) {
-        struct record *r = m->buckets[i];
-        while (r) {
-            struct record *next = r->next;
-            size_t h = hash_pair(r->tenant, r->key) % n;
-            r->next = nb[h];
-            nb[h] = r;
-            r = next;
-        }
-    }
-    free(m->buckets);
-    m->buckets = nb;
-    m->nbuckets = n;
-}
-
-static char *memdup(const char *s, size_t n)
-{
-    char *d = malloc(n + 1);
-    if (d) {
-        memcpy(d, s, n);
-        d[n] = '\0';
-    }
-    return d;
-}
-
 static enum store_status fill_completed(const struct record *r, struct store_claim_result *out)
 {
     struct store_claim_result res = {.outcome = CLAIM_COMPLETED,
                                      .response_status = r->response_status,
                                      .response_body_len = r->body_len,
                                      .created_at_us = r->created_at_us};
-    res.response_body = memdup(r->body, r->body_len);
+    res.response_body = bytes_dup(r->body, r->body_len);
     if (r->location)
         res.response_location = strdup(r->location);
     if (!res.response_body || (r->location && !res.response_location)) {
@@ -141,8 +111,9 @@ static enum store_status mem_claim(struct store *s, const char *tenant, const ch
     int64_t now = clock_wall_us();
 
     pthread_mutex_lock(&m->mu);
-    struct record **slot = find_slot(m, tenant, key);
-    struct record *r = *slot;
+    size_t hash;
+    struct hashtab_link **at = hashtab_find(&m->records, tenant, key, &hash, same_record);
+    struct record *r = record_of(*at);
     if (!r) {
         r = calloc(1, sizeof *r);
         if (!r || !(r->tenant = strdup(tenant)) || !(r->key = strdup(key)) ||
@@ -158,9 +129,7 @@ static enum store_status mem_claim(struct store *s, const char *tenant, const ch
         r->locked_until_us = now + lease_ms * 1000;
         r->created_at_us = now;
         r->expires_at_us = now + ttl_ms * 1000;
-        *slot = r;
-        if (++m->nrecords > m->nbuckets * 2)
-            grow_buckets(m);
+        hashtab_add(&m->records, &r->link, hash);
         *out = (struct store_claim_result){
             .outcome = CLAIM_NEW, .lease_token = r->lease_token, .created_at_us = now};
         goto out;
@@ -310,13 +279,13 @@ static enum store_status mem_complete(struct store *s, const char *tenant, const
     char *body = NULL, *loc = NULL;
 
     pthread_mutex_lock(&m->mu);
-    struct record *r = *find_slot(m, tenant, key);
+    struct record *r = record_of(*hashtab_find(&m->records, tenant, key, NULL, same_record));
     if (!r || r->state != REC_PROCESSING || r->lease_token != lease_token) {
         snprintf(err, errlen, "lease lost on key");
         st = STORE_LEASE_LOST;
         goto out;
     }
-    body = memdup(resp->body, resp->body_len);
+    body = bytes_dup(resp->body, resp->body_len);
     loc = resp->location ? strdup(resp->location) : NULL;
     if (!body || (resp->location && !loc)) {
         snprintf(err, errlen, "out of memory");
@@ -347,15 +316,14 @@ static enum store_status mem_release(struct store *s, const char *tenant, const 
     enum store_status st = STORE_OK;
 
     pthread_mutex_lock(&m->mu);
-    struct record **slot = find_slot(m, tenant, key);
-    struct record *r = *slot;
+    struct hashtab_link **at = hashtab_find(&m->records, tenant, key, NULL, same_record);
+    struct record *r = record_of(*at);
     if (!r || r->state != REC_PROCESSING || r->lease_token != lease_token) {
         snprintf(err, errlen, "lease lost on key");
         st = STORE_LEASE_LOST;
     } else {
-        *slot = r->next;
+        hashtab_remove(&m->records, at);
         record_free(r);
-        m->nrecords--;
     }
     pthread_mutex_unlock(&m->mu);
     return st;
@@ -516,17 +484,16 @@ static enum store_status mem_reap(struct store *s, int batch, int *deleted, char
     (void)errlen;
 
     pthread_mutex_lock(&m->mu);
-    for (size_t i = 0; i < m->nbuckets && n < batch; i++) {
-        struct record **pp = &m->buckets[i];
-        while (*pp && n < batch) {
-            struct record *r = *pp;
+    for (size_t i = 0; i < m->records.nbuckets && n < batch; i++) {
+        struct hashtab_link **at = &m->records.buckets[i];
+        while (*at && n < batch) {
+            struct record *r = record_of(*at);
             if (r->expires_at_us <= now) {
-                *pp = r->next;
+                hashtab_remove(&m->records, at);
                 record_free(r);
-                m->nrecords--;
                 n++;
             } else {
-                pp = &r->next;
+                at = &(*at)->next;
             }
         }
     }
@@ -546,17 +513,14 @@ static enum store_status mem_ping(struct store *s, char *err, size_t errlen)
 static void mem_free(struct store *s)
 {
     struct store_mem *m = (struct store_mem *)s;
-    for (size_t i = 0; i < m->nbuckets; i++) {
-        struct record *r = m->buckets[i];
-        while (r) {
-            struct record *next = r->next;
-            record_free(r);
-            r = next;
+    for (size_t i = 0; i < m->records.nbuckets; i++)
+        for (struct hashtab_link *l = m->records.buckets[i], *next; l; l = next) {
+            next = l->next;
+            record_free(record_of(l));
         }
-    }
     mem_rows_free(&m->payments, payment_row_clear);
     mem_rows_free(&m->refunds, refund_row_clear);
-    free(m->buckets);
+    hashtab_destroy(&m->records);
     pthread_mutex_destroy(&m->mu);
     free(m);
 }
@@ -587,10 +551,8 @@ struct store *store_mem_new(void)
         (struct mem_rows){.size = sizeof(struct mem_payment), .newer_first = payment_newer_first};
     m->refunds =
         (struct mem_rows){.size = sizeof(struct mem_refund), .newer_first = refund_newer_first};
-    m->nbuckets = 1024;
-    m->buckets = calloc(m->nbuckets, sizeof *m->buckets);
-    if (!m->buckets || pthread_mutex_init(&m->mu, NULL) != 0) {
-        free(m->buckets);
+    if (hashtab_init(&m->records, 1024, 1) != 0 || pthread_mutex_init(&m->mu, NULL) != 0) {
+        hashtab_destroy(&m->records);
         free(m);
         return NULL;
     }

@@ -35,11 +35,12 @@
 static void turn_at(const struct pg_batcher *b, int kind, struct timespec *at)
 {
     *at = (struct timespec){0, 0};
-    for (const struct pg_batch_run *r = b->running[kind]; r; r = r->next)
-        if (r->start.tv_sec > at->tv_sec ||
-            (r->start.tv_sec == at->tv_sec && r->start.tv_nsec > at->tv_nsec))
-            *at = r->start;
-    if (!b->running[kind])
+    const struct pg_batch_run *r;
+    LIST_FOREACH(r, &b->running[kind], link)
+    if (r->start.tv_sec > at->tv_sec ||
+        (r->start.tv_sec == at->tv_sec && r->start.tv_nsec > at->tv_nsec))
+        *at = r->start;
+    if (LIST_EMPTY(&b->running[kind]))
         return;
     clock_add_ms(at, BATCH_STALL_MS);
 }
@@ -50,12 +51,13 @@ static void wake_oldest(void *arg)
 {
     struct pg_batcher *b = arg;
     for (int k = 0; k < PG_BATCH_KINDS; k++) {
-        if (!b->head[k])
+        struct pg_batch_op *oldest = TAILQ_FIRST(&b->queue[k]);
+        if (!oldest)
             continue;
         struct timespec turn;
         turn_at(b, k, &turn);
-        if (!b->running[k] || clock_passed(&turn))
-            pthread_cond_signal(&b->head[k]->cv);
+        if (LIST_EMPTY(&b->running[k]) || clock_passed(&turn))
+            pthread_cond_signal(&oldest->cv);
     }
 }
 
@@ -64,6 +66,10 @@ void pg_batcher_init(struct pg_batcher *b, struct pg_pool *pool)
     memset(b, 0, sizeof *b);
     b->pool = pool;
     b->replan_at = REPLAN_FIRST;
+    for (int k = 0; k < PG_BATCH_KINDS; k++) {
+        TAILQ_INIT(&b->queue[k]);
+        LIST_INIT(&b->running[k]);
+    }
     pthread_mutex_lock(&pool->mu);
     pool->wake = wake_oldest;
     pool->wake_arg = b;
@@ -135,26 +141,13 @@ static int same_key(const struct pg_batch_op *a, const struct pg_batch_op *b)
 /* With b->pool->mu held: queue operations, oldest first. */
 static void queue_push(struct pg_batcher *b, struct pg_batch_op *op)
 {
-    op->next = NULL;
-    op->prev = b->tail[op->kind];
-    if (op->prev)
-        op->prev->next = op;
-    else
-        b->head[op->kind] = op;
-    b->tail[op->kind] = op;
+    TAILQ_INSERT_TAIL(&b->queue[op->kind], op, link);
     b->queued++;
 }
 
 static void queue_remove(struct pg_batcher *b, struct pg_batch_op *op)
 {
-    if (op->prev)
-        op->prev->next = op->next;
-    else
-        b->head[op->kind] = op->next;
-    if (op->next)
-        op->next->prev = op->prev;
-    else
-        b->tail[op->kind] = op->prev;
+    TAILQ_REMOVE(&b->queue[op->kind], op, link);
     b->queued--;
 }
 
@@ -166,14 +159,16 @@ static void queue_remove(struct pg_batcher *b, struct pg_batch_op *op)
 static int take_batch(struct pg_batcher *b, int kind, struct pg_batch_op **batch)
 {
     int n = 0;
-    for (struct pg_batch_op *op = b->head[kind], *next; op && n < BATCH_MAX; op = next) {
-        next = op->next;
+    for (struct pg_batch_op *op = TAILQ_FIRST(&b->queue[kind]), *next; op && n < BATCH_MAX;
+         op = next) {
+        next = TAILQ_NEXT(op, link);
         int fits = 1;
         for (int i = 0; fits && i < n; i++)
             fits = !same_key(batch[i], op);
-        for (const struct pg_batch_run *r = b->running[kind]; fits && r; r = r->next)
-            for (int i = 0; fits && i < r->n; i++)
-                fits = !same_key(r->ops[i], op);
+        const struct pg_batch_run *r;
+        LIST_FOREACH(r, &b->running[kind], link)
+        for (int i = 0; fits && i < r->n; i++)
+            fits = !same_key(r->ops[i], op);
         if (fits && n && kind == PG_BATCH_CLAIM)
             fits = strcmp(op->vals[3], batch[0]->vals[3]) == 0 &&
                    strcmp(op->vals[4], batch[0]->vals[4]) == 0;
@@ -303,18 +298,20 @@ void pg_batch_submit(struct pg_batcher *b, struct pg_batch_op *op)
         turn_at(b, op->kind, &turn);
         struct pg_batch_op *batch[BATCH_MAX];
         int n = 0;
-        if (!op->taken && b->pool->nfree > 0 && (!b->running[op->kind] || clock_passed(&turn)))
+        if (!op->taken && b->pool->nfree > 0 &&
+            (LIST_EMPTY(&b->running[op->kind]) || clock_passed(&turn)))
             n = take_batch(b, op->kind, batch);
         /* n == 0 with a turn due: every queued key is held by a stalled batch;
          * wait for one to end */
-        int held = !op->taken && b->running[op->kind] && clock_passed(&turn) && n == 0;
+        int held =
+            !op->taken && !LIST_EMPTY(&b->running[op->kind]) && clock_passed(&turn) && n == 0;
         if (n) {
-            struct pg_batch_run run = {.ops = batch, .n = n, .next = b->running[op->kind]};
+            struct pg_batch_run run = {.ops = batch, .n = n};
             clock_deadline_in(&run.start, 0); /* now */
-            b->running[op->kind] = &run;
+            LIST_INSERT_HEAD(&b->running[op->kind], &run, link);
             int idx = pg_pool_take_locked(b->pool);
-            if (b->head[op->kind]) /* left behind: its turn is timed from now */
-                pthread_cond_signal(&b->head[op->kind]->cv);
+            if (!TAILQ_EMPTY(&b->queue[op->kind])) /* left behind: its turn is timed from now */
+                pthread_cond_signal(&TAILQ_FIRST(&b->queue[op->kind])->cv);
             pthread_mutex_unlock(&b->pool->mu);
 
             char err[256];
@@ -332,14 +329,11 @@ void pg_batch_submit(struct pg_batcher *b, struct pg_batch_op *op)
             }
 
             pthread_mutex_lock(&b->pool->mu);
-            struct pg_batch_run **link = &b->running[op->kind];
-            while (*link != &run)
-                link = &(*link)->next;
-            *link = run.next;
+            LIST_REMOVE(&run, link);
             /* with a stalled batch still running, the oldest waiter's turn
              * now comes sooner than it was told */
-            if (b->running[op->kind] && b->head[op->kind])
-                pthread_cond_signal(&b->head[op->kind]->cv);
+            if (!LIST_EMPTY(&b->running[op->kind]) && !TAILQ_EMPTY(&b->queue[op->kind]))
+                pthread_cond_signal(&TAILQ_FIRST(&b->queue[op->kind])->cv);
             for (int i = 0; i < n; i++) {
                 batch[i]->done = 1;
                 if (batch[i] != op)
@@ -354,7 +348,7 @@ void pg_batch_submit(struct pg_batcher *b, struct pg_batch_op *op)
         /* the oldest waiter also wakes when the running batch would count
          * as stalled */
         const struct timespec *until = &deadline;
-        if (b->head[op->kind] == op && b->running[op->kind] && !held &&
+        if (TAILQ_FIRST(&b->queue[op->kind]) == op && !LIST_EMPTY(&b->running[op->kind]) && !held &&
             (turn.tv_sec < deadline.tv_sec ||
              (turn.tv_sec == deadline.tv_sec && turn.tv_nsec < deadline.tv_nsec)))
             until = &turn;

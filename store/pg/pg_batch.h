@@ -10,6 +10,7 @@
 #define MOCKERY_PG_BATCH_H
 
 #include <pthread.h>
+#include <sys/queue.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -24,7 +25,7 @@ struct pg_batch_run {
     struct timespec start;
     struct pg_batch_op **ops;
     int n;
-    struct pg_batch_run *next;
+    LIST_ENTRY(pg_batch_run) link; /* in its kind's running list */
 };
 
 /* One request's claim or completion, queued for its turn. One statement of
@@ -40,7 +41,7 @@ struct pg_batch_run {
  * (BATCH_STALL_MS). The other connections serve reads, lists and the
  * reaper. */
 struct pg_batch_op {
-    struct pg_batch_op *prev, *next; /* in its kind's queue */
+    TAILQ_ENTRY(pg_batch_op) link; /* in its kind's queue */
     pthread_cond_t cv;
     int kind;
     int taken; /* in a batch that is running: wait for it, whatever the deadline */
@@ -59,10 +60,10 @@ struct pg_batch_op {
 struct pg_batcher {
     struct pg_pool *pool;
     /* claims and completions waiting for a connection, oldest first (mu) */
-    struct pg_batch_op *head[PG_BATCH_KINDS], *tail[PG_BATCH_KINDS];
+    TAILQ_HEAD(, pg_batch_op) queue[PG_BATCH_KINDS];
     unsigned long long batches[PG_BATCH_KINDS], batched[PG_BATCH_KINDS];
     int queued;                                   /* operations in those queues */
-    struct pg_batch_run *running[PG_BATCH_KINDS]; /* batches of each kind running now */
+    LIST_HEAD(, pg_batch_run) running[PG_BATCH_KINDS]; /* batches of each kind running now */
     unsigned long long split;     /* batches that failed as a whole and ran one by one */
     unsigned long long replan_at; /* completions that call pg_pool_replan() next */
 };
