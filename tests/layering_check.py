@@ -22,12 +22,21 @@ agree:
   (service.h), not the edge's guards (edge.h) nor the app;
 - the idempotency layer's sources and headers name no operation and no
   HTTP ("payment", "refund", "civetweb", mg_*): it is generic.
+Given the build directory too, it asks the compiler: with the flags a
+source of each layer is built with (compile_commands.json), the main
+header of every layer it may use compiles, and that of every other layer
+is not found - the build itself refuses an include that runs back up.
 Prints each violation and exits 1 if there is any.
+
+usage: layering_check.py REPO_ROOT [BUILD_DIR]
 """
 import glob
+import json
 import os
 import re
+import subprocess
 import sys
+import tempfile
 
 # folder: (library, the layers it may include, directly or not)
 LAYERS = {
@@ -45,6 +54,13 @@ LAYERS = {
                                    "server/ops", "store", "store/mem", "store/pg",
                                    "server/base"}),
     "client": ("mockery_httpc", set()),
+}
+# Each layer's main header: what the compile check includes.
+MAIN_HEADER = {
+    "server/base": "apierr.h", "store": "store.h", "store/mem": "store_mem.h",
+    "store/pg": "store_pg.h", "server/idem": "idem.h", "server/ops": "payment.h",
+    "server/guard": "conntable.h", "server/obs": "log.h", "server/http": "http.h",
+    "server/app": "app.h",
 }
 ROUTES = ("paging.c", "paging.h", "post_route.c", "post_route.h", "payment_routes.c",
           "refund_routes.c", "routes.h")
@@ -69,8 +85,49 @@ def cmake_libraries(root):
     return libs
 
 
+def compile_check(root, build, fail):
+    """The compiler refuses, with each layer's own flags, the main header of
+    every layer above or beside it, and accepts those below. Returns how
+    many includes it tried."""
+    try:
+        commands = json.load(open(os.path.join(build, "compile_commands.json")))
+    except (OSError, ValueError) as e:
+        fail("no compile_commands.json in %s: %s" % (build, e))
+        return 0
+    tried = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for folder, (lib, may) in LAYERS.items():
+            if folder not in MAIN_HEADER:
+                continue
+            prefix = os.path.join(root, folder) + os.sep
+            entry = next((e for e in commands if e["file"].startswith(prefix)
+                          and os.path.dirname(e["file"]) == os.path.join(root, folder)), None)
+            if entry is None:
+                fail("compile_commands.json has no source of %s/" % folder)
+                continue
+            args = entry.get("arguments") or entry["command"].split()
+            flags = [a for a in args if a.startswith(("-I", "-D", "-std"))]
+            for other, header in MAIN_HEADER.items():
+                if other == folder:
+                    continue
+                src = os.path.join(tmp, "probe.c")
+                with open(src, "w") as f:
+                    f.write('#include "%s"\n' % header)
+                res = subprocess.run([args[0], "-fsyntax-only"] + flags + [src],
+                                     capture_output=True, text=True, cwd=entry["directory"])
+                tried += 1
+                refused = res.returncode != 0 and "No such file" in res.stderr
+                if other in may and res.returncode != 0:
+                    fail("%s/ (%s) may include %s, but it does not compile there: %s"
+                         % (folder, lib, header, res.stderr.strip()[-300:]))
+                elif other not in may and not refused:
+                    fail("%s/ (%s) may not include %s (%s/), but the build lets it"
+                         % (folder, lib, header, other))
+    return tried
+
+
 def main():
-    root = sys.argv[1]
+    root = os.path.abspath(sys.argv[1])
     failures = []
     fail = failures.append
     by_lib = {lib: folder for folder, (lib, _) in LAYERS.items()}
@@ -149,10 +206,11 @@ def main():
         text = open(p).read()
         for word in sorted(set(re.findall(r"payment|refund|civetweb|mg_\w+", text, re.I))):
             fail("%s names '%s': the idempotency layer is generic" % (os.path.relpath(p, root), word))
+    tried = compile_check(root, sys.argv[2], fail) if len(sys.argv) > 2 else 0
     for f in failures:
         print("FAIL:", f)
-    print("layering: %d files, %d layers checked, %d violations"
-          % (len(sources), len(LAYERS), len(failures)))
+    print("layering: %d files, %d layers checked, %d includes tried on the compiler, "
+          "%d violations" % (len(sources), len(LAYERS), tried, len(failures)))
     return 1 if failures else 0
 
 
