@@ -100,18 +100,24 @@ def port_taken(port):
 
 
 def wait_healthy(deadline_s=180):
-    """Both servers' /health, and the front door's, answer 200 through the
-    published ports."""
+    """Both servers' /health answer 200 through their own ports, and the
+    front door has answered 200 from each of them (haproxy's checks have
+    marked both up: a replica just recreated is not in its rotation yet)."""
     end = time.time() + deadline_s
-    last = {}
+    last, through = {}, set()
     while time.time() < end:
-        for name in ("server-1", "server-2", "front door"):
+        for name in ("server-1", "server-2"):
             status, _, body = http("GET", "http://127.0.0.1:%d/health" % PORTS[name], timeout=5)
             last[name] = (status, body[:200])
-        if all(s == 200 for s, _ in last.values()):
+        status, headers, body = http("GET", "http://127.0.0.1:%d/health" % FRONT, timeout=5)
+        last["front door"] = (status, body[:200])
+        if status == 200:
+            through.add(headers.get("x-mockery-replica"))
+        if all(s == 200 for s, _ in last.values()) and {"server-1", "server-2"} <= through:
             return
-        time.sleep(1)
-    raise Failure("the servers did not become healthy in %d s: %r" % (deadline_s, last))
+        time.sleep(0.2)
+    raise Failure("the servers did not become healthy (through the front door: %s) in %d s: %r"
+                  % (sorted(filter(None, through)), deadline_s, last))
 
 
 def psql(root, sql):

@@ -116,7 +116,7 @@ def compile_check(root, build, fail):
                 res = subprocess.run([args[0], "-fsyntax-only"] + flags + [src],
                                      capture_output=True, text=True, cwd=entry["directory"])
                 tried += 1
-                refused = res.returncode != 0 and "No such file" in res.stderr
+                refused = res.returncode != 0 and ("%s: No such file" % header) in res.stderr
                 if other in may and res.returncode != 0:
                     fail("%s/ (%s) may include %s, but it does not compile there: %s"
                          % (folder, lib, header, res.stderr.strip()[-300:]))

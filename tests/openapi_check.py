@@ -10,6 +10,7 @@ lists nothing the server never sends.
 usage: openapi_check.py REPO_ROOT
 """
 import glob
+import json
 import os
 import re
 import sys
@@ -32,6 +33,7 @@ def main():
     # What the server can answer: (status, code) pairs, the rows of the one
     # error table (server/base/apierr.h), each of which the sources must use.
     pairs = set()
+    front_door = set()
     table = open(os.path.join(root, "server", "base", "apierr.h")).read()
     rows = re.findall(r"X\((\w+),\s*(\d{3}),\s*\w+,\s*\"([a-z_]+)\"", table)
     uses = "".join(src.values())
@@ -40,6 +42,31 @@ def main():
         check("APIERR_" + name in uses, "APIERR_%s (%s %s) is in the table but never answered"
               % (name, status, code))
     check(len(pairs) > 20, "found only %d (status, code) pairs: the scan is broken" % len(pairs))
+
+    # And what the compose stack's front door answers itself (haproxy's
+    # errorfiles): whole HTTP responses whose body is the error shape.
+    errorfiles = sorted(glob.glob(os.path.join(root, "haproxy", "errors", "*.http")))
+    check(len(errorfiles) >= 5, "found only %d haproxy errorfiles" % len(errorfiles))
+    for path in errorfiles:
+        raw = open(path, "rb").read()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        m = re.match(r"HTTP/1\.1 (\d{3}) ", lines[0])
+        fields = dict(l.split(": ", 1) for l in lines[1:] if ": " in l)
+        name = os.path.basename(path)
+        check(m is not None and name == m.group(1) + ".http", "%s: status line %r" % (name, lines[0]))
+        check(b"\n" not in head.replace(b"\r\n", b""), "%s: a bare LF in its head" % name)
+        check(fields.get("Content-Type") == "application/json", "%s: not JSON" % name)
+        check(fields.get("Content-Length") == str(len(body)),
+              "%s: Content-Length %s, body %d bytes" % (name, fields.get("Content-Length"), len(body)))
+        try:
+            err = json.loads(body)["error"]
+            check(set(err) == {"type", "code", "message"}, "%s: error fields %s" % (name, set(err)))
+            if m:
+                pairs.add((m.group(1), err["code"]))
+                front_door.add(err["code"])
+        except (ValueError, KeyError, TypeError) as e:
+            check(False, "%s: body is not the error shape: %s" % (name, e))
 
     # Routes: handlers.c's route table, each row's path (with routes.h's
     # macros) and the methods it has a handler for.
@@ -84,12 +111,16 @@ def main():
                 by_status.setdefault(str(status), []).append(resp.get("description", ""))
     generic = " ".join(comps[n]["description"] for n in ("NotFound", "MethodNotAllowed", "Malformed")
                        if n in comps)
+    front = comps.get("FrontDoor", {}).get("description", "")
+    for code in sorted(front_door):
+        check("`%s`" % code in front, "the front door's %s is not named by FrontDoor" % code)
 
     enum = set(spec["components"]["schemas"]["ErrorCode"]["enum"])
     for status, code in sorted(pairs):
         check(code in enum, "%s %s: not in ErrorCode" % (status, code))
         texts = " ".join(by_status.get(status, []))
-        check(("`%s`" % code) in texts or ("`%s`" % code) in generic,
+        check(("`%s`" % code) in texts or ("`%s`" % code) in generic
+              or (code in front_door and ("`%s`" % code) in front),
               "%s %s: no response of status %s names it" % (status, code, status))
     sent = {c for _, c in pairs}
     for code in sorted(enum - sent):

@@ -132,6 +132,8 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
         goto fail;
     }
     svc->replays = replay_cache_new((size_t)cfg->replay_cache);
+    if (edge_check(e, err, errlen) != 0) /* before the database is touched */
+        goto fail;
     e->connlimit = connlimit_new(cfg->max_client_connections);
     e->ratelimit = ratelimit_new(cfg->rate_limit);
     e->unauth_limit = ratelimit_new_per_address(cfg->unauthenticated_rate_limit);

@@ -37,9 +37,8 @@ void hashtab_destroy(struct hashtab *t);
 typedef int (*hashtab_same)(const struct hashtab_link *link, const char *a, const char *b);
 
 /* The link that points at the entry of the pair (a, b) in its bucket:
- * *result is that entry's link, or NULL when there is none (then the
- * result is where hashtab_add would put it). The pair's hash goes to
- * *hash (may be NULL). */
+ * *result is that entry's link, or NULL when there is none. The pair's
+ * hash goes to *hash (may be NULL), for hashtab_add. */
 struct hashtab_link **hashtab_find(struct hashtab *t, const char *a, const char *b, size_t *hash,
                                    hashtab_same same);
 

@@ -36,11 +36,11 @@ static void *watchdog_main(void *arg)
          * connection (and socket) is still open. */
         struct watch *w;
         TAILQ_FOREACH(w, &wd->armed, link)
-        if (!w->fired && now >= w->deadline_us) {
-            if (w->fd >= 0)
-                shutdown(w->fd, SHUT_RD);
-            w->fired = 1;
-        }
+            if (!w->fired && now >= w->deadline_us) {
+                if (w->fd >= 0)
+                    shutdown(w->fd, SHUT_RD);
+                w->fired = 1;
+            }
         if (wd->tick) {
             pthread_mutex_unlock(&wd->mu);
             wd->tick(wd->tick_arg, now);

@@ -200,11 +200,17 @@ static int probe_layout(struct edge *e, char *why, size_t len)
     return -1;
 }
 
-int edge_start(struct edge *e, char *err, size_t errlen)
+int edge_check(struct edge *e, char *err, size_t errlen)
 {
     char why[256];
     if (civetweb_internals_check(why, sizeof why) != 0 && !limits_off(e, why, err, errlen))
         return -1;
+    return 0;
+}
+
+int edge_start(struct edge *e, char *err, size_t errlen)
+{
+    char why[256];
     char ports[96], threads[16];
     if (e->opt.listen_host[0])
         snprintf(ports, sizeof ports, "%s:%d", e->opt.listen_host, e->opt.port);

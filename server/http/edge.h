@@ -60,11 +60,15 @@ int edge_reserve(int threads);
  * table's checks. */
 void edge_on_tick(void *edge, int64_t now_us);
 
-/* Checks civetweb's internals (civetweb_internals.h), starts civetweb on
- * e->opt with the API's routes, and probes its layout on a connection of
- * its own. A civetweb this server cannot read is refused unless
- * max_client_connections is 0 (then logged). Returns 0, or -1 with err
- * set (edge_stop() still to be called). */
+/* Checks, before anything starts, that civetweb is the one
+ * civetweb_internals.c reads (its version): one it cannot read is refused
+ * unless max_client_connections is 0 (then logged, and the limits per
+ * address are off). 0, or -1 with err set. */
+int edge_check(struct edge *e, char *err, size_t errlen);
+
+/* Starts civetweb on e->opt with the API's routes, and probes its layout
+ * on a connection of its own (refused as edge_check() says). Returns 0,
+ * or -1 with err set (edge_stop() still to be called). */
 int edge_start(struct edge *e, char *err, size_t errlen);
 
 /* Drains, then stops civetweb: new requests get 503 shutting_down

@@ -37,9 +37,9 @@ static void turn_at(const struct pg_batcher *b, int kind, struct timespec *at)
     *at = (struct timespec){0, 0};
     const struct pg_batch_run *r;
     LIST_FOREACH(r, &b->running[kind], link)
-    if (r->start.tv_sec > at->tv_sec ||
-        (r->start.tv_sec == at->tv_sec && r->start.tv_nsec > at->tv_nsec))
-        *at = r->start;
+        if (r->start.tv_sec > at->tv_sec ||
+            (r->start.tv_sec == at->tv_sec && r->start.tv_nsec > at->tv_nsec))
+            *at = r->start;
     if (LIST_EMPTY(&b->running[kind]))
         return;
     clock_add_ms(at, BATCH_STALL_MS);
@@ -167,8 +167,8 @@ static int take_batch(struct pg_batcher *b, int kind, struct pg_batch_op **batch
             fits = !same_key(batch[i], op);
         const struct pg_batch_run *r;
         LIST_FOREACH(r, &b->running[kind], link)
-        for (int i = 0; fits && i < r->n; i++)
-            fits = !same_key(r->ops[i], op);
+            for (int i = 0; fits && i < r->n; i++)
+                fits = !same_key(r->ops[i], op);
         if (fits && n && kind == PG_BATCH_CLAIM)
             fits = strcmp(op->vals[3], batch[0]->vals[3]) == 0 &&
                    strcmp(op->vals[4], batch[0]->vals[4]) == 0;
