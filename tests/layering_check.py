@@ -16,7 +16,9 @@ agree:
   linked to exactly the layers the table lets it use (directly or through
   another), so the table is the build's;
 - docs/design.md names every layer's folder in its Layout section;
-- libpq's header only in store/pg; civetweb's only in server/http; of
+- libpq's header only in store/pg; civetweb's only in server/http;
+  libcurl's, in the server, only in its one HTTP client
+  (server/ops/acquirer.c); of
   store/pg, only store_pg.h outside it; no HTTP or JSON in store/;
 - the routes (paging, post_route, *_routes) see the narrow service
   (service.h), not the edge's guards (edge.h) nor the app;
@@ -184,6 +186,9 @@ def main():
                     fail("%s includes libpq-fe.h outside store/pg" % rel)
                 if inc == "civetweb.h" and folder != "server/http":
                     fail("%s includes civetweb.h outside server/http" % rel)
+                if inc == "curl/curl.h" and folder != "client" and rel != "server/ops/acquirer.c":
+                    fail("%s includes curl/curl.h: the server's one HTTP client is "
+                         "server/ops/acquirer.c" % rel)
                 if inc.startswith("cjson/") and folder.startswith("store"):
                     fail("%s includes %s: the store knows no JSON" % (rel, inc))
                 continue
