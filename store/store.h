@@ -42,7 +42,14 @@ struct store_claim_result {
     size_t response_body_len;
     char *response_location; /* may be NULL */
     int64_t created_at_us;   /* when the key was first claimed (unix microseconds) */
+    /* With CLAIM_NEW / CLAIM_TAKEOVER: the record's Idempotency-Key for an
+     * acquirer downstream - STORE_DOWNSTREAM_PREFIX and random characters,
+     * never the client's key - chosen when the record was made (or claimed
+     * again after it expired), the same for every takeover. */
+    char downstream_key[65];
 };
+
+#define STORE_DOWNSTREAM_PREFIX "dk_"
 
 /* A payment row. Strings are borrowed on input and owned (malloc'd) when the
  * store fills a struct for the caller: free those with store_payment_clear(). */

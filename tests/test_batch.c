@@ -264,9 +264,19 @@ Test(batch, queued_claims_run_as_one_statement_and_each_wins_its_key, .init = op
     for (int i = 0; i < MANY; i++) {
         cr_assert_eq(ops[i].st, STORE_OK, "%s", ops[i].err);
         cr_assert_eq(ops[i].claim.outcome, CLAIM_NEW);
-        for (int j = 0; j < i; j++)
+        for (int j = 0; j < i; j++) {
             cr_assert_neq(ops[i].claim.lease_token, ops[j].claim.lease_token);
+            cr_assert_str_neq(ops[i].claim.downstream_key, ops[j].claim.downstream_key);
+        }
         cr_assert_gt(ops[i].claim.created_at_us, 0);
+        /* each record's own downstream key, through the batch's arrays */
+        char dk[80];
+        test_query_text(test_db_url(),
+                        "SELECT downstream_key FROM idempotency_keys WHERE tenant_id ="
+                        " 'tenant-batch' AND idempotency_key = $1",
+                        ops[i].key, dk, sizeof dk);
+        cr_assert_eq(strlen(ops[i].claim.downstream_key), 27, "%s", ops[i].claim.downstream_key);
+        cr_assert_str_eq(dk, ops[i].claim.downstream_key);
         cr_assert_eq(test_query_long(test_db_url(),
                                      "SELECT lease_token FROM idempotency_keys WHERE tenant_id ="
                                      " 'tenant-batch' AND idempotency_key = $1",

@@ -215,6 +215,52 @@ CONTRACT(lease_expiry_takeover_bumps_token_and_fences_the_old_holder)
     store_claim_result_clear(&m);
 }
 
+/* The key a record sends downstream (to an acquirer): chosen when the record
+ * is made, never the client's key, one per tenant; the same for a takeover
+ * (every ask for one record carries it, so the acquirer replays); new for a
+ * record claimed again after it expired or was released. */
+CONTRACT(downstream_key_is_the_records_own_across_takeovers)
+{
+    char key[96], err[256];
+    test_unique(key, sizeof key, "downstream");
+    struct store_claim_result a = claim(key, FP, 100, DAY_MS);
+    cr_assert_eq(a.outcome, CLAIM_NEW);
+    cr_assert_eq(strncmp(a.downstream_key, STORE_DOWNSTREAM_PREFIX, 3), 0, "%s", a.downstream_key);
+    cr_assert_eq(strlen(a.downstream_key), 27, "%s", a.downstream_key);
+    cr_assert_str_neq(a.downstream_key, key);
+    /* another tenant, the same client key: another record, another key */
+    struct store_claim_result t;
+    memset(&t, 0, sizeof t);
+    cr_assert_eq(store_claim(store, "tenant-b", key, FP, LONG_MS, DAY_MS, &t, err, sizeof err),
+                 STORE_OK, "%s", err);
+    cr_assert_eq(t.outcome, CLAIM_NEW);
+    cr_assert_str_neq(t.downstream_key, a.downstream_key);
+    /* the holder died: the takeover asks downstream with the same key */
+    wait_ms(250);
+    struct store_claim_result b = claim(key, FP, 100, DAY_MS);
+    cr_assert_eq(b.outcome, CLAIM_TAKEOVER);
+    cr_assert_str_eq(b.downstream_key, a.downstream_key);
+    /* released: nothing moved downstream; the next claim is a new record */
+    cr_assert_eq(store_release(store, T, key, b.lease_token, err, sizeof err), STORE_OK, "%s", err);
+    struct store_claim_result c = claim(key, FP, LONG_MS, 100);
+    cr_assert_eq(c.outcome, CLAIM_NEW);
+    cr_assert_str_neq(c.downstream_key, a.downstream_key);
+    /* completed, then expired: claimed again, a new key */
+    cr_assert_eq(complete(key, c.lease_token, "{}", NULL), STORE_OK);
+    wait_ms(250);
+    struct store_claim_result d = claim(key, FP, LONG_MS, DAY_MS);
+    /* (NEW when another case's reaper pass deleted it first: the PostgreSQL
+     * cases share one database) */
+    cr_assert(d.outcome == CLAIM_TAKEOVER || d.outcome == CLAIM_NEW, "outcome %d", d.outcome);
+    cr_assert_str_neq(d.downstream_key, c.downstream_key);
+    cr_assert_str_neq(d.downstream_key, a.downstream_key);
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&t);
+    store_claim_result_clear(&b);
+    store_claim_result_clear(&c);
+    store_claim_result_clear(&d);
+}
+
 CONTRACT(completion_with_stale_token_is_refused)
 {
     char key[96], id[64];

@@ -7,9 +7,10 @@
 #define _POSIX_C_SOURCE 200809L
 #include "store_mem.h"
 
-#include "clock.h"
 #include "bytes.h"
+#include "clock.h"
 #include "hashtab.h"
+#include "ids.h"
 #include "mem_rows.h"
 
 #include <pthread.h>
@@ -30,6 +31,7 @@ struct record {
     int64_t locked_until_us;
     int64_t created_at_us;
     int64_t expires_at_us;
+    char downstream_key[65]; /* chosen when the record is made or claimed after expiry */
     int response_status;
     char *body;
     size_t body_len;
@@ -110,6 +112,12 @@ static enum store_status mem_claim(struct store *s, const char *tenant, const ch
     enum store_status st = STORE_OK;
     int64_t now = clock_wall_us();
 
+    /* The record's key downstream, if this claim makes the record. */
+    char downstream[IDS_MAX + 1];
+    if (ids_new(STORE_DOWNSTREAM_PREFIX, downstream) != 0) {
+        snprintf(err, errlen, "no random bytes for a downstream key");
+        return STORE_ERROR;
+    }
     pthread_mutex_lock(&m->mu);
     size_t hash;
     struct hashtab_link **at = hashtab_find(&m->records, tenant, key, &hash, same_record);
@@ -129,9 +137,11 @@ static enum store_status mem_claim(struct store *s, const char *tenant, const ch
         r->locked_until_us = now + lease_ms * 1000;
         r->created_at_us = now;
         r->expires_at_us = now + ttl_ms * 1000;
+        snprintf(r->downstream_key, sizeof r->downstream_key, "%s", downstream);
         hashtab_add(&m->records, &r->link, hash);
         *out = (struct store_claim_result){
             .outcome = CLAIM_NEW, .lease_token = r->lease_token, .created_at_us = now};
+        snprintf(out->downstream_key, sizeof out->downstream_key, "%s", r->downstream_key);
         goto out;
     }
     if (r->expires_at_us <= now) {
@@ -149,8 +159,10 @@ static enum store_status mem_claim(struct store *s, const char *tenant, const ch
         r->locked_until_us = now + lease_ms * 1000;
         r->created_at_us = now;
         r->expires_at_us = now + ttl_ms * 1000;
+        snprintf(r->downstream_key, sizeof r->downstream_key, "%s", downstream);
         *out = (struct store_claim_result){
             .outcome = CLAIM_TAKEOVER, .lease_token = r->lease_token, .created_at_us = now};
+        snprintf(out->downstream_key, sizeof out->downstream_key, "%s", r->downstream_key);
         goto out;
     }
     if (strcmp(r->fingerprint, fingerprint) != 0) {
@@ -170,6 +182,7 @@ static enum store_status mem_claim(struct store *s, const char *tenant, const ch
         *out = (struct store_claim_result){.outcome = CLAIM_TAKEOVER,
                                            .lease_token = r->lease_token,
                                            .created_at_us = r->created_at_us};
+        snprintf(out->downstream_key, sizeof out->downstream_key, "%s", r->downstream_key);
         goto out;
     }
     *out = (struct store_claim_result){.outcome = CLAIM_IN_PROGRESS,

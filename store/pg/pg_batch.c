@@ -194,7 +194,7 @@ static int take_batch(struct pg_batcher *b, int kind, struct pg_batch_op **batch
 static void run_one(struct pg_batcher *b, int idx, struct pg_batch_op *op)
 {
     if (op->kind == PG_BATCH_CLAIM) {
-        PGresult *res = pg_pool_exec(b->pool, idx, "claim", 5, op->vals, PGRES_TUPLES_OK, &op->st,
+        PGresult *res = pg_pool_exec(b->pool, idx, "claim", 6, op->vals, PGRES_TUPLES_OK, &op->st,
                                      op->err, op->errlen);
         if (!res)
             return;
@@ -203,6 +203,7 @@ static void run_one(struct pg_batcher *b, int idx, struct pg_batch_op *op)
             op->lease_token = pg_int_value(res, 0, 0);
             op->inserted = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
             op->created_at_us = pg_int_value(res, 0, 2);
+            snprintf(op->downstream_key, sizeof op->downstream_key, "%s", PQgetvalue(res, 0, 3));
         }
         PQclear(res);
         return;
@@ -224,19 +225,20 @@ static void run_many(struct pg_batcher *b, int idx, struct pg_batch_op **ops, in
 {
     PGconn *conn = b->pool->conns[idx];
     int kind = ops[0]->kind;
-    int ncols = kind == PG_BATCH_CLAIM ? 3 : 13;
+    /* claims: arrays of tenants, keys, fingerprints and downstream keys, one
+     * lease and TTL (take_batch groups claims by them) */
+    int ncols = kind == PG_BATCH_CLAIM ? 6 : 13;
     struct array_text arrays[13] = {{0}};
     const char *vals[13];
     int failed = 0;
     for (int c = 0; c < ncols; c++) {
+        if (kind == PG_BATCH_CLAIM && (c == 3 || c == 4)) {
+            vals[c] = ops[0]->vals[c];
+            continue;
+        }
         array_of(&arrays[c], ops, n, c);
         vals[c] = arrays[c].p;
         failed |= arrays[c].failed;
-    }
-    if (kind == PG_BATCH_CLAIM) {
-        vals[3] = ops[0]->vals[3];
-        vals[4] = ops[0]->vals[4];
-        ncols = 5;
     }
     PGresult *res = NULL;
     if (!failed)
@@ -257,6 +259,8 @@ static void run_many(struct pg_batcher *b, int idx, struct pg_batch_op **ops, in
                     op->lease_token = pg_int_value(res, r, 2);
                     op->inserted = strcmp(PQgetvalue(res, r, 3), "t") == 0;
                     op->created_at_us = pg_int_value(res, r, 4);
+                    snprintf(op->downstream_key, sizeof op->downstream_key, "%s",
+                             PQgetvalue(res, r, 5));
                 }
                 break;
             }

@@ -53,6 +53,7 @@ struct pg_batch_op {
     int matched; /* claim: won (a row came back); completion: the fenced update matched */
     int inserted;
     int64_t lease_token, created_at_us;
+    char downstream_key[65]; /* claim: the record's, when it won */
     char *err;
     size_t errlen;
 };

@@ -4,6 +4,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include "pg_store.h"
 
+#include "ids.h"
+
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,16 +62,21 @@ enum store_status pg_claim(struct store *s, const char *tenant, const char *key,
 {
     struct store_pg *pg = (struct store_pg *)s;
     enum store_status st = STORE_OK;
-    char lease[24], ttl[24];
+    char lease[24], ttl[24], downstream[IDS_MAX + 1];
     snprintf(lease, sizeof lease, "%" PRId64, lease_ms);
     snprintf(ttl, sizeof ttl, "%" PRId64, ttl_ms);
+    /* The record's key downstream, if this claim makes the record (sql/006). */
+    if (ids_new(STORE_DOWNSTREAM_PREFIX, downstream) != 0) {
+        snprintf(err, errlen, "no random bytes for a downstream key");
+        return STORE_ERROR;
+    }
 
     /* A record can vanish (released) or become claimable between the claim
      * and the read of what it ran into; a few rounds settle it. */
     for (int attempt = 0; attempt < 5; attempt++) {
         struct pg_batch_op op = {.kind = PG_BATCH_CLAIM,
-                                 .vals = {tenant, key, fingerprint, lease, ttl},
-                                 .nvals = 5,
+                                 .vals = {tenant, key, fingerprint, lease, ttl, downstream},
+                                 .nvals = 6,
                                  .err = err,
                                  .errlen = errlen};
         pg_batch_submit(&pg->batch, &op);
@@ -79,6 +86,7 @@ enum store_status pg_claim(struct store *s, const char *tenant, const char *key,
             *out = (struct store_claim_result){.outcome = op.inserted ? CLAIM_NEW : CLAIM_TAKEOVER,
                                                .lease_token = op.lease_token,
                                                .created_at_us = op.created_at_us};
+            snprintf(out->downstream_key, sizeof out->downstream_key, "%s", op.downstream_key);
             return STORE_OK;
         }
         int retry = 0;

@@ -6,6 +6,9 @@
 /* Claim: insert, or take over an expired record or a processing one whose
  * holder's lease ran out (same fingerprint only). Returns a row only when this
  * request won. Row lock waits last at most one short commit, never a payment.
+ * $6 is a new downstream key (sql/006): the record takes it when it is made
+ * or had expired; a takeover keeps the record's own, so every ask for one
+ * record carries the same key downstream.
  *
  * Committed without waiting for the WAL flush (synchronous_commit off for
  * this statement's transaction only): no client is told anything on the
@@ -16,10 +19,12 @@
  * with its claim. One WAL flush per payment instead of two. */
 #define CLAIM_INTO                                                                                 \
     " INSERT INTO idempotency_keys AS k (tenant_id, idempotency_key, fingerprint, state,"          \
-    " lease_token, locked_until, created_at, expires_at)"
+    " lease_token, locked_until, created_at, expires_at, downstream_key)"
 #define CLAIM_ON_CONFLICT                                                                          \
     " ON CONFLICT (tenant_id, idempotency_key) DO UPDATE SET"                                      \
     " fingerprint = EXCLUDED.fingerprint, state = 'processing',"                                   \
+    " downstream_key = CASE WHEN k.expires_at <= now() OR k.downstream_key IS NULL"                \
+    " THEN EXCLUDED.downstream_key ELSE k.downstream_key END,"                                     \
     " lease_token = EXCLUDED.lease_token, locked_until = EXCLUDED.locked_until,"                   \
     " response_status = NULL, response_body = NULL, response_location = NULL,"                     \
     " completed_at = NULL,"                                                                        \
@@ -38,8 +43,8 @@ static const char SQL_CLAIM[] =
     "WITH async AS (SELECT set_config('synchronous_commit', 'off', true))" CLAIM_INTO
     " SELECT $1, $2, $3, 'processing', nextval('lease_token_seq'),"
     " now() + $4::bigint * interval '1 millisecond', now(),"
-    " now() + $5::bigint * interval '1 millisecond' FROM async" CLAIM_ON_CONFLICT
-    " RETURNING lease_token, (xmax = 0), " US_OF("created_at");
+    " now() + $5::bigint * interval '1 millisecond', $6 FROM async" CLAIM_ON_CONFLICT
+    " RETURNING lease_token, (xmax = 0), " US_OF("created_at") ", downstream_key";
 
 /* Several requests' claims in one statement (arrays of tenants, keys and
  * fingerprints), inserted in key order so that two batches lock the records
@@ -48,10 +53,11 @@ static const char SQL_CLAIM_BATCH[] =
     "WITH async AS (SELECT set_config('synchronous_commit', 'off', true))" CLAIM_INTO
     " SELECT i.tenant, i.key, i.fp, 'processing', nextval('lease_token_seq'),"
     " now() + $4::bigint * interval '1 millisecond', now(),"
-    " now() + $5::bigint * interval '1 millisecond'"
-    " FROM unnest($1::text[], $2::text[], $3::text[]) AS i(tenant, key, fp), async"
+    " now() + $5::bigint * interval '1 millisecond', i.dk"
+    " FROM unnest($1::text[], $2::text[], $3::text[], $6::text[]) AS i(tenant, key, fp, dk), async"
     " ORDER BY i.tenant, i.key" CLAIM_ON_CONFLICT
-    " RETURNING tenant_id, idempotency_key, lease_token, (xmax = 0), " US_OF("created_at");
+    " RETURNING tenant_id, idempotency_key, lease_token, (xmax = 0), " US_OF(
+        "created_at") ", downstream_key";
 
 /* What a losing claim ran into, counted as a prevented duplicate. No row:
  * the record vanished (released) or became claimable since; claim again.
@@ -171,8 +177,8 @@ static const char SQL_REAP[] =
 static const char SQL_PING[] = "SELECT 1";
 
 const struct pg_prepared PG_PREPARED[] = {
-    {"claim", SQL_CLAIM, 5},
-    {"claim_batch", SQL_CLAIM_BATCH, 5},
+    {"claim", SQL_CLAIM, 6},
+    {"claim_batch", SQL_CLAIM_BATCH, 6},
     {"complete_batch", SQL_COMPLETE_BATCH, 13},
     {"read", SQL_READ, 3},
     {"complete_payment", SQL_COMPLETE_PAYMENT, 13},

@@ -1,0 +1,12 @@
+-- 006_downstream_key.sql - the key a record sends downstream
+--
+-- When the money moves at an acquirer, every ask for one record must carry
+-- the same Idempotency-Key there, so that asking again after a lost answer
+-- (a retry, another server's takeover) is answered with the first outcome,
+-- never a second charge. The key is chosen at the record's first claim
+-- (dk_ and 24 random characters: never the client's key, which two tenants
+-- may share), kept across takeovers, and chosen anew when a record expired
+-- and is claimed again (or is released and claimed again: a new row).
+-- NULL for records made before this migration; their next claim gives them
+-- one.
+ALTER TABLE idempotency_keys ADD COLUMN downstream_key text;
