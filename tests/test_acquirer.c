@@ -157,6 +157,18 @@ static char *answer_of(const char *status_line, const char *extra, const char *b
     return out;
 }
 
+/* One charge against the test's acquirer behaving as b, with a client of
+ * its own bounded by timeout_ms. */
+static struct acquirer_answer charge_once(enum behaviour b, char *answer, long timeout_ms)
+{
+    fake_start(b, answer);
+    struct acquirer *a = client(timeout_ms);
+    struct acquirer_answer out;
+    charge(a, &out);
+    acquirer_free(a);
+    return out;
+}
+
 /* ---- answers ---------------------------------------------------------- */
 
 Test(acquirer, a_201_is_money_moved_with_its_charge_id)
@@ -178,43 +190,40 @@ Test(acquirer, a_201_is_money_moved_with_its_charge_id)
 
 Test(acquirer, a_replay_of_a_lost_201_is_the_same_charge)
 {
-    fake_start(ANSWER, answer_of("200 OK", "Idempotent-Replayed: true\r\n",
-                                 "{\"charge_id\":\"ch_1\",\"status\":\"succeeded\"}"));
-    struct acquirer *a = client(2000);
-    struct acquirer_answer out;
-    charge(a, &out);
+    struct acquirer_answer out =
+        charge_once(ANSWER,
+                    answer_of("200 OK", "Idempotent-Replayed: true\r\n",
+                              "{\"charge_id\":\"ch_1\",\"status\":\"succeeded\"}"),
+                    2000);
     cr_assert_eq(out.verdict, ACQUIRER_MOVED);
     cr_assert_eq(out.status, 200);
     cr_assert_eq(out.replayed, 1);
     cr_assert_str_eq(out.id, "ch_1");
-    acquirer_free(a);
 }
 
 Test(acquirer, a_402_is_declined_with_its_charge_and_code)
 {
-    fake_start(ANSWER, answer_of("402 Payment Required", "",
-                                 "{\"charge_id\":\"ch_2\",\"status\":\"declined\","
-                                 "\"decline_code\":\"card_declined\"}"));
-    struct acquirer *a = client(2000);
-    struct acquirer_answer out;
-    charge(a, &out);
+    struct acquirer_answer out =
+        charge_once(ANSWER,
+                    answer_of("402 Payment Required", "",
+                              "{\"charge_id\":\"ch_2\",\"status\":\"declined\","
+                              "\"decline_code\":\"card_declined\"}"),
+                    2000);
     cr_assert_eq(out.verdict, ACQUIRER_DECLINED);
     cr_assert_str_eq(out.id, "ch_2");
     cr_assert_str_eq(out.decline_code, "card_declined");
-    acquirer_free(a);
 }
 
 Test(acquirer, a_refusal_moved_nothing)
 {
-    fake_start(ANSWER, answer_of("422 Unprocessable Entity", "",
-                                 "{\"error\":{\"code\":\"processing_error\",\"message\":\"no\"}}"));
-    struct acquirer *a = client(2000);
-    struct acquirer_answer out;
-    charge(a, &out);
+    struct acquirer_answer out =
+        charge_once(ANSWER,
+                    answer_of("422 Unprocessable Entity", "",
+                              "{\"error\":{\"code\":\"processing_error\",\"message\":\"no\"}}"),
+                    2000);
     cr_assert_eq(out.verdict, ACQUIRER_NOTHING_MOVED);
     cr_assert_eq(out.status, 422);
     cr_assert_str_eq(out.detail, "processing_error");
-    acquirer_free(a);
 }
 
 /* 409: the first request with this key is still running there - it may
@@ -234,63 +243,47 @@ Test(acquirer, a_409_is_unknown)
 
 Test(acquirer, a_500_is_unknown)
 {
-    fake_start(ANSWER, answer_of("500 Internal Server Error", "",
-                                 "{\"error\":{\"code\":\"internal_error\",\"message\":\"x\"}}"));
-    struct acquirer *a = client(2000);
-    struct acquirer_answer out;
-    charge(a, &out);
+    struct acquirer_answer out =
+        charge_once(ANSWER,
+                    answer_of("500 Internal Server Error", "",
+                              "{\"error\":{\"code\":\"internal_error\",\"message\":\"x\"}}"),
+                    2000);
     cr_assert_eq(out.verdict, ACQUIRER_UNKNOWN);
     cr_assert_eq(out.status, 500);
-    acquirer_free(a);
 }
 
 /* A 201 that cannot be recorded (no charge id) says money moved, but not
  * which charge: unknown, to be asked again with the same key. */
 Test(acquirer, a_201_without_a_charge_id_is_unknown)
 {
-    fake_start(ANSWER, answer_of("201 Created", "", "{\"status\":\"succeeded\"}"));
-    struct acquirer *a = client(2000);
-    struct acquirer_answer out;
-    charge(a, &out);
+    struct acquirer_answer out =
+        charge_once(ANSWER, answer_of("201 Created", "", "{\"status\":\"succeeded\"}"), 2000);
     cr_assert_eq(out.verdict, ACQUIRER_UNKNOWN);
-    acquirer_free(a);
 }
 
 /* ---- answers that never come ----------------------------------------------- */
 
 Test(acquirer, an_answer_held_past_the_timeout_is_unknown)
 {
-    fake_start(HOLD, NULL);
-    struct acquirer *a = client(1000);
-    struct acquirer_answer out;
-    charge(a, &out);
+    struct acquirer_answer out = charge_once(HOLD, NULL, 1000);
     cr_assert_eq(out.verdict, ACQUIRER_UNKNOWN, "%s: %s", acquirer_verdict_name(out.verdict),
                  out.detail);
     cr_assert_eq(out.status, 0);
     cr_assert_eq(requests_seen(), 1, "the request was sent");
-    acquirer_free(a);
 }
 
 Test(acquirer, a_connection_closed_after_the_request_is_unknown)
 {
-    fake_start(CLOSE, NULL);
-    struct acquirer *a = client(2000);
-    struct acquirer_answer out;
-    charge(a, &out);
+    struct acquirer_answer out = charge_once(CLOSE, NULL, 2000);
     cr_assert_eq(out.verdict, ACQUIRER_UNKNOWN, "%s", out.detail);
     cr_assert_geq(requests_seen(), 1);
-    acquirer_free(a);
 }
 
 Test(acquirer, a_connection_reset_after_the_request_is_unknown)
 {
-    fake_start(RESET, NULL);
-    struct acquirer *a = client(2000);
-    struct acquirer_answer out;
-    charge(a, &out);
+    struct acquirer_answer out = charge_once(RESET, NULL, 2000);
     cr_assert_eq(out.verdict, ACQUIRER_UNKNOWN, "%s", out.detail);
     cr_assert_geq(requests_seen(), 1);
-    acquirer_free(a);
 }
 
 /* Nothing listens: the request was never sent. */
