@@ -2,6 +2,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include "store.h"
 
+#include "ids.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +36,15 @@ enum store_status store_claim(struct store *s, const char *tenant, const char *k
                               const char *fingerprint, int64_t lease_ms, int64_t ttl_ms,
                               struct store_claim_result *out, char *err, size_t errlen)
 {
-    return s->ops->claim(s, tenant, key, fingerprint, lease_ms, ttl_ms, out, err, errlen);
+    /* The record's key downstream, should this claim make the record: one
+     * choice of its shape for every store. */
+    char downstream[IDS_MAX + 1];
+    if (ids_new(STORE_DOWNSTREAM_PREFIX, downstream) != 0) {
+        snprintf(err, errlen, "no random bytes for a downstream key");
+        return STORE_ERROR;
+    }
+    return s->ops->claim(s, tenant, key, fingerprint, downstream, lease_ms, ttl_ms, out, err,
+                         errlen);
 }
 
 enum store_status store_complete(struct store *s, const char *tenant, const char *key,

@@ -136,9 +136,12 @@ struct store;
 
 struct store_ops {
     const char *name;
+    /* downstream_key: a new key, which the record takes if this claim makes
+     * it (or claims it after it expired); store_claim() chooses it. */
     enum store_status (*claim)(struct store *s, const char *tenant, const char *key,
-                               const char *fingerprint, int64_t lease_ms, int64_t ttl_ms,
-                               struct store_claim_result *out, char *err, size_t errlen);
+                               const char *fingerprint, const char *downstream_key,
+                               int64_t lease_ms, int64_t ttl_ms, struct store_claim_result *out,
+                               char *err, size_t errlen);
     enum store_status (*complete)(struct store *s, const char *tenant, const char *key,
                                   int64_t lease_token, const struct store_response *resp,
                                   const struct store_rows *rows, char *err, size_t errlen);

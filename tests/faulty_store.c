@@ -35,14 +35,16 @@ static int should_fail(struct faulty *f, enum faulty_op op, enum store_status *s
 }
 
 static enum store_status f_claim(struct store *s, const char *tenant, const char *key,
-                                 const char *fp, int64_t lease_ms, int64_t ttl_ms,
-                                 struct store_claim_result *out, char *err, size_t errlen)
+                                 const char *fp, const char *downstream, int64_t lease_ms,
+                                 int64_t ttl_ms, struct store_claim_result *out, char *err,
+                                 size_t errlen)
 {
     struct faulty *f = (struct faulty *)s;
     enum store_status st;
     if (should_fail(f, FAULTY_CLAIM, &st, err, errlen))
         return st;
-    return store_claim(f->inner, tenant, key, fp, lease_ms, ttl_ms, out, err, errlen);
+    return f->inner->ops->claim(f->inner, tenant, key, fp, downstream, lease_ms, ttl_ms, out, err,
+                                errlen);
 }
 
 static enum store_status f_complete(struct store *s, const char *tenant, const char *key,

@@ -37,12 +37,16 @@ void clock_deadline_in(struct timespec *out, int64_t ms)
     clock_add_ms(out, ms);
 }
 
+int clock_before(const struct timespec *a, const struct timespec *b)
+{
+    return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
 int clock_passed(const struct timespec *deadline)
 {
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
-    return now.tv_sec > deadline->tv_sec ||
-           (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec);
+    return !clock_before(&now, deadline);
 }
 
 void clock_sleep_ms(int64_t ms)

@@ -24,6 +24,9 @@ void clock_add_ms(struct timespec *t, int64_t ms);
 /* *out = the wall clock now plus ms: a deadline for a timed wait. */
 void clock_deadline_in(struct timespec *out, int64_t ms);
 
+/* Whether a comes before b. */
+int clock_before(const struct timespec *a, const struct timespec *b);
+
 /* Whether the wall clock has reached deadline. */
 int clock_passed(const struct timespec *deadline);
 

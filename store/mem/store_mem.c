@@ -10,7 +10,6 @@
 #include "bytes.h"
 #include "clock.h"
 #include "hashtab.h"
-#include "ids.h"
 #include "mem_rows.h"
 
 #include <pthread.h>
@@ -105,19 +104,14 @@ static enum store_status fill_completed(const struct record *r, struct store_cla
 }
 
 static enum store_status mem_claim(struct store *s, const char *tenant, const char *key,
-                                   const char *fingerprint, int64_t lease_ms, int64_t ttl_ms,
-                                   struct store_claim_result *out, char *err, size_t errlen)
+                                   const char *fingerprint, const char *downstream,
+                                   int64_t lease_ms, int64_t ttl_ms, struct store_claim_result *out,
+                                   char *err, size_t errlen)
 {
     struct store_mem *m = (struct store_mem *)s;
     enum store_status st = STORE_OK;
     int64_t now = clock_wall_us();
 
-    /* The record's key downstream, if this claim makes the record. */
-    char downstream[IDS_MAX + 1];
-    if (ids_new(STORE_DOWNSTREAM_PREFIX, downstream) != 0) {
-        snprintf(err, errlen, "no random bytes for a downstream key");
-        return STORE_ERROR;
-    }
     pthread_mutex_lock(&m->mu);
     size_t hash;
     struct hashtab_link **at = hashtab_find(&m->records, tenant, key, &hash, same_record);

@@ -37,8 +37,7 @@ static void turn_at(const struct pg_batcher *b, int kind, struct timespec *at)
     *at = (struct timespec){0, 0};
     const struct pg_batch_run *r;
     LIST_FOREACH(r, &b->running[kind], link)
-        if (r->start.tv_sec > at->tv_sec ||
-            (r->start.tv_sec == at->tv_sec && r->start.tv_nsec > at->tv_nsec))
+        if (clock_before(at, &r->start))
             *at = r->start;
     if (LIST_EMPTY(&b->running[kind]))
         return;
@@ -353,8 +352,7 @@ void pg_batch_submit(struct pg_batcher *b, struct pg_batch_op *op)
          * as stalled */
         const struct timespec *until = &deadline;
         if (TAILQ_FIRST(&b->queue[op->kind]) == op && !LIST_EMPTY(&b->running[op->kind]) && !held &&
-            (turn.tv_sec < deadline.tv_sec ||
-             (turn.tv_sec == deadline.tv_sec && turn.tv_nsec < deadline.tv_nsec)))
+            clock_before(&turn, &deadline))
             until = &turn;
         int rc = pthread_cond_timedwait(&op->cv, &b->pool->mu, until);
         if (rc == ETIMEDOUT && !op->taken && clock_passed(&deadline)) {

@@ -4,8 +4,6 @@
 #define _POSIX_C_SOURCE 200809L
 #include "pg_store.h"
 
-#include "ids.h"
-
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,19 +55,14 @@ out:
 }
 
 enum store_status pg_claim(struct store *s, const char *tenant, const char *key,
-                           const char *fingerprint, int64_t lease_ms, int64_t ttl_ms,
-                           struct store_claim_result *out, char *err, size_t errlen)
+                           const char *fingerprint, const char *downstream, int64_t lease_ms,
+                           int64_t ttl_ms, struct store_claim_result *out, char *err, size_t errlen)
 {
     struct store_pg *pg = (struct store_pg *)s;
     enum store_status st = STORE_OK;
-    char lease[24], ttl[24], downstream[IDS_MAX + 1];
+    char lease[24], ttl[24];
     snprintf(lease, sizeof lease, "%" PRId64, lease_ms);
     snprintf(ttl, sizeof ttl, "%" PRId64, ttl_ms);
-    /* The record's key downstream, if this claim makes the record (sql/006). */
-    if (ids_new(STORE_DOWNSTREAM_PREFIX, downstream) != 0) {
-        snprintf(err, errlen, "no random bytes for a downstream key");
-        return STORE_ERROR;
-    }
 
     /* A record can vanish (released) or become claimable between the claim
      * and the read of what it ran into; a few rounds settle it. */

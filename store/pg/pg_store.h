@@ -23,8 +23,9 @@ struct store_pg {
 };
 
 enum store_status pg_claim(struct store *s, const char *tenant, const char *key,
-                           const char *fingerprint, int64_t lease_ms, int64_t ttl_ms,
-                           struct store_claim_result *out, char *err, size_t errlen);
+                           const char *fingerprint, const char *downstream, int64_t lease_ms,
+                           int64_t ttl_ms, struct store_claim_result *out, char *err,
+                           size_t errlen);
 enum store_status pg_complete(struct store *s, const char *tenant, const char *key,
                               int64_t lease_token, const struct store_response *resp,
                               const struct store_rows *rows, char *err, size_t errlen);
