@@ -139,6 +139,15 @@ def main():
         check(any(str(v).endswith(":/usr/local/etc/haproxy:ro") and "haproxy" in str(v)
                   for v in hap.get("volumes", [])), "haproxy does not mount haproxy/: %s"
               % hap.get("volumes"))
+        # docker-compose stop stops haproxy first: it must outwait a request
+        # it holds (its server timeout), not Docker's default 10 s.
+        grace = re.match(r"(\d+)s$", str(hap.get("stop_grace_period", "")))
+        server_timeout = re.search(r"^\s*timeout server (\d+)s", open(
+            os.path.join(root, "haproxy", "haproxy.cfg")).read(), re.M)
+        check(grace is not None and server_timeout is not None
+              and int(grace.group(1)) > int(server_timeout.group(1)),
+              "haproxy: stop_grace_period %r does not outwait its 'timeout server'"
+              % hap.get("stop_grace_period"))
         dep = hap.get("depends_on", {})
         check(isinstance(dep, dict) and all(
             dep.get(r, {}).get("condition") == "service_healthy" for r in replicas),
