@@ -92,6 +92,25 @@ enum store_status store_list_refunds(struct store *s, const char *tenant,
     return s->ops->list_refunds(s, tenant, q, out, err, errlen);
 }
 
+enum store_status store_get_charge(struct store *s, const char *charge_id, struct store_charge *out,
+                                   char *err, size_t errlen)
+{
+    return s->ops->get_charge(s, charge_id, out, err, errlen);
+}
+
+enum store_status store_list_charges(struct store *s, const char *reference,
+                                     struct store_charge_list *out, char *err, size_t errlen)
+{
+    return s->ops->list_charges(s, reference, out, err, errlen);
+}
+
+enum store_status store_list_charge_refunds(struct store *s, const char *charge_id,
+                                            struct store_charge_refund_list *out, char *err,
+                                            size_t errlen)
+{
+    return s->ops->list_charge_refunds(s, charge_id, out, err, errlen);
+}
+
 enum store_status store_reap(struct store *s, int batch, int *deleted, char *err, size_t errlen)
 {
     return s->ops->reap(s, batch, deleted, err, errlen);
@@ -197,6 +216,76 @@ int store_refund_copy(struct store_refund *dst, const struct store_refund *src)
         dup_opt(&dst->idempotency_key, src->idempotency_key) ||
         dup_opt(&dst->reason, src->reason) || dup_opt(&dst->status, src->status)) {
         store_refund_clear(dst);
+        return -1;
+    }
+    return 0;
+}
+
+void store_charge_clear(struct store_charge *c)
+{
+    free(c->charge_id);
+    free(c->merchant);
+    free(c->customer_id);
+    free(c->status);
+    free(c->decline_code);
+    free(c->reference);
+    free(c->idempotency_key);
+    memset(c, 0, sizeof *c);
+}
+
+void store_charge_list_clear(struct store_charge_list *l)
+{
+    for (size_t i = 0; i < l->count; i++)
+        store_charge_clear(&l->items[i]);
+    free(l->items);
+    memset(l, 0, sizeof *l);
+}
+
+int store_charge_copy(struct store_charge *dst, const struct store_charge *src)
+{
+    memset(dst, 0, sizeof *dst);
+    dst->amount_minor = src->amount_minor;
+    memcpy(dst->currency, src->currency, sizeof dst->currency);
+    dst->currency[3] = '\0';
+    dst->created_at_us = src->created_at_us;
+    dst->amount_refunded_minor = src->amount_refunded_minor;
+    if (dup_opt(&dst->charge_id, src->charge_id) || dup_opt(&dst->merchant, src->merchant) ||
+        dup_opt(&dst->customer_id, src->customer_id) || dup_opt(&dst->status, src->status) ||
+        dup_opt(&dst->decline_code, src->decline_code) ||
+        dup_opt(&dst->reference, src->reference) ||
+        dup_opt(&dst->idempotency_key, src->idempotency_key)) {
+        store_charge_clear(dst);
+        return -1;
+    }
+    return 0;
+}
+
+void store_charge_refund_clear(struct store_charge_refund *r)
+{
+    free(r->refund_id);
+    free(r->charge_id);
+    free(r->reference);
+    free(r->idempotency_key);
+    memset(r, 0, sizeof *r);
+}
+
+void store_charge_refund_list_clear(struct store_charge_refund_list *l)
+{
+    for (size_t i = 0; i < l->count; i++)
+        store_charge_refund_clear(&l->items[i]);
+    free(l->items);
+    memset(l, 0, sizeof *l);
+}
+
+int store_charge_refund_copy(struct store_charge_refund *dst, const struct store_charge_refund *src)
+{
+    memset(dst, 0, sizeof *dst);
+    dst->amount_minor = src->amount_minor;
+    dst->created_at_us = src->created_at_us;
+    if (dup_opt(&dst->refund_id, src->refund_id) || dup_opt(&dst->charge_id, src->charge_id) ||
+        dup_opt(&dst->reference, src->reference) ||
+        dup_opt(&dst->idempotency_key, src->idempotency_key)) {
+        store_charge_refund_clear(dst);
         return -1;
     }
     return 0;

@@ -77,8 +77,41 @@ struct store_refund {
     int64_t created_at_us;
 };
 
+/* A charge in an acquirer's ledger (mockery-acquirer's tables,
+ * sql/007_acquirer_ledger.sql): money taken from a customer for a
+ * merchant, or a decline recorded. Owned like a payment's strings: free
+ * with store_charge_clear(). */
+struct store_charge {
+    char *charge_id; /* "ch_..." */
+    char *merchant;  /* the acquirer's client's tenant */
+    char *customer_id;
+    int64_t amount_minor;
+    char currency[4];
+    char *status;       /* "succeeded" or "declined" */
+    char *decline_code; /* with "declined"; else NULL */
+    char *reference;    /* the client's id for it (a transaction id) */
+    char *idempotency_key;
+    int64_t created_at_us;
+    int64_t amount_refunded_minor; /* read only: the sum of its refunds (0 when inserted) */
+};
+
+/* A refund in the acquirer's ledger: free with store_charge_refund_clear(). */
+struct store_charge_refund {
+    char *refund_id; /* "rf_..." */
+    char *charge_id;
+    int64_t amount_minor;
+    char *reference; /* the client's id for it (a refund id) */
+    char *idempotency_key;
+    int64_t created_at_us;
+};
+
 /* The business rows an operation writes with its completion (or alone, for
- * a request without a key); NULL members write nothing. A payment is
+ * a request without a key); NULL members write nothing, and at most one is
+ * set. A charge is inserted; a charge refund is inserted and added to its
+ * charge's amount_refunded_minor under the same rule as a refund to its
+ * payment (a succeeded charge, within its amount; else STORE_REJECTED). The
+ * ledger's rows are not the tenant's: the tenant names only the
+ * idempotency record. A payment is
  * inserted. A refund is inserted and added to its payment's
  * amount_refunded_minor only while the payment is completed and its refunds
  * stay within its amount - checked under the payment row's lock in the same
@@ -87,7 +120,24 @@ struct store_refund {
 struct store_rows {
     const struct store_payment *payment;
     const struct store_refund *refund;
+    const struct store_charge *charge;
+    const struct store_charge_refund *charge_refund;
 };
+
+/* A list of charges or of a charge's refunds, oldest first. */
+struct store_charge_list {
+    struct store_charge *items;
+    size_t count;
+};
+
+struct store_charge_refund_list {
+    struct store_charge_refund *items;
+    size_t count;
+};
+
+/* At most this many rows in a ledger list (a reference names one charge
+ * in normal use; a charge has few refunds). */
+#define STORE_LEDGER_LIST_MAX 100
 
 /* The cached answer written by store_complete(). */
 struct store_response {
@@ -160,6 +210,13 @@ struct store_ops {
     enum store_status (*list_refunds)(struct store *s, const char *tenant,
                                       const struct store_refund_query *q,
                                       struct store_refund_list *out, char *err, size_t errlen);
+    enum store_status (*get_charge)(struct store *s, const char *charge_id,
+                                    struct store_charge *out, char *err, size_t errlen);
+    enum store_status (*list_charges)(struct store *s, const char *reference,
+                                      struct store_charge_list *out, char *err, size_t errlen);
+    enum store_status (*list_charge_refunds)(struct store *s, const char *charge_id,
+                                             struct store_charge_refund_list *out, char *err,
+                                             size_t errlen);
     enum store_status (*reap)(struct store *s, int batch, int *deleted, char *err, size_t errlen);
     enum store_status (*ping)(struct store *s, char *err, size_t errlen);
     void (*pool_stats)(struct store *s, struct store_pool_stats *out);
@@ -227,6 +284,18 @@ enum store_status store_list_refunds(struct store *s, const char *tenant,
                                      const struct store_refund_query *q,
                                      struct store_refund_list *out, char *err, size_t errlen);
 
+/* The acquirer's ledger. One charge by id (STORE_NOT_FOUND when none);
+ * the charges whose reference is reference, and the refunds of one charge,
+ * oldest first, at most STORE_LEDGER_LIST_MAX (an empty list when none).
+ * Free lists with store_charge_list_clear(), store_charge_refund_list_clear(). */
+enum store_status store_get_charge(struct store *s, const char *charge_id, struct store_charge *out,
+                                   char *err, size_t errlen);
+enum store_status store_list_charges(struct store *s, const char *reference,
+                                     struct store_charge_list *out, char *err, size_t errlen);
+enum store_status store_list_charge_refunds(struct store *s, const char *charge_id,
+                                            struct store_charge_refund_list *out, char *err,
+                                            size_t errlen);
+
 /* Delete at most batch expired idempotency records; payments are kept. */
 enum store_status store_reap(struct store *s, int batch, int *deleted, char *err, size_t errlen);
 
@@ -251,5 +320,13 @@ int store_payment_copy(struct store_payment *dst, const struct store_payment *sr
 void store_refund_clear(struct store_refund *r);
 void store_refund_list_clear(struct store_refund_list *l);
 int store_refund_copy(struct store_refund *dst, const struct store_refund *src);
+/* The same for the ledger's rows. */
+void store_charge_clear(struct store_charge *c);
+void store_charge_list_clear(struct store_charge_list *l);
+int store_charge_copy(struct store_charge *dst, const struct store_charge *src);
+void store_charge_refund_clear(struct store_charge_refund *r);
+void store_charge_refund_list_clear(struct store_charge_refund_list *l);
+int store_charge_refund_copy(struct store_charge_refund *dst,
+                             const struct store_charge_refund *src);
 
 #endif

@@ -123,6 +123,25 @@ static void f_free(struct store *s)
     free(f);
 }
 
+static enum store_status f_get_charge(struct store *s, const char *charge_id,
+                                      struct store_charge *out, char *err, size_t errlen)
+{
+    return store_get_charge(((struct faulty *)s)->inner, charge_id, out, err, errlen);
+}
+
+static enum store_status f_list_charges(struct store *s, const char *reference,
+                                        struct store_charge_list *out, char *err, size_t errlen)
+{
+    return store_list_charges(((struct faulty *)s)->inner, reference, out, err, errlen);
+}
+
+static enum store_status f_list_charge_refunds(struct store *s, const char *charge_id,
+                                               struct store_charge_refund_list *out, char *err,
+                                               size_t errlen)
+{
+    return store_list_charge_refunds(((struct faulty *)s)->inner, charge_id, out, err, errlen);
+}
+
 static const struct store_ops faulty_ops = {
     .claim = f_claim,
     .complete = f_complete,
@@ -132,6 +151,9 @@ static const struct store_ops faulty_ops = {
     .list_payments = f_list,
     .get_refund = f_get_refund,
     .list_refunds = f_list_refunds,
+    .get_charge = f_get_charge,
+    .list_charges = f_list_charges,
+    .list_charge_refunds = f_list_charge_refunds,
     .reap = f_reap,
     .ping = f_ping,
     .pool_stats = f_stats,

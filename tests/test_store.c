@@ -611,6 +611,333 @@ CONTRACT(concurrent_refunds_with_different_keys_never_exceed_the_payment)
     store_refund_list_clear(&l);
 }
 
+/* ---- the acquirer's ledger: charges and their refunds, no tenant's ------ */
+
+#define LEDGER_AT 1700000000000000LL
+
+static struct store_charge charge_of(const char *id, const char *reference, const char *key,
+                                     const char *status, int64_t at)
+{
+    struct store_charge c = {.charge_id = (char *)id,
+                             .merchant = "merchant-ledger",
+                             .customer_id = "cust-ledger",
+                             .amount_minor = 10000,
+                             .currency = "EUR",
+                             .status = (char *)status,
+                             .decline_code =
+                                 strcmp(status, "declined") == 0 ? "insufficient_funds" : NULL,
+                             .reference = (char *)reference,
+                             .idempotency_key = (char *)key,
+                             .created_at_us = at};
+    return c;
+}
+
+/* Claims key (a new one) and completes it with the ledger's rows: the status. */
+static enum store_status complete_ledger(const char *key, const struct store_rows *rows)
+{
+    char err[256] = "";
+    struct store_claim_result a = claim(key, "fp-ledger", LONG_MS, DAY_MS);
+    cr_assert_eq(a.outcome, CLAIM_NEW);
+    struct store_response resp = {201, "{\"ledger\":1}", 12, NULL};
+    enum store_status st =
+        store_complete(store, T, key, a.lease_token, &resp, rows, err, sizeof err);
+    store_claim_result_clear(&a);
+    return st;
+}
+
+/* A charge of 100.00 (10000 minor units) with a new id in id and a new
+ * reference, written with its completion. */
+static void charged(char *id, size_t len, const char *status)
+{
+    char key[96], ref[96];
+    test_unique(key, sizeof key, "dk");
+    test_unique(ref, sizeof ref, "txn");
+    test_unique(id, len, "ch");
+    struct store_charge c = charge_of(id, ref, key, status, LEDGER_AT);
+    struct store_rows rows = {.charge = &c};
+    cr_assert_eq(complete_ledger(key, &rows), STORE_OK);
+}
+
+static struct store_charge_refund charge_refund_of(const char *charge, const char *id,
+                                                   const char *key, int64_t amount, int64_t at)
+{
+    struct store_charge_refund r = {.refund_id = (char *)id,
+                                    .charge_id = (char *)charge,
+                                    .amount_minor = amount,
+                                    .reference = (char *)id,
+                                    .idempotency_key = (char *)key,
+                                    .created_at_us = at};
+    return r;
+}
+
+/* Claims a new key and completes it with a refund of amount of charge,
+ * its id in refund_id: the status. */
+static enum store_status charge_refund_with_key(const char *charge, int64_t amount, int64_t at,
+                                                char *refund_id, size_t len)
+{
+    char key[96];
+    test_unique(key, sizeof key, "dk-refund");
+    test_unique(refund_id, len, "rf");
+    struct store_charge_refund r = charge_refund_of(charge, refund_id, key, amount, at);
+    struct store_rows rows = {.charge_refund = &r};
+    return complete_ledger(key, &rows);
+}
+
+static int64_t charge_refunded(const char *charge)
+{
+    char err[256] = "";
+    struct store_charge got;
+    cr_assert_eq(store_get_charge(store, charge, &got, err, sizeof err), STORE_OK, "%s", err);
+    int64_t n = got.amount_refunded_minor;
+    store_charge_clear(&got);
+    return n;
+}
+
+static size_t charge_refund_count(const char *charge)
+{
+    char err[256] = "";
+    struct store_charge_refund_list l = {0};
+    cr_assert_eq(store_list_charge_refunds(store, charge, &l, err, sizeof err), STORE_OK, "%s",
+                 err);
+    size_t n = l.count;
+    store_charge_refund_list_clear(&l);
+    return n;
+}
+
+CONTRACT(charge_written_with_its_completion_is_read_back_whole)
+{
+    char key[96], ref[96], id[96], err[256] = "";
+    test_unique(key, sizeof key, "dk");
+    test_unique(ref, sizeof ref, "txn");
+    test_unique(id, sizeof id, "ch");
+    struct store_charge c = charge_of(id, ref, key, "succeeded", LEDGER_AT + 1);
+    c.amount_minor = 4321;
+    c.currency[0] = 'U', c.currency[1] = 'S', c.currency[2] = 'D';
+    struct store_rows rows = {.charge = &c};
+    cr_assert_eq(complete_ledger(key, &rows), STORE_OK);
+    struct store_charge got;
+    cr_assert_eq(store_get_charge(store, id, &got, err, sizeof err), STORE_OK, "%s", err);
+    cr_assert_str_eq(got.charge_id, id);
+    cr_assert_str_eq(got.merchant, "merchant-ledger");
+    cr_assert_str_eq(got.customer_id, "cust-ledger");
+    cr_assert_eq(got.amount_minor, 4321);
+    cr_assert_str_eq(got.currency, "USD");
+    cr_assert_str_eq(got.status, "succeeded");
+    cr_assert_null(got.decline_code);
+    cr_assert_str_eq(got.reference, ref);
+    cr_assert_str_eq(got.idempotency_key, key);
+    cr_assert_eq(got.created_at_us, LEDGER_AT + 1);
+    cr_assert_eq(got.amount_refunded_minor, 0);
+    store_charge_clear(&got);
+    /* the completion happened with it: the key replays */
+    struct store_claim_result b = claim(key, "fp-ledger", LONG_MS, DAY_MS);
+    cr_assert_eq(b.outcome, CLAIM_COMPLETED);
+    cr_assert_str_eq(b.response_body, "{\"ledger\":1}");
+    store_claim_result_clear(&b);
+    char none[96];
+    test_unique(none, sizeof none, "ch-none");
+    cr_assert_eq(store_get_charge(store, none, &got, err, sizeof err), STORE_NOT_FOUND);
+}
+
+CONTRACT(declined_charge_keeps_its_decline_code)
+{
+    char id[96], err[256] = "";
+    charged(id, sizeof id, "declined");
+    struct store_charge got;
+    cr_assert_eq(store_get_charge(store, id, &got, err, sizeof err), STORE_OK, "%s", err);
+    cr_assert_str_eq(got.status, "declined");
+    cr_assert_str_eq(got.decline_code, "insufficient_funds");
+    cr_assert_eq(got.amount_refunded_minor, 0);
+    store_charge_clear(&got);
+}
+
+CONTRACT(charges_by_reference_are_oldest_first)
+{
+    char ref[96], other[96], ids[3][128], err[256] = "";
+    test_unique(ref, sizeof ref, "txn");
+    test_unique(other, sizeof other, "txn");
+    /* ids[0] and ids[1] share a time (the id breaks the tie), ids[2] is
+     * later; written newest first, with another reference's charge between */
+    for (int i = 0; i < 3; i++)
+        snprintf(ids[i], sizeof ids[i], "ch_%s_%d", ref, i);
+    const int64_t at[3] = {LEDGER_AT + 10, LEDGER_AT + 10, LEDGER_AT + 20};
+    for (int i = 2; i >= 0; i--) {
+        char key[96];
+        test_unique(key, sizeof key, "dk");
+        struct store_charge c =
+            charge_of(ids[i], ref, key, i == 1 ? "declined" : "succeeded", at[i]);
+        struct store_rows rows = {.charge = &c};
+        cr_assert_eq(complete_ledger(key, &rows), STORE_OK);
+        if (i == 1) {
+            char oid[96];
+            test_unique(key, sizeof key, "dk");
+            test_unique(oid, sizeof oid, "ch");
+            struct store_charge o = charge_of(oid, other, key, "succeeded", LEDGER_AT + 15);
+            rows.charge = &o;
+            cr_assert_eq(complete_ledger(key, &rows), STORE_OK);
+        }
+    }
+    struct store_charge_list l = {0};
+    cr_assert_eq(store_list_charges(store, ref, &l, err, sizeof err), STORE_OK, "%s", err);
+    cr_assert_eq(l.count, 3);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_str_eq(l.items[i].charge_id, ids[i]);
+        cr_assert_str_eq(l.items[i].reference, ref);
+        cr_assert_eq(l.items[i].created_at_us, at[i]);
+    }
+    cr_assert_str_eq(l.items[1].decline_code, "insufficient_funds");
+    store_charge_list_clear(&l);
+    cr_assert_eq(store_list_charges(store, other, &l, err, sizeof err), STORE_OK, "%s", err);
+    cr_assert_eq(l.count, 1);
+    store_charge_list_clear(&l);
+    char unknown[96];
+    test_unique(unknown, sizeof unknown, "txn-none");
+    cr_assert_eq(store_list_charges(store, unknown, &l, err, sizeof err), STORE_OK, "%s", err);
+    cr_assert_eq(l.count, 0);
+    store_charge_list_clear(&l);
+}
+
+CONTRACT(charge_refund_within_the_charge_adds_to_it_and_is_listed)
+{
+    char ch[96], rf1[96], rf2[96], err[256] = "";
+    charged(ch, sizeof ch, "succeeded");
+    cr_assert_eq(charge_refund_with_key(ch, 2500, LEDGER_AT + 2, rf1, sizeof rf1), STORE_OK);
+    cr_assert_eq(charge_refunded(ch), 2500);
+    /* without a key too, and older than the first: listed before it */
+    test_unique(rf2, sizeof rf2, "rf");
+    struct store_charge_refund r = charge_refund_of(ch, rf2, "dk-given", 7500, LEDGER_AT + 1);
+    struct store_rows rows = {.charge_refund = &r};
+    cr_assert_eq(store_write_rows(store, T, &rows, err, sizeof err), STORE_OK, "%s", err);
+    cr_assert_eq(charge_refunded(ch), 10000);
+
+    struct store_charge_refund_list l = {0};
+    cr_assert_eq(store_list_charge_refunds(store, ch, &l, err, sizeof err), STORE_OK, "%s", err);
+    cr_assert_eq(l.count, 2);
+    cr_assert_str_eq(l.items[0].refund_id, rf2);
+    cr_assert_str_eq(l.items[0].charge_id, ch);
+    cr_assert_eq(l.items[0].amount_minor, 7500);
+    cr_assert_str_eq(l.items[0].reference, rf2);
+    cr_assert_str_eq(l.items[0].idempotency_key, "dk-given");
+    cr_assert_eq(l.items[0].created_at_us, LEDGER_AT + 1);
+    cr_assert_str_eq(l.items[1].refund_id, rf1);
+    cr_assert_eq(l.items[1].amount_minor, 2500);
+    cr_assert_eq(l.items[1].created_at_us, LEDGER_AT + 2);
+    store_charge_refund_list_clear(&l);
+    /* no charge of that id: an empty list, not an error */
+    char none[96];
+    test_unique(none, sizeof none, "ch-none");
+    cr_assert_eq(store_list_charge_refunds(store, none, &l, err, sizeof err), STORE_OK, "%s", err);
+    cr_assert_eq(l.count, 0);
+    store_charge_refund_list_clear(&l);
+}
+
+CONTRACT(charge_refund_over_what_is_left_is_rejected_and_writes_nothing)
+{
+    char ch[96], rf[96], key[96], err[256] = "";
+    charged(ch, sizeof ch, "succeeded");
+    cr_assert_eq(charge_refund_with_key(ch, 6000, LEDGER_AT + 1, rf, sizeof rf), STORE_OK);
+    /* 4001 of the 4000 left: rejected, and the record stays processing */
+    test_unique(key, sizeof key, "dk-over");
+    test_unique(rf, sizeof rf, "rf");
+    struct store_claim_result a = claim(key, "fp-ledger", LONG_MS, DAY_MS);
+    struct store_charge_refund r = charge_refund_of(ch, rf, key, 4001, LEDGER_AT + 2);
+    struct store_rows rows = {.charge_refund = &r};
+    struct store_response resp = {201, "{}", 2, NULL};
+    cr_assert_eq(store_complete(store, T, key, a.lease_token, &resp, &rows, err, sizeof err),
+                 STORE_REJECTED);
+    struct store_claim_result b = claim(key, "fp-ledger", LONG_MS, DAY_MS);
+    cr_assert_eq(b.outcome, CLAIM_IN_PROGRESS);
+    cr_assert_eq(charge_refunded(ch), 6000);
+    cr_assert_eq(charge_refund_count(ch), 1);
+    /* without a key too; then what is left exactly fits */
+    cr_assert_eq(store_write_rows(store, T, &rows, err, sizeof err), STORE_REJECTED);
+    cr_assert_eq(charge_refund_count(ch), 1);
+    r.amount_minor = 4000;
+    cr_assert_eq(store_complete(store, T, key, a.lease_token, &resp, &rows, err, sizeof err),
+                 STORE_OK, "%s", err);
+    cr_assert_eq(charge_refunded(ch), 10000);
+    cr_assert_eq(charge_refund_count(ch), 2);
+    /* nothing left: even one unit is too much; and a charge that is not there takes none */
+    cr_assert_eq(charge_refund_with_key(ch, 1, LEDGER_AT + 3, rf, sizeof rf), STORE_REJECTED);
+    char none[96];
+    test_unique(none, sizeof none, "ch-none");
+    cr_assert_eq(charge_refund_with_key(none, 1, LEDGER_AT + 3, rf, sizeof rf), STORE_REJECTED);
+    cr_assert_eq(charge_refund_count(none), 0);
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&b);
+}
+
+CONTRACT(charge_refund_of_a_declined_charge_is_rejected)
+{
+    char ch[96], rf[96];
+    charged(ch, sizeof ch, "declined");
+    cr_assert_eq(charge_refund_with_key(ch, 1, LEDGER_AT + 1, rf, sizeof rf), STORE_REJECTED);
+    cr_assert_eq(charge_refunded(ch), 0);
+    cr_assert_eq(charge_refund_count(ch), 0);
+}
+
+CONTRACT(charge_with_a_stale_token_is_refused_with_no_row)
+{
+    char key[96], ref[96], stale[96], fresh[96], err[256] = "";
+    test_unique(key, sizeof key, "dk-stale");
+    test_unique(ref, sizeof ref, "txn");
+    test_unique(stale, sizeof stale, "ch");
+    test_unique(fresh, sizeof fresh, "ch");
+    struct store_claim_result a = claim(key, "fp-ledger", 200, DAY_MS);
+    wait_ms(400);
+    struct store_claim_result b = claim(key, "fp-ledger", LONG_MS, DAY_MS);
+    cr_assert_eq(b.outcome, CLAIM_TAKEOVER);
+    struct store_charge c = charge_of(stale, ref, key, "succeeded", LEDGER_AT);
+    struct store_rows rows = {.charge = &c};
+    struct store_response resp = {201, "{}", 2, NULL};
+    cr_assert_eq(store_complete(store, T, key, a.lease_token, &resp, &rows, err, sizeof err),
+                 STORE_LEASE_LOST);
+    struct store_charge got;
+    cr_assert_eq(store_get_charge(store, stale, &got, err, sizeof err), STORE_NOT_FOUND);
+    struct store_charge_list l = {0};
+    cr_assert_eq(store_list_charges(store, ref, &l, err, sizeof err), STORE_OK, "%s", err);
+    cr_assert_eq(l.count, 0);
+    store_charge_list_clear(&l);
+    c.charge_id = fresh;
+    cr_assert_eq(store_complete(store, T, key, b.lease_token, &resp, &rows, err, sizeof err),
+                 STORE_OK, "%s", err);
+    cr_assert_eq(store_list_charges(store, ref, &l, err, sizeof err), STORE_OK, "%s", err);
+    cr_assert_eq(l.count, 1);
+    cr_assert_str_eq(l.items[0].charge_id, fresh);
+    store_charge_list_clear(&l);
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&b);
+}
+
+CONTRACT(rows_carrying_two_kinds_are_an_error_and_write_nothing)
+{
+    char key[96], ref[96], ch[96], pay[96], err[256] = "";
+    test_unique(key, sizeof key, "dk-two");
+    test_unique(ref, sizeof ref, "txn");
+    test_unique(ch, sizeof ch, "ch");
+    test_unique(pay, sizeof pay, "txn");
+    struct store_claim_result a = claim(key, "fp-ledger", LONG_MS, DAY_MS);
+    struct store_charge c = charge_of(ch, ref, key, "succeeded", LEDGER_AT);
+    struct store_payment p = payment_for(key, pay, "cust-two", LEDGER_AT);
+    struct store_rows rows = {.payment = &p, .charge = &c};
+    struct store_response resp = {201, "{}", 2, NULL};
+    err[0] = '\0';
+    cr_assert_eq(store_complete(store, T, key, a.lease_token, &resp, &rows, err, sizeof err),
+                 STORE_ERROR);
+    cr_assert_neq(err[0], '\0', "no message");
+    err[0] = '\0';
+    cr_assert_eq(store_write_rows(store, T, &rows, err, sizeof err), STORE_ERROR);
+    cr_assert_neq(err[0], '\0', "no message");
+    struct store_charge got_c;
+    struct store_payment got_p;
+    cr_assert_eq(store_get_charge(store, ch, &got_c, err, sizeof err), STORE_NOT_FOUND);
+    cr_assert_eq(store_get_payment(store, T, pay, &got_p, err, sizeof err), STORE_NOT_FOUND);
+    struct store_claim_result b = claim(key, "fp-ledger", LONG_MS, DAY_MS);
+    cr_assert_eq(b.outcome, CLAIM_IN_PROGRESS);
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&b);
+}
+
 /* ---- PostgreSQL only: losing the database connection --------------------------- */
 
 static void terminate_backends(const char *application_name)

@@ -10,6 +10,12 @@ static const char *tenant_of(const void *row)
     return *(char *const *)row;
 }
 
+/* Whether row belongs to tenant; a NULL tenant matches every row. */
+static int of_tenant(const void *row, const char *tenant)
+{
+    return !tenant || strcmp(tenant_of(row), tenant) == 0;
+}
+
 int mem_rows_reserve(struct mem_rows *t)
 {
     if (t->n < t->cap)
@@ -38,7 +44,7 @@ size_t mem_rows_find(const struct mem_rows *t, const char *tenant,
 {
     for (size_t i = 0; i < t->n; i++) {
         const void *row = mem_rows_at(t, i);
-        if (same(row, key) && strcmp(tenant_of(row), tenant) == 0)
+        if (same(row, key) && of_tenant(row, tenant))
             return i;
     }
     return t->n;
@@ -69,7 +75,7 @@ int mem_rows_page(const struct mem_rows *t, size_t start, const char *tenant,
         return -1;
     for (size_t i = start; i-- > 0;) {
         const void *row = mem_rows_at(t, i);
-        if (strcmp(tenant_of(row), tenant) != 0 || (keep && !keep(row, arg)))
+        if (!of_tenant(row, tenant) || (keep && !keep(row, arg)))
             continue;
         if (n == (size_t)limit) {
             more = 1;
@@ -86,6 +92,32 @@ int mem_rows_page(const struct mem_rows *t, size_t start, const char *tenant,
     *items = out;
     *count = n;
     *has_more = more;
+    return 0;
+}
+
+int mem_rows_oldest(const struct mem_rows *t, const char *tenant,
+                    int (*keep)(const void *row, const void *arg), const void *arg,
+                    int (*copy)(void *item, const void *row), void (*clear)(void *item),
+                    size_t item_size, size_t limit, void **items, size_t *count)
+{
+    char *out = calloc(limit > 0 ? limit : 1, item_size);
+    size_t n = 0;
+    if (!out)
+        return -1;
+    for (size_t i = 0; i < t->n && n < limit; i++) {
+        const void *row = mem_rows_at(t, i);
+        if (!of_tenant(row, tenant) || (keep && !keep(row, arg)))
+            continue;
+        if (copy(out + n * item_size, row) != 0) {
+            for (size_t j = 0; j < n; j++)
+                clear(out + j * item_size);
+            free(out);
+            return -1;
+        }
+        n++;
+    }
+    *items = out;
+    *count = n;
     return 0;
 }
 

@@ -1,6 +1,9 @@
 /* mem_rows.h - the memory store's tables: rows of one kind, oldest first,
  * each a struct that begins with its tenant (internal to store/)
  *
+ * A table of rows that belong to no tenant (the acquirer's ledger) keeps
+ * NULL there; a NULL tenant passed to a function below matches every row.
+ *
  * Kept in the order of newer_first, reversed (new rows nearly always go at
  * the end), so that a page newest first is a walk back from the end. Not
  * thread-safe: the memory store's mutex guards every call.
@@ -13,7 +16,7 @@
 struct mem_rows {
     char *data; /* n rows of size bytes */
     size_t n, cap;
-    size_t size; /* of one row; a row begins with `char *tenant` */
+    size_t size; /* of one row; a row begins with `char *tenant` (may be NULL) */
     /* < 0 when a is newer than b (lists are newest first) */
     int (*newer_first)(const void *a, const void *b);
 };
@@ -46,6 +49,14 @@ int mem_rows_page(const struct mem_rows *t, size_t start, const char *tenant,
                   int (*keep)(const void *row, const void *arg), const void *arg,
                   int (*copy)(void *item, const void *row), void (*clear)(void *item),
                   size_t item_size, int limit, void **items, size_t *count, int *has_more);
+
+/* Every row of tenant that keep() accepts, oldest first, at most limit of
+ * them: copied as by mem_rows_page(). Returns 0 with *items and *count, or
+ * -1 when out of memory. */
+int mem_rows_oldest(const struct mem_rows *t, const char *tenant,
+                    int (*keep)(const void *row, const void *arg), const void *arg,
+                    int (*copy)(void *item, const void *row), void (*clear)(void *item),
+                    size_t item_size, size_t limit, void **items, size_t *count);
 
 /* Frees every row with clear_row() and the table. */
 void mem_rows_free(struct mem_rows *t, void (*clear_row)(void *row));

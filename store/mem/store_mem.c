@@ -47,12 +47,26 @@ struct mem_refund {
     struct store_refund r;
 };
 
+/* The acquirer's ledger belongs to no tenant: tenant is always NULL (a NULL
+ * tenant in mem_rows matches every row). */
+struct mem_charge {
+    char *tenant;
+    struct store_charge c;
+};
+
+struct mem_charge_refund {
+    char *tenant;
+    struct store_charge_refund r;
+};
+
 struct store_mem {
     struct store base;
     pthread_mutex_t mu;
-    struct hashtab records;   /* of struct record */
-    struct mem_rows payments; /* of struct mem_payment */
-    struct mem_rows refunds;  /* of struct mem_refund */
+    struct hashtab records;         /* of struct record */
+    struct mem_rows payments;       /* of struct mem_payment */
+    struct mem_rows refunds;        /* of struct mem_refund */
+    struct mem_rows charges;        /* of struct mem_charge */
+    struct mem_rows charge_refunds; /* of struct mem_charge_refund */
     int64_t next_token;
 };
 
@@ -186,7 +200,7 @@ out:
     return st;
 }
 
-/* ---- payments and refunds: mem_rows tables ------------------------------ */
+/* ---- payments, refunds and the ledger: mem_rows tables ------------------ */
 
 /* Newest first: the later time, then the greater id. */
 static int newer_first(int64_t a_us, const char *a_id, int64_t b_us, const char *b_id)
@@ -211,6 +225,20 @@ static int refund_newer_first(const void *a, const void *b)
     return newer_first(x->created_at_us, x->refund_id, y->created_at_us, y->refund_id);
 }
 
+static int charge_newer_first(const void *a, const void *b)
+{
+    const struct store_charge *x = &((const struct mem_charge *)a)->c;
+    const struct store_charge *y = &((const struct mem_charge *)b)->c;
+    return newer_first(x->created_at_us, x->charge_id, y->created_at_us, y->charge_id);
+}
+
+static int charge_refund_newer_first(const void *a, const void *b)
+{
+    const struct store_charge_refund *x = &((const struct mem_charge_refund *)a)->r;
+    const struct store_charge_refund *y = &((const struct mem_charge_refund *)b)->r;
+    return newer_first(x->created_at_us, x->refund_id, y->created_at_us, y->refund_id);
+}
+
 static int payment_is(const void *row, const void *id)
 {
     return strcmp(((const struct mem_payment *)row)->p.transaction_id, id) == 0;
@@ -221,10 +249,21 @@ static int refund_is(const void *row, const void *id)
     return strcmp(((const struct mem_refund *)row)->r.refund_id, id) == 0;
 }
 
+static int charge_is(const void *row, const void *id)
+{
+    return strcmp(((const struct mem_charge *)row)->c.charge_id, id) == 0;
+}
+
 static struct mem_payment *find_payment(struct store_mem *m, const char *tenant, const char *id)
 {
     size_t i = mem_rows_find(&m->payments, tenant, payment_is, id);
     return i < m->payments.n ? mem_rows_at(&m->payments, i) : NULL;
+}
+
+static struct mem_charge *find_charge(struct store_mem *m, const char *id)
+{
+    size_t i = mem_rows_find(&m->charges, NULL, charge_is, id);
+    return i < m->charges.n ? mem_rows_at(&m->charges, i) : NULL;
 }
 
 static void payment_row_clear(void *row)
@@ -241,15 +280,42 @@ static void refund_row_clear(void *row)
     store_refund_clear(&mr->r);
 }
 
+static void charge_row_clear(void *row)
+{
+    store_charge_clear(&((struct mem_charge *)row)->c);
+}
+
+static void charge_refund_row_clear(void *row)
+{
+    store_charge_refund_clear(&((struct mem_charge_refund *)row)->r);
+}
+
+/* STORE_ERROR when rows carry more than one row (struct store_rows: at most
+ * one is set), before anything is looked at or written. */
+static enum store_status at_most_one_row(const struct store_rows *rows, char *err, size_t errlen)
+{
+    if (!rows || !!rows->payment + !!rows->refund + !!rows->charge + !!rows->charge_refund <= 1)
+        return STORE_OK;
+    snprintf(err, errlen,
+             "rows carry at most one of a payment, a refund, a charge and a charge "
+             "refund");
+    return STORE_ERROR;
+}
+
 /* Writes rows (caller holds the mutex): all of them, or nothing with
- * STORE_REJECTED (a refund that does not fit its payment) or STORE_ERROR. */
+ * STORE_REJECTED (a refund that does not fit its payment or its charge) or
+ * STORE_ERROR. */
 static enum store_status write_rows_locked(struct store_mem *m, const char *tenant,
                                            const struct store_rows *rows, char *err, size_t errlen)
 {
     const struct store_refund *rf = rows ? rows->refund : NULL;
     const struct store_payment *pay = rows ? rows->payment : NULL;
+    const struct store_charge *ch = rows ? rows->charge : NULL;
+    const struct store_charge_refund *cr = rows ? rows->charge_refund : NULL;
     struct mem_payment mp = {0};
     struct mem_refund mr = {0};
+    struct mem_charge mc = {0};
+    struct mem_charge_refund mcr = {0};
     if (rf) {
         struct mem_payment *target = find_payment(m, tenant, rf->transaction_id);
         if (!target || strcmp(target->p.status, "completed") != 0 || rf->amount_minor <= 0 ||
@@ -258,13 +324,26 @@ static enum store_status write_rows_locked(struct store_mem *m, const char *tena
             return STORE_REJECTED;
         }
     }
+    if (cr) {
+        struct mem_charge *target = find_charge(m, cr->charge_id);
+        if (!target || strcmp(target->c.status, "succeeded") != 0 || cr->amount_minor <= 0 ||
+            cr->amount_minor > target->c.amount_minor - target->c.amount_refunded_minor) {
+            snprintf(err, errlen, "refund does not fit its charge");
+            return STORE_REJECTED;
+        }
+    }
     /* every copy and every allocation first: then nothing can fail */
     if ((pay && (mem_rows_reserve(&m->payments) != 0 || !(mp.tenant = strdup(tenant)) ||
                  store_payment_copy(&mp.p, pay) != 0)) ||
         (rf && (mem_rows_reserve(&m->refunds) != 0 || !(mr.tenant = strdup(tenant)) ||
-                store_refund_copy(&mr.r, rf) != 0))) {
+                store_refund_copy(&mr.r, rf) != 0)) ||
+        (ch && (mem_rows_reserve(&m->charges) != 0 || store_charge_copy(&mc.c, ch) != 0)) ||
+        (cr && (mem_rows_reserve(&m->charge_refunds) != 0 ||
+                store_charge_refund_copy(&mcr.r, cr) != 0))) {
         payment_row_clear(&mp);
         refund_row_clear(&mr);
+        charge_row_clear(&mc);
+        charge_refund_row_clear(&mcr);
         snprintf(err, errlen, "out of memory");
         return STORE_ERROR;
     }
@@ -274,6 +353,14 @@ static enum store_status write_rows_locked(struct store_mem *m, const char *tena
         find_payment(m, tenant, rf->transaction_id)->p.amount_refunded_minor += rf->amount_minor;
         mem_rows_insert(&m->refunds, &mr);
     }
+    if (ch) {
+        mc.c.amount_refunded_minor = 0; /* read only: the sum of refunds yet to come */
+        mem_rows_insert(&m->charges, &mc);
+    }
+    if (cr) {
+        find_charge(m, cr->charge_id)->c.amount_refunded_minor += cr->amount_minor;
+        mem_rows_insert(&m->charge_refunds, &mcr);
+    }
     return STORE_OK;
 }
 
@@ -282,8 +369,10 @@ static enum store_status mem_complete(struct store *s, const char *tenant, const
                                       const struct store_rows *rows, char *err, size_t errlen)
 {
     struct store_mem *m = (struct store_mem *)s;
-    enum store_status st = STORE_OK;
+    enum store_status st = at_most_one_row(rows, err, errlen);
     char *body = NULL, *loc = NULL;
+    if (st != STORE_OK)
+        return st;
 
     pthread_mutex_lock(&m->mu);
     struct record *r = record_of(*hashtab_find(&m->records, tenant, key, NULL, same_record));
@@ -340,8 +429,11 @@ static enum store_status mem_write_rows(struct store *s, const char *tenant,
                                         const struct store_rows *rows, char *err, size_t errlen)
 {
     struct store_mem *m = (struct store_mem *)s;
+    enum store_status st = at_most_one_row(rows, err, errlen);
+    if (st != STORE_OK)
+        return st;
     pthread_mutex_lock(&m->mu);
-    enum store_status st = write_rows_locked(m, tenant, rows, err, errlen);
+    st = write_rows_locked(m, tenant, rows, err, errlen);
     pthread_mutex_unlock(&m->mu);
     return st;
 }
@@ -356,7 +448,17 @@ static int refund_copy(void *item, const void *row)
     return store_refund_copy(item, &((const struct mem_refund *)row)->r);
 }
 
-/* One row of tenant with this id, copied into *out. */
+static int charge_copy(void *item, const void *row)
+{
+    return store_charge_copy(item, &((const struct mem_charge *)row)->c);
+}
+
+static int charge_refund_copy(void *item, const void *row)
+{
+    return store_charge_refund_copy(item, &((const struct mem_charge_refund *)row)->r);
+}
+
+/* One row of tenant (NULL: of any) with this id, copied into *out. */
 static enum store_status get_row(struct store_mem *m, struct mem_rows *t, const char *tenant,
                                  int (*is)(const void *, const void *), const char *id,
                                  int (*copy)(void *, const void *), void *out, const char *what,
@@ -481,6 +583,88 @@ out:
     return st;
 }
 
+/* ---- the acquirer's ledger: no tenant's, oldest first ------------------- */
+
+static enum store_status mem_get_charge(struct store *s, const char *charge_id,
+                                        struct store_charge *out, char *err, size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    return get_row(m, &m->charges, NULL, charge_is, charge_id, charge_copy, out, "charge", err,
+                   errlen);
+}
+
+static int charge_of_reference(const void *row, const void *reference)
+{
+    return strcmp(((const struct mem_charge *)row)->c.reference, reference) == 0;
+}
+
+static int refund_of_charge(const void *row, const void *charge_id)
+{
+    return strcmp(((const struct mem_charge_refund *)row)->r.charge_id, charge_id) == 0;
+}
+
+static void charge_item_clear(void *c)
+{
+    store_charge_clear(c);
+}
+
+static void charge_refund_item_clear(void *r)
+{
+    store_charge_refund_clear(r);
+}
+
+/* The rows of table t that keep() accepts, oldest first (the table's own
+ * order), at most STORE_LEDGER_LIST_MAX: an empty list when none. */
+static enum store_status list_ledger(struct store_mem *m, const struct mem_rows *t,
+                                     int (*keep)(const void *, const void *), const char *arg,
+                                     int (*copy)(void *, const void *), void (*clear)(void *),
+                                     size_t item_size, void **items, size_t *count, char *err,
+                                     size_t errlen)
+{
+    enum store_status st = STORE_OK;
+    pthread_mutex_lock(&m->mu);
+    if (mem_rows_oldest(t, NULL, keep, arg, copy, clear, item_size, STORE_LEDGER_LIST_MAX, items,
+                        count) != 0) {
+        snprintf(err, errlen, "out of memory");
+        st = STORE_ERROR;
+    }
+    pthread_mutex_unlock(&m->mu);
+    return st;
+}
+
+static enum store_status mem_list_charges(struct store *s, const char *reference,
+                                          struct store_charge_list *out, char *err, size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    void *items = NULL;
+    size_t count = 0;
+    enum store_status st =
+        list_ledger(m, &m->charges, charge_of_reference, reference, charge_copy, charge_item_clear,
+                    sizeof(struct store_charge), &items, &count, err, errlen);
+    if (st == STORE_OK) {
+        out->items = items;
+        out->count = count;
+    }
+    return st;
+}
+
+static enum store_status mem_list_charge_refunds(struct store *s, const char *charge_id,
+                                                 struct store_charge_refund_list *out, char *err,
+                                                 size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    void *items = NULL;
+    size_t count = 0;
+    enum store_status st = list_ledger(
+        m, &m->charge_refunds, refund_of_charge, charge_id, charge_refund_copy,
+        charge_refund_item_clear, sizeof(struct store_charge_refund), &items, &count, err, errlen);
+    if (st == STORE_OK) {
+        out->items = items;
+        out->count = count;
+    }
+    return st;
+}
+
 static enum store_status mem_reap(struct store *s, int batch, int *deleted, char *err,
                                   size_t errlen)
 {
@@ -527,6 +711,8 @@ static void mem_free(struct store *s)
         }
     mem_rows_free(&m->payments, payment_row_clear);
     mem_rows_free(&m->refunds, refund_row_clear);
+    mem_rows_free(&m->charges, charge_row_clear);
+    mem_rows_free(&m->charge_refunds, charge_refund_row_clear);
     hashtab_destroy(&m->records);
     pthread_mutex_destroy(&m->mu);
     free(m);
@@ -542,6 +728,9 @@ static const struct store_ops mem_ops = {
     .list_payments = mem_list_payments,
     .get_refund = mem_get_refund,
     .list_refunds = mem_list_refunds,
+    .get_charge = mem_get_charge,
+    .list_charges = mem_list_charges,
+    .list_charge_refunds = mem_list_charge_refunds,
     .reap = mem_reap,
     .ping = mem_ping,
     .pool_stats = NULL,
@@ -558,6 +747,10 @@ struct store *store_mem_new(void)
         (struct mem_rows){.size = sizeof(struct mem_payment), .newer_first = payment_newer_first};
     m->refunds =
         (struct mem_rows){.size = sizeof(struct mem_refund), .newer_first = refund_newer_first};
+    m->charges =
+        (struct mem_rows){.size = sizeof(struct mem_charge), .newer_first = charge_newer_first};
+    m->charge_refunds = (struct mem_rows){.size = sizeof(struct mem_charge_refund),
+                                          .newer_first = charge_refund_newer_first};
     if (hashtab_init(&m->records, 1024, 1) != 0 || pthread_mutex_init(&m->mu, NULL) != 0) {
         hashtab_destroy(&m->records);
         free(m);

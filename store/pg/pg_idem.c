@@ -122,19 +122,29 @@ static int tx_exec(struct store_pg *pg, int idx, const char *sql, enum store_sta
     return ok ? 0 : -1;
 }
 
-/* A refund in one transaction: its share of the payment first (the row
- * lock that orders refunds of one payment), then - with a key - the fenced
- * completion of its record, then the refund row. Locking the payment before
+/* What a transaction of rows does, for the rows the group commit does not
+ * carry (refunds, the ledger's rows): a condition first (apply: an UPDATE
+ * that takes the row lock which orders writers of one payment or charge;
+ * no row changed: STORE_REJECTED, why), then - with a key - the fenced
+ * completion of the record, then the insert. Locking the parent row before
  * the record means a duplicate's claim on the record never waits while this
- * refund waits for another refund of the same payment. */
-static enum store_status write_refund(struct store_pg *pg, const char *tenant, const char *key,
-                                      int64_t lease_token, const struct store_response *resp,
-                                      const struct store_refund *rf, char *err, size_t errlen)
+ * one waits for another refund of the same payment. */
+struct tx_rows {
+    const char *apply; /* a statement, or NULL */
+    const char *const *apply_vals;
+    int napply;
+    const char *why;
+    const char *insert;
+    const char *const *insert_vals;
+    int ninsert;
+};
+
+static enum store_status write_tx(struct store_pg *pg, const char *tenant, const char *key,
+                                  int64_t lease_token, const struct store_response *resp,
+                                  const struct tx_rows *t, char *err, size_t errlen)
 {
     enum store_status st = STORE_OK;
-    char amount[24], created[24], token[24], status[16];
-    snprintf(amount, sizeof amount, "%" PRId64, rf->amount_minor);
-    snprintf(created, sizeof created, "%" PRId64, rf->created_at_us);
+    char token[24], status[16];
     snprintf(token, sizeof token, "%" PRId64, lease_token);
     snprintf(status, sizeof status, "%d", resp ? resp->status : 0);
     char *body = key ? strndup(resp->body, resp->body_len) : NULL;
@@ -142,11 +152,7 @@ static enum store_status write_refund(struct store_pg *pg, const char *tenant, c
         snprintf(err, errlen, "out of memory");
         return STORE_ERROR;
     }
-    const char *apply[] = {tenant, rf->transaction_id, amount};
     const char *done[] = {tenant, key, token, status, body, key ? resp->location : NULL};
-    const char *row[] = {tenant, rf->refund_id, rf->transaction_id, rf->idempotency_key,
-                         amount, rf->currency,  rf->reason,         rf->status,
-                         created};
 
     int idx = pg_pool_acquire(&pg->pool, err, errlen);
     if (idx < 0) {
@@ -154,12 +160,11 @@ static enum store_status write_refund(struct store_pg *pg, const char *tenant, c
         return STORE_UNAVAILABLE;
     }
     int rc = tx_exec(pg, idx, "BEGIN", &st, err, errlen);
+    if (rc == 0)
+        rc = t->apply ? tx_step(pg, idx, t->apply, t->napply, t->apply_vals, &st, err, errlen) : 1;
     if (rc == 0) {
-        rc = tx_step(pg, idx, "refund_apply", 3, apply, &st, err, errlen);
-        if (rc == 0) {
-            snprintf(err, errlen, "refund does not fit its payment");
-            st = STORE_REJECTED;
-        }
+        snprintf(err, errlen, "%s", t->why);
+        st = STORE_REJECTED;
     }
     if (rc == 1 && key) {
         rc = tx_step(pg, idx, "complete", 6, done, &st, err, errlen);
@@ -169,7 +174,7 @@ static enum store_status write_refund(struct store_pg *pg, const char *tenant, c
         }
     }
     if (rc == 1)
-        rc = tx_step(pg, idx, "insert_refund", 9, row, &st, err, errlen) < 0 ? -1 : 1;
+        rc = tx_step(pg, idx, t->insert, t->ninsert, t->insert_vals, &st, err, errlen) < 0 ? -1 : 1;
     if (rc == 1)
         rc = tx_exec(pg, idx, "COMMIT", &st, err, errlen) == 0 ? 1 : -1;
     else if (PQtransactionStatus(pg->pool.conns[idx]) != PQTRANS_IDLE)
@@ -179,6 +184,62 @@ static enum store_status write_refund(struct store_pg *pg, const char *tenant, c
     return st;
 }
 
+/* The rows that are written in a transaction of their own (write_tx):
+ * a refund, or the ledger's charge or refund. 1 when rows hold none of
+ * them (a payment, or nothing: the group commit's), else 0 with *st. */
+static int write_tx_rows(struct store_pg *pg, const char *tenant, const char *key,
+                         int64_t lease_token, const struct store_response *resp,
+                         const struct store_rows *rows, enum store_status *st, char *err,
+                         size_t errlen)
+{
+    if (!rows)
+        return 1;
+    int kinds = !!rows->payment + !!rows->refund + !!rows->charge + !!rows->charge_refund;
+    if (kinds > 1) {
+        snprintf(err, errlen, "rows carry one payment, refund, charge or charge refund, not two");
+        *st = STORE_ERROR;
+        return 0;
+    }
+    char amount[24], created[24];
+    if (rows->refund) {
+        const struct store_refund *rf = rows->refund;
+        snprintf(amount, sizeof amount, "%" PRId64, rf->amount_minor);
+        snprintf(created, sizeof created, "%" PRId64, rf->created_at_us);
+        const char *apply[] = {tenant, rf->transaction_id, amount};
+        const char *row[] = {tenant, rf->refund_id, rf->transaction_id, rf->idempotency_key,
+                             amount, rf->currency,  rf->reason,         rf->status,
+                             created};
+        struct tx_rows t = {"refund_apply",  apply, 3, "refund does not fit its payment",
+                            "insert_refund", row,   9};
+        *st = write_tx(pg, tenant, key, lease_token, resp, &t, err, errlen);
+        return 0;
+    }
+    if (rows->charge) {
+        const struct store_charge *c = rows->charge;
+        snprintf(amount, sizeof amount, "%" PRId64, c->amount_minor);
+        snprintf(created, sizeof created, "%" PRId64, c->created_at_us);
+        const char *row[] = {c->charge_id,       c->merchant, c->customer_id,  amount,
+                             c->currency,        c->status,   c->decline_code, c->reference,
+                             c->idempotency_key, created};
+        struct tx_rows t = {NULL, NULL, 0, NULL, "insert_charge", row, 10};
+        *st = write_tx(pg, tenant, key, lease_token, resp, &t, err, errlen);
+        return 0;
+    }
+    if (rows->charge_refund) {
+        const struct store_charge_refund *rf = rows->charge_refund;
+        snprintf(amount, sizeof amount, "%" PRId64, rf->amount_minor);
+        snprintf(created, sizeof created, "%" PRId64, rf->created_at_us);
+        const char *apply[] = {rf->charge_id, amount};
+        const char *row[] = {rf->refund_id, rf->charge_id,       amount,
+                             rf->reference, rf->idempotency_key, created};
+        struct tx_rows t = {"charge_refund_apply",  apply, 2, "refund does not fit its charge",
+                            "insert_charge_refund", row,   6};
+        *st = write_tx(pg, tenant, key, lease_token, resp, &t, err, errlen);
+        return 0;
+    }
+    return 1;
+}
+
 enum store_status pg_complete(struct store *s, const char *tenant, const char *key,
                               int64_t lease_token, const struct store_response *resp,
                               const struct store_rows *rows, char *err, size_t errlen)
@@ -186,13 +247,8 @@ enum store_status pg_complete(struct store *s, const char *tenant, const char *k
     struct store_pg *pg = (struct store_pg *)s;
     enum store_status st = STORE_OK;
     const struct store_payment *p = rows ? rows->payment : NULL;
-    if (rows && rows->refund) {
-        if (p) {
-            snprintf(err, errlen, "a completion carries a payment or a refund, not both");
-            return STORE_ERROR;
-        }
-        return write_refund(pg, tenant, key, lease_token, resp, rows->refund, err, errlen);
-    }
+    if (!write_tx_rows(pg, tenant, key, lease_token, resp, rows, &st, err, errlen))
+        return st;
     char token[24], status[16], amount[24], processed[24];
     snprintf(token, sizeof token, "%" PRId64, lease_token);
     snprintf(status, sizeof status, "%d", resp->status);
@@ -259,12 +315,8 @@ enum store_status pg_write_rows(struct store *s, const char *tenant, const struc
     struct store_pg *pg = (struct store_pg *)s;
     enum store_status st = STORE_OK;
     const struct store_payment *p = rows->payment;
-    if (rows->refund && p) {
-        snprintf(err, errlen, "rows carry a payment or a refund, not both");
-        return STORE_ERROR;
-    }
-    if (rows->refund)
-        return write_refund(pg, tenant, NULL, 0, NULL, rows->refund, err, errlen);
+    if (!write_tx_rows(pg, tenant, NULL, 0, NULL, rows, &st, err, errlen))
+        return st;
     if (!p)
         return STORE_OK;
     char amount[24], processed[24];

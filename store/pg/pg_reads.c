@@ -1,5 +1,5 @@
 /* pg_reads.c - the PostgreSQL store's reads: payments and refunds, one or a
- * page; and the reaper and the ping */
+ * page; the acquirer's ledger; and the reaper and the ping */
 #define _POSIX_C_SOURCE 200809L
 #include "pg_store.h"
 
@@ -220,6 +220,131 @@ enum store_status pg_list_refunds(struct store *s, const char *tenant,
                   "list_refunds", vals, 5, 2, q->limit, &page, err, errlen);
     if (st == STORE_OK)
         *out = (struct store_refund_list){page.items, page.count, page.has_more};
+    return st;
+}
+
+/* ---- the acquirer's ledger ---------------------------------------------- */
+
+/* Every row of stmt (key, STORE_LEDGER_LIST_MAX), oldest first, into a
+ * malloc'd array of k's kind. */
+static enum store_status read_all(struct store_pg *pg, const struct row_kind *k, const char *stmt,
+                                  const char *key, struct page *out, char *err, size_t errlen)
+{
+    enum store_status st = STORE_OK;
+    char limit[16];
+    snprintf(limit, sizeof limit, "%d", STORE_LEDGER_LIST_MAX);
+    const char *vals[] = {key, limit};
+    struct page page = {0};
+    int idx = pg_pool_acquire(&pg->pool, err, errlen);
+    if (idx < 0)
+        return STORE_UNAVAILABLE;
+    PGresult *res = pg_pool_exec(&pg->pool, idx, stmt, 2, vals, PGRES_TUPLES_OK, &st, err, errlen);
+    if (res) {
+        int rows = PQntuples(res);
+        page.items = calloc(rows ? (size_t)rows : 1, k->size);
+        for (; page.items && page.count < (size_t)rows; page.count++)
+            if (k->from_row(res, (int)page.count, (char *)page.items + page.count * k->size) != 0)
+                break;
+        if (page.count == (size_t)rows) {
+            *out = page;
+            page = (struct page){0};
+        } else {
+            snprintf(err, errlen, "out of memory");
+            st = STORE_ERROR;
+        }
+        PQclear(res);
+    }
+    pg_pool_release(&pg->pool, idx);
+    for (size_t i = 0; i < page.count; i++)
+        k->clear((char *)page.items + i * k->size);
+    free(page.items);
+    return st;
+}
+
+/* A row of CHARGE_COLS (pg_sql.c). */
+static int charge_from_row(const PGresult *res, int row, void *out)
+{
+    struct store_charge *c = out;
+    memset(c, 0, sizeof *c);
+    c->charge_id = pg_dup_value(res, row, 0);
+    c->merchant = pg_dup_value(res, row, 1);
+    c->customer_id = pg_dup_value(res, row, 2);
+    c->amount_minor = pg_int_value(res, row, 3);
+    snprintf(c->currency, sizeof c->currency, "%s", PQgetvalue(res, row, 4));
+    c->status = pg_dup_value(res, row, 5);
+    c->decline_code = pg_dup_value(res, row, 6);
+    c->reference = pg_dup_value(res, row, 7);
+    c->idempotency_key = pg_dup_value(res, row, 8);
+    c->created_at_us = pg_int_value(res, row, 9);
+    c->amount_refunded_minor = pg_int_value(res, row, 10);
+    if (!c->charge_id || !c->merchant || !c->customer_id || !c->status || !c->reference ||
+        !c->idempotency_key || (!PQgetisnull(res, row, 6) && !c->decline_code)) {
+        store_charge_clear(c);
+        return -1;
+    }
+    return 0;
+}
+
+static void charge_clear(void *c)
+{
+    store_charge_clear(c);
+}
+
+static const struct row_kind CHARGE = {"charge", sizeof(struct store_charge), charge_from_row,
+                                       charge_clear};
+
+static int charge_refund_from_row(const PGresult *res, int row, void *out)
+{
+    struct store_charge_refund *r = out;
+    memset(r, 0, sizeof *r);
+    r->refund_id = pg_dup_value(res, row, 0);
+    r->charge_id = pg_dup_value(res, row, 1);
+    r->amount_minor = pg_int_value(res, row, 2);
+    r->reference = pg_dup_value(res, row, 3);
+    r->idempotency_key = pg_dup_value(res, row, 4);
+    r->created_at_us = pg_int_value(res, row, 5);
+    if (!r->refund_id || !r->charge_id || !r->reference || !r->idempotency_key) {
+        store_charge_refund_clear(r);
+        return -1;
+    }
+    return 0;
+}
+
+static void charge_refund_clear(void *r)
+{
+    store_charge_refund_clear(r);
+}
+
+static const struct row_kind CHARGE_REFUND = {"charge refund", sizeof(struct store_charge_refund),
+                                              charge_refund_from_row, charge_refund_clear};
+
+enum store_status pg_get_charge(struct store *s, const char *charge_id, struct store_charge *out,
+                                char *err, size_t errlen)
+{
+    const char *vals[] = {charge_id};
+    return read_one((struct store_pg *)s, &CHARGE, "get_charge", vals, 1, out, err, errlen);
+}
+
+enum store_status pg_list_charges(struct store *s, const char *reference,
+                                  struct store_charge_list *out, char *err, size_t errlen)
+{
+    struct page page;
+    enum store_status st =
+        read_all((struct store_pg *)s, &CHARGE, "list_charges", reference, &page, err, errlen);
+    if (st == STORE_OK)
+        *out = (struct store_charge_list){page.items, page.count};
+    return st;
+}
+
+enum store_status pg_list_charge_refunds(struct store *s, const char *charge_id,
+                                         struct store_charge_refund_list *out, char *err,
+                                         size_t errlen)
+{
+    struct page page;
+    enum store_status st = read_all((struct store_pg *)s, &CHARGE_REFUND, "list_charge_refunds",
+                                    charge_id, &page, err, errlen);
+    if (st == STORE_OK)
+        *out = (struct store_charge_refund_list){page.items, page.count};
     return st;
 }
 

@@ -168,6 +168,38 @@ static const char SQL_LIST_REFUNDS[] =
     " AND (created_at, refund_id) < ($3::timestamptz, $4)"
     " ORDER BY created_at DESC, refund_id DESC LIMIT $5";
 
+/* The acquirer's ledger (sql/007). A refund's share of its charge, under
+ * the charge row's lock, as a refund's of its payment. */
+static const char SQL_INSERT_CHARGE[] =
+    "INSERT INTO acquirer_charges (charge_id, merchant, customer_id, amount_minor, currency,"
+    " status, decline_code, reference, idempotency_key, created_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, " TS_OF("$10") ")";
+
+static const char SQL_CHARGE_REFUND_APPLY[] =
+    "UPDATE acquirer_charges SET amount_refunded_minor = amount_refunded_minor + $2"
+    " WHERE charge_id = $1 AND status = 'succeeded'"
+    " AND amount_refunded_minor + $2::bigint <= amount_minor";
+
+static const char SQL_INSERT_CHARGE_REFUND[] =
+    "INSERT INTO acquirer_refunds (refund_id, charge_id, amount_minor, reference,"
+    " idempotency_key, created_at) VALUES ($1, $2, $3, $4, $5, " TS_OF("$6") ")";
+
+#define CHARGE_COLS                                                                                \
+    "charge_id, merchant, customer_id, amount_minor, currency, status, decline_code, reference,"   \
+    " idempotency_key, " US_OF("created_at") ", amount_refunded_minor"
+
+static const char SQL_GET_CHARGE[] =
+    "SELECT " CHARGE_COLS " FROM acquirer_charges WHERE charge_id = $1";
+
+static const char SQL_LIST_CHARGES[] =
+    "SELECT " CHARGE_COLS " FROM acquirer_charges WHERE reference = $1"
+    " ORDER BY created_at, charge_id LIMIT $2";
+
+static const char SQL_LIST_CHARGE_REFUNDS[] =
+    "SELECT refund_id, charge_id, amount_minor, reference, idempotency_key, " US_OF(
+        "created_at") " FROM acquirer_refunds WHERE charge_id = $1 ORDER BY created_at, refund_id "
+                      "LIMIT $2";
+
 /* Bounded work per pass; SKIP LOCKED lets several servers reap together. */
 static const char SQL_REAP[] =
     "DELETE FROM idempotency_keys WHERE (tenant_id, idempotency_key) IN"
@@ -194,6 +226,12 @@ const struct pg_prepared PG_PREPARED[] = {
     {"get_refund", SQL_GET_REFUND, 2},
     {"refund_cursor", SQL_REFUND_CURSOR, 3},
     {"list_refunds", SQL_LIST_REFUNDS, 5},
+    {"insert_charge", SQL_INSERT_CHARGE, 10},
+    {"charge_refund_apply", SQL_CHARGE_REFUND_APPLY, 2},
+    {"insert_charge_refund", SQL_INSERT_CHARGE_REFUND, 6},
+    {"get_charge", SQL_GET_CHARGE, 1},
+    {"list_charges", SQL_LIST_CHARGES, 2},
+    {"list_charge_refunds", SQL_LIST_CHARGE_REFUNDS, 2},
     {"reap", SQL_REAP, 1},
     {"ping", SQL_PING, 0},
 };

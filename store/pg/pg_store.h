@@ -6,7 +6,7 @@
  *   pg_batch.c    group commit of claims and completions
  *   pg_migrate.c  the schema at start-up
  *   pg_idem.c     claim, complete with rows, release, rows without a key
- *   pg_reads.c    payments and refunds read and listed; reaper; ping
+ *   pg_reads.c    payments, refunds and the ledger read and listed; reaper; ping
  *   store_pg.c    the store_ops table, the constructor
  */
 #ifndef MOCKERY_PG_STORE_H
@@ -43,6 +43,13 @@ enum store_status pg_get_refund(struct store *s, const char *tenant, const char 
 enum store_status pg_list_refunds(struct store *s, const char *tenant,
                                   const struct store_refund_query *q, struct store_refund_list *out,
                                   char *err, size_t errlen);
+enum store_status pg_get_charge(struct store *s, const char *charge_id, struct store_charge *out,
+                                char *err, size_t errlen);
+enum store_status pg_list_charges(struct store *s, const char *reference,
+                                  struct store_charge_list *out, char *err, size_t errlen);
+enum store_status pg_list_charge_refunds(struct store *s, const char *charge_id,
+                                         struct store_charge_refund_list *out, char *err,
+                                         size_t errlen);
 enum store_status pg_reap(struct store *s, int batch, int *deleted, char *err, size_t errlen);
 enum store_status pg_ping(struct store *s, char *err, size_t errlen);
 
