@@ -16,7 +16,8 @@ agree:
   linked to exactly the layers the table lets it use (directly or through
   another), so the table is the build's;
 - docs/design.md names every layer's folder in its Layout section;
-- libpq's header only in store/pg; civetweb's only in server/http;
+- libpq's header only in store/pg; civetweb's only in server/http and
+  acquirer/ (a program of its own);
   libcurl's, in the server, only in its one HTTP client
   (server/ops/acquirer.c); of
   store/pg, only store_pg.h outside it; no HTTP or JSON in store/;
@@ -56,13 +57,17 @@ LAYERS = {
                                    "server/ops", "store", "store/mem", "store/pg",
                                    "server/base"}),
     "client": ("mockery_httpc", set()),
+    # mockery-acquirer: a second service on the idempotency layer, with the
+    # operations' JSON and money checks and the PostgreSQL store
+    "acquirer": ("mockery_acquirer", {"server/idem", "server/ops", "store", "store/pg",
+                                      "server/base"}),
 }
 # Each layer's main header: what the compile check includes.
 MAIN_HEADER = {
     "server/base": "apierr.h", "store": "store.h", "store/mem": "store_mem.h",
     "store/pg": "store_pg.h", "server/idem": "idem.h", "server/ops": "payment.h",
     "server/guard": "conntable.h", "server/obs": "log.h", "server/http": "http.h",
-    "server/app": "app.h",
+    "server/app": "app.h", "acquirer": "ledger.h",
 }
 ROUTES = ("paging.c", "paging.h", "post_route.c", "post_route.h", "payment_routes.c",
           "refund_routes.c", "routes.h")
@@ -136,7 +141,7 @@ def main():
 
     # The tree: every folder with sources is a layer, every layer a folder.
     found = {os.path.relpath(os.path.dirname(p), root)
-             for d in ("server", "store", "client")
+             for d in ("server", "store", "client", "acquirer")
              for p in glob.glob(os.path.join(root, d, "**", "*.[ch]"), recursive=True)}
     for folder in sorted(found - set(LAYERS)):
         fail("%s/ holds sources but is no layer of layering_check.py" % folder)
@@ -184,8 +189,8 @@ def main():
             if kind == "<":
                 if inc == "libpq-fe.h" and folder != "store/pg":
                     fail("%s includes libpq-fe.h outside store/pg" % rel)
-                if inc == "civetweb.h" and folder != "server/http":
-                    fail("%s includes civetweb.h outside server/http" % rel)
+                if inc == "civetweb.h" and folder not in ("server/http", "acquirer"):
+                    fail("%s includes civetweb.h outside server/http and acquirer" % rel)
                 if inc == "curl/curl.h" and folder != "client" and rel != "server/ops/acquirer.c":
                     fail("%s includes curl/curl.h: the server's one HTTP client is "
                          "server/ops/acquirer.c" % rel)
