@@ -27,14 +27,26 @@ int faults_add(struct faults *f, const char *spec, char *err, size_t errlen)
         return -1;
     }
     struct fault_rule r = {.kind = FAULT_KINDS};
-    char *save = NULL;
-    char *kind = strtok_r(buf, ":", &save);
-    char *sel = strtok_r(NULL, ":", &save);
-    char *ms = strtok_r(NULL, ":", &save);
+    /* Split at every ':' - an empty field is an error, not skipped. */
+    char *field[4] = {buf, NULL, NULL, NULL};
+    int nfields = 1;
+    for (char *c = buf; *c; c++)
+        if (*c == ':') {
+            if (nfields == 4)
+                goto bad;
+            *c = '\0';
+            field[nfields++] = c + 1;
+        }
+    for (int i = 0; i < nfields; i++)
+        if (!*field[i])
+            goto bad;
+    char *kind = field[0], *sel = field[1], *ms = field[2];
+    if (nfields > 3)
+        goto bad;
     for (int k = 0; kind && k < FAULT_KINDS; k++)
         if (strcmp(kind, NAMES[k]) == 0)
             r.kind = (enum fault_kind)k;
-    if (r.kind == FAULT_KINDS || !sel || strtok_r(NULL, ":", &save))
+    if (r.kind == FAULT_KINDS || !sel)
         goto bad;
     if (strncmp(sel, "rate=", 5) == 0) {
         char *end = NULL;
@@ -52,7 +64,7 @@ int faults_add(struct faults *f, const char *spec, char *err, size_t errlen)
     r.ms = r.kind == FAULT_HOLD ? 5000 : 1000;
     if (ms) {
         char *end = NULL;
-        long v = strncmp(ms, "ms=", 3) == 0 ? strtol(ms + 3, &end, 10) : -1;
+        long v = strncmp(ms, "ms=", 3) == 0 && ms[3] ? strtol(ms + 3, &end, 10) : -1;
         if (!end || *end || v < 0 || v > 600000 ||
             (r.kind != FAULT_LATENCY && r.kind != FAULT_HOLD))
             goto bad;
