@@ -258,8 +258,8 @@ static void charge_free_rows(struct store_rows *rows)
     rows->charge = NULL;
 }
 
-static int charge_run(void *ctx, const void *vreq, const char *key, struct idem_result *out,
-                      struct apierr *err)
+static int charge_run(void *ctx, const void *vreq, const struct idem_call *call,
+                      struct idem_result *out, struct apierr *err)
 {
     (void)ctx;
     const struct charge_request *req = vreq;
@@ -282,7 +282,7 @@ static int charge_run(void *ctx, const void *vreq, const char *key, struct idem_
         .status = po == PAYMENT_APPROVED ? "succeeded" : "declined",
         .decline_code = po == PAYMENT_APPROVED ? NULL : "card_declined",
         .reference = (char *)req->reference,
-        .idempotency_key = (char *)key,
+        .idempotency_key = (char *)call->key,
         .created_at_us = clock_wall_us(),
     };
     memcpy(c.currency, req->currency, sizeof c.currency);
@@ -318,8 +318,8 @@ static int refund_rejected(void *ctx, const void *req, struct idem_result *out, 
                   "the refund is more than what is left of the charge", err);
 }
 
-static int refund_run(void *vctx, const void *vreq, const char *key, struct idem_result *out,
-                      struct apierr *err)
+static int refund_run(void *vctx, const void *vreq, const struct idem_call *call,
+                      struct idem_result *out, struct apierr *err)
 {
     const struct ledger *ledger = vctx;
     const struct refund_request *req = vreq;
@@ -350,7 +350,7 @@ static int refund_run(void *vctx, const void *vreq, const char *key, struct idem
         .charge_id = (char *)req->charge_id,
         .amount_minor = req->amount_minor,
         .reference = (char *)req->reference,
-        .idempotency_key = (char *)key,
+        .idempotency_key = (char *)call->key,
         .created_at_us = clock_wall_us(),
     };
     struct store_charge_refund *row = calloc(1, sizeof *row);

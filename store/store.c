@@ -60,6 +60,12 @@ enum store_status store_release(struct store *s, const char *tenant, const char 
     return s->ops->release(s, tenant, key, lease_token, err, errlen);
 }
 
+enum store_status store_abandon(struct store *s, const char *tenant, const char *key,
+                                int64_t lease_token, char *err, size_t errlen)
+{
+    return s->ops->abandon(s, tenant, key, lease_token, err, errlen);
+}
+
 enum store_status store_write_rows(struct store *s, const char *tenant,
                                    const struct store_rows *rows, char *err, size_t errlen)
 {
@@ -148,6 +154,7 @@ void store_payment_clear(struct store_payment *p)
     free(p->customer_id);
     free(p->description);
     free(p->status);
+    free(p->charge_id);
     memset(p, 0, sizeof *p);
 }
 
@@ -179,7 +186,8 @@ int store_payment_copy(struct store_payment *dst, const struct store_payment *sr
     if (dup_opt(&dst->transaction_id, src->transaction_id) ||
         dup_opt(&dst->idempotency_key, src->idempotency_key) ||
         dup_opt(&dst->customer_id, src->customer_id) ||
-        dup_opt(&dst->description, src->description) || dup_opt(&dst->status, src->status)) {
+        dup_opt(&dst->description, src->description) || dup_opt(&dst->status, src->status) ||
+        dup_opt(&dst->charge_id, src->charge_id)) {
         store_payment_clear(dst);
         return -1;
     }

@@ -63,6 +63,8 @@ struct store_payment {
     char *status;      /* "completed" or "declined" */
     int64_t processed_at_us;
     int64_t amount_refunded_minor; /* read only: the sum of its refunds (0 when inserted) */
+    char *charge_id; /* the acquirer's charge (or the simulator's); NULL for payments made
+                        before sql/008 */
 };
 
 /* A refund row, owned like a payment's strings: free with store_refund_clear(). */
@@ -197,6 +199,8 @@ struct store_ops {
                                   const struct store_rows *rows, char *err, size_t errlen);
     enum store_status (*release)(struct store *s, const char *tenant, const char *key,
                                  int64_t lease_token, char *err, size_t errlen);
+    enum store_status (*abandon)(struct store *s, const char *tenant, const char *key,
+                                 int64_t lease_token, char *err, size_t errlen);
     enum store_status (*write_rows)(struct store *s, const char *tenant,
                                     const struct store_rows *rows, char *err, size_t errlen);
     enum store_status (*get_payment)(struct store *s, const char *tenant,
@@ -256,6 +260,15 @@ enum store_status store_complete(struct store *s, const char *tenant, const char
 /* Delete the processing record held under lease_token so that a retry runs
  * again. STORE_LEASE_LOST when the token no longer matches. */
 enum store_status store_release(struct store *s, const char *tenant, const char *key,
+                                int64_t lease_token, char *err, size_t errlen);
+
+/* End the lease held under lease_token now, keeping the record processing
+ * (its fingerprint, its downstream key): for an outcome that is unknown -
+ * money may have moved at an acquirer - which must be neither cached nor
+ * released, so that the next claim with the same fingerprint takes it over
+ * at once and asks again with the same key. STORE_LEASE_LOST when the token
+ * no longer matches. */
+enum store_status store_abandon(struct store *s, const char *tenant, const char *key,
                                 int64_t lease_token, char *err, size_t errlen);
 
 /* Write rows with no idempotency record (requests without a key), in one

@@ -68,6 +68,16 @@ static enum store_status f_release(struct store *s, const char *tenant, const ch
     return store_release(f->inner, tenant, key, token, err, errlen);
 }
 
+static enum store_status f_abandon(struct store *s, const char *tenant, const char *key,
+                                   int64_t token, char *err, size_t errlen)
+{
+    struct faulty *f = (struct faulty *)s;
+    enum store_status st;
+    if (should_fail(f, FAULTY_ABANDON, &st, err, errlen))
+        return st;
+    return store_abandon(f->inner, tenant, key, token, err, errlen);
+}
+
 static enum store_status f_write_rows(struct store *s, const char *tenant,
                                       const struct store_rows *rows, char *err, size_t errlen)
 {
@@ -146,6 +156,7 @@ static const struct store_ops faulty_ops = {
     .claim = f_claim,
     .complete = f_complete,
     .release = f_release,
+    .abandon = f_abandon,
     .write_rows = f_write_rows,
     .get_payment = f_get,
     .list_payments = f_list,

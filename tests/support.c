@@ -141,6 +141,10 @@ void test_server_spawn(struct test_server *s, const struct config *c, const char
     STR("--unnamed-statements", c->unnamed_statements ? "true" : "false");
     if (c->database_url[0])
         STR("--database-url", c->database_url);
+    if (c->acquirer_url[0]) {
+        STR("--acquirer-url", c->acquirer_url);
+        NUM("--acquirer-timeout-ms", c->acquirer_timeout_ms);
+    }
     if (c->api_keys[0])
         STR("--api-keys", c->api_keys);
 #undef STR

@@ -21,6 +21,10 @@ struct fake {
     int fail;                    /* run returns -1 (a 404 of its own) */
     int retryable;               /* run answers a 502 that must not be cached */
     int rejected;                /* calls of the rejected hook */
+    int pending;                 /* run answers an unknown outcome (503) */
+    int outside;                 /* run says money moved outside */
+    int pending_calls;           /* calls of the pending hook */
+    char downstream[8][72];      /* the downstream key of each run */
     struct store_payment row;    /* written with the answer when it has an id */
     struct store_refund *refund; /* written with the answer when set */
 };
@@ -31,19 +35,22 @@ static void free_rows(struct store_rows *rows)
     rows->refund = NULL;
 }
 
-static int fake_run(void *ctx, const void *req, const char *key, struct idem_result *out,
-                    struct apierr *err)
+static int fake_run(void *ctx, const void *req, const struct idem_call *call,
+                    struct idem_result *out, struct apierr *err)
 {
     struct fake *f = ctx;
     (void)req;
-    (void)key;
+    if (f->runs < 8)
+        snprintf(f->downstream[f->runs], sizeof f->downstream[0], "%s", call->downstream_key);
     f->runs++;
     if (f->fail)
         return apierr_of(err, APIERR_PAYMENT_NOT_FOUND, NULL, "none");
     char body[64];
     snprintf(body, sizeof body, "{\"run\":%d}", f->runs);
-    out->status = f->retryable ? 502 : 201;
+    out->status = f->retryable ? 502 : f->pending ? 503 : 201;
     out->retryable = f->retryable;
+    out->pending = f->pending;
+    out->outside = f->outside;
     out->body = strdup(body);
     out->body_len = strlen(body);
     out->location = strdup("/things/1");
@@ -66,7 +73,23 @@ static int fake_rejected(void *ctx, const void *req, struct idem_result *out, st
     return 0;
 }
 
-static const struct idem_op OP = {.route = "/things", .run = fake_run, .rejected = fake_rejected};
+static int fake_pending(void *ctx, const void *req, const struct idem_call *call,
+                        struct idem_result *out, struct apierr *err)
+{
+    struct fake *f = ctx;
+    (void)req;
+    (void)err;
+    f->pending_calls++;
+    char body[128];
+    snprintf(body, sizeof body, "{\"pending\":\"%s\"}", call->downstream_key);
+    out->status = 503;
+    out->body = strdup(body);
+    out->body_len = strlen(body);
+    return 0;
+}
+
+static const struct idem_op OP = {
+    .route = "/things", .run = fake_run, .rejected = fake_rejected, .pending = fake_pending};
 static const struct idem_op OTHER_ROUTE = {.route = "/things/{id}/other", .run = fake_run};
 
 static struct store *store, *faulty;
@@ -284,5 +307,78 @@ Test(idem, a_lost_lease_is_a_409_and_writes_nothing)
     cr_assert_eq(a.outcome, OUTCOME_LEASE_LOST);
     cr_assert_eq(a.retry_after, 1);
     cr_assert(strstr(a.body, "idempotency_key_in_use"));
+    idem_answer_clear(&a);
+}
+
+/* An unknown outcome outside: answered as the operation says, neither
+ * cached nor released, the lease ended - the retry takes the record over
+ * at once and runs again with the same downstream key. */
+Test(idem, an_unknown_outcome_keeps_the_record_for_a_retry_to_ask_again)
+{
+    struct fake f = {.pending = 1};
+    struct idem_answer a = exec(&OP, "k10", "x=1", &f);
+    cr_assert_eq(a.status, 503);
+    cr_assert_eq(a.outcome, OUTCOME_PENDING);
+    cr_assert_eq(a.retry_after, 1);
+    cr_assert_eq(a.nfailures, 0);
+    idem_answer_clear(&a);
+    a = exec(&OP, "k10", "x=2", &f);
+    cr_assert_eq(a.outcome, OUTCOME_MISMATCH, "not released: another body is refused");
+    idem_answer_clear(&a);
+    f.pending = 0;
+    a = exec(&OP, "k10", "x=1", &f);
+    cr_assert_eq(a.outcome, OUTCOME_TAKEOVER, "the lease ended: taken over at once");
+    cr_assert_eq(a.status, 201);
+    cr_assert_eq(f.runs, 2);
+    cr_assert_eq(strncmp(f.downstream[0], STORE_DOWNSTREAM_PREFIX, 3), 0, "%s", f.downstream[0]);
+    cr_assert_str_eq(f.downstream[1], f.downstream[0], "the same key downstream");
+    cr_assert_str_neq(f.downstream[0], "k10");
+    idem_answer_clear(&a);
+    a = exec(&OP, "k10", "x=1", &f);
+    cr_assert_eq(a.outcome, OUTCOME_REPLAY);
+    idem_answer_clear(&a);
+}
+
+/* Money moved outside and the completion failed: never released (a new
+ * record would ask with a new downstream key); the operation's pending
+ * answer; the retry asks again with the same key and completes. */
+Test(idem, a_completion_that_fails_after_money_moved_is_pending_not_released)
+{
+    struct fake f = {.outside = 1};
+    faulty_store_fail(store, FAULTY_COMPLETE, 1, STORE_UNAVAILABLE);
+    struct idem_answer a = exec(&OP, "k11", "x=1", &f);
+    cr_assert_eq(a.status, 503);
+    cr_assert_eq(a.outcome, OUTCOME_PENDING);
+    cr_assert_eq(f.pending_calls, 1);
+    cr_assert(strstr(a.body, f.downstream[0]), "%s", a.body);
+    cr_assert_eq(a.retry_after, 1);
+    idem_answer_clear(&a);
+    a = exec(&OP, "k11", "x=1", &f);
+    cr_assert_eq(a.outcome, OUTCOME_TAKEOVER);
+    cr_assert_eq(a.status, 201);
+    cr_assert_str_eq(f.downstream[1], f.downstream[0]);
+    idem_answer_clear(&a);
+    /* and when ending the lease fails too, the lease runs out instead:
+     * still never released */
+    faulty_store_fail(store, FAULTY_COMPLETE, 1, STORE_UNAVAILABLE);
+    faulty_store_fail(store, FAULTY_ABANDON, 1, STORE_UNAVAILABLE);
+    a = exec(&OP, "k12", "x=1", &f);
+    cr_assert_eq(a.status, 503);
+    cr_assert_eq(a.outcome, OUTCOME_PENDING);
+    cr_assert_eq(a.nfailures, 2);
+    idem_answer_clear(&a);
+    a = exec(&OP, "k12", "x=1", &f);
+    cr_assert_eq(a.outcome, OUTCOME_CONFLICT, "held until its lease runs out, not released");
+    idem_answer_clear(&a);
+    /* an operation without a pending answer: the store's 503, still kept */
+    static const struct idem_op BARE = {.route = "/bare", .run = fake_run};
+    faulty_store_fail(store, FAULTY_COMPLETE, 1, STORE_UNAVAILABLE);
+    a = exec(&BARE, "k13", "x=1", &f);
+    cr_assert_eq(a.status, 503);
+    cr_assert(strstr(a.body, "store_unavailable"), "%s", a.body);
+    cr_assert_eq(a.outcome, OUTCOME_PENDING);
+    idem_answer_clear(&a);
+    a = exec(&BARE, "k13", "x=1", &f);
+    cr_assert_eq(a.outcome, OUTCOME_TAKEOVER);
     idem_answer_clear(&a);
 }

@@ -171,6 +171,7 @@ Test(outcome, each_has_one_name)
     cr_assert_null(outcome_name(OUTCOME_COUNT));
     cr_assert_str_eq(outcome_name(OUTCOME_NEW), "new");
     cr_assert_str_eq(outcome_name(OUTCOME_RELEASE_FAILED), "release_failed");
+    cr_assert_str_eq(outcome_name(OUTCOME_PENDING), "pending");
     for (int a = OUTCOME_NONE + 1; a < OUTCOME_COUNT; a++) {
         cr_assert_not_null(outcome_name((enum outcome)a), "outcome %d has no name", a);
         for (int b = a + 1; b < OUTCOME_COUNT; b++)

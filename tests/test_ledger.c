@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "acquirer.h"
+#include "acquirer_proc.h"
 #include "support.h"
 
 extern char **environ;
@@ -45,35 +46,7 @@ extern char **environ;
 #define SHORT_TIMEOUT_MS 300 /* far below the hold */
 #define NORMAL_TIMEOUT_MS 30000
 
-/* ---- the process ---------------------------------------------------------- */
-
-struct acq {
-    pid_t pid;
-    int port;
-    char base[64];
-    char log[160];
-};
-
-/* Acquirers this test started and has not stopped: a failed assertion
- * skips acq_stop(), so the fixture kills them by their pid. */
-static pid_t children[4];
-
-static void remember(pid_t pid)
-{
-    for (size_t i = 0; i < sizeof children / sizeof children[0]; i++)
-        if (children[i] == 0) {
-            children[i] = pid;
-            return;
-        }
-    cr_assert_fail("more than %zu acquirers in one test", sizeof children / sizeof children[0]);
-}
-
-static void forget(pid_t pid)
-{
-    for (size_t i = 0; i < sizeof children / sizeof children[0]; i++)
-        if (children[i] == pid)
-            children[i] = 0;
-}
+/* ---- the process: tests/acquirer_proc.c ------------------------------------ */
 
 static void setup(void)
 {
@@ -82,12 +55,7 @@ static void setup(void)
 
 static void teardown(void)
 {
-    for (size_t i = 0; i < sizeof children / sizeof children[0]; i++)
-        if (children[i] > 0) {
-            kill(children[i], SIGKILL);
-            waitpid(children[i], NULL, 0);
-            children[i] = 0;
-        }
+    test_acquirers_kill_all();
 }
 
 TestSuite(ledger, .init = setup, .fini = teardown, .timeout = 60);
@@ -98,167 +66,26 @@ static void sleep_ms(long ms)
     nanosleep(&ts, NULL);
 }
 
-/* A port below the kernel's range for outgoing connections, free now; the
- * acquirer takes no port 0, so a port taken between this check and its
- * bind is met by trying another (acq_start). */
-static int free_port(void)
-{
-    static unsigned seed;
-    if (!seed)
-        seed = (unsigned)getpid() ^ (unsigned)time(NULL);
-    for (int tries = 0; tries < 200; tries++) {
-        int p = 20000 + (int)(rand_r(&seed) % 12000);
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        cr_assert_geq(fd, 0);
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p)};
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        int ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
-        close(fd);
-        if (ok)
-            return p;
-    }
-    cr_assert_fail("no free port in 20000-32000");
-    return 0;
-}
-
-static void read_text(const char *path, char *buf, size_t len)
-{
-    FILE *f = fopen(path, "r");
-    size_t n = f ? fread(buf, 1, len - 1, f) : 0;
-    buf[n] = '\0';
-    if (f)
-        fclose(f);
-}
-
-/* Starts mockery-acquirer on a free port of 127.0.0.1 with these flags
- * (NULL-terminated; may be NULL), --database-url the test database's when
- * with_url, in environment envp; returns when its "listening" line is in
- * its log and GET /health answers 200. rules: the fault rules it must say
- * it has. */
-static void acq_start_env(struct acq *a, const char *const *flags, int rules, int with_url,
-                          char *const *envp)
-{
-    static unsigned spawned;
-    memset(a, 0, sizeof *a);
-    for (int attempt = 0; attempt < 8; attempt++) {
-        char port[16];
-        const char *argv[48];
-        int n = 0;
-        a->port = free_port();
-        snprintf(port, sizeof port, "%d", a->port);
-        argv[n++] = MOCKERY_ACQUIRER_BIN;
-        if (with_url) {
-            argv[n++] = "--database-url";
-            argv[n++] = test_db_url();
-        }
-        argv[n++] = "--port";
-        argv[n++] = port;
-        argv[n++] = "--listen-host";
-        argv[n++] = "127.0.0.1";
-        argv[n++] = "--threads";
-        argv[n++] = "32";
-        argv[n++] = "--pool-size";
-        argv[n++] = "8";
-        for (int i = 0; flags && flags[i]; i++) {
-            cr_assert_lt(n, 46);
-            argv[n++] = flags[i];
-        }
-        argv[n] = NULL;
-
-        snprintf(a->log, sizeof a->log, "/tmp/mockery-test-acquirer.%d.%u.%u.log", (int)getpid(),
-                 (unsigned)time(NULL), ++spawned);
-        int fd = open(a->log, O_CREAT | O_EXCL | O_WRONLY | O_APPEND | O_CLOEXEC, 0600);
-        cr_assert_geq(fd, 0, "could not create %s: %s", a->log, strerror(errno));
-        posix_spawn_file_actions_t fa;
-        posix_spawn_file_actions_init(&fa);
-        posix_spawn_file_actions_adddup2(&fa, fd, 1);
-        posix_spawn_file_actions_adddup2(&fa, fd, 2);
-        int rc = posix_spawn(&a->pid, MOCKERY_ACQUIRER_BIN, &fa, NULL, (char *const *)argv, envp);
-        posix_spawn_file_actions_destroy(&fa);
-        close(fd);
-        cr_assert_eq(rc, 0, "could not start %s: %s", MOCKERY_ACQUIRER_BIN, strerror(rc));
-        remember(a->pid);
-
-        /* Wait (bounded) for the "listening" line, or for the process to
-         * end: with "cannot listen", the port was taken meanwhile. */
-        char want[96], text[8192];
-        snprintf(want, sizeof want, "mockery-acquirer: listening on 127.0.0.1:%d (%d fault rule",
-                 a->port, rules);
-        int exited = 0;
-        for (int tries = 0; tries < 600 && !exited; tries++) {
-            read_text(a->log, text, sizeof text);
-            if (strstr(text, want)) {
-                snprintf(a->base, sizeof a->base, "http://127.0.0.1:%d", a->port);
-                char url[128];
-                struct test_response r;
-                snprintf(url, sizeof url, "%s/health", a->base);
-                test_http("GET", url, NULL, NULL, 0, &r);
-                cr_assert_eq(r.status, 200, "GET /health: %ld %s", r.status, r.body);
-                cr_assert_str_eq(r.body, "{\"status\":\"ok\"}");
-                test_response_free(&r);
-                return;
-            }
-            int status;
-            if (waitpid(a->pid, &status, WNOHANG) == a->pid) {
-                forget(a->pid);
-                exited = 1;
-                read_text(a->log, text, sizeof text);
-                cr_assert_not_null(strstr(text, "cannot listen"),
-                                   "%s exited at start-up (status %d): %s", MOCKERY_ACQUIRER_BIN,
-                                   status, text);
-                unlink(a->log);
-            } else {
-                sleep_ms(50);
-            }
-        }
-        cr_assert(exited, "%s did not start listening within 30 s (see %s)", MOCKERY_ACQUIRER_BIN,
-                  a->log);
-    }
-    cr_assert_fail("no port could be listened on in 8 tries");
-}
-
-static void acq_start(struct acq *a, const char *const *flags, int rules)
-{
-    acq_start_env(a, flags, rules, 1, environ);
-}
-
-/* SIGTERM by its pid; it must exit 0 (a held answer ends first). */
-static void acq_stop(struct acq *a)
-{
-    int status = 0;
-    cr_assert_eq(kill(a->pid, SIGTERM), 0);
-    cr_assert_eq(waitpid(a->pid, &status, 0), a->pid);
-    forget(a->pid);
-    char text[8192];
-    read_text(a->log, text, sizeof text);
-    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-              "mockery-acquirer did not exit 0 on SIGTERM (status %d, log %s): %s", status, a->log,
-              text);
-    cr_assert_not_null(strstr(text, "mockery-acquirer: stopping"), "%s", text);
-    unlink(a->log);
-    a->pid = 0;
-}
-
 /* The acquirer's log has its line for this fault acted out on key. */
-static void expect_fault_logged(const struct acq *a, const char *kind, const char *key)
+static void expect_fault_logged(const struct test_acquirer *a, const char *kind, const char *key)
 {
     char text[16384], want[200];
-    read_text(a->log, text, sizeof text);
+    test_read_text(a->log, text, sizeof text);
     snprintf(want, sizeof want, "mockery-acquirer: fault %s on key %s\n", kind, key);
     cr_assert_not_null(strstr(text, want), "no \"%s\" in its log: %s", want, text);
 }
 
 /* ---- requests --------------------------------------------------------------- */
 
-static void url_of(const struct acq *a, const char *path, char *out, size_t len)
+static void url_of(const struct test_acquirer *a, const char *path, char *out, size_t len)
 {
     snprintf(out, len, "%s%s", a->base, path);
 }
 
 /* POST body to path with this key (NULL: no header); the HTTP status, or
  * -1 when no answer came within timeout_ms (r->error says why). */
-static int post_within(const struct acq *a, const char *path, const char *key, const char *body,
-                       long timeout_ms, struct test_response *r)
+static int post_within(const struct test_acquirer *a, const char *path, const char *key,
+                       const char *body, long timeout_ms, struct test_response *r)
 {
     char url[320], keyh[300];
     url_of(a, path, url, sizeof url);
@@ -270,7 +97,7 @@ static int post_within(const struct acq *a, const char *path, const char *key, c
 }
 
 /* The same; an answer must come. */
-static void post(const struct acq *a, const char *path, const char *key, const char *body,
+static void post(const struct test_acquirer *a, const char *path, const char *key, const char *body,
                  struct test_response *r)
 {
     int st = post_within(a, path, key, body, NORMAL_TIMEOUT_MS, r);
@@ -280,8 +107,8 @@ static void post(const struct acq *a, const char *path, const char *key, const c
 /* A retry of a request whose answer was lost: asked again while the first
  * is still running there (409, idempotency_key_in_use), until it is
  * answered otherwise. */
-static void post_settled(const struct acq *a, const char *path, const char *key, const char *body,
-                         struct test_response *r)
+static void post_settled(const struct test_acquirer *a, const char *path, const char *key,
+                         const char *body, struct test_response *r)
 {
     for (int i = 0; i < 600; i++) {
         post(a, path, key, body, r);
@@ -294,7 +121,7 @@ static void post_settled(const struct acq *a, const char *path, const char *key,
     cr_assert_fail("POST %s with key %s: still 409 after 30 s", path, key);
 }
 
-static void get(const struct acq *a, const char *path, struct test_response *r)
+static void get(const struct test_acquirer *a, const char *path, struct test_response *r)
 {
     char url[320];
     url_of(a, path, url, sizeof url);
@@ -344,7 +171,7 @@ static int replayed(const struct test_response *r)
 
 /* GET /v1/charges?reference=ref (or /v1/refunds?charge_id=id): the list's
  * root; its array is member name. */
-static cJSON *ledger_list(const struct acq *a, const char *name, const char *param,
+static cJSON *ledger_list(const struct test_acquirer *a, const char *name, const char *param,
                           const char *value)
 {
     char path[200];
@@ -360,7 +187,8 @@ static cJSON *ledger_list(const struct acq *a, const char *name, const char *par
 
 /* The charges of a reference as the acquirer shows them: how many, and
  * the first's id and status ("" when none). */
-static int ledger_charges(const struct acq *a, const char *reference, char *id, char *status)
+static int ledger_charges(const struct test_acquirer *a, const char *reference, char *id,
+                          char *status)
 {
     cJSON *root = ledger_list(a, "charges", "reference", reference);
     const cJSON *arr = cJSON_GetObjectItemCaseSensitive(root, "charges");
@@ -385,7 +213,7 @@ static int ledger_charges(const struct acq *a, const char *reference, char *id, 
 }
 
 /* A charge's refunds as the acquirer shows them: how many, their sum. */
-static int ledger_refunds(const struct acq *a, const char *charge_id, long long *sum)
+static int ledger_refunds(const struct test_acquirer *a, const char *charge_id, long long *sum)
 {
     cJSON *root = ledger_list(a, "refunds", "charge_id", charge_id);
     const cJSON *arr = cJSON_GetObjectItemCaseSensitive(root, "refunds");
@@ -403,7 +231,7 @@ static int ledger_refunds(const struct acq *a, const char *charge_id, long long 
 }
 
 /* GET /v1/charges/{id}: its amount_refunded_minor. */
-static long long ledger_refunded(const struct acq *a, const char *charge_id)
+static long long ledger_refunded(const struct test_acquirer *a, const char *charge_id)
 {
     char path[128];
     struct test_response r;
@@ -438,7 +266,7 @@ static long sql_keys(const char *key)
 }
 
 /* A new succeeded charge of amount for a customer of its own; its id. */
-static void new_charge(const struct acq *a, long long amount, char *id, size_t len)
+static void new_charge(const struct test_acquirer *a, long long amount, char *id, size_t len)
 {
     char key[96], cust[96], ref[96], body[400];
     struct test_response r;
@@ -456,8 +284,8 @@ static void new_charge(const struct acq *a, long long amount, char *id, size_t l
 
 Test(ledger, a_charge_is_made_once_and_replayed)
 {
-    struct acq a;
-    acq_start(&a, NULL, 0);
+    struct test_acquirer a = {0};
+    test_acquirer_start(&a, NULL, 0);
     char key[96], cust[96], ref[96], body[400], other[400], id[65], again[65], st[16];
     test_unique(key, sizeof key, "lk");
     test_unique(cust, sizeof cust, "cust");
@@ -509,7 +337,7 @@ Test(ledger, a_charge_is_made_once_and_replayed)
     body_str(&r, "idempotency_key", again, sizeof again);
     cr_assert_str_eq(again, key);
     test_response_free(&r);
-    acq_stop(&a);
+    test_acquirer_stop(&a);
 }
 
 /* ---- 2. sixteen duplicates at once -------------------------------------------------- */
@@ -517,7 +345,7 @@ Test(ledger, a_charge_is_made_once_and_replayed)
 enum { DUPLICATES = 16 };
 
 struct dup {
-    const struct acq *a;
+    const struct test_acquirer *a;
     pthread_barrier_t *go;
     const char *path, *key, *body;
     int status;
@@ -568,8 +396,8 @@ static void send_at_once(struct dup *d, int n)
 
 Test(ledger, sixteen_duplicates_at_once_make_one_charge)
 {
-    struct acq a;
-    acq_start(&a, NULL, 0);
+    struct test_acquirer a = {0};
+    test_acquirer_start(&a, NULL, 0);
     char key[96], cust[96], ref[96], body[400], id[65] = "", ledger_id[65];
     test_unique(key, sizeof key, "lk");
     test_unique(cust, sizeof cust, "cust");
@@ -599,7 +427,7 @@ Test(ledger, sixteen_duplicates_at_once_make_one_charge)
     cr_assert_eq(ledger_charges(&a, ref, ledger_id, NULL), 1);
     cr_assert_str_eq(ledger_id, id);
     cr_assert_eq(sql_charges(ref), 1);
-    acq_stop(&a);
+    test_acquirer_stop(&a);
 }
 
 /* A lease that runs out under a slow charge (cust-slow: 1.5 s, the lease
@@ -610,8 +438,8 @@ Test(ledger, sixteen_duplicates_at_once_make_one_charge)
 Test(ledger, a_lapsed_lease_taken_over_still_makes_one_charge)
 {
     static const char *const flags[] = {"--lease-ms", "100", NULL};
-    struct acq a;
-    acq_start(&a, flags, 0);
+    struct test_acquirer a = {0};
+    test_acquirer_start(&a, flags, 0);
     char key[96], cust[96], ref[96], body[400], ledger_id[65];
     test_unique(key, sizeof key, "lk");
     test_unique(cust, sizeof cust, "cust-slow");
@@ -661,15 +489,15 @@ Test(ledger, a_lapsed_lease_taken_over_still_makes_one_charge)
     body_str(&r, "charge_id", id, sizeof id);
     cr_assert_str_eq(id, ledger_id);
     test_response_free(&r);
-    acq_stop(&a);
+    test_acquirer_stop(&a);
 }
 
 /* ---- 3. a decline is recorded, and replayed ----------------------------------------- */
 
 Test(ledger, a_decline_is_recorded_and_replayed)
 {
-    struct acq a;
-    acq_start(&a, NULL, 0);
+    struct test_acquirer a = {0};
+    test_acquirer_start(&a, NULL, 0);
     char key[96], cust[96], ref[96], body[400], id[65], again[65], st[16];
     test_unique(key, sizeof key, "lk");
     test_unique(cust, sizeof cust, "cust-declined");
@@ -703,15 +531,15 @@ Test(ledger, a_decline_is_recorded_and_replayed)
                                  " status = 'declined' AND decline_code = 'card_declined'",
                                  ref),
                  1);
-    acq_stop(&a);
+    test_acquirer_stop(&a);
 }
 
 /* ---- 4. a gateway error moved nothing, and is not cached ---------------------------- */
 
 Test(ledger, a_gateway_error_is_released_not_recorded)
 {
-    struct acq a;
-    acq_start(&a, NULL, 0);
+    struct test_acquirer a = {0};
+    test_acquirer_start(&a, NULL, 0);
     char key[96], cust[96], ref[96], body[400];
     test_unique(key, sizeof key, "lk");
     test_unique(cust, sizeof cust, "cust-gateway-error");
@@ -727,7 +555,7 @@ Test(ledger, a_gateway_error_is_released_not_recorded)
         cr_assert_eq(sql_charges(ref), 0);
         cr_assert_eq(sql_keys(key), 0, "ask %d: the key was not released", i);
     }
-    acq_stop(&a);
+    test_acquirer_stop(&a);
 }
 
 /* ---- 5. faults by prefix -------------------------------------------------------------- */
@@ -738,8 +566,8 @@ static const char *const PREFIX_FAULTS[] = {FAULTS, NULL};
  * retry is its replay. */
 Test(ledger, a_held_answer_lost_then_replayed)
 {
-    struct acq a;
-    acq_start(&a, PREFIX_FAULTS, 4);
+    struct test_acquirer a = {0};
+    test_acquirer_start(&a, PREFIX_FAULTS, 4);
     char key[96], cust[96], ref[96], body[400], id[65], ledger_id[65];
     test_unique(key, sizeof key, "lk");
     test_unique(cust, sizeof cust, "cust-hold");
@@ -763,14 +591,14 @@ Test(ledger, a_held_answer_lost_then_replayed)
     cr_assert_eq(ledger_charges(&a, ref, ledger_id, NULL), 1);
     cr_assert_str_eq(ledger_id, id);
     cr_assert_eq(sql_charges(ref), 1);
-    acq_stop(&a); /* after the held answer ends */
+    test_acquirer_stop(&a); /* after the held answer ends */
 }
 
 /* (b) 500 after recording. */
 Test(ledger, a_500_after_recording_then_replayed)
 {
-    struct acq a;
-    acq_start(&a, PREFIX_FAULTS, 4);
+    struct test_acquirer a = {0};
+    test_acquirer_start(&a, PREFIX_FAULTS, 4);
     char key[96], cust[96], ref[96], body[400], id[65], ledger_id[65];
     test_unique(key, sizeof key, "lk");
     test_unique(cust, sizeof cust, "cust-err");
@@ -791,14 +619,14 @@ Test(ledger, a_500_after_recording_then_replayed)
     test_response_free(&r);
     cr_assert_eq(ledger_charges(&a, ref, ledger_id, NULL), 1);
     cr_assert_str_eq(ledger_id, id);
-    acq_stop(&a);
+    test_acquirer_stop(&a);
 }
 
 /* (c) The connection closed without an answer after recording. */
 Test(ledger, a_connection_closed_after_recording_then_replayed)
 {
-    struct acq a;
-    acq_start(&a, PREFIX_FAULTS, 4);
+    struct test_acquirer a = {0};
+    test_acquirer_start(&a, PREFIX_FAULTS, 4);
     char key[96], cust[96], ref[96], body[400], id[65], ledger_id[65];
     test_unique(key, sizeof key, "lk");
     test_unique(cust, sizeof cust, "cust-close");
@@ -821,14 +649,14 @@ Test(ledger, a_connection_closed_after_recording_then_replayed)
     test_response_free(&r);
     cr_assert_eq(ledger_charges(&a, ref, ledger_id, NULL), 1);
     cr_assert_str_eq(ledger_id, id);
-    acq_stop(&a);
+    test_acquirer_stop(&a);
 }
 
 /* (d) 503: nothing recorded, however often asked. */
 Test(ledger, a_503_records_nothing)
 {
-    struct acq a;
-    acq_start(&a, PREFIX_FAULTS, 4);
+    struct test_acquirer a = {0};
+    test_acquirer_start(&a, PREFIX_FAULTS, 4);
     char key[96], cust[96], ref[96], body[400];
     test_unique(key, sizeof key, "lk");
     test_unique(cust, sizeof cust, "cust-busy");
@@ -845,7 +673,7 @@ Test(ledger, a_503_records_nothing)
         cr_assert_eq(sql_keys(key), 0, "ask %d", i);
     }
     expect_fault_logged(&a, "503", key);
-    acq_stop(&a);
+    test_acquirer_stop(&a);
 }
 
 /* ---- 6. faults by rate ------------------------------------------------------------------- */
@@ -855,8 +683,8 @@ enum { RATE_KEYS = 10 };
 Test(ledger, every_first_answer_500_by_rate_every_retry_replayed)
 {
     static const char *const flags[] = {"--fault", "500:rate=1", "--quiet", NULL};
-    struct acq a;
-    acq_start(&a, flags, 1);
+    struct test_acquirer a = {0};
+    test_acquirer_start(&a, flags, 1);
     char ref[96], ids[RATE_KEYS][65];
     test_unique(ref, sizeof ref, "ref");
     for (int i = 0; i < RATE_KEYS; i++) {
@@ -889,17 +717,17 @@ Test(ledger, every_first_answer_500_by_rate_every_retry_replayed)
     cr_assert_eq(sql_charges(ref), RATE_KEYS);
     /* --quiet: the faults were acted out without a line each. */
     char text[8192];
-    read_text(a.log, text, sizeof text);
+    test_read_text(a.log, text, sizeof text);
     cr_assert_null(strstr(text, "mockery-acquirer: fault"), "%s", text);
-    acq_stop(&a);
+    test_acquirer_stop(&a);
 }
 
 /* ---- 7. refunds ----------------------------------------------------------------------------- */
 
 Test(ledger, a_refund_is_made_once_within_its_charge)
 {
-    struct acq a;
-    acq_start(&a, NULL, 0);
+    struct test_acquirer a = {0};
+    test_acquirer_start(&a, NULL, 0);
     char charge[65], key[96], ref[96], body[300], other[300], id[65], again[65];
     new_charge(&a, 1050, charge, sizeof charge);
     test_unique(key, sizeof key, "lk");
@@ -955,13 +783,13 @@ Test(ledger, a_refund_is_made_once_within_its_charge)
     cr_assert_eq(r.status, 201, "%s", r.body);
     test_response_free(&r);
     cr_assert_eq(ledger_refunded(&a, charge), 1050);
-    acq_stop(&a);
+    test_acquirer_stop(&a);
 }
 
 Test(ledger, refunds_of_no_charge_and_of_a_decline_are_refused)
 {
-    struct acq a;
-    acq_start(&a, NULL, 0);
+    struct test_acquirer a = {0};
+    test_acquirer_start(&a, NULL, 0);
     char key[96], ref[96], body[400], missing[96], cust[96], cref[96], declined[65];
     struct test_response r;
 
@@ -993,15 +821,15 @@ Test(ledger, refunds_of_no_charge_and_of_a_decline_are_refused)
     cr_assert_eq(sql_refunds(declined), 0);
     cr_assert_eq(ledger_refunded(&a, declined), 0);
     cr_assert_eq(sql_keys(key), 0);
-    acq_stop(&a);
+    test_acquirer_stop(&a);
 }
 
 enum { RACERS = 10 };
 
 Test(ledger, ten_racing_refunds_take_no_more_than_the_charge)
 {
-    struct acq a;
-    acq_start(&a, NULL, 0);
+    struct test_acquirer a = {0};
+    test_acquirer_start(&a, NULL, 0);
     char charge[65], keys[RACERS][96], ref[96], body[RACERS][300];
     new_charge(&a, 1050, charge, sizeof charge);
     struct dup d[RACERS];
@@ -1034,13 +862,13 @@ Test(ledger, ten_racing_refunds_take_no_more_than_the_charge)
                                  " charge_id = $1",
                                  charge),
                  900);
-    acq_stop(&a);
+    test_acquirer_stop(&a);
 }
 
 /* ---- 8. bad input: refused, nothing recorded --------------------------------------------- */
 
 /* POST with explicit headers. */
-static void post_raw(const struct acq *a, const char *path, const char *const *headers,
+static void post_raw(const struct test_acquirer *a, const char *path, const char *const *headers,
                      const char *body, struct test_response *r)
 {
     char url[320];
@@ -1050,8 +878,8 @@ static void post_raw(const struct acq *a, const char *path, const char *const *h
 
 Test(ledger, bad_input_is_refused_and_nothing_recorded)
 {
-    struct acq a;
-    acq_start(&a, NULL, 0);
+    struct test_acquirer a = {0};
+    test_acquirer_start(&a, NULL, 0);
     char cust[96], ref[96], good[400], body[400], keyh[2048];
     char keys[16][96];
     int nkeys = 0;
@@ -1174,7 +1002,7 @@ Test(ledger, bad_input_is_refused_and_nothing_recorded)
     cr_assert_eq(sql_refunds(charge), 0);
     for (int i = 0; i < nkeys; i++)
         cr_assert_eq(sql_keys(keys[i]), 0, "key %d (%s) was recorded", i, keys[i]);
-    acq_stop(&a);
+    test_acquirer_stop(&a);
 }
 
 /* ---- 9. the process ------------------------------------------------------------------------ */
@@ -1215,13 +1043,13 @@ static void run_acquirer(char *const args[], char *const envp[], struct run *r)
     int rc = posix_spawn(&pid, MOCKERY_ACQUIRER_BIN, &fa, NULL, args, envp);
     posix_spawn_file_actions_destroy(&fa);
     cr_assert_eq(rc, 0, "could not start %s", MOCKERY_ACQUIRER_BIN);
-    remember(pid);
+    test_acquirer_remember(pid);
     close(err[1]);
     read_all(err[0], r->err, sizeof r->err);
     close(err[0]);
     int status;
     cr_assert_eq(waitpid(pid, &status, 0), pid);
-    forget(pid);
+    test_acquirer_forget(pid);
     cr_assert(WIFEXITED(status), "it did not exit by itself (status %d)", status);
     r->code = WEXITSTATUS(status);
     lseek(out, 0, SEEK_SET);
@@ -1298,9 +1126,9 @@ Test(ledger, no_database_url_exits_2)
 Test(ledger, an_unreachable_database_exits_1)
 {
     char url[128], port[16];
-    snprintf(port, sizeof port, "%d", free_port());
+    snprintf(port, sizeof port, "%d", test_free_port());
     snprintf(url, sizeof url, "postgresql://postgres@127.0.0.1:%d/mockery?connect_timeout=5",
-             free_port()); /* nothing listens there */
+             test_free_port()); /* nothing listens there */
     char *const args[] = {MOCKERY_ACQUIRER_BIN, "--database-url", url, "--port", port, NULL};
     struct run r;
     run_acquirer(args, environ, &r);
@@ -1313,17 +1141,17 @@ Test(ledger, the_database_url_may_come_from_the_environment)
     char var[600];
     snprintf(var, sizeof var, "MOCKERY_ACQUIRER_DATABASE_URL=%s", test_db_url());
     char **env = env_without_url(var);
-    struct acq a;
-    acq_start_env(&a, NULL, 0, 0, env);
+    struct test_acquirer a = {0};
+    test_acquirer_start_env(&a, NULL, 0, 0, env);
     free(env);
     char charge[65];
     new_charge(&a, 5, charge, sizeof charge);
-    acq_stop(&a);
+    test_acquirer_stop(&a);
 }
 
 /* ---- 10. the service's acquirer client against the real program ------------------------------ */
 
-static struct acquirer *client(const struct acq *a, long timeout_ms)
+static struct acquirer *client(const struct test_acquirer *a, long timeout_ms)
 {
     struct acquirer *c = acquirer_new(a->base, timeout_ms, 4);
     cr_assert_not_null(c);
@@ -1367,7 +1195,7 @@ static void charge_settled(struct acquirer *c, const struct ask *k, struct acqui
 }
 
 /* The ledger holds exactly one charge for k, this one. */
-static void expect_one_charge(const struct acq *a, const struct ask *k, const char *id,
+static void expect_one_charge(const struct test_acquirer *a, const struct ask *k, const char *id,
                               const char *status)
 {
     char ledger_id[65], st[16];
@@ -1379,8 +1207,8 @@ static void expect_one_charge(const struct acq *a, const struct ask *k, const ch
 
 Test(ledger, client_moved_then_replayed_on_one_connection)
 {
-    struct acq a;
-    acq_start(&a, PREFIX_FAULTS, 4);
+    struct test_acquirer a = {0};
+    test_acquirer_start(&a, PREFIX_FAULTS, 4);
     struct acquirer *c = client(&a, NORMAL_TIMEOUT_MS);
     struct ask k;
     ask_init(&k, "cust", 1050);
@@ -1407,13 +1235,13 @@ Test(ledger, client_moved_then_replayed_on_one_connection)
     cr_assert_eq(acquirer_connections(c), 1, "22 asks opened %llu connections",
                  acquirer_connections(c));
     acquirer_free(c);
-    acq_stop(&a);
+    test_acquirer_stop(&a);
 }
 
 Test(ledger, client_declined_and_gateway_error)
 {
-    struct acq a;
-    acq_start(&a, PREFIX_FAULTS, 4);
+    struct test_acquirer a = {0};
+    test_acquirer_start(&a, PREFIX_FAULTS, 4);
     struct acquirer *c = client(&a, NORMAL_TIMEOUT_MS);
     struct ask k;
     struct acquirer_answer out;
@@ -1442,13 +1270,13 @@ Test(ledger, client_declined_and_gateway_error)
         cr_assert_eq(sql_charges(k.ref), 0);
     }
     acquirer_free(c);
-    acq_stop(&a);
+    test_acquirer_stop(&a);
 }
 
 Test(ledger, client_hold_is_unknown_then_moved_as_the_ledger_shows)
 {
-    struct acq a;
-    acq_start(&a, PREFIX_FAULTS, 4);
+    struct test_acquirer a = {0};
+    test_acquirer_start(&a, PREFIX_FAULTS, 4);
     struct acquirer *impatient = client(&a, SHORT_TIMEOUT_MS);
     struct acquirer *c = client(&a, NORMAL_TIMEOUT_MS);
     struct ask k;
@@ -1464,7 +1292,7 @@ Test(ledger, client_hold_is_unknown_then_moved_as_the_ledger_shows)
     expect_one_charge(&a, &k, out.id, "succeeded");
     acquirer_free(impatient);
     acquirer_free(c);
-    acq_stop(&a);
+    test_acquirer_stop(&a);
 }
 
 /* The answer lost after the charge was recorded - a 500, or the connection
@@ -1473,8 +1301,8 @@ Test(ledger, client_hold_is_unknown_then_moved_as_the_ledger_shows)
  * (a fresh client): see the next test for a kept one. */
 Test(ledger, client_500_and_close_are_unknown_then_moved)
 {
-    struct acq a;
-    acq_start(&a, PREFIX_FAULTS, 4);
+    struct test_acquirer a = {0};
+    test_acquirer_start(&a, PREFIX_FAULTS, 4);
     static const char *const prefixes[] = {"cust-err", "cust-close"};
     for (size_t i = 0; i < 2; i++) {
         struct acquirer *c = client(&a, NORMAL_TIMEOUT_MS);
@@ -1494,7 +1322,7 @@ Test(ledger, client_500_and_close_are_unknown_then_moved)
         expect_one_charge(&a, &k, out.id, "succeeded");
         acquirer_free(c);
     }
-    acq_stop(&a);
+    test_acquirer_stop(&a);
 }
 
 /* The close on a kept-alive connection: libcurl takes a reused connection
@@ -1505,8 +1333,8 @@ Test(ledger, client_500_and_close_are_unknown_then_moved)
  * its id. */
 Test(ledger, client_close_on_a_kept_connection_is_true_to_the_ledger)
 {
-    struct acq a;
-    acq_start(&a, PREFIX_FAULTS, 4);
+    struct test_acquirer a = {0};
+    test_acquirer_start(&a, PREFIX_FAULTS, 4);
     struct acquirer *c = client(&a, NORMAL_TIMEOUT_MS);
     struct ask warm, k;
     struct acquirer_answer out;
@@ -1531,13 +1359,13 @@ Test(ledger, client_close_on_a_kept_connection_is_true_to_the_ledger)
     cr_assert_eq(out.replayed, 1);
     expect_one_charge(&a, &k, out.id, "succeeded");
     acquirer_free(c);
-    acq_stop(&a);
+    test_acquirer_stop(&a);
 }
 
 Test(ledger, client_503_is_unknown_and_nothing_is_charged)
 {
-    struct acq a;
-    acq_start(&a, PREFIX_FAULTS, 4);
+    struct test_acquirer a = {0};
+    test_acquirer_start(&a, PREFIX_FAULTS, 4);
     struct acquirer *c = client(&a, NORMAL_TIMEOUT_MS);
     struct ask k;
     struct acquirer_answer out;
@@ -1552,13 +1380,13 @@ Test(ledger, client_503_is_unknown_and_nothing_is_charged)
         cr_assert_eq(sql_keys(k.key), 0);
     }
     acquirer_free(c);
-    acq_stop(&a);
+    test_acquirer_stop(&a);
 }
 
 Test(ledger, client_refunds)
 {
-    struct acq a;
-    acq_start(&a, PREFIX_FAULTS, 4);
+    struct test_acquirer a = {0};
+    test_acquirer_start(&a, PREFIX_FAULTS, 4);
     struct acquirer *c = client(&a, NORMAL_TIMEOUT_MS);
     struct ask k;
     struct acquirer_answer ch, out;
@@ -1622,5 +1450,5 @@ Test(ledger, client_refunds)
     cr_assert_eq(sum, 500);
     cr_assert_eq(ledger_refunded(&a, ch.id), 500);
     acquirer_free(c);
-    acq_stop(&a);
+    test_acquirer_stop(&a);
 }

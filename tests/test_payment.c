@@ -332,8 +332,12 @@ Test(json, payment_object_has_every_field)
     char *s = payment_json(&p);
     cr_assert_str_eq(s, "{\"transaction_id\":\"txn_abc\",\"status\":\"completed\",\"amount\":10.50,"
                         "\"currency\":\"USD\",\"customer_id\":\"c1\",\"description\":null,"
-                        "\"processed_at\":\"2023-11-14T22:13:20.123456Z\","
+                        "\"processed_at\":\"2023-11-14T22:13:20.123456Z\",\"charge_id\":null,"
                         "\"idempotency_key\":\"k1\",\"amount_refunded\":0.00,\"refunded\":false}");
+    free(s);
+    p.charge_id = "ch_1";
+    s = payment_json(&p);
+    cr_assert(strstr(s, "\"charge_id\":\"ch_1\""), "%s", s);
     free(s);
     p.currency[0] = 'J', p.currency[1] = 'P', p.currency[2] = 'Y';
     p.amount_minor = 500;
@@ -349,11 +353,11 @@ Test(json, payment_object_has_every_field)
 
 Test(json, declined_and_error_shapes)
 {
-    struct store_payment p = {.transaction_id = "txn_x", .status = "declined"};
+    struct store_payment p = {.transaction_id = "txn_x", .status = "declined", .charge_id = "ch_d"};
     char *s = payment_declined_json(&p);
     cr_assert_str_eq(s, "{\"error\":{\"type\":\"card_error\",\"code\":\"card_declined\","
                         "\"message\":\"the card was declined\"},\"transaction_id\":\"txn_x\","
-                        "\"status\":\"declined\"}");
+                        "\"status\":\"declined\",\"charge_id\":\"ch_d\"}");
     free(s);
     struct apierr e;
     apierr_of(&e, APIERR_INVALID_AMOUNT, "amount", "bad \"%s\"", "x");

@@ -215,9 +215,13 @@ Test(prometheus, the_shipped_rules_evaluate_and_server_down_goes_pending, .init 
     cr_assert_eq(promql_until("up{job=\"mockery\"}", 1, 30), 1, "the target is not up");
     /* Every rule of alerts.yml loaded and evaluated against the real
      * series without an error. */
-    const char *names[] = {"MockeryServerDown",         "MockeryHigh5xxRate",
-                           "MockeryStoreUnavailable",   "MockeryKeysStuckProcessing",
-                           "MockeryStorePoolSaturated", "MockeryReplayCacheHitRatioCollapsed"};
+    const char *names[] = {"MockeryServerDown",
+                           "MockeryHigh5xxRate",
+                           "MockeryStoreUnavailable",
+                           "MockeryKeysStuckProcessing",
+                           "MockeryStorePoolSaturated",
+                           "MockeryReplayCacheHitRatioCollapsed",
+                           "MockeryAcquirerOutcomesUnknown"};
     size_t nnames = sizeof names / sizeof names[0];
     size_t ok = 0, total = 0;
     char last[512] = "";

@@ -278,6 +278,36 @@ CONTRACT(completion_with_stale_token_is_refused)
     store_claim_result_clear(&a);
 }
 
+/* An unknown outcome downstream: the lease ends, the record stays
+ * processing - not free, not completed - and the next claim with the same
+ * request takes it over at once, with the same downstream key; the old
+ * holder can no longer complete it. */
+CONTRACT(abandon_ends_the_lease_and_keeps_the_record)
+{
+    char key[96], err[256];
+    test_unique(key, sizeof key, "abandon");
+    struct store_claim_result a = claim(key, FP, LONG_MS, DAY_MS);
+    cr_assert_eq(store_abandon(store, T, key, a.lease_token + 1000000, err, sizeof err),
+                 STORE_LEASE_LOST);
+    struct store_claim_result held = claim(key, FP, LONG_MS, DAY_MS);
+    cr_assert_eq(held.outcome, CLAIM_IN_PROGRESS, "a wrong token ended nothing");
+    cr_assert_eq(store_abandon(store, T, key, a.lease_token, err, sizeof err), STORE_OK, "%s", err);
+    struct store_claim_result other = claim(key, "fp-other", LONG_MS, DAY_MS);
+    cr_assert_eq(other.outcome, CLAIM_MISMATCH, "still the first request's record");
+    struct store_claim_result b = claim(key, FP, LONG_MS, DAY_MS);
+    cr_assert_eq(b.outcome, CLAIM_TAKEOVER);
+    cr_assert_str_eq(b.downstream_key, a.downstream_key);
+    cr_assert_eq(complete(key, a.lease_token, "{}", NULL), STORE_LEASE_LOST);
+    cr_assert_eq(store_abandon(store, T, key, a.lease_token, err, sizeof err), STORE_LEASE_LOST);
+    cr_assert_eq(complete(key, b.lease_token, "{}", NULL), STORE_OK);
+    cr_assert_eq(store_abandon(store, T, key, b.lease_token, err, sizeof err), STORE_LEASE_LOST,
+                 "a completed record is not abandoned");
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&held);
+    store_claim_result_clear(&other);
+    store_claim_result_clear(&b);
+}
+
 CONTRACT(release_frees_the_key_for_a_retry)
 {
     char key[96], err[256];

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "acquirer.h"
 #include "clock.h"
 #include "replay_cache.h"
 #include "store_mem.h"
@@ -132,6 +133,14 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
         goto fail;
     }
     svc->replays = replay_cache_new((size_t)cfg->replay_cache);
+    if (cfg->acquirer_url[0]) {
+        /* one kept connection per worker at most: a worker asks once at a time */
+        svc->acquirer = acquirer_new(cfg->acquirer_url, cfg->acquirer_timeout_ms, cfg->threads);
+        if (!svc->acquirer) {
+            snprintf(err, errlen, "could not start the acquirer's client");
+            goto fail;
+        }
+    }
     if (edge_check(e, err, errlen) != 0) /* before the database is touched */
         goto fail;
     e->connlimit = connlimit_new(cfg->max_client_connections);
@@ -180,6 +189,8 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
                                 cfg->unnamed_statements ? "unnamed" : "prepared");
     cJSON_AddNumberToObject(line, "lease_s", cfg->lease_s);
     cJSON_AddNumberToObject(line, "idempotency_ttl_s", cfg->idempotency_ttl_s);
+    cJSON_AddStringToObject(line, "acquirer",
+                            cfg->acquirer_url[0] ? cfg->acquirer_url : "in-process");
     log_end(log, line);
     return app;
 fail:
@@ -203,6 +214,7 @@ void app_stop(struct app *app)
     auth_free(e->auth);
     metrics_free(e->metrics);
     replay_cache_free(e->svc.replays);
+    acquirer_free(e->svc.acquirer);
     connlimit_free(e->connlimit);
     ratelimit_free(e->ratelimit);
     ratelimit_free(e->unauth_limit);

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +51,9 @@ static const struct opt OPTS[] = {
             unauthenticated_rate_limit, 0, 100000000),
     {"unnamed-statements", "MOCKERY_UNNAMED_STATEMENTS", OPT_BOOL,
      offsetof(struct config, unnamed_statements), 0, 0, 0},
+    {"acquirer-url", "MOCKERY_ACQUIRER_URL", OPT_STRING, offsetof(struct config, acquirer_url),
+     sizeof((struct config *)0)->acquirer_url, 0, 0},
+    INT_OPT("acquirer-timeout-ms", "MOCKERY_ACQUIRER_TIMEOUT_MS", acquirer_timeout_ms, 1, 3600000),
 };
 
 #define NOPTS (sizeof OPTS / sizeof OPTS[0])
@@ -73,6 +77,7 @@ void config_defaults(struct config *c)
     c->max_client_connections = 64;
     c->rate_limit = 100000;
     c->unauthenticated_rate_limit = 20;
+    c->acquirer_timeout_ms = 5000;
 }
 
 const char *config_usage(void)
@@ -101,6 +106,10 @@ const char *config_usage(void)
            "                           client address, 0: no limit (20)\n"
            "  --unnamed-statements BOOL  no prepared statements: for pgbouncer in transaction\n"
            "                           pooling mode (false)\n"
+           "  --acquirer-url URL       the acquirer that moves the money (docs/acquirer.md);\n"
+           "                           unset: the in-process simulator\n"
+           "  --acquirer-timeout-ms N  an ask's bound, below the lease; past it the outcome is\n"
+           "                           unknown: 503 outcome_pending (5000)\n"
            "Each flag also reads MOCKERY_<FLAG> (e.g. MOCKERY_POOL_SIZE); flags win.\n";
 }
 
@@ -199,6 +208,20 @@ enum config_status config_parse(struct config *c, int argc, char **argv, char *e
         snprintf(src, sizeof src, "--%s", o->flag);
         if (set_opt(c, o, v, src, err, errlen) != 0)
             return CONFIG_INVALID;
+    }
+    /* An ask must end while its lease holds: past the lease another
+     * request may take the record over and ask at the same time (the same
+     * key downstream, so the acquirer answers 409 or replays, but the
+     * first is then told nothing useful). */
+    if (c->acquirer_url[0] && (int64_t)c->acquirer_timeout_ms >= (int64_t)c->lease_s * 1000) {
+        snprintf(err, errlen, "--acquirer-timeout-ms (%d) must be below the lease (--lease %d s)",
+                 c->acquirer_timeout_ms, c->lease_s);
+        return CONFIG_INVALID;
+    }
+    if (c->acquirer_url[0] && strncmp(c->acquirer_url, "http://", 7) != 0 &&
+        strncmp(c->acquirer_url, "https://", 8) != 0) {
+        snprintf(err, errlen, "--acquirer-url must start with http:// or https://");
+        return CONFIG_INVALID;
     }
     return CONFIG_OK;
 }

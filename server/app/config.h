@@ -33,6 +33,8 @@ struct config {
     int unauthenticated_rate_limit; /* requests without a valid API key a second per
                                      * client address; 0: no limit */
     int unnamed_statements;         /* no prepared statements (behind pgbouncer) */
+    char acquirer_url[512];         /* the acquirer's base URL; empty: the in-process simulator */
+    int acquirer_timeout_ms;        /* an ask's bound, below the lease */
     /* Not a flag: tests listen on 127.0.0.1 only. */
     char listen_host[64]; /* empty: every interface */
 };

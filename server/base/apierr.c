@@ -68,7 +68,7 @@ void apierr_store(struct apierr *e, int unavailable, int idempotent)
         apierr_of(e, APIERR_INTERNAL_ERROR, NULL, "the payment store failed; %s", retry);
 }
 
-char *apierr_json(const struct apierr *e)
+char *apierr_json_with(const struct apierr *e, const char *name, const char *value)
 {
     char *out = NULL;
     cJSON *root = cJSON_CreateObject();
@@ -79,10 +79,17 @@ char *apierr_json(const struct apierr *e)
         goto out;
     if (e->param[0] && !cJSON_AddStringToObject(err, "param", e->param))
         goto out;
+    if (name && !cJSON_AddStringToObject(root, name, value))
+        goto out;
     out = cJSON_PrintUnformatted(root);
 out:
     cJSON_Delete(root);
     return out;
+}
+
+char *apierr_json(const struct apierr *e)
+{
+    return apierr_json_with(e, NULL, NULL);
 }
 
 /* The default bodies, written once (the messages need no escaping). */

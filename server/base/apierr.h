@@ -76,6 +76,9 @@
       "the payment store is unavailable")                                                          \
     X(SERVER_BUSY, 503, APIERR_TYPE_API, "server_busy",                                            \
       "few workers were free and this connection had waited idle: it is closed; retry")            \
+    X(OUTCOME_PENDING, 503, APIERR_TYPE_API, "outcome_pending",                                    \
+      "the acquirer's answer was lost: the money may have moved; retry with the same "             \
+      "idempotency key to learn the outcome")                                                      \
     X(SHUTTING_DOWN, 503, APIERR_TYPE_API, "shutting_down",                                        \
       "this server is shutting down; retry (another server will answer)")                          \
     X(HTTP_VERSION, 505, APIERR_TYPE_INVALID, "bad_request", "this HTTP version is not supported")
@@ -114,6 +117,10 @@ void apierr_store(struct apierr *e, int unavailable, int idempotent);
 
 /* The error body, malloc'd, NUL-terminated; NULL on allocation failure. */
 char *apierr_json(const struct apierr *e);
+
+/* The same with one more member beside "error", name: value (a string):
+ * the id of what the error is about ({"error": {...}, "transaction_id": ...}). */
+char *apierr_json_with(const struct apierr *e, const char *name, const char *value);
 
 /* Row id's body with its default message, built without allocating: for
  * the answers that must go out when nothing can be allocated, or before a

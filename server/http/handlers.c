@@ -44,8 +44,9 @@ static void metrics(struct request *r)
     struct conntable_counts cc;
     conntable_counts(r->edge->conns, &cc);
     metrics_connections_shed(r->edge->metrics, cc.shed, cc.drained);
-    char *text = metrics_render(r->edge->metrics, r->svc->store, log_dropped(r->svc->log),
-                                __atomic_load_n(&r->edge->connections, __ATOMIC_RELAXED), &len);
+    char *text =
+        metrics_render(r->edge->metrics, r->svc->store, r->svc->acquirer, log_dropped(r->svc->log),
+                       __atomic_load_n(&r->edge->connections, __ATOMIC_RELAXED), &len);
     if (!text) {
         http_fail(r, APIERR_INTERNAL_ERROR, NULL, "out of memory");
         return;

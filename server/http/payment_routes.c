@@ -9,7 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "acquirer.h"
 #include "clock.h"
+#include "ids.h"
 #include "service.h"
 #include "log.h"
 #include "money.h"
@@ -72,40 +74,106 @@ static void pay_free_rows(struct store_rows *rows)
 
 /* What a payment needs of the service. */
 struct pay_ctx {
-    int delay_ms; /* the simulated processor's */
+    int delay_ms;              /* the simulated processor's */
+    struct acquirer *acquirer; /* NULL: the simulator */
+    const char *tenant;        /* the merchant, for the acquirer */
 };
 
-static int pay_run(void *vctx, const void *vreq, const char *key, struct idem_result *out,
-                   struct apierr *err)
+/* The answer to an unknown outcome at the acquirer: 503 outcome_pending
+ * with the transaction id, which a retry (or recovery) will complete. */
+static int pay_pending(void *vctx, const void *vreq, const struct idem_call *call,
+                       struct idem_result *out, struct apierr *err)
+{
+    (void)vctx;
+    (void)vreq;
+    char id[PAYMENT_ID_LEN + 1];
+    struct apierr e;
+    if (payment_id_for(call->downstream_key, id) != 0)
+        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "the random source failed");
+    apierr_of(&e, APIERR_OUTCOME_PENDING, NULL, NULL);
+    out->status = 503;
+    out->body = apierr_json_with(&e, "transaction_id", id);
+    if (!out->body)
+        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
+    out->body_len = strlen(out->body);
+    return 0;
+}
+
+/* A failure before any charge: 502, the key released for the retry. */
+static int pay_gateway_error(struct idem_result *out, const char *why, struct apierr *err)
+{
+    struct apierr ge;
+    apierr_of(&ge, APIERR_GATEWAY_ERROR, NULL,
+              "%s; nothing was charged: retry with the same idempotency key", why);
+    out->status = 502;
+    out->retryable = 1;
+    out->body = apierr_json(&ge);
+    if (!out->body)
+        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
+    out->body_len = strlen(out->body);
+    return 0;
+}
+
+/* Asks the acquirer to charge, under the record's downstream key. Returns
+ * 1 with *po and charge_id when the money moved or was declined; 0 when
+ * *out is answered already (nothing moved: 502; unknown: 503 pending). */
+static int pay_ask(const struct pay_ctx *ctx, const struct payment_request *req,
+                   const struct idem_call *call, const char *id, enum payment_outcome *po,
+                   char charge_id[65], struct idem_result *out, int *rc, struct apierr *err)
+{
+    struct acquirer_charge ch = {req->amount_minor, req->currency, req->customer_id, ctx->tenant,
+                                 id};
+    struct acquirer_answer a;
+    acquirer_charge(ctx->acquirer, call->downstream_key, &ch, &a);
+    switch (a.verdict) {
+    case ACQUIRER_MOVED:
+    case ACQUIRER_DECLINED:
+        *po = a.verdict == ACQUIRER_MOVED ? PAYMENT_APPROVED : PAYMENT_DECLINED;
+        snprintf(charge_id, 65, "%s", a.id);
+        out->outside = 1;
+        return 1;
+    case ACQUIRER_NOTHING_MOVED:
+        *rc =
+            pay_gateway_error(out, "the acquirer refused the payment or could not be reached", err);
+        return 0;
+    case ACQUIRER_UNKNOWN:
+        break;
+    }
+    out->pending = 1; /* before: should the answer fail, the layer still keeps the record */
+    *rc = pay_pending(NULL, req, call, out, err);
+    return 0;
+}
+
+static int pay_run(void *vctx, const void *vreq, const struct idem_call *call,
+                   struct idem_result *out, struct apierr *err)
 {
     const struct pay_ctx *ctx = vctx;
     const struct payment_request *req = vreq;
-    char id[PAYMENT_ID_LEN + 1];
-    enum payment_outcome po = payment_process(req, ctx->delay_ms);
+    char id[PAYMENT_ID_LEN + 1], charge_id[65];
+    enum payment_outcome po;
 
-    if (po == PAYMENT_GATEWAY_ERROR) {
-        struct apierr ge;
-        apierr_of(&ge, APIERR_GATEWAY_ERROR, NULL,
-                  "the payment gateway failed before charging; retry with the same "
-                  "idempotency key");
-        out->status = 502;
-        out->retryable = 1;
-        out->body = apierr_json(&ge);
-        if (!out->body)
-            return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
-        out->body_len = strlen(out->body);
-        return 0;
-    }
-    if (payment_new_id(id) != 0)
+    if (payment_id_for(call->downstream_key, id) != 0)
         return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "the random source failed");
+    if (ctx->acquirer) {
+        int rc = 0;
+        if (!pay_ask(ctx, req, call, id, &po, charge_id, out, &rc, err))
+            return rc;
+    } else {
+        po = payment_process(req, ctx->delay_ms);
+        if (po == PAYMENT_GATEWAY_ERROR)
+            return pay_gateway_error(out, "the payment gateway failed before charging", err);
+        if (ids_new("ch_", charge_id) != 0)
+            return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "the random source failed");
+    }
     struct store_payment p = {
         .transaction_id = id,
-        .idempotency_key = (char *)key,
+        .idempotency_key = (char *)call->key,
         .customer_id = (char *)req->customer_id,
         .amount_minor = req->amount_minor,
         .description = req->description,
         .status = po == PAYMENT_APPROVED ? "completed" : "declined",
         .processed_at_us = clock_wall_us(),
+        .charge_id = charge_id,
     };
     memcpy(p.currency, req->currency, sizeof p.currency);
 
@@ -136,6 +204,12 @@ static int pay_run(void *vctx, const void *vreq, const char *key, struct idem_re
     out->body_len = strlen(out->body);
     return 0;
 oom:
+    if (out->outside) {
+        /* The money moved: never a failure that releases the key. */
+        idem_result_clear(out);
+        out->pending = 1;
+        return pay_pending(NULL, req, call, out, err);
+    }
     idem_result_clear(out);
     return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
 }
@@ -143,6 +217,7 @@ oom:
 static const struct idem_op PAYMENT_OP = {
     .route = ROUTES_PAYMENTS,
     .run = pay_run,
+    .pending = pay_pending,
 };
 
 static const struct post_route PAYMENT_POST = {
@@ -157,7 +232,7 @@ static const struct post_route PAYMENT_POST = {
 
 void routes_create_payment(struct request *r)
 {
-    struct pay_ctx ctx = {r->svc->processing_delay_ms};
+    struct pay_ctx ctx = {r->svc->processing_delay_ms, r->svc->acquirer, r->tenant};
     post_route_serve(r, &PAYMENT_POST, NULL, &ctx);
 }
 

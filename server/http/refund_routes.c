@@ -62,8 +62,8 @@ struct refund_ctx {
     int delay_ms; /* the simulated gateway's */
 };
 
-static int refund_run(void *vctx, const void *vreq, const char *key, struct idem_result *out,
-                      struct apierr *err)
+static int refund_run(void *vctx, const void *vreq, const struct idem_call *call,
+                      struct idem_result *out, struct apierr *err)
 {
     const struct refund_ctx *ctx = vctx;
     const struct refund_request *req = vreq;
@@ -126,7 +126,7 @@ static int refund_run(void *vctx, const void *vreq, const char *key, struct idem
     struct store_refund row = {
         .refund_id = id,
         .transaction_id = p.transaction_id,
-        .idempotency_key = (char *)key,
+        .idempotency_key = (char *)call->key,
         .amount_minor = amount,
         .reason = (char *)req->reason,
         .status = "succeeded",

@@ -11,6 +11,7 @@
 #include <semaphore.h>
 #include <stdint.h>
 
+struct acquirer;
 struct logger;
 struct replay_cache;
 struct store;
@@ -23,7 +24,8 @@ struct service {
     int64_t ttl_ms;   /* a record's life (--idempotency-ttl-s) */
     int require_key;  /* --require-key */
     int processing_delay_ms;
-    sem_t list_slots; /* list queries running at once (an eighth of the pool) */
+    struct acquirer *acquirer; /* --acquirer-url's client; NULL: the in-process simulator */
+    sem_t list_slots;          /* list queries running at once (an eighth of the pool) */
 };
 
 #endif

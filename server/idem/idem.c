@@ -9,6 +9,7 @@
 
 #include "clock.h"
 #include "idemkey.h"
+#include "ids.h"
 #include "utc_text.h"
 
 #define IDEMPOTENCY "idempotency_error"
@@ -121,6 +122,7 @@ static void answer_result(struct idem_answer *out, const struct idem_result *res
 {
     answer_with(out, res->status, res->body ? res->body : "", res->body ? res->body_len : 0,
                 res->location);
+    out->retry_after = out->status == 503 ? 1 : 0;
 }
 
 /* Keeps a completed answer for retries, until its record expires. */
@@ -130,17 +132,19 @@ static void remember(const struct idem *l, const struct idem_request *rq, const 
     replay_cache_put(l->replays, rq->tenant, rq->key, fp, e, e->created_at_us + l->ttl_ms * 1000);
 }
 
-/* Runs the operation. Returns 0, or -1 with *out holding the error to
- * answer. */
-static int run_op(const struct idem_op *op, const struct idem_request *rq, struct idem_result *res,
-                  struct idem_answer *out)
+/* Runs the operation. Returns 0; or -1 with *out holding the error to
+ * answer; or -2 the same, when the operation had said that money may have
+ * moved outside (pending, outside) before it failed: the record is kept. */
+static int run_op(const struct idem_op *op, const struct idem_request *rq,
+                  const struct idem_call *call, struct idem_result *res, struct idem_answer *out)
 {
     struct apierr e;
-    if (op->run(rq->ctx, rq->req, rq->key, res, &e) == 0)
+    if (op->run(rq->ctx, rq->req, call, res, &e) == 0)
         return 0;
+    int moved = res->pending || res->outside;
     idem_result_clear(res);
     answer_error(out, &e);
-    return -1;
+    return moved ? -2 : -1;
 }
 
 /* The operation's answer when the store refused its rows, in *res (with no
@@ -159,21 +163,53 @@ static int run_rejected(const struct idem_op *op, const struct idem_request *rq,
     return -1;
 }
 
+/* The operation's answer to an unknown outcome, in place of res (whose
+ * rows could not be written): op->pending's, or the store's failure when it
+ * has none or cannot build it. */
+static void answer_pending(const struct idem_op *op, const struct idem_request *rq,
+                           const struct idem_call *call, struct idem_result *res,
+                           struct idem_answer *out)
+{
+    struct apierr e;
+    idem_result_clear(res);
+    if (op->pending && op->pending(rq->ctx, rq->req, call, res, &e) == 0) {
+        answer_result(out, res);
+        return;
+    }
+    idem_result_clear(res);
+    if (!op->pending)
+        apierr_store(&e, 1, 1);
+    answer_error(out, &e);
+}
+
 /* A request without a key (--require-key=false): run once, write its
  * rows, no record. */
 static void run_without_key(const struct idem *l, const struct idem_op *op,
                             const struct idem_request *rq, struct idem_answer *out)
 {
     struct idem_result res = {0};
-    char err[256] = "";
+    char err[256] = "", downstream[IDS_MAX + 1];
     out->outcome = OUTCOME_NO_KEY;
-    if (run_op(op, rq, &res, out) != 0)
+    if (ids_new(STORE_DOWNSTREAM_PREFIX, downstream) != 0) {
+        struct apierr e;
+        apierr_of(&e, APIERR_INTERNAL_ERROR, NULL, "the random source failed");
+        answer_error(out, &e);
         return;
-    if (!res.retryable) {
+    }
+    struct idem_call call = {NULL, downstream};
+    if (run_op(op, rq, &call, &res, out) != 0)
+        return;
+    if (!res.retryable && !res.pending) {
         enum store_status st = store_write_rows(l->store, rq->tenant, &res.rows, err, sizeof err);
         if (st == STORE_REJECTED && op->rejected) {
             if (run_rejected(op, rq, &res, out) == 0)
                 answer_result(out, &res);
+            goto out;
+        }
+        if (st != STORE_OK && res.outside && op->pending) {
+            /* Nothing to keep: no record. Told as unknown all the same. */
+            note_failure(out, "write_rows", st, err);
+            answer_pending(op, rq, &call, &res, out);
             goto out;
         }
         if (st != STORE_OK) {
@@ -199,7 +235,20 @@ static void release_claim(const struct idem *l, const struct idem_request *rq, i
     out->outcome = st == STORE_OK ? OUTCOME_RELEASED : OUTCOME_RELEASE_FAILED;
 }
 
-/* Runs the operation under the lease just won, then completes or releases. */
+/* Ends our lease now, the record kept processing (an unknown outcome); on
+ * failure the lease runs out instead. */
+static void abandon_claim(const struct idem *l, const struct idem_request *rq, int64_t token,
+                          struct idem_answer *out)
+{
+    char err[256] = "";
+    enum store_status st = store_abandon(l->store, rq->tenant, rq->key, token, err, sizeof err);
+    if (st != STORE_OK)
+        note_failure(out, "abandon", st, err);
+    out->outcome = OUTCOME_PENDING;
+}
+
+/* Runs the operation under the lease just won, then completes or releases
+ * (or, the outcome unknown, keeps the record for a retry to ask again). */
 static void run_claimed(const struct idem *l, const struct idem_op *op,
                         const struct idem_request *rq, const char *fp,
                         const struct store_claim_result *claim, struct idem_answer *out)
@@ -207,14 +256,23 @@ static void run_claimed(const struct idem *l, const struct idem_op *op,
     int64_t token = claim->lease_token;
     struct idem_result res = {0};
     char err[256] = "";
+    struct idem_call call = {rq->key, claim->downstream_key};
 
-    if (run_op(op, rq, &res, out) != 0) {
+    int rc = run_op(op, rq, &call, &res, out);
+    if (rc == -2)
+        abandon_claim(l, rq, token, out);
+    else if (rc != 0)
         release_claim(l, rq, token, out);
+    if (rc != 0)
         return;
-    }
     if (res.retryable) {
         /* Failed before any effect: forget the claim so a retry runs again. */
         release_claim(l, rq, token, out);
+        answer_result(out, &res);
+        goto out;
+    }
+    if (res.pending) {
+        abandon_claim(l, rq, token, out);
         answer_result(out, &res);
         goto out;
     }
@@ -244,6 +302,13 @@ static void run_claimed(const struct idem *l, const struct idem_op *op,
         out->outcome = OUTCOME_LEASE_LOST;
         answer_in_use(out, "another request with this idempotency key took over; retry to get "
                            "its result");
+    } else if (res.outside) {
+        /* Money moved outside and the store did not take it down: never
+         * released (a new record would ask with a new downstream key). The
+         * retry takes the record over and asks again with the same one. */
+        note_failure(out, "complete", st, err);
+        abandon_claim(l, rq, token, out);
+        answer_pending(op, rq, &call, &res, out);
     } else {
         /* Nothing was stored: a retry must run again. */
         answer_store_failure(out, "complete", st, err);

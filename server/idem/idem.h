@@ -21,13 +21,33 @@
 #include "replay_cache.h"
 #include "store.h"
 
+/* Who asks, as an operation sees it. */
+struct idem_call {
+    const char *key; /* the client's Idempotency-Key; NULL without one */
+    /* The record's key downstream (store.h): the same for every run of one
+     * record - a retry's takeover, another server's - so that an acquirer
+     * asked again answers its first outcome. Without a key: a new one. */
+    const char *downstream_key;
+};
+
 /* What an operation answered. The layer frees it with idem_result_clear(). */
 struct idem_result {
     int status;
     char *body; /* malloc'd */
     size_t body_len;
-    char *location;         /* malloc'd, or NULL: sent as the Location header */
-    int retryable;          /* failed before any effect: release the key, do not cache */
+    char *location; /* malloc'd, or NULL: sent as the Location header */
+    int retryable;  /* failed before any effect: release the key, do not cache */
+    /* The outcome is unknown: money may have moved outside (an acquirer's
+     * answer was lost). Answered as it is; the record stays processing
+     * with its lease ended - never cached, never released - so that the
+     * next retry takes it over at once and asks again with the same
+     * downstream key. */
+    int pending;
+    /* Money moved outside (or may have): from here the record is never
+     * released. Should the completion fail in the store, the answer is the
+     * operation's pending one (idem_op.pending) and the record waits, as
+     * with pending, for a retry to ask again. */
+    int outside;
     struct store_rows rows; /* written with the completion, in its transaction */
     void (*free_rows)(struct store_rows *rows); /* the operation's; NULL: nothing to free */
     int effect; /* the operation's code for what its rows were (0: none), passed on once
@@ -38,10 +58,11 @@ void idem_result_clear(struct idem_result *r);
 
 struct idem_op {
     const char *route; /* the route template, part of the fingerprint */
-    /* Runs the operation for req (key is NULL for a request without one).
+    /* Runs the operation for req, as call says.
      * Returns 0 with *out filled, or -1 with err: answered as it is, the
-     * claim released (the failure is not cached). */
-    int (*run)(void *ctx, const void *req, const char *key, struct idem_result *out,
+     * claim released (the failure is not cached) - so a run fails only
+     * before anything moved outside. */
+    int (*run)(void *ctx, const void *req, const struct idem_call *call, struct idem_result *out,
                struct apierr *err);
     /* The answer when the store refused the rows (STORE_REJECTED: a
      * condition checked as they are written no longer held, such as money
@@ -49,6 +70,11 @@ struct idem_op {
      * is released, and a retry runs (and is refused) again. NULL for an
      * operation whose rows are never refused. */
     int (*rejected)(void *ctx, const void *req, struct idem_result *out, struct apierr *err);
+    /* The answer when money may have moved outside (a run that said
+     * outside) and the completion could not be written: what a client is
+     * told of an unknown outcome. NULL: the store's failure is answered. */
+    int (*pending)(void *ctx, const void *req, const struct idem_call *call,
+                   struct idem_result *out, struct apierr *err);
 };
 
 /* What the layer needs of the service; borrowed. */
@@ -71,7 +97,7 @@ struct idem_request {
 
 /* A store call that failed on the way, for the caller's log. */
 struct idem_store_failure {
-    const char *op; /* "claim", "complete", "release", "write_rows" */
+    const char *op; /* "claim", "complete", "release", "abandon", "write_rows" */
     enum store_status status;
     char err[256];
 };

@@ -14,6 +14,7 @@ static const char *const NAMES[OUTCOME_COUNT] = {
     [OUTCOME_NO_KEY] = "no_key",
     [OUTCOME_LEASE_LOST] = "lease_lost",
     [OUTCOME_RELEASE_FAILED] = "release_failed",
+    [OUTCOME_PENDING] = "pending",
 };
 
 const char *outcome_name(enum outcome o)

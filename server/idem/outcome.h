@@ -18,6 +18,7 @@ enum outcome {
     OUTCOME_NO_KEY,
     OUTCOME_LEASE_LOST,
     OUTCOME_RELEASE_FAILED,
+    OUTCOME_PENDING, /* unknown outside: the record kept, its lease ended */
     OUTCOME_COUNT
 };
 

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "acquirer.h"
 #include "store.h"
 
 #define NBUCKETS 14
@@ -150,8 +151,39 @@ static void put_counter(struct buf *b, const char *name, const char *help, unsig
     put(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name, v);
 }
 
-char *metrics_render(struct metrics *m, struct store *store, unsigned long long log_dropped,
-                     int connections, size_t *len)
+/* The acquirer's asks (acquirer.h), when the money moves there. */
+static void put_acquirer(struct buf *b, const struct acquirer *a)
+{
+    struct acquirer_stats st;
+    acquirer_stats(a, &st);
+    put(b, "# HELP mockery_acquirer_calls_total Asks to the acquirer, by operation and what the "
+           "answer meant for the money (unknown: 503 outcome_pending).\n"
+           "# TYPE mockery_acquirer_calls_total counter\n");
+    for (int op = 0; op < ACQUIRER_OPS; op++)
+        for (int v = 0; v < ACQUIRER_VERDICTS; v++)
+            put(b, "mockery_acquirer_calls_total{operation=\"%s\",verdict=\"%s\"} %llu\n",
+                acquirer_op_name((enum acquirer_op)op),
+                acquirer_verdict_name((enum acquirer_verdict)v), st.calls[op][v]);
+    put(b, "# HELP mockery_acquirer_call_duration_seconds Time an ask to the acquirer took.\n"
+           "# TYPE mockery_acquirer_call_duration_seconds histogram\n");
+    unsigned long long cum = 0;
+    for (int i = 0; i < ACQUIRER_BUCKETS; i++) {
+        cum += st.buckets[i];
+        put(b, "mockery_acquirer_call_duration_seconds_bucket{le=\"%g\"} %llu\n",
+            ACQUIRER_BUCKET_S[i], cum);
+    }
+    put(b,
+        "mockery_acquirer_call_duration_seconds_bucket{le=\"+Inf\"} %llu\n"
+        "mockery_acquirer_call_duration_seconds_sum %.6f\n"
+        "mockery_acquirer_call_duration_seconds_count %llu\n",
+        st.count, (double)st.sum_us / 1e6, st.count);
+    put_counter(b, "mockery_acquirer_connections_opened_total",
+                "TCP connections opened to the acquirer (kept open and reused across asks).",
+                st.connections);
+}
+
+char *metrics_render(struct metrics *m, struct store *store, const struct acquirer *acquirer,
+                     unsigned long long log_dropped, int connections, size_t *len)
 {
     struct buf b = {malloc(16384), 0, 16384, 0};
     if (!b.p)
@@ -265,6 +297,9 @@ char *metrics_render(struct metrics *m, struct store *store, unsigned long long 
                 "Log lines dropped because the log sink was slower than the lines (its 1 MiB "
                 "buffer was full).",
                 log_dropped);
+
+    if (acquirer)
+        put_acquirer(&b, acquirer);
 
     if (b.failed) {
         free(b.p);

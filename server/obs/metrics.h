@@ -59,10 +59,13 @@ void metrics_connection_refused(struct metrics *m);
 void metrics_connections_shed(struct metrics *m, unsigned long long shed,
                               unsigned long long drained);
 
+struct acquirer;
+
 /* The Prometheus text exposition, malloc'd; NULL on allocation failure.
- * store (may be NULL) supplies the pool gauges; log_dropped is the
- * logger's count of dropped lines; connections the HTTP connections open. */
-char *metrics_render(struct metrics *m, struct store *store, unsigned long long log_dropped,
-                     int connections, size_t *len);
+ * store (may be NULL) supplies the pool gauges, acquirer (may be NULL: the
+ * in-process simulator) its asks; log_dropped is the logger's count of
+ * dropped lines; connections the HTTP connections open. */
+char *metrics_render(struct metrics *m, struct store *store, const struct acquirer *acquirer,
+                     unsigned long long log_dropped, int connections, size_t *len);
 
 #endif

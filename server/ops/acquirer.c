@@ -10,6 +10,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "clock.h"
+
 /* An answer larger than this cannot be the acquirer's: read as unknown. */
 #define ANSWER_MAX 65536
 
@@ -20,7 +22,11 @@ struct acquirer {
     CURL **idle; /* handles not in use, each keeping its connection open */
     int nidle, max_idle;
     unsigned long long connections; /* atomic */
+    struct acquirer_stats stats;    /* atomic, each member */
 };
+
+const double ACQUIRER_BUCKET_S[ACQUIRER_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1,
+                                                    0.25,  0.5,  1,     2.5,  5};
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static int curl_ready;
@@ -67,6 +73,38 @@ void acquirer_free(struct acquirer *a)
 unsigned long long acquirer_connections(const struct acquirer *a)
 {
     return __atomic_load_n(&a->connections, __ATOMIC_RELAXED);
+}
+
+/* read and written as an array of counters */
+_Static_assert(sizeof(struct acquirer_stats) % sizeof(unsigned long long) == 0,
+               "struct acquirer_stats holds counters alone");
+
+void acquirer_stats(const struct acquirer *a, struct acquirer_stats *out)
+{
+    const unsigned long long *in = (const unsigned long long *)&a->stats;
+    unsigned long long *to = (unsigned long long *)out;
+    for (size_t i = 0; i < sizeof *out / sizeof *to; i++)
+        to[i] = __atomic_load_n(&in[i], __ATOMIC_RELAXED);
+    out->connections = acquirer_connections(a);
+}
+
+const char *acquirer_op_name(enum acquirer_op op)
+{
+    return op == ACQUIRER_OP_REFUND ? "refund" : "charge";
+}
+
+/* Counts one ask that took us microseconds. */
+static void count_ask(struct acquirer *a, enum acquirer_op op, enum acquirer_verdict v, int64_t us)
+{
+    struct acquirer_stats *st = &a->stats;
+    __atomic_add_fetch(&st->calls[op][v], 1, __ATOMIC_RELAXED);
+    for (int i = 0; i < ACQUIRER_BUCKETS; i++)
+        if (us <= (int64_t)(ACQUIRER_BUCKET_S[i] * 1e6)) {
+            __atomic_add_fetch(&st->buckets[i], 1, __ATOMIC_RELAXED);
+            break;
+        }
+    __atomic_add_fetch(&st->count, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&st->sum_us, (unsigned long long)(us > 0 ? us : 0), __ATOMIC_RELAXED);
 }
 
 const char *acquirer_verdict_name(enum acquirer_verdict v)
@@ -185,8 +223,20 @@ static void classify(int status, const struct buffer *b, const char *id_field,
     cJSON_Delete(root);
 }
 
-static void ask(struct acquirer *a, const char *path, const char *key, const char *body,
-                const char *id_field, struct acquirer_answer *out)
+static void ask_once(struct acquirer *a, const char *path, const char *key, const char *body,
+                     const char *id_field, struct acquirer_answer *out);
+
+/* One ask, counted. */
+static void ask(struct acquirer *a, enum acquirer_op op, const char *path, const char *key,
+                const char *body, const char *id_field, struct acquirer_answer *out)
+{
+    int64_t start = clock_mono_us();
+    ask_once(a, path, key, body, id_field, out);
+    count_ask(a, op, out->verdict, clock_mono_us() - start);
+}
+
+static void ask_once(struct acquirer *a, const char *path, const char *key, const char *body,
+                     const char *id_field, struct acquirer_answer *out)
 {
     memset(out, 0, sizeof *out);
     out->verdict = ACQUIRER_UNKNOWN;
@@ -286,7 +336,7 @@ void acquirer_charge(struct acquirer *a, const char *downstream_key,
                      const struct acquirer_charge *c, struct acquirer_answer *out)
 {
     char *body = charge_body(c);
-    ask(a, "/v1/charges", downstream_key, body, "charge_id", out);
+    ask(a, ACQUIRER_OP_CHARGE, "/v1/charges", downstream_key, body, "charge_id", out);
     free(body);
 }
 
@@ -294,6 +344,6 @@ void acquirer_refund(struct acquirer *a, const char *downstream_key,
                      const struct acquirer_refund *r, struct acquirer_answer *out)
 {
     char *body = refund_body(r);
-    ask(a, "/v1/refunds", downstream_key, body, "refund_id", out);
+    ask(a, ACQUIRER_OP_REFUND, "/v1/refunds", downstream_key, body, "refund_id", out);
     free(body);
 }

@@ -78,6 +78,27 @@ void acquirer_refund(struct acquirer *a, const char *downstream_key,
  * request in flight at once, not one per ask. */
 unsigned long long acquirer_connections(const struct acquirer *a);
 
+/* What the asks came to, for the metrics: by operation and verdict, and
+ * how long they took (a histogram of ACQUIRER_BUCKETS upper bounds). */
+enum acquirer_op { ACQUIRER_OP_CHARGE = 0, ACQUIRER_OP_REFUND, ACQUIRER_OPS };
+#define ACQUIRER_BUCKETS 10
+extern const double ACQUIRER_BUCKET_S[ACQUIRER_BUCKETS];
+#define ACQUIRER_VERDICTS 4
+
+struct acquirer_stats {
+    unsigned long long calls[ACQUIRER_OPS][ACQUIRER_VERDICTS];
+    unsigned long long buckets[ACQUIRER_BUCKETS]; /* asks that took at most each bound */
+    unsigned long long count;                     /* every ask */
+    unsigned long long sum_us;
+    unsigned long long connections;
+};
+
+/* A snapshot (each figure read atomically). */
+void acquirer_stats(const struct acquirer *a, struct acquirer_stats *out);
+
+/* The operation's word ("charge", "refund"). */
+const char *acquirer_op_name(enum acquirer_op op);
+
 /* The verdict's word ("moved", "declined", "nothing_moved", "unknown"). */
 const char *acquirer_verdict_name(enum acquirer_verdict v);
 

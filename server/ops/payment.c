@@ -132,6 +132,17 @@ int payment_new_id(char out[PAYMENT_ID_LEN + 1])
     return ids_new("txn_", out);
 }
 
+int payment_id_for(const char *downstream_key, char out[PAYMENT_ID_LEN + 1])
+{
+    size_t plen = strlen(STORE_DOWNSTREAM_PREFIX);
+    if (!downstream_key || strncmp(downstream_key, STORE_DOWNSTREAM_PREFIX, plen) != 0 ||
+        strlen(downstream_key) != plen + IDS_RANDOM_LEN ||
+        ids_url_safe_len(downstream_key + plen) != IDS_RANDOM_LEN)
+        return payment_new_id(out);
+    snprintf(out, PAYMENT_ID_LEN + 1, "txn_%s", downstream_key + plen);
+    return 0;
+}
+
 void payment_simulated_wait(const char *customer_id, int delay_ms)
 {
     int ms = delay_ms;
@@ -172,6 +183,9 @@ static int add_payment_fields(cJSON *obj, const struct store_payment *p)
         return -1;
     if (!cJSON_AddStringToObject(obj, "processed_at", when))
         return -1;
+    if (!(p->charge_id ? cJSON_AddStringToObject(obj, "charge_id", p->charge_id)
+                       : cJSON_AddNullToObject(obj, "charge_id")))
+        return -1;
     if (!(p->idempotency_key ? cJSON_AddStringToObject(obj, "idempotency_key", p->idempotency_key)
                              : cJSON_AddNullToObject(obj, "idempotency_key")))
         return -1;
@@ -211,7 +225,9 @@ char *payment_declined_json(const struct store_payment *p)
         !cJSON_AddStringToObject(err, "code", row->code) ||
         !cJSON_AddStringToObject(err, "message", row->message) ||
         !cJSON_AddStringToObject(root, "transaction_id", p->transaction_id) ||
-        !cJSON_AddStringToObject(root, "status", "declined"))
+        !cJSON_AddStringToObject(root, "status", "declined") ||
+        !(p->charge_id ? cJSON_AddStringToObject(root, "charge_id", p->charge_id)
+                       : cJSON_AddNullToObject(root, "charge_id")))
         goto out;
     out = cJSON_PrintUnformatted(root);
 out:

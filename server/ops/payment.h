@@ -56,6 +56,14 @@ int payment_id_valid(const char *s);
  * Returns 0, or -1 if the random source failed. */
 int payment_new_id(char out[PAYMENT_ID_LEN + 1]);
 
+/* The transaction id of the record whose downstream key is downstream_key
+ * (store.h: "dk_" and 24 random characters): "txn_" and the same 24, so
+ * that every run of one record - the retry that takes it over, another
+ * server's - names the same transaction, at the acquirer (its reference)
+ * and to the client. A key of another shape: a new id. 0, or -1 if the
+ * random source failed. */
+int payment_id_for(const char *downstream_key, char out[PAYMENT_ID_LEN + 1]);
+
 /* A customer whose id starts with "cust-slow" is a slow one: the simulated
  * processor takes PAYMENT_SLOW_MS longer for their payments, and the
  * simulated gateway for their refunds. The walkthrough uses them for a lost

@@ -425,6 +425,24 @@ static enum store_status mem_release(struct store *s, const char *tenant, const 
     return st;
 }
 
+static enum store_status mem_abandon(struct store *s, const char *tenant, const char *key,
+                                     int64_t lease_token, char *err, size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    enum store_status st = STORE_OK;
+    int64_t now = clock_wall_us();
+    pthread_mutex_lock(&m->mu);
+    struct record *r = record_of(*hashtab_find(&m->records, tenant, key, NULL, same_record));
+    if (!r || r->state != REC_PROCESSING || r->lease_token != lease_token) {
+        snprintf(err, errlen, "lease lost on key");
+        st = STORE_LEASE_LOST;
+    } else if (r->locked_until_us > now) {
+        r->locked_until_us = now;
+    }
+    pthread_mutex_unlock(&m->mu);
+    return st;
+}
+
 static enum store_status mem_write_rows(struct store *s, const char *tenant,
                                         const struct store_rows *rows, char *err, size_t errlen)
 {
@@ -723,6 +741,7 @@ static const struct store_ops mem_ops = {
     .claim = mem_claim,
     .complete = mem_complete,
     .release = mem_release,
+    .abandon = mem_abandon,
     .write_rows = mem_write_rows,
     .get_payment = mem_get_payment,
     .list_payments = mem_list_payments,

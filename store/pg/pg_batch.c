@@ -207,7 +207,7 @@ static void run_one(struct pg_batcher *b, int idx, struct pg_batch_op *op)
         PQclear(res);
         return;
     }
-    const char *stmt = op->nvals == 13 ? "complete_payment" : "complete";
+    const char *stmt = op->nvals == PG_BATCH_VALS ? "complete_payment" : "complete";
     PGresult *res = pg_pool_exec(b->pool, idx, stmt, op->nvals, op->vals, PGRES_COMMAND_OK, &op->st,
                                  op->err, op->errlen);
     if (res) {
@@ -226,9 +226,9 @@ static void run_many(struct pg_batcher *b, int idx, struct pg_batch_op **ops, in
     int kind = ops[0]->kind;
     /* claims: arrays of tenants, keys, fingerprints and downstream keys, one
      * lease and TTL (take_batch groups claims by them) */
-    int ncols = kind == PG_BATCH_CLAIM ? 6 : 13;
-    struct array_text arrays[13] = {{0}};
-    const char *vals[13];
+    int ncols = kind == PG_BATCH_CLAIM ? 6 : PG_BATCH_VALS;
+    struct array_text arrays[PG_BATCH_VALS] = {{0}};
+    const char *vals[PG_BATCH_VALS];
     int failed = 0;
     for (int c = 0; c < ncols; c++) {
         if (kind == PG_BATCH_CLAIM && (c == 3 || c == 4)) {
@@ -243,7 +243,7 @@ static void run_many(struct pg_batcher *b, int idx, struct pg_batch_op **ops, in
     if (!failed)
         res = pg_pool_send(b->pool, idx, kind == PG_BATCH_CLAIM ? "claim_batch" : "complete_batch",
                            ncols, vals);
-    for (int c = 0; c < 13; c++)
+    for (int c = 0; c < PG_BATCH_VALS; c++)
         free(arrays[c].p);
 
     if (res && PQresultStatus(res) == PGRES_TUPLES_OK) {

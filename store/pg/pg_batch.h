@@ -40,14 +40,17 @@ struct pg_batch_run {
  * batches and less throughput. The exception is a stalled batch
  * (BATCH_STALL_MS). The other connections serve reads, lists and the
  * reaper. */
+/* A completion's parameters with its payment (complete_payment). */
+#define PG_BATCH_VALS 14
+
 struct pg_batch_op {
     TAILQ_ENTRY(pg_batch_op) link; /* in its kind's queue */
     pthread_cond_t cv;
     int kind;
     int taken; /* in a batch that is running: wait for it, whatever the deadline */
     int done;
-    const char *vals[13]; /* the single-row statement's parameters */
-    int nvals;            /* claim 5; completion 6, or 13 with a payment */
+    const char *vals[PG_BATCH_VALS]; /* the single-row statement's parameters */
+    int nvals;                       /* claim 6; completion 6, or PG_BATCH_VALS with a payment */
     /* results */
     enum store_status st;
     int matched; /* claim: won (a row came back); completion: the fenced update matched */

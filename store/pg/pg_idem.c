@@ -272,7 +272,8 @@ enum store_status pg_complete(struct store *s, const char *tenant, const char *k
         op.vals[10] = p->description;
         op.vals[11] = p->status;
         op.vals[12] = processed;
-        op.nvals = 13;
+        op.vals[13] = p->charge_id;
+        op.nvals = PG_BATCH_VALS;
     }
     pg_batch_submit(&pg->batch, &op);
     st = op.st;
@@ -284,8 +285,9 @@ enum store_status pg_complete(struct store *s, const char *tenant, const char *k
     return st;
 }
 
-enum store_status pg_release(struct store *s, const char *tenant, const char *key,
-                             int64_t lease_token, char *err, size_t errlen)
+/* The fenced one-statement changes of a record: release, abandon. */
+static enum store_status fenced(struct store *s, const char *stmt, const char *tenant,
+                                const char *key, int64_t lease_token, char *err, size_t errlen)
 {
     struct store_pg *pg = (struct store_pg *)s;
     enum store_status st = STORE_OK;
@@ -296,8 +298,7 @@ enum store_status pg_release(struct store *s, const char *tenant, const char *ke
     int idx = pg_pool_acquire(&pg->pool, err, errlen);
     if (idx < 0)
         return STORE_UNAVAILABLE;
-    PGresult *res =
-        pg_pool_exec(&pg->pool, idx, "release", 3, vals, PGRES_COMMAND_OK, &st, err, errlen);
+    PGresult *res = pg_pool_exec(&pg->pool, idx, stmt, 3, vals, PGRES_COMMAND_OK, &st, err, errlen);
     if (res) {
         if (strcmp(PQcmdTuples(res), "1") != 0) {
             snprintf(err, errlen, "lease lost on key");
@@ -307,6 +308,18 @@ enum store_status pg_release(struct store *s, const char *tenant, const char *ke
     }
     pg_pool_release(&pg->pool, idx);
     return st;
+}
+
+enum store_status pg_release(struct store *s, const char *tenant, const char *key,
+                             int64_t lease_token, char *err, size_t errlen)
+{
+    return fenced(s, "release", tenant, key, lease_token, err, errlen);
+}
+
+enum store_status pg_abandon(struct store *s, const char *tenant, const char *key,
+                             int64_t lease_token, char *err, size_t errlen)
+{
+    return fenced(s, "abandon", tenant, key, lease_token, err, errlen);
 }
 
 enum store_status pg_write_rows(struct store *s, const char *tenant, const struct store_rows *rows,
@@ -322,15 +335,15 @@ enum store_status pg_write_rows(struct store *s, const char *tenant, const struc
     char amount[24], processed[24];
     snprintf(amount, sizeof amount, "%" PRId64, p->amount_minor);
     snprintf(processed, sizeof processed, "%" PRId64, p->processed_at_us);
-    const char *vals[] = {tenant,   p->transaction_id, p->idempotency_key, p->customer_id,
-                          amount,   p->currency,       p->description,     p->status,
-                          processed};
+    const char *vals[] = {tenant,    p->transaction_id, p->idempotency_key, p->customer_id,
+                          amount,    p->currency,       p->description,     p->status,
+                          processed, p->charge_id};
 
     int idx = pg_pool_acquire(&pg->pool, err, errlen);
     if (idx < 0)
         return STORE_UNAVAILABLE;
-    PGresult *res =
-        pg_pool_exec(&pg->pool, idx, "insert_payment", 9, vals, PGRES_COMMAND_OK, &st, err, errlen);
+    PGresult *res = pg_pool_exec(&pg->pool, idx, "insert_payment", 10, vals, PGRES_COMMAND_OK, &st,
+                                 err, errlen);
     PQclear(res);
     pg_pool_release(&pg->pool, idx);
     return st;

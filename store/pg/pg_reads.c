@@ -128,7 +128,9 @@ static int payment_from_row(const PGresult *res, int row, void *out)
     p->status = pg_dup_value(res, row, 6);
     p->processed_at_us = pg_int_value(res, row, 7);
     p->amount_refunded_minor = pg_int_value(res, row, 8);
+    p->charge_id = pg_dup_value(res, row, 9);
     if (!p->transaction_id || !p->customer_id || !p->status ||
+        (!PQgetisnull(res, row, 9) && !p->charge_id) ||
         (!PQgetisnull(res, row, 1) && !p->idempotency_key) ||
         (!PQgetisnull(res, row, 5) && !p->description)) {
         store_payment_clear(p);

@@ -79,8 +79,8 @@ static const char SQL_COMPLETE_PAYMENT[] =
     " WHERE tenant_id = $1 AND idempotency_key = $2 AND lease_token = $3"
     " AND state = 'processing' RETURNING tenant_id)"
     " INSERT INTO payments (tenant_id, transaction_id, idempotency_key, customer_id,"
-    " amount_minor, currency, description, status, processed_at)"
-    " SELECT tenant_id, $7, $2, $8, $9, $10, $11, $12, " TS_OF("$13") " FROM done";
+    " amount_minor, currency, description, status, processed_at, charge_id)"
+    " SELECT tenant_id, $7, $2, $8, $9, $10, $11, $12, " TS_OF("$13") ", $14 FROM done";
 
 /* Several requests' completions in one statement, so in one transaction and
  * one WAL flush: each record is updated only under its own fencing token, a
@@ -91,16 +91,17 @@ static const char SQL_COMPLETE_PAYMENT[] =
 static const char SQL_COMPLETE_BATCH[] =
     "WITH i AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[],"
     " $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::text[],"
-    " $12::text[], $13::bigint[]) AS i(tenant, key, token, status, body, location, txn,"
-    " customer, amount, currency, description, pstatus, processed) ORDER BY tenant, key),"
+    " $12::text[], $13::bigint[], $14::text[]) AS i(tenant, key, token, status, body, location,"
+    " txn, customer, amount, currency, description, pstatus, processed, charge)"
+    " ORDER BY tenant, key),"
     " done AS (UPDATE idempotency_keys k SET state = 'completed', response_status = i.status,"
     " response_body = i.body, response_location = i.location, locked_until = NULL,"
     " completed_at = now() FROM i WHERE k.tenant_id = i.tenant AND k.idempotency_key = i.key"
     " AND k.lease_token = i.token AND k.state = 'processing' RETURNING i.*),"
     " paid AS (INSERT INTO payments (tenant_id, transaction_id, idempotency_key, customer_id,"
-    " amount_minor, currency, description, status, processed_at)"
+    " amount_minor, currency, description, status, processed_at, charge_id)"
     " SELECT tenant, txn, key, customer, amount, currency, description, pstatus,"
-    " " TS_OF("processed") " FROM done WHERE txn IS NOT NULL) SELECT tenant, key FROM done";
+    " " TS_OF("processed") ", charge FROM done WHERE txn IS NOT NULL) SELECT tenant, key FROM done";
 
 static const char SQL_COMPLETE[] =
     "UPDATE idempotency_keys SET state = 'completed', response_status = $4,"
@@ -112,14 +113,19 @@ static const char SQL_RELEASE[] =
     "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND idempotency_key = $2"
     " AND lease_token = $3 AND state = 'processing'";
 
+/* The lease ends now; the record stays processing (store_abandon). */
+static const char SQL_ABANDON[] =
+    "UPDATE idempotency_keys SET locked_until = now() WHERE tenant_id = $1"
+    " AND idempotency_key = $2 AND lease_token = $3 AND state = 'processing'";
+
 static const char SQL_INSERT_PAYMENT[] =
     "INSERT INTO payments (tenant_id, transaction_id, idempotency_key, customer_id,"
-    " amount_minor, currency, description, status, processed_at)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, " TS_OF("$9") ")";
+    " amount_minor, currency, description, status, processed_at, charge_id)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, " TS_OF("$9") ", $10)";
 
 #define PAYMENT_COLS                                                                               \
     "transaction_id, idempotency_key, customer_id, amount_minor, currency, description,"           \
-    " status, " US_OF("processed_at") ", amount_refunded_minor"
+    " status, " US_OF("processed_at") ", amount_refunded_minor, charge_id"
 
 static const char SQL_GET_PAYMENT[] =
     "SELECT " PAYMENT_COLS " FROM payments WHERE tenant_id = $1 AND transaction_id = $2";
@@ -211,12 +217,13 @@ static const char SQL_PING[] = "SELECT 1";
 const struct pg_prepared PG_PREPARED[] = {
     {"claim", SQL_CLAIM, 6},
     {"claim_batch", SQL_CLAIM_BATCH, 6},
-    {"complete_batch", SQL_COMPLETE_BATCH, 13},
+    {"complete_batch", SQL_COMPLETE_BATCH, 14},
     {"read", SQL_READ, 3},
-    {"complete_payment", SQL_COMPLETE_PAYMENT, 13},
+    {"complete_payment", SQL_COMPLETE_PAYMENT, 14},
     {"complete", SQL_COMPLETE, 6},
     {"release", SQL_RELEASE, 3},
-    {"insert_payment", SQL_INSERT_PAYMENT, 9},
+    {"abandon", SQL_ABANDON, 3},
+    {"insert_payment", SQL_INSERT_PAYMENT, 10},
     {"get_payment", SQL_GET_PAYMENT, 2},
     {"cursor", SQL_CURSOR, 2},
     {"list", SQL_LIST, 4},

@@ -31,6 +31,8 @@ enum store_status pg_complete(struct store *s, const char *tenant, const char *k
                               const struct store_rows *rows, char *err, size_t errlen);
 enum store_status pg_release(struct store *s, const char *tenant, const char *key,
                              int64_t lease_token, char *err, size_t errlen);
+enum store_status pg_abandon(struct store *s, const char *tenant, const char *key,
+                             int64_t lease_token, char *err, size_t errlen);
 enum store_status pg_write_rows(struct store *s, const char *tenant, const struct store_rows *rows,
                                 char *err, size_t errlen);
 enum store_status pg_get_payment(struct store *s, const char *tenant, const char *transaction_id,

@@ -41,6 +41,7 @@ static const struct store_ops pg_ops = {
     .claim = pg_claim,
     .complete = pg_complete,
     .release = pg_release,
+    .abandon = pg_abandon,
     .write_rows = pg_write_rows,
     .get_payment = pg_get_payment,
     .list_payments = pg_list_payments,

@@ -1,0 +1,437 @@
+/* test_outcomes.c - the money moves at the acquirer: the real mockery-server
+ * process as the client of the real mockery-acquirer process, both on the
+ * PostgreSQL test database, over loopback sockets
+ *
+ * Every test ends on the invariant, read from the acquirer's own ledger and
+ * not only from our tables: one charge per (tenant, key) answered 201 or
+ * 402, the payment here names that charge and the charge names the
+ * payment's transaction, nothing charged for a key whose payment does not
+ * exist.
+ *
+ * The answers lost after the charge - held past --acquirer-timeout-ms, a
+ * 500, a closed connection - are 503 outcome_pending with the transaction
+ * id; another body with the key is 422 (the key was not released); the
+ * retry completes the payment with the one charge. No verdict depends on
+ * the machine's speed: the held answer is held 4 s against a 400 ms
+ * timeout, and a retry that finds its record still held (409) asks again.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <criterion/criterion.h>
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "acquirer_proc.h"
+#include "config.h"
+#include "support.h"
+
+static void teardown(void)
+{
+    test_acquirers_kill_all();
+}
+
+TestSuite(outcomes, .fini = teardown, .timeout = 90);
+
+#define FAULTS                                                                                     \
+    "--fault", "hold:prefix=cust-hold:ms=4000", "--fault", "500:prefix=cust-err", "--fault",       \
+        "close:prefix=cust-close", "--fault", "503:prefix=cust-busy"
+static const char *const PREFIX_FAULTS[] = {FAULTS, NULL};
+#define TIMEOUT_MS 400 /* the server's, far below the hold */
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* A server of the real binary asking acquirer a, each ask bounded by
+ * timeout_ms, under a lease of lease_s. */
+static void server_start_with(struct test_server *s, const struct test_acquirer *a, int timeout_ms,
+                              int lease_s)
+{
+    struct config c;
+    test_config(&c, STORE_KIND_POSTGRES);
+    snprintf(c.acquirer_url, sizeof c.acquirer_url, "%s", a->base);
+    c.acquirer_timeout_ms = timeout_ms;
+    c.lease_s = lease_s;
+    memset(s, 0, sizeof *s);
+    test_server_spawn(s, &c, MOCKERY_SERVER_BIN);
+}
+
+static void server_start(struct test_server *s, const struct test_acquirer *a)
+{
+    server_start_with(s, a, TIMEOUT_MS, 30);
+}
+
+static void pay_json(char *buf, size_t len, const char *customer, const char *amount)
+{
+    snprintf(buf, len, "{\"amount\":%s,\"currency\":\"EUR\",\"customer_id\":\"%s\"}", amount,
+             customer);
+}
+
+/* POST until the answer is not 409 (the record still held by the first
+ * request: its lease, or its acquirer's answer, has not ended yet). */
+static void pay_settled(const struct test_server *s, const char *key, const char *json,
+                        struct test_response *r)
+{
+    for (int i = 0; i < 600; i++) {
+        test_post_payment(s, key, json, r);
+        if (r->status != 409)
+            return;
+        test_response_free(r);
+        sleep_ms(50);
+    }
+    cr_assert_fail("key %s: still 409 after 30 s", key);
+}
+
+static void str_of(const struct test_response *r, const char *name, char *out, size_t len)
+{
+    cJSON *o = test_json(r);
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    cr_assert(cJSON_IsString(v), "no string %s in %s", name, r->body);
+    snprintf(out, len, "%s", v->valuestring);
+    cJSON_Delete(o);
+}
+
+/* The acquirer's charges whose reference is txn: how many, and the first's
+ * id and status. */
+static int ledger_charges(const struct test_acquirer *a, const char *txn, char *id, char *status)
+{
+    char url[256];
+    struct test_response r;
+    snprintf(url, sizeof url, "%s/v1/charges?reference=%s", a->base, txn);
+    test_http("GET", url, NULL, NULL, 0, &r);
+    cr_assert_eq(r.status, 200, "%s: %ld %s", url, r.status, r.body);
+    cJSON *o = test_json(&r);
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(o, "charges");
+    int n = cJSON_GetArraySize(list);
+    if (n > 0) {
+        const cJSON *c = cJSON_GetArrayItem(list, 0);
+        snprintf(id, 64, "%s", cJSON_GetObjectItemCaseSensitive(c, "charge_id")->valuestring);
+        snprintf(status, 16, "%s", cJSON_GetObjectItemCaseSensitive(c, "status")->valuestring);
+    }
+    cJSON_Delete(o);
+    test_response_free(&r);
+    return n;
+}
+
+/* The invariant for one key answered 201 (moved) or 402 (declined) with
+ * transaction txn: exactly one charge at the acquirer, referencing txn, of
+ * that outcome; the payment here names it. */
+static void expect_one_charge(const struct test_acquirer *a, const char *txn, const char *status,
+                              const char *charge_id)
+{
+    char id[64] = "", st[16] = "";
+    cr_assert_eq(ledger_charges(a, txn, id, st), 1, "charges at the acquirer for %s", txn);
+    cr_assert_str_eq(st, status);
+    if (charge_id)
+        cr_assert_str_eq(id, charge_id, "the payment's charge is the acquirer's");
+    char here[64] = "";
+    test_query_text(test_db_url(), "SELECT charge_id FROM payments WHERE transaction_id = $1", txn,
+                    here, sizeof here);
+    cr_assert_str_eq(here, id, "payment %s names charge %s", txn, id);
+}
+
+/* Nothing charged for txn, and no payment. */
+static void expect_no_charge(const struct test_acquirer *a, const char *txn)
+{
+    char id[64], st[16];
+    cr_assert_eq(ledger_charges(a, txn, id, st), 0, "charges at the acquirer for %s", txn);
+    cr_assert_eq(test_query_long(test_db_url(),
+                                 "SELECT count(*) FROM payments WHERE transaction_id = $1", txn),
+                 0);
+}
+
+Test(outcomes, a_payment_is_charged_once_at_the_acquirer)
+{
+    struct test_acquirer a = {0};
+    struct test_server s;
+    test_acquirer_start(&a, NULL, 0);
+    server_start(&s, &a);
+    char key[96], cust[64], json[256], txn[64], charge[64], body[4096];
+    struct test_response r;
+
+    test_unique(key, sizeof key, "out-ok");
+    test_unique(cust, sizeof cust, "cust-ok");
+    pay_json(json, sizeof json, cust, "10.50");
+    test_post_payment(&s, key, json, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    str_of(&r, "transaction_id", txn, sizeof txn);
+    str_of(&r, "charge_id", charge, sizeof charge);
+    cr_assert_eq(strncmp(charge, "ch_", 3), 0, "%s", charge);
+    snprintf(body, sizeof body, "%s", r.body);
+    test_response_free(&r);
+    test_post_payment(&s, key, json, &r);
+    cr_assert_eq(r.status, 200);
+    cr_assert_str_eq(r.body, body, "the replay is the first answer");
+    test_response_free(&r);
+    expect_one_charge(&a, txn, "succeeded", charge);
+    /* the charge carries the amount exactly, the tenant as merchant */
+    char url[256];
+    snprintf(url, sizeof url, "%s/v1/charges/%s", a.base, charge);
+    test_http("GET", url, NULL, NULL, 0, &r);
+    cJSON *o = test_json(&r);
+    cr_assert_eq(cJSON_GetObjectItem(o, "amount_minor")->valuedouble, 1050);
+    cr_assert_str_eq(cJSON_GetObjectItem(o, "merchant")->valuestring, "default");
+    cr_assert_str_eq(cJSON_GetObjectItem(o, "customer_id")->valuestring, cust);
+    cr_assert_str_neq(cJSON_GetObjectItem(o, "idempotency_key")->valuestring, key,
+                      "the acquirer never sees the client's key");
+    cJSON_Delete(o);
+    test_response_free(&r);
+
+    /* declined: 402 with the acquirer's record of it */
+    test_unique(key, sizeof key, "out-decl");
+    test_unique(cust, sizeof cust, "cust-declined");
+    pay_json(json, sizeof json, cust, "3.00");
+    test_post_payment(&s, key, json, &r);
+    test_expect_error(&r, 402, "card_declined", NULL);
+    str_of(&r, "transaction_id", txn, sizeof txn);
+    str_of(&r, "charge_id", charge, sizeof charge);
+    test_response_free(&r);
+    expect_one_charge(&a, txn, "declined", charge);
+
+    /* refused before anything moved: 502, released - the retry asks again */
+    test_unique(key, sizeof key, "out-gw");
+    test_unique(cust, sizeof cust, "cust-gateway-error");
+    pay_json(json, sizeof json, cust, "3.00");
+    for (int i = 0; i < 2; i++) {
+        test_post_payment(&s, key, json, &r);
+        test_expect_error(&r, 502, "gateway_error", NULL);
+        test_response_free(&r);
+    }
+    cr_assert_eq(test_query_long(test_db_url(),
+                                 "SELECT count(*) FROM idempotency_keys WHERE idempotency_key = $1",
+                                 key),
+                 0, "released");
+    /* four asks, one after another, on one kept connection */
+    char *m = test_scrape(&s);
+    cr_assert_eq(
+        test_metric(m, "mockery_acquirer_calls_total{operation=\"charge\",verdict=\"moved\"}"), 1);
+    cr_assert_eq(
+        test_metric(m, "mockery_acquirer_calls_total{operation=\"charge\",verdict=\"declined\"}"),
+        1);
+    cr_assert_eq(
+        test_metric(m,
+                    "mockery_acquirer_calls_total{operation=\"charge\",verdict=\"nothing_moved\"}"),
+        2);
+    cr_assert_eq(test_metric(m, "mockery_acquirer_call_duration_seconds_count"), 4);
+    cr_assert_eq(test_metric(m, "mockery_acquirer_connections_opened_total"), 1, "%s", m);
+    free(m);
+    test_server_stop(&s);
+    test_acquirer_stop(&a);
+}
+
+/* One lost answer, each way: 503 outcome_pending with the transaction id
+ * and Retry-After; the key kept (another body: 422); the retry completes
+ * it with the one charge the acquirer made. */
+static void lost_answer_then_completed(const struct test_server *s, const struct test_acquirer *a,
+                                       const char *prefix)
+{
+    char key[96], cust[64], json[256], other[256], txn[64], txn2[64], charge[64];
+    struct test_response r;
+    test_unique(key, sizeof key, "out-lost");
+    test_unique(cust, sizeof cust, prefix);
+    pay_json(json, sizeof json, cust, "7.25");
+    pay_json(other, sizeof other, cust, "7.26");
+
+    test_post_payment(s, key, json, &r);
+    test_expect_error(&r, 503, "outcome_pending", NULL);
+    cr_assert_str_eq(r.retry_after, "1", "%s", prefix);
+    str_of(&r, "transaction_id", txn, sizeof txn);
+    cr_assert_eq(strncmp(txn, "txn_", 4), 0, "%s", txn);
+    test_response_free(&r);
+
+    test_post_payment(s, key, other, &r);
+    test_expect_error(&r, 422, "idempotency_key_reused", NULL);
+    test_response_free(&r);
+
+    pay_settled(s, key, json, &r);
+    cr_assert_eq(r.status, 201, "%s: %ld %s", prefix, r.status, r.body);
+    str_of(&r, "transaction_id", txn2, sizeof txn2);
+    str_of(&r, "charge_id", charge, sizeof charge);
+    cr_assert_str_eq(txn2, txn, "the transaction the 503 named");
+    test_response_free(&r);
+    expect_one_charge(a, txn, "succeeded", charge);
+}
+
+Test(outcomes, an_answer_lost_after_the_charge_is_pending_then_completed_once)
+{
+    struct test_acquirer a = {0};
+    struct test_server s;
+    test_acquirer_start(&a, PREFIX_FAULTS, 4);
+    server_start(&s, &a);
+    /* The close first, on the server's first connection to the acquirer:
+     * on a connection kept from an earlier ask, libcurl sends the request
+     * again by itself on a new one when the old one closes before any byte
+     * of an answer - with the same downstream key, so the acquirer replays
+     * (the next test). */
+    lost_answer_then_completed(&s, &a, "cust-close");
+    lost_answer_then_completed(&s, &a, "cust-hold");
+    lost_answer_then_completed(&s, &a, "cust-err");
+    char *m = test_scrape(&s);
+    cr_assert_eq(test_metric(m, "mockery_idempotency_outcomes_total{outcome=\"pending\"}"), 3);
+    cr_assert_eq(
+        test_metric(m, "mockery_acquirer_calls_total{operation=\"charge\",verdict=\"unknown\"}"),
+        3);
+    cr_assert_eq(
+        test_metric(m, "mockery_acquirer_calls_total{operation=\"charge\",verdict=\"moved\"}"), 3);
+    free(m);
+    test_server_stop(&s);
+    test_acquirer_stop(&a);
+}
+
+/* The close on a kept connection: libcurl's own second try is answered
+ * with the acquirer's replay, or the outcome is pending - either way one
+ * charge, and the retry answers it. */
+Test(outcomes, a_close_on_a_kept_connection_still_charges_once)
+{
+    struct test_acquirer a = {0};
+    struct test_server s;
+    test_acquirer_start(&a, PREFIX_FAULTS, 4);
+    server_start(&s, &a);
+    char key[96], cust[64], json[256], txn[64], charge[64];
+    struct test_response r;
+    for (int i = 0; i < 3; i++) {
+        test_unique(key, sizeof key, "out-warm");
+        test_unique(cust, sizeof cust, "cust-warm");
+        pay_json(json, sizeof json, cust, "1.00");
+        test_post_payment(&s, key, json, &r);
+        cr_assert_eq(r.status, 201, "%s", r.body);
+        test_response_free(&r);
+    }
+    test_unique(key, sizeof key, "out-kept");
+    test_unique(cust, sizeof cust, "cust-close");
+    pay_json(json, sizeof json, cust, "2.00");
+    test_post_payment(&s, key, json, &r);
+    cr_assert(r.status == 201 || r.status == 503, "%ld %s", r.status, r.body);
+    if (r.status == 503)
+        test_expect_error(&r, 503, "outcome_pending", NULL);
+    test_response_free(&r);
+    pay_settled(&s, key, json, &r);
+    cr_assert(r.status == 200 || r.status == 201, "%ld %s", r.status, r.body);
+    str_of(&r, "transaction_id", txn, sizeof txn);
+    str_of(&r, "charge_id", charge, sizeof charge);
+    test_response_free(&r);
+    expect_one_charge(&a, txn, "succeeded", charge);
+    test_server_stop(&s);
+    test_acquirer_stop(&a);
+}
+
+/* A 503 from the acquirer says nothing of the money: pending, never
+ * released; this acquirer charged nothing. */
+Test(outcomes, an_acquirer_503_is_pending_and_nothing_is_charged)
+{
+    struct test_acquirer a = {0};
+    struct test_server s;
+    test_acquirer_start(&a, PREFIX_FAULTS, 4);
+    server_start(&s, &a);
+    char key[96], cust[64], json[256], txn[64], txn2[64];
+    struct test_response r;
+    test_unique(key, sizeof key, "out-busy");
+    test_unique(cust, sizeof cust, "cust-busy");
+    pay_json(json, sizeof json, cust, "1.00");
+    test_post_payment(&s, key, json, &r);
+    test_expect_error(&r, 503, "outcome_pending", NULL);
+    str_of(&r, "transaction_id", txn, sizeof txn);
+    test_response_free(&r);
+    pay_settled(&s, key, json, &r);
+    test_expect_error(&r, 503, "outcome_pending", NULL);
+    str_of(&r, "transaction_id", txn2, sizeof txn2);
+    cr_assert_str_eq(txn2, txn, "the same record, the same transaction");
+    test_response_free(&r);
+    expect_no_charge(&a, txn);
+    cr_assert_eq(test_query_long(test_db_url(),
+                                 "SELECT count(*) FROM idempotency_keys WHERE idempotency_key = $1"
+                                 " AND state = 'processing'",
+                                 key),
+                 1, "kept, not released");
+    test_server_stop(&s);
+    test_acquirer_stop(&a);
+}
+
+/* No connection to the acquirer: nothing was sent, nothing moved - 502,
+ * the key released; back up on the same port, the retry is charged once. */
+Test(outcomes, the_acquirer_down_is_502_released_and_back_up_charges_once)
+{
+    struct test_acquirer a = {0};
+    struct test_server s;
+    test_acquirer_start(&a, NULL, 0);
+    server_start(&s, &a);
+    int port = a.port;
+    test_acquirer_stop(&a);
+
+    char key[96], cust[64], json[256], txn[64], charge[64];
+    struct test_response r;
+    test_unique(key, sizeof key, "out-down");
+    test_unique(cust, sizeof cust, "cust-down");
+    pay_json(json, sizeof json, cust, "12.00");
+    test_post_payment(&s, key, json, &r);
+    test_expect_error(&r, 502, "gateway_error", NULL);
+    test_response_free(&r);
+    cr_assert_eq(test_query_long(test_db_url(),
+                                 "SELECT count(*) FROM idempotency_keys WHERE idempotency_key = $1",
+                                 key),
+                 0, "released");
+
+    a.port = port;
+    test_acquirer_start(&a, NULL, 0);
+    test_post_payment(&s, key, json, &r);
+    cr_assert_eq(r.status, 201, "%s", r.body);
+    str_of(&r, "transaction_id", txn, sizeof txn);
+    str_of(&r, "charge_id", charge, sizeof charge);
+    test_response_free(&r);
+    expect_one_charge(&a, txn, "succeeded", charge);
+    test_server_stop(&s);
+    test_acquirer_stop(&a);
+}
+
+/* The server SIGKILLed while the acquirer holds an answer it has already
+ * charged: the record stays processing under the dead server's lease; a
+ * second server's retry takes it over when the lease ends, asks again with
+ * the same key downstream and is answered the charge - one charge, the
+ * transaction id the acquirer was given. */
+Test(outcomes, a_server_killed_mid_charge_is_finished_by_another_with_one_charge)
+{
+    struct test_acquirer a = {0};
+    struct test_server s1, s2;
+    test_acquirer_start(&a, PREFIX_FAULTS, 4);
+    /* the ask outlasts the kill: bounded by 2.5 s, the hold is 4 s */
+    server_start_with(&s1, &a, 2500, 3);
+    char key[96], cust[64], json[256], url[256], keyh[160], ref[64] = "", txn[64], charge[64];
+    struct test_response r;
+    test_unique(key, sizeof key, "out-kill");
+    test_unique(cust, sizeof cust, "cust-hold");
+    pay_json(json, sizeof json, cust, "19.99");
+    snprintf(url, sizeof url, "%s/api/v1/payments", s1.base);
+    snprintf(keyh, sizeof keyh, "Idempotency-Key: %s", key);
+    const char *headers[] = {"Content-Type: application/json", keyh, NULL};
+    /* the client gives up at once; the server goes on asking */
+    cr_assert_neq(httpc_request("POST", url, headers, json, strlen(json), 200, &r), 0,
+                  "answered before the held charge: %ld %s", r.status, r.body);
+    httpc_response_free(&r);
+    /* wait for the event: the acquirer has recorded the charge (and holds
+     * its answer); then the server dies */
+    for (int i = 0; i < 600 && !ref[0]; i++) {
+        test_query_text(test_db_url(),
+                        "SELECT coalesce(max(reference), '') FROM acquirer_charges"
+                        " WHERE customer_id = $1",
+                        cust, ref, sizeof ref);
+        if (!ref[0])
+            sleep_ms(50);
+    }
+    cr_assert(ref[0], "the acquirer recorded no charge within 30 s");
+    test_server_kill(&s1);
+
+    server_start_with(&s2, &a, 2500, 3);
+    pay_settled(&s2, key, json, &r);
+    cr_assert_eq(r.status, 201, "%ld %s", r.status, r.body);
+    str_of(&r, "transaction_id", txn, sizeof txn);
+    str_of(&r, "charge_id", charge, sizeof charge);
+    cr_assert_str_eq(txn, ref, "the transaction the first server named at the acquirer");
+    test_response_free(&r);
+    expect_one_charge(&a, txn, "succeeded", charge);
+    test_server_stop(&s2);
+    test_acquirer_stop(&a);
+}
