@@ -201,6 +201,7 @@ void store_refund_clear(struct store_refund *r)
     free(r->idempotency_key);
     free(r->reason);
     free(r->status);
+    free(r->acquirer_refund_id);
     memset(r, 0, sizeof *r);
 }
 
@@ -222,7 +223,8 @@ int store_refund_copy(struct store_refund *dst, const struct store_refund *src)
     if (dup_opt(&dst->refund_id, src->refund_id) ||
         dup_opt(&dst->transaction_id, src->transaction_id) ||
         dup_opt(&dst->idempotency_key, src->idempotency_key) ||
-        dup_opt(&dst->reason, src->reason) || dup_opt(&dst->status, src->status)) {
+        dup_opt(&dst->reason, src->reason) || dup_opt(&dst->status, src->status) ||
+        dup_opt(&dst->acquirer_refund_id, src->acquirer_refund_id)) {
         store_refund_clear(dst);
         return -1;
     }

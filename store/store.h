@@ -77,6 +77,8 @@ struct store_refund {
     char *reason; /* may be NULL */
     char *status; /* "succeeded" */
     int64_t created_at_us;
+    char *acquirer_refund_id; /* the acquirer's refund (or the simulator's); NULL for refunds
+                                 made before sql/009 */
 };
 
 /* A charge in an acquirer's ledger (mockery-acquirer's tables,

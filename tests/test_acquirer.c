@@ -226,6 +226,20 @@ Test(acquirer, a_refusal_moved_nothing)
     cr_assert_str_eq(out.detail, "processing_error");
 }
 
+/* 422 idempotency_key_reused: the key holds another request there (a
+ * full refund asked again after the payment's balance changed), which may
+ * have moved money: unknown, never released. */
+Test(acquirer, a_key_reused_there_is_unknown)
+{
+    struct acquirer_answer out = charge_once(
+        ANSWER,
+        answer_of("422 Unprocessable Entity", "",
+                  "{\"error\":{\"code\":\"idempotency_key_reused\",\"message\":\"no\"}}"),
+        2000);
+    cr_assert_eq(out.verdict, ACQUIRER_UNKNOWN);
+    cr_assert_eq(out.status, 422);
+}
+
 /* 409: the first request with this key is still running there - it may
  * charge. */
 Test(acquirer, a_409_is_unknown)

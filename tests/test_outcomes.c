@@ -435,3 +435,132 @@ Test(outcomes, a_server_killed_mid_charge_is_finished_by_another_with_one_charge
     test_server_stop(&s2);
     test_acquirer_stop(&a);
 }
+
+/* A refund of the payment txn, with this key and body: posted until it is
+ * not 409. */
+static void refund_settled(const struct test_server *s, const char *txn, const char *key,
+                           const char *json, struct test_response *r)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/api/v1/payments/%s/refunds", txn);
+    for (int i = 0; i < 600; i++) {
+        test_post_json(s, path, key, json, r);
+        if (r->status != 409)
+            return;
+        test_response_free(r);
+        sleep_ms(50);
+    }
+    cr_assert_fail("refund key %s: still 409 after 30 s", key);
+}
+
+/* The acquirer's refunds of charge: how many, their sum, the first's
+ * reference and id. */
+static int ledger_refunds(const struct test_acquirer *a, const char *charge, long long *sum,
+                          char *reference, char *id)
+{
+    char url[256];
+    struct test_response r;
+    snprintf(url, sizeof url, "%s/v1/refunds?charge_id=%s", a->base, charge);
+    test_http("GET", url, NULL, NULL, 0, &r);
+    cr_assert_eq(r.status, 200, "%s: %ld %s", url, r.status, r.body);
+    cJSON *o = test_json(&r);
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(o, "refunds");
+    int n = cJSON_GetArraySize(list);
+    *sum = 0;
+    for (int i = 0; i < n; i++) {
+        const cJSON *x = cJSON_GetArrayItem(list, i);
+        *sum += (long long)cJSON_GetObjectItemCaseSensitive(x, "amount_minor")->valuedouble;
+        if (i == 0) {
+            snprintf(reference, 64, "%s",
+                     cJSON_GetObjectItemCaseSensitive(x, "reference")->valuestring);
+            snprintf(id, 64, "%s", cJSON_GetObjectItemCaseSensitive(x, "refund_id")->valuestring);
+        }
+    }
+    cJSON_Delete(o);
+    test_response_free(&r);
+    return n;
+}
+
+/* A payment of customer prefix cust, completed (after its own lost answer
+ * when the prefix is a fault's): its transaction and charge. */
+static void paid(const struct test_server *s, const char *cust_prefix, const char *amount,
+                 char *txn, char *charge)
+{
+    char key[96], cust[64], json[256];
+    struct test_response r;
+    test_unique(key, sizeof key, "out-pay");
+    test_unique(cust, sizeof cust, cust_prefix);
+    pay_json(json, sizeof json, cust, amount);
+    test_post_payment(s, key, json, &r);
+    if (r.status == 503) {
+        test_response_free(&r);
+        pay_settled(s, key, json, &r);
+    }
+    cr_assert_eq(r.status, 201, "%ld %s", r.status, r.body);
+    str_of(&r, "transaction_id", txn, 64);
+    str_of(&r, "charge_id", charge, 64);
+    test_response_free(&r);
+}
+
+/* Refunds are made at the acquirer against the payment's charge, once per
+ * key: a refund whose answer is lost (held, a 500, a closed connection) is
+ * 503 outcome_pending with its refund id, and the retry completes it with
+ * the one refund the acquirer made; refunds never add up to more than the
+ * charge there. */
+Test(outcomes, refunds_are_made_once_at_the_acquirer)
+{
+    struct test_acquirer a = {0};
+    struct test_server s;
+    test_acquirer_start(&a, PREFIX_FAULTS, 4);
+    server_start(&s, &a);
+    const char *prefixes[] = {"cust-refund", "cust-close", "cust-hold", "cust-err"};
+    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) {
+        char txn[64], charge[64], key[96], rid[64], rid2[64], aid[64], ref[64], lid[64];
+        struct test_response r;
+        long long sum = 0;
+        paid(&s, prefixes[i], "10.00", txn, charge);
+        test_unique(key, sizeof key, "out-refund");
+        const char *json = "{\"amount\":4.00}";
+        refund_settled(&s, txn, key, json, &r);
+        /* a fault's customer: the answer was lost - but for the close on a
+         * kept connection, which libcurl sends again by itself on a new
+         * one, answered with the acquirer's replay */
+        int lost = i > 0 && !(r.status == 201 && strcmp(prefixes[i], "cust-close") == 0);
+        if (lost) {
+            test_expect_error(&r, 503, "outcome_pending", NULL);
+            str_of(&r, "refund_id", rid, sizeof rid);
+            test_response_free(&r);
+            refund_settled(&s, txn, key, "{\"amount\":4.01}", &r);
+            test_expect_error(&r, 422, "idempotency_key_reused", NULL);
+            test_response_free(&r);
+            refund_settled(&s, txn, key, json, &r);
+        }
+        cr_assert_eq(r.status, 201, "%s: %ld %s", prefixes[i], r.status, r.body);
+        str_of(&r, "refund_id", rid2, sizeof rid2);
+        str_of(&r, "acquirer_refund_id", aid, sizeof aid);
+        test_response_free(&r);
+        if (lost)
+            cr_assert_str_eq(rid2, rid, "the refund the 503 named");
+        cr_assert_eq(ledger_refunds(&a, charge, &sum, ref, lid), 1, "%s", prefixes[i]);
+        cr_assert_eq(sum, 400);
+        cr_assert_str_eq(ref, rid2, "the acquirer's refund references ours");
+        cr_assert_str_eq(lid, aid, "ours names the acquirer's");
+        /* the rest, then nothing: the acquirer holds no more than the charge */
+        test_unique(key, sizeof key, "out-refund-rest");
+        refund_settled(&s, txn, key, "{\"amount\":6.00}", &r);
+        if (r.status == 503) {
+            test_response_free(&r);
+            refund_settled(&s, txn, key, "{\"amount\":6.00}", &r);
+        }
+        cr_assert_eq(r.status, 201, "%ld %s", r.status, r.body);
+        test_response_free(&r);
+        test_unique(key, sizeof key, "out-refund-over");
+        refund_settled(&s, txn, key, "{\"amount\":0.01}", &r);
+        test_expect_error(&r, 422, "refund_exceeds_payment", NULL);
+        test_response_free(&r);
+        cr_assert_eq(ledger_refunds(&a, charge, &sum, ref, lid), 2);
+        cr_assert_eq(sum, 1000, "refunded at the acquirer: all of the charge, no more");
+    }
+    test_server_stop(&s);
+    test_acquirer_stop(&a);
+}

@@ -12,6 +12,13 @@
  * 0, or -1 if the random source failed. Thread-safe. */
 int ids_new(const char *prefix, char *out);
 
+/* The id with this prefix that follows from key, an id of another prefix
+ * (key_prefix and IDS_RANDOM_LEN URL-safe characters): the same random
+ * characters, so one record's key downstream always names one payment or
+ * refund. A key of another shape: a new id (ids_new). 0, or -1 if the
+ * random source failed. */
+int ids_from(const char *prefix, const char *key_prefix, const char *key, char *out);
+
 /* Whether s has the shape of an id with this prefix: the prefix and 1-60
  * of [A-Za-z0-9_-]. Anything else names nothing and never reaches a store. */
 int ids_valid(const char *prefix, const char *s);

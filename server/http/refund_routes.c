@@ -8,7 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "acquirer.h"
 #include "clock.h"
+#include "ids.h"
 #include "service.h"
 #include "log.h"
 #include "money.h"
@@ -59,8 +61,77 @@ static void refund_free_rows(struct store_rows *rows)
 struct refund_ctx {
     struct store *store;
     const char *tenant;
-    int delay_ms; /* the simulated gateway's */
+    int delay_ms;              /* the simulated gateway's */
+    struct acquirer *acquirer; /* NULL: the simulated gateway */
 };
+
+/* The answer to an unknown outcome at the acquirer: 503 outcome_pending
+ * with the refund id, which a retry will complete. */
+static int refund_pending(void *vctx, const void *vreq, const struct idem_call *call,
+                          struct idem_result *out, struct apierr *err)
+{
+    (void)vctx;
+    (void)vreq;
+    char id[REFUND_ID_LEN + 1];
+    struct apierr e;
+    if (refund_id_for(call->downstream_key, id) != 0)
+        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "the random source failed");
+    apierr_of(&e, APIERR_OUTCOME_PENDING, NULL,
+              "the acquirer's answer was lost: the money may have moved; retry with the same "
+              "idempotency key to learn the refund's outcome");
+    out->status = 503;
+    out->body = apierr_json_with(&e, "refund_id", id);
+    if (!out->body)
+        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
+    out->body_len = strlen(out->body);
+    return 0;
+}
+
+/* A failure before any money moved: 502, the key released for the retry. */
+static int refund_gateway_error(struct idem_result *out, const char *why, struct apierr *err)
+{
+    struct apierr ge;
+    apierr_of(&ge, APIERR_GATEWAY_ERROR, NULL,
+              "%s; no money moved: retry with the same idempotency key", why);
+    out->status = 502;
+    out->retryable = 1;
+    out->body = apierr_json(&ge);
+    if (!out->body)
+        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
+    out->body_len = strlen(out->body);
+    return 0;
+}
+
+/* Asks the acquirer to refund amount of payment p's charge under the
+ * record's downstream key. Returns 1 with the acquirer's refund id when
+ * the money moved; 0 when *out is answered already (nothing moved: 502;
+ * unknown: 503 pending), with *rc what the run returns. */
+static int refund_ask(const struct refund_ctx *ctx, const struct store_payment *p, int64_t amount,
+                      const struct idem_call *call, const char *id, char acquirer_id[65],
+                      struct idem_result *out, int *rc, struct apierr *err)
+{
+    if (!p->charge_id) {
+        *rc = refund_gateway_error(out, "the payment was made before charge ids were kept", err);
+        return 0;
+    }
+    struct acquirer_refund rq = {p->charge_id, amount, id};
+    struct acquirer_answer a;
+    acquirer_refund(ctx->acquirer, call->downstream_key, &rq, &a);
+    if (a.verdict == ACQUIRER_MOVED) {
+        snprintf(acquirer_id, 65, "%s", a.id);
+        out->outside = 1;
+        return 1;
+    }
+    if (a.verdict == ACQUIRER_NOTHING_MOVED) {
+        *rc = refund_gateway_error(out, "the acquirer refused the refund or could not be reached",
+                                   err);
+        return 0;
+    }
+    /* unknown (a declined refund is no answer the contract knows) */
+    out->pending = 1; /* before: should the answer fail, the record is still kept */
+    *rc = refund_pending(NULL, NULL, call, out, err);
+    return 0;
+}
 
 static int refund_run(void *vctx, const void *vreq, const struct idem_call *call,
                       struct idem_result *out, struct apierr *err)
@@ -68,7 +139,7 @@ static int refund_run(void *vctx, const void *vreq, const struct idem_call *call
     const struct refund_ctx *ctx = vctx;
     const struct refund_request *req = vreq;
     struct store_payment p = {0};
-    char serr[256] = "";
+    char serr[256] = "", acquirer_id[65] = "";
     int rc = -1;
 
     enum store_status st =
@@ -102,27 +173,26 @@ static int refund_run(void *vctx, const void *vreq, const struct idem_call *call
                       rest, p.transaction_id);
         goto out;
     }
-    payment_simulated_wait(p.customer_id, ctx->delay_ms);
-    if (refund_gateway_fails(&p)) {
-        struct apierr ge;
-        apierr_of(&ge, APIERR_GATEWAY_ERROR, NULL,
-                  "the refund gateway failed before any money moved; retry with the same "
-                  "idempotency key");
-        out->status = 502;
-        out->retryable = 1;
-        out->body = apierr_json(&ge);
-        if (!out->body)
-            goto oom;
-        out->body_len = strlen(out->body);
-        rc = 0;
-        goto out;
-    }
-
     char id[REFUND_ID_LEN + 1];
-    if (refund_new_id(id) != 0) {
+    if (refund_id_for(call->downstream_key, id) != 0) {
         apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "the random source failed");
         goto out;
     }
+    if (ctx->acquirer) {
+        if (!refund_ask(ctx, &p, amount, call, id, acquirer_id, out, &rc, err))
+            goto out;
+    } else {
+        payment_simulated_wait(p.customer_id, ctx->delay_ms);
+        if (refund_gateway_fails(&p)) {
+            rc = refund_gateway_error(out, "the refund gateway failed before any money moved", err);
+            goto out;
+        }
+        if (ids_new("rf_", acquirer_id) != 0) {
+            apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "the random source failed");
+            goto out;
+        }
+    }
+
     struct store_refund row = {
         .refund_id = id,
         .transaction_id = p.transaction_id,
@@ -131,6 +201,7 @@ static int refund_run(void *vctx, const void *vreq, const struct idem_call *call
         .reason = (char *)req->reason,
         .status = "succeeded",
         .created_at_us = clock_wall_us(),
+        .acquirer_refund_id = acquirer_id,
     };
     memcpy(row.currency, p.currency, sizeof row.currency);
     struct store_refund *copy = calloc(1, sizeof *copy);
@@ -154,6 +225,13 @@ static int refund_run(void *vctx, const void *vreq, const struct idem_call *call
     rc = 0;
     goto out;
 oom:
+    if (out->outside) {
+        /* The money moved: never a failure that releases the key. */
+        idem_result_clear(out);
+        out->pending = 1;
+        rc = refund_pending(NULL, NULL, call, out, err);
+        goto out;
+    }
     idem_result_clear(out);
     apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
 out:
@@ -183,6 +261,7 @@ static const struct idem_op REFUND_OP = {
     .route = ROUTES_PAYMENTS "/{id}/refunds",
     .run = refund_run,
     .rejected = refund_rejected,
+    .pending = refund_pending,
 };
 
 static const struct post_route REFUND_POST = {
@@ -205,7 +284,8 @@ void routes_create_refund(struct request *r, const char *payment_id)
         payment_not_found(r);
         return;
     }
-    struct refund_ctx ctx = {r->svc->store, r->tenant, r->svc->processing_delay_ms};
+    struct refund_ctx ctx = {r->svc->store, r->tenant, r->svc->processing_delay_ms,
+                             r->svc->acquirer};
     post_route_serve(r, &REFUND_POST, payment_id, &ctx);
 }
 

@@ -279,6 +279,14 @@ static void run_claimed(const struct idem *l, const struct idem_op *op,
     struct store_response resp = {res.status, res.body, res.body_len, res.location};
     enum store_status st =
         store_complete(l->store, rq->tenant, rq->key, token, &resp, &res.rows, err, sizeof err);
+    if (st == STORE_REJECTED && res.outside) {
+        /* Money moved outside, and our rows do not fit: never released;
+         * the record waits, as for an unknown outcome. */
+        note_failure(out, "complete", st, err);
+        abandon_claim(l, rq, token, out);
+        answer_pending(op, rq, &call, &res, out);
+        goto out;
+    }
     if (st == STORE_REJECTED) {
         /* The rows no longer fit (the condition the run checked changed
          * since): refused as the run would have refused it, not cached. */

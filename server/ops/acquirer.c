@@ -213,7 +213,8 @@ static void classify(int status, const struct buffer *b, const char *id_field,
             snprintf(out->detail, sizeof out->detail, "a %d without a %s and status '%s'", status,
                      id_field, want);
         }
-    } else if (status >= 400 && status < 500 && status != 409) {
+    } else if (status >= 400 && status < 500 && status != 409 &&
+               strcmp(out->detail, "idempotency_key_reused") != 0) {
         out->verdict = ACQUIRER_NOTHING_MOVED;
     } else {
         out->verdict = ACQUIRER_UNKNOWN; /* 409 (still running), 5xx, anything else */

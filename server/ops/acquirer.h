@@ -9,6 +9,8 @@
  *   402, or its replay          ACQUIRER_DECLINED: a record, no money
  *   another 4xx but 409; or no
  *   connection (nothing sent)   ACQUIRER_NOTHING_MOVED
+ *   a 422 idempotency_key_reused (the key holds another request,
+ *   which may have moved money),
  *   409, any 5xx, a timeout, a
  *   connection lost after the
  *   request was sent, an answer

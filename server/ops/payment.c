@@ -134,13 +134,7 @@ int payment_new_id(char out[PAYMENT_ID_LEN + 1])
 
 int payment_id_for(const char *downstream_key, char out[PAYMENT_ID_LEN + 1])
 {
-    size_t plen = strlen(STORE_DOWNSTREAM_PREFIX);
-    if (!downstream_key || strncmp(downstream_key, STORE_DOWNSTREAM_PREFIX, plen) != 0 ||
-        strlen(downstream_key) != plen + IDS_RANDOM_LEN ||
-        ids_url_safe_len(downstream_key + plen) != IDS_RANDOM_LEN)
-        return payment_new_id(out);
-    snprintf(out, PAYMENT_ID_LEN + 1, "txn_%s", downstream_key + plen);
-    return 0;
+    return ids_from("txn_", STORE_DOWNSTREAM_PREFIX, downstream_key, out);
 }
 
 void payment_simulated_wait(const char *customer_id, int delay_ms)

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ids.h"
 #include "money.h"
 #include "request_json.h"
 #include "utc_text.h"
@@ -95,6 +96,11 @@ int refund_new_id(char out[REFUND_ID_LEN + 1])
     return ids_new("re_", out);
 }
 
+int refund_id_for(const char *downstream_key, char out[REFUND_ID_LEN + 1])
+{
+    return ids_from("re_", STORE_DOWNSTREAM_PREFIX, downstream_key, out);
+}
+
 cJSON *refund_to_cjson(const struct store_refund *r)
 {
     char amount[32], when[28];
@@ -111,6 +117,9 @@ cJSON *refund_to_cjson(const struct store_refund *r)
         !(r->reason ? cJSON_AddStringToObject(obj, "reason", r->reason)
                     : cJSON_AddNullToObject(obj, "reason")) ||
         !cJSON_AddStringToObject(obj, "created_at", when) ||
+        !(r->acquirer_refund_id
+              ? cJSON_AddStringToObject(obj, "acquirer_refund_id", r->acquirer_refund_id)
+              : cJSON_AddNullToObject(obj, "acquirer_refund_id")) ||
         !(r->idempotency_key ? cJSON_AddStringToObject(obj, "idempotency_key", r->idempotency_key)
                              : cJSON_AddNullToObject(obj, "idempotency_key")))
         goto fail;

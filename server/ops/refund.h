@@ -53,6 +53,10 @@ int refund_id_valid(const char *s);
  * random source failed. */
 int refund_new_id(char out[REFUND_ID_LEN + 1]);
 
+/* The refund id of the record whose downstream key is downstream_key: "re_"
+ * and its random characters, as payment_id_for() (payment.h). */
+int refund_id_for(const char *downstream_key, char out[REFUND_ID_LEN + 1]);
+
 /* The refund object as a new cJSON tree; NULL on allocation failure. */
 struct cJSON *refund_to_cjson(const struct store_refund *r);
 

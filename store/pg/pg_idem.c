@@ -206,11 +206,12 @@ static int write_tx_rows(struct store_pg *pg, const char *tenant, const char *ke
         snprintf(amount, sizeof amount, "%" PRId64, rf->amount_minor);
         snprintf(created, sizeof created, "%" PRId64, rf->created_at_us);
         const char *apply[] = {tenant, rf->transaction_id, amount};
-        const char *row[] = {tenant, rf->refund_id, rf->transaction_id, rf->idempotency_key,
-                             amount, rf->currency,  rf->reason,         rf->status,
-                             created};
+        const char *row[] = {
+            tenant,  rf->refund_id,         rf->transaction_id, rf->idempotency_key,
+            amount,  rf->currency,          rf->reason,         rf->status,
+            created, rf->acquirer_refund_id};
         struct tx_rows t = {"refund_apply",  apply, 3, "refund does not fit its payment",
-                            "insert_refund", row,   9};
+                            "insert_refund", row,   10};
         *st = write_tx(pg, tenant, key, lease_token, resp, &t, err, errlen);
         return 0;
     }

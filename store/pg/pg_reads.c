@@ -185,7 +185,9 @@ static int refund_from_row(const PGresult *res, int row, void *out)
     r->reason = pg_dup_value(res, row, 5);
     r->status = pg_dup_value(res, row, 6);
     r->created_at_us = pg_int_value(res, row, 7);
+    r->acquirer_refund_id = pg_dup_value(res, row, 8);
     if (!r->refund_id || !r->transaction_id || !r->status ||
+        (!PQgetisnull(res, row, 8) && !r->acquirer_refund_id) ||
         (!PQgetisnull(res, row, 2) && !r->idempotency_key) ||
         (!PQgetisnull(res, row, 5) && !r->reason)) {
         store_refund_clear(r);

@@ -154,12 +154,12 @@ static const char SQL_REFUND_APPLY[] =
 
 static const char SQL_INSERT_REFUND[] =
     "INSERT INTO refunds (tenant_id, refund_id, transaction_id, idempotency_key, amount_minor,"
-    " currency, reason, status, created_at)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, " TS_OF("$9") ")";
+    " currency, reason, status, created_at, acquirer_refund_id)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, " TS_OF("$9") ", $10)";
 
 #define REFUND_COLS                                                                                \
     "refund_id, transaction_id, idempotency_key, amount_minor, currency, reason, status, " US_OF(  \
-        "created_at")
+        "created_at") ", acquirer_refund_id"
 
 static const char SQL_GET_REFUND[] =
     "SELECT " REFUND_COLS " FROM refunds WHERE tenant_id = $1 AND refund_id = $2";
@@ -229,7 +229,7 @@ const struct pg_prepared PG_PREPARED[] = {
     {"list", SQL_LIST, 4},
     {"list_customer", SQL_LIST_CUSTOMER, 5},
     {"refund_apply", SQL_REFUND_APPLY, 3},
-    {"insert_refund", SQL_INSERT_REFUND, 9},
+    {"insert_refund", SQL_INSERT_REFUND, 10},
     {"get_refund", SQL_GET_REFUND, 2},
     {"refund_cursor", SQL_REFUND_CURSOR, 3},
     {"list_refunds", SQL_LIST_REFUNDS, 5},
