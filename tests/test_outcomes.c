@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #include "acquirer_proc.h"
@@ -44,6 +45,42 @@ static void sleep_ms(long ms)
 {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
+}
+
+/* The time now, in the database's clock (a reconciliation's start). */
+static void db_now(char *out, size_t len)
+{
+    test_query_text(test_db_url(), "SELECT now()::text WHERE $1 = $1", "x", out, len);
+}
+
+/* scripts/reconcile over [since, until) (until NULL: now), the service's
+ * and the acquirer's tables both in the test database: its exit status,
+ * its report in out. */
+static int reconcile(const char *since, const char *until, char *out, size_t len)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "%s/scripts/reconcile --service-db '%s' --acquirer-db '%s' --since '%s'%s%s%s 2>&1",
+             MOCKERY_SOURCE_DIR, test_db_url(), test_db_url(), since, until ? " --until '" : "",
+             until ? until : "", until ? "'" : "");
+    FILE *f = popen(cmd, "r");
+    cr_assert_not_null(f, "could not run %s", cmd);
+    size_t n = fread(out, 1, len - 1, f);
+    out[n] = '\0';
+    int st = pclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* The invariant over everything since `since`, as an operator checks it:
+ * no charge at the acquirer without its payment here, no payment without
+ * its charge, no refund without the acquirer's (charges of records still
+ * processing are listed as awaiting, not faults). */
+static void expect_reconciled(const char *since)
+{
+    char report[16384];
+    int st = reconcile(since, NULL, report, sizeof report);
+    cr_assert_eq(st, 0, "scripts/reconcile exited %d:\n%s", st, report);
+    cr_assert_not_null(strstr(report, "faults: 0\n"), "%s", report);
 }
 
 /* A server of the real binary asking acquirer a, each ask bounded by
@@ -146,6 +183,8 @@ static void expect_no_charge(const struct test_acquirer *a, const char *txn)
 
 Test(outcomes, a_payment_is_charged_once_at_the_acquirer)
 {
+    char since[64];
+    db_now(since, sizeof since);
     struct test_acquirer a = {0};
     struct test_server s;
     test_acquirer_start(&a, NULL, 0);
@@ -220,6 +259,7 @@ Test(outcomes, a_payment_is_charged_once_at_the_acquirer)
     cr_assert_eq(test_metric(m, "mockery_acquirer_connections_opened_total"), 1, "%s", m);
     free(m);
     test_server_stop(&s);
+    expect_reconciled(since);
     test_acquirer_stop(&a);
 }
 
@@ -258,6 +298,8 @@ static void lost_answer_then_completed(const struct test_server *s, const struct
 
 Test(outcomes, an_answer_lost_after_the_charge_is_pending_then_completed_once)
 {
+    char since[64];
+    db_now(since, sizeof since);
     struct test_acquirer a = {0};
     struct test_server s;
     test_acquirer_start(&a, PREFIX_FAULTS, 4);
@@ -279,6 +321,7 @@ Test(outcomes, an_answer_lost_after_the_charge_is_pending_then_completed_once)
         test_metric(m, "mockery_acquirer_calls_total{operation=\"charge\",verdict=\"moved\"}"), 3);
     free(m);
     test_server_stop(&s);
+    expect_reconciled(since);
     test_acquirer_stop(&a);
 }
 
@@ -287,6 +330,8 @@ Test(outcomes, an_answer_lost_after_the_charge_is_pending_then_completed_once)
  * charge, and the retry answers it. */
 Test(outcomes, a_close_on_a_kept_connection_still_charges_once)
 {
+    char since[64];
+    db_now(since, sizeof since);
     struct test_acquirer a = {0};
     struct test_server s;
     test_acquirer_start(&a, PREFIX_FAULTS, 4);
@@ -316,6 +361,7 @@ Test(outcomes, a_close_on_a_kept_connection_still_charges_once)
     test_response_free(&r);
     expect_one_charge(&a, txn, "succeeded", charge);
     test_server_stop(&s);
+    expect_reconciled(since);
     test_acquirer_stop(&a);
 }
 
@@ -323,6 +369,8 @@ Test(outcomes, a_close_on_a_kept_connection_still_charges_once)
  * released; this acquirer charged nothing. */
 Test(outcomes, an_acquirer_503_is_pending_and_nothing_is_charged)
 {
+    char since[64];
+    db_now(since, sizeof since);
     struct test_acquirer a = {0};
     struct test_server s;
     test_acquirer_start(&a, PREFIX_FAULTS, 4);
@@ -348,6 +396,7 @@ Test(outcomes, an_acquirer_503_is_pending_and_nothing_is_charged)
                                  key),
                  1, "kept, not released");
     test_server_stop(&s);
+    expect_reconciled(since);
     test_acquirer_stop(&a);
 }
 
@@ -355,6 +404,8 @@ Test(outcomes, an_acquirer_503_is_pending_and_nothing_is_charged)
  * the key released; back up on the same port, the retry is charged once. */
 Test(outcomes, the_acquirer_down_is_502_released_and_back_up_charges_once)
 {
+    char since[64];
+    db_now(since, sizeof since);
     struct test_acquirer a = {0};
     struct test_server s;
     test_acquirer_start(&a, NULL, 0);
@@ -384,6 +435,7 @@ Test(outcomes, the_acquirer_down_is_502_released_and_back_up_charges_once)
     test_response_free(&r);
     expect_one_charge(&a, txn, "succeeded", charge);
     test_server_stop(&s);
+    expect_reconciled(since);
     test_acquirer_stop(&a);
 }
 
@@ -394,6 +446,8 @@ Test(outcomes, the_acquirer_down_is_502_released_and_back_up_charges_once)
  * transaction id the acquirer was given. */
 Test(outcomes, a_server_killed_mid_charge_is_finished_by_another_with_one_charge)
 {
+    char since[64];
+    db_now(since, sizeof since);
     struct test_acquirer a = {0};
     struct test_server s1, s2;
     test_acquirer_start(&a, PREFIX_FAULTS, 4);
@@ -433,6 +487,7 @@ Test(outcomes, a_server_killed_mid_charge_is_finished_by_another_with_one_charge
     test_response_free(&r);
     expect_one_charge(&a, txn, "succeeded", charge);
     test_server_stop(&s2);
+    expect_reconciled(since);
     test_acquirer_stop(&a);
 }
 
@@ -509,6 +564,8 @@ static void paid(const struct test_server *s, const char *cust_prefix, const cha
  * charge there. */
 Test(outcomes, refunds_are_made_once_at_the_acquirer)
 {
+    char since[64];
+    db_now(since, sizeof since);
     struct test_acquirer a = {0};
     struct test_server s;
     test_acquirer_start(&a, PREFIX_FAULTS, 4);
@@ -562,5 +619,52 @@ Test(outcomes, refunds_are_made_once_at_the_acquirer)
         cr_assert_eq(sum, 1000, "refunded at the acquirer: all of the charge, no more");
     }
     test_server_stop(&s);
+    expect_reconciled(since);
     test_acquirer_stop(&a);
+}
+
+/* The reconciliation finds what it is for: a charge at the acquirer that no
+ * payment names, and a payment whose charge the acquirer does not have -
+ * written by hand two days back, where no other test writes. */
+Test(outcomes, reconciliation_reports_a_charge_and_a_payment_without_their_other_half)
+{
+    char since[64], until[64], report[16384], id[64], txn[64];
+    test_query_text(test_db_url(), "SELECT (now() - interval '2 days')::text WHERE $1 = $1", "x",
+                    since, sizeof since);
+    test_query_text(test_db_url(),
+                    "SELECT (now() - interval '2 days' + interval '1 minute')::text"
+                    " WHERE $1 = $1",
+                    "x", until, sizeof until);
+    test_unique(id, sizeof id, "ch_orphan");
+    test_unique(txn, sizeof txn, "txn_orphan");
+    char sql[1024];
+    snprintf(sql, sizeof sql,
+             "INSERT INTO acquirer_charges (charge_id, merchant, customer_id, amount_minor,"
+             " currency, status, reference, idempotency_key, created_at)"
+             " VALUES ($1, 'default', 'cust-x', 500, 'EUR', 'succeeded', 'txn_nowhere', 'dk_x',"
+             " '%s'::timestamptz + interval '10 seconds') RETURNING 1",
+             since);
+    cr_assert_eq(test_query_long(test_db_url(), sql, id), 1);
+    snprintf(sql, sizeof sql,
+             "INSERT INTO payments (tenant_id, transaction_id, customer_id, amount_minor, currency,"
+             " status, processed_at, charge_id) VALUES ('default', $1, 'cust-x', 700, 'EUR',"
+             " 'completed', '%s'::timestamptz + interval '20 seconds', 'ch_nowhere') RETURNING 1",
+             since);
+    cr_assert_eq(test_query_long(test_db_url(), sql, txn), 1);
+    int st = reconcile(since, until, report, sizeof report);
+    cr_assert_eq(st, 1, "exit %d:\n%s", st, report);
+    char want[160];
+    snprintf(want, sizeof want, "charge without a payment here: %s ", id);
+    cr_assert_not_null(strstr(report, want), "%s", report);
+    snprintf(want, sizeof want, "payment without its charge: %s ", txn);
+    cr_assert_not_null(strstr(report, want), "%s", report);
+    cr_assert_not_null(strstr(report, "faults: 2\n"), "%s", report);
+    test_query_long(test_db_url(),
+                    "WITH d AS (DELETE FROM acquirer_charges WHERE charge_id = $1"
+                    " RETURNING 1) SELECT count(*) FROM d",
+                    id);
+    test_query_long(test_db_url(),
+                    "WITH d AS (DELETE FROM payments WHERE transaction_id = $1"
+                    " RETURNING 1) SELECT count(*) FROM d",
+                    txn);
 }
