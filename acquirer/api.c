@@ -77,8 +77,9 @@ static void fail_store(struct mg_connection *c, enum store_status st, const char
 
 /* Ends the connection with no answer at all: its socket - found by its
  * addresses, through the public socket calls only - is shut, so the
- * client reads an end of stream where the status line should be. */
-static void close_without_answer(struct mg_connection *c)
+ * client reads an end of stream where the status line should be. Returns
+ * 0, or -1 when no socket matched (the caller answers otherwise). */
+static int close_without_answer(struct mg_connection *c)
 {
     const struct mg_request_info *ri = mg_get_request_info(c);
     struct rlimit rl;
@@ -101,9 +102,10 @@ static void close_without_answer(struct mg_connection *c)
         }
         if (port == ri->remote_port && strcmp(addr, ri->remote_addr) == 0) {
             shutdown(fd, SHUT_RDWR);
-            return;
+            return 0;
         }
     }
+    return -1;
 }
 
 static void log_fault(const struct api *api, const char *what, const char *key)
@@ -271,7 +273,13 @@ static void serve_post(struct mg_connection *c, struct api *api, const struct po
     }
     if (recorded && fp.on[FAULT_CLOSE]) {
         log_fault(api, "close", key);
-        close_without_answer(c);
+        if (close_without_answer(c) == 0)
+            goto out;
+        /* no socket found: never a silent hold - an answer that is no
+         * outcome, a 500, like the 500 fault */
+        fprintf(stderr, "mockery-acquirer: fault close on key %s: no socket found, a 500 instead\n",
+                key);
+        fail(c, 500, "internal_error", "the acquirer failed after recording the outcome");
         goto out;
     }
     if (recorded && fp.on[FAULT_500]) {

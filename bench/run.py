@@ -59,11 +59,14 @@ def sql_of(name):
     """A statement of store/pg/pg_sql.c, as text with $n placeholders."""
     src = open(os.path.join(ROOT, "store", "pg", "pg_sql.c")).read()
     lit = r'"((?:[^"\\]|\\.)*)"'
-    strings = {}  # macros that are only string literals, like CLAIM_INTO
+    strings = {}  # macros of string literals and such macros, like CLAIM_INTO
     for m in re.finditer(r"#define (\w+)[ \t]*((?:[^\n]*\\\n)*[^\n]*)", src):
         body = m.group(2).replace("\\\n", " ")
-        if re.fullmatch(r"\s*(?:%s\s*)+" % lit, body):
-            strings[m.group(1)] = "".join(re.findall(lit, body))
+        if re.fullmatch(r"\s*(?:(?:%s|[A-Z_]+)\s*)+" % lit, body):
+            parts = re.findall(lit + r"|\b([A-Z_]+)\b", body)
+            if all(not ident or ident in strings for _, ident in parts):
+                strings[m.group(1)] = "".join(text if not ident else strings[ident]
+                                              for text, ident in parts)
     m = re.search(r"static const char %s\[\] =(.*?);\n" % name, src, re.S)
     out = ""
     for s, mac, arg, ident in re.findall(lit + r'|(US_OF|TS_OF)\(\s*"([^"]+)"\)|\b([A-Z_]+)\b',

@@ -81,7 +81,11 @@ static enum store_status f_abandon(struct store *s, const char *tenant, const ch
 static enum store_status f_write_rows(struct store *s, const char *tenant,
                                       const struct store_rows *rows, char *err, size_t errlen)
 {
-    return store_write_rows(((struct faulty *)s)->inner, tenant, rows, err, errlen);
+    struct faulty *f = (struct faulty *)s;
+    enum store_status st;
+    if (should_fail(f, FAULTY_WRITE_ROWS, &st, err, errlen))
+        return st;
+    return store_write_rows(f->inner, tenant, rows, err, errlen);
 }
 
 static enum store_status f_get(struct store *s, const char *tenant, const char *id,

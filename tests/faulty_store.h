@@ -5,7 +5,14 @@
 
 #include "store.h"
 
-enum faulty_op { FAULTY_CLAIM = 0, FAULTY_COMPLETE, FAULTY_RELEASE, FAULTY_ABANDON, FAULTY_OPS };
+enum faulty_op {
+    FAULTY_CLAIM = 0,
+    FAULTY_COMPLETE,
+    FAULTY_RELEASE,
+    FAULTY_ABANDON,
+    FAULTY_WRITE_ROWS,
+    FAULTY_OPS
+};
 
 /* Wraps inner (owned: freed with the faulty store). */
 struct store *faulty_store_new(struct store *inner);

@@ -54,6 +54,44 @@ Test(config, bad_values_name_the_flag)
     cr_assert(strstr(err, "MOCKERY_LEASE"), "%s", err);
 }
 
+/* The acquirer's flags: an ask ends within the lease, an answer outlives
+ * it, every payment has a key to be asked again under. */
+Test(config, acquirer_flags_are_checked_together)
+{
+    struct config c;
+    char err[256];
+    char *ok[] = {"s", "--acquirer-url", "http://127.0.0.1:8090", "--acquirer-timeout-ms", "2000",
+                  NULL};
+    config_defaults(&c);
+    cr_assert_eq(config_parse(&c, 5, ok, err, sizeof err), CONFIG_OK, "%s", err);
+    cr_assert_str_eq(c.acquirer_url, "http://127.0.0.1:8090");
+    cr_assert_eq(c.acquirer_timeout_ms, 2000);
+    struct {
+        char *argv[8];
+        int argc;
+        const char *names;
+    } bad[] = {
+        {{"s", "--acquirer-url", "http://a", "--acquirer-timeout-ms", "30000", NULL},
+         5,
+         "--acquirer-timeout-ms"},
+        {{"s", "--acquirer-url", "http://a", "--idempotency-ttl", "30", NULL},
+         5,
+         "--idempotency-ttl"},
+        {{"s", "--acquirer-url", "http://a", "--require-key", "false", NULL}, 5, "--require-key"},
+        {{"s", "--acquirer-url", "ftp://a", NULL}, 3, "--acquirer-url"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        config_defaults(&c);
+        cr_assert_eq(config_parse(&c, bad[i].argc, bad[i].argv, err, sizeof err), CONFIG_INVALID,
+                     "case %zu", i);
+        cr_assert(strstr(err, bad[i].names), "case %zu: %s", i, err);
+    }
+    /* without an acquirer none of it applies */
+    char *none[] = {"s", "--acquirer-timeout-ms", "60000", "--require-key", "false", NULL};
+    config_defaults(&c);
+    cr_assert_eq(config_parse(&c, 5, none, err, sizeof err), CONFIG_OK, "%s", err);
+}
+
 /* ---- API keys ------------------------------------------------------------------- */
 
 Test(auth, keys_map_to_tenants)

@@ -23,6 +23,7 @@ struct fake {
     int rejected;                /* calls of the rejected hook */
     int pending;                 /* run answers an unknown outcome (503) */
     int outside;                 /* run says money moved outside */
+    int fail_outside;            /* run says so, then fails (out of memory after the charge) */
     int pending_calls;           /* calls of the pending hook */
     char downstream[8][72];      /* the downstream key of each run */
     struct store_payment row;    /* written with the answer when it has an id */
@@ -43,6 +44,10 @@ static int fake_run(void *ctx, const void *req, const struct idem_call *call,
     if (f->runs < 8)
         snprintf(f->downstream[f->runs], sizeof f->downstream[0], "%s", call->downstream_key);
     f->runs++;
+    if (f->fail_outside) {
+        out->outside = 1;
+        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
+    }
     if (f->fail)
         return apierr_of(err, APIERR_PAYMENT_NOT_FOUND, NULL, "none");
     char body[64];
@@ -380,5 +385,43 @@ Test(idem, a_completion_that_fails_after_money_moved_is_pending_not_released)
     idem_answer_clear(&a);
     a = exec(&BARE, "k13", "x=1", &f);
     cr_assert_eq(a.outcome, OUTCOME_TAKEOVER);
+    idem_answer_clear(&a);
+}
+
+/* The record is kept, never released, on every other way out after money
+ * moved outside: the run failing after it, the store refusing the rows,
+ * and - without a key - the rows not written. */
+Test(idem, every_failure_after_money_moved_keeps_the_record)
+{
+    struct fake f = {.fail_outside = 1};
+    struct idem_answer a = exec(&OP, "k14", "x=1", &f);
+    cr_assert_eq(a.status, 500);
+    cr_assert_eq(a.outcome, OUTCOME_PENDING, "kept, not released");
+    idem_answer_clear(&a);
+    f.fail_outside = 0;
+    f.outside = 1;
+    a = exec(&OP, "k14", "x=1", &f);
+    cr_assert_eq(a.outcome, OUTCOME_TAKEOVER, "the same record, taken over at once");
+    cr_assert_eq(a.status, 201);
+    cr_assert_str_eq(f.downstream[1], f.downstream[0]);
+    idem_answer_clear(&a);
+
+    /* the store refuses the rows after money moved: pending, not released */
+    faulty_store_fail(store, FAULTY_COMPLETE, 1, STORE_REJECTED);
+    a = exec(&OP, "k15", "x=1", &f);
+    cr_assert_eq(a.status, 503);
+    cr_assert_eq(a.outcome, OUTCOME_PENDING);
+    cr_assert_eq(f.rejected, 0, "not answered as a refusal");
+    idem_answer_clear(&a);
+    a = exec(&OP, "k15", "x=2", &f);
+    cr_assert_eq(a.outcome, OUTCOME_MISMATCH, "the key still holds its request");
+    idem_answer_clear(&a);
+
+    /* without a key: nothing to keep, told as unknown all the same */
+    faulty_store_fail(store, FAULTY_WRITE_ROWS, 1, STORE_UNAVAILABLE);
+    a = exec(&OP, NULL, "x=1", &f);
+    cr_assert_eq(a.status, 503);
+    cr_assert(strstr(a.body, "pending"), "%s", a.body);
+    cr_assert_eq(a.outcome, OUTCOME_NO_KEY);
     idem_answer_clear(&a);
 }

@@ -356,6 +356,36 @@ CONTRACT(expired_records_are_free_and_reaped)
     store_claim_result_clear(&d);
 }
 
+/* A record still processing never expires: its request may have moved
+ * money at an acquirer (an unknown outcome), so another request cannot
+ * take its key, the reaper keeps it, and the retry of the same request
+ * takes it over - however late - with the same key downstream; then its
+ * answer lives a full TTL. */
+CONTRACT(a_record_still_processing_outlives_its_expiry)
+{
+    char key[96], err[256];
+    test_unique(key, sizeof key, "unfinished");
+    struct store_claim_result a = claim(key, FP, 100, 100);
+    wait_ms(250);
+    struct store_claim_result other = claim(key, "fp-other", LONG_MS, DAY_MS);
+    cr_assert_eq(other.outcome, CLAIM_MISMATCH, "outcome %d", other.outcome);
+    int deleted = 0;
+    do
+        cr_assert_eq(store_reap(store, 100, &deleted, err, sizeof err), STORE_OK, "%s", err);
+    while (deleted == 100);
+    struct store_claim_result b = claim(key, FP, LONG_MS, DAY_MS);
+    cr_assert_eq(b.outcome, CLAIM_TAKEOVER, "not reaped, not made anew: outcome %d", b.outcome);
+    cr_assert_str_eq(b.downstream_key, a.downstream_key);
+    cr_assert_eq(complete(key, b.lease_token, "{\"ok\":1}", NULL), STORE_OK);
+    wait_ms(150);
+    struct store_claim_result c = claim(key, FP, LONG_MS, DAY_MS);
+    cr_assert_eq(c.outcome, CLAIM_COMPLETED, "its answer lives on: outcome %d", c.outcome);
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&other);
+    store_claim_result_clear(&b);
+    store_claim_result_clear(&c);
+}
+
 CONTRACT(tenants_do_not_share_keys_or_payments)
 {
     char key[96], id[64], err[256];
@@ -829,13 +859,14 @@ CONTRACT(charges_by_reference_are_oldest_first)
 
 CONTRACT(charge_refund_within_the_charge_adds_to_it_and_is_listed)
 {
-    char ch[96], rf1[96], rf2[96], err[256] = "";
+    char ch[96], rf1[96], rf2[96], dk[96], err[256] = "";
     charged(ch, sizeof ch, "succeeded");
     cr_assert_eq(charge_refund_with_key(ch, 2500, LEDGER_AT + 2, rf1, sizeof rf1), STORE_OK);
     cr_assert_eq(charge_refunded(ch), 2500);
     /* without a key too, and older than the first: listed before it */
     test_unique(rf2, sizeof rf2, "rf");
-    struct store_charge_refund r = charge_refund_of(ch, rf2, "dk-given", 7500, LEDGER_AT + 1);
+    test_unique(dk, sizeof dk, "dk-given"); /* unique: sql/010 */
+    struct store_charge_refund r = charge_refund_of(ch, rf2, dk, 7500, LEDGER_AT + 1);
     struct store_rows rows = {.charge_refund = &r};
     cr_assert_eq(store_write_rows(store, T, &rows, err, sizeof err), STORE_OK, "%s", err);
     cr_assert_eq(charge_refunded(ch), 10000);
@@ -847,7 +878,7 @@ CONTRACT(charge_refund_within_the_charge_adds_to_it_and_is_listed)
     cr_assert_str_eq(l.items[0].charge_id, ch);
     cr_assert_eq(l.items[0].amount_minor, 7500);
     cr_assert_str_eq(l.items[0].reference, rf2);
-    cr_assert_str_eq(l.items[0].idempotency_key, "dk-given");
+    cr_assert_str_eq(l.items[0].idempotency_key, dk);
     cr_assert_eq(l.items[0].created_at_us, LEDGER_AT + 1);
     cr_assert_str_eq(l.items[1].refund_id, rf1);
     cr_assert_eq(l.items[1].amount_minor, 2500);

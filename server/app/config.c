@@ -218,6 +218,22 @@ enum config_status config_parse(struct config *c, int argc, char **argv, char *e
                  c->acquirer_timeout_ms, c->lease_s);
         return CONFIG_INVALID;
     }
+    /* A record waiting for its retry after an unknown outcome keeps its key
+     * downstream until it is finished; its answer must then outlive its
+     * lease. And a request without a key has no record to ask again from. */
+    if (c->acquirer_url[0] && c->idempotency_ttl_s <= c->lease_s) {
+        snprintf(err, errlen,
+                 "--idempotency-ttl (%d s) must be above the lease (--lease %d s)"
+                 " with --acquirer-url",
+                 c->idempotency_ttl_s, c->lease_s);
+        return CONFIG_INVALID;
+    }
+    if (c->acquirer_url[0] && !c->require_key) {
+        snprintf(err, errlen,
+                 "--require-key false cannot be used with --acquirer-url: a payment "
+                 "without a key could not be asked again under the same key downstream");
+        return CONFIG_INVALID;
+    }
     if (c->acquirer_url[0] && strncmp(c->acquirer_url, "http://", 7) != 0 &&
         strncmp(c->acquirer_url, "https://", 8) != 0) {
         snprintf(err, errlen, "--acquirer-url must start with http:// or https://");

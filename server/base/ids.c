@@ -59,7 +59,7 @@ int ids_from(const char *prefix, const char *key_prefix, const char *key, char *
     size_t kp = strlen(key_prefix);
     if (!key || strncmp(key, key_prefix, kp) != 0 || strlen(key) != kp + IDS_RANDOM_LEN ||
         ids_url_safe_len(key + kp) != IDS_RANDOM_LEN)
-        return ids_new(prefix, out);
+        return -1;
     memcpy(out, prefix, strlen(prefix));
     memcpy(out + strlen(prefix), key + kp, IDS_RANDOM_LEN + 1);
     return 0;

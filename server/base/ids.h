@@ -15,8 +15,8 @@ int ids_new(const char *prefix, char *out);
 /* The id with this prefix that follows from key, an id of another prefix
  * (key_prefix and IDS_RANDOM_LEN URL-safe characters): the same random
  * characters, so one record's key downstream always names one payment or
- * refund. A key of another shape: a new id (ids_new). 0, or -1 if the
- * random source failed. */
+ * refund. 0, or -1 when key has another shape (never a random id instead:
+ * two runs of one record would name two transactions). */
 int ids_from(const char *prefix, const char *key_prefix, const char *key, char *out);
 
 /* Whether s has the shape of an id with this prefix: the prefix and 1-60

@@ -89,7 +89,7 @@ static int pay_pending(void *vctx, const void *vreq, const struct idem_call *cal
     char id[PAYMENT_ID_LEN + 1];
     struct apierr e;
     if (payment_id_for(call->downstream_key, id) != 0)
-        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "the random source failed");
+        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "the record has no key downstream");
     apierr_of(&e, APIERR_OUTCOME_PENDING, NULL, NULL);
     out->status = 503;
     out->body = apierr_json_with(&e, "transaction_id", id);
@@ -153,7 +153,7 @@ static int pay_run(void *vctx, const void *vreq, const struct idem_call *call,
     enum payment_outcome po;
 
     if (payment_id_for(call->downstream_key, id) != 0)
-        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "the random source failed");
+        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "the record has no key downstream");
     if (ctx->acquirer) {
         int rc = 0;
         if (!pay_ask(ctx, req, call, id, &po, charge_id, out, &rc, err))

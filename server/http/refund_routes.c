@@ -75,7 +75,7 @@ static int refund_pending(void *vctx, const void *vreq, const struct idem_call *
     char id[REFUND_ID_LEN + 1];
     struct apierr e;
     if (refund_id_for(call->downstream_key, id) != 0)
-        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "the random source failed");
+        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "the record has no key downstream");
     apierr_of(&e, APIERR_OUTCOME_PENDING, NULL,
               "the acquirer's answer was lost: the money may have moved; retry with the same "
               "idempotency key to learn the refund's outcome");
@@ -175,7 +175,7 @@ static int refund_run(void *vctx, const void *vreq, const struct idem_call *call
     }
     char id[REFUND_ID_LEN + 1];
     if (refund_id_for(call->downstream_key, id) != 0) {
-        apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "the random source failed");
+        apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "the record has no key downstream");
         goto out;
     }
     if (ctx->acquirer) {

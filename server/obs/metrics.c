@@ -172,11 +172,14 @@ static void put_acquirer(struct buf *b, const struct acquirer *a)
         put(b, "mockery_acquirer_call_duration_seconds_bucket{le=\"%g\"} %llu\n",
             ACQUIRER_BUCKET_S[i], cum);
     }
+    /* the counters are read one by one while asks end: +Inf and count are
+     * never below the last bucket */
+    unsigned long long count = st.count > cum ? st.count : cum;
     put(b,
         "mockery_acquirer_call_duration_seconds_bucket{le=\"+Inf\"} %llu\n"
         "mockery_acquirer_call_duration_seconds_sum %.6f\n"
         "mockery_acquirer_call_duration_seconds_count %llu\n",
-        st.count, (double)st.sum_us / 1e6, st.count);
+        count, (double)st.sum_us / 1e6, count);
     put_counter(b, "mockery_acquirer_connections_opened_total",
                 "TCP connections opened to the acquirer (kept open and reused across asks).",
                 st.connections);

@@ -60,8 +60,7 @@ int payment_new_id(char out[PAYMENT_ID_LEN + 1]);
  * (store.h: "dk_" and 24 random characters): "txn_" and the same 24, so
  * that every run of one record - the retry that takes it over, another
  * server's - names the same transaction, at the acquirer (its reference)
- * and to the client. A key of another shape: a new id. 0, or -1 if the
- * random source failed. */
+ * and to the client. 0, or -1 when the key has another shape. */
 int payment_id_for(const char *downstream_key, char out[PAYMENT_ID_LEN + 1]);
 
 /* A customer whose id starts with "cust-slow" is a slow one: the simulated

@@ -152,7 +152,9 @@ static enum store_status mem_claim(struct store *s, const char *tenant, const ch
         snprintf(out->downstream_key, sizeof out->downstream_key, "%s", r->downstream_key);
         goto out;
     }
-    if (r->expires_at_us <= now) {
+    /* A completed record whose answer expired is claimed as a new one; a
+     * record still processing never expires (pg_sql.c: the claim). */
+    if (r->state == REC_COMPLETED && r->expires_at_us <= now) {
         char *fp = strdup(fingerprint);
         if (!fp) {
             snprintf(err, errlen, "out of memory");
@@ -187,6 +189,8 @@ static enum store_status mem_claim(struct store *s, const char *tenant, const ch
     if (r->locked_until_us <= now) {
         r->lease_token = ++m->next_token;
         r->locked_until_us = now + lease_ms * 1000;
+        if (r->expires_at_us <= now)
+            r->expires_at_us = now + ttl_ms * 1000;
         *out = (struct store_claim_result){.outcome = CLAIM_TAKEOVER,
                                            .lease_token = r->lease_token,
                                            .created_at_us = r->created_at_us};
@@ -697,7 +701,7 @@ static enum store_status mem_reap(struct store *s, int batch, int *deleted, char
         struct hashtab_link **at = &m->records.buckets[i];
         while (*at && n < batch) {
             struct record *r = record_of(*at);
-            if (r->expires_at_us <= now) {
+            if (r->expires_at_us <= now && r->state == REC_COMPLETED) {
                 hashtab_remove(&m->records, at);
                 record_free(r);
                 n++;

@@ -7,8 +7,12 @@
  * holder's lease ran out (same fingerprint only). Returns a row only when this
  * request won. Row lock waits last at most one short commit, never a payment.
  * $6 is a new downstream key (sql/006): the record takes it when it is made
- * or had expired; a takeover keeps the record's own, so every ask for one
- * record carries the same key downstream.
+ * or is claimed again after its completed answer expired; a takeover keeps
+ * the record's own, so every ask for one record carries the same key
+ * downstream. A record still processing never expires: its request may
+ * have moved money at an acquirer (an unknown outcome), and only a retry of
+ * the same request, with the same key downstream, may take it over -
+ * however late (its expiry moves on then).
  *
  * Committed without waiting for the WAL flush (synchronous_commit off for
  * this statement's transaction only): no client is told anything on the
@@ -20,23 +24,24 @@
 #define CLAIM_INTO                                                                                 \
     " INSERT INTO idempotency_keys AS k (tenant_id, idempotency_key, fingerprint, state,"          \
     " lease_token, locked_until, created_at, expires_at, downstream_key)"
+/* A completed record whose answer expired: claimed as a new record. */
+#define CLAIM_DONE_EXPIRED "(k.state = 'completed' AND k.expires_at <= now())"
 #define CLAIM_ON_CONFLICT                                                                          \
     " ON CONFLICT (tenant_id, idempotency_key) DO UPDATE SET"                                      \
     " fingerprint = EXCLUDED.fingerprint, state = 'processing',"                                   \
-    " downstream_key = CASE WHEN k.expires_at <= now() OR k.downstream_key IS NULL"                \
+    " downstream_key = CASE WHEN " CLAIM_DONE_EXPIRED " OR k.downstream_key IS NULL"               \
     " THEN EXCLUDED.downstream_key ELSE k.downstream_key END,"                                     \
     " lease_token = EXCLUDED.lease_token, locked_until = EXCLUDED.locked_until,"                   \
     " response_status = NULL, response_body = NULL, response_location = NULL,"                     \
     " completed_at = NULL,"                                                                        \
-    " duplicate_count = CASE WHEN k.expires_at <= now() THEN 0 ELSE k.duplicate_count END,"        \
-    " last_duplicate_at = CASE WHEN k.expires_at <= now() THEN NULL"                               \
+    " duplicate_count = CASE WHEN " CLAIM_DONE_EXPIRED " THEN 0 ELSE k.duplicate_count END,"       \
+    " last_duplicate_at = CASE WHEN " CLAIM_DONE_EXPIRED " THEN NULL"                              \
     " ELSE k.last_duplicate_at END,"                                                               \
-    " created_at = CASE WHEN k.expires_at <= now() THEN EXCLUDED.created_at"                       \
+    " created_at = CASE WHEN " CLAIM_DONE_EXPIRED " THEN EXCLUDED.created_at"                      \
     " ELSE k.created_at END,"                                                                      \
     " expires_at = CASE WHEN k.expires_at <= now() THEN EXCLUDED.expires_at"                       \
     " ELSE k.expires_at END"                                                                       \
-    " WHERE k.expires_at <= now()"                                                                 \
-    " OR (k.state = 'processing' AND k.locked_until <= now()"                                      \
+    " WHERE " CLAIM_DONE_EXPIRED " OR (k.state = 'processing' AND k.locked_until <= now()"         \
     " AND k.fingerprint = EXCLUDED.fingerprint)"
 
 static const char SQL_CLAIM[] =
@@ -66,7 +71,8 @@ static const char SQL_READ[] =
     "WITH async AS (SELECT set_config('synchronous_commit', 'off', true))"
     " UPDATE idempotency_keys SET duplicate_count = duplicate_count + 1,"
     " last_duplicate_at = now() FROM async"
-    " WHERE tenant_id = $1 AND idempotency_key = $2 AND expires_at > now()"
+    " WHERE tenant_id = $1 AND idempotency_key = $2"
+    " AND (expires_at > now() OR state = 'processing')"
     " AND NOT (state = 'processing' AND locked_until <= now() AND fingerprint = $3)"
     " RETURNING state, fingerprint, response_status, response_body, response_location, " US_OF(
         "created_at");
@@ -206,11 +212,13 @@ static const char SQL_LIST_CHARGE_REFUNDS[] =
         "created_at") " FROM acquirer_refunds WHERE charge_id = $1 ORDER BY created_at, refund_id "
                       "LIMIT $2";
 
-/* Bounded work per pass; SKIP LOCKED lets several servers reap together. */
+/* Bounded work per pass; SKIP LOCKED lets several servers reap together.
+ * Only completed records: one still processing is unfinished business (its
+ * money may have moved at an acquirer) and is kept until it is finished. */
 static const char SQL_REAP[] =
     "DELETE FROM idempotency_keys WHERE (tenant_id, idempotency_key) IN"
     " (SELECT tenant_id, idempotency_key FROM idempotency_keys WHERE expires_at <= now()"
-    " ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)";
+    " AND state = 'completed' ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)";
 
 static const char SQL_PING[] = "SELECT 1";
 
