@@ -17,6 +17,11 @@ database. Scenarios (each at every client count):
   http-floor      wrk: a route that does no store work (the 404 answer; its
                   rate counts every answer)
   mixed           wrk: 90% new, 10% retries of recent keys, 1% immediate repeats
+  acquirer-new    wrk: new payments through mockery-acquirer (--acquirer-url; the
+                  acquirer on a database of its own in the same cluster), from
+                  empty databases, --duration seconds; the asks and the TCP
+                  connections opened to the acquirer are counted (more than
+                  two per client fails the run)
   quiet-*         server-new-cold, server-new and server-replay again with
                   --log-level warn (no access log), on an empty database; both
                   servers run at once, and their warm and replay windows take
@@ -300,6 +305,74 @@ class Server:
         self.log.close()
 
 
+class Acquirer:
+    """mockery-acquirer on a database of its own, its stderr to a file."""
+
+    def __init__(self, args, url, log_path):
+        self.log = open(log_path, "w")
+        self.proc = None
+        for attempt in range(5):
+            port = free_port()
+            self.proc = subprocess.Popen([os.path.join(args.build_dir, "mockery-acquirer"),
+                                          "--port", str(port), "--database-url", url, "--quiet"],
+                                         stderr=self.log)
+            self.base = "http://127.0.0.1:%d" % port
+            end = time.time() + 60
+            while time.time() < end and self.proc.poll() is None:
+                try:
+                    urllib.request.urlopen(self.base + "/health", timeout=5)
+                    return
+                except Exception:
+                    time.sleep(0.1)
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                self.proc.wait(timeout=60)
+                raise SystemExit("the acquirer did not answer /health within 60 s: see " +
+                                 log_path)
+        raise SystemExit("the acquirer did not start: see " + log_path)
+
+    stop = Server.stop
+
+
+def acquirer_counts(base):
+    """The server's asks to its acquirer, and the connections they opened."""
+    with urllib.request.urlopen(base + "/metrics") as r:
+        text = r.read().decode()
+    asks = sum(int(m.group(1)) for m in re.finditer(
+        r'mockery_acquirer_calls_total\{[^}]*\} (\d+)', text))
+    conns = re.search(r"mockery_acquirer_connections_opened_total (\d+)", text)
+    return asks, int(conns.group(1)) if conns else 0
+
+
+def acquirer_runs(args, url, tmp, c, run, row):
+    """New payments through mockery-acquirer (its own database on the same
+    cluster): a server with its default flags and --acquirer-url, on an
+    empty database; asks and TCP connections to the acquirer counted."""
+    acq = srv = None
+    adb = fresh_db(url, "bench_acquirer_c%d" % c)
+    sdb = fresh_db(url, "bench_acq_server_c%d" % c)
+    try:
+        acq = Acquirer(args, adb, os.path.join(tmp, "acquirer-c%d.log" % c))
+        srv = Server(args, sdb, os.path.join(tmp, "acq-server-c%d.log" % c),
+                     ["--acquirer-url", acq.base])
+        say("server pid %d asking acquirer pid %d, %d clients, empty databases" %
+            (srv.proc.pid, acq.proc.pid, c))
+        before = acquirer_counts(srv.base)
+        res = with_batches(srv.base, lambda: wrk(
+            srv.base, "/api/v1/payments", "new.lua", c, args.duration,
+            ["%sa%d" % (run, c)], url=sdb))
+        after = acquirer_counts(srv.base)
+        res["acquirer_asks"] = after[0] - before[0]
+        res["acquirer_connections"] = after[1] - before[1]
+        row["acquirer-new"] = res
+    finally:
+        for p in (srv, acq):
+            if p:
+                p.stop()
+        drop_db(sdb)
+        drop_db(adb)
+
+
 def preload(base, n):
     for i in range(1, n + 1):
         st = post(base, "bench-replay-%d" % i)
@@ -444,6 +517,7 @@ def main():
                                          ["-D", "body=" + BODY, "-D", "run=%sc%d" % (run, c)])
             drop_db(pdb)
             server_runs(args, url, tmp, c, run, row)
+            acquirer_runs(args, url, tmp, c, run, row)
             for name, r in row.items():
                 r.update({"scenario": name, "clients": c})
                 results.append(r)
@@ -505,7 +579,7 @@ def report(results, memory, args):
             return by[(a, c)][key] / by[(b, c)][key]
         return None
 
-    refs = {"server-new": "naive-new", "server-new-cold": "naive-new", "quiet-new": "naive-new",
+    refs = {"server-new": "naive-new", "acquirer-new": "naive-new", "server-new-cold": "naive-new", "quiet-new": "naive-new",
             "quiet-new-cold": "naive-new", "mixed": "naive-new", "ceiling-new": "naive-new",
             "server-replay": "ceiling-replay", "quiet-replay": "ceiling-replay"}
     print("%-16s %7s %9s %7s %8s %8s  %s" % ("scenario", "clients", "2xx/s", "other", "p50 ms",
@@ -520,9 +594,14 @@ def report(results, memory, args):
             text += "  batch %.1f/%.1f" % (r["mean_batch"]["claim"], r["mean_batch"]["complete"])
         if "outcomes" in r:
             text += "  outcomes " + json.dumps(r["outcomes"], sort_keys=True)
+        if "acquirer_asks" in r:
+            text += "  asks %d, connections %d" % (r["acquirer_asks"], r["acquirer_connections"])
+            if r["acquirer_connections"] > 2 * c:
+                failed.append("%s at %d clients: %d connections to the acquirer for %d asks" %
+                              (name, c, r["acquirer_connections"], r["acquirer_asks"]))
         other = r.get("non_2xx", 0) + r.get("socket_errors", 0)
         if name.endswith("-new") or name.endswith("-new-cold"):
-            if other and name.startswith(("server", "quiet")):
+            if other and name.startswith(("server", "quiet", "acquirer")):
                 failed.append("%s at %d clients: %d answers not 2xx (or socket errors)" %
                               (name, c, other))
         print("%-16s %7d %9.0f %7s %8.2f %8.2f  %s" % (name, c, r["rps"],
@@ -541,6 +620,8 @@ def report(results, memory, args):
              1.0, 1),
             ("server-new p99 / naive-new p99 <= 2", ratio("server-new", "naive-new", c, "p99_ms"),
              2.0, -1),
+            ("acquirer-new / naive-new >= 1.0 (issue 24)", ratio("acquirer-new", "naive-new", c),
+             1.0, 1),
         ]
         for label, value, bound, sense in checks:
             if value is None:
