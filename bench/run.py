@@ -268,23 +268,22 @@ def drop_db(db_url):
                     "DROP DATABASE IF EXISTS %s" % parts.path.lstrip("/")], capture_output=True)
 
 
-class Server:
-    """mockery-server with its default flags (plus extra), its stderr - the
-    access log - written to a file, on the given database."""
+class Process:
+    """A program of the build that serves HTTP on a free port, its stderr
+    written to a file; started when GET /health answers 200."""
 
-    def __init__(self, args, url, log_path, extra=()):
+    def __init__(self, args, program, flags, log_path):
         self.log = open(log_path, "w")
         self.proc = None
-        # A port found free can be taken before the server binds it: try
+        # A port found free can be taken before the program binds it: try
         # another, a few times.
         for attempt in range(5):
             port = free_port()
-            self.proc = subprocess.Popen([os.path.join(args.build_dir, "mockery-server"), "--port",
-                                          str(port), "--database-url", url] + list(extra),
-                                         stderr=self.log)
+            self.proc = subprocess.Popen([os.path.join(args.build_dir, program), "--port",
+                                          str(port)] + list(flags), stderr=self.log)
             self.base = "http://127.0.0.1:%d" % port
-            # Until /health answers 200; the 60 s bound only turns a server
-            # that never becomes healthy into a failure, never a silent start.
+            # The 60 s bound only turns a program that never becomes healthy
+            # into a failure, never a silent start.
             end = time.time() + 60
             while time.time() < end and self.proc.poll() is None:
                 try:
@@ -295,8 +294,9 @@ class Server:
             if self.proc.poll() is None:
                 self.proc.terminate()
                 self.proc.wait(timeout=60)
-                raise SystemExit("the server did not answer /health within 60 s: see " + log_path)
-        raise SystemExit("the server did not start: see " + log_path)
+                raise SystemExit("%s did not answer /health within 60 s: see %s" %
+                                 (program, log_path))
+        raise SystemExit("%s did not start: see %s" % (program, log_path))
 
     def stop(self):
         if self.proc is not None and self.proc.poll() is None:
@@ -305,33 +305,19 @@ class Server:
         self.log.close()
 
 
-class Acquirer:
-    """mockery-acquirer on a database of its own, its stderr to a file."""
+class Server(Process):
+    """mockery-server with its default flags (plus extra), its stderr - the
+    access log - written to a file, on the given database."""
+
+    def __init__(self, args, url, log_path, extra=()):
+        super().__init__(args, "mockery-server", ["--database-url", url] + list(extra), log_path)
+
+
+class Acquirer(Process):
+    """mockery-acquirer on a database of its own."""
 
     def __init__(self, args, url, log_path):
-        self.log = open(log_path, "w")
-        self.proc = None
-        for attempt in range(5):
-            port = free_port()
-            self.proc = subprocess.Popen([os.path.join(args.build_dir, "mockery-acquirer"),
-                                          "--port", str(port), "--database-url", url, "--quiet"],
-                                         stderr=self.log)
-            self.base = "http://127.0.0.1:%d" % port
-            end = time.time() + 60
-            while time.time() < end and self.proc.poll() is None:
-                try:
-                    urllib.request.urlopen(self.base + "/health", timeout=5)
-                    return
-                except Exception:
-                    time.sleep(0.1)
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                self.proc.wait(timeout=60)
-                raise SystemExit("the acquirer did not answer /health within 60 s: see " +
-                                 log_path)
-        raise SystemExit("the acquirer did not start: see " + log_path)
-
-    stop = Server.stop
+        super().__init__(args, "mockery-acquirer", ["--database-url", url, "--quiet"], log_path)
 
 
 def acquirer_counts(base):

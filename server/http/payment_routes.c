@@ -87,31 +87,17 @@ static int pay_pending(void *vctx, const void *vreq, const struct idem_call *cal
     (void)vctx;
     (void)vreq;
     char id[PAYMENT_ID_LEN + 1];
-    struct apierr e;
     if (payment_id_for(call->downstream_key, id) != 0)
         return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "the record has no key downstream");
-    apierr_of(&e, APIERR_OUTCOME_PENDING, NULL, NULL);
-    out->status = 503;
-    out->body = apierr_json_with(&e, "transaction_id", id);
-    if (!out->body)
-        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
-    out->body_len = strlen(out->body);
-    return 0;
+    return post_route_error_result(out, APIERR_OUTCOME_PENDING, "transaction_id", id, 0, err, NULL);
 }
 
 /* A failure before any charge: 502, the key released for the retry. */
 static int pay_gateway_error(struct idem_result *out, const char *why, struct apierr *err)
 {
-    struct apierr ge;
-    apierr_of(&ge, APIERR_GATEWAY_ERROR, NULL,
-              "%s; nothing was charged: retry with the same idempotency key", why);
-    out->status = 502;
-    out->retryable = 1;
-    out->body = apierr_json(&ge);
-    if (!out->body)
-        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
-    out->body_len = strlen(out->body);
-    return 0;
+    return post_route_error_result(out, APIERR_GATEWAY_ERROR, NULL, NULL, 1, err,
+                                   "%s; nothing was charged: retry with the same idempotency key",
+                                   why);
 }
 
 /* Asks the acquirer to charge, under the record's downstream key. Returns

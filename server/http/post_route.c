@@ -3,6 +3,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "post_route.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,4 +113,25 @@ out:
         route->free_req(req);
     free(canon);
     free(body);
+}
+
+int post_route_error_result(struct idem_result *out, enum apierr_id row, const char *name,
+                            const char *id, int retryable, struct apierr *err, const char *fmt, ...)
+{
+    struct apierr e;
+    char message[256];
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(message, sizeof message, fmt, ap);
+        va_end(ap);
+    }
+    apierr_of(&e, row, NULL, fmt ? "%s" : NULL, message);
+    out->status = e.status;
+    out->retryable = retryable;
+    out->body = apierr_json_with(&e, name, id);
+    if (!out->body)
+        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
+    out->body_len = strlen(out->body);
+    return 0;
 }

@@ -36,4 +36,13 @@ struct post_route {
 void post_route_serve(struct request *r, const struct post_route *route, const char *path_id,
                       void *ctx);
 
+/* An operation's answer that is an error (an apierr row, message fmt: NULL
+ * for the row's), with one more member name: id beside "error" when name is
+ * not NULL; retryable as idem_result says. 0, or -1 with err when out of
+ * memory. For the answers the payment and refund operations share: 503
+ * outcome_pending with their id, 502 gateway_error released. */
+int post_route_error_result(struct idem_result *out, enum apierr_id row, const char *name,
+                            const char *id, int retryable, struct apierr *err, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
+
 #endif

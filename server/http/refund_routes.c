@@ -73,33 +73,19 @@ static int refund_pending(void *vctx, const void *vreq, const struct idem_call *
     (void)vctx;
     (void)vreq;
     char id[REFUND_ID_LEN + 1];
-    struct apierr e;
     if (refund_id_for(call->downstream_key, id) != 0)
         return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "the record has no key downstream");
-    apierr_of(&e, APIERR_OUTCOME_PENDING, NULL,
-              "the acquirer's answer was lost: the money may have moved; retry with the same "
-              "idempotency key to learn the refund's outcome");
-    out->status = 503;
-    out->body = apierr_json_with(&e, "refund_id", id);
-    if (!out->body)
-        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
-    out->body_len = strlen(out->body);
-    return 0;
+    return post_route_error_result(
+        out, APIERR_OUTCOME_PENDING, "refund_id", id, 0, err,
+        "the acquirer's answer was lost: the money may have moved; retry with the same "
+        "idempotency key to learn the refund's outcome");
 }
 
 /* A failure before any money moved: 502, the key released for the retry. */
 static int refund_gateway_error(struct idem_result *out, const char *why, struct apierr *err)
 {
-    struct apierr ge;
-    apierr_of(&ge, APIERR_GATEWAY_ERROR, NULL,
-              "%s; no money moved: retry with the same idempotency key", why);
-    out->status = 502;
-    out->retryable = 1;
-    out->body = apierr_json(&ge);
-    if (!out->body)
-        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
-    out->body_len = strlen(out->body);
-    return 0;
+    return post_route_error_result(out, APIERR_GATEWAY_ERROR, NULL, NULL, 1, err,
+                                   "%s; no money moved: retry with the same idempotency key", why);
 }
 
 /* Asks the acquirer to refund amount of payment p's charge under the
