@@ -11,6 +11,7 @@ COPY CMakeLists.txt ./
 COPY cmake cmake
 COPY server server
 COPY client client
+COPY acquirer acquirer
 COPY store store
 COPY sql sql
 RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUILD_TESTING=OFF -DMOCKERY_WERROR=ON \

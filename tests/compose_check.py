@@ -217,7 +217,16 @@ def main():
     health = re.search(r"^HEALTHCHECK .*$", docker, re.M)
     check(health is not None and "${PORT}" in health.group(0) and ":8080" not in health.group(0),
           "the healthcheck does not follow PORT: %s" % (health.group(0) if health else None))
-    for needed in ("server", "store", "client", "sql", "cmake", "CMakeLists.txt"):
+    # Every top folder CMakeLists.txt builds sources from (a new program's
+    # folder once went uncopied and the image did not configure), the SQL it
+    # embeds and the cmake helpers.
+    cmake = open(os.path.join(root, "CMakeLists.txt")).read()
+    folders = set(re.findall(r"^\s+(?:\$\{CMAKE_SOURCE_DIR\}/)?([a-z]+)/[\w/]+\.c\b", cmake, re.M))
+    folders |= set(re.findall(r"\b(?:add_library|add_executable)\([\w-]+\s+(?:STATIC\s+)?([a-z]+)/",
+                              cmake))
+    check({"server", "store", "client", "acquirer"} <= folders,
+          "CMakeLists.txt's source folders not found: %s" % sorted(folders))
+    for needed in sorted(folders | {"sql", "cmake", "CMakeLists.txt"}):
         check(re.search(r"^COPY\s+%s\b" % re.escape(needed), docker, re.M) is not None,
               "the build stage does not copy %s" % needed)
 
