@@ -33,6 +33,7 @@ usage: compose_stack.py REPO_ROOT
 """
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -193,8 +194,12 @@ def prometheus_sees_both_servers(deadline_s=60):
     status, _, body = http("GET", "http://127.0.0.1:%d/api/v1/rules" % PORTS["prometheus"])
     check(status == 200, "Prometheus /api/v1/rules -> %d" % status)
     rules = [r["name"] for g in json.loads(body)["data"]["groups"] for r in g["rules"]]
-    check(len(rules) == 6 and "MockeryStoreUnavailable" in rules,
-          "the stack's Prometheus loaded these rules: %r" % rules)
+    # every rule of the shipped file, whatever their number
+    shipped = re.findall(r"^\s*- alert: (\w+)",
+                         open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+                             __file__))), "prometheus", "alerts.yml")).read(), re.M)
+    check(len(shipped) >= 6 and sorted(rules) == sorted(shipped),
+          "the stack's Prometheus loaded these rules: %r, alerts.yml has %r" % (rules, shipped))
     log("Prometheus scrapes server-1 and server-2 (up = 1) with %d rules" % len(rules))
 
 
