@@ -33,8 +33,9 @@ const char *store_name(const struct store *s)
 }
 
 enum store_status store_claim(struct store *s, const char *tenant, const char *key,
-                              const char *fingerprint, int64_t lease_ms, int64_t ttl_ms,
-                              struct store_claim_result *out, char *err, size_t errlen)
+                              const char *fingerprint, const char *request, int64_t lease_ms,
+                              int64_t ttl_ms, struct store_claim_result *out, char *err,
+                              size_t errlen)
 {
     /* The record's key downstream, should this claim make the record: one
      * choice of its shape for every store. */
@@ -43,8 +44,8 @@ enum store_status store_claim(struct store *s, const char *tenant, const char *k
         snprintf(err, errlen, "no random bytes for a downstream key");
         return STORE_ERROR;
     }
-    return s->ops->claim(s, tenant, key, fingerprint, downstream, lease_ms, ttl_ms, out, err,
-                         errlen);
+    return s->ops->claim(s, tenant, key, fingerprint, request, downstream, lease_ms, ttl_ms, out,
+                         err, errlen);
 }
 
 enum store_status store_complete(struct store *s, const char *tenant, const char *key,
@@ -115,6 +116,28 @@ enum store_status store_list_charge_refunds(struct store *s, const char *charge_
                                             size_t errlen)
 {
     return s->ops->list_charge_refunds(s, charge_id, out, err, errlen);
+}
+
+enum store_status store_recover(struct store *s, int64_t lease_ms, struct store_recovery *out,
+                                char *err, size_t errlen)
+{
+    return s->ops->recover(s, lease_ms, out, err, errlen);
+}
+
+void store_recovery_clear(struct store_recovery *r)
+{
+    free(r->tenant);
+    free(r->key);
+    free(r->fingerprint);
+    free(r->request);
+    memset(r, 0, sizeof *r);
+}
+
+enum store_status store_unfinished(struct store *s, struct store_unfinished *out, char *err,
+                                   size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    return s->ops->unfinished(s, out, err, errlen);
 }
 
 enum store_status store_reap(struct store *s, int batch, int *deleted, char *err, size_t errlen)

@@ -186,6 +186,26 @@ struct store_pool_stats {
     unsigned long long batches_split;
 };
 
+/* A record taken over for recovery (store_recover): one left processing
+ * past its lease that kept its request. Strings are owned: free with
+ * store_recovery_clear(). */
+struct store_recovery {
+    char *tenant;
+    char *key;
+    char *fingerprint;
+    char *request; /* as the claim kept it */
+    int64_t lease_token;
+    int64_t created_at_us;
+    char downstream_key[65];
+};
+
+/* The records waiting for recovery now (processing, with a request, past
+ * their lease): how many, and when the oldest was claimed first (0: none). */
+struct store_unfinished {
+    int64_t waiting;
+    int64_t oldest_created_us;
+};
+
 struct store;
 
 struct store_ops {
@@ -193,9 +213,9 @@ struct store_ops {
     /* downstream_key: a new key, which the record takes if this claim makes
      * it (or claims it after it expired); store_claim() chooses it. */
     enum store_status (*claim)(struct store *s, const char *tenant, const char *key,
-                               const char *fingerprint, const char *downstream_key,
-                               int64_t lease_ms, int64_t ttl_ms, struct store_claim_result *out,
-                               char *err, size_t errlen);
+                               const char *fingerprint, const char *request,
+                               const char *downstream_key, int64_t lease_ms, int64_t ttl_ms,
+                               struct store_claim_result *out, char *err, size_t errlen);
     enum store_status (*complete)(struct store *s, const char *tenant, const char *key,
                                   int64_t lease_token, const struct store_response *resp,
                                   const struct store_rows *rows, char *err, size_t errlen);
@@ -223,6 +243,10 @@ struct store_ops {
     enum store_status (*list_charge_refunds)(struct store *s, const char *charge_id,
                                              struct store_charge_refund_list *out, char *err,
                                              size_t errlen);
+    enum store_status (*recover)(struct store *s, int64_t lease_ms, struct store_recovery *out,
+                                 char *err, size_t errlen);
+    enum store_status (*unfinished)(struct store *s, struct store_unfinished *out, char *err,
+                                    size_t errlen);
     enum store_status (*reap)(struct store *s, int batch, int *deleted, char *err, size_t errlen);
     enum store_status (*ping)(struct store *s, char *err, size_t errlen);
     void (*pool_stats)(struct store *s, struct store_pool_stats *out);
@@ -244,10 +268,15 @@ const char *store_name(const struct store *s);
  * that inserts a processing record with a lease of lease_ms, or takes over an
  * expired record or a processing one past its lease with the same
  * fingerprint (bumping lease_token). Never waits for another request's
- * payment. On STORE_OK *out is filled; otherwise it is untouched. */
+ * payment. On STORE_OK *out is filled; otherwise it is untouched.
+ * request: NULL, or the request as text, kept with the record until it
+ * completes so that store_recover() can hand it to recovery - for an
+ * operation that asks outside (an acquirer). A claim that keeps one is
+ * durable when it returns (the PostgreSQL store waits for its flush). */
 enum store_status store_claim(struct store *s, const char *tenant, const char *key,
-                              const char *fingerprint, int64_t lease_ms, int64_t ttl_ms,
-                              struct store_claim_result *out, char *err, size_t errlen);
+                              const char *fingerprint, const char *request, int64_t lease_ms,
+                              int64_t ttl_ms, struct store_claim_result *out, char *err,
+                              size_t errlen);
 
 /* Atomically mark the record completed with resp and write rows (may be
  * NULL) - only if the record is still processing under lease_token.
@@ -310,6 +339,21 @@ enum store_status store_list_charges(struct store *s, const char *reference,
 enum store_status store_list_charge_refunds(struct store *s, const char *charge_id,
                                             struct store_charge_refund_list *out, char *err,
                                             size_t errlen);
+
+/* Take over the record that kept its request and whose lease ran out
+ * longest ago (a record asked again and kept goes to the back), under a
+ * new lease of lease_ms (a new token; its fingerprint, key
+ * downstream and request kept), for recovery to finish it: *out filled,
+ * or STORE_NOT_FOUND when no record waits. Records held by a live lease,
+ * or being taken by another server at the same moment, are skipped: one
+ * record is recovered by one server at a time. */
+enum store_status store_recover(struct store *s, int64_t lease_ms, struct store_recovery *out,
+                                char *err, size_t errlen);
+void store_recovery_clear(struct store_recovery *r);
+
+/* The records waiting for recovery now. */
+enum store_status store_unfinished(struct store *s, struct store_unfinished *out, char *err,
+                                   size_t errlen);
 
 /* Delete at most batch expired idempotency records; payments are kept. */
 enum store_status store_reap(struct store *s, int batch, int *deleted, char *err, size_t errlen);

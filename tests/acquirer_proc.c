@@ -81,6 +81,23 @@ void test_read_text(const char *path, char *buf, size_t len)
         fclose(f);
 }
 
+void test_read_tail(const char *path, char *buf, size_t len)
+{
+    FILE *f = fopen(path, "r");
+    size_t n = 0;
+    if (f && fseek(f, 0, SEEK_END) == 0) {
+        long size = ftell(f);
+        if (size > (long)len - 1)
+            fseek(f, size - (long)(len - 1), SEEK_SET);
+        else
+            rewind(f);
+        n = fread(buf, 1, len - 1, f);
+    }
+    buf[n] = '\0';
+    if (f)
+        fclose(f);
+}
+
 /* Starts mockery-acquirer on a free port of 127.0.0.1 with these flags
  * (NULL-terminated; may be NULL), --database-url the test database's when
  * with_url, in environment envp; returns when its "listening" line is in
@@ -182,7 +199,7 @@ void test_acquirer_stop(struct test_acquirer *a)
     cr_assert_eq(waitpid(a->pid, &status, 0), a->pid);
     test_acquirer_forget(a->pid);
     char text[8192];
-    test_read_text(a->log, text, sizeof text);
+    test_read_tail(a->log, text, sizeof text); /* its last lines: how it stopped */
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
               "mockery-acquirer did not exit 0 on SIGTERM (status %d, log %s): %s", status, a->log,
               text);

@@ -40,5 +40,7 @@ void test_acquirer_forget(pid_t pid);
 
 /* A file's text into buf (empty when it cannot be read). */
 void test_read_text(const char *path, char *buf, size_t len);
+/* The same, of the file's last len - 1 bytes. */
+void test_read_tail(const char *path, char *buf, size_t len);
 
 #endif

@@ -35,16 +35,16 @@ static int should_fail(struct faulty *f, enum faulty_op op, enum store_status *s
 }
 
 static enum store_status f_claim(struct store *s, const char *tenant, const char *key,
-                                 const char *fp, const char *downstream, int64_t lease_ms,
-                                 int64_t ttl_ms, struct store_claim_result *out, char *err,
-                                 size_t errlen)
+                                 const char *fp, const char *request, const char *downstream,
+                                 int64_t lease_ms, int64_t ttl_ms, struct store_claim_result *out,
+                                 char *err, size_t errlen)
 {
     struct faulty *f = (struct faulty *)s;
     enum store_status st;
     if (should_fail(f, FAULTY_CLAIM, &st, err, errlen))
         return st;
-    return f->inner->ops->claim(f->inner, tenant, key, fp, downstream, lease_ms, ttl_ms, out, err,
-                                errlen);
+    return f->inner->ops->claim(f->inner, tenant, key, fp, request, downstream, lease_ms, ttl_ms,
+                                out, err, errlen);
 }
 
 static enum store_status f_complete(struct store *s, const char *tenant, const char *key,
@@ -114,6 +114,18 @@ static enum store_status f_list_refunds(struct store *s, const char *tenant,
     return store_list_refunds(((struct faulty *)s)->inner, tenant, q, out, err, errlen);
 }
 
+static enum store_status f_recover(struct store *s, int64_t lease_ms, struct store_recovery *out,
+                                   char *err, size_t errlen)
+{
+    return store_recover(((struct faulty *)s)->inner, lease_ms, out, err, errlen);
+}
+
+static enum store_status f_unfinished(struct store *s, struct store_unfinished *out, char *err,
+                                      size_t errlen)
+{
+    return store_unfinished(((struct faulty *)s)->inner, out, err, errlen);
+}
+
 static enum store_status f_reap(struct store *s, int batch, int *deleted, char *err, size_t errlen)
 {
     return store_reap(((struct faulty *)s)->inner, batch, deleted, err, errlen);
@@ -169,6 +181,8 @@ static const struct store_ops faulty_ops = {
     .get_charge = f_get_charge,
     .list_charges = f_list_charges,
     .list_charge_refunds = f_list_charge_refunds,
+    .recover = f_recover,
+    .unfinished = f_unfinished,
     .reap = f_reap,
     .ping = f_ping,
     .pool_stats = f_stats,

@@ -118,8 +118,8 @@ static void forget_child(pid_t pid)
  * file, from which the port is read off the "listening" line. */
 void test_server_spawn(struct test_server *s, const struct config *c, const char *bin)
 {
-    char nums[12][16];
-    char *argv[40];
+    char nums[16][16];
+    char *argv[56];
     int n = 0, k = 0;
     argv[n++] = (char *)bin;
 #define STR(name, value) (argv[n++] = (name), argv[n++] = (char *)(value))
@@ -144,6 +144,8 @@ void test_server_spawn(struct test_server *s, const struct config *c, const char
     if (c->acquirer_url[0]) {
         STR("--acquirer-url", c->acquirer_url);
         NUM("--acquirer-timeout-ms", c->acquirer_timeout_ms);
+        NUM("--recovery-interval-ms", c->recovery_interval_ms);
+        NUM("--recovery-batch", c->recovery_batch);
     }
     if (c->api_keys[0])
         STR("--api-keys", c->api_keys);

@@ -80,8 +80,8 @@ static struct store_claim_result claim_ok(const char *key)
     struct store_claim_result r;
     char err[256] = "";
     memset(&r, 0, sizeof r);
-    cr_assert_eq(store_claim(store, T, key, FP, LONG_MS, DAY_MS, &r, err, sizeof err), STORE_OK,
-                 "claim %s: %s", key, err);
+    cr_assert_eq(store_claim(store, T, key, FP, NULL, LONG_MS, DAY_MS, &r, err, sizeof err),
+                 STORE_OK, "claim %s: %s", key, err);
     return r;
 }
 
@@ -178,7 +178,8 @@ struct op {
 static void *claim_thread(void *arg)
 {
     struct op *o = arg;
-    o->st = store_claim(store, T, o->key, FP, LONG_MS, DAY_MS, &o->claim, o->err, sizeof o->err);
+    o->st =
+        store_claim(store, T, o->key, FP, NULL, LONG_MS, DAY_MS, &o->claim, o->err, sizeof o->err);
     o->finished = 1;
     return NULL;
 }

@@ -54,6 +54,29 @@ Test(config, bad_values_name_the_flag)
     cr_assert(strstr(err, "MOCKERY_LEASE"), "%s", err);
 }
 
+/* Recovery's flags: by default a pass a second, 100 records at most; 0
+ * records a pass or an interval under 10 ms is refused. */
+Test(config, recovery_flags_have_defaults_and_bounds)
+{
+    struct config c;
+    char err[256];
+    config_defaults(&c);
+    cr_assert_eq(c.recovery_interval_ms, 1000);
+    cr_assert_eq(c.recovery_batch, 100);
+    char *ok[] = {"s", "--recovery-interval-ms", "250", "--recovery-batch", "7", NULL};
+    cr_assert_eq(config_parse(&c, 5, ok, err, sizeof err), CONFIG_OK, "%s", err);
+    cr_assert_eq(c.recovery_interval_ms, 250);
+    cr_assert_eq(c.recovery_batch, 7);
+    char *bad_batch[] = {"s", "--recovery-batch", "0", NULL};
+    config_defaults(&c);
+    cr_assert_neq(config_parse(&c, 3, bad_batch, err, sizeof err), CONFIG_OK);
+    cr_assert_not_null(strstr(err, "recovery-batch"), "%s", err);
+    char *bad_interval[] = {"s", "--recovery-interval-ms", "5", NULL};
+    config_defaults(&c);
+    cr_assert_neq(config_parse(&c, 3, bad_interval, err, sizeof err), CONFIG_OK);
+    cr_assert_not_null(strstr(err, "recovery-interval-ms"), "%s", err);
+}
+
 /* The acquirer's flags: an ask ends within the lease, an answer outlives
  * it, every payment has a key to be asked again under. */
 Test(config, acquirer_flags_are_checked_together)

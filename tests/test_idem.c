@@ -26,6 +26,7 @@ struct fake {
     int fail_outside;            /* run says so, then fails (out of memory after the charge) */
     int pending_calls;           /* calls of the pending hook */
     char downstream[8][72];      /* the downstream key of each run */
+    int again[8];                /* call->again of each run */
     struct store_payment row;    /* written with the answer when it has an id */
     struct store_refund *refund; /* written with the answer when set */
 };
@@ -41,8 +42,10 @@ static int fake_run(void *ctx, const void *req, const struct idem_call *call,
 {
     struct fake *f = ctx;
     (void)req;
-    if (f->runs < 8)
+    if (f->runs < 8) {
         snprintf(f->downstream[f->runs], sizeof f->downstream[0], "%s", call->downstream_key);
+        f->again[f->runs] = call->again;
+    }
     f->runs++;
     if (f->fail_outside) {
         out->outside = 1;
@@ -115,8 +118,9 @@ static void teardown(void)
     replay_cache_free(cache);
 }
 
-static struct idem_answer exec(const struct idem_op *op, const char *key, const char *canon,
-                               struct fake *f)
+/* A request whose record keeps kept (NULL: keeps nothing) for recovery. */
+static struct idem_answer exec_kept(const struct idem_op *op, const char *key, const char *canon,
+                                    const char *kept, struct fake *f)
 {
     struct idem_answer a;
     struct idem_request rq = {.tenant = "t",
@@ -124,9 +128,16 @@ static struct idem_answer exec(const struct idem_op *op, const char *key, const 
                               .method = "POST",
                               .canonical = canon,
                               .canonical_len = strlen(canon),
-                              .ctx = f};
+                              .ctx = f,
+                              .kept = kept};
     idem_execute(&layer, op, &rq, &a);
     return a;
+}
+
+static struct idem_answer exec(const struct idem_op *op, const char *key, const char *canon,
+                               struct fake *f)
+{
+    return exec_kept(op, key, canon, NULL, f);
 }
 
 TestSuite(idem, .init = setup, .fini = teardown, .timeout = 30);
@@ -183,7 +194,8 @@ Test(idem, a_key_still_running_is_a_409_with_retry_after)
     struct store_claim_result c;
     char err[256], fp[65];
     idemkey_fingerprint("POST", "/things", "x=1", 3, fp);
-    cr_assert_eq(store_claim(store, "t", "k3", fp, 60000, 86400000, &c, err, sizeof err), STORE_OK);
+    cr_assert_eq(store_claim(store, "t", "k3", fp, NULL, 60000, 86400000, &c, err, sizeof err),
+                 STORE_OK);
     struct idem_answer a = exec(&OP, "k3", "x=1", &f);
     cr_assert_eq(a.outcome, OUTCOME_CONFLICT);
     cr_assert_eq(a.status, 409);
@@ -424,4 +436,246 @@ Test(idem, every_failure_after_money_moved_keeps_the_record)
     cr_assert(strstr(a.body, "pending"), "%s", a.body);
     cr_assert_eq(a.outcome, OUTCOME_NO_KEY);
     idem_answer_clear(&a);
+}
+
+/* ---- a record that kept its request: taken over, and recovered ---------- */
+
+/* The records waiting for recovery: this case's store holds its own alone. */
+static int64_t waiting(void)
+{
+    struct store_unfinished u;
+    char err[256] = "";
+    cr_assert_eq(store_unfinished(store, &u, err, sizeof err), STORE_OK, "%s", err);
+    return u.waiting;
+}
+
+/* A record that kept its request (here its canonical fields, as a server
+ * keeps the body) left by a run whose outcome was unknown: processing, its
+ * lease ended, waiting for its client's retry or for recovery. */
+static void left_unknown(const char *key, struct fake *f)
+{
+    f->pending = 1;
+    struct idem_answer a = exec_kept(&OP, key, "x=1", "x=1", f);
+    cr_assert_eq(a.outcome, OUTCOME_PENDING);
+    cr_assert_eq(f->again[f->runs - 1], 0, "the record's first run is not told it runs again");
+    idem_answer_clear(&a);
+    f->pending = 0;
+    cr_assert_eq(waiting(), 1);
+}
+
+/* Taken over by its retry, a record that kept its request may have been
+ * asked about outside by an earlier run: a run failing now proves nothing
+ * stayed put, so the record is kept - its lease ended, the operation's
+ * pending answer - never released (a new record would ask with a new
+ * downstream key). The first run of a new record is released as ever. */
+Test(idem, a_failed_run_after_a_takeover_of_a_kept_record_keeps_it)
+{
+    struct fake f = {.fail = 1};
+    struct idem_answer a = exec_kept(&OP, "k20", "x=1", "x=1", &f);
+    cr_assert_eq(a.outcome, OUTCOME_RELEASED, "no earlier run: nothing was asked");
+    cr_assert_eq(a.status, 404);
+    cr_assert_eq(f.again[0], 0);
+    idem_answer_clear(&a);
+    f.fail = 0;
+    left_unknown("k20", &f);
+    f.fail = 1;
+    a = exec_kept(&OP, "k20", "x=1", "x=1", &f);
+    cr_assert_eq(f.runs, 3);
+    cr_assert_eq(f.again[2], 1, "told it runs again");
+    cr_assert_str_eq(f.downstream[2], f.downstream[1]);
+    cr_assert_eq(a.outcome, OUTCOME_PENDING);
+    cr_assert_eq(a.status, 503);
+    cr_assert_eq(a.retry_after, 1);
+    cr_assert_eq(f.pending_calls, 1);
+    cr_assert(strstr(a.body, f.downstream[1]), "not the operation's pending answer: %s", a.body);
+    idem_answer_clear(&a);
+    cr_assert_eq(waiting(), 1, "kept for recovery, its lease ended");
+    a = exec_kept(&OP, "k20", "x=2", "x=2", &f);
+    cr_assert_eq(a.outcome, OUTCOME_MISMATCH, "not released: another request is refused");
+    idem_answer_clear(&a);
+}
+
+/* ... unless the operation says that nothing ever moved under the record's
+ * downstream key (retryable): then it is released, and runs anew. */
+Test(idem, a_retryable_run_after_a_takeover_of_a_kept_record_releases_it)
+{
+    struct fake f = {0};
+    left_unknown("k21", &f);
+    f.retryable = 1;
+    struct idem_answer a = exec_kept(&OP, "k21", "x=1", "x=1", &f);
+    cr_assert_eq(f.again[1], 1, "told it runs again");
+    cr_assert_eq(a.outcome, OUTCOME_RELEASED);
+    cr_assert_eq(a.status, 502);
+    cr_assert_eq(f.pending_calls, 0);
+    idem_answer_clear(&a);
+    cr_assert_eq(waiting(), 0);
+    f.retryable = 0;
+    a = exec_kept(&OP, "k21", "x=2", "x=2", &f);
+    cr_assert_eq(a.outcome, OUTCOME_NEW, "the key was free again");
+    cr_assert_eq(f.again[2], 0);
+    idem_answer_clear(&a);
+}
+
+/* The same for a completion the store could not write after such a
+ * takeover, though the run said nothing of money outside: kept, not
+ * released, and the next retry completes it. */
+Test(idem, a_completion_failing_after_a_takeover_of_a_kept_record_keeps_it)
+{
+    struct fake f = {0};
+    left_unknown("k22", &f);
+    faulty_store_fail(store, FAULTY_COMPLETE, 1, STORE_UNAVAILABLE);
+    struct idem_answer a = exec_kept(&OP, "k22", "x=1", "x=1", &f);
+    cr_assert_eq(a.outcome, OUTCOME_PENDING);
+    cr_assert_eq(a.status, 503);
+    cr_assert(strstr(a.body, f.downstream[0]), "not the operation's pending answer: %s", a.body);
+    cr_assert_eq(a.nfailures, 1);
+    cr_assert_str_eq(a.failures[0].op, "complete");
+    cr_assert_eq(faulty_store_calls(store, FAULTY_RELEASE), 0);
+    idem_answer_clear(&a);
+    cr_assert_eq(waiting(), 1, "kept for recovery, its lease ended");
+    a = exec_kept(&OP, "k22", "x=1", "x=1", &f);
+    cr_assert_eq(a.outcome, OUTCOME_TAKEOVER);
+    cr_assert_eq(a.status, 201);
+    cr_assert_str_eq(f.downstream[2], f.downstream[0]);
+    idem_answer_clear(&a);
+}
+
+/* The server's side of recovery, made up: revives a kept request as this
+ * file's requests (the text kept is their canonical fields) - or answers
+ * what the test tells it. */
+struct reviver {
+    int answer;            /* revive's return: 0 revived, -1 unreadable, 1 no more now */
+    const char *canonical; /* revived as this, not as the text kept (NULL: the text) */
+    struct fake *f;
+    int revives, dones;
+    char request[64]; /* the request it was handed */
+};
+
+static int revive(void *arg, const struct store_recovery *rec, const struct idem_op **op,
+                  struct idem_request *rq)
+{
+    struct reviver *rv = arg;
+    rv->revives++;
+    snprintf(rv->request, sizeof rv->request, "%s", rec->request);
+    if (rv->answer != 0)
+        return rv->answer;
+    *op = &OP;
+    rq->method = "POST";
+    rq->canonical = rv->canonical ? rv->canonical : rec->request;
+    rq->canonical_len = strlen(rq->canonical);
+    rq->ctx = rv->f;
+    return 0;
+}
+
+static void revive_done(void *arg, struct idem_request *rq)
+{
+    struct reviver *rv = arg;
+    (void)rq;
+    rv->dones++;
+}
+
+static int recover_one(struct reviver *rv, struct idem_recovered *out)
+{
+    struct idem_revive hooks = {revive, revive_done, rv};
+    return idem_recover_one(&layer, &hooks, out);
+}
+
+/* Recovery finishes a kept record without its client, as the client's
+ * retry would: the operation runs again under the record's downstream key,
+ * told it runs again, and the record is completed; the client's retry,
+ * however late, replays that answer. */
+Test(idem, recovery_finishes_a_kept_record_as_its_retry_would)
+{
+    struct fake f = {0};
+    struct reviver rv = {.f = &f};
+    struct idem_recovered out;
+    cr_assert_eq(recover_one(&rv, &out), 0, "nothing waits yet");
+    cr_assert_eq(rv.revives, 0);
+    left_unknown("k23", &f);
+    cr_assert_eq(recover_one(&rv, &out), 1);
+    cr_assert_str_eq(out.record.tenant, "t");
+    cr_assert_str_eq(out.record.key, "k23");
+    cr_assert_str_eq(rv.request, "x=1", "handed the request kept");
+    cr_assert_not(out.unreadable);
+    cr_assert_eq(out.answer.outcome, OUTCOME_TAKEOVER);
+    cr_assert_eq(out.answer.status, 201);
+    cr_assert_str_eq(out.answer.body, "{\"run\":2}");
+    cr_assert_eq(out.answer.effect, 7);
+    cr_assert_eq(f.runs, 2);
+    cr_assert_eq(f.again[1], 1, "told it runs again");
+    cr_assert_str_eq(f.downstream[1], f.downstream[0]);
+    cr_assert_eq(rv.dones, 1);
+    idem_recovered_clear(&out);
+    cr_assert_eq(waiting(), 0);
+    cr_assert_eq(recover_one(&rv, &out), 0, "completed: nothing waits");
+    struct idem_answer a = exec_kept(&OP, "k23", "x=1", "x=1", &f);
+    cr_assert_eq(a.outcome, OUTCOME_REPLAY);
+    cr_assert_str_eq(a.body, "{\"run\":2}");
+    cr_assert_eq(f.runs, 2);
+    idem_answer_clear(&a);
+}
+
+/* A kept request that cannot be read back is not guessed at: nothing runs,
+ * and the record is kept - processing, its lease ended - marked unreadable,
+ * for an operator (or a build that reads it); its client's retry can still
+ * finish it. */
+Test(idem, recovery_keeps_a_record_whose_request_cannot_be_revived)
+{
+    struct fake f = {0};
+    struct reviver rv = {.answer = -1, .f = &f};
+    struct idem_recovered out;
+    left_unknown("k24", &f);
+    cr_assert_eq(recover_one(&rv, &out), 1);
+    cr_assert(out.unreadable);
+    cr_assert_str_eq(out.record.key, "k24");
+    cr_assert_eq(out.answer.outcome, OUTCOME_PENDING);
+    cr_assert_eq(f.runs, 1, "nothing ran");
+    cr_assert_eq(rv.dones, 0, "nothing revived to free");
+    idem_recovered_clear(&out);
+    cr_assert_eq(waiting(), 1, "kept, its lease ended");
+    struct idem_answer a = exec_kept(&OP, "k24", "x=1", "x=1", &f);
+    cr_assert_eq(a.outcome, OUTCOME_TAKEOVER);
+    cr_assert_eq(a.status, 201);
+    idem_answer_clear(&a);
+}
+
+/* Nor is a request revived as another one than its record was claimed for
+ * (its fingerprint differs): not run, the record kept, marked unreadable. */
+Test(idem, recovery_keeps_a_record_whose_revived_request_has_another_fingerprint)
+{
+    struct fake f = {0};
+    struct reviver rv = {.canonical = "x=2", .f = &f};
+    struct idem_recovered out;
+    left_unknown("k25", &f);
+    cr_assert_eq(recover_one(&rv, &out), 1);
+    cr_assert(out.unreadable);
+    cr_assert_eq(out.answer.outcome, OUTCOME_PENDING);
+    cr_assert_eq(f.runs, 1, "nothing ran");
+    cr_assert_eq(rv.dones, 1, "what was revived is freed");
+    idem_recovered_clear(&out);
+    cr_assert_eq(waiting(), 1, "kept, its lease ended");
+    struct idem_answer a = exec_kept(&OP, "k25", "x=2", "x=2", &f);
+    cr_assert_eq(a.outcome, OUTCOME_MISMATCH, "still the first request's record");
+    idem_answer_clear(&a);
+}
+
+/* A record the caller declines (it wants no more now) is left as it was -
+ * nothing runs, its lease ended again - and the next recovery takes it. */
+Test(idem, a_record_recovery_declines_waits_for_the_next)
+{
+    struct fake f = {0};
+    struct reviver rv = {.answer = 1, .f = &f};
+    struct idem_recovered out;
+    left_unknown("k26", &f);
+    cr_assert_eq(recover_one(&rv, &out), 0);
+    cr_assert_eq(rv.revives, 1);
+    cr_assert_eq(rv.dones, 0);
+    cr_assert_eq(f.runs, 1, "nothing ran");
+    cr_assert_eq(waiting(), 1, "its lease ended again");
+    rv.answer = 0;
+    cr_assert_eq(recover_one(&rv, &out), 1);
+    cr_assert_str_eq(out.record.key, "k26");
+    cr_assert_eq(out.answer.outcome, OUTCOME_TAKEOVER);
+    cr_assert_eq(f.runs, 2);
+    idem_recovered_clear(&out);
 }

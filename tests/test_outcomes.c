@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "acquirer_proc.h"
 #include "config.h"
@@ -83,16 +84,31 @@ static void expect_reconciled(const char *since)
     cr_assert_not_null(strstr(report, "faults: 0\n"), "%s", report);
 }
 
-/* A server of the real binary asking acquirer a, each ask bounded by
- * timeout_ms, under a lease of lease_s. */
+/* Recovery's pass, in the tests of the client's retry: never (it would
+ * finish their records before the retry they test). Its own tests below
+ * run it every RECOVERY_MS. The tests run one at a time (CMakeLists.txt):
+ * a recovering server takes over any record left processing. */
+#define RECOVERY_OFF_MS 86400000
+#define RECOVERY_MS 100
+
+/* A server's configuration asking acquirer a, each ask bounded by
+ * timeout_ms, under a lease of lease_s, without recovery. */
+static void outcome_config(struct config *c, const struct test_acquirer *a, int timeout_ms,
+                           int lease_s)
+{
+    test_config(c, STORE_KIND_POSTGRES);
+    snprintf(c->acquirer_url, sizeof c->acquirer_url, "%s", a->base);
+    c->acquirer_timeout_ms = timeout_ms;
+    c->lease_s = lease_s;
+    c->recovery_interval_ms = RECOVERY_OFF_MS;
+}
+
+/* A server of the real binary with outcome_config's settings. */
 static void server_start_with(struct test_server *s, const struct test_acquirer *a, int timeout_ms,
                               int lease_s)
 {
     struct config c;
-    test_config(&c, STORE_KIND_POSTGRES);
-    snprintf(c.acquirer_url, sizeof c.acquirer_url, "%s", a->base);
-    c.acquirer_timeout_ms = timeout_ms;
-    c.lease_s = lease_s;
+    outcome_config(&c, a, timeout_ms, lease_s);
     memset(s, 0, sizeof *s);
     test_server_spawn(s, &c, MOCKERY_SERVER_BIN);
 }
@@ -426,6 +442,12 @@ Test(outcomes, an_acquirer_503_is_pending_and_nothing_is_charged)
     test_server_stop(&s);
     expect_reconciled(since);
     test_acquirer_stop(&a);
+    /* the record would wait for ever for an acquirer that says 503 to its
+     * customer: no later test's recovery should find it */
+    test_query_long(test_db_url(),
+                    "WITH d AS (DELETE FROM idempotency_keys WHERE idempotency_key = $1"
+                    " RETURNING 1) SELECT count(*) FROM d",
+                    key);
 }
 
 /* No connection to the acquirer: nothing was sent, nothing moved - 502,
@@ -467,6 +489,51 @@ Test(outcomes, the_acquirer_down_is_502_released_and_back_up_charges_once)
     test_acquirer_stop(&a);
 }
 
+/* A payment whose server was SIGKILLed mid-charge (kill_mid_charge). */
+struct killed {
+    char key[96], cust[64], json[256];
+    char ref[64]; /* the transaction the acquirer was given */
+};
+
+/* Starts acquirer a with the faults and a server asking it (2.5 s bound,
+ * a lease of 3 s); posts a payment of amount for a cust-hold customer
+ * (its answer held 4 s after the charge), the client giving up at once;
+ * and SIGKILLs the server once the acquirer has recorded the charge and
+ * holds its answer - the event, waited for, bounded at 30 s. */
+static void kill_mid_charge(struct test_acquirer *a, const char *key_prefix, const char *amount,
+                            struct killed *k)
+{
+    struct test_server s1;
+    test_acquirer_start(a, PREFIX_FAULTS, 4);
+    /* the ask outlasts the kill: bounded by 2.5 s, the hold is 4 s */
+    server_start_with(&s1, a, 2500, 3);
+    test_unique(k->key, sizeof k->key, key_prefix);
+    test_unique(k->cust, sizeof k->cust, "cust-hold");
+    pay_json(k->json, sizeof k->json, k->cust, amount);
+    const char *key = k->key, *cust = k->cust, *json = k->json;
+    char *ref = k->ref;
+    char url[256], keyh[160];
+    struct test_response r;
+    snprintf(url, sizeof url, "%s/api/v1/payments", s1.base);
+    snprintf(keyh, sizeof keyh, "Idempotency-Key: %s", key);
+    const char *headers[] = {"Content-Type: application/json", keyh, NULL};
+    /* the client gives up at once; the server goes on asking */
+    cr_assert_neq(httpc_request("POST", url, headers, json, strlen(json), 200, &r), 0,
+                  "answered before the held charge: %ld %s", r.status, r.body);
+    httpc_response_free(&r);
+    ref[0] = '\0';
+    for (int i = 0; i < 600 && !ref[0]; i++) {
+        test_query_text(test_db_url(),
+                        "SELECT coalesce(max(reference), '') FROM acquirer_charges"
+                        " WHERE customer_id = $1",
+                        cust, ref, 64);
+        if (!ref[0])
+            sleep_ms(50);
+    }
+    cr_assert(ref[0], "the acquirer recorded no charge within 30 s");
+    test_server_kill(&s1);
+}
+
 /* The server SIGKILLed while the acquirer holds an answer it has already
  * charged: the record stays processing under the dead server's lease; a
  * second server's retry takes it over when the lease ends, asks again with
@@ -477,34 +544,12 @@ Test(outcomes, a_server_killed_mid_charge_is_finished_by_another_with_one_charge
     char since[64];
     db_now(since, sizeof since);
     struct test_acquirer a = {0};
-    struct test_server s1, s2;
-    test_acquirer_start(&a, PREFIX_FAULTS, 4);
-    /* the ask outlasts the kill: bounded by 2.5 s, the hold is 4 s */
-    server_start_with(&s1, &a, 2500, 3);
-    char key[96], cust[64], json[256], url[256], keyh[160], ref[64] = "", txn[64], charge[64];
+    struct test_server s2;
+    struct killed k;
+    kill_mid_charge(&a, "out-kill", "19.99", &k);
+    const char *key = k.key, *cust = k.cust, *json = k.json, *ref = k.ref;
+    char txn[64], charge[64];
     struct test_response r;
-    test_unique(key, sizeof key, "out-kill");
-    test_unique(cust, sizeof cust, "cust-hold");
-    pay_json(json, sizeof json, cust, "19.99");
-    snprintf(url, sizeof url, "%s/api/v1/payments", s1.base);
-    snprintf(keyh, sizeof keyh, "Idempotency-Key: %s", key);
-    const char *headers[] = {"Content-Type: application/json", keyh, NULL};
-    /* the client gives up at once; the server goes on asking */
-    cr_assert_neq(httpc_request("POST", url, headers, json, strlen(json), 200, &r), 0,
-                  "answered before the held charge: %ld %s", r.status, r.body);
-    httpc_response_free(&r);
-    /* wait for the event: the acquirer has recorded the charge (and holds
-     * its answer); then the server dies */
-    for (int i = 0; i < 600 && !ref[0]; i++) {
-        test_query_text(test_db_url(),
-                        "SELECT coalesce(max(reference), '') FROM acquirer_charges"
-                        " WHERE customer_id = $1",
-                        cust, ref, sizeof ref);
-        if (!ref[0])
-            sleep_ms(50);
-    }
-    cr_assert(ref[0], "the acquirer recorded no charge within 30 s");
-    test_server_kill(&s1);
 
     server_start_with(&s2, &a, 2500, 3);
     pay_settled(&s2, key, json, &r);
@@ -705,9 +750,7 @@ Test(outcomes, two_tenants_with_one_client_key_are_two_charges)
     struct test_server s;
     struct config c;
     test_acquirer_start(&a, NULL, 0);
-    test_config(&c, STORE_KIND_POSTGRES);
-    snprintf(c.acquirer_url, sizeof c.acquirer_url, "%s", a.base);
-    c.acquirer_timeout_ms = TIMEOUT_MS;
+    outcome_config(&c, &a, TIMEOUT_MS, 30);
     snprintf(c.api_keys, sizeof c.api_keys, "acme:key-acme-0001,globex:key-globex-0002");
     memset(&s, 0, sizeof s);
     test_server_spawn(&s, &c, MOCKERY_SERVER_BIN);
@@ -768,10 +811,7 @@ Test(outcomes, a_key_reused_after_expiry_is_a_new_charge_under_a_new_key)
     struct test_server s;
     struct config c;
     test_acquirer_start(&a, NULL, 0);
-    test_config(&c, STORE_KIND_POSTGRES);
-    snprintf(c.acquirer_url, sizeof c.acquirer_url, "%s", a.base);
-    c.acquirer_timeout_ms = TIMEOUT_MS;
-    c.lease_s = 1;
+    outcome_config(&c, &a, TIMEOUT_MS, 1);
     c.idempotency_ttl_s = 2;
     memset(&s, 0, sizeof s);
     test_server_spawn(&s, &c, MOCKERY_SERVER_BIN);
@@ -805,6 +845,177 @@ Test(outcomes, a_key_reused_after_expiry_is_a_new_charge_under_a_new_key)
     cr_assert_eq(ledger_charges(&a, txn[0], id, st), 1);
     cr_assert_eq(ledger_charges(&a, txn[1], id, st), 1);
     test_server_stop(&s);
+    expect_reconciled(since);
+    test_acquirer_stop(&a);
+}
+
+/* ---- recovery without the client ---------------------------------------- */
+
+/* Waits for the event - the record of key completed - bounded at 60 s. */
+static void wait_completed(const char *key)
+{
+    for (int i = 0; i < 1200; i++) {
+        if (test_query_long(test_db_url(),
+                            "SELECT count(*) FROM idempotency_keys WHERE idempotency_key = $1"
+                            " AND state = 'completed'",
+                            key) == 1)
+            return;
+        sleep_ms(50);
+    }
+    cr_assert_fail("the record of %s was not completed by recovery within 60 s", key);
+}
+
+/* The lines of a server's log saying that the record of key was recovered
+ * with this result. */
+static int recovered_lines(const char *log_path, const char *key, const char *result)
+{
+    FILE *f = fopen(log_path, "r");
+    cr_assert_not_null(f, "%s", log_path);
+    char line[8192], k[160], res[64];
+    snprintf(k, sizeof k, "\"key\":\"%s\"", key);
+    snprintf(res, sizeof res, "\"result\":\"%s\"", result);
+    int n = 0;
+    while (fgets(line, sizeof line, f))
+        n += strstr(line, "\"record recovered\"") && strstr(line, k) && strstr(line, res);
+    fclose(f);
+    return n;
+}
+
+/* A server that recovers every RECOVERY_MS, its log kept for the test. */
+static void recovering_server(struct test_server *s, const struct test_acquirer *a, int timeout_ms,
+                              int lease_s)
+{
+    struct config c;
+    outcome_config(&c, a, timeout_ms, lease_s);
+    c.recovery_interval_ms = RECOVERY_MS;
+    memset(s, 0, sizeof *s);
+    s->keep_log = 1;
+    test_server_spawn(s, &c, MOCKERY_SERVER_BIN);
+}
+
+/* Stops s (kept_log set), its log's path in path. */
+static void stop_keeping_log(struct test_server *s, char *path, size_t len)
+{
+    snprintf(path, len, "%s", s->log_path);
+    test_server_stop(s);
+}
+
+static double metric_of(const struct test_server *s, const char *series)
+{
+    char *text = test_scrape(s);
+    double v = test_metric(text, series);
+    free(text);
+    return v;
+}
+
+/* The server SIGKILLed while the acquirer holds an answer it has charged,
+ * and no client asks again: another server's recovery takes the record
+ * over once its lease ends, asks again under the same key downstream
+ * (409 while the acquirer still holds the first ask: unknown, kept, asked
+ * again) and completes the payment with the one charge; the client's retry,
+ * whenever it comes, is answered that payment. */
+Test(outcomes, a_server_killed_mid_charge_is_finished_by_recovery_without_a_retry)
+{
+    char since[64];
+    db_now(since, sizeof since);
+    struct test_acquirer a = {0};
+    struct test_server s2;
+    struct killed k;
+    kill_mid_charge(&a, "out-recover", "23.45", &k);
+    const char *key = k.key, *cust = k.cust, *json = k.json, *ref = k.ref;
+    char txn[64], charge[64];
+    struct test_response r;
+
+    recovering_server(&s2, &a, 2500, 3);
+    wait_completed(key);
+    test_query_text(test_db_url(), "SELECT transaction_id FROM payments WHERE idempotency_key = $1",
+                    key, txn, sizeof txn);
+    cr_assert_str_eq(txn, ref, "the transaction the first server named at the acquirer");
+    expect_one_charge(&a, txn, "succeeded", NULL);
+    cr_assert_eq(customer_charges(cust), 1);
+
+    test_post_payment(&s2, key, json, &r);
+    cr_assert_eq(r.status, 200, "the retry is answered the recovered payment: %ld %s", r.status,
+                 r.body);
+    str_of(&r, "transaction_id", txn, sizeof txn);
+    str_of(&r, "charge_id", charge, sizeof charge);
+    cr_assert_str_eq(txn, ref);
+    test_response_free(&r);
+    expect_one_charge(&a, txn, "succeeded", charge);
+    cr_assert_geq(metric_of(&s2, "mockery_recovery_records_total{result=\"completed\"}"), 1);
+    char log[128];
+    stop_keeping_log(&s2, log, sizeof log);
+    cr_assert_eq(recovered_lines(log, key, "completed"), 1, "log %s", log);
+    unlink(log);
+    expect_reconciled(since);
+    test_acquirer_stop(&a);
+}
+
+#define RECOVERED 8
+
+/* Records whose outcome stayed unknown (the acquirer answered 503) and
+ * whose clients never came back: one recovering server keeps them (asked
+ * again, still unknown: counted pending, waiting); the acquirer back
+ * without the fault and a second recovering server beside the first, each
+ * record is completed once - by one server, one line - with one charge. */
+Test(outcomes, recovery_on_two_servers_finishes_each_record_once)
+{
+    char since[64];
+    db_now(since, sizeof since);
+    struct test_acquirer a = {0};
+    struct test_server s, r1, r2;
+    test_acquirer_start(&a, PREFIX_FAULTS, 4);
+    server_start(&s, &a);
+    char key[RECOVERED][96], cust[RECOVERED][64], txn[RECOVERED][64], json[256], paid_txn[64];
+    struct test_response r;
+    for (int i = 0; i < RECOVERED; i++) {
+        test_unique(key[i], sizeof key[i], "out-rec2");
+        test_unique(cust[i], sizeof cust[i], "cust-busy");
+        pay_json(json, sizeof json, cust[i], "3.10");
+        test_post_payment(&s, key[i], json, &r);
+        test_expect_error(&r, 503, "outcome_pending", NULL);
+        str_of(&r, "transaction_id", txn[i], sizeof txn[i]);
+        test_response_free(&r);
+    }
+    test_server_stop(&s);
+
+    /* still 503 at the acquirer: recovered as pending, kept, waiting */
+    recovering_server(&r1, &a, TIMEOUT_MS, 2);
+    for (int i = 0;
+         i < 1200 &&
+         metric_of(&r1, "mockery_recovery_records_total{result=\"pending\"}") < RECOVERED;
+         i++)
+        sleep_ms(50);
+    cr_assert_geq(metric_of(&r1, "mockery_recovery_records_total{result=\"pending\"}"), RECOVERED);
+    cr_assert_geq(metric_of(&r1, "mockery_recovery_waiting_records"), 1);
+    cr_assert_gt(metric_of(&r1, "mockery_recovery_oldest_waiting_seconds"), 0);
+    for (int i = 0; i < RECOVERED; i++)
+        expect_no_charge(&a, txn[i]);
+
+    int port = a.port;
+    test_acquirer_stop(&a);
+    a.port = port;
+    test_acquirer_start(&a, NULL, 0);
+    recovering_server(&r2, &a, TIMEOUT_MS, 2);
+    for (int i = 0; i < RECOVERED; i++)
+        wait_completed(key[i]);
+    for (int i = 0; i < RECOVERED; i++) {
+        test_query_text(test_db_url(),
+                        "SELECT transaction_id FROM payments WHERE idempotency_key = $1", key[i],
+                        paid_txn, sizeof paid_txn);
+        cr_assert_str_eq(paid_txn, txn[i], "the transaction the client was told");
+        expect_one_charge(&a, txn[i], "succeeded", NULL);
+        cr_assert_eq(customer_charges(cust[i]), 1);
+    }
+    char log1[128], log2[128];
+    stop_keeping_log(&r1, log1, sizeof log1);
+    stop_keeping_log(&r2, log2, sizeof log2);
+    for (int i = 0; i < RECOVERED; i++)
+        cr_assert_eq(recovered_lines(log1, key[i], "completed") +
+                         recovered_lines(log2, key[i], "completed"),
+                     1, "record %s completed by one recovery, once", key[i]);
+    unlink(log1);
+    unlink(log2);
     expect_reconciled(since);
     test_acquirer_stop(&a);
 }

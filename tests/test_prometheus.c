@@ -221,7 +221,8 @@ Test(prometheus, the_shipped_rules_evaluate_and_server_down_goes_pending, .init 
                            "MockeryKeysStuckProcessing",
                            "MockeryStorePoolSaturated",
                            "MockeryReplayCacheHitRatioCollapsed",
-                           "MockeryAcquirerOutcomesUnknown"};
+                           "MockeryAcquirerOutcomesUnknown",
+                           "MockeryRecoveryBehind"};
     size_t nnames = sizeof names / sizeof names[0];
     size_t ok = 0, total = 0;
     char last[512] = "";

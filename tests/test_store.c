@@ -85,7 +85,8 @@ static struct store_claim_result claim(const char *key, const char *fp, int64_t 
     struct store_claim_result r;
     char err[256] = "";
     memset(&r, 0, sizeof r);
-    enum store_status st = store_claim(store, T, key, fp, lease_ms, ttl_ms, &r, err, sizeof err);
+    enum store_status st =
+        store_claim(store, T, key, fp, NULL, lease_ms, ttl_ms, &r, err, sizeof err);
     cr_assert_eq(st, STORE_OK, "claim %s: %s", key, err);
     return r;
 }
@@ -231,8 +232,9 @@ CONTRACT(downstream_key_is_the_records_own_across_takeovers)
     /* another tenant, the same client key: another record, another key */
     struct store_claim_result t;
     memset(&t, 0, sizeof t);
-    cr_assert_eq(store_claim(store, "tenant-b", key, FP, LONG_MS, DAY_MS, &t, err, sizeof err),
-                 STORE_OK, "%s", err);
+    cr_assert_eq(
+        store_claim(store, "tenant-b", key, FP, NULL, LONG_MS, DAY_MS, &t, err, sizeof err),
+        STORE_OK, "%s", err);
     cr_assert_eq(t.outcome, CLAIM_NEW);
     cr_assert_str_neq(t.downstream_key, a.downstream_key);
     /* the holder died: the takeover asks downstream with the same key */
@@ -392,9 +394,11 @@ CONTRACT(tenants_do_not_share_keys_or_payments)
     test_unique(key, sizeof key, "tenant");
     test_unique(id, sizeof id, "txn");
     struct store_claim_result a, b;
-    cr_assert_eq(store_claim(store, "t1", key, FP, LONG_MS, DAY_MS, &a, err, sizeof err), STORE_OK);
-    cr_assert_eq(store_claim(store, "t2", key, "fp-other", LONG_MS, DAY_MS, &b, err, sizeof err),
+    cr_assert_eq(store_claim(store, "t1", key, FP, NULL, LONG_MS, DAY_MS, &a, err, sizeof err),
                  STORE_OK);
+    cr_assert_eq(
+        store_claim(store, "t2", key, "fp-other", NULL, LONG_MS, DAY_MS, &b, err, sizeof err),
+        STORE_OK);
     cr_assert_eq(a.outcome, CLAIM_NEW);
     cr_assert_eq(b.outcome, CLAIM_NEW);
     struct store_payment p = payment_for(key, id, "cust-t", 1);
@@ -999,6 +1003,252 @@ CONTRACT(rows_carrying_two_kinds_are_an_error_and_write_nothing)
     store_claim_result_clear(&b);
 }
 
+/* ---- recovery without the client: records that kept their request ------ */
+
+/* What a claim keeps for recovery: opaque text, any bytes of UTF-8. */
+static const char *KEPT = "{\"route\":\"/api/v1/payments\",\"body\":\"caf\xc3\xa9 \\u00e9\"}";
+
+/* How long a case waits for a record to come back to recovery (a lease to
+ * run out, another case's recovery to hand it back): only a record that
+ * never comes back turns into a failure. */
+#define RECOVER_WAIT_S 10
+/* At most this many records taken in one pass over the waiting ones. */
+#define SWEEP_MAX 100
+
+static struct store_claim_result claim_kept(const char *key, const char *request, int64_t lease_ms)
+{
+    struct store_claim_result r;
+    char err[256] = "";
+    memset(&r, 0, sizeof r);
+    enum store_status st =
+        store_claim(store, T, key, FP, request, lease_ms, DAY_MS, &r, err, sizeof err);
+    cr_assert_eq(st, STORE_OK, "claim %s: %s", key, err);
+    return r;
+}
+
+static int is_ours(const struct store_recovery *r, const char *key)
+{
+    return key && strcmp(r->tenant, T) == 0 && strcmp(r->key, key) == 0;
+}
+
+/* One store_recover() under a lease of LONG_MS: STORE_OK or STORE_NOT_FOUND. */
+static enum store_status recover_next(struct store_recovery *r)
+{
+    char err[256] = "";
+    memset(r, 0, sizeof *r);
+    enum store_status st = store_recover(store, LONG_MS, r, err, sizeof err);
+    cr_assert(st == STORE_OK || st == STORE_NOT_FOUND, "store_recover: %s: %s",
+              store_status_name(st), err);
+    return st;
+}
+
+/* Another case's record, taken on the way (the PostgreSQL cases share one
+ * database and run at once): handed back as it was, waiting, its lease
+ * ended. */
+static void hand_back(struct store_recovery *r)
+{
+    char err[256] = "";
+    cr_assert_eq(store_abandon(store, r->tenant, r->key, r->lease_token, err, sizeof err), STORE_OK,
+                 "handing back %s: %s", r->key, err);
+    store_recovery_clear(r);
+}
+
+/* Takes over the waiting records until the one of key comes back, waiting
+ * for its lease to run out: 1 with *got filled (ours, under a lease of
+ * LONG_MS), or 0 when it did not within RECOVER_WAIT_S. Fails the case if
+ * the record of never (may be NULL) comes back on the way. */
+static int recover_key(const char *key, const char *never, struct store_recovery *got)
+{
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        struct store_recovery r;
+        if (recover_next(&r) == STORE_OK) {
+            cr_assert_not(is_ours(&r, never), "the record of %s was recovered", never);
+            if (is_ours(&r, key)) {
+                *got = r;
+                return 1;
+            }
+            hand_back(&r);
+        } else {
+            wait_ms(10);
+        }
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec - t0.tv_sec >= RECOVER_WAIT_S)
+            return 0;
+    }
+}
+
+/* Takes over the records waiting now, until none is left (or SWEEP_MAX),
+ * handing each back: fails the case if the record of key is among them. */
+static void sweep_without(const char *key)
+{
+    for (int i = 0; i < SWEEP_MAX; i++) {
+        struct store_recovery r;
+        if (recover_next(&r) == STORE_NOT_FOUND)
+            return;
+        cr_assert_not(is_ours(&r, key), "the record of %s was recovered", key);
+        hand_back(&r);
+    }
+}
+
+/* A record that kept its request and whose lease ended (its holder gave up
+ * on an unknown outcome, or died) is taken over by recovery - with its own
+ * downstream key, its request and when it was first claimed - under a new
+ * token; never while a lease on it is live, its holder's or another
+ * recovery's. */
+CONTRACT(recover_takes_a_kept_record_only_once_its_lease_ended)
+{
+    char key[96], err[256] = "";
+    test_unique(key, sizeof key, "recover");
+    struct store_claim_result a = claim_kept(key, KEPT, LONG_MS);
+    cr_assert_eq(a.outcome, CLAIM_NEW);
+    sweep_without(key); /* its holder's lease is live */
+    cr_assert_eq(store_abandon(store, T, key, a.lease_token, err, sizeof err), STORE_OK, "%s", err);
+    struct store_recovery got;
+    cr_assert(recover_key(key, NULL, &got), "the record of %s never came back", key);
+    cr_assert_str_eq(got.fingerprint, FP);
+    cr_assert_str_eq(got.request, KEPT);
+    cr_assert_str_eq(got.downstream_key, a.downstream_key);
+    cr_assert_eq(got.created_at_us, a.created_at_us);
+    cr_assert_gt(got.lease_token, 0);
+    cr_assert_neq(got.lease_token, a.lease_token);
+    /* recovery holds a live lease now: no other recovery takes it, and its
+     * client's retry is told it is in progress */
+    sweep_without(key);
+    struct store_claim_result retry = claim(key, FP, LONG_MS, DAY_MS);
+    cr_assert_eq(retry.outcome, CLAIM_IN_PROGRESS);
+    cr_assert_eq(complete(key, got.lease_token, "{\"recovered\":1}", NULL), STORE_OK);
+    store_recovery_clear(&got);
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&retry);
+}
+
+/* Recovery's takeover fences the holder whose lease ran out: its old token
+ * completes nothing, the new one completes the record; a completed record
+ * is never recovered again, and its retry replays recovery's answer. */
+CONTRACT(recovery_fences_the_old_holder_and_a_completed_record_is_not_recovered)
+{
+    char key[96], id_old[64], id_new[64], err[256] = "";
+    test_unique(key, sizeof key, "recover-fence");
+    test_unique(id_old, sizeof id_old, "txn-old");
+    test_unique(id_new, sizeof id_new, "txn-new");
+    struct store_claim_result a = claim_kept(key, KEPT, 100);
+    struct store_recovery got;
+    cr_assert(recover_key(key, NULL, &got), "the record of %s never came back", key);
+    cr_assert_neq(got.lease_token, a.lease_token);
+
+    struct store_payment old = payment_for(key, id_old, "cust-rec", 1);
+    cr_assert_eq(complete(key, a.lease_token, "{\"old\":1}", &old), STORE_LEASE_LOST);
+    struct store_payment p;
+    cr_assert_eq(store_get_payment(store, T, id_old, &p, err, sizeof err), STORE_NOT_FOUND);
+    struct store_payment fresh = payment_for(key, id_new, "cust-rec", 2);
+    cr_assert_eq(complete(key, got.lease_token, "{\"recovered\":1}", &fresh), STORE_OK);
+    cr_assert_eq(store_get_payment(store, T, id_new, &p, err, sizeof err), STORE_OK, "%s", err);
+    store_payment_clear(&p);
+
+    sweep_without(key);
+    struct store_claim_result c = claim(key, FP, LONG_MS, DAY_MS);
+    cr_assert_eq(c.outcome, CLAIM_COMPLETED);
+    cr_assert_str_eq(c.response_body, "{\"recovered\":1}");
+    store_recovery_clear(&got);
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&c);
+}
+
+/* A retry that takes the record over keeping no request of its own (a
+ * server that keeps none) leaves the one kept: recovery still has it. */
+CONTRACT(a_takeover_without_a_request_leaves_the_one_kept)
+{
+    char key[96], err[256] = "";
+    test_unique(key, sizeof key, "recover-retry");
+    struct store_claim_result a = claim_kept(key, KEPT, LONG_MS);
+    cr_assert_eq(store_abandon(store, T, key, a.lease_token, err, sizeof err), STORE_OK, "%s", err);
+    struct store_claim_result b = claim(key, FP, LONG_MS, DAY_MS);
+    cr_assert_eq(b.outcome, CLAIM_TAKEOVER);
+    cr_assert_eq(store_abandon(store, T, key, b.lease_token, err, sizeof err), STORE_OK, "%s", err);
+    struct store_recovery got;
+    cr_assert(recover_key(key, NULL, &got), "the record of %s never came back", key);
+    cr_assert_str_eq(got.request, KEPT);
+    cr_assert_str_eq(got.downstream_key, a.downstream_key);
+    cr_assert_eq(complete(key, got.lease_token, "{}", NULL), STORE_OK);
+    store_recovery_clear(&got);
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&b);
+}
+
+/* A record that kept no request (an operation that asks no one outside) is
+ * never recovered, its lease long ended: only its client's retry finishes
+ * it. */
+CONTRACT(a_record_without_a_request_is_never_recovered)
+{
+    char bare[96], kept[96];
+    test_unique(bare, sizeof bare, "recover-bare");
+    test_unique(kept, sizeof kept, "recover-kept");
+    /* claimed first with the same lease: its lease has ended whenever the
+     * kept one's has, and recovery would take it first */
+    struct store_claim_result a = claim(bare, FP, 100, DAY_MS);
+    struct store_claim_result b = claim_kept(kept, KEPT, 100);
+    struct store_recovery got;
+    cr_assert(recover_key(kept, bare, &got), "the record of %s never came back", kept);
+    cr_assert_eq(complete(kept, got.lease_token, "{}", NULL), STORE_OK);
+    sweep_without(bare);
+    /* still processing, its lease ended: its retry takes it over */
+    struct store_claim_result c = claim(bare, FP, LONG_MS, DAY_MS);
+    cr_assert_eq(c.outcome, CLAIM_TAKEOVER);
+    cr_assert_eq(complete(bare, c.lease_token, "{}", NULL), STORE_OK);
+    store_recovery_clear(&got);
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&b);
+    store_claim_result_clear(&c);
+}
+
+/* The records waiting for recovery are counted, with when the oldest was
+ * first claimed: a kept record whose lease ended is among them. */
+CONTRACT(unfinished_counts_a_kept_record_waiting_for_recovery)
+{
+    char key[96], err[256] = "";
+    /* the memory store holds this case's records alone: counted exactly */
+    int alone = strcmp(store_name(store), "memory") == 0;
+    struct store_unfinished u;
+    test_unique(key, sizeof key, "unfinished-kept");
+    struct store_claim_result a = claim_kept(key, KEPT, LONG_MS);
+    if (alone) {
+        cr_assert_eq(store_unfinished(store, &u, err, sizeof err), STORE_OK, "%s", err);
+        cr_assert_eq(u.waiting, 0, "a live lease is not waiting");
+        cr_assert_eq(u.oldest_created_us, 0);
+    }
+    cr_assert_eq(store_abandon(store, T, key, a.lease_token, err, sizeof err), STORE_OK, "%s", err);
+    /* (another case's recovery may hold it for a moment: wait for it back) */
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        cr_assert_eq(store_unfinished(store, &u, err, sizeof err), STORE_OK, "%s", err);
+        if (u.waiting >= 1 && u.oldest_created_us > 0 && u.oldest_created_us <= a.created_at_us)
+            break;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        cr_assert_lt(now.tv_sec - t0.tv_sec, RECOVER_WAIT_S,
+                     "not counted: %lld waiting, the oldest created at %lld (ours %lld)",
+                     (long long)u.waiting, (long long)u.oldest_created_us,
+                     (long long)a.created_at_us);
+        wait_ms(10);
+    }
+    if (alone) {
+        cr_assert_eq(u.waiting, 1);
+        cr_assert_eq(u.oldest_created_us, a.created_at_us);
+    }
+    /* completed: no longer waiting (and gone from the shared database) */
+    struct store_recovery got;
+    cr_assert(recover_key(key, NULL, &got), "the record of %s never came back", key);
+    cr_assert_eq(complete(key, got.lease_token, "{}", NULL), STORE_OK);
+    if (alone) {
+        cr_assert_eq(store_unfinished(store, &u, err, sizeof err), STORE_OK, "%s", err);
+        cr_assert_eq(u.waiting, 0);
+    }
+    store_recovery_clear(&got);
+    store_claim_result_clear(&a);
+}
+
 /* ---- PostgreSQL only: losing the database connection --------------------------- */
 
 static void terminate_backends(const char *application_name)
@@ -1050,8 +1300,8 @@ Test(store_pg, terminated_connection_is_replaced_before_use, .timeout = 90)
      * new one: the caller never sees the old one fail. */
     test_unique(key, sizeof key, "lost");
     struct store_claim_result r = {0};
-    cr_assert_eq(store_claim(s, T, key, FP, LONG_MS, DAY_MS, &r, err, sizeof err), STORE_OK, "%s",
-                 err);
+    cr_assert_eq(store_claim(s, T, key, FP, NULL, LONG_MS, DAY_MS, &r, err, sizeof err), STORE_OK,
+                 "%s", err);
     cr_assert_eq(r.outcome, CLAIM_NEW);
     cr_assert_eq(backends_named(name), 1);
     store_claim_result_clear(&r);

@@ -1,5 +1,5 @@
-/* app.c - starting and stopping the service: the store, the reaper, the
- * guards and metrics, and the HTTP edge over them (edge.h) */
+/* app.c - starting and stopping the service: the store, the reaper,
+ * recovery, the guards and metrics, and the HTTP edge over them (edge.h) */
 #define _POSIX_C_SOURCE 200809L
 #include "app.h"
 
@@ -13,6 +13,7 @@
 
 #include "acquirer.h"
 #include "clock.h"
+#include "recovery.h"
 #include "replay_cache.h"
 #include "store_mem.h"
 #include "store_pg.h"
@@ -25,19 +26,49 @@ static void on_pg_notice(void *arg, const char *message)
     log_end(app->log, line);
 }
 
+/* Waits interval_ms, or until the app stops: 1 when it stops. */
+static int wait_or_stop(struct app *app, int interval_ms)
+{
+    struct timespec deadline;
+    clock_deadline_in(&deadline, interval_ms);
+    pthread_mutex_lock(&app->mu);
+    while (!app->stopping && pthread_cond_timedwait(&app->cv, &app->mu, &deadline) != ETIMEDOUT)
+        ;
+    int stopping = app->stopping;
+    pthread_mutex_unlock(&app->mu);
+    return stopping;
+}
+
+/* Finishes records left processing past their lease, a bounded number a
+ * pass (recovery.h), and counts what waits. */
+static void *recovery_main(void *arg)
+{
+    struct app *app = arg;
+    const struct service *svc = &app->edge.svc;
+    struct metrics *m = app->edge.metrics;
+    while (!wait_or_stop(app, app->cfg.recovery_interval_ms)) {
+        struct recovery_pass p;
+        recovery_run(svc, app->cfg.recovery_batch, &p);
+        metrics_recovered(m, METRICS_RECOVERY_COMPLETED, p.completed);
+        metrics_recovered(m, METRICS_RECOVERY_PENDING, p.pending);
+        metrics_recovered(m, METRICS_RECOVERY_RELEASED, p.released);
+        metrics_recovered(m, METRICS_RECOVERY_UNREADABLE, p.unreadable);
+        metrics_recovered(m, METRICS_RECOVERY_LOST, p.lost);
+        struct store_unfinished u;
+        char err[256] = "";
+        if (store_unfinished(svc->store, &u, err, sizeof err) == STORE_OK)
+            metrics_recovery_waiting(
+                m, (long long)u.waiting,
+                u.oldest_created_us ? (double)(clock_wall_us() - u.oldest_created_us) / 1e6 : 0);
+    }
+    return NULL;
+}
+
 /* Deletes expired records in bounded batches every interval. */
 static void *reaper_main(void *arg)
 {
     struct app *app = arg;
-    pthread_mutex_lock(&app->mu);
-    while (!app->stopping) {
-        struct timespec deadline;
-        clock_deadline_in(&deadline, app->cfg.reaper_interval_ms);
-        while (!app->stopping && pthread_cond_timedwait(&app->cv, &app->mu, &deadline) != ETIMEDOUT)
-            ;
-        if (app->stopping)
-            break;
-        pthread_mutex_unlock(&app->mu);
+    while (!wait_or_stop(app, app->cfg.reaper_interval_ms)) {
         int total = 0, deleted = 0;
         char err[256] = "";
         /* At most ten batches a pass: the rest waits for the next one. */
@@ -60,9 +91,7 @@ static void *reaper_main(void *arg)
             cJSON_AddNumberToObject(line, "deleted", total);
             log_end(app->log, line);
         }
-        pthread_mutex_lock(&app->mu);
     }
-    pthread_mutex_unlock(&app->mu);
     return NULL;
 }
 
@@ -175,6 +204,13 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
         goto fail;
     }
     app->reaper_started = 1;
+    if (svc->acquirer) {
+        if (pthread_create(&app->recovery, NULL, recovery_main, app) != 0) {
+            snprintf(err, errlen, "could not start the recovery thread");
+            goto fail;
+        }
+        app->recovery_started = 1;
+    }
     if (edge_start(e, err, errlen) != 0)
         goto fail;
     app->port = e->port;
@@ -191,6 +227,8 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
     cJSON_AddNumberToObject(line, "idempotency_ttl_s", cfg->idempotency_ttl_s);
     cJSON_AddStringToObject(line, "acquirer",
                             cfg->acquirer_url[0] ? cfg->acquirer_url : "in-process");
+    if (cfg->acquirer_url[0])
+        cJSON_AddNumberToObject(line, "recovery_interval_ms", cfg->recovery_interval_ms);
     log_end(log, line);
     return app;
 fail:
@@ -210,6 +248,8 @@ void app_stop(struct app *app)
     pthread_mutex_unlock(&app->mu);
     if (app->reaper_started)
         pthread_join(app->reaper, NULL);
+    if (app->recovery_started)
+        pthread_join(app->recovery, NULL);
     store_free(e->svc.store);
     auth_free(e->auth);
     metrics_free(e->metrics);

@@ -1,5 +1,5 @@
-/* app.h - the running service: configuration, logger, store, reaper and
- * the HTTP edge (edge.h), started and stopped together
+/* app.h - the running service: configuration, logger, store, reaper,
+ * recovery and the HTTP edge (edge.h), started and stopped together
  */
 #ifndef MOCKERY_APP_H
 #define MOCKERY_APP_H
@@ -22,6 +22,8 @@ struct app {
 
     pthread_t reaper;
     int reaper_started;
+    pthread_t recovery; /* with --acquirer-url */
+    int recovery_started;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int stopping;

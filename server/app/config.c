@@ -43,6 +43,9 @@ static const struct opt OPTS[] = {
     INT_OPT("db-wait", "MOCKERY_DB_WAIT", db_wait_s, 0, 3600),
     INT_OPT("reaper-interval-ms", "MOCKERY_REAPER_INTERVAL_MS", reaper_interval_ms, 10, 86400000),
     INT_OPT("reaper-batch", "MOCKERY_REAPER_BATCH", reaper_batch, 1, 100000),
+    INT_OPT("recovery-interval-ms", "MOCKERY_RECOVERY_INTERVAL_MS", recovery_interval_ms, 10,
+            86400000),
+    INT_OPT("recovery-batch", "MOCKERY_RECOVERY_BATCH", recovery_batch, 1, 10000),
     INT_OPT("replay-cache", "MOCKERY_REPLAY_CACHE", replay_cache, 0, 10000000),
     INT_OPT("max-client-connections", "MOCKERY_MAX_CLIENT_CONNECTIONS", max_client_connections, 0,
             100000),
@@ -72,6 +75,8 @@ void config_defaults(struct config *c)
     c->log_level = LOG_INFO;
     c->reaper_interval_ms = 60000;
     c->reaper_batch = 1000;
+    c->recovery_interval_ms = 1000;
+    c->recovery_batch = 100;
     c->replay_cache = 10000;
     c->db_wait_s = 30;
     c->max_client_connections = 64;
@@ -110,6 +115,9 @@ const char *config_usage(void)
            "                           unset: the in-process simulator\n"
            "  --acquirer-timeout-ms N  an ask's bound, below the lease; past it the outcome is\n"
            "                           unknown: 503 outcome_pending (5000)\n"
+           "  --recovery-interval-ms N with --acquirer-url: how often records left processing\n"
+           "                           past their lease are finished without their client (1000)\n"
+           "  --recovery-batch N       records recovered a pass at most (100)\n"
            "Each flag also reads MOCKERY_<FLAG> (e.g. MOCKERY_POOL_SIZE); flags win.\n";
 }
 

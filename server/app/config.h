@@ -27,6 +27,8 @@ struct config {
     int db_wait_s; /* how long start-up waits for the database */
     int reaper_interval_ms;
     int reaper_batch;
+    int recovery_interval_ms;       /* how often recovery looks for records left processing */
+    int recovery_batch;             /* records recovered a pass at most */
     int replay_cache;               /* completed answers kept in memory; 0: none */
     int max_client_connections;     /* open connections per client address; 0: no limit */
     int rate_limit;                 /* requests a second per tenant; 0: no limit */

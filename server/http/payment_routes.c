@@ -111,20 +111,18 @@ static int pay_ask(const struct pay_ctx *ctx, const struct payment_request *req,
                                  id};
     struct acquirer_answer a;
     acquirer_charge(ctx->acquirer, call->downstream_key, &ch, &a);
-    switch (a.verdict) {
-    case ACQUIRER_MOVED:
-    case ACQUIRER_DECLINED:
+    if (a.verdict == ACQUIRER_MOVED || a.verdict == ACQUIRER_DECLINED) {
         *po = a.verdict == ACQUIRER_MOVED ? PAYMENT_APPROVED : PAYMENT_DECLINED;
         snprintf(charge_id, 65, "%s", a.id);
         out->outside = 1;
         return 1;
-    case ACQUIRER_NOTHING_MOVED:
+    }
+    if (acquirer_nothing_moved(&a, call->again)) {
         *rc =
             pay_gateway_error(out, "the acquirer refused the payment or could not be reached", err);
         return 0;
-    case ACQUIRER_UNKNOWN:
-        break;
     }
+    /* unknown; or unreachable now, after an earlier ask that may have charged */
     out->pending = 1; /* before: should the answer fail, the layer still keeps the record */
     *rc = pay_pending(NULL, req, call, out, err);
     return 0;
@@ -206,7 +204,15 @@ static const struct idem_op PAYMENT_OP = {
     .pending = pay_pending,
 };
 
-static const struct post_route PAYMENT_POST = {
+static void *pay_context(const struct service *svc, const char *tenant)
+{
+    struct pay_ctx *ctx = malloc(sizeof *ctx);
+    if (ctx)
+        *ctx = (struct pay_ctx){svc->processing_delay_ms, svc->acquirer, tenant};
+    return ctx;
+}
+
+const struct post_route ROUTES_PAYMENT_POST = {
     .op = &PAYMENT_OP,
     .max_body = PAYMENT_MAX_BODY,
     .parse = pay_parse,
@@ -214,12 +220,13 @@ static const struct post_route PAYMENT_POST = {
     .customer = pay_customer,
     .log_fields = pay_log_fields,
     .free_req = pay_free,
+    .context = pay_context,
 };
 
 void routes_create_payment(struct request *r)
 {
     struct pay_ctx ctx = {r->svc->processing_delay_ms, r->svc->acquirer, r->tenant};
-    post_route_serve(r, &PAYMENT_POST, NULL, &ctx);
+    post_route_serve(r, &ROUTES_PAYMENT_POST, NULL, &ctx);
 }
 
 /* ---- GET /api/v1/payments ----------------------------------------------- */

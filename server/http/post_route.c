@@ -10,6 +10,7 @@
 
 #include "service.h"
 #include "log.h"
+#include "recovery.h"
 #include "utc_text.h"
 
 /* One line per prevented duplicate: which key, whose, first seen when. */
@@ -68,7 +69,7 @@ void post_route_serve(struct request *r, const struct post_route *route, const c
                       void *ctx)
 {
     const struct service *svc = r->svc;
-    char *body = NULL, *canon = NULL;
+    char *body = NULL, *canon = NULL, *kept = NULL;
     void *req = NULL;
     size_t len = 0, clen = 0;
     struct apierr e;
@@ -89,6 +90,12 @@ void post_route_serve(struct request *r, const struct post_route *route, const c
         http_fail(r, APIERR_INTERNAL_ERROR, NULL, "out of memory");
         goto out;
     }
+    /* An operation that asks outside keeps its request for recovery. */
+    if (svc->acquirer && ks != IDEMKEY_MISSING &&
+        !(kept = recovery_keep(route, path_id, body, len))) {
+        http_fail(r, APIERR_INTERNAL_ERROR, NULL, "out of memory");
+        goto out;
+    }
     struct idem layer = {svc->store, svc->replays, svc->lease_ms, svc->ttl_ms};
     struct idem_request rq = {.tenant = r->tenant,
                               .key = ks == IDEMKEY_MISSING ? NULL : r->key,
@@ -96,7 +103,8 @@ void post_route_serve(struct request *r, const struct post_route *route, const c
                               .canonical = canon,
                               .canonical_len = clen,
                               .req = req,
-                              .ctx = ctx};
+                              .ctx = ctx,
+                              .kept = kept};
     idem_execute(&layer, route->op, &rq, &ans);
     for (int i = 0; i < ans.nfailures; i++)
         http_log_store_error(r, ans.failures[i].op, ans.failures[i].status, ans.failures[i].err);
@@ -112,6 +120,7 @@ out:
     if (req)
         route->free_req(req);
     free(canon);
+    free(kept);
     free(body);
 }
 

@@ -16,6 +16,7 @@
 #include "idem.h"
 
 struct log_line;
+struct service;
 
 struct post_route {
     const struct idem_op *op;
@@ -30,6 +31,9 @@ struct post_route {
     /* Adds what identifies the request to a log line (amount, currency). */
     void (*log_fields)(const void *req, struct log_line *line);
     void (*free_req)(void *req);
+    /* The operation's context for a request of tenant, malloc'd (NULL when
+     * out of memory): for recovery, which has no request in hand. */
+    void *(*context)(const struct service *svc, const char *tenant);
 };
 
 /* Serves one POST through route; ctx is given to the operation. */

@@ -108,12 +108,13 @@ static int refund_ask(const struct refund_ctx *ctx, const struct store_payment *
         out->outside = 1;
         return 1;
     }
-    if (a.verdict == ACQUIRER_NOTHING_MOVED) {
+    if (acquirer_nothing_moved(&a, call->again)) {
         *rc = refund_gateway_error(out, "the acquirer refused the refund or could not be reached",
                                    err);
         return 0;
     }
-    /* unknown (a declined refund is no answer the contract knows) */
+    /* unknown (a declined refund is no answer the contract knows); or
+     * unreachable now, after an earlier ask that may have refunded */
     out->pending = 1; /* before: should the answer fail, the record is still kept */
     *rc = refund_pending(NULL, NULL, call, out, err);
     return 0;
@@ -250,13 +251,22 @@ static const struct idem_op REFUND_OP = {
     .pending = refund_pending,
 };
 
-static const struct post_route REFUND_POST = {
+static void *refund_context(const struct service *svc, const char *tenant)
+{
+    struct refund_ctx *ctx = malloc(sizeof *ctx);
+    if (ctx)
+        *ctx = (struct refund_ctx){svc->store, tenant, svc->processing_delay_ms, svc->acquirer};
+    return ctx;
+}
+
+const struct post_route ROUTES_REFUND_POST = {
     .op = &REFUND_OP,
     .max_body = REFUND_MAX_BODY,
     .parse = refund_parse_req,
     .canonical = refund_canonical_req,
     .log_fields = refund_log_fields,
     .free_req = free,
+    .context = refund_context,
 };
 
 static void payment_not_found(struct request *r)
@@ -272,7 +282,7 @@ void routes_create_refund(struct request *r, const char *payment_id)
     }
     struct refund_ctx ctx = {r->svc->store, r->tenant, r->svc->processing_delay_ms,
                              r->svc->acquirer};
-    post_route_serve(r, &REFUND_POST, payment_id, &ctx);
+    post_route_serve(r, &ROUTES_REFUND_POST, payment_id, &ctx);
 }
 
 /* ---- GET /api/v1/payments/{id}/refunds ---------------------------------- */

@@ -6,8 +6,14 @@
 
 #include "http.h"
 
+struct post_route;
+
 #define ROUTES_PAYMENTS "/api/v1/payments"
 #define ROUTES_REFUNDS "/api/v1/refunds"
+
+/* The idempotent POSTs, as recovery revives them (recovery.h). */
+extern const struct post_route ROUTES_PAYMENT_POST;
+extern const struct post_route ROUTES_REFUND_POST;
 
 /* POST /api/v1/payments (idempotent) */
 void routes_create_payment(struct request *r);

@@ -196,7 +196,7 @@ static void run_without_key(const struct idem *l, const struct idem_op *op,
         answer_error(out, &e);
         return;
     }
-    struct idem_call call = {NULL, downstream};
+    struct idem_call call = {NULL, downstream, 0};
     if (run_op(op, rq, &call, &res, out) != 0)
         return;
     if (!res.retryable && !res.pending) {
@@ -247,6 +247,21 @@ static void abandon_claim(const struct idem *l, const struct idem_request *rq, i
     out->outcome = OUTCOME_PENDING;
 }
 
+/* Releases the claim after a failure of this run - unless an earlier run
+ * of the record may have asked outside (call->again): then the record is
+ * kept, its lease ended, and the answer is the operation's pending one. */
+static void release_unless_asked(const struct idem *l, const struct idem_op *op,
+                                 const struct idem_request *rq, const struct idem_call *call,
+                                 int64_t token, struct idem_result *res, struct idem_answer *out)
+{
+    if (!call->again) {
+        release_claim(l, rq, token, out);
+        return;
+    }
+    abandon_claim(l, rq, token, out);
+    answer_pending(op, rq, call, res, out);
+}
+
 /* Runs the operation under the lease just won, then completes or releases
  * (or, the outcome unknown, keeps the record for a retry to ask again). */
 static void run_claimed(const struct idem *l, const struct idem_op *op,
@@ -256,17 +271,19 @@ static void run_claimed(const struct idem *l, const struct idem_op *op,
     int64_t token = claim->lease_token;
     struct idem_result res = {0};
     char err[256] = "";
-    struct idem_call call = {rq->key, claim->downstream_key};
+    struct idem_call call = {rq->key, claim->downstream_key,
+                             claim->outcome == CLAIM_TAKEOVER && rq->kept};
 
     int rc = run_op(op, rq, &call, &res, out);
     if (rc == -2)
         abandon_claim(l, rq, token, out);
     else if (rc != 0)
-        release_claim(l, rq, token, out);
+        release_unless_asked(l, op, rq, &call, token, &res, out);
     if (rc != 0)
-        return;
+        goto out;
     if (res.retryable) {
-        /* Failed before any effect: forget the claim so a retry runs again. */
+        /* Nothing moved, says the operation, under this record's key
+         * downstream ever: forget the claim so a retry runs again. */
         release_claim(l, rq, token, out);
         answer_result(out, &res);
         goto out;
@@ -317,6 +334,10 @@ static void run_claimed(const struct idem *l, const struct idem_op *op,
         note_failure(out, "complete", st, err);
         abandon_claim(l, rq, token, out);
         answer_pending(op, rq, &call, &res, out);
+    } else if (call.again) {
+        /* Nothing was stored, and an earlier run may have asked outside. */
+        note_failure(out, "complete", st, err);
+        release_unless_asked(l, op, rq, &call, token, &res, out);
     } else {
         /* Nothing was stored: a retry must run again. */
         answer_store_failure(out, "complete", st, err);
@@ -356,8 +377,8 @@ void idem_execute(const struct idem *l, const struct idem_op *op, const struct i
         break;
     }
 
-    enum store_status st = store_claim(l->store, rq->tenant, rq->key, fp, l->lease_ms, l->ttl_ms,
-                                       &claim, err, sizeof err);
+    enum store_status st = store_claim(l->store, rq->tenant, rq->key, fp, rq->kept, l->lease_ms,
+                                       l->ttl_ms, &claim, err, sizeof err);
     if (st != STORE_OK) {
         answer_store_failure(out, "claim", st, err);
         return;
@@ -386,4 +407,63 @@ void idem_execute(const struct idem *l, const struct idem_op *op, const struct i
         break;
     }
     store_claim_result_clear(&claim);
+}
+
+void idem_recovered_clear(struct idem_recovered *r)
+{
+    store_recovery_clear(&r->record);
+    idem_answer_clear(&r->answer);
+    r->unreadable = 0;
+}
+
+int idem_recover_one(const struct idem *l, const struct idem_revive *rv, struct idem_recovered *out)
+{
+    char err[256] = "";
+    memset(out, 0, sizeof *out);
+    struct store_recovery *rec = &out->record;
+    enum store_status st = store_recover(l->store, l->lease_ms, rec, err, sizeof err);
+    if (st == STORE_NOT_FOUND)
+        return 0;
+    if (st != STORE_OK) {
+        note_failure(&out->answer, "recover", st, err);
+        return -1;
+    }
+    const struct idem_op *op = NULL;
+    struct idem_request rq = {0};
+    char fp[65];
+    int revived = rv->revive(rv->arg, rec, &op, &rq);
+    if (revived == 1) {
+        struct idem_request who = {.tenant = rec->tenant, .key = rec->key};
+        abandon_claim(l, &who, rec->lease_token, &out->answer);
+        idem_recovered_clear(out);
+        return 0;
+    }
+    if (revived != 0) {
+        out->unreadable = 1;
+    } else {
+        /* Its fingerprint, again: the request kept is the one the record
+         * was claimed for (and this build reads it as that one did). */
+        idemkey_fingerprint(rq.method, op->route, rq.canonical, rq.canonical_len, fp);
+        out->unreadable = strcmp(fp, rec->fingerprint) != 0;
+    }
+    if (out->unreadable) {
+        /* Kept for an operator (and for a build that reads it): its lease
+         * ended, as for an unknown outcome. */
+        struct idem_request who = {.tenant = rec->tenant, .key = rec->key};
+        abandon_claim(l, &who, rec->lease_token, &out->answer);
+        if (op)
+            rv->done(rv->arg, &rq);
+        return 1;
+    }
+    rq.tenant = rec->tenant;
+    rq.key = rec->key;
+    rq.kept = rec->request;
+    struct store_claim_result claim = {.outcome = CLAIM_TAKEOVER,
+                                       .lease_token = rec->lease_token,
+                                       .created_at_us = rec->created_at_us};
+    snprintf(claim.downstream_key, sizeof claim.downstream_key, "%s", rec->downstream_key);
+    out->answer.outcome = OUTCOME_TAKEOVER;
+    run_claimed(l, op, &rq, fp, &claim, &out->answer);
+    rv->done(rv->arg, &rq);
+    return 1;
 }

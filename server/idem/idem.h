@@ -28,6 +28,11 @@ struct idem_call {
      * record - a retry's takeover, another server's - so that an acquirer
      * asked again answers its first outcome. Without a key: a new one. */
     const char *downstream_key;
+    /* An earlier run of this record may have asked outside (a takeover of
+     * a record that kept its request; recovery): no ask of this run that
+     * failed to connect says nothing moved, since the earlier one may have
+     * moved it. */
+    int again;
 };
 
 /* What an operation answered. The layer frees it with idem_result_clear(). */
@@ -93,6 +98,13 @@ struct idem_request {
     size_t canonical_len;
     const void *req; /* the parsed request, for the operation */
     void *ctx;       /* the operation's context */
+    /* The request as text, kept with the record until it completes so that
+     * recovery can finish it without its client (idem_recover_one): for an
+     * operation that asks outside; NULL for one that does not. A record
+     * that kept it is never released once taken over (an earlier run may
+     * have asked), unless its operation says that nothing ever moved
+     * (retryable). */
+    const char *kept;
 };
 
 /* A store call that failed on the way, for the caller's log. */
@@ -127,5 +139,41 @@ void idem_answer_clear(struct idem_answer *a);
  * allocated has an empty body). */
 void idem_execute(const struct idem *layer, const struct idem_op *op, const struct idem_request *rq,
                   struct idem_answer *out);
+
+/* Recovery without the client (docs/design.md): the caller that wrote a
+ * kept request makes it back into its operation and request. */
+struct idem_revive {
+    /* 0 with *op and rq's method, canonical, canonical_len, req and ctx
+     * filled from the request the record kept; -1 when it cannot be read;
+     * 1 when the caller wants no more records now (its lease ends again,
+     * untouched). */
+    int (*revive)(void *arg, const struct store_recovery *record, const struct idem_op **op,
+                  struct idem_request *rq);
+    /* Frees what revive made of rq. */
+    void (*done)(void *arg, struct idem_request *rq);
+    void *arg;
+};
+
+/* One record recovered: the record, and what its retry would have been
+ * answered (answer.outcome: OUTCOME_TAKEOVER when completed, with the
+ * effect; OUTCOME_PENDING when the outcome is still unknown, the record
+ * kept; OUTCOME_RELEASED when nothing moved). */
+struct idem_recovered {
+    struct store_recovery record;
+    struct idem_answer answer;
+    int unreadable; /* the kept request could not be revived, or no longer has the
+                       record's fingerprint: the record is kept, its lease ended */
+};
+
+void idem_recovered_clear(struct idem_recovered *r);
+
+/* Takes over the record waiting for recovery longest (store_recover) and
+ * finishes it as its client's retry would: asks again under its key
+ * downstream, then completes, keeps or releases it. Returns 1 with *out
+ * filled, 0 when no record waits (or revive wanted none), -1 when the store failed
+ * (out->answer.failures says how). Records taken by other servers at the
+ * same time are skipped: one record, one recovery at a time. */
+int idem_recover_one(const struct idem *layer, const struct idem_revive *rv,
+                     struct idem_recovered *out);
 
 #endif

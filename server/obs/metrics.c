@@ -35,6 +35,9 @@ struct metrics {
     uint64_t payments_declined;
     uint64_t refunds;
     uint64_t reaped;
+    uint64_t recovered[METRICS_RECOVERY_COUNT];
+    int64_t recovery_waiting;
+    uint64_t recovery_oldest_ms;
     uint64_t rate_limited;
     uint64_t connections_refused;
     uint64_t connections_shed; /* totals, as the connection table counts them */
@@ -85,6 +88,21 @@ void metrics_request(struct metrics *m, enum metrics_route route, const char *me
         ADD(m->replay_cache_hits, 1);
     if (status == 503 && a->error_code && strcmp(a->error_code, "store_unavailable") == 0)
         ADD(m->store_unavailable, 1);
+}
+
+static const char *const RECOVERY[METRICS_RECOVERY_COUNT] = {"completed", "pending", "released",
+                                                             "unreadable", "lost"};
+
+void metrics_recovered(struct metrics *m, enum metrics_recovery result, int n)
+{
+    if (n > 0)
+        ADD(m->recovered[result], (uint64_t)n);
+}
+
+void metrics_recovery_waiting(struct metrics *m, long long waiting, double oldest_s)
+{
+    __atomic_store_n(&m->recovery_waiting, (int64_t)waiting, __ATOMIC_RELAXED);
+    __atomic_store_n(&m->recovery_oldest_ms, (uint64_t)(oldest_s * 1000), __ATOMIC_RELAXED);
 }
 
 void metrics_reaped(struct metrics *m, int n)
@@ -301,8 +319,25 @@ char *metrics_render(struct metrics *m, struct store *store, const struct acquir
                 "buffer was full).",
                 log_dropped);
 
-    if (acquirer)
+    if (acquirer) {
         put_acquirer(&b, acquirer);
+        put(&b, "# HELP mockery_recovery_records_total Records left processing past their lease "
+                "that recovery took over, by what came of them.\n"
+                "# TYPE mockery_recovery_records_total counter\n");
+        for (int r = 0; r < METRICS_RECOVERY_COUNT; r++)
+            put(&b, "mockery_recovery_records_total{result=\"%s\"} %llu\n", RECOVERY[r],
+                (unsigned long long)LOAD(m->recovered[r]));
+        put(&b,
+            "# HELP mockery_recovery_waiting_records Records waiting for recovery (processing, "
+            "past their lease), as the last pass saw them.\n"
+            "# TYPE mockery_recovery_waiting_records gauge\n"
+            "mockery_recovery_waiting_records %lld\n"
+            "# HELP mockery_recovery_oldest_waiting_seconds Age of the oldest record waiting for "
+            "recovery (since its first claim), as the last pass saw it; 0 when none.\n"
+            "# TYPE mockery_recovery_oldest_waiting_seconds gauge\n"
+            "mockery_recovery_oldest_waiting_seconds %.3f\n",
+            (long long)LOAD(m->recovery_waiting), (double)LOAD(m->recovery_oldest_ms) / 1000.0);
+    }
 
     if (b.failed) {
         free(b.p);

@@ -47,6 +47,22 @@ void metrics_request(struct metrics *m, enum metrics_route route, const char *me
 /* Expired records the reaper deleted. */
 void metrics_reaped(struct metrics *m, int n);
 
+/* Records recovery finished or tried, by result (metrics.c's RECOVERY
+ * names): completed, pending, released, unreadable, lost. */
+enum metrics_recovery {
+    METRICS_RECOVERY_COMPLETED = 0,
+    METRICS_RECOVERY_PENDING,
+    METRICS_RECOVERY_RELEASED,
+    METRICS_RECOVERY_UNREADABLE,
+    METRICS_RECOVERY_LOST,
+    METRICS_RECOVERY_COUNT
+};
+void metrics_recovered(struct metrics *m, enum metrics_recovery result, int n);
+
+/* The records waiting for recovery as its last pass saw them: how many,
+ * and the oldest's age in seconds (0 when none). */
+void metrics_recovery_waiting(struct metrics *m, long long waiting, double oldest_s);
+
 /* A request refused by the tenant's rate limit. */
 void metrics_rate_limited(struct metrics *m);
 

@@ -348,3 +348,8 @@ void acquirer_refund(struct acquirer *a, const char *downstream_key,
     ask(a, ACQUIRER_OP_REFUND, "/v1/refunds", downstream_key, body, "refund_id", out);
     free(body);
 }
+
+int acquirer_nothing_moved(const struct acquirer_answer *a, int asked_before)
+{
+    return a->verdict == ACQUIRER_NOTHING_MOVED && (a->status != 0 || !asked_before);
+}

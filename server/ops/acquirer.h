@@ -21,8 +21,6 @@
  * One client per server: it keeps its HTTP/1.1 connections open and reuses
  * them across requests (a handle per request in flight, each keeping its
  * connection). Thread-safe.
- *
- * Step one of the acquirer's work (issue 24): the routes do not call it yet.
  */
 #ifndef MOCKERY_ACQUIRER_H
 #define MOCKERY_ACQUIRER_H
@@ -75,6 +73,13 @@ void acquirer_charge(struct acquirer *a, const char *downstream_key,
 /* POST /v1/refunds with Idempotency-Key: downstream_key. Always fills out. */
 void acquirer_refund(struct acquirer *a, const char *downstream_key,
                      const struct acquirer_refund *r, struct acquirer_answer *out);
+
+/* Whether an answer says that nothing moved under its key downstream,
+ * ever: a refusal (the acquirer keeps no record of a refused request, and
+ * would have answered a first outcome with it); or no connection, only if
+ * no earlier ask was made under that key (asked_before 0) - an ask that
+ * never left says nothing of one that did. */
+int acquirer_nothing_moved(const struct acquirer_answer *a, int asked_before);
 
 /* TCP connections opened so far: a keep-alive client opens about one per
  * request in flight at once, not one per ask. */

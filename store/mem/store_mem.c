@@ -31,6 +31,7 @@ struct record {
     int64_t created_at_us;
     int64_t expires_at_us;
     char downstream_key[65]; /* chosen when the record is made or claimed after expiry */
+    char *request;           /* kept for recovery while processing (store_claim); or NULL */
     int response_status;
     char *body;
     size_t body_len;
@@ -97,7 +98,21 @@ static void record_free(struct record *r)
     free(r->tenant);
     free(r->key);
     free(r->fingerprint);
+    free(r->request);
     free(r);
+}
+
+/* Keeps request (when there is one) with r: 0, or -1 out of memory. */
+static int record_keep_request(struct record *r, const char *request)
+{
+    if (!request)
+        return 0;
+    char *copy = strdup(request);
+    if (!copy)
+        return -1;
+    free(r->request);
+    r->request = copy;
+    return 0;
 }
 
 static enum store_status fill_completed(const struct record *r, struct store_claim_result *out)
@@ -118,9 +133,9 @@ static enum store_status fill_completed(const struct record *r, struct store_cla
 }
 
 static enum store_status mem_claim(struct store *s, const char *tenant, const char *key,
-                                   const char *fingerprint, const char *downstream,
-                                   int64_t lease_ms, int64_t ttl_ms, struct store_claim_result *out,
-                                   char *err, size_t errlen)
+                                   const char *fingerprint, const char *request,
+                                   const char *downstream, int64_t lease_ms, int64_t ttl_ms,
+                                   struct store_claim_result *out, char *err, size_t errlen)
 {
     struct store_mem *m = (struct store_mem *)s;
     enum store_status st = STORE_OK;
@@ -133,7 +148,7 @@ static enum store_status mem_claim(struct store *s, const char *tenant, const ch
     if (!r) {
         r = calloc(1, sizeof *r);
         if (!r || !(r->tenant = strdup(tenant)) || !(r->key = strdup(key)) ||
-            !(r->fingerprint = strdup(fingerprint))) {
+            !(r->fingerprint = strdup(fingerprint)) || record_keep_request(r, request) != 0) {
             if (r)
                 record_free(r);
             snprintf(err, errlen, "out of memory");
@@ -156,7 +171,8 @@ static enum store_status mem_claim(struct store *s, const char *tenant, const ch
      * record still processing never expires (pg_sql.c: the claim). */
     if (r->state == REC_COMPLETED && r->expires_at_us <= now) {
         char *fp = strdup(fingerprint);
-        if (!fp) {
+        if (!fp || record_keep_request(r, request) != 0) {
+            free(fp);
             snprintf(err, errlen, "out of memory");
             st = STORE_ERROR;
             goto out;
@@ -187,6 +203,11 @@ static enum store_status mem_claim(struct store *s, const char *tenant, const ch
         goto out;
     }
     if (r->locked_until_us <= now) {
+        if (record_keep_request(r, request) != 0) {
+            snprintf(err, errlen, "out of memory");
+            st = STORE_ERROR;
+            goto out;
+        }
         r->lease_token = ++m->next_token;
         r->locked_until_us = now + lease_ms * 1000;
         if (r->expires_at_us <= now)
@@ -396,6 +417,8 @@ static enum store_status mem_complete(struct store *s, const char *tenant, const
     if (st != STORE_OK)
         goto out;
     record_drop_response(r);
+    free(r->request);
+    r->request = NULL;
     r->state = REC_COMPLETED;
     r->response_status = resp->status;
     r->body = body;
@@ -715,6 +738,74 @@ static enum store_status mem_reap(struct store *s, int batch, int *deleted, char
     return STORE_OK;
 }
 
+/* The waiting records: how many, and the one whose lease ran out longest
+ * ago (pg_sql.c's order) - or, with by_created, the first created. */
+static struct record *oldest_waiting(struct store_mem *m, int64_t now, int by_created,
+                                     int64_t *count)
+{
+    struct record *oldest = NULL;
+    *count = 0;
+    for (size_t i = 0; i < m->records.nbuckets; i++)
+        for (struct hashtab_link *l = m->records.buckets[i]; l; l = l->next) {
+            struct record *r = record_of(l);
+            if (!r->request || r->state != REC_PROCESSING || r->locked_until_us > now)
+                continue;
+            ++*count;
+            if (!oldest || (by_created ? r->created_at_us < oldest->created_at_us
+                                       : r->locked_until_us < oldest->locked_until_us ||
+                                             (r->locked_until_us == oldest->locked_until_us &&
+                                              r->created_at_us < oldest->created_at_us)))
+                oldest = r;
+        }
+    return oldest;
+}
+
+static enum store_status mem_recover(struct store *s, int64_t lease_ms, struct store_recovery *out,
+                                     char *err, size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    enum store_status st = STORE_OK;
+    int64_t now = clock_wall_us(), count;
+    pthread_mutex_lock(&m->mu);
+    struct record *r = oldest_waiting(m, now, 0, &count);
+    if (!r) {
+        st = STORE_NOT_FOUND;
+        goto out;
+    }
+    struct store_recovery got = {.tenant = strdup(r->tenant),
+                                 .key = strdup(r->key),
+                                 .fingerprint = strdup(r->fingerprint),
+                                 .request = strdup(r->request),
+                                 .lease_token = m->next_token + 1,
+                                 .created_at_us = r->created_at_us};
+    snprintf(got.downstream_key, sizeof got.downstream_key, "%s", r->downstream_key);
+    if (!got.tenant || !got.key || !got.fingerprint || !got.request) {
+        store_recovery_clear(&got);
+        snprintf(err, errlen, "out of memory");
+        st = STORE_ERROR;
+        goto out;
+    }
+    r->lease_token = ++m->next_token;
+    r->locked_until_us = now + lease_ms * 1000;
+    *out = got;
+out:
+    pthread_mutex_unlock(&m->mu);
+    return st;
+}
+
+static enum store_status mem_unfinished(struct store *s, struct store_unfinished *out, char *err,
+                                        size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    (void)err;
+    (void)errlen;
+    pthread_mutex_lock(&m->mu);
+    struct record *r = oldest_waiting(m, clock_wall_us(), 1, &out->waiting);
+    out->oldest_created_us = r ? r->created_at_us : 0;
+    pthread_mutex_unlock(&m->mu);
+    return STORE_OK;
+}
+
 static enum store_status mem_ping(struct store *s, char *err, size_t errlen)
 {
     (void)s;
@@ -754,6 +845,8 @@ static const struct store_ops mem_ops = {
     .get_charge = mem_get_charge,
     .list_charges = mem_list_charges,
     .list_charge_refunds = mem_list_charge_refunds,
+    .recover = mem_recover,
+    .unfinished = mem_unfinished,
     .reap = mem_reap,
     .ping = mem_ping,
     .pool_stats = NULL,

@@ -193,7 +193,7 @@ static int take_batch(struct pg_batcher *b, int kind, struct pg_batch_op **batch
 static void run_one(struct pg_batcher *b, int idx, struct pg_batch_op *op)
 {
     if (op->kind == PG_BATCH_CLAIM) {
-        PGresult *res = pg_pool_exec(b->pool, idx, "claim", 6, op->vals, PGRES_TUPLES_OK, &op->st,
+        PGresult *res = pg_pool_exec(b->pool, idx, "claim", 7, op->vals, PGRES_TUPLES_OK, &op->st,
                                      op->err, op->errlen);
         if (!res)
             return;
@@ -224,9 +224,9 @@ static void run_many(struct pg_batcher *b, int idx, struct pg_batch_op **ops, in
 {
     PGconn *conn = b->pool->conns[idx];
     int kind = ops[0]->kind;
-    /* claims: arrays of tenants, keys, fingerprints and downstream keys, one
-     * lease and TTL (take_batch groups claims by them) */
-    int ncols = kind == PG_BATCH_CLAIM ? 6 : PG_BATCH_VALS;
+    /* claims: arrays of tenants, keys, fingerprints, downstream keys and
+     * requests, one lease and TTL (take_batch groups claims by them) */
+    int ncols = kind == PG_BATCH_CLAIM ? 7 : PG_BATCH_VALS;
     struct array_text arrays[PG_BATCH_VALS] = {{0}};
     const char *vals[PG_BATCH_VALS];
     int failed = 0;

@@ -50,7 +50,7 @@ struct pg_batch_op {
     int taken; /* in a batch that is running: wait for it, whatever the deadline */
     int done;
     const char *vals[PG_BATCH_VALS]; /* the single-row statement's parameters */
-    int nvals;                       /* claim 6; completion 6, or PG_BATCH_VALS with a payment */
+    int nvals;                       /* claim 7; completion 6, or PG_BATCH_VALS with a payment */
     /* results */
     enum store_status st;
     int matched; /* claim: won (a row came back); completion: the fenced update matched */

@@ -55,8 +55,9 @@ out:
 }
 
 enum store_status pg_claim(struct store *s, const char *tenant, const char *key,
-                           const char *fingerprint, const char *downstream, int64_t lease_ms,
-                           int64_t ttl_ms, struct store_claim_result *out, char *err, size_t errlen)
+                           const char *fingerprint, const char *request, const char *downstream,
+                           int64_t lease_ms, int64_t ttl_ms, struct store_claim_result *out,
+                           char *err, size_t errlen)
 {
     struct store_pg *pg = (struct store_pg *)s;
     enum store_status st = STORE_OK;
@@ -67,11 +68,12 @@ enum store_status pg_claim(struct store *s, const char *tenant, const char *key,
     /* A record can vanish (released) or become claimable between the claim
      * and the read of what it ran into; a few rounds settle it. */
     for (int attempt = 0; attempt < 5; attempt++) {
-        struct pg_batch_op op = {.kind = PG_BATCH_CLAIM,
-                                 .vals = {tenant, key, fingerprint, lease, ttl, downstream},
-                                 .nvals = 6,
-                                 .err = err,
-                                 .errlen = errlen};
+        struct pg_batch_op op = {
+            .kind = PG_BATCH_CLAIM,
+            .vals = {tenant, key, fingerprint, lease, ttl, downstream, request},
+            .nvals = 7,
+            .err = err,
+            .errlen = errlen};
         pg_batch_submit(&pg->batch, &op);
         if (op.st != STORE_OK)
             return op.st;
@@ -295,11 +297,7 @@ static enum store_status fenced(struct store *s, const char *stmt, const char *t
     char token[24];
     snprintf(token, sizeof token, "%" PRId64, lease_token);
     const char *vals[] = {tenant, key, token};
-
-    int idx = pg_pool_acquire(&pg->pool, err, errlen);
-    if (idx < 0)
-        return STORE_UNAVAILABLE;
-    PGresult *res = pg_pool_exec(&pg->pool, idx, stmt, 3, vals, PGRES_COMMAND_OK, &st, err, errlen);
+    PGresult *res = pg_pool_exec_one(&pg->pool, stmt, 3, vals, PGRES_COMMAND_OK, &st, err, errlen);
     if (res) {
         if (strcmp(PQcmdTuples(res), "1") != 0) {
             snprintf(err, errlen, "lease lost on key");
@@ -307,7 +305,6 @@ static enum store_status fenced(struct store *s, const char *stmt, const char *t
         }
         PQclear(res);
     }
-    pg_pool_release(&pg->pool, idx);
     return st;
 }
 
@@ -339,14 +336,8 @@ enum store_status pg_write_rows(struct store *s, const char *tenant, const struc
     const char *vals[] = {tenant,    p->transaction_id, p->idempotency_key, p->customer_id,
                           amount,    p->currency,       p->description,     p->status,
                           processed, p->charge_id};
-
-    int idx = pg_pool_acquire(&pg->pool, err, errlen);
-    if (idx < 0)
-        return STORE_UNAVAILABLE;
-    PGresult *res = pg_pool_exec(&pg->pool, idx, "insert_payment", 10, vals, PGRES_COMMAND_OK, &st,
-                                 err, errlen);
-    PQclear(res);
-    pg_pool_release(&pg->pool, idx);
+    PQclear(pg_pool_exec_one(&pg->pool, "insert_payment", 10, vals, PGRES_COMMAND_OK, &st, err,
+                             errlen));
     return st;
 }
 

@@ -206,6 +206,19 @@ PGresult *pg_pool_exec(struct pg_pool *p, int idx, const char *stmt, int n, cons
     return NULL;
 }
 
+PGresult *pg_pool_exec_one(struct pg_pool *p, const char *stmt, int n, const char *const *vals,
+                           ExecStatusType want, enum store_status *st, char *err, size_t errlen)
+{
+    int idx = pg_pool_acquire(p, err, errlen);
+    if (idx < 0) {
+        *st = STORE_UNAVAILABLE;
+        return NULL;
+    }
+    PGresult *res = pg_pool_exec(p, idx, stmt, n, vals, want, st, err, errlen);
+    pg_pool_release(p, idx);
+    return res;
+}
+
 char *pg_dup_value(const PGresult *res, int row, int col)
 {
     if (PQgetisnull(res, row, col))

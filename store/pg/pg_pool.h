@@ -89,6 +89,11 @@ PGresult *pg_pool_send(struct pg_pool *p, int idx, const char *stmt, int n,
 PGresult *pg_pool_exec(struct pg_pool *p, int idx, const char *stmt, int n, const char *const *vals,
                        ExecStatusType want, enum store_status *st, char *err, size_t errlen);
 
+/* pg_pool_exec() of one statement on a connection taken and given back
+ * here; STORE_UNAVAILABLE when none could be taken. */
+PGresult *pg_pool_exec_one(struct pg_pool *p, const char *stmt, int n, const char *const *vals,
+                           ExecStatusType want, enum store_status *st, char *err, size_t errlen);
+
 /* A connection outside the pool (the migration's), with the pool's notice
  * handler; NULL with err set. */
 PGconn *pg_pool_connect_alone(struct pg_pool *p, const char *application_name, char *err,

@@ -21,10 +21,7 @@ static enum store_status read_one(struct store_pg *pg, const struct row_kind *k,
                                   size_t errlen)
 {
     enum store_status st = STORE_OK;
-    int idx = pg_pool_acquire(&pg->pool, err, errlen);
-    if (idx < 0)
-        return STORE_UNAVAILABLE;
-    PGresult *res = pg_pool_exec(&pg->pool, idx, stmt, n, vals, PGRES_TUPLES_OK, &st, err, errlen);
+    PGresult *res = pg_pool_exec_one(&pg->pool, stmt, n, vals, PGRES_TUPLES_OK, &st, err, errlen);
     if (res) {
         if (PQntuples(res) == 0) {
             snprintf(err, errlen, "no such %s", k->what);
@@ -35,7 +32,6 @@ static enum store_status read_one(struct store_pg *pg, const struct row_kind *k,
         }
         PQclear(res);
     }
-    pg_pool_release(&pg->pool, idx);
     return st;
 }
 
@@ -361,17 +357,12 @@ enum store_status pg_reap(struct store *s, int batch, int *deleted, char *err, s
     char n[16];
     snprintf(n, sizeof n, "%d", batch);
     const char *vals[] = {n};
-
-    int idx = pg_pool_acquire(&pg->pool, err, errlen);
-    if (idx < 0)
-        return STORE_UNAVAILABLE;
     PGresult *res =
-        pg_pool_exec(&pg->pool, idx, "reap", 1, vals, PGRES_COMMAND_OK, &st, err, errlen);
+        pg_pool_exec_one(&pg->pool, "reap", 1, vals, PGRES_COMMAND_OK, &st, err, errlen);
     if (res) {
         *deleted = atoi(PQcmdTuples(res));
         PQclear(res);
     }
-    pg_pool_release(&pg->pool, idx);
     return st;
 }
 
@@ -379,12 +370,6 @@ enum store_status pg_ping(struct store *s, char *err, size_t errlen)
 {
     struct store_pg *pg = (struct store_pg *)s;
     enum store_status st = STORE_OK;
-    int idx = pg_pool_acquire(&pg->pool, err, errlen);
-    if (idx < 0)
-        return STORE_UNAVAILABLE;
-    PGresult *res =
-        pg_pool_exec(&pg->pool, idx, "ping", 0, NULL, PGRES_TUPLES_OK, &st, err, errlen);
-    PQclear(res);
-    pg_pool_release(&pg->pool, idx);
+    PQclear(pg_pool_exec_one(&pg->pool, "ping", 0, NULL, PGRES_TUPLES_OK, &st, err, errlen));
     return st;
 }

@@ -14,16 +14,25 @@
  * the same request, with the same key downstream, may take it over -
  * however late (its expiry moves on then).
  *
- * Committed without waiting for the WAL flush (synchronous_commit off for
- * this statement's transaction only): no client is told anything on the
- * strength of a claim. If PostgreSQL crashes and loses it, the request's
+ * $7 is the request, kept by a server whose operations ask outside (an
+ * acquirer) so that recovery can finish the record without its client
+ * (sql/011); NULL for the in-process simulator's.
+ *
+ * Without a request the claim commits without waiting for the WAL flush
+ * (synchronous_commit off for this statement's transaction only): no
+ * client is told anything on the strength of a claim, and nothing moves
+ * before the completion. If PostgreSQL crashes and loses it, the request's
  * completion fails too and its client retries. If the completion commits,
  * its synchronous commit flushes the WAL up to its own record - the claim's
  * record comes before it - so every acknowledged payment survives a crash
- * with its claim. One WAL flush per payment instead of two. */
+ * with its claim. One WAL flush per payment instead of two. With a request
+ * the claim waits for its flush (the session's synchronous_commit): the
+ * acquirer is asked under the record's key downstream next, and a record
+ * lost in a crash after that ask would be made again with a new key - a
+ * second charge. */
 #define CLAIM_INTO                                                                                 \
     " INSERT INTO idempotency_keys AS k (tenant_id, idempotency_key, fingerprint, state,"          \
-    " lease_token, locked_until, created_at, expires_at, downstream_key)"
+    " lease_token, locked_until, created_at, expires_at, downstream_key, request)"
 /* A completed record whose answer expired: claimed as a new record. */
 #define CLAIM_DONE_EXPIRED "(k.state = 'completed' AND k.expires_at <= now())"
 #define CLAIM_ON_CONFLICT                                                                          \
@@ -33,7 +42,7 @@
     " THEN EXCLUDED.downstream_key ELSE k.downstream_key END,"                                     \
     " lease_token = EXCLUDED.lease_token, locked_until = EXCLUDED.locked_until,"                   \
     " response_status = NULL, response_body = NULL, response_location = NULL,"                     \
-    " completed_at = NULL,"                                                                        \
+    " completed_at = NULL, request = COALESCE(EXCLUDED.request, k.request),"                       \
     " duplicate_count = CASE WHEN " CLAIM_DONE_EXPIRED " THEN 0 ELSE k.duplicate_count END,"       \
     " last_duplicate_at = CASE WHEN " CLAIM_DONE_EXPIRED " THEN NULL"                              \
     " ELSE k.last_duplicate_at END,"                                                               \
@@ -44,22 +53,27 @@
     " WHERE " CLAIM_DONE_EXPIRED " OR (k.state = 'processing' AND k.locked_until <= now()"         \
     " AND k.fingerprint = EXCLUDED.fingerprint)"
 
-static const char SQL_CLAIM[] =
-    "WITH async AS (SELECT set_config('synchronous_commit', 'off', true))" CLAIM_INTO
+/* The claim's flush: waited for only when it keeps a request (above). */
+#define CLAIM_COMMIT(no_request)                                                                   \
+    "WITH async AS (SELECT set_config('synchronous_commit', CASE WHEN " no_request                 \
+    " THEN 'off' ELSE current_setting('synchronous_commit') END, true))"
+
+static const char SQL_CLAIM[] = CLAIM_COMMIT("$7::text IS NULL") CLAIM_INTO
     " SELECT $1, $2, $3, 'processing', nextval('lease_token_seq'),"
     " now() + $4::bigint * interval '1 millisecond', now(),"
-    " now() + $5::bigint * interval '1 millisecond', $6 FROM async" CLAIM_ON_CONFLICT
+    " now() + $5::bigint * interval '1 millisecond', $6, $7 FROM async" CLAIM_ON_CONFLICT
     " RETURNING lease_token, (xmax = 0), " US_OF("created_at") ", downstream_key";
 
 /* Several requests' claims in one statement (arrays of tenants, keys and
  * fingerprints), inserted in key order so that two batches lock the records
  * they share in the same order. A row comes back for each claim that won. */
 static const char SQL_CLAIM_BATCH[] =
-    "WITH async AS (SELECT set_config('synchronous_commit', 'off', true))" CLAIM_INTO
+    CLAIM_COMMIT("(SELECT bool_and(r IS NULL) FROM unnest($7::text[]) AS r)") CLAIM_INTO
     " SELECT i.tenant, i.key, i.fp, 'processing', nextval('lease_token_seq'),"
     " now() + $4::bigint * interval '1 millisecond', now(),"
-    " now() + $5::bigint * interval '1 millisecond', i.dk"
-    " FROM unnest($1::text[], $2::text[], $3::text[], $6::text[]) AS i(tenant, key, fp, dk), async"
+    " now() + $5::bigint * interval '1 millisecond', i.dk, i.req"
+    " FROM unnest($1::text[], $2::text[], $3::text[], $6::text[], $7::text[])"
+    " AS i(tenant, key, fp, dk, req), async"
     " ORDER BY i.tenant, i.key" CLAIM_ON_CONFLICT
     " RETURNING tenant_id, idempotency_key, lease_token, (xmax = 0), " US_OF(
         "created_at") ", downstream_key";
@@ -81,7 +95,8 @@ static const char SQL_READ[] =
  * one round trip: the payment is inserted only if the fenced update matched. */
 static const char SQL_COMPLETE_PAYMENT[] =
     "WITH done AS (UPDATE idempotency_keys SET state = 'completed', response_status = $4,"
-    " response_body = $5, response_location = $6, locked_until = NULL, completed_at = now()"
+    " response_body = $5, response_location = $6, locked_until = NULL, completed_at = now(), "
+    "request = NULL"
     " WHERE tenant_id = $1 AND idempotency_key = $2 AND lease_token = $3"
     " AND state = 'processing' RETURNING tenant_id)"
     " INSERT INTO payments (tenant_id, transaction_id, idempotency_key, customer_id,"
@@ -102,7 +117,8 @@ static const char SQL_COMPLETE_BATCH[] =
     " ORDER BY tenant, key),"
     " done AS (UPDATE idempotency_keys k SET state = 'completed', response_status = i.status,"
     " response_body = i.body, response_location = i.location, locked_until = NULL,"
-    " completed_at = now() FROM i WHERE k.tenant_id = i.tenant AND k.idempotency_key = i.key"
+    " completed_at = now(), request = NULL FROM i WHERE k.tenant_id = i.tenant AND "
+    "k.idempotency_key = i.key"
     " AND k.lease_token = i.token AND k.state = 'processing' RETURNING i.*),"
     " paid AS (INSERT INTO payments (tenant_id, transaction_id, idempotency_key, customer_id,"
     " amount_minor, currency, description, status, processed_at, charge_id)"
@@ -111,7 +127,8 @@ static const char SQL_COMPLETE_BATCH[] =
 
 static const char SQL_COMPLETE[] =
     "UPDATE idempotency_keys SET state = 'completed', response_status = $4,"
-    " response_body = $5, response_location = $6, locked_until = NULL, completed_at = now()"
+    " response_body = $5, response_location = $6, locked_until = NULL, completed_at = now(), "
+    "request = NULL"
     " WHERE tenant_id = $1 AND idempotency_key = $2 AND lease_token = $3"
     " AND state = 'processing'";
 
@@ -220,11 +237,36 @@ static const char SQL_REAP[] =
     " (SELECT tenant_id, idempotency_key FROM idempotency_keys WHERE expires_at <= now()"
     " AND state = 'completed' ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)";
 
+/* Recovery (store_recover): the record that kept its request and whose
+ * lease ran out longest ago, taken over under a new lease as a retry's
+ * claim would (its fingerprint and key downstream kept). A record asked
+ * again and still unknown ends its lease now, so it goes to the back of
+ * the line. SKIP LOCKED: servers recovering at once each take another
+ * record; one whose lease is live (another server's, or its client's
+ * retry) is not taken. The partial index (sql/011) holds only records
+ * that asked outside and are not completed: a few, sorted here. */
+static const char SQL_RECOVER[] =
+    "UPDATE idempotency_keys k SET lease_token = nextval('lease_token_seq'),"
+    " locked_until = now() + $1::bigint * interval '1 millisecond'"
+    " FROM (SELECT tenant_id, idempotency_key FROM idempotency_keys"
+    " WHERE request IS NOT NULL AND state = 'processing' AND locked_until <= now()"
+    " ORDER BY locked_until, created_at LIMIT 1 FOR UPDATE SKIP LOCKED) c"
+    " WHERE k.tenant_id = c.tenant_id AND k.idempotency_key = c.idempotency_key"
+    " RETURNING k.tenant_id, k.idempotency_key, k.fingerprint, k.lease_token, k.downstream_key,"
+    " k.request, " US_OF("k.created_at");
+
+/* The records recovery is for, waiting now: how many, and the oldest's
+ * creation (NULL when none). */
+static const char SQL_UNFINISHED[] =
+    "SELECT count(*), " US_OF("min(created_at)") " FROM idempotency_keys"
+                                                 " WHERE request IS NOT NULL AND state = "
+                                                 "'processing' AND locked_until <= now()";
+
 static const char SQL_PING[] = "SELECT 1";
 
 const struct pg_prepared PG_PREPARED[] = {
-    {"claim", SQL_CLAIM, 6},
-    {"claim_batch", SQL_CLAIM_BATCH, 6},
+    {"claim", SQL_CLAIM, 7},
+    {"claim_batch", SQL_CLAIM_BATCH, 7},
     {"complete_batch", SQL_COMPLETE_BATCH, 14},
     {"read", SQL_READ, 3},
     {"complete_payment", SQL_COMPLETE_PAYMENT, 14},
@@ -248,6 +290,8 @@ const struct pg_prepared PG_PREPARED[] = {
     {"list_charges", SQL_LIST_CHARGES, 2},
     {"list_charge_refunds", SQL_LIST_CHARGE_REFUNDS, 2},
     {"reap", SQL_REAP, 1},
+    {"recover", SQL_RECOVER, 1},
+    {"unfinished", SQL_UNFINISHED, 0},
     {"ping", SQL_PING, 0},
 };
 

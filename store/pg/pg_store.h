@@ -7,6 +7,7 @@
  *   pg_migrate.c  the schema at start-up
  *   pg_idem.c     claim, complete with rows, release, rows without a key
  *   pg_reads.c    payments, refunds and the ledger read and listed; reaper; ping
+ *   pg_recover.c  records taken over for recovery, and those waiting for it
  *   store_pg.c    the store_ops table, the constructor
  */
 #ifndef MOCKERY_PG_STORE_H
@@ -23,9 +24,9 @@ struct store_pg {
 };
 
 enum store_status pg_claim(struct store *s, const char *tenant, const char *key,
-                           const char *fingerprint, const char *downstream, int64_t lease_ms,
-                           int64_t ttl_ms, struct store_claim_result *out, char *err,
-                           size_t errlen);
+                           const char *fingerprint, const char *request, const char *downstream,
+                           int64_t lease_ms, int64_t ttl_ms, struct store_claim_result *out,
+                           char *err, size_t errlen);
 enum store_status pg_complete(struct store *s, const char *tenant, const char *key,
                               int64_t lease_token, const struct store_response *resp,
                               const struct store_rows *rows, char *err, size_t errlen);
@@ -52,6 +53,10 @@ enum store_status pg_list_charges(struct store *s, const char *reference,
 enum store_status pg_list_charge_refunds(struct store *s, const char *charge_id,
                                          struct store_charge_refund_list *out, char *err,
                                          size_t errlen);
+enum store_status pg_recover(struct store *s, int64_t lease_ms, struct store_recovery *out,
+                             char *err, size_t errlen);
+enum store_status pg_unfinished(struct store *s, struct store_unfinished *out, char *err,
+                                size_t errlen);
 enum store_status pg_reap(struct store *s, int batch, int *deleted, char *err, size_t errlen);
 enum store_status pg_ping(struct store *s, char *err, size_t errlen);
 
