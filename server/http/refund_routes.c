@@ -88,6 +88,20 @@ static int refund_gateway_error(struct idem_result *out, const char *why, struct
                                    "%s; no money moved: retry with the same idempotency key", why);
 }
 
+/* 422 refund_exceeds_payment for payment transaction_id. */
+static int refund_exceeds(struct idem_result *out, const char *transaction_id, struct apierr *err)
+{
+    struct apierr e;
+    apierr_of(&e, APIERR_REFUND_EXCEEDS_PAYMENT, "amount",
+              "the refunds of payment %s would add up to more than its amount", transaction_id);
+    out->status = 422;
+    out->body = apierr_json(&e);
+    if (!out->body)
+        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
+    out->body_len = strlen(out->body);
+    return 0;
+}
+
 /* Asks the acquirer to refund amount of payment p's charge under the
  * record's downstream key. Returns 1 with the acquirer's refund id when
  * the money moved; 0 when *out is answered already (nothing moved: 502;
@@ -107,6 +121,15 @@ static int refund_ask(const struct refund_ctx *ctx, const struct store_payment *
         snprintf(acquirer_id, 65, "%s", a.id);
         out->outside = 1;
         return 1;
+    }
+    if (acquirer_nothing_moved(&a, call->again) && a.status == 422 &&
+        strcmp(a.detail, "refund_exceeds_charge") == 0) {
+        /* another refund of the same charge got there first (two racing
+         * past this server's check of what is left): refused as the
+         * store would refuse it, not cached */
+        *rc = refund_exceeds(out, p->transaction_id, err);
+        out->retryable = 1;
+        return 0;
     }
     if (acquirer_nothing_moved(&a, call->again)) {
         *rc = refund_gateway_error(out, "the acquirer refused the refund or could not be reached",
@@ -232,16 +255,7 @@ static int refund_rejected(void *ctx, const void *vreq, struct idem_result *out,
 {
     (void)ctx;
     const struct refund_request *req = vreq;
-    struct apierr e;
-    apierr_of(&e, APIERR_REFUND_EXCEEDS_PAYMENT, "amount",
-              "the refunds of payment %s would add up to more than its amount",
-              req->transaction_id);
-    out->status = 422;
-    out->body = apierr_json(&e);
-    if (!out->body)
-        return apierr_of(err, APIERR_INTERNAL_ERROR, NULL, "out of memory");
-    out->body_len = strlen(out->body);
-    return 0;
+    return refund_exceeds(out, req->transaction_id, err);
 }
 
 static const struct idem_op REFUND_OP = {
