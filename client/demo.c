@@ -3,8 +3,11 @@
  * Against a running server it shows a lost response and its retries, three
  * payments for one customer, a burst of concurrent duplicates, a retried
  * decline, and refunds (one whose answer is lost, two racing with different
- * keys for more than is left), then counts the charges per key through the
- * API and prints "double charges: N" (exit 1 unless N is 0). HTTP through
+ * keys for more than is left); given the acquirer behind the server, an
+ * answer the acquirer holds after charging (503 outcome_pending, the
+ * retry, one charge in the acquirer's own ledger). Then it counts the
+ * charges per key through the API - and, with the acquirer, in its ledger
+ * - and prints "double charges: N" (exit 1 unless N is 0). HTTP through
  * libcurl.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -21,6 +24,7 @@
 
 struct opts {
     const char *url;
+    const char *acquirer_url; /* mockery-acquirer behind the server, or NULL */
     const char *api_key;
     long timeout_ms; /* the impatient client of scenario 1 */
     int burst;
@@ -350,9 +354,82 @@ static int refunds(const struct opts *o)
     return ok ? 0 : -1;
 }
 
+/* The acquirer's charges for transaction txn (its reference), from its
+ * own ledger: how many (-1 when it cannot be asked); the first's id and
+ * status into id, status. */
+static int acquirer_charges(const struct opts *o, const char *txn, char id[64], char status[32])
+{
+    char url[512];
+    struct reply r;
+    snprintf(url, sizeof url, "%s/v1/charges?reference=%s", o->acquirer_url, txn);
+    httpc_request("GET", url, NULL, NULL, 0, 30000, &r);
+    cJSON *root = r.status == 200 ? cJSON_Parse(r.body) : NULL;
+    reply_free(&r);
+    cJSON *list = cJSON_GetObjectItem(root, "charges");
+    int n = cJSON_IsArray(list) ? cJSON_GetArraySize(list) : -1;
+    id[0] = status[0] = '\0';
+    if (n > 0) {
+        cJSON *c = cJSON_GetArrayItem(list, 0);
+        cJSON *cid = cJSON_GetObjectItem(c, "charge_id"), *st = cJSON_GetObjectItem(c, "status");
+        if (cJSON_IsString(cid))
+            snprintf(id, 64, "%s", cid->valuestring);
+        if (cJSON_IsString(st))
+            snprintf(status, 32, "%s", st->valuestring);
+    }
+    cJSON_Delete(root);
+    return n;
+}
+
+/* 6: the window where money moves. The acquirer charges, then holds its
+ * answer past the server's --acquirer-timeout-ms (its customers cust-held…:
+ * `--fault hold:prefix=cust-held`): the server cannot know whether the
+ * money moved, so it answers 503 outcome_pending and keeps the key; the
+ * retry asks the acquirer again under the same key downstream and is
+ * answered the first charge. One charge, read from the acquirer's ledger. */
+static int held_answer(const struct opts *o)
+{
+    char key[64], cust[64], body[256], other[256], txn[64], again[64], charge[64], id[64];
+    char status[32];
+    struct reply r;
+    snprintf(key, sizeof key, "demo-%s-held", run_id);
+    snprintf(cust, sizeof cust, "cust-held-demo-%s", run_id);
+    payment_body(body, sizeof body, cust, "12.34");
+    payment_body(other, sizeof other, cust, "12.35");
+    printf("\n6. The acquirer charges and its answer is lost (held past the server's timeout)\n");
+    call(o, "POST", "/api/v1/payments", key, body, 30000, &r);
+    show("POST", &r);
+    field(&r, "transaction_id", txn, sizeof txn);
+    int ok = r.status == 503 && txn[0];
+    reply_free(&r);
+    call(o, "POST", "/api/v1/payments", key, other, 30000, &r);
+    show("POST another amount, same key", &r);
+    ok = ok && r.status == 422;
+    printf("     the key was kept, not released: %s\n", r.status == 422 ? "yes" : "NO");
+    reply_free(&r);
+    for (int attempt = 0; attempt < 60; attempt++) {
+        call(o, "POST", "/api/v1/payments", key, body, 30000, &r);
+        show("POST retry, same key", &r);
+        if (r.status != 409 && r.status != 503)
+            break;
+        long wait = atol(r.retry_after) > 0 ? atol(r.retry_after) * 1000 : 1000;
+        reply_free(&r);
+        sleep_ms(wait);
+    }
+    field(&r, "transaction_id", again, sizeof again);
+    field(&r, "charge_id", charge, sizeof charge);
+    ok = ok && (r.status == 200 || r.status == 201) && strcmp(again, txn) == 0;
+    reply_free(&r);
+    int n = acquirer_charges(o, txn, id, status);
+    printf("  the acquirer's ledger, charges for %s: %d (%s %s)\n", txn, n, id, status);
+    ok = ok && n == 1 && strcmp(id, charge) == 0 && strcmp(status, "succeeded") == 0;
+    printf("  one charge at the acquirer, the payment's: %s\n", ok ? "yes" : "NO");
+    return ok ? 0 : -1;
+}
+
 /* Counts payments per idempotency key for one customer, through the API;
  * returns how many keys were charged more than once, or -1. */
-static int double_charges_for(const struct opts *o, const char *customer, int *payments)
+static int double_charges_for(const struct opts *o, const char *customer, int *payments,
+                              int *at_acquirer)
 {
     char path[256], cursor[64] = "";
     char keys[256][80];
@@ -379,6 +456,17 @@ static int double_charges_for(const struct opts *o, const char *customer, int *p
             if (i < nkeys)
                 counts[i]++;
             (*payments)++;
+            /* and, given the acquirer, in its ledger: one charge per payment */
+            cJSON *txn = cJSON_GetObjectItem(item, "transaction_id");
+            char id[64], status[32];
+            int n = o->acquirer_url && cJSON_IsString(txn)
+                        ? acquirer_charges(o, txn->valuestring, id, status)
+                        : 1;
+            if (n != 1) {
+                printf("  payment %s has %d charges at the acquirer\n", txn->valuestring, n);
+                doubles++;
+            }
+            *at_acquirer += o->acquirer_url && n > 0 ? n : 0;
         }
         cJSON *next = cJSON_GetObjectItem(root, "next_cursor");
         int more = cJSON_IsString(next);
@@ -398,8 +486,13 @@ static int double_charges_for(const struct opts *o, const char *customer, int *p
 
 static void usage(void)
 {
-    fputs("usage: mockery-demo [--url URL] [--api-key KEY] [--timeout-ms N] [--burst N]\n"
+    fputs("usage: mockery-demo [--url URL] [--acquirer-url URL] [--api-key KEY] [--timeout-ms N]\n"
+          "                    [--burst N] [--wait S]\n"
           "  --url         the server (http://127.0.0.1:8080)\n"
+          "  --acquirer-url  the server's mockery-acquirer, started with\n"
+          "                --fault hold:prefix=cust-held:ms=N (N above the server's\n"
+          "                --acquirer-timeout-ms): step 6, and the charges counted in its\n"
+          "                ledger too\n"
           "  --api-key     sent as Authorization: Bearer KEY when the server has keys\n"
           "  --timeout-ms  the impatient client of steps 1 and 5 (500): the payments and\n"
           "                refunds of its cust-slow customers take 1.5 s, so the answer is lost\n"
@@ -415,6 +508,8 @@ int main(int argc, char **argv)
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(argv[i], "--url") && v)
             o.url = v, i++;
+        else if (!strcmp(argv[i], "--acquirer-url") && v)
+            o.acquirer_url = v, i++;
         else if (!strcmp(argv[i], "--api-key") && v)
             o.api_key = v, i++;
         else if (!strcmp(argv[i], "--timeout-ms") && v && atol(v) > 0)
@@ -464,15 +559,20 @@ int main(int argc, char **argv)
     failed |= burst(&o) != 0;
     failed |= declined(&o) != 0;
     failed |= refunds(&o) != 0;
+    if (o.acquirer_url)
+        failed |= held_answer(&o) != 0;
 
-    printf("\nCounting the charges per idempotency key through the API\n");
-    const char *prefixes[] = {"cust-slow-demo-", "cust-demo-", "cust-slow-demo-burst-",
-                              "cust-declined-demo-", "cust-slow-demo-refund-"};
-    int doubles = 0, payments = 0;
-    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) {
+    printf("\nCounting the charges per idempotency key through the API%s\n",
+           o.acquirer_url ? ", and in the acquirer's ledger" : "");
+    const char *prefixes[] = {"cust-slow-demo-",        "cust-demo-",
+                              "cust-slow-demo-burst-",  "cust-declined-demo-",
+                              "cust-slow-demo-refund-", "cust-held-demo-"};
+    size_t nprefixes = sizeof prefixes / sizeof prefixes[0] - (o.acquirer_url ? 0 : 1);
+    int doubles = 0, payments = 0, at_acquirer = 0, keys = o.acquirer_url ? 8 : 7;
+    for (size_t i = 0; i < nprefixes; i++) {
         char cust[64];
         snprintf(cust, sizeof cust, "%s%s", prefixes[i], run_id);
-        int d = double_charges_for(&o, cust, &payments);
+        int d = double_charges_for(&o, cust, &payments, &at_acquirer);
         if (d < 0) {
             printf("  could not list the payments of %s\n", cust);
             failed = 1;
@@ -480,10 +580,13 @@ int main(int argc, char **argv)
             doubles += d;
         }
     }
-    printf("  %d payments for 7 keys (%d requests sent)\n", payments, 3 + 3 + o.burst + 2 + 1);
+    printf("  %d payments for %d keys (%d requests sent)\n", payments, keys,
+           3 + 3 + o.burst + 2 + 1 + (o.acquirer_url ? 4 : 0));
+    if (o.acquirer_url)
+        printf("  %d charges at the acquirer for %d payments\n", at_acquirer, payments);
     printf("double charges: %d\n", doubles);
     curl_global_cleanup();
-    if (payments != 7)
+    if (payments != keys || (o.acquirer_url && at_acquirer != payments))
         failed = 1;
     return doubles == 0 && !failed ? 0 : 1;
 }

@@ -156,6 +156,7 @@ Test(process, unreachable_database_fails_start_up_with_a_json_line)
 #include <signal.h>
 #include <time.h>
 
+#include "acquirer_proc.h"
 #include "support.h"
 
 static struct test_server srv;
@@ -307,6 +308,13 @@ static void scenario(const char *out, const char *from, const char *to, char *bu
     snprintf(buf, len, "%.*s", (int)n, a);
 }
 
+/* Each of the n lines was printed by the demo. */
+static void expect_seen(const char *out, const char *const *seen, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        cr_assert_not_null(strstr(out, seen[i]), "demo output lacks '%s':\n%s", seen[i], out);
+}
+
 /* Every "POST retry, same key" line of a scenario whose first request's
  * answer was lost is an answer a retry may get, and there is one. Which
  * one depends on when the retry came - on the machine's speed: while the
@@ -357,14 +365,60 @@ Test(process, demo_walkthrough_reports_zero_double_charges, .timeout = 120)
                           "amount_refunded 60.00 of 80.00",
                           "7 payments for 7 keys",
                           "\ndouble charges: 0\n"};
-    for (size_t i = 0; i < sizeof seen / sizeof seen[0]; i++)
-        cr_assert_not_null(strstr(r.out, seen[i]), "demo output lacks '%s':\n%s", seen[i], r.out);
+    expect_seen(r.out, seen, sizeof seen / sizeof seen[0]);
     /* the retries after a lost answer: the payment's and the refund's */
     char text[8192];
     scenario(r.out, "\n1. ", "\n2. ", text, sizeof text);
     retries_are_answers(text);
     scenario(r.out, "\n5. ", "\nCounting", text, sizeof text);
     retries_are_answers(text);
+}
+
+/* The walkthrough as `scripts/dev demo` runs it: the money moving at the
+ * real mockery-acquirer, which holds its answer to the cust-held customers
+ * 3 s after charging, past the server's 2 s. Step 6 is the window closed:
+ * 503 outcome_pending with the transaction id, the key kept (422 for
+ * another amount), the retry's payment the same transaction - and one
+ * charge for each of the demo's payments in the acquirer's own ledger. */
+Test(process, demo_walkthrough_through_the_acquirer_shows_the_window_closed, .timeout = 180,
+     .fini = test_acquirers_kill_all)
+{
+    static const char *const faults[] = {"--fault", "hold:prefix=cust-held:ms=3000", NULL};
+    struct test_acquirer a = {0};
+    test_acquirer_start(&a, faults, 1);
+    struct config c;
+    test_config(&c, STORE_KIND_POSTGRES);
+    snprintf(c.acquirer_url, sizeof c.acquirer_url, "%s", a.base);
+    c.acquirer_timeout_ms = 2000;
+    memset(&srv, 0, sizeof srv);
+    test_server_spawn(&srv, &c, MOCKERY_SERVER_BIN);
+    char *const args[] = {"mockery-demo", "--url", srv.base, "--acquirer-url", a.base, NULL};
+    struct run r;
+    run_program(MOCKERY_DEMO_BIN, args, &r);
+    test_server_stop(&srv);
+    test_acquirer_stop(&a);
+    cr_assert_eq(r.code, 0, "demo failed:\n%s%s", r.out, r.err);
+    const char *seen[] = {"one refunded, one refused (refund_exceeds_payment): yes",
+                          "error outcome_pending  Retry-After: 1",
+                          "POST another amount, same key      -> 422  error idempotency_key_reused",
+                          "one charge at the acquirer, the payment's: yes",
+                          "8 payments for 8 keys",
+                          "8 charges at the acquirer for 8 payments",
+                          "\ndouble charges: 0\n"};
+    expect_seen(r.out, seen, sizeof seen / sizeof seen[0]);
+    char text[8192], txn[64] = "";
+    scenario(r.out, "\n6. ", "\nCounting", text, sizeof text);
+    const char *first = strstr(text, "-> 503  transaction ");
+    cr_assert_not_null(first, "%s", text);
+    snprintf(txn, sizeof txn, "%.28s", first + strlen("-> 503  transaction "));
+    /* the last retry is the payment, with the transaction the 503 named */
+    const char *last = NULL;
+    for (const char *p = text; (p = strstr(p, "POST retry, same key")); p++)
+        last = p;
+    cr_assert_not_null(last, "%s", text);
+    cr_assert(strstr(last, "-> 201  transaction ") || strstr(last, "-> 200  transaction "), "%s",
+              text);
+    cr_assert_not_null(strstr(last, txn), "the retry's payment is %s:\n%s", txn, text);
 }
 
 /* ---- the log: one JSON object per line ------------------------------------------ */
