@@ -93,9 +93,10 @@ def bind(sql, values):
 
 def pgbench_scripts(tmp):
     key = "('pgb-' || :run || '-' || :client_id::text || '-' || :n::text)"
-    # $6: a downstream key of the server's shape (dk_ and 24 characters)
+    # $6: a downstream key of the server's shape (dk_ and 24 characters);
+    # $7: no request kept (the in-process protocol: an asynchronous claim)
     claim = bind(sql_of("SQL_CLAIM"), {1: "'bench'", 2: key, 3: "'fp'", 4: "30000", 5: "86400000",
-                                       6: "'dk_000000000000000000000000'"})
+                                       6: "'dk_000000000000000000000000'", 7: "NULL"})
     complete = bind(sql_of("SQL_COMPLETE_PAYMENT"), {
         1: "'bench'", 2: key, 3: ":lease_token", 4: "201", 5: ":body",
         6: "'/api/v1/payments/txn_0000000000000000000000000'",
@@ -105,7 +106,8 @@ def pgbench_scripts(tmp):
            "WITH c AS (%s) SELECT lease_token FROM c\n\\gset\n%s;\n" % (claim, complete))
     rkey = "('bench-replay-' || :n::text)"
     rclaim = bind(sql_of("SQL_CLAIM"), {1: "'default'", 2: rkey, 3: ":fp", 4: "30000",
-                                        5: "86400000", 6: "'dk_000000000000000000000000'"})
+                                        5: "86400000", 6: "'dk_000000000000000000000000'",
+                                        7: "NULL"})
     read = bind(sql_of("SQL_READ"), {1: "'default'", 2: rkey, 3: ":fp"})
     replay = "\\set n random(1, :keys)\n%s;\n%s;\n" % (rclaim, read)
     paths = {}

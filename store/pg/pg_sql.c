@@ -53,12 +53,14 @@
     " WHERE " CLAIM_DONE_EXPIRED " OR (k.state = 'processing' AND k.locked_until <= now()"         \
     " AND k.fingerprint = EXCLUDED.fingerprint)"
 
-/* The claim's flush: waited for only when it keeps a request (above). */
-#define CLAIM_COMMIT(no_request)                                                                   \
-    "WITH async AS (SELECT set_config('synchronous_commit', CASE WHEN " no_request                 \
-    " THEN 'off' ELSE current_setting('synchronous_commit') END, true))"
+/* The claim's flush: waited for only when it keeps a request (above).
+ * CLAIM_ASYNC_IF, a condition true when no request is kept, CLAIM_ASYNC_END.
+ * (Plain string macros: bench/run.py reads these statements too.) */
+#define CLAIM_ASYNC_IF "WITH async AS (SELECT set_config('synchronous_commit', CASE WHEN "
+#define CLAIM_ASYNC_END " THEN 'off' ELSE current_setting('synchronous_commit') END, true))"
 
-static const char SQL_CLAIM[] = CLAIM_COMMIT("$7::text IS NULL") CLAIM_INTO
+static const char SQL_CLAIM[] = CLAIM_ASYNC_IF
+    "$7::text IS NULL" CLAIM_ASYNC_END CLAIM_INTO
     " SELECT $1, $2, $3, 'processing', nextval('lease_token_seq'),"
     " now() + $4::bigint * interval '1 millisecond', now(),"
     " now() + $5::bigint * interval '1 millisecond', $6, $7 FROM async" CLAIM_ON_CONFLICT
@@ -67,8 +69,8 @@ static const char SQL_CLAIM[] = CLAIM_COMMIT("$7::text IS NULL") CLAIM_INTO
 /* Several requests' claims in one statement (arrays of tenants, keys and
  * fingerprints), inserted in key order so that two batches lock the records
  * they share in the same order. A row comes back for each claim that won. */
-static const char SQL_CLAIM_BATCH[] =
-    CLAIM_COMMIT("(SELECT bool_and(r IS NULL) FROM unnest($7::text[]) AS r)") CLAIM_INTO
+static const char SQL_CLAIM_BATCH[] = CLAIM_ASYNC_IF
+    "(SELECT bool_and(r IS NULL) FROM unnest($7::text[]) AS r)" CLAIM_ASYNC_END CLAIM_INTO
     " SELECT i.tenant, i.key, i.fp, 'processing', nextval('lease_token_seq'),"
     " now() + $4::bigint * interval '1 millisecond', now(),"
     " now() + $5::bigint * interval '1 millisecond', i.dk, i.req"
