@@ -1,4 +1,5 @@
-# Dockerfile - mockery-server and mockery-demo on Debian 12, built in two stages.
+# Dockerfile - mockery-server, mockery-acquirer and mockery-demo on Debian 12, built in two
+# stages.
 
 FROM debian:bookworm AS build
 ARG DEBIAN_FRONTEND=noninteractive
@@ -15,7 +16,7 @@ COPY acquirer acquirer
 COPY store store
 COPY sql sql
 RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUILD_TESTING=OFF -DMOCKERY_WERROR=ON \
- && cmake --build build -j"$(nproc)" --target mockery-server mockery-demo
+ && cmake --build build -j"$(nproc)" --target mockery-server mockery-acquirer mockery-demo
 
 FROM debian:bookworm-slim AS runtime
 ARG DEBIAN_FRONTEND=noninteractive
@@ -24,7 +25,8 @@ RUN apt-get update \
       ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --no-create-home --shell /usr/sbin/nologin mockery
-COPY --from=build /src/build/mockery-server /src/build/mockery-demo /usr/local/bin/
+COPY --from=build /src/build/mockery-server /src/build/mockery-acquirer /src/build/mockery-demo \
+     /usr/local/bin/
 USER mockery
 ENV PORT=8080
 EXPOSE 8080

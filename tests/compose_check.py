@@ -10,9 +10,12 @@ when the stack was first started stay fixed (issue 13): ports published on
 and waits for healthy servers, a healthcheck on $PORT, no debconf prompts.
 The front door: haproxy on 127.0.0.1:8080 with the repository's
 haproxy/haproxy.cfg, which `haproxy -c` accepts, balancing both replicas
-with health checks; the replicas only on debugging ports.
+with health checks; the replicas only on debugging ports. The acquirer:
+mockery-acquirer from the same image, on a PostgreSQL of its own, its
+flags as its --help says, listening where the servers and the demo ask it,
+healthy before the servers start.
 
-usage: compose_check.py REPO_ROOT MOCKERY_SERVER MOCKERY_DEMO
+usage: compose_check.py REPO_ROOT MOCKERY_SERVER MOCKERY_DEMO MOCKERY_ACQUIRER
 """
 import os
 import re
@@ -57,7 +60,7 @@ def env_to_flag(name):
 
 
 def main():
-    root, server, demo = sys.argv[1], sys.argv[2], sys.argv[3]
+    root, server, demo, acquirer = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
     compose = os.path.join(root, "docker-compose.yml")
     res = subprocess.run(["docker-compose", "-f", compose, "config", "-q"],
                          capture_output=True, text=True)
@@ -67,6 +70,7 @@ def main():
     services = cfg["services"]
     server_flags = flags_of(server)
     demo_flags = flags_of(demo)
+    acquirer_flags = flags_of(acquirer)
     check("--port" in server_flags and "--database-url" in server_flags,
           "mockery-server --help lists no flags: %s" % sorted(server_flags))
 
@@ -175,6 +179,54 @@ def main():
             check(res.returncode == 0, "haproxy -c refuses haproxy.cfg: %s" % res.stderr[-2000:])
     check(len(urls) == 1, "the replicas use different databases: %s" % urls)
 
+    # The acquirer: the image's mockery-acquirer on a database server of its
+    # own, where the replicas and the demo ask it.
+    acq = services.get("acquirer")
+    acq_url = None
+    check(acq is not None, "no acquirer service")
+    if acq:
+        check(acq.get("entrypoint") == ["mockery-acquirer"], "acquirer does not run mockery-acquirer")
+        check(acq.get("image") == image and "build" in acq, "acquirer: not the project's image")
+        cmd = [str(t) for t in acq.get("command", [])]
+        for tok in cmd:
+            if tok.startswith("--"):
+                check(tok.split("=")[0] in acquirer_flags,
+                      "acquirer: flag %s unknown to mockery-acquirer" % tok)
+        check("--listen-host" in cmd and cmd[cmd.index("--listen-host") + 1] == "0.0.0.0",
+              "acquirer: listens on loopback only, out of the servers' reach")
+        port = cmd[cmd.index("--port") + 1] if "--port" in cmd else "8090"
+        env = acq.get("environment", {})
+        check(str(env.get("PORT")) == port,
+              "acquirer: PORT %r (the image's healthcheck) is not its --port %s"
+              % (env.get("PORT"), port))
+        acq_url = "http://acquirer:%s" % port
+        adb = services.get("acquirer-db")
+        check(adb is not None and str(adb.get("image", "")).startswith("postgres:")
+              and "healthcheck" in adb
+              and any("/var/lib/postgresql/data" in str(v) for v in adb.get("volumes", [])),
+              "acquirer: no database server of its own (with a healthcheck and a volume)")
+        m = re.match(r"postgresql://([^:]+):([^@]+)@([^:/]+):(\d+)/(\w+)$",
+                     str(env.get("MOCKERY_ACQUIRER_DATABASE_URL", "")))
+        check(m is not None and m.group(3) == "acquirer-db",
+              "acquirer: MOCKERY_ACQUIRER_DATABASE_URL %r is not acquirer-db's"
+              % env.get("MOCKERY_ACQUIRER_DATABASE_URL"))
+        if m and adb:
+            aenv = adb.get("environment", {})
+            check((m.group(1), m.group(2), m.group(5)) == (aenv.get("POSTGRES_USER"),
+                  aenv.get("POSTGRES_PASSWORD"), aenv.get("POSTGRES_DB")),
+                  "acquirer: credentials differ from acquirer-db's")
+        dep = acq.get("depends_on", {})
+        check(isinstance(dep, dict) and dep.get("acquirer-db", {}).get("condition")
+              == "service_healthy", "acquirer: does not wait for a healthy acquirer-db")
+    for name in replicas:
+        s = services[name]
+        check(s.get("environment", {}).get("MOCKERY_ACQUIRER_URL") == acq_url,
+              "%s: MOCKERY_ACQUIRER_URL %r, want the acquirer's %s"
+              % (name, s.get("environment", {}).get("MOCKERY_ACQUIRER_URL"), acq_url))
+        dep = s.get("depends_on", {})
+        check(isinstance(dep, dict) and dep.get("acquirer", {}).get("condition")
+              == "service_healthy", "%s: does not wait for a healthy acquirer" % name)
+
     demo_svc = services.get("demo")
     check(demo_svc is not None, "no demo service")
     if demo_svc:
@@ -193,6 +245,8 @@ def main():
         if "--url" in cmd:
             target = cmd[cmd.index("--url") + 1]
             check(target == "http://haproxy:8080", "demo url %s: not the front door" % target)
+        check("--acquirer-url" in cmd and cmd[cmd.index("--acquirer-url") + 1] == acq_url,
+              "demo: --acquirer-url is not the acquirer's %s: %s" % (acq_url, cmd))
 
     # Every published port is on the loopback interface only.
     for name, s in services.items():
@@ -209,8 +263,9 @@ def main():
     stages = re.findall(r"^FROM\s+(\S+)", docker, re.M)
     check(len(stages) == 2, "Dockerfile stages: %s" % stages)
     check(all(s.startswith("debian:bookworm") for s in stages), "not Debian 12: %s" % stages)
-    check(re.search(r"COPY --from=build .*mockery-server", docker) is not None,
-          "the runtime stage does not copy mockery-server")
+    runtime_copy = " ".join(re.findall(r"^COPY --from=build (?:.*\\\n)*.*$", docker, re.M))
+    for program in ("mockery-server", "mockery-acquirer", "mockery-demo"):
+        check(program in runtime_copy, "the runtime stage does not copy %s" % program)
     check('ENTRYPOINT ["mockery-server"]' in docker, "the image does not run mockery-server")
     check(docker.count("ARG DEBIAN_FRONTEND=noninteractive") == 2,
           "a stage runs apt-get without DEBIAN_FRONTEND=noninteractive")

@@ -7,21 +7,27 @@ Docker engine, then checked through the published ports:
   scripts/dev docker up        an engine (started here if none answers) and
                                the base images, made when they are missing
   docker-compose up -d --build the project's image from the Dockerfile;
-                               postgres, server-1, server-2, haproxy (the
-                               front door, 127.0.0.1:8080), prometheus
+                               postgres, acquirer-db, acquirer, server-1,
+                               server-2, haproxy (the front door,
+                               127.0.0.1:8080), prometheus
   docker-compose --profile demo run --rm demo   at once, while the servers
                                start: through the front door, waits for the
-                               servers, prints "double charges: 0"
+                               servers, shows the window closed at the
+                               acquirer, prints one charge there per payment
+                               and "double charges: 0"
   - a payment through the front door, replayed through it byte for byte by
     the same replica, and by the other replica (on its debugging port);
   - GETs through the front door reach both replicas;
   - Prometheus scraping both servers, with the shipped rules loaded;
-  docker-compose exec -T postgres psql -U mockery mockery   counts the rows
+  docker-compose exec -T postgres psql -U mockery mockery   counts the rows,
+  and psql inside acquirer-db the charges in the acquirer's ledger
   - server-1 recreated with a 20 s processor (tests/compose_slow_server1.yml)
     and stopped while it runs a payment sent through the front door: the
     payment is answered after its log says "stopping" (SIGTERM drains),
     server-1 exits 0, the retry through the front door is replayed by
-    server-2, and new payments through it are all answered 201;
+    server-2, and new payments through it are all answered 201 (server-1
+    runs the in-process simulator for this: the stack's servers give the
+    acquirer 2 s);
   docker-compose down -v       leaves no container, volume or network
 
 The project name is COMPOSE_PROJECT_NAME=mockery-stack-test, so that a stack
@@ -121,10 +127,15 @@ def wait_healthy(deadline_s=180):
                   % (sorted(filter(None, through)), deadline_s, last))
 
 
-def psql(root, sql):
-    res = run(["docker-compose", "exec", "-T", "postgres", "psql", "-U", "mockery", "mockery",
-               "-Atc", sql], root)
+def psql(root, sql, service="postgres", user="mockery"):
+    res = run(["docker-compose", "exec", "-T", service, "psql", "-U", user, user, "-Atc", sql],
+              root)
     return res.stdout.strip()
+
+
+def ledger(root, sql):
+    """psql on the acquirer's own database server."""
+    return psql(root, sql, service="acquirer-db", user="acquirer")
 
 
 def replay_across_servers(root, run_id):
@@ -206,9 +217,12 @@ def prometheus_sees_both_servers(deadline_s=60):
 def demo(root):
     res = run(["docker-compose", "--profile", "demo", "run", "--rm", "demo"], root, check=False)
     out = res.stdout
-    check(res.returncode == 0 and "\ndouble charges: 0\n" in out,
+    check(res.returncode == 0 and "\ndouble charges: 0\n" in out
+          and "one charge at the acquirer, the payment's: yes" in out
+          and "8 charges at the acquirer for 8 payments" in out,
           "the demo exited %d:\n%s%s" % (res.returncode, out[-3000:], res.stderr[-2000:]))
-    log("the demo printed 'double charges: 0'")
+    log("the demo showed the window closed at the acquirer, one charge there per payment, "
+        "and printed 'double charges: 0'")
 
 
 def stop_during_slow_payment(root, run_id):
@@ -321,19 +335,27 @@ def main():
         txn = replay_across_servers(root, run_id)
         prometheus_sees_both_servers()
         rows = psql(root, "SELECT count(*) FROM payments")
-        check(rows == "8", "psql counts %s payments, want 8 (the demo's 7 and this test's 1)" % rows)
+        check(rows == "9", "psql counts %s payments, want 9 (the demo's 8 and this test's 1)" % rows)
         one = psql(root, "SELECT count(*) FROM payments WHERE transaction_id = '%s'" % txn)
         check(one == "1", "payment %s: %s rows" % (txn, one))
-        log("psql inside the postgres service counts 8 payments")
+        charges = ledger(root, "SELECT count(*) FROM acquirer_charges")
+        one = ledger(root, "SELECT count(*) FROM acquirer_charges WHERE reference = '%s'" % txn)
+        check(charges == "9" and one == "1", "the acquirer's ledger holds %s charges (want 9), "
+              "%s for %s (want 1)" % (charges, one, txn))
+        log("psql inside the postgres service counts 9 payments; inside acquirer-db, 9 charges")
         slow = stop_during_slow_payment(root, run_id)
         one = psql(root, "SELECT count(*) FROM payments WHERE transaction_id = '%s'" % slow)
         check(one == "1", "the payment answered while server-1 stopped: %s rows" % one)
         rows = psql(root, "SELECT count(*) FROM payments")
-        check(rows == "19", "psql counts %s payments, want 19 (8, the stopped one, 10 after it; "
+        check(rows == "20", "psql counts %s payments, want 20 (9, the stopped one, 10 after it; "
               "the probes none)" % rows)
+        charges = ledger(root, "SELECT count(*) FROM acquirer_charges")
+        check(charges == "19", "the acquirer's ledger holds %s charges, want 19 (all but the "
+              "stopped one, which server-1's simulator made)" % charges)
     except (Failure, subprocess.TimeoutExpired) as e:
         print("FAIL: %s" % e)
-        for name in ("server-1", "server-2", "haproxy", "postgres", "prometheus"):
+        for name in ("server-1", "server-2", "haproxy", "postgres", "acquirer", "acquirer-db",
+                     "prometheus"):
             res = run(["docker-compose", "logs", "--tail", "20", name], root, check=False,
                       quiet=True)
             print("--- %s (last lines)\n%s" % (name, res.stdout[-3000:]))
