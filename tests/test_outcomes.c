@@ -17,6 +17,9 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <criterion/criterion.h>
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <signal.h>
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,12 +60,13 @@ static void db_now(char *out, size_t len)
 /* scripts/reconcile over [since, until) (until NULL: now), the service's
  * and the acquirer's tables both in the test database: its exit status,
  * its report in out. */
-static int reconcile(const char *since, const char *until, char *out, size_t len)
+static int reconcile_dbs(const char *service_db, const char *acquirer_db, const char *since,
+                         const char *until, char *out, size_t len)
 {
     char cmd[1024];
     snprintf(cmd, sizeof cmd,
              "%s/scripts/reconcile --service-db '%s' --acquirer-db '%s' --since '%s'%s%s%s 2>&1",
-             MOCKERY_SOURCE_DIR, test_db_url(), test_db_url(), since, until ? " --until '" : "",
+             MOCKERY_SOURCE_DIR, service_db, acquirer_db, since, until ? " --until '" : "",
              until ? until : "", until ? "'" : "");
     FILE *f = popen(cmd, "r");
     cr_assert_not_null(f, "could not run %s", cmd);
@@ -70,6 +74,11 @@ static int reconcile(const char *since, const char *until, char *out, size_t len
     out[n] = '\0';
     int st = pclose(f);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int reconcile(const char *since, const char *until, char *out, size_t len)
+{
+    return reconcile_dbs(test_db_url(), test_db_url(), since, until, out, len);
 }
 
 /* The invariant over everything since `since`, as an operator checks it:
@@ -1018,4 +1027,245 @@ Test(outcomes, recovery_on_two_servers_finishes_each_record_once)
     unlink(log2);
     expect_reconciled(since);
     test_acquirer_stop(&a);
+}
+
+/* ---- chaos: the acquirer restarted, PostgreSQL crashed, a server SIGKILLed
+ * under load ---------------------------------------------------------------- */
+
+#define CHAOS_CLIENTS 8
+#define CHAOS_EACH 16 /* payments per client, each for a customer of its own */
+#define CHAOS_EVENTS 3
+
+struct chaos {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    char base[2][64]; /* the two servers, as they are now */
+    int answered;     /* payments answered 201 or 402 */
+    int events_done;  /* the events that have happened */
+    char key[CHAOS_CLIENTS * CHAOS_EACH][96];
+    char cust[CHAOS_CLIENTS * CHAOS_EACH][64];
+    char txn[CHAOS_CLIENTS * CHAOS_EACH][64];
+    long status[CHAOS_CLIENTS * CHAOS_EACH];
+    int attempts;
+};
+
+struct chaos_client {
+    struct chaos *c;
+    int id;
+};
+
+/* One client: each payment posted, and retried as the README says -
+ * after a 409, a 5xx or no answer, the same key and body again (after
+ * Retry-After, or 100 ms), on either server - until it is answered 201 or
+ * 402, for 120 s at most. Its last payment waits until every event has
+ * happened, so that no event lands after the load. */
+static void *chaos_client(void *p)
+{
+    struct chaos_client *cl = p;
+    struct chaos *c = cl->c;
+    for (int j = 0; j < CHAOS_EACH; j++) {
+        int i = cl->id * CHAOS_EACH + j;
+        if (j == CHAOS_EACH - 1) {
+            pthread_mutex_lock(&c->mu);
+            while (c->events_done < CHAOS_EVENTS)
+                pthread_cond_wait(&c->cv, &c->mu);
+            pthread_mutex_unlock(&c->mu);
+        }
+        char json[256], url[128], keyh[160];
+        pay_json(json, sizeof json, c->cust[i], "7.77");
+        snprintf(keyh, sizeof keyh, "Idempotency-Key: %s", c->key[i]);
+        const char *headers[] = {"Content-Type: application/json", keyh, NULL};
+        struct timespec t0, now;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (int attempt = 0;; attempt++) {
+            pthread_mutex_lock(&c->mu);
+            snprintf(url, sizeof url, "%s/api/v1/payments", c->base[(i + attempt) % 2]);
+            c->attempts++;
+            pthread_mutex_unlock(&c->mu);
+            struct test_response r;
+            httpc_request("POST", url, headers, json, strlen(json), 5000, &r);
+            long st = r.status;
+            if (st == 201 || st == 402 || st == 200) {
+                cJSON *o = cJSON_Parse(r.body);
+                const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "transaction_id");
+                pthread_mutex_lock(&c->mu);
+                snprintf(c->txn[i], sizeof c->txn[i], "%s",
+                         cJSON_IsString(t) ? t->valuestring : "");
+                c->status[i] = st;
+                c->answered++;
+                pthread_cond_broadcast(&c->cv);
+                pthread_mutex_unlock(&c->mu);
+                cJSON_Delete(o);
+                httpc_response_free(&r);
+                break;
+            }
+            long wait = st && atol(r.retry_after) > 0 ? atol(r.retry_after) * 1000 : 100;
+            httpc_response_free(&r);
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if (now.tv_sec - t0.tv_sec > 120)
+                break; /* status stays 0: the test fails on it */
+            sleep_ms(wait);
+        }
+    }
+    return NULL;
+}
+
+/* Waits until n payments are answered. */
+static void chaos_wait_answered(struct chaos *c, int n)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 120;
+    pthread_mutex_lock(&c->mu);
+    while (c->answered < n && pthread_cond_timedwait(&c->cv, &c->mu, &deadline) == 0)
+        ;
+    int got = c->answered;
+    pthread_mutex_unlock(&c->mu);
+    cr_assert_geq(got, n, "only %d payments answered within 120 s", got);
+}
+
+static void chaos_event_done(struct chaos *c)
+{
+    pthread_mutex_lock(&c->mu);
+    c->events_done++;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+static char chaos_cluster[64]; /* this test's own PostgreSQL, removed even on failure */
+
+static void chaos_teardown(void)
+{
+    test_acquirers_kill_all();
+    if (chaos_cluster[0])
+        test_cluster(chaos_cluster, "down", NULL, 0);
+}
+
+/* A server of the chaos test: on its own cluster, recovering, a 1 s bound
+ * on each ask and a lease of 3 s. */
+static void chaos_server(struct test_server *s, const struct test_acquirer *a, const char *url)
+{
+    struct config c;
+    outcome_config(&c, a, 1000, 3);
+    snprintf(c.database_url, sizeof c.database_url, "%s", url);
+    c.recovery_interval_ms = 200;
+    memset(s, 0, sizeof *s);
+    test_server_spawn(s, &c, MOCKERY_SERVER_BIN);
+}
+
+/* Many clients retrying as the README says, against two servers and the
+ * acquirer, on a PostgreSQL of the test's own; while they run - each event
+ * once a share of the payments is answered, and before any client's last
+ * payment - a server is SIGKILLed (and another started), the acquirer is
+ * SIGKILLed and started again on its port, and PostgreSQL is crashed and
+ * recovered. The acquirer slows some asks (300 ms), so that asks are in
+ * flight when they happen. Then, once recovery has finished what waits:
+ * every payment answered, one charge at the acquirer for each (by its
+ * transaction, and by its customer: no customer charged twice), and the
+ * reconciliation finds no fault. */
+Test(outcomes, chaos_under_load_charges_each_payment_once, .fini = chaos_teardown, .timeout = 600)
+{
+    char url[256], acq_url[300], since[64];
+    snprintf(chaos_cluster, sizeof chaos_cluster, "chaos-%d", (int)getpid());
+    test_cluster(chaos_cluster, "up", url, sizeof url);
+    test_query_text(url, "SELECT now()::text WHERE $1 = $1", "x", since, sizeof since);
+    /* the acquirer's ledger: a database of its own in the same cluster */
+    char missing[64];
+    test_query_text(url,
+                    "SELECT 'missing' FROM (SELECT 1) x WHERE $1 = $1 AND"
+                    " NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'chaos_acquirer')",
+                    "x", missing, sizeof missing);
+    if (missing[0]) {
+        PGconn *conn = PQconnectdb(url);
+        PGresult *res = PQexec(conn, "CREATE DATABASE chaos_acquirer");
+        cr_assert_eq(PQresultStatus(res), PGRES_COMMAND_OK, "%s", PQerrorMessage(conn));
+        PQclear(res);
+        PQfinish(conn);
+    }
+    snprintf(acq_url, sizeof acq_url, "%.*s/chaos_acquirer", (int)(strrchr(url, '/') - url), url);
+    char env_url[340];
+    snprintf(env_url, sizeof env_url, "MOCKERY_ACQUIRER_DATABASE_URL=%s", acq_url);
+    char *env[] = {env_url, "PATH=/usr/bin:/bin", NULL};
+    static const char *const faults[] = {"--fault", "latency:rate=0.3:ms=300", NULL};
+    struct test_acquirer a = {0};
+    test_acquirer_start_env(&a, faults, 1, 0, env);
+
+    struct chaos *c = calloc(1, sizeof *c);
+    cr_assert_not_null(c);
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    struct test_server srv[2];
+    for (int k = 0; k < 2; k++) {
+        chaos_server(&srv[k], &a, url);
+        snprintf(c->base[k], sizeof c->base[k], "%s", srv[k].base);
+    }
+    int total = CHAOS_CLIENTS * CHAOS_EACH;
+    for (int i = 0; i < total; i++) {
+        test_unique(c->key[i], sizeof c->key[i], "chaos");
+        test_unique(c->cust[i], sizeof c->cust[i], "cust-chaos");
+    }
+    pthread_t t[CHAOS_CLIENTS];
+    struct chaos_client cl[CHAOS_CLIENTS];
+    for (int k = 0; k < CHAOS_CLIENTS; k++) {
+        cl[k] = (struct chaos_client){c, k};
+        cr_assert_eq(pthread_create(&t[k], NULL, chaos_client, &cl[k]), 0);
+    }
+
+    /* 1: a server SIGKILLed mid-load, another started in its place */
+    chaos_wait_answered(c, total / 5);
+    test_server_kill(&srv[0]);
+    chaos_server(&srv[0], &a, url);
+    pthread_mutex_lock(&c->mu);
+    snprintf(c->base[0], sizeof c->base[0], "%s", srv[0].base);
+    pthread_mutex_unlock(&c->mu);
+    chaos_event_done(c);
+    /* 2: the acquirer SIGKILLed, and started again on its port */
+    chaos_wait_answered(c, 2 * total / 5);
+    int port = a.port;
+    test_acquirer_kill(&a);
+    a.port = port;
+    test_acquirer_start_env(&a, faults, 1, 0, env);
+    chaos_event_done(c);
+    /* 3: PostgreSQL crashed (SIGKILL) and recovered */
+    chaos_wait_answered(c, 3 * total / 5);
+    test_cluster(chaos_cluster, "crash", NULL, 0);
+    test_cluster(chaos_cluster, "up", NULL, 0);
+    chaos_event_done(c);
+
+    for (int k = 0; k < CHAOS_CLIENTS; k++)
+        pthread_join(t[k], NULL);
+    for (int i = 0; i < total; i++)
+        cr_assert(c->status[i] == 201 || c->status[i] == 402 || c->status[i] == 200,
+                  "payment %s was never answered (last status %ld)", c->key[i], c->status[i]);
+    /* what recovery has left to finish: nothing, within 60 s */
+    long waiting = 1;
+    for (int i = 0; i < 1200 && waiting; i++) {
+        waiting = test_query_long(url,
+                                  "SELECT count(*) FROM idempotency_keys WHERE request IS NOT NULL"
+                                  " AND state = 'processing' AND $1 = $1",
+                                  "x");
+        if (waiting)
+            sleep_ms(50);
+    }
+    cr_assert_eq(waiting, 0, "records still waiting for recovery after 60 s");
+    for (int i = 0; i < total; i++) {
+        long n = test_query_long(
+            acq_url, "SELECT count(*) FROM acquirer_charges WHERE reference = $1", c->txn[i]);
+        cr_assert_eq(n, 1, "payment %s (%s): %ld charges at the acquirer", c->key[i], c->txn[i], n);
+    }
+    cr_assert_eq(test_query_long(acq_url,
+                                 "SELECT count(*) FROM (SELECT customer_id FROM acquirer_charges"
+                                 " WHERE customer_id LIKE $1 GROUP BY customer_id"
+                                 " HAVING count(*) > 1) twice",
+                                 "cust-chaos%"),
+                 0, "a customer charged twice");
+    for (int k = 0; k < 2; k++)
+        test_server_stop(&srv[k]);
+    char report[16384];
+    int st = reconcile_dbs(url, acq_url, since, NULL, report, sizeof report);
+    cr_assert_eq(st, 0, "scripts/reconcile exited %d:\n%s", st, report);
+    cr_assert_not_null(strstr(report, "faults: 0\n"), "%s", report);
+    cr_log_info("chaos: %d payments, %d posts, three events: one charge each", total, c->attempts);
+    test_acquirer_stop(&a);
+    free(c);
 }
