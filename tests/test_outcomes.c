@@ -504,26 +504,16 @@ struct killed {
     char ref[64]; /* the transaction the acquirer was given */
 };
 
-/* Starts acquirer a with the faults and a server asking it (2.5 s bound,
- * a lease of 3 s); posts a payment of amount for a cust-hold customer
- * (its answer held 4 s after the charge), the client giving up at once;
- * and SIGKILLs the server once the acquirer has recorded the charge and
- * holds its answer - the event, waited for, bounded at 30 s. */
-static void kill_mid_charge(struct test_acquirer *a, const char *key_prefix, const char *amount,
-                            struct killed *k)
+/* Posts json with key to the server at base, the client giving up at once,
+ * and returns once the acquirer has recorded the charge for cust (and,
+ * the customer's answer held, holds it) - the event, waited for, bounded
+ * at 30 s: the transaction it was given in ref. */
+static void post_until_charged(const char *base, const char *key, const char *cust,
+                               const char *json, char ref[64])
 {
-    struct test_server s1;
-    test_acquirer_start(a, PREFIX_FAULTS, 4);
-    /* the ask outlasts the kill: bounded by 2.5 s, the hold is 4 s */
-    server_start_with(&s1, a, 2500, 3);
-    test_unique(k->key, sizeof k->key, key_prefix);
-    test_unique(k->cust, sizeof k->cust, "cust-hold");
-    pay_json(k->json, sizeof k->json, k->cust, amount);
-    const char *key = k->key, *cust = k->cust, *json = k->json;
-    char *ref = k->ref;
     char url[256], keyh[160];
     struct test_response r;
-    snprintf(url, sizeof url, "%s/api/v1/payments", s1.base);
+    snprintf(url, sizeof url, "%s/api/v1/payments", base);
     snprintf(keyh, sizeof keyh, "Idempotency-Key: %s", key);
     const char *headers[] = {"Content-Type: application/json", keyh, NULL};
     /* the client gives up at once; the server goes on asking */
@@ -540,6 +530,23 @@ static void kill_mid_charge(struct test_acquirer *a, const char *key_prefix, con
             sleep_ms(50);
     }
     cr_assert(ref[0], "the acquirer recorded no charge within 30 s");
+}
+
+/* Starts acquirer a with the faults and a server asking it (2.5 s bound,
+ * a lease of 3 s); posts a payment of amount for a cust-hold customer
+ * (its answer held 4 s after the charge); and SIGKILLs the server once the
+ * acquirer has recorded the charge and holds its answer. */
+static void kill_mid_charge(struct test_acquirer *a, const char *key_prefix, const char *amount,
+                            struct killed *k)
+{
+    struct test_server s1;
+    test_acquirer_start(a, PREFIX_FAULTS, 4);
+    /* the ask outlasts the kill: bounded by 2.5 s, the hold is 4 s */
+    server_start_with(&s1, a, 2500, 3);
+    test_unique(k->key, sizeof k->key, key_prefix);
+    test_unique(k->cust, sizeof k->cust, "cust-hold");
+    pay_json(k->json, sizeof k->json, k->cust, amount);
+    post_until_charged(s1.base, k->key, k->cust, k->json, k->ref);
     test_server_kill(&s1);
 }
 
@@ -1132,13 +1139,24 @@ static void chaos_event_done(struct chaos *c)
     pthread_mutex_unlock(&c->mu);
 }
 
-static char chaos_cluster[64]; /* this test's own PostgreSQL, removed even on failure */
+static char own_cluster[64]; /* a test's own PostgreSQL, removed even on failure */
 
-static void chaos_teardown(void)
+static void own_cluster_teardown(void)
 {
     test_acquirers_kill_all();
-    if (chaos_cluster[0])
-        test_cluster(chaos_cluster, "down", NULL, 0);
+    if (own_cluster[0])
+        test_cluster(own_cluster, "down", NULL, 0);
+}
+
+/* Runs one statement on url (outside a transaction block). */
+static void exec_on(const char *url, const char *sql)
+{
+    PGconn *conn = PQconnectdb(url);
+    PGresult *res = PQexec(conn, sql);
+    ExecStatusType st = PQresultStatus(res);
+    cr_assert(st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK, "%s: %s", sql, PQerrorMessage(conn));
+    PQclear(res);
+    PQfinish(conn);
 }
 
 /* A server of the chaos test: on its own cluster, recovering, a 1 s bound
@@ -1163,11 +1181,12 @@ static void chaos_server(struct test_server *s, const struct test_acquirer *a, c
  * every payment answered, one charge at the acquirer for each (by its
  * transaction, and by its customer: no customer charged twice), and the
  * reconciliation finds no fault. */
-Test(outcomes, chaos_under_load_charges_each_payment_once, .fini = chaos_teardown, .timeout = 600)
+Test(outcomes, chaos_under_load_charges_each_payment_once, .fini = own_cluster_teardown,
+     .timeout = 600)
 {
     char url[256], acq_url[300], since[64];
-    snprintf(chaos_cluster, sizeof chaos_cluster, "chaos-%d", (int)getpid());
-    test_cluster(chaos_cluster, "up", url, sizeof url);
+    snprintf(own_cluster, sizeof own_cluster, "chaos-%d", (int)getpid());
+    test_cluster(own_cluster, "up", url, sizeof url);
     test_query_text(url, "SELECT now()::text WHERE $1 = $1", "x", since, sizeof since);
     /* the acquirer's ledger: a database of its own in the same cluster */
     char missing[64];
@@ -1175,13 +1194,8 @@ Test(outcomes, chaos_under_load_charges_each_payment_once, .fini = chaos_teardow
                     "SELECT 'missing' FROM (SELECT 1) x WHERE $1 = $1 AND"
                     " NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'chaos_acquirer')",
                     "x", missing, sizeof missing);
-    if (missing[0]) {
-        PGconn *conn = PQconnectdb(url);
-        PGresult *res = PQexec(conn, "CREATE DATABASE chaos_acquirer");
-        cr_assert_eq(PQresultStatus(res), PGRES_COMMAND_OK, "%s", PQerrorMessage(conn));
-        PQclear(res);
-        PQfinish(conn);
-    }
+    if (missing[0])
+        exec_on(url, "CREATE DATABASE chaos_acquirer");
     snprintf(acq_url, sizeof acq_url, "%.*s/chaos_acquirer", (int)(strrchr(url, '/') - url), url);
     char env_url[340];
     snprintf(env_url, sizeof env_url, "MOCKERY_ACQUIRER_DATABASE_URL=%s", acq_url);
@@ -1228,8 +1242,8 @@ Test(outcomes, chaos_under_load_charges_each_payment_once, .fini = chaos_teardow
     chaos_event_done(c);
     /* 3: PostgreSQL crashed (SIGKILL) and recovered */
     chaos_wait_answered(c, 3 * total / 5);
-    test_cluster(chaos_cluster, "crash", NULL, 0);
-    test_cluster(chaos_cluster, "up", NULL, 0);
+    test_cluster(own_cluster, "crash", NULL, 0);
+    test_cluster(own_cluster, "up", NULL, 0);
     chaos_event_done(c);
 
     for (int k = 0; k < CHAOS_CLIENTS; k++)
@@ -1268,4 +1282,66 @@ Test(outcomes, chaos_under_load_charges_each_payment_once, .fini = chaos_teardow
     cr_log_info("chaos: %d payments, %d posts, three events: one charge each", total, c->attempts);
     test_acquirer_stop(&a);
     free(c);
+}
+
+/* A claim that keeps its request waits for its WAL flush: the acquirer is
+ * asked next, under the record's key downstream, and a claim a crash lost
+ * would be made again by the retry with a new key - a second charge. Here
+ * the service's PostgreSQL (a cluster of the test's own; the acquirer's
+ * ledger is on another, whose commits flush nothing of this one's WAL)
+ * leaves asynchronous commits unwritten for up to 10 s (wal_writer_delay);
+ * the server claims and asks, the acquirer charges and holds its answer,
+ * and PostgreSQL is SIGKILLed then: the record is there after the crash
+ * recovery, under the key the acquirer was asked with, and the retry is
+ * answered the one charge. */
+Test(outcomes, a_claim_that_asked_the_acquirer_survives_a_postgresql_crash,
+     .fini = own_cluster_teardown, .timeout = 180)
+{
+    char url[256];
+    snprintf(own_cluster, sizeof own_cluster, "durable-%d", (int)getpid());
+    test_cluster(own_cluster, "up", url, sizeof url);
+    exec_on(url, "ALTER SYSTEM SET wal_writer_delay = '10s'");
+    exec_on(url, "SELECT pg_reload_conf()");
+    struct test_acquirer a = {0};
+    test_acquirer_start(&a, PREFIX_FAULTS, 4);
+    struct config c;
+    outcome_config(&c, &a, 2500, 3);
+    snprintf(c.database_url, sizeof c.database_url, "%s", url);
+    struct test_server s;
+    memset(&s, 0, sizeof s);
+    test_server_spawn(&s, &c, MOCKERY_SERVER_BIN);
+
+    char key[96], cust[64], json[256], ref[64] = "", dk[80] = "";
+    struct test_response r;
+    test_unique(key, sizeof key, "out-durable");
+    test_unique(cust, sizeof cust, "cust-hold");
+    pay_json(json, sizeof json, cust, "31.41");
+    post_until_charged(s.base, key, cust, json, ref);
+    test_cluster(own_cluster, "crash", NULL, 0);
+    test_cluster(own_cluster, "up", NULL, 0); /* crash recovery */
+
+    test_query_text(url,
+                    "SELECT coalesce(max(downstream_key), '') FROM idempotency_keys"
+                    " WHERE idempotency_key = $1",
+                    key, dk, sizeof dk);
+    cr_assert(dk[0], "the claim was lost in the crash: the retry would ask under a new key "
+                     "downstream, and the customer pay twice");
+    cr_assert_str_eq(ref + strlen("txn_"), dk + strlen("dk_"),
+                     "the record's key downstream is the one the acquirer was asked with");
+    /* the retry: 503 until the server's connections are back, then the charge */
+    for (int i = 0; i < 600; i++) {
+        test_post_payment(&s, key, json, &r);
+        if (r.status == 201 || r.status == 200)
+            break;
+        test_response_free(&r);
+        sleep_ms(50);
+    }
+    cr_assert(r.status == 201 || r.status == 200, "%ld %s", r.status, r.body);
+    char txn[64];
+    str_of(&r, "transaction_id", txn, sizeof txn);
+    test_response_free(&r);
+    cr_assert_str_eq(txn, ref);
+    cr_assert_eq(customer_charges(cust), 1);
+    test_server_stop(&s);
+    test_acquirer_stop(&a);
 }
