@@ -967,6 +967,70 @@ Test(outcomes, a_server_killed_mid_charge_is_finished_by_recovery_without_a_retr
     test_acquirer_stop(&a);
 }
 
+/* A refund's answer held by the acquirer after it refunded, its server
+ * SIGKILLed, and no client asking again: another server's recovery
+ * revives the kept refund (its route, its payment's id in the path, its
+ * body), asks again under the refund record's key downstream and completes
+ * it with the one refund the acquirer made; the client's retry is answered
+ * that refund. */
+Test(outcomes, a_refund_whose_server_died_is_finished_by_recovery)
+{
+    char since[64];
+    db_now(since, sizeof since);
+    struct test_acquirer a = {0};
+    struct test_server s1, s2;
+    test_acquirer_start(&a, PREFIX_FAULTS, 4);
+    server_start_with(&s1, &a, 2500, 3);
+    char txn[64], charge[64], key[96], path[160], url[256], keyh[160], ref[64] = "";
+    paid(&s1, "cust-hold", "40.00", txn, charge); /* answered after its own held answer */
+    test_unique(key, sizeof key, "out-refund-recover");
+    snprintf(path, sizeof path, "/api/v1/payments/%s/refunds", txn);
+    snprintf(url, sizeof url, "%s%s", s1.base, path);
+    snprintf(keyh, sizeof keyh, "Idempotency-Key: %s", key);
+    const char *headers[] = {"Content-Type: application/json", keyh, NULL};
+    const char *json = "{\"amount\":15.00}";
+    struct test_response r;
+    cr_assert_neq(httpc_request("POST", url, headers, json, strlen(json), 200, &r), 0,
+                  "answered before the held refund: %ld %s", r.status, r.body);
+    httpc_response_free(&r);
+    for (int i = 0; i < 600 && !ref[0]; i++) {
+        test_query_text(test_db_url(),
+                        "SELECT coalesce(max(reference), '') FROM acquirer_refunds"
+                        " WHERE charge_id = $1",
+                        charge, ref, sizeof ref);
+        if (!ref[0])
+            sleep_ms(50);
+    }
+    cr_assert(ref[0], "the acquirer recorded no refund within 30 s");
+    test_server_kill(&s1);
+
+    recovering_server(&s2, &a, 2500, 3);
+    wait_completed(key);
+    char refund_id[64] = "";
+    test_query_text(test_db_url(), "SELECT refund_id FROM refunds WHERE idempotency_key = $1", key,
+                    refund_id, sizeof refund_id);
+    cr_assert_str_eq(refund_id, ref, "the refund the acquirer was asked for");
+    long long sum = 0;
+    char first_ref[64], first_id[64], acquirer_id[64] = "";
+    cr_assert_eq(ledger_refunds(&a, charge, &sum, first_ref, first_id), 1, "refunds of %s", charge);
+    cr_assert_eq(sum, 1500);
+    test_query_text(test_db_url(),
+                    "SELECT acquirer_refund_id FROM refunds WHERE idempotency_key = $1", key,
+                    acquirer_id, sizeof acquirer_id);
+    cr_assert_str_eq(acquirer_id, first_id);
+
+    test_post_json(&s2, path, key, json, &r);
+    cr_assert_eq(r.status, 200, "the retry is answered the recovered refund: %ld %s", r.status,
+                 r.body);
+    char again[64];
+    str_of(&r, "refund_id", again, sizeof again);
+    cr_assert_str_eq(again, ref);
+    test_response_free(&r);
+    test_server_stop(&s2);
+    expect_reconciled(since);
+    test_acquirer_stop(&a);
+}
+
 #define RECOVERED 8
 
 /* Records whose outcome stayed unknown (the acquirer answered 503) and
