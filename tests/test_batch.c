@@ -372,6 +372,121 @@ Test(batch, one_failing_completion_does_not_fail_the_others, .init = open_pool_o
     cr_assert_eq(payments_for(ops[1].key), 0);
 }
 
+/* ---- the acquirer's completions, with their charge rows ----------------- */
+
+/* A charge for o (its txn field holds the charge id), declined for odd
+ * amounts; the merchant has what an array literal must escape. */
+static void *complete_charge_thread(void *arg)
+{
+    struct op *o = arg;
+    char body[256];
+    body_of(o->key, body, sizeof body);
+    struct store_response resp = {o->token % 2 ? 402 : 201, body, strlen(body), NULL};
+    int declined = o->token % 2 != 0;
+    struct store_charge c = {.charge_id = o->txn,
+                             .merchant = "merchant \"quoted\" \\ {NULL}",
+                             .customer_id = "cust-batch",
+                             .amount_minor = o->token,
+                             .currency = "EUR",
+                             .status = declined ? "declined" : "succeeded",
+                             .decline_code = declined ? "card_declined" : NULL,
+                             .reference = o->key,
+                             .idempotency_key = o->key,
+                             .created_at_us = 1700000000000001LL};
+    struct store_rows rows = {.charge = &c};
+    o->st = store_complete(store, T, o->key, o->token, &resp, &rows, o->err, sizeof o->err);
+    return NULL;
+}
+
+static long charges_for(const char *key)
+{
+    return test_query_long(test_db_url(),
+                           "SELECT count(*) FROM acquirer_charges WHERE idempotency_key = $1", key);
+}
+
+Test(batch, charge_completions_in_one_statement_write_each_row_under_its_own_token,
+     .init = open_pool_of_one, .fini = close_store, .timeout = 60)
+{
+    struct op ops[4];
+    memset(ops, 0, sizeof ops);
+    claimed(ops, 4, "charged");
+    for (int i = 0; i < 4; i++)
+        snprintf(ops[i].txn, sizeof ops[i].txn, "ch_%.56s", ops[i].key);
+    ops[1].token += 1000; /* this one lost its lease */
+    int64_t amount[4];
+    for (int i = 0; i < 4; i++)
+        amount[i] = ops[i].token;
+    struct store_pool_stats ps = run_queued(ops, 4, complete_charge_thread);
+    cr_assert_eq(ps.complete_batches, 1);
+    cr_assert_eq(ps.completes_batched, 4);
+    cr_assert_eq(ps.batches_split, 0);
+    cr_assert_eq(ops[1].st, STORE_LEASE_LOST, "%s", ops[1].err);
+    cr_assert_eq(charges_for(ops[1].key), 0, "a fenced-out completion wrote its charge");
+    for (int i = 0; i < 4; i++) {
+        if (i == 1)
+            continue;
+        cr_assert_eq(ops[i].st, STORE_OK, "%s", ops[i].err);
+        cr_assert_eq(charges_for(ops[i].key), 1);
+        /* the row as given, field by field, through the batch's arrays */
+        struct store_charge got;
+        char err[256] = "";
+        cr_assert_eq(store_get_charge(store, ops[i].txn, &got, err, sizeof err), STORE_OK, "%s",
+                     err);
+        int declined = amount[i] % 2 != 0;
+        cr_assert_str_eq(got.merchant, "merchant \"quoted\" \\ {NULL}");
+        cr_assert_str_eq(got.customer_id, "cust-batch");
+        cr_assert_eq(got.amount_minor, amount[i]);
+        cr_assert_str_eq(got.currency, "EUR");
+        cr_assert_str_eq(got.status, declined ? "declined" : "succeeded");
+        if (declined)
+            cr_assert_str_eq(got.decline_code, "card_declined");
+        else
+            cr_assert_null(got.decline_code);
+        cr_assert_str_eq(got.reference, ops[i].key);
+        cr_assert_str_eq(got.idempotency_key, ops[i].key);
+        cr_assert_eq(got.created_at_us, 1700000000000001LL);
+        store_charge_clear(&got);
+        struct store_claim_result r = claim_ok(ops[i].key);
+        cr_assert_eq(r.outcome, CLAIM_COMPLETED);
+        cr_assert_eq(r.response_status, declined ? 402 : 201);
+        store_claim_result_clear(&r);
+    }
+}
+
+Test(batch, one_failing_charge_completion_does_not_fail_the_others, .init = open_pool_of_one,
+     .fini = close_store, .timeout = 60)
+{
+    struct op ops[3];
+    memset(ops, 0, sizeof ops);
+    claimed(ops, 3, "chfallback");
+    for (int i = 0; i < 3; i++)
+        snprintf(ops[i].txn, sizeof ops[i].txn, "ch_%.56s", ops[i].key);
+    /* the middle one's charge id is taken: the whole statement fails */
+    PGconn *conn = PQconnectdb(test_db_url());
+    cr_assert_eq(PQstatus(conn), CONNECTION_OK);
+    PQclear(exec_ok(conn,
+                    "INSERT INTO acquirer_charges (charge_id, merchant, customer_id, amount_minor,"
+                    " currency, status, reference, idempotency_key, created_at)"
+                    " VALUES ($1, 'm', 'c', 1, 'EUR', 'succeeded', 'r', 'k', now())",
+                    ops[1].txn));
+    PQfinish(conn);
+    struct store_pool_stats ps = run_queued(ops, 3, complete_charge_thread);
+    cr_assert_eq(ps.complete_batches, 1);
+    cr_assert_eq(ps.batches_split, 1);
+    cr_assert_eq(ops[0].st, STORE_OK, "%s", ops[0].err);
+    cr_assert_eq(ops[2].st, STORE_OK, "%s", ops[2].err);
+    cr_assert_eq(ops[1].st, STORE_ERROR, "%s", ops[1].err);
+    cr_assert_eq(charges_for(ops[0].key), 1);
+    cr_assert_eq(charges_for(ops[2].key), 1);
+    cr_assert_eq(charges_for(ops[1].key), 0);
+    char state[32];
+    test_query_text(test_db_url(),
+                    "SELECT state FROM idempotency_keys WHERE tenant_id = 'tenant-batch'"
+                    " AND idempotency_key = $1",
+                    ops[1].key, state, sizeof state);
+    cr_assert_str_eq(state, "processing", "its completion committed without its charge");
+}
+
 /* Waits (30 s at most: only "never" fails) until o has finished. */
 static int finishes(const struct op *o)
 {

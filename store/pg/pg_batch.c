@@ -180,14 +180,26 @@ static int take_batch(struct pg_batcher *b, int kind, struct pg_batch_op **batch
     if (n) {
         b->batches[kind]++;
         b->batched[kind] += (unsigned long long)n;
-        if (kind == PG_BATCH_COMPLETE && b->batched[kind] >= b->replan_at &&
-            b->replan_at <= REPLAN_LAST) {
+        unsigned long long completed =
+            b->batched[PG_BATCH_COMPLETE] + b->batched[PG_BATCH_COMPLETE_CHARGE];
+        if (kind != PG_BATCH_CLAIM && completed >= b->replan_at && b->replan_at <= REPLAN_LAST) {
             pg_pool_replan(b->pool);
             b->replan_at *= 4;
         }
     }
     return n;
 }
+
+/* Each kind's statement for several operations (pg_sql.c), and how many
+ * parameters it takes. */
+static const struct {
+    const char *many;
+    int ncols;
+} BATCH_STATEMENTS[PG_BATCH_KINDS] = {
+    [PG_BATCH_CLAIM] = {"claim_batch", 7},
+    [PG_BATCH_COMPLETE] = {"complete_batch", PG_BATCH_PAYMENT_VALS},
+    [PG_BATCH_COMPLETE_CHARGE] = {"complete_charge_batch", PG_BATCH_VALS},
+};
 
 /* One operation with the single-row statement. */
 static void run_one(struct pg_batcher *b, int idx, struct pg_batch_op *op)
@@ -207,7 +219,9 @@ static void run_one(struct pg_batcher *b, int idx, struct pg_batch_op *op)
         PQclear(res);
         return;
     }
-    const char *stmt = op->nvals == PG_BATCH_VALS ? "complete_payment" : "complete";
+    const char *stmt = op->kind == PG_BATCH_COMPLETE_CHARGE ? "complete_charge"
+                       : op->nvals == PG_BATCH_PAYMENT_VALS ? "complete_payment"
+                                                            : "complete";
     PGresult *res = pg_pool_exec(b->pool, idx, stmt, op->nvals, op->vals, PGRES_COMMAND_OK, &op->st,
                                  op->err, op->errlen);
     if (res) {
@@ -225,8 +239,9 @@ static void run_many(struct pg_batcher *b, int idx, struct pg_batch_op **ops, in
     PGconn *conn = b->pool->conns[idx];
     int kind = ops[0]->kind;
     /* claims: arrays of tenants, keys, fingerprints, downstream keys and
-     * requests, one lease and TTL (take_batch groups claims by them) */
-    int ncols = kind == PG_BATCH_CLAIM ? 7 : PG_BATCH_VALS;
+     * requests, one lease and TTL (take_batch groups claims by them);
+     * completions: an array of each parameter */
+    int ncols = BATCH_STATEMENTS[kind].ncols;
     struct array_text arrays[PG_BATCH_VALS] = {{0}};
     const char *vals[PG_BATCH_VALS];
     int failed = 0;
@@ -241,8 +256,7 @@ static void run_many(struct pg_batcher *b, int idx, struct pg_batch_op **ops, in
     }
     PGresult *res = NULL;
     if (!failed)
-        res = pg_pool_send(b->pool, idx, kind == PG_BATCH_CLAIM ? "claim_batch" : "complete_batch",
-                           ncols, vals);
+        res = pg_pool_send(b->pool, idx, BATCH_STATEMENTS[kind].many, ncols, vals);
     for (int c = 0; c < PG_BATCH_VALS; c++)
         free(arrays[c].p);
 
@@ -278,7 +292,7 @@ static void run_many(struct pg_batcher *b, int idx, struct pg_batch_op **ops, in
     }
     for (int i = 0; i < n; i++) {
         ops[i]->st = failed ? STORE_ERROR : pg_status_of(conn, res);
-        pg_first_line(ops[i]->err, ops[i]->errlen, kind == PG_BATCH_CLAIM ? "claim" : "complete",
+        pg_first_line(ops[i]->err, ops[i]->errlen, BATCH_STATEMENTS[kind].many,
                       failed ? "out of memory" : PQerrorMessage(conn));
     }
     PQclear(res);

@@ -17,7 +17,9 @@
 #include "pg_pool.h"
 #include "store.h"
 
-enum { PG_BATCH_CLAIM, PG_BATCH_COMPLETE, PG_BATCH_KINDS };
+/* Claims; completions (with a payment row or none); the acquirer's
+ * completions with their charge row. */
+enum { PG_BATCH_CLAIM, PG_BATCH_COMPLETE, PG_BATCH_COMPLETE_CHARGE, PG_BATCH_KINDS };
 #define BATCH_MAX 32
 
 /* A batch that is running, on its leader's stack. */
@@ -40,8 +42,10 @@ struct pg_batch_run {
  * batches and less throughput. The exception is a stalled batch
  * (BATCH_STALL_MS). The other connections serve reads, lists and the
  * reaper. */
-/* A completion's parameters with its payment (complete_payment). */
-#define PG_BATCH_VALS 14
+/* The most parameters an operation has: a completion's with its charge
+ * row (complete_charge). With a payment: PG_BATCH_PAYMENT_VALS. */
+#define PG_BATCH_VALS 16
+#define PG_BATCH_PAYMENT_VALS 14
 
 struct pg_batch_op {
     TAILQ_ENTRY(pg_batch_op) link; /* in its kind's queue */
@@ -50,7 +54,7 @@ struct pg_batch_op {
     int taken; /* in a batch that is running: wait for it, whatever the deadline */
     int done;
     const char *vals[PG_BATCH_VALS]; /* the single-row statement's parameters */
-    int nvals;                       /* claim 7; completion 6, or PG_BATCH_VALS with a payment */
+    int nvals; /* claim 7; completion 6, PG_BATCH_PAYMENT_VALS with a payment; charge 16 */
     /* results */
     enum store_status st;
     int matched; /* claim: won (a row came back); completion: the fenced update matched */

@@ -187,8 +187,9 @@ static enum store_status write_tx(struct store_pg *pg, const char *tenant, const
 }
 
 /* The rows that are written in a transaction of their own (write_tx):
- * a refund, or the ledger's charge or refund. 1 when rows hold none of
- * them (a payment, or nothing: the group commit's), else 0 with *st. */
+ * a refund, the ledger's refund, or its charge without a key. 1 when rows
+ * hold none of them (a payment, a charge with its key, or nothing: the
+ * group commit's), else 0 with *st. */
 static int write_tx_rows(struct store_pg *pg, const char *tenant, const char *key,
                          int64_t lease_token, const struct store_response *resp,
                          const struct store_rows *rows, enum store_status *st, char *err,
@@ -217,7 +218,7 @@ static int write_tx_rows(struct store_pg *pg, const char *tenant, const char *ke
         *st = write_tx(pg, tenant, key, lease_token, resp, &t, err, errlen);
         return 0;
     }
-    if (rows->charge) {
+    if (rows->charge && !key) {
         const struct store_charge *c = rows->charge;
         snprintf(amount, sizeof amount, "%" PRId64, c->amount_minor);
         snprintf(created, sizeof created, "%" PRId64, c->created_at_us);
@@ -250,6 +251,7 @@ enum store_status pg_complete(struct store *s, const char *tenant, const char *k
     struct store_pg *pg = (struct store_pg *)s;
     enum store_status st = STORE_OK;
     const struct store_payment *p = rows ? rows->payment : NULL;
+    const struct store_charge *c = rows ? rows->charge : NULL;
     if (!write_tx_rows(pg, tenant, key, lease_token, resp, rows, &st, err, errlen))
         return st;
     char token[24], status[16], amount[24], processed[24];
@@ -276,6 +278,15 @@ enum store_status pg_complete(struct store *s, const char *tenant, const char *k
         op.vals[11] = p->status;
         op.vals[12] = processed;
         op.vals[13] = p->charge_id;
+        op.nvals = PG_BATCH_PAYMENT_VALS;
+    } else if (c) {
+        snprintf(amount, sizeof amount, "%" PRId64, c->amount_minor);
+        snprintf(processed, sizeof processed, "%" PRId64, c->created_at_us);
+        const char *row[] = {c->charge_id,       c->merchant, c->customer_id,  amount,
+                             c->currency,        c->status,   c->decline_code, c->reference,
+                             c->idempotency_key, processed};
+        memcpy(op.vals + 6, row, sizeof row);
+        op.kind = PG_BATCH_COMPLETE_CHARGE;
         op.nvals = PG_BATCH_VALS;
     }
     pg_batch_submit(&pg->batch, &op);

@@ -199,13 +199,42 @@ static const char SQL_LIST_REFUNDS[] =
     " AND (created_at, refund_id) < ($3::timestamptz, $4)"
     " ORDER BY created_at DESC, refund_id DESC LIMIT $5";
 
-/* The acquirer's ledger (sql/007). A refund's share of its charge, under
- * the charge row's lock, as a refund's of its payment. */
-static const char SQL_INSERT_CHARGE[] =
-    "INSERT INTO acquirer_charges (charge_id, merchant, customer_id, amount_minor, currency,"
+/* The acquirer's ledger (sql/007). A charge is written by its record's
+ * completion as a payment is (complete_payment, complete_batch): inserted
+ * only where the fenced update matched, in the same statement - one round
+ * trip, and under load one statement and one WAL flush for a batch of
+ * them. insert_charge: a charge without a key. */
+#define CHARGE_INTO                                                                                \
+    " INSERT INTO acquirer_charges (charge_id, merchant, customer_id, amount_minor, currency,"     \
     " status, decline_code, reference, idempotency_key, created_at)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, " TS_OF("$10") ")";
 
+static const char SQL_COMPLETE_CHARGE[] =
+    "WITH done AS (UPDATE idempotency_keys SET state = 'completed', response_status = $4,"
+    " response_body = $5, response_location = $6, locked_until = NULL, completed_at = now(),"
+    " request = NULL WHERE tenant_id = $1 AND idempotency_key = $2 AND lease_token = $3"
+    " AND state = 'processing' RETURNING tenant_id)" CHARGE_INTO
+    " SELECT $7, $8, $9, $10, $11, $12, $13, $14, $15, " TS_OF("$16") " FROM done";
+
+static const char SQL_COMPLETE_CHARGE_BATCH[] =
+    "WITH i AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[],"
+    " $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[],"
+    " $12::text[], $13::text[], $14::text[], $15::text[], $16::bigint[]) AS i(tenant, key, token,"
+    " status, body, location, charge, merchant, customer, amount, currency, cstatus, decline,"
+    " reference, ikey, created) ORDER BY tenant, key),"
+    " done AS (UPDATE idempotency_keys k SET state = 'completed', response_status = i.status,"
+    " response_body = i.body, response_location = i.location, locked_until = NULL,"
+    " completed_at = now(), request = NULL FROM i WHERE k.tenant_id = i.tenant AND"
+    " k.idempotency_key = i.key AND k.lease_token = i.token AND k.state = 'processing'"
+    " RETURNING i.*),"
+    " charged AS (" CHARGE_INTO " SELECT charge, merchant, customer, amount, currency, cstatus,"
+    " decline, reference, ikey, " TS_OF("created") " FROM done)"
+                                                   " SELECT tenant, key FROM done";
+
+static const char SQL_INSERT_CHARGE[] =
+    CHARGE_INTO " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, " TS_OF("$10") ")";
+
+/* A refund's share of its charge, under the charge row's lock, as a
+ * refund's of its payment. */
 static const char SQL_CHARGE_REFUND_APPLY[] =
     "UPDATE acquirer_charges SET amount_refunded_minor = amount_refunded_minor + $2"
     " WHERE charge_id = $1 AND status = 'succeeded'"
@@ -286,6 +315,8 @@ const struct pg_prepared PG_PREPARED[] = {
     {"refund_cursor", SQL_REFUND_CURSOR, 3},
     {"list_refunds", SQL_LIST_REFUNDS, 5},
     {"insert_charge", SQL_INSERT_CHARGE, 10},
+    {"complete_charge", SQL_COMPLETE_CHARGE, 16},
+    {"complete_charge_batch", SQL_COMPLETE_CHARGE_BATCH, 16},
     {"charge_refund_apply", SQL_CHARGE_REFUND_APPLY, 2},
     {"insert_charge_refund", SQL_INSERT_CHARGE_REFUND, 6},
     {"get_charge", SQL_GET_CHARGE, 1},

@@ -23,8 +23,10 @@ static void pg_pool_stats(struct store *s, struct store_pool_stats *out)
     out->waiting = pg->pool.waiting + pg->batch.queued;
     out->claim_batches = pg->batch.batches[PG_BATCH_CLAIM];
     out->claims_batched = pg->batch.batched[PG_BATCH_CLAIM];
-    out->complete_batches = pg->batch.batches[PG_BATCH_COMPLETE];
-    out->completes_batched = pg->batch.batched[PG_BATCH_COMPLETE];
+    out->complete_batches =
+        pg->batch.batches[PG_BATCH_COMPLETE] + pg->batch.batches[PG_BATCH_COMPLETE_CHARGE];
+    out->completes_batched =
+        pg->batch.batched[PG_BATCH_COMPLETE] + pg->batch.batched[PG_BATCH_COMPLETE_CHARGE];
     out->batches_split = pg->batch.split;
     pthread_mutex_unlock(&pg->pool.mu);
 }
