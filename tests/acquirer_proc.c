@@ -226,3 +226,27 @@ void test_acquirers_kill_all(void)
             children[i] = 0;
         }
 }
+
+int test_reconcile(const char *service_db, const char *acquirer_db, const char *since,
+                   const char *until, char *out, size_t len)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "%s/scripts/reconcile --service-db '%s' --acquirer-db '%s' --since '%s'%s%s%s 2>&1",
+             MOCKERY_SOURCE_DIR, service_db, acquirer_db, since, until ? " --until '" : "",
+             until ? until : "", until ? "'" : "");
+    FILE *f = popen(cmd, "r");
+    cr_assert_not_null(f, "could not run %s", cmd);
+    size_t n = fread(out, 1, len - 1, f);
+    out[n] = '\0';
+    int st = pclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+void test_expect_reconciled(const char *service_db, const char *acquirer_db, const char *since)
+{
+    char report[16384];
+    int st = test_reconcile(service_db, acquirer_db, since, NULL, report, sizeof report);
+    cr_assert_eq(st, 0, "scripts/reconcile exited %d:\n%s", st, report);
+    cr_assert_not_null(strstr(report, "faults: 0\n"), "%s", report);
+}

@@ -38,6 +38,17 @@ int test_free_port(void);
 void test_acquirer_remember(pid_t pid);
 void test_acquirer_forget(pid_t pid);
 
+/* scripts/reconcile over [since, until) (until NULL: now) between the
+ * service's database and the acquirer's (the same URL when both sets of
+ * tables are in one): its exit status, its report in out. */
+int test_reconcile(const char *service_db, const char *acquirer_db, const char *since,
+                   const char *until, char *out, size_t len);
+/* The invariant over everything since `since`, as an operator checks it:
+ * no charge at the acquirer without its payment here, no payment without
+ * its charge, no refund without the acquirer's (charges of records still
+ * processing are listed as awaiting, not faults). Fails the test if not. */
+void test_expect_reconciled(const char *service_db, const char *acquirer_db, const char *since);
+
 /* A file's text into buf (empty when it cannot be read). */
 void test_read_text(const char *path, char *buf, size_t len);
 /* The same, of the file's last len - 1 bytes. */

@@ -57,40 +57,14 @@ static void db_now(char *out, size_t len)
     test_query_text(test_db_url(), "SELECT now()::text WHERE $1 = $1", "x", out, len);
 }
 
-/* scripts/reconcile over [since, until) (until NULL: now), the service's
- * and the acquirer's tables both in the test database: its exit status,
- * its report in out. */
-static int reconcile_dbs(const char *service_db, const char *acquirer_db, const char *since,
-                         const char *until, char *out, size_t len)
-{
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd,
-             "%s/scripts/reconcile --service-db '%s' --acquirer-db '%s' --since '%s'%s%s%s 2>&1",
-             MOCKERY_SOURCE_DIR, service_db, acquirer_db, since, until ? " --until '" : "",
-             until ? until : "", until ? "'" : "");
-    FILE *f = popen(cmd, "r");
-    cr_assert_not_null(f, "could not run %s", cmd);
-    size_t n = fread(out, 1, len - 1, f);
-    out[n] = '\0';
-    int st = pclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static int reconcile(const char *since, const char *until, char *out, size_t len)
 {
-    return reconcile_dbs(test_db_url(), test_db_url(), since, until, out, len);
+    return test_reconcile(test_db_url(), test_db_url(), since, until, out, len);
 }
 
-/* The invariant over everything since `since`, as an operator checks it:
- * no charge at the acquirer without its payment here, no payment without
- * its charge, no refund without the acquirer's (charges of records still
- * processing are listed as awaiting, not faults). */
 static void expect_reconciled(const char *since)
 {
-    char report[16384];
-    int st = reconcile(since, NULL, report, sizeof report);
-    cr_assert_eq(st, 0, "scripts/reconcile exited %d:\n%s", st, report);
-    cr_assert_not_null(strstr(report, "faults: 0\n"), "%s", report);
+    test_expect_reconciled(test_db_url(), test_db_url(), since);
 }
 
 /* Recovery's pass, in the tests of the client's retry: never (it would
@@ -1339,10 +1313,7 @@ Test(outcomes, chaos_under_load_charges_each_payment_once, .fini = own_cluster_t
                  0, "a customer charged twice");
     for (int k = 0; k < 2; k++)
         test_server_stop(&srv[k]);
-    char report[16384];
-    int st = reconcile_dbs(url, acq_url, since, NULL, report, sizeof report);
-    cr_assert_eq(st, 0, "scripts/reconcile exited %d:\n%s", st, report);
-    cr_assert_not_null(strstr(report, "faults: 0\n"), "%s", report);
+    test_expect_reconciled(url, acq_url, since);
     cr_log_info("chaos: %d payments, %d posts, three events: one charge each", total, c->attempts);
     test_acquirer_stop(&a);
     free(c);
