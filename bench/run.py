@@ -22,6 +22,9 @@ database. Scenarios (each at every client count):
                   empty databases, --duration seconds; the asks and the TCP
                   connections opened to the acquirer are counted (more than
                   two per client fails the run)
+  acquirer-refund wrk: then refunds of 0.01 through the same server and acquirer,
+                  each with a new key, spread over PAYMENTS_TO_REFUND payments
+                  made first; no target (any non-2xx answer fails the run)
   quiet-*         server-new-cold, server-new and server-replay again with
                   --log-level warn (no access log), on an empty database; both
                   servers run at once, and their warm and replay windows take
@@ -358,12 +361,45 @@ def acquirer_runs(args, url, tmp, c, run, row):
         res["acquirer_asks"] = after[0] - before[0]
         res["acquirer_connections"] = after[1] - before[1]
         row["acquirer-new"] = res
+        txns = os.path.join(tmp, "refund-txns-c%d" % c)
+        with open(txns, "w") as f:
+            for i in range(PAYMENTS_TO_REFUND):
+                f.write(paid(srv.base, "bench-refunded-%s-%d" % (run, i)) + "\n")
+        before = acquirer_counts(srv.base)
+        res = wrk(srv.base, "/", "refund.lua", c, args.duration, ["%sr%d" % (run, c), txns],
+                  url=sdb)
+        after = acquirer_counts(srv.base)
+        res["acquirer_asks"] = after[0] - before[0]
+        res["acquirer_connections"] = after[1] - before[1]
+        row["acquirer-refund"] = res
     finally:
         for p in (srv, acq):
             if p:
                 p.stop()
         drop_db(sdb)
         drop_db(adb)
+
+
+# Payments the refund row spreads its refunds over: at 0.01 each, a payment
+# of 10.50 takes 1,050, so 200 hold far more than a window makes.
+PAYMENTS_TO_REFUND = 200
+
+
+def paid(base, key):
+    """A payment made as a client makes it (retried with the same key after a
+    409 or 503, 0.2 s later); its transaction id."""
+    req = urllib.request.Request(base + "/api/v1/payments", data=PAYMENT.encode(),
+                                 headers={"Content-Type": "application/json",
+                                          "Idempotency-Key": key}, method="POST")
+    for _ in range(100):
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return json.loads(r.read())["transaction_id"]
+        except urllib.error.HTTPError as e:
+            if e.code not in (409, 503):
+                raise SystemExit("payment to refund failed with %d" % e.code)
+        time.sleep(0.2)
+    raise SystemExit("payment to refund not answered after 100 tries")
 
 
 def preload(base, n):
@@ -579,7 +615,7 @@ def report(results, memory, args):
             return by[(a, c)][key] / by[(b, c)][key]
         return None
 
-    refs = {"server-new": "naive-new", "acquirer-new": "naive-new", "server-new-cold": "naive-new", "quiet-new": "naive-new",
+    refs = {"server-new": "naive-new", "acquirer-new": "naive-new", "acquirer-refund": "naive-new", "server-new-cold": "naive-new", "quiet-new": "naive-new",
             "quiet-new-cold": "naive-new", "mixed": "naive-new", "ceiling-new": "naive-new",
             "server-replay": "ceiling-replay", "quiet-replay": "ceiling-replay"}
     print("%-16s %7s %9s %7s %8s %8s  %s" % ("scenario", "clients", "2xx/s", "other", "p50 ms",
@@ -600,7 +636,7 @@ def report(results, memory, args):
                 failed.append("%s at %d clients: %d connections to the acquirer for %d asks" %
                               (name, c, r["acquirer_connections"], r["acquirer_asks"]))
         other = r.get("non_2xx", 0) + r.get("socket_errors", 0)
-        if name.endswith("-new") or name.endswith("-new-cold"):
+        if name.endswith(("-new", "-new-cold")) or name == "acquirer-refund":
             if other and name.startswith(("server", "quiet", "acquirer")):
                 failed.append("%s at %d clients: %d answers not 2xx (or socket errors)" %
                               (name, c, other))
