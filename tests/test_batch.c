@@ -247,6 +247,34 @@ static struct store_pool_stats run_queued(struct op *ops, int n, void *(*fn)(voi
     return ps;
 }
 
+/* Three claimed ops completed in one batch by fn, the middle one's row
+ * (txn) taken first by taken_sql: the batch fails as a whole, each runs
+ * alone, and only the middle one fails - its record left processing, no
+ * row of its own (rows_for counts them by key). */
+static void one_fails_alone(struct op *ops, void *(*fn)(void *), long (*rows_for)(const char *),
+                            const char *taken_sql)
+{
+    PGconn *conn = PQconnectdb(test_db_url());
+    cr_assert_eq(PQstatus(conn), CONNECTION_OK);
+    PQclear(exec_ok(conn, taken_sql, ops[1].txn));
+    PQfinish(conn);
+    struct store_pool_stats ps = run_queued(ops, 3, fn);
+    cr_assert_eq(ps.complete_batches, 1);
+    cr_assert_eq(ps.batches_split, 1);
+    cr_assert_eq(ops[0].st, STORE_OK, "%s", ops[0].err);
+    cr_assert_eq(ops[2].st, STORE_OK, "%s", ops[2].err);
+    cr_assert_eq(ops[1].st, STORE_ERROR, "%s", ops[1].err);
+    cr_assert_eq(rows_for(ops[0].key), 1);
+    cr_assert_eq(rows_for(ops[2].key), 1);
+    cr_assert_eq(rows_for(ops[1].key), 0);
+    char state[32];
+    test_query_text(test_db_url(),
+                    "SELECT state FROM idempotency_keys WHERE tenant_id = 'tenant-batch'"
+                    " AND idempotency_key = $1",
+                    ops[1].key, state, sizeof state);
+    cr_assert_str_eq(state, "processing", "its completion committed without its row");
+}
+
 Test(batch, queued_claims_run_as_one_statement_and_each_wins_its_key, .init = open_pool_of_one,
      .fini = close_store, .timeout = 60)
 {
@@ -353,23 +381,10 @@ Test(batch, one_failing_completion_does_not_fail_the_others, .init = open_pool_o
     claimed(ops, 3, "fallback");
     /* the middle one's transaction id is taken already: its insert violates
      * the primary key, which fails the whole statement */
-    PGconn *conn = PQconnectdb(test_db_url());
-    cr_assert_eq(PQstatus(conn), CONNECTION_OK);
-    PQclear(exec_ok(conn,
+    one_fails_alone(ops, complete_thread, payments_for,
                     "INSERT INTO payments (tenant_id, transaction_id, customer_id, amount_minor,"
                     " currency, status, processed_at) VALUES ('tenant-batch', $1, 'c', 1, 'EUR',"
-                    " 'completed', now())",
-                    ops[1].txn));
-    PQfinish(conn);
-    struct store_pool_stats ps = run_queued(ops, 3, complete_thread);
-    cr_assert_eq(ps.complete_batches, 1);
-    cr_assert_eq(ps.batches_split, 1);
-    cr_assert_eq(ops[0].st, STORE_OK, "%s", ops[0].err);
-    cr_assert_eq(ops[2].st, STORE_OK, "%s", ops[2].err);
-    cr_assert_eq(ops[1].st, STORE_ERROR, "%s", ops[1].err);
-    cr_assert_eq(payments_for(ops[0].key), 1);
-    cr_assert_eq(payments_for(ops[2].key), 1);
-    cr_assert_eq(payments_for(ops[1].key), 0);
+                    " 'completed', now())");
 }
 
 /* ---- the acquirer's completions, with their charge rows ----------------- */
@@ -462,29 +477,10 @@ Test(batch, one_failing_charge_completion_does_not_fail_the_others, .init = open
     for (int i = 0; i < 3; i++)
         snprintf(ops[i].txn, sizeof ops[i].txn, "ch_%.56s", ops[i].key);
     /* the middle one's charge id is taken: the whole statement fails */
-    PGconn *conn = PQconnectdb(test_db_url());
-    cr_assert_eq(PQstatus(conn), CONNECTION_OK);
-    PQclear(exec_ok(conn,
+    one_fails_alone(ops, complete_charge_thread, charges_for,
                     "INSERT INTO acquirer_charges (charge_id, merchant, customer_id, amount_minor,"
                     " currency, status, reference, idempotency_key, created_at)"
-                    " VALUES ($1, 'm', 'c', 1, 'EUR', 'succeeded', 'r', 'k', now())",
-                    ops[1].txn));
-    PQfinish(conn);
-    struct store_pool_stats ps = run_queued(ops, 3, complete_charge_thread);
-    cr_assert_eq(ps.complete_batches, 1);
-    cr_assert_eq(ps.batches_split, 1);
-    cr_assert_eq(ops[0].st, STORE_OK, "%s", ops[0].err);
-    cr_assert_eq(ops[2].st, STORE_OK, "%s", ops[2].err);
-    cr_assert_eq(ops[1].st, STORE_ERROR, "%s", ops[1].err);
-    cr_assert_eq(charges_for(ops[0].key), 1);
-    cr_assert_eq(charges_for(ops[2].key), 1);
-    cr_assert_eq(charges_for(ops[1].key), 0);
-    char state[32];
-    test_query_text(test_db_url(),
-                    "SELECT state FROM idempotency_keys WHERE tenant_id = 'tenant-batch'"
-                    " AND idempotency_key = $1",
-                    ops[1].key, state, sizeof state);
-    cr_assert_str_eq(state, "processing", "its completion committed without its charge");
+                    " VALUES ($1, 'm', 'c', 1, 'EUR', 'succeeded', 'r', $1, now())");
 }
 
 /* Waits (30 s at most: only "never" fails) until o has finished. */
