@@ -49,29 +49,6 @@ void test_acquirer_forget(pid_t pid)
             children[i] = 0;
 }
 
-/* A port below the kernel's range for outgoing connections, free now; the
- * acquirer takes no port 0, so a port taken between this check and its
- * bind is met by trying another (test_acquirer_start). */
-int test_free_port(void)
-{
-    static unsigned seed;
-    if (!seed)
-        seed = (unsigned)getpid() ^ (unsigned)time(NULL);
-    for (int tries = 0; tries < 200; tries++) {
-        int p = 20000 + (int)(rand_r(&seed) % 12000);
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        cr_assert_geq(fd, 0);
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p)};
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        int ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
-        close(fd);
-        if (ok)
-            return p;
-    }
-    cr_assert_fail("no free port in 20000-32000");
-    return 0;
-}
-
 void test_read_text(const char *path, char *buf, size_t len)
 {
     FILE *f = fopen(path, "r");

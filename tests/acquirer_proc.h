@@ -30,9 +30,6 @@ void test_acquirer_kill(struct test_acquirer *a);
 /* A suite's teardown: SIGKILL every acquirer a failed test left running. */
 void test_acquirers_kill_all(void);
 
-/* A port of 127.0.0.1 in 20000-32000, free now (the acquirer takes no
- * port 0: a port taken before its bind is met by trying another). */
-int test_free_port(void);
 /* A child the suite's teardown kills if the test ends first (by pid), and
  * one it no longer needs to. */
 void test_acquirer_remember(pid_t pid);

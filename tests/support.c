@@ -4,7 +4,9 @@
 
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <curl/curl.h>
 #include <openssl/rand.h>
 #include <stdio.h>
@@ -408,4 +410,68 @@ void test_send_all(int fd, const void *buf, size_t len)
         p += n;
         len -= (size_t)n;
     }
+}
+
+/* (test_acquirer_start meets a port taken between this check and its
+ * bind by trying another: the acquirer takes no port 0.) */
+int test_free_port(void)
+{
+    static unsigned seed;
+    if (!seed)
+        seed = (unsigned)getpid() ^ (unsigned)time(NULL);
+    for (int tries = 0; tries < 200; tries++) {
+        int p = 20000 + (int)(rand_r(&seed) % 12000);
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        cr_assert_geq(fd, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p)};
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        int ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+        close(fd);
+        if (ok)
+            return p;
+    }
+    cr_assert_fail("no free port in 20000-32000");
+    return 0;
+}
+
+static void read_all(int fd, char *buf, size_t len)
+{
+    size_t n = 0;
+    ssize_t got;
+    while (n + 1 < len && (got = read(fd, buf + n, len - n - 1)) > 0)
+        n += (size_t)got;
+    buf[n] = '\0';
+}
+
+/* Its stdout goes to a file, read once it has exited, and its stderr
+ * through a pipe read to the end: a program that fills one while this reads
+ * the other cannot stall. */
+void test_run_program(const char *path, char *const args[], char *const envp[], struct test_run *r)
+{
+    char out_path[128];
+    static unsigned runs;
+    snprintf(out_path, sizeof out_path, "/tmp/mockery-test-run.%d.%u.out", (int)getpid(), ++runs);
+    int out = open(out_path, O_CREAT | O_TRUNC | O_RDWR | O_CLOEXEC, 0600);
+    cr_assert_geq(out, 0, "could not open %s", out_path);
+    int err[2];
+    cr_assert_eq(pipe2(err, O_CLOEXEC), 0); /* the child gets only the dup2 copies */
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, out, 1);
+    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
+    pid_t pid;
+    int rc = posix_spawn(&pid, path, &fa, NULL, args, envp);
+    posix_spawn_file_actions_destroy(&fa);
+    cr_assert_eq(rc, 0, "could not start %s", path);
+    close(err[1]);
+    read_all(err[0], r->err, sizeof r->err);
+    close(err[0]);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status), "%s did not exit by itself (status %d)", path, status);
+    r->code = WEXITSTATUS(status);
+    lseek(out, 0, SEEK_SET);
+    read_all(out, r->out, sizeof r->out);
+    close(out);
+    unlink(out_path);
 }

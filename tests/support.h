@@ -27,6 +27,19 @@ long test_query_long(const char *url, const char *sql, const char *param);
 /* A name no other test, process or run shares: prefix + pid + counter + random. */
 void test_unique(char *buf, size_t len, const char *prefix);
 
+/* A port of 127.0.0.1 in 20000-32000 - below the kernel's range for the
+ * client ends of connections, so none of those can hold it - free now. */
+int test_free_port(void);
+
+/* A program run to its end (it must exit by itself): its exit status and
+ * the first 8 KiB of its stdout and stderr. */
+struct test_run {
+    int code;
+    char out[8192];
+    char err[8192];
+};
+void test_run_program(const char *path, char *const args[], char *const envp[], struct test_run *r);
+
 /* A server for one test, on a free port, reached at 127.0.0.1. In-process
  * by default; with MOCKERY_TEST_SERVER_BIN set, that executable is started
  * as a child process instead (the ThreadSanitizer run uses this: Criterion

@@ -19,16 +19,13 @@
 #include <curl/curl.h>
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1007,55 +1004,10 @@ Test(ledger, bad_input_is_refused_and_nothing_recorded)
 
 /* ---- 9. the process ------------------------------------------------------------------------ */
 
-struct run {
-    int code;
-    char out[4096];
-    char err[4096];
-};
-
-static void read_all(int fd, char *buf, size_t len)
+/* mockery-acquirer with args to its end (it must exit by itself). */
+static void run_acquirer(char *const args[], char *const envp[], struct test_run *r)
 {
-    size_t n = 0;
-    ssize_t got;
-    while (n + 1 < len && (got = read(fd, buf + n, len - n - 1)) > 0)
-        n += (size_t)got;
-    buf[n] = '\0';
-}
-
-/* Runs mockery-acquirer with args to its end (it must exit by itself);
- * its stdout to a file, its stderr through a pipe. */
-static void run_acquirer(char *const args[], char *const envp[], struct run *r)
-{
-    char out_path[128];
-    static unsigned runs;
-    snprintf(out_path, sizeof out_path, "/tmp/mockery-test-acquirer-run.%d.%u.out", (int)getpid(),
-             ++runs);
-    int out = open(out_path, O_CREAT | O_TRUNC | O_RDWR | O_CLOEXEC, 0600);
-    int err[2];
-    cr_assert_geq(out, 0);
-    cr_assert_eq(pipe(err), 0);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, out, 1);
-    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
-    posix_spawn_file_actions_addclose(&fa, err[0]);
-    pid_t pid;
-    int rc = posix_spawn(&pid, MOCKERY_ACQUIRER_BIN, &fa, NULL, args, envp);
-    posix_spawn_file_actions_destroy(&fa);
-    cr_assert_eq(rc, 0, "could not start %s", MOCKERY_ACQUIRER_BIN);
-    test_acquirer_remember(pid);
-    close(err[1]);
-    read_all(err[0], r->err, sizeof r->err);
-    close(err[0]);
-    int status;
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
-    test_acquirer_forget(pid);
-    cr_assert(WIFEXITED(status), "it did not exit by itself (status %d)", status);
-    r->code = WEXITSTATUS(status);
-    lseek(out, 0, SEEK_SET);
-    read_all(out, r->out, sizeof r->out);
-    close(out);
-    unlink(out_path);
+    test_run_program(MOCKERY_ACQUIRER_BIN, args, envp, r);
 }
 
 /* environ without MOCKERY_ACQUIRER_DATABASE_URL (plus extra, if not NULL);
@@ -1099,7 +1051,7 @@ Test(ledger, a_bad_fault_flag_exits_2_with_why)
                               "--fault",
                               (char *)bad[i],
                               NULL};
-        struct run r;
+        struct test_run r;
         run_acquirer(args, environ, &r);
         cr_assert_eq(r.code, 2, "--fault %s: exit %d: %s", bad[i], r.code, r.err);
         char want[96];
@@ -1113,7 +1065,7 @@ Test(ledger, no_database_url_exits_2)
 {
     char **env = env_without_url(NULL);
     char *const args[] = {MOCKERY_ACQUIRER_BIN, "--port", "1", NULL};
-    struct run r;
+    struct test_run r;
     run_acquirer(args, env, &r);
     free(env);
     cr_assert_eq(r.code, 2, "exit %d: %s", r.code, r.err);
@@ -1130,7 +1082,7 @@ Test(ledger, an_unreachable_database_exits_1)
     snprintf(url, sizeof url, "postgresql://postgres@127.0.0.1:%d/mockery?connect_timeout=5",
              test_free_port()); /* nothing listens there */
     char *const args[] = {MOCKERY_ACQUIRER_BIN, "--database-url", url, "--port", port, NULL};
-    struct run r;
+    struct test_run r;
     run_acquirer(args, environ, &r);
     cr_assert_eq(r.code, 1, "exit %d: %s", r.code, r.err);
     cr_assert_not_null(strstr(r.err, "mockery-acquirer: the database:"), "%s", r.err);

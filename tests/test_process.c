@@ -1,63 +1,21 @@
 /* test_process.c - the mockery-server executable: flags, exit codes, and
  * what it prints */
-#define _GNU_SOURCE /* pipe2 */
+#define _POSIX_C_SOURCE 200809L
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <fcntl.h>
-#include <sys/wait.h>
 #include <unistd.h>
+
+#include "acquirer_proc.h"
+#include "support.h"
 
 extern char **environ;
 
-struct run {
-    int code;
-    char out[8192];
-    char err[8192];
-};
-
-static void read_all(int fd, char *buf, size_t len)
+static void run_server(char *const args[], struct test_run *r)
 {
-    size_t n = 0;
-    ssize_t got;
-    while (n + 1 < len && (got = read(fd, buf + n, len - n - 1)) > 0)
-        n += (size_t)got;
-    buf[n] = '\0';
-}
-
-/* Runs a program with args to completion (it must exit by itself). */
-static void run_program(const char *path, char *const args[], struct run *r)
-{
-    int out[2], err[2];
-    cr_assert_eq(pipe2(out, O_CLOEXEC), 0); /* children get only the dup2 copies */
-    cr_assert_eq(pipe2(err, O_CLOEXEC), 0);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
-    posix_spawn_file_actions_addclose(&fa, out[0]);
-    posix_spawn_file_actions_addclose(&fa, err[0]);
-    pid_t pid;
-    cr_assert_eq(posix_spawn(&pid, path, &fa, NULL, args, environ), 0);
-    close(out[1]);
-    close(err[1]);
-    read_all(out[0], r->out, sizeof r->out);
-    read_all(err[0], r->err, sizeof r->err);
-    close(out[0]);
-    close(err[0]);
-    int status;
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
-    cr_assert(WIFEXITED(status), "%s did not exit by itself", path);
-    r->code = WEXITSTATUS(status);
-    posix_spawn_file_actions_destroy(&fa);
-}
-
-static void run_server(char *const args[], struct run *r)
-{
-    run_program(MOCKERY_SERVER_BIN, args, r);
+    test_run_program(MOCKERY_SERVER_BIN, args, environ, r);
 }
 
 static void expect_one_json_line(const char *text, const char *needle)
@@ -81,7 +39,7 @@ Test(process, bad_flags_exit_2_with_one_json_line)
     };
     const char *names[] = {"--threads", "--no-such-flag", "--store", "--port"};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        struct run r;
+        struct test_run r;
         run_server(cases[i], &r);
         cr_assert_eq(r.code, 2, "%s: exit %d", cases[i][1], r.code);
         expect_one_json_line(r.err, names[i]);
@@ -92,7 +50,7 @@ Test(process, bad_environment_exits_2)
 {
     setenv("MOCKERY_POOL_SIZE", "-3", 1);
     char *const args[] = {"mockery-server", NULL};
-    struct run r;
+    struct test_run r;
     run_server(args, &r);
     cr_assert_eq(r.code, 2);
     expect_one_json_line(r.err, "MOCKERY_POOL_SIZE");
@@ -101,7 +59,7 @@ Test(process, bad_environment_exits_2)
 Test(process, help_lists_every_flag)
 {
     char *const args[] = {"mockery-server", "--help", NULL};
-    struct run r;
+    struct test_run r;
     run_server(args, &r);
     cr_assert_eq(r.code, 0);
     const char *flags[] = {"--port",
@@ -134,7 +92,7 @@ Test(process, unreachable_database_fails_start_up_with_a_json_line)
                           "--db-wait",
                           "0",
                           NULL};
-    struct run r;
+    struct test_run r;
     run_server(args, &r);
     cr_assert_eq(r.code, 1);
     cr_assert_not_null(strstr(r.err, "could not connect"), "%s", r.err);
@@ -155,9 +113,6 @@ Test(process, unreachable_database_fails_start_up_with_a_json_line)
 #include <pthread.h>
 #include <signal.h>
 #include <time.h>
-
-#include "acquirer_proc.h"
-#include "support.h"
 
 static struct test_server srv;
 
@@ -347,8 +302,8 @@ Test(process, demo_walkthrough_reports_zero_double_charges, .timeout = 120)
     memset(&srv, 0, sizeof srv);
     test_server_spawn(&srv, &c, MOCKERY_SERVER_BIN);
     char *const args[] = {"mockery-demo", "--url", srv.base, NULL};
-    struct run r;
-    run_program(MOCKERY_DEMO_BIN, args, &r);
+    struct test_run r;
+    test_run_program(MOCKERY_DEMO_BIN, args, environ, &r);
     test_server_stop(&srv);
     cr_assert_eq(r.code, 0, "demo failed:\n%s%s", r.out, r.err);
     /* Each scenario showed what it should. (The first answers that are lost
@@ -393,8 +348,8 @@ Test(process, demo_walkthrough_through_the_acquirer_shows_the_window_closed, .ti
     memset(&srv, 0, sizeof srv);
     test_server_spawn(&srv, &c, MOCKERY_SERVER_BIN);
     char *const args[] = {"mockery-demo", "--url", srv.base, "--acquirer-url", a.base, NULL};
-    struct run r;
-    run_program(MOCKERY_DEMO_BIN, args, &r);
+    struct test_run r;
+    test_run_program(MOCKERY_DEMO_BIN, args, environ, &r);
     test_server_stop(&srv);
     test_acquirer_stop(&a);
     cr_assert_eq(r.code, 0, "demo failed:\n%s%s", r.out, r.err);
@@ -467,10 +422,7 @@ Test(process, logs_requests_and_prevented_duplicates, .timeout = 60)
     snprintf(path, sizeof path, "%s", srv.log_path);
     test_server_stop(&srv);
     char log[65536];
-    int fd = open(path, O_RDONLY);
-    cr_assert_geq(fd, 0);
-    read_all(fd, log, sizeof log);
-    close(fd);
+    test_read_text(path, log, sizeof log);
     unlink(path);
 
     cJSON *access = find_line(log, "request", key, "new");

@@ -45,26 +45,6 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* A port below the range the kernel hands out for outgoing connections, so
- * that no client's own end can hold it when the server binds it. */
-static int free_port(void)
-{
-    unsigned seed = (unsigned)getpid() ^ (unsigned)time(NULL);
-    for (int tries = 0; tries < 200; tries++) {
-        int p = 20000 + (int)(rand_r(&seed) % 12000);
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        cr_assert_geq(fd, 0);
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p)};
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        int ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
-        close(fd);
-        if (ok)
-            return p;
-    }
-    cr_assert_fail("no free port in 20000-32000");
-    return 0;
-}
-
 /* Connects until the port is open (refusals counted), sends one request and
  * reads its answer until the server closes the connection. */
 static void *client_main(void *arg)
@@ -148,7 +128,7 @@ Test(start, requests_during_start_up_get_a_running_servers_answer, .timeout = 30
     cr_assert_eq(sched_setaffinity(0, sizeof one, &one), 0);
     int answered = 0;
     for (int round = 0; round < ROUNDS; round++) {
-        atomic_store(&port, free_port());
+        atomic_store(&port, test_free_port());
         atomic_store(&refused, 0);
         atomic_store(&stop, 0);
         struct client c[CLIENTS];
