@@ -475,3 +475,42 @@ void test_run_program(const char *path, char *const args[], char *const envp[], 
     close(out);
     unlink(out_path);
 }
+
+static double monotonic_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void pause_50ms(void)
+{
+    struct timespec ts = {0, 50 * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+void test_wait_text(const char *url, const char *sql, const char *param, char *out, size_t len,
+                    double limit_s, const char *what)
+{
+    double give_up = monotonic_s() + limit_s;
+    for (;;) {
+        test_query_text(url, sql, param, out, len);
+        if (out[0])
+            return;
+        if (monotonic_s() > give_up)
+            cr_assert_fail("%s: not within %.0f s", what, limit_s);
+        pause_50ms();
+    }
+}
+
+void test_wait_count(const char *url, const char *sql, const char *param, long want, double limit_s,
+                     const char *what)
+{
+    double give_up = monotonic_s() + limit_s;
+    long got;
+    while ((got = test_query_long(url, sql, param)) != want) {
+        if (monotonic_s() > give_up)
+            cr_assert_fail("%s: %ld, not %ld, after %.0f s", what, got, want, limit_s);
+        pause_50ms();
+    }
+}

@@ -24,6 +24,16 @@ void test_query_text(const char *url, const char *sql, const char *param, char *
 /* The same, as a number (a count). */
 long test_query_long(const char *url, const char *sql, const char *param);
 
+/* Polls a query as test_query_text does, every 50 ms, until its first
+ * value is not empty (copied to out), failing the test with what after
+ * limit_s seconds: the bound says when to give up on an event, never when
+ * it should happen. */
+void test_wait_text(const char *url, const char *sql, const char *param, char *out, size_t len,
+                    double limit_s, const char *what);
+/* The same until the value, a count, is want. */
+void test_wait_count(const char *url, const char *sql, const char *param, long want, double limit_s,
+                     const char *what);
+
 /* A name no other test, process or run shares: prefix + pid + counter + random. */
 void test_unique(char *buf, size_t len, const char *prefix);
 

@@ -494,16 +494,10 @@ static void post_until_charged(const char *base, const char *key, const char *cu
     cr_assert_neq(httpc_request("POST", url, headers, json, strlen(json), 200, &r), 0,
                   "answered before the held charge: %ld %s", r.status, r.body);
     httpc_response_free(&r);
-    ref[0] = '\0';
-    for (int i = 0; i < 600 && !ref[0]; i++) {
-        test_query_text(test_db_url(),
-                        "SELECT coalesce(max(reference), '') FROM acquirer_charges"
-                        " WHERE customer_id = $1",
-                        cust, ref, 64);
-        if (!ref[0])
-            sleep_ms(50);
-    }
-    cr_assert(ref[0], "the acquirer recorded no charge within 30 s");
+    test_wait_text(test_db_url(),
+                   "SELECT coalesce(max(reference), '') FROM acquirer_charges"
+                   " WHERE customer_id = $1",
+                   cust, ref, 64, 30, "the acquirer's charge");
 }
 
 /* Starts acquirer a with the faults and a server asking it (2.5 s bound,
@@ -819,14 +813,11 @@ Test(outcomes, a_key_reused_after_expiry_is_a_new_charge_under_a_new_key)
         test_query_text(test_db_url(),
                         "SELECT downstream_key FROM idempotency_keys WHERE idempotency_key = $1",
                         key, dk[i], sizeof dk[i]);
-        if (i == 0) /* until the record has expired */
-            for (int t = 0; t < 600 && test_query_long(test_db_url(),
-                                                       "SELECT count(*) FROM idempotency_keys"
-                                                       " WHERE idempotency_key = $1"
-                                                       " AND expires_at > now()",
-                                                       key) != 0;
-                 t++)
-                sleep_ms(50);
+        if (i == 0)
+            test_wait_count(test_db_url(),
+                            "SELECT count(*) FROM idempotency_keys WHERE idempotency_key = $1"
+                            " AND expires_at > now()",
+                            key, 0, 30, "the record's expiry");
     }
     cr_assert_str_neq(txn[0], txn[1]);
     cr_assert_str_neq(dk[0], dk[1], "a new record, a new key downstream");
@@ -844,15 +835,10 @@ Test(outcomes, a_key_reused_after_expiry_is_a_new_charge_under_a_new_key)
 /* Waits for the event - the record of key completed - bounded at 60 s. */
 static void wait_completed(const char *key)
 {
-    for (int i = 0; i < 1200; i++) {
-        if (test_query_long(test_db_url(),
-                            "SELECT count(*) FROM idempotency_keys WHERE idempotency_key = $1"
-                            " AND state = 'completed'",
-                            key) == 1)
-            return;
-        sleep_ms(50);
-    }
-    cr_assert_fail("the record of %s was not completed by recovery within 60 s", key);
+    test_wait_count(test_db_url(),
+                    "SELECT count(*) FROM idempotency_keys WHERE idempotency_key = $1"
+                    " AND state = 'completed'",
+                    key, 1, 60, "the record completed by recovery");
 }
 
 /* The lines of a server's log saying that the record of key was recovered
@@ -967,15 +953,10 @@ Test(outcomes, a_refund_whose_server_died_is_finished_by_recovery)
     cr_assert_neq(httpc_request("POST", url, headers, json, strlen(json), 200, &r), 0,
                   "answered before the held refund: %ld %s", r.status, r.body);
     httpc_response_free(&r);
-    for (int i = 0; i < 600 && !ref[0]; i++) {
-        test_query_text(test_db_url(),
-                        "SELECT coalesce(max(reference), '') FROM acquirer_refunds"
-                        " WHERE charge_id = $1",
-                        charge, ref, sizeof ref);
-        if (!ref[0])
-            sleep_ms(50);
-    }
-    cr_assert(ref[0], "the acquirer recorded no refund within 30 s");
+    test_wait_text(test_db_url(),
+                   "SELECT coalesce(max(reference), '') FROM acquirer_refunds"
+                   " WHERE charge_id = $1",
+                   charge, ref, sizeof ref, 30, "the acquirer's refund");
     test_server_kill(&s1);
 
     recovering_server(&s2, &a, 2500, 3);
@@ -1290,16 +1271,10 @@ Test(outcomes, chaos_under_load_charges_each_payment_once, .fini = own_cluster_t
         cr_assert(c->status[i] == 201 || c->status[i] == 402 || c->status[i] == 200,
                   "payment %s was never answered (last status %ld)", c->key[i], c->status[i]);
     /* what recovery has left to finish: nothing, within 60 s */
-    long waiting = 1;
-    for (int i = 0; i < 1200 && waiting; i++) {
-        waiting = test_query_long(url,
-                                  "SELECT count(*) FROM idempotency_keys WHERE request IS NOT NULL"
-                                  " AND state = 'processing' AND $1 = $1",
-                                  "x");
-        if (waiting)
-            sleep_ms(50);
-    }
-    cr_assert_eq(waiting, 0, "records still waiting for recovery after 60 s");
+    test_wait_count(url,
+                    "SELECT count(*) FROM idempotency_keys WHERE request IS NOT NULL"
+                    " AND state = 'processing' AND $1 = $1",
+                    "x", 0, 60, "records waiting for recovery");
     for (int i = 0; i < total; i++) {
         long n = test_query_long(
             acq_url, "SELECT count(*) FROM acquirer_charges WHERE reference = $1", c->txn[i]);
