@@ -355,7 +355,10 @@ void store_recovery_clear(struct store_recovery *r);
 enum store_status store_unfinished(struct store *s, struct store_unfinished *out, char *err,
                                    size_t errlen);
 
-/* Delete at most batch expired idempotency records; payments are kept. */
+/* Delete at most batch expired idempotency records: completed ones, and
+ * ones still processing that kept no request once their lease has ended
+ * too (nothing outside waits on them); one that kept its request is kept
+ * until it is finished. Payments are kept. */
 enum store_status store_reap(struct store *s, int batch, int *deleted, char *err, size_t errlen);
 
 /* Check that the backing database answers. */

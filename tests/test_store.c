@@ -79,16 +79,33 @@ static void wait_ms(int ms)
 static const char *T = "tenant-a";
 static const char *FP = "fp-1";
 
-static struct store_claim_result claim(const char *key, const char *fp, int64_t lease_ms,
-                                       int64_t ttl_ms)
+/* A claim keeping request (NULL: none). */
+static struct store_claim_result claim_with(const char *key, const char *fp, const char *request,
+                                            int64_t lease_ms, int64_t ttl_ms)
 {
     struct store_claim_result r;
     char err[256] = "";
     memset(&r, 0, sizeof r);
     enum store_status st =
-        store_claim(store, T, key, fp, NULL, lease_ms, ttl_ms, &r, err, sizeof err);
+        store_claim(store, T, key, fp, request, lease_ms, ttl_ms, &r, err, sizeof err);
     cr_assert_eq(st, STORE_OK, "claim %s: %s", key, err);
     return r;
+}
+
+static struct store_claim_result claim(const char *key, const char *fp, int64_t lease_ms,
+                                       int64_t ttl_ms)
+{
+    return claim_with(key, fp, NULL, lease_ms, ttl_ms);
+}
+
+/* Reaps until a pass deletes less than a full batch. */
+static void reap_all(void)
+{
+    char err[256];
+    int deleted = 0;
+    do
+        cr_assert_eq(store_reap(store, 100, &deleted, err, sizeof err), STORE_OK, "%s", err);
+    while (deleted == 100);
 }
 
 static struct store_payment payment_for(const char *key, const char *id, const char *customer,
@@ -358,23 +375,20 @@ CONTRACT(expired_records_are_free_and_reaped)
     store_claim_result_clear(&d);
 }
 
-/* A record still processing never expires: its request may have moved
- * money at an acquirer (an unknown outcome), so another request cannot
- * take its key, the reaper keeps it, and the retry of the same request
- * takes it over - however late - with the same key downstream; then its
- * answer lives a full TTL. */
+/* A record still processing that kept its request never expires: its
+ * request may have moved money at an acquirer (an unknown outcome), so
+ * another request cannot take its key, the reaper keeps it, and the retry
+ * of the same request takes it over - however late - with the same key
+ * downstream; then its answer lives a full TTL. */
 CONTRACT(a_record_still_processing_outlives_its_expiry)
 {
-    char key[96], err[256];
+    char key[96];
     test_unique(key, sizeof key, "unfinished");
-    struct store_claim_result a = claim(key, FP, 100, 100);
+    struct store_claim_result a = claim_with(key, FP, "{\"route\":\"/api/v1/payments\"}", 100, 100);
     wait_ms(250);
     struct store_claim_result other = claim(key, "fp-other", LONG_MS, DAY_MS);
     cr_assert_eq(other.outcome, CLAIM_MISMATCH, "outcome %d", other.outcome);
-    int deleted = 0;
-    do
-        cr_assert_eq(store_reap(store, 100, &deleted, err, sizeof err), STORE_OK, "%s", err);
-    while (deleted == 100);
+    reap_all();
     struct store_claim_result b = claim(key, FP, LONG_MS, DAY_MS);
     cr_assert_eq(b.outcome, CLAIM_TAKEOVER, "not reaped, not made anew: outcome %d", b.outcome);
     cr_assert_str_eq(b.downstream_key, a.downstream_key);
@@ -386,6 +400,32 @@ CONTRACT(a_record_still_processing_outlives_its_expiry)
     store_claim_result_clear(&other);
     store_claim_result_clear(&b);
     store_claim_result_clear(&c);
+}
+
+/* A record still processing that kept no request asked no one outside (its
+ * operation's rows are written with its completion, or not at all): once
+ * expired and its lease ended - a server killed mid-request that no client
+ * retried - the reaper deletes it, and the key is free for any request. A
+ * lease still running keeps it. */
+CONTRACT(a_record_without_a_request_is_reaped_once_expired_and_its_lease_ended)
+{
+    char dead[96], live[96];
+    test_unique(dead, sizeof dead, "abandoned");
+    test_unique(live, sizeof live, "running");
+    struct store_claim_result a = claim(dead, FP, 100, 100);
+    struct store_claim_result l = claim(live, FP, LONG_MS, 100);
+    wait_ms(250);
+    reap_all();
+    struct store_claim_result b = claim(dead, "fp-other", LONG_MS, DAY_MS);
+    cr_assert_eq(b.outcome, CLAIM_NEW, "not reaped: outcome %d", b.outcome);
+    cr_assert_str_neq(b.downstream_key, a.downstream_key, "a new record, a new key downstream");
+    struct store_claim_result m = claim(live, FP, LONG_MS, DAY_MS);
+    cr_assert_eq(m.outcome, CLAIM_IN_PROGRESS, "a running request's record reaped: outcome %d",
+                 m.outcome);
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&l);
+    store_claim_result_clear(&b);
+    store_claim_result_clear(&m);
 }
 
 CONTRACT(tenants_do_not_share_keys_or_payments)

@@ -724,7 +724,8 @@ static enum store_status mem_reap(struct store *s, int batch, int *deleted, char
         struct hashtab_link **at = &m->records.buckets[i];
         while (*at && n < batch) {
             struct record *r = record_of(*at);
-            if (r->expires_at_us <= now && r->state == REC_COMPLETED) {
+            if (r->expires_at_us <= now &&
+                (r->state == REC_COMPLETED || (!r->request && r->locked_until_us <= now))) {
                 hashtab_remove(&m->records, at);
                 record_free(r);
                 n++;

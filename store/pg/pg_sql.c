@@ -261,12 +261,17 @@ static const char SQL_LIST_CHARGE_REFUNDS[] =
                       "LIMIT $2";
 
 /* Bounded work per pass; SKIP LOCKED lets several servers reap together.
- * Only completed records: one still processing is unfinished business (its
- * money may have moved at an acquirer) and is kept until it is finished. */
+ * Completed records, and records still processing that kept no request
+ * once their lease ended too: nothing outside waits on those (their rows
+ * are written with their completion or not at all) - a server killed
+ * mid-request that no client retried. One that kept its request is
+ * unfinished business (its money may have moved at an acquirer) and is
+ * kept until it is finished. */
 static const char SQL_REAP[] =
     "DELETE FROM idempotency_keys WHERE (tenant_id, idempotency_key) IN"
     " (SELECT tenant_id, idempotency_key FROM idempotency_keys WHERE expires_at <= now()"
-    " AND state = 'completed' ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)";
+    " AND (state = 'completed' OR (request IS NULL AND locked_until <= now()))"
+    " ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)";
 
 /* Recovery (store_recover): the record that kept its request and whose
  * lease ran out longest ago, taken over under a new lease as a retry's
