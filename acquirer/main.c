@@ -2,7 +2,7 @@
  * money, with its own ledger and faults on demand (docs/acquirer.md)
  *
  * usage: mockery-acquirer --database-url URL [--port 8090] [--listen-host
- *        127.0.0.1] [--threads 32] [--pool-size 16] [--lease-ms 30000]
+ *        127.0.0.1] [--threads 512] [--pool-size 16] [--lease-ms 30000]
  *        [--ttl-s 86400] [--fault KIND:SELECTOR[:ms=N]]... [--quiet]
  * The database URL may come from MOCKERY_ACQUIRER_DATABASE_URL instead.
  * SIGTERM or SIGINT stops it.
@@ -42,7 +42,7 @@ int main(int argc, char **argv)
 {
     const char *url = getenv("MOCKERY_ACQUIRER_DATABASE_URL");
     const char *host = "127.0.0.1";
-    long port = 8090, threads = 32, pool = 16, lease_ms = 30000, ttl_s = 86400;
+    long port = 8090, threads = 512, pool = 16, lease_ms = 30000, ttl_s = 86400;
     struct api api = {0};
     char err[512] = "";
     static const struct option opts[] = {{"database-url", required_argument, NULL, 'd'},
@@ -70,7 +70,7 @@ int main(int argc, char **argv)
             rc = int_arg("port", optarg, 1, 65535, &port);
             break;
         case 't':
-            rc = int_arg("threads", optarg, 1, 1024, &threads);
+            rc = int_arg("threads", optarg, 1, 4096, &threads);
             break;
         case 'P':
             rc = int_arg("pool-size", optarg, 1, 256, &pool);
@@ -91,7 +91,7 @@ int main(int argc, char **argv)
             break;
         case 'h':
             printf("usage: mockery-acquirer --database-url URL [--port 8090] [--listen-host "
-                   "127.0.0.1] [--threads 32] [--pool-size 16] [--lease-ms 30000] [--ttl-s "
+                   "127.0.0.1] [--threads 512] [--pool-size 16] [--lease-ms 30000] [--ttl-s "
                    "86400] [--fault KIND:SELECTOR[:ms=N]]... [--quiet]\n"
                    "  KIND: latency, hold, 500, close, 503; SELECTOR: rate=R or prefix=P\n");
             return 0;
