@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <libpq-fe.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
@@ -226,4 +227,27 @@ void test_expect_reconciled(const char *service_db, const char *acquirer_db, con
     int st = test_reconcile(service_db, acquirer_db, since, NULL, report, sizeof report);
     cr_assert_eq(st, 0, "scripts/reconcile exited %d:\n%s", st, report);
     cr_assert_not_null(strstr(report, "faults: 0\n"), "%s", report);
+}
+
+void test_acquirer_database(const char *cluster_url, const char *name, char *out, size_t len)
+{
+    PGconn *conn = PQconnectdb(cluster_url);
+    cr_assert_eq(PQstatus(conn), CONNECTION_OK, "%s", PQerrorMessage(conn));
+    const char *vals[] = {name};
+    PGresult *res = PQexecParams(conn, "SELECT 1 FROM pg_database WHERE datname = $1", 1, NULL,
+                                 vals, NULL, NULL, 0);
+    cr_assert_eq(PQresultStatus(res), PGRES_TUPLES_OK, "%s", PQerrorMessage(conn));
+    int missing = PQntuples(res) == 0;
+    PQclear(res);
+    if (missing) {
+        char sql[160];
+        snprintf(sql, sizeof sql, "CREATE DATABASE \"%s\"", name);
+        res = PQexec(conn, sql);
+        cr_assert_eq(PQresultStatus(res), PGRES_COMMAND_OK, "%s: %s", sql, PQerrorMessage(conn));
+        PQclear(res);
+    }
+    PQfinish(conn);
+    const char *slash = strrchr(cluster_url, '/');
+    cr_assert_not_null(slash, "no database in %s", cluster_url);
+    snprintf(out, len, "%.*s/%s", (int)(slash - cluster_url), cluster_url, name);
 }

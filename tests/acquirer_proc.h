@@ -35,6 +35,12 @@ void test_acquirers_kill_all(void);
 void test_acquirer_remember(pid_t pid);
 void test_acquirer_forget(pid_t pid);
 
+/* A database of its own for an acquirer's ledger, on the cluster of
+ * cluster_url, made when missing: its URL into out. A test that reconciles
+ * its ledger with its own service's database keeps other tests' charges
+ * out of the check. */
+void test_acquirer_database(const char *cluster_url, const char *name, char *out, size_t len);
+
 /* scripts/reconcile over [since, until) (until NULL: now) between the
  * service's database and the acquirer's (the same URL when both sets of
  * tables are in one): its exit status, its report in out. */

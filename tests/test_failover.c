@@ -4,6 +4,16 @@
  * clients that retry as docs/api.md tells them to: nothing a client was told
  * succeeded is lost, and no key is charged twice.
  *
+ * The money moves at the real mockery-acquirer (its ledger in the test
+ * database: the failover is of the service's PostgreSQL, not the
+ * acquirer's), each charge slowed by 20 ms so that asks are in flight when
+ * the primary goes: a payment charged whose completion the failover lost is
+ * 503 outcome_pending, its record kept, and the retry (or the servers'
+ * recovery, left on: the cluster is the test's own) completes it with the
+ * one charge. The test ends on the acquirer's ledger: one charge for every
+ * payment acknowledged, under the transaction id the client was given, no
+ * charge of the run without its payment, and scripts/reconcile clean.
+ *
  * The load is not an amount of work: the clients make new payments until
  * the main thread has seen the whole failover (payments acknowledged before
  * the kill, /health down, /health up again, and payments acknowledged after
@@ -18,6 +28,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "acquirer_proc.h"
 #include "support.h"
 
 enum {
@@ -30,6 +41,7 @@ enum {
 
 static char ha_name[64], url[512], run_tag[64];
 static struct test_server srv[SERVERS];
+static struct test_acquirer acq;
 
 static double now_s(void)
 {
@@ -46,6 +58,7 @@ static void sleep_ms(long ms)
 
 static void down(void)
 {
+    test_acquirers_kill_all(); /* first: nothing below can fail before it */
     for (int i = 0; i < SERVERS; i++)
         if (srv[i].pid)
             test_server_stop(&srv[i]);
@@ -55,10 +68,12 @@ static void down(void)
 /* What one client saw. */
 struct client {
     int id;
-    int keys;                 /* keys started, each answered 201/200 in the end */
+    int keys;                 /* keys started, each answered 201/200/402 in the end */
     char (*txn)[64];          /* [keys]: the transaction each key was acknowledged with */
+    long *status;             /* [keys]: its final answer's status */
     int cap;
-    int unavailable, conflicts, dropped, internal, replays_after_error;
+    int unavailable, pending, conflicts, dropped, internal, gateway, replays_after_error;
+    int after_pending;       /* keys answered after a 503 outcome_pending */
     double last_unavailable; /* when its last 503 or dropped connection came */
 };
 
@@ -78,16 +93,18 @@ static int counters(int *before, int *after)
     return stop;
 }
 
-/* One key to its final answer (201, or 200 replaying it), retrying through
- * the failover as docs/operations.md says: 503, 500 and a dropped connection after
- * 100 ms, 409 after 250 ms, on the other server each time. */
+/* One key to its final answer (201 or 402, or 200 replaying a 201), retrying
+ * through the failover as the README and docs/api.md say, with the same key
+ * and body, on the other server each time: 503 (store_unavailable, or
+ * outcome_pending: the acquirer may have charged) and 409 after their
+ * Retry-After, 500, 502 and a dropped connection after 100 ms. */
 static void pay_one(struct client *c, const char *body, int k)
 {
     char key[128], u[128], keyh[200];
     snprintf(key, sizeof key, "%s-%d-%d", run_tag, c->id, k);
     snprintf(keyh, sizeof keyh, "Idempotency-Key: %s", key);
     const char *headers[] = {"Content-Type: application/json", keyh, NULL};
-    int erred = 0;
+    int erred = 0, was_pending = 0;
     /* Not a measure of speed: a key that no server answers for this long
      * after the failover has ended is a server that stopped serving. */
     for (int attempt = 0;; attempt++) {
@@ -101,27 +118,34 @@ static void pay_one(struct client *c, const char *body, int k)
         struct httpc_response r;
         int rc = httpc_request("POST", u, headers, body, strlen(body), 10000, &r);
         long st = rc == 0 ? r.status : 0;
-        if (st == 201 || st == 200) {
+        if (st == 201 || st == 200 || st == 402) {
             cJSON *o = cJSON_Parse(r.body);
             cJSON *t = cJSON_GetObjectItem(o, "transaction_id");
             cr_assert(cJSON_IsString(t), "%s", r.body);
             snprintf(c->txn[k], sizeof c->txn[k], "%s", t->valuestring);
+            c->status[k] = st;
             cJSON_Delete(o);
             c->replays_after_error += st == 200 && erred;
+            c->after_pending += was_pending;
             httpc_response_free(&r);
             break;
         }
-        cr_assert(rc != 0 || st == 503 || st == 409 || st == 500, "key %s: unexpected %ld %s",
-                  key, st, r.body);
+        cr_assert(rc != 0 || st == 503 || st == 409 || st == 500 || st == 502,
+                  "key %s: unexpected %ld %s", key, st, r.body);
+        int pending = st == 503 && strstr(r.body, "\"outcome_pending\"") != NULL;
         c->dropped += rc != 0;
-        c->unavailable += st == 503;
+        c->pending += pending;
+        c->unavailable += st == 503 && !pending;
         c->conflicts += st == 409;
         c->internal += st == 500;
+        c->gateway += st == 502;
         if (rc != 0 || st == 503)
             c->last_unavailable = now_s();
         erred |= st != 409;
+        was_pending |= pending;
+        long wait = rc == 0 && atol(r.retry_after) > 0 ? atol(r.retry_after) * 1000 : 100;
         httpc_response_free(&r);
-        sleep_ms(st == 409 ? 250 : 100);
+        sleep_ms(wait);
     }
     pthread_mutex_lock(&mu);
     if (kill_at == 0)
@@ -142,7 +166,8 @@ static void *client_main(void *p)
         if (c->keys == c->cap) {
             c->cap = c->cap ? 2 * c->cap : 64;
             c->txn = realloc(c->txn, (size_t)c->cap * sizeof *c->txn);
-            cr_assert_not_null(c->txn);
+            c->status = realloc(c->status, (size_t)c->cap * sizeof *c->status);
+            cr_assert(c->txn && c->status);
         }
         pay_one(c, body, c->keys++);
     }
@@ -193,12 +218,27 @@ Test(failover, the_primary_lost_under_load_loses_no_acknowledged_payment, .fini 
     test_unique(run_tag, sizeof run_tag, "fo");
     test_ha(ha_name, "up", url, sizeof url);
     cr_assert(strstr(url, "target_session_attrs=read-write"), "%s", url);
+    /* the acquirer, its ledger in a database of its own beside the test
+     * database (not on the cluster that fails over; and no other test's
+     * charges in what is reconciled): each charge of this run 20 ms long,
+     * so that the kill finds asks in flight */
+    char since[64], slow[128], ledger[600], env_url[640];
+    test_acquirer_database(test_db_url(), "failover_acquirer", ledger, sizeof ledger);
+    test_query_text(ledger, "SELECT now()::text WHERE $1 = $1", "x", since, sizeof since);
+    snprintf(slow, sizeof slow, "latency:prefix=%s:ms=20", run_tag);
+    snprintf(env_url, sizeof env_url, "MOCKERY_ACQUIRER_DATABASE_URL=%s", ledger);
+    char *env[] = {env_url, "PATH=/usr/bin:/bin", NULL};
+    const char *const faults[] = {"--fault", slow, NULL};
+    memset(&acq, 0, sizeof acq);
+    test_acquirer_start_env(&acq, faults, 1, 0, env);
     struct config cfg;
     test_config(&cfg, STORE_KIND_POSTGRES);
     snprintf(cfg.database_url, sizeof cfg.database_url, "%s", url);
     cfg.pool_size = 4;
     cfg.lease_s = 3; /* a claim whose holder lost its database is free again soon */
-    cfg.processing_delay_ms = 20;
+    snprintf(cfg.acquirer_url, sizeof cfg.acquirer_url, "%s", acq.base);
+    cfg.acquirer_timeout_ms = 1000; /* below the lease, as the server requires */
+    /* recovery stays on (every second): the cluster is this test's alone */
     for (int i = 0; i < SERVERS; i++)
         test_server_spawn(&srv[i], &cfg, MOCKERY_SERVER_BIN);
 
@@ -245,6 +285,12 @@ Test(failover, the_primary_lost_under_load_loses_no_acknowledged_payment, .fini 
         pthread_join(t[i], NULL);
     cr_assert_eq(health(0, body, sizeof body), 200, "after the failover: %s", body);
     cr_assert_eq(health(1, body, sizeof body), 200, "after the failover: %s", body);
+    /* what the servers' recovery has left to finish (a record that asked
+     * the acquirer, left processing): nothing, within 120 s */
+    test_wait_count(url,
+                    "SELECT count(*) FROM idempotency_keys WHERE request IS NOT NULL"
+                    " AND state = 'processing' AND $1 = $1",
+                    "x", 0, 120, "records waiting for recovery");
 
     /* From the new primary: every acknowledged payment once, with the id the
      * client was given; no other payment; no record left processing. */
@@ -286,26 +332,69 @@ Test(failover, the_primary_lost_under_load_loses_no_acknowledged_payment, .fini 
     PQclear(res);
     PQfinish(conn);
 
-    int unavailable = 0, conflicts = 0, dropped = 0, internal = 0, unknown = 0;
+    /* The acquirer's ledger: every payment acknowledged (201, its 200
+     * replay, or 402) is one charge there under the transaction id the
+     * client was given, of that outcome; and no charge of this run's
+     * customer is without its payment. */
+    conn = PQconnectdb(ledger);
+    cr_assert_eq(PQstatus(conn), CONNECTION_OK, "%s", PQerrorMessage(conn));
+    for (int i = 0; i < CLIENTS; i++)
+        for (int k = 0; k < c[i].keys; k++) {
+            const char *ref[] = {c[i].txn[k]};
+            res = PQexecParams(conn,
+                               "SELECT count(*), coalesce(min(status), '') FROM acquirer_charges"
+                               " WHERE reference = $1",
+                               1, NULL, ref, NULL, NULL, 0);
+            cr_assert_eq(PQresultStatus(res), PGRES_TUPLES_OK, "%s", PQerrorMessage(conn));
+            cr_assert_str_eq(PQgetvalue(res, 0, 0), "1",
+                             "key %s-%d-%d (%s): %s charges at the acquirer", run_tag, i, k,
+                             c[i].txn[k], PQgetvalue(res, 0, 0));
+            cr_assert_str_eq(PQgetvalue(res, 0, 1),
+                             c[i].status[k] == 402 ? "declined" : "succeeded",
+                             "key %s-%d-%d answered %ld", run_tag, i, k, c[i].status[k]);
+            PQclear(res);
+        }
+    res = PQexecParams(conn, "SELECT count(*) FROM acquirer_charges WHERE customer_id = $1", 1,
+                       NULL, vals, NULL, NULL, 0);
+    cr_assert_eq(PQresultStatus(res), PGRES_TUPLES_OK, "%s", PQerrorMessage(conn));
+    cr_assert_eq(atoi(PQgetvalue(res, 0, 0)), acked,
+                 "%s charges at the acquirer for %d acknowledged payments", PQgetvalue(res, 0, 0),
+                 acked);
+    PQclear(res);
+    PQfinish(conn);
+    for (int i = 0; i < SERVERS; i++)
+        test_server_stop(&srv[i]);
+    /* both ways, as an operator checks it: no charge without its payment
+     * here, no payment without its charge */
+    test_expect_reconciled(url, ledger, since);
+    test_acquirer_stop(&acq);
+
+    int unavailable = 0, pending = 0, conflicts = 0, dropped = 0, internal = 0, gateway = 0,
+        unknown = 0, after_pending = 0;
     double last = 0;
     for (int i = 0; i < CLIENTS; i++) {
         unavailable += c[i].unavailable;
+        pending += c[i].pending;
         conflicts += c[i].conflicts;
         dropped += c[i].dropped;
         internal += c[i].internal;
+        gateway += c[i].gateway;
         unknown += c[i].replays_after_error;
+        after_pending += c[i].after_pending;
         if (c[i].last_unavailable > last)
             last = c[i].last_unavailable;
         free(c[i].txn);
+        free(c[i].status);
     }
     cr_assert_gt(last, kill_at, "no request ever found the database gone: was it killed?");
     cr_assert_geq(acked_before_kill, ACKS_EACH_SIDE);
     cr_assert_geq(acked_after_recovery, ACKS_EACH_SIDE);
     fprintf(stderr,
             "failover: %d payments, each acknowledged once (%d before the kill, %d after /health "
-            "came back %.1f s after it); without a primary for %.1f s (the kill to the last 503); "
-            "503 store_unavailable %d, 409 %d, 500 %d, dropped %d; keys whose retry after an "
-            "error was a replay (the first answer lost, the payment not): %d\n",
+            "came back %.1f s after it), each one charge at the acquirer; without a primary for "
+            "%.1f s (the kill to the last 503); 503 store_unavailable %d, 503 outcome_pending %d "
+            "(%d keys answered after one), 409 %d, 500 %d, 502 %d, dropped %d; keys whose retry "
+            "after an error was a replay (the first answer lost, the payment not): %d\n",
             found, acked_before_kill, acked_after_recovery, recovered_at - kill_at, last - kill_at,
-            unavailable, conflicts, internal, dropped, unknown);
+            unavailable, pending, after_pending, conflicts, internal, gateway, dropped, unknown);
 }

@@ -1208,14 +1208,7 @@ Test(outcomes, chaos_under_load_charges_each_payment_once, .fini = own_cluster_t
     test_cluster(own_cluster, "up", url, sizeof url);
     test_query_text(url, "SELECT now()::text WHERE $1 = $1", "x", since, sizeof since);
     /* the acquirer's ledger: a database of its own in the same cluster */
-    char missing[64];
-    test_query_text(url,
-                    "SELECT 'missing' FROM (SELECT 1) x WHERE $1 = $1 AND"
-                    " NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'chaos_acquirer')",
-                    "x", missing, sizeof missing);
-    if (missing[0])
-        exec_on(url, "CREATE DATABASE chaos_acquirer");
-    snprintf(acq_url, sizeof acq_url, "%.*s/chaos_acquirer", (int)(strrchr(url, '/') - url), url);
+    test_acquirer_database(url, "chaos_acquirer", acq_url, sizeof acq_url);
     char env_url[340];
     snprintf(env_url, sizeof env_url, "MOCKERY_ACQUIRER_DATABASE_URL=%s", acq_url);
     char *env[] = {env_url, "PATH=/usr/bin:/bin", NULL};
