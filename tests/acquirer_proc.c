@@ -102,8 +102,10 @@ void test_acquirer_start_env(struct test_acquirer *a, const char *const *flags, 
         argv[n++] = port;
         argv[n++] = "--listen-host";
         argv[n++] = "127.0.0.1";
+        /* a worker for each connection the test's servers may keep to it
+         * (docs/acquirer.md), fewer than the default's 512 */
         argv[n++] = "--threads";
-        argv[n++] = "32";
+        argv[n++] = "256";
         argv[n++] = "--pool-size";
         argv[n++] = "8";
         for (int i = 0; flags && flags[i]; i++) {
