@@ -209,14 +209,30 @@ def free_port():
 
 
 def post(base, key):
+    """POST one payment with key: (status, body)."""
     req = urllib.request.Request(base + "/api/v1/payments", data=PAYMENT.encode(),
                                  headers={"Content-Type": "application/json",
                                           "Idempotency-Key": key}, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status
+            return r.status, r.read()
     except urllib.error.HTTPError as e:
-        return e.code
+        return e.code, e.read()
+
+
+def settled(base, key):
+    """A payment made as a client makes it: retried with the same key after a
+    409 or a 503, 0.2 s later, 100 times at most (on a slowed machine a claim
+    may wait past the pool's bound and be answered 503). Its answer once 200
+    or 201: the body; anything else ends the run."""
+    for _ in range(100):
+        st, body = post(base, key)
+        if st in (200, 201):
+            return body
+        if st not in (409, 503):
+            raise SystemExit("payment %s failed with %d" % (key, st))
+        time.sleep(0.2)
+    raise SystemExit("payment %s not answered after 100 tries" % key)
 
 
 def batch_counts(base):
@@ -364,7 +380,8 @@ def acquirer_runs(args, url, tmp, c, run, row):
         txns = os.path.join(tmp, "refund-txns-c%d" % c)
         with open(txns, "w") as f:
             for i in range(PAYMENTS_TO_REFUND):
-                f.write(paid(srv.base, "bench-refunded-%s-%d" % (run, i)) + "\n")
+                f.write(json.loads(settled(srv.base, "bench-refunded-%s-%d" % (run, i)))
+                        ["transaction_id"] + "\n")
         before = acquirer_counts(srv.base)
         res = wrk(srv.base, "/", "refund.lua", c, args.duration, ["%sr%d" % (run, c), txns],
                   url=sdb)
@@ -385,35 +402,10 @@ def acquirer_runs(args, url, tmp, c, run, row):
 PAYMENTS_TO_REFUND = 200
 
 
-def paid(base, key):
-    """A payment made as a client makes it (retried with the same key after a
-    409 or 503, 0.2 s later); its transaction id."""
-    req = urllib.request.Request(base + "/api/v1/payments", data=PAYMENT.encode(),
-                                 headers={"Content-Type": "application/json",
-                                          "Idempotency-Key": key}, method="POST")
-    for _ in range(100):
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return json.loads(r.read())["transaction_id"]
-        except urllib.error.HTTPError as e:
-            if e.code not in (409, 503):
-                raise SystemExit("payment to refund failed with %d" % e.code)
-        time.sleep(0.2)
-    raise SystemExit("payment to refund not answered after 100 tries")
-
-
 def preload(base, n):
-    """n completed keys to replay, each retried as a client retries (the same
-    key after a 409 or a 503, 0.2 s later; 100 times at most): on a slowed
-    machine a claim may wait past the pool's bound and be answered 503."""
+    """n completed keys to replay."""
     for i in range(1, n + 1):
-        for _ in range(100):
-            st = post(base, "bench-replay-%d" % i)
-            if st not in (409, 503):
-                break
-            time.sleep(0.2)
-        if st not in (200, 201):
-            raise SystemExit("preload failed with %d" % st)
+        settled(base, "bench-replay-%d" % i)
 
 
 def fingerprint(url):
