@@ -190,23 +190,24 @@ static int take_batch(struct pg_batcher *b, int kind, struct pg_batch_op **batch
     return n;
 }
 
-/* Each kind's statement for several operations (pg_sql.c), and how many
- * parameters it takes. */
+/* Each kind's statements (pg_sql.c): for one operation, for several, and
+ * how many parameters an operation has. A completion with fewer (no
+ * payment row) has a statement of its own for one: "complete". */
 static const struct {
-    const char *many;
+    const char *one, *many;
     int ncols;
 } BATCH_STATEMENTS[PG_BATCH_KINDS] = {
-    [PG_BATCH_CLAIM] = {"claim_batch", 7},
-    [PG_BATCH_COMPLETE] = {"complete_batch", PG_BATCH_PAYMENT_VALS},
-    [PG_BATCH_COMPLETE_CHARGE] = {"complete_charge_batch", PG_BATCH_VALS},
+    [PG_BATCH_CLAIM] = {"claim", "claim_batch", 7},
+    [PG_BATCH_COMPLETE] = {"complete_payment", "complete_batch", PG_BATCH_PAYMENT_VALS},
+    [PG_BATCH_COMPLETE_CHARGE] = {"complete_charge", "complete_charge_batch", PG_BATCH_VALS},
 };
 
 /* One operation with the single-row statement. */
 static void run_one(struct pg_batcher *b, int idx, struct pg_batch_op *op)
 {
     if (op->kind == PG_BATCH_CLAIM) {
-        PGresult *res = pg_pool_exec(b->pool, idx, "claim", 7, op->vals, PGRES_TUPLES_OK, &op->st,
-                                     op->err, op->errlen);
+        PGresult *res = pg_pool_exec(b->pool, idx, BATCH_STATEMENTS[op->kind].one, op->nvals,
+                                     op->vals, PGRES_TUPLES_OK, &op->st, op->err, op->errlen);
         if (!res)
             return;
         op->matched = PQntuples(res) == 1;
@@ -219,9 +220,8 @@ static void run_one(struct pg_batcher *b, int idx, struct pg_batch_op *op)
         PQclear(res);
         return;
     }
-    const char *stmt = op->kind == PG_BATCH_COMPLETE_CHARGE ? "complete_charge"
-                       : op->nvals == PG_BATCH_PAYMENT_VALS ? "complete_payment"
-                                                            : "complete";
+    const char *stmt =
+        op->nvals < BATCH_STATEMENTS[op->kind].ncols ? "complete" : BATCH_STATEMENTS[op->kind].one;
     PGresult *res = pg_pool_exec(b->pool, idx, stmt, op->nvals, op->vals, PGRES_COMMAND_OK, &op->st,
                                  op->err, op->errlen);
     if (res) {
