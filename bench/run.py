@@ -33,8 +33,9 @@ database. Scenarios (each at every client count):
 
 pgbench's scenarios run on a database of their own, empty when they start.
 Prints one table (answers with a 2xx status per second, the count of any
-other, p50, p99, ratios; for server-new and mixed the mean claims/completions
-per statement), then the targets of issue 10, and writes it all as JSON
+other, p50, p99, the whole machine's CPU milliseconds per 2xx answer - every
+process and core, busy time from /proc/stat over the window - ratios; for
+server-new and mixed the mean claims/completions per statement), then the targets of issue 10, and writes it all as JSON
 under bench/results/. A new-payment run with any non-2xx answer fails the run
 (exit status 1). --memory N adds the server's peak RSS after N and N/10 new
 payments.
@@ -136,21 +137,39 @@ def checkpoint(url):
     subprocess.run(["psql", "-qAt", url, "-c", "CHECKPOINT"], capture_output=True)
 
 
+def busy_seconds():
+    """CPU time the whole machine has spent busy (every core, every process;
+    /proc/stat: all but idle and iowait), in seconds."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ms(busy, answers):
+    """Milliseconds of the machine's CPU per answer over a window: the
+    client, the server, the acquirer and PostgreSQL together."""
+    return busy * 1000.0 / answers if answers else 0.0
+
+
 def pgbench(url, script, clients, seconds, tmp, extra=()):
     checkpoint(url)
     logdir = tempfile.mkdtemp(dir=tmp)
     cmd = ["pgbench", "-n", "-M", "prepared", "-c", str(clients), "-j", "2", "-T", str(seconds),
            "-f", script, "-l", "--log-prefix", os.path.join(logdir, "log")] + list(extra) + [url]
+    busy = busy_seconds()
     out = subprocess.run(cmd, capture_output=True, text=True)
+    busy = busy_seconds() - busy
     if out.returncode != 0:
         raise SystemExit("pgbench failed: " + out.stderr[-2000:])
     tps = float(re.search(r"tps = ([\d.]+)", out.stdout).group(1))
+    done = int(re.search(r"actually processed: (\d+)", out.stdout).group(1))
     lat = []
     for name in os.listdir(logdir):
         with open(os.path.join(logdir, name)) as f:
             for line in f:
                 lat.append(int(line.split()[2]) / 1000.0)
-    return {"rps": tps, "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99)}
+    return {"rps": tps, "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99),
+            "cpu_ms": cpu_ms(busy, done)}
 
 
 def wrk_ms(text):
@@ -175,7 +194,9 @@ def wrk(base, path, script, clients, seconds, args=(), url=None, every_answer=Fa
     cmd += [base + path]
     if args:
         cmd += ["--"] + list(args)
+    busy = busy_seconds()
     out = subprocess.run(cmd, capture_output=True, text=True)
+    busy = busy_seconds() - busy
     if out.returncode != 0:
         raise SystemExit("wrk failed: " + out.stderr[-2000:])
     text = out.stdout
@@ -189,6 +210,7 @@ def wrk(base, path, script, clients, seconds, args=(), url=None, every_answer=Fa
            "p50_ms": wrk_ms(re.search(r"\s50%\s+(\S+)", text).group(1)),
            "p99_ms": wrk_ms(re.search(r"\s99%\s+(\S+)", text).group(1))}
     res["rps"] = (requests - (0 if every_answer else res["non_2xx"])) / elapsed
+    res["cpu_ms"] = cpu_ms(busy, res["rps"] * elapsed)
     if every_answer:
         res["non_2xx"] = 0
     m = re.search(r"OUTCOMES (\{.*\})", text)
@@ -423,7 +445,8 @@ def merged(runs):
             "non_2xx": sum(r["non_2xx"] for r in runs),
             "socket_errors": sum(r["socket_errors"] for r in runs),
             "p50_ms": sum(r["p50_ms"] for r in runs) / n,
-            "p99_ms": max(r["p99_ms"] for r in runs), "windows": n}
+            "p99_ms": max(r["p99_ms"] for r in runs),
+            "cpu_ms": sum(r["cpu_ms"] for r in runs) / n, "windows": n}
 
 
 def alternating(servers, seconds, rounds, run_one):
@@ -610,8 +633,8 @@ def report(results, memory, args):
     refs = {"server-new": "naive-new", "acquirer-new": "naive-new", "acquirer-refund": "naive-new", "server-new-cold": "naive-new", "quiet-new": "naive-new",
             "quiet-new-cold": "naive-new", "mixed": "naive-new", "ceiling-new": "naive-new",
             "server-replay": "ceiling-replay", "quiet-replay": "ceiling-replay"}
-    print("%-16s %7s %9s %7s %8s %8s  %s" % ("scenario", "clients", "2xx/s", "other", "p50 ms",
-                                           "p99 ms", "ratio"))
+    print("%-16s %7s %9s %7s %8s %8s %7s  %s" % ("scenario", "clients", "2xx/s", "other",
+                                                "p50 ms", "p99 ms", "cpu ms", "ratio"))
     failed = []
     for r in results:
         c, name = r["clients"], r["scenario"]
@@ -632,9 +655,9 @@ def report(results, memory, args):
             if other and name.startswith(("server", "quiet", "acquirer")):
                 failed.append("%s at %d clients: %d answers not 2xx (or socket errors)" %
                               (name, c, other))
-        print("%-16s %7d %9.0f %7s %8.2f %8.2f  %s" % (name, c, r["rps"],
-                                                    other if "non_2xx" in r else "-",
-                                                    r["p50_ms"], r["p99_ms"], text))
+        print("%-16s %7d %9.0f %7s %8.2f %8.2f %7s  %s" % (
+            name, c, r["rps"], other if "non_2xx" in r else "-", r["p50_ms"], r["p99_ms"],
+            "%.3f" % r["cpu_ms"] if "cpu_ms" in r else "-", text))
     print()
     print("targets (issue 10):")
     for c in args.conns:
