@@ -105,7 +105,9 @@ def pgbench_scripts(tmp):
         1: "'bench'", 2: key, 3: ":lease_token", 4: "201", 5: ":body",
         6: "'/api/v1/payments/txn_0000000000000000000000000'",
         7: "('txn_pgb_' || :run || '_' || :client_id::text || '_' || :n::text)", 8: "'cust-bench'", 9: "1050",
-        10: "'USD'", 11: "NULL", 12: "'completed'", 13: "1700000000000000", 14: "'ch_bench'"})
+        10: "'USD'", 11: "NULL", 12: "'completed'", 13: "1700000000000000", 14: "'ch_bench'",
+        15: "('evt_pgb_' || :run || '_' || :client_id::text || '_' || :n::text)",
+        16: "'payment.succeeded'", 17: "1700000000000000", 18: ":body"})
     new = ("\\set n random(1, 1000000000000)\n"
            "WITH c AS (%s) SELECT lease_token FROM c\n\\gset\n%s;\n" % (claim, complete))
     rkey = "('bench-replay-' || :n::text)"

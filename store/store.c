@@ -99,6 +99,26 @@ enum store_status store_list_refunds(struct store *s, const char *tenant,
     return s->ops->list_refunds(s, tenant, q, out, err, errlen);
 }
 
+enum store_status store_get_event(struct store *s, const char *tenant, const char *event_id,
+                                  struct store_event *out, char *err, size_t errlen)
+{
+    return s->ops->get_event(s, tenant, event_id, out, err, errlen);
+}
+
+enum store_status store_list_events(struct store *s, const char *tenant,
+                                    const struct store_event_query *q, struct store_event_list *out,
+                                    char *err, size_t errlen)
+{
+    return s->ops->list_events(s, tenant, q, out, err, errlen);
+}
+
+enum store_status store_reap_events(struct store *s, int64_t retention_ms, int batch, int *deleted,
+                                    char *err, size_t errlen)
+{
+    *deleted = 0;
+    return s->ops->reap_events(s, retention_ms, batch, deleted, err, errlen);
+}
+
 enum store_status store_get_charge(struct store *s, const char *charge_id, struct store_charge *out,
                                    char *err, size_t errlen)
 {
@@ -251,6 +271,37 @@ int store_refund_copy(struct store_refund *dst, const struct store_refund *src)
         store_refund_clear(dst);
         return -1;
     }
+    return 0;
+}
+
+void store_event_clear(struct store_event *e)
+{
+    free(e->event_id);
+    free(e->type);
+    free(e->body);
+    memset(e, 0, sizeof *e);
+}
+
+void store_event_list_clear(struct store_event_list *l)
+{
+    for (size_t i = 0; i < l->count; i++)
+        store_event_clear(&l->items[i]);
+    free(l->items);
+    memset(l, 0, sizeof *l);
+}
+
+int store_event_copy(struct store_event *dst, const struct store_event *src)
+{
+    memset(dst, 0, sizeof *dst);
+    dst->created_at_us = src->created_at_us;
+    dst->body_len = src->body_len;
+    if (dup_opt(&dst->event_id, src->event_id) || dup_opt(&dst->type, src->type) ||
+        !(dst->body = malloc(src->body_len + 1))) {
+        store_event_clear(dst);
+        return -1;
+    }
+    memcpy(dst->body, src->body, src->body_len);
+    dst->body[src->body_len] = '\0';
     return 0;
 }
 

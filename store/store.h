@@ -109,6 +109,19 @@ struct store_charge_refund {
     int64_t created_at_us;
 };
 
+/* An event of a completed operation (sql/012_events.sql): written with the
+ * operation's rows, in the same statement or transaction and under the
+ * same fencing token, so it exists exactly when they do. body is the
+ * event as the API shows it (JSON), stored and read back byte for byte.
+ * Owned like a payment's strings: free with store_event_clear(). */
+struct store_event {
+    char *event_id; /* "evt_..." */
+    char *type;     /* "payment.succeeded", "payment.declined" or "refund.succeeded" */
+    int64_t created_at_us;
+    char *body;
+    size_t body_len;
+};
+
 /* The business rows an operation writes with its completion (or alone, for
  * a request without a key); NULL members write nothing, and at most one is
  * set. A charge is inserted; a charge refund is inserted and added to its
@@ -126,6 +139,8 @@ struct store_rows {
     const struct store_refund *refund;
     const struct store_charge *charge;
     const struct store_charge_refund *charge_refund;
+    /* With a payment or a refund (never alone): inserted only when they are. */
+    const struct store_event *event;
 };
 
 /* A list of charges or of a charge's refunds, oldest first. */
@@ -171,6 +186,18 @@ struct store_refund_query {
 
 struct store_refund_list {
     struct store_refund *items;
+    size_t count;
+    int has_more;
+};
+
+struct store_event_query {
+    const char *type;           /* NULL: every type */
+    const char *starting_after; /* an event id; NULL: from the newest */
+    int limit;
+};
+
+struct store_event_list {
+    struct store_event *items;
     size_t count;
     int has_more;
 };
@@ -236,6 +263,13 @@ struct store_ops {
     enum store_status (*list_refunds)(struct store *s, const char *tenant,
                                       const struct store_refund_query *q,
                                       struct store_refund_list *out, char *err, size_t errlen);
+    enum store_status (*get_event)(struct store *s, const char *tenant, const char *event_id,
+                                   struct store_event *out, char *err, size_t errlen);
+    enum store_status (*list_events)(struct store *s, const char *tenant,
+                                     const struct store_event_query *q,
+                                     struct store_event_list *out, char *err, size_t errlen);
+    enum store_status (*reap_events)(struct store *s, int64_t retention_ms, int batch, int *deleted,
+                                     char *err, size_t errlen);
     enum store_status (*get_charge)(struct store *s, const char *charge_id,
                                     struct store_charge *out, char *err, size_t errlen);
     enum store_status (*list_charges)(struct store *s, const char *reference,
@@ -328,6 +362,21 @@ enum store_status store_list_refunds(struct store *s, const char *tenant,
                                      const struct store_refund_query *q,
                                      struct store_refund_list *out, char *err, size_t errlen);
 
+/* Read one event of the tenant. STORE_NOT_FOUND when there is none. */
+enum store_status store_get_event(struct store *s, const char *tenant, const char *event_id,
+                                  struct store_event *out, char *err, size_t errlen);
+
+/* The tenant's events, newest first, of one type or all. STORE_NOT_FOUND
+ * when starting_after names no event of the tenant. Free *out with
+ * store_event_list_clear(). */
+enum store_status store_list_events(struct store *s, const char *tenant,
+                                    const struct store_event_query *q, struct store_event_list *out,
+                                    char *err, size_t errlen);
+
+/* Delete at most batch events older than retention_ms. */
+enum store_status store_reap_events(struct store *s, int64_t retention_ms, int batch, int *deleted,
+                                    char *err, size_t errlen);
+
 /* The acquirer's ledger. One charge by id (STORE_NOT_FOUND when none);
  * the charges whose reference is reference, and the refunds of one charge,
  * oldest first, at most STORE_LEDGER_LIST_MAX (an empty list when none).
@@ -382,6 +431,10 @@ int store_payment_copy(struct store_payment *dst, const struct store_payment *sr
 void store_refund_clear(struct store_refund *r);
 void store_refund_list_clear(struct store_refund_list *l);
 int store_refund_copy(struct store_refund *dst, const struct store_refund *src);
+/* The same for events. */
+void store_event_clear(struct store_event *e);
+void store_event_list_clear(struct store_event_list *l);
+int store_event_copy(struct store_event *dst, const struct store_event *src);
 /* The same for the ledger's rows. */
 void store_charge_clear(struct store_charge *c);
 void store_charge_list_clear(struct store_charge_list *l);

@@ -131,6 +131,26 @@ static enum store_status f_reap(struct store *s, int batch, int *deleted, char *
     return store_reap(((struct faulty *)s)->inner, batch, deleted, err, errlen);
 }
 
+static enum store_status f_get_event(struct store *s, const char *tenant, const char *id,
+                                     struct store_event *out, char *err, size_t errlen)
+{
+    return store_get_event(((struct faulty *)s)->inner, tenant, id, out, err, errlen);
+}
+
+static enum store_status f_list_events(struct store *s, const char *tenant,
+                                       const struct store_event_query *q,
+                                       struct store_event_list *out, char *err, size_t errlen)
+{
+    return store_list_events(((struct faulty *)s)->inner, tenant, q, out, err, errlen);
+}
+
+static enum store_status f_reap_events(struct store *s, int64_t retention_ms, int batch,
+                                       int *deleted, char *err, size_t errlen)
+{
+    return store_reap_events(((struct faulty *)s)->inner, retention_ms, batch, deleted, err,
+                             errlen);
+}
+
 static enum store_status f_ping(struct store *s, char *err, size_t errlen)
 {
     return store_ping(((struct faulty *)s)->inner, err, errlen);
@@ -184,6 +204,9 @@ static const struct store_ops faulty_ops = {
     .recover = f_recover,
     .unfinished = f_unfinished,
     .reap = f_reap,
+    .get_event = f_get_event,
+    .list_events = f_list_events,
+    .reap_events = f_reap_events,
     .ping = f_ping,
     .pool_stats = f_stats,
     .free = f_free,

@@ -64,31 +64,50 @@ static void *recovery_main(void *arg)
     return NULL;
 }
 
-/* Deletes expired records in bounded batches every interval. */
+/* One reaper statement, again while it deletes a whole batch, ten at most
+ * a pass (the rest waits for the next one); keys (events 0) or events.
+ * Returns how many it deleted. */
+static int reap_some(struct app *app, int events)
+{
+    int total = 0, deleted = 0;
+    char err[256] = "";
+    for (int i = 0; i < 10; i++) {
+        enum store_status st =
+            events
+                ? store_reap_events(app->edge.svc.store, (int64_t)app->cfg.event_retention_s * 1000,
+                                    app->cfg.reaper_batch, &deleted, err, sizeof err)
+                : store_reap(app->edge.svc.store, app->cfg.reaper_batch, &deleted, err, sizeof err);
+        if (st != STORE_OK) {
+            cJSON *line = log_begin(app->log, LOG_WARN, "reaper pass failed");
+            cJSON_AddStringToObject(line, "table", events ? "events" : "idempotency_keys");
+            cJSON_AddStringToObject(line, "error", err);
+            log_end(app->log, line);
+            break;
+        }
+        total += deleted;
+        if (!events)
+            metrics_reaped(app->edge.metrics, deleted);
+        if (deleted < app->cfg.reaper_batch)
+            break;
+    }
+    return total;
+}
+
+/* Deletes expired records, and events past their retention, in bounded
+ * batches every interval. */
 static void *reaper_main(void *arg)
 {
     struct app *app = arg;
     while (!wait_or_stop(app, app->cfg.reaper_interval_ms)) {
-        int total = 0, deleted = 0;
-        char err[256] = "";
-        /* At most ten batches a pass: the rest waits for the next one. */
-        for (int i = 0; i < 10; i++) {
-            enum store_status st =
-                store_reap(app->edge.svc.store, app->cfg.reaper_batch, &deleted, err, sizeof err);
-            if (st != STORE_OK) {
-                cJSON *line = log_begin(app->log, LOG_WARN, "reaper pass failed");
-                cJSON_AddStringToObject(line, "error", err);
-                log_end(app->log, line);
-                break;
-            }
-            total += deleted;
-            metrics_reaped(app->edge.metrics, deleted);
-            if (deleted < app->cfg.reaper_batch)
-                break;
-        }
-        if (total > 0) {
+        int keys = reap_some(app, 0), events = reap_some(app, 1);
+        if (keys > 0) {
             cJSON *line = log_begin(app->log, LOG_INFO, "reaper deleted expired keys");
-            cJSON_AddNumberToObject(line, "deleted", total);
+            cJSON_AddNumberToObject(line, "deleted", keys);
+            log_end(app->log, line);
+        }
+        if (events > 0) {
+            cJSON *line = log_begin(app->log, LOG_INFO, "reaper deleted expired events");
+            cJSON_AddNumberToObject(line, "deleted", events);
             log_end(app->log, line);
         }
     }
@@ -225,6 +244,7 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
                                 cfg->unnamed_statements ? "unnamed" : "prepared");
     cJSON_AddNumberToObject(line, "lease_s", cfg->lease_s);
     cJSON_AddNumberToObject(line, "idempotency_ttl_s", cfg->idempotency_ttl_s);
+    cJSON_AddNumberToObject(line, "event_retention_s", cfg->event_retention_s);
     cJSON_AddStringToObject(line, "acquirer",
                             cfg->acquirer_url[0] ? cfg->acquirer_url : "in-process");
     if (cfg->acquirer_url[0])

@@ -43,6 +43,7 @@ static const struct opt OPTS[] = {
     INT_OPT("db-wait", "MOCKERY_DB_WAIT", db_wait_s, 0, 3600),
     INT_OPT("reaper-interval-ms", "MOCKERY_REAPER_INTERVAL_MS", reaper_interval_ms, 10, 86400000),
     INT_OPT("reaper-batch", "MOCKERY_REAPER_BATCH", reaper_batch, 1, 100000),
+    INT_OPT("event-retention", "MOCKERY_EVENT_RETENTION", event_retention_s, 1, 366 * 86400),
     INT_OPT("recovery-interval-ms", "MOCKERY_RECOVERY_INTERVAL_MS", recovery_interval_ms, 10,
             86400000),
     INT_OPT("recovery-batch", "MOCKERY_RECOVERY_BATCH", recovery_batch, 1, 10000),
@@ -75,6 +76,7 @@ void config_defaults(struct config *c)
     c->log_level = LOG_INFO;
     c->reaper_interval_ms = 60000;
     c->reaper_batch = 1000;
+    c->event_retention_s = 30 * 86400;
     c->recovery_interval_ms = 1000;
     c->recovery_batch = 100;
     c->replay_cache = 10000;
@@ -103,6 +105,7 @@ const char *config_usage(void)
            "  --db-wait S              seconds start-up waits for PostgreSQL (30)\n"
            "  --reaper-interval-ms N   how often expired keys are deleted (60000)\n"
            "  --reaper-batch N         keys deleted per statement, ten a pass at most (1000)\n"
+           "  --event-retention S      seconds an event is kept (2592000: 30 days)\n"
            "  --replay-cache N         completed answers kept in memory for retries (10000)\n"
            "  --max-client-connections N  open connections per client address, 0: no limit "
            "(64)\n"

@@ -27,6 +27,7 @@ struct config {
     int db_wait_s; /* how long start-up waits for the database */
     int reaper_interval_ms;
     int reaper_batch;
+    int event_retention_s;          /* how long events are kept */
     int recovery_interval_ms;       /* how often recovery looks for records left processing */
     int recovery_batch;             /* records recovered a pass at most */
     int replay_cache;               /* completed answers kept in memory; 0: none */

@@ -37,6 +37,7 @@
     X(CARD_DECLINED, 402, APIERR_TYPE_CARD, "card_declined", "the card was declined")              \
     X(PAYMENT_NOT_FOUND, 404, APIERR_TYPE_INVALID, "payment_not_found", "no payment with that id") \
     X(REFUND_NOT_FOUND, 404, APIERR_TYPE_INVALID, "refund_not_found", "no refund with that id")    \
+    X(EVENT_NOT_FOUND, 404, APIERR_TYPE_INVALID, "event_not_found", "no event with that id")       \
     X(ROUTE_NOT_FOUND, 404, APIERR_TYPE_INVALID, "route_not_found", "no such route")               \
     X(METHOD_NOT_ALLOWED, 405, APIERR_TYPE_INVALID, "method_not_allowed",                          \
       "this method is not allowed here")                                                           \

@@ -110,6 +110,12 @@ static void list_payments(struct request *r, const char *id)
     routes_list_payments(r);
 }
 
+static void list_events(struct request *r, const char *id)
+{
+    (void)id;
+    routes_list_events(r);
+}
+
 /* Every path the API serves. A pattern's "{name}" is one path segment, an
  * id of 1 to IDS_MAX bytes, handed to the handler; the rest must match
  * exactly. Routes under /api/ need an API key (and are rate-limited);
@@ -132,6 +138,8 @@ static const struct route {
     {ROUTES_PAYMENTS "/{transaction_id}/refunds", METRICS_ROUTE_REFUNDS, 1, "GET, POST",
      routes_list_refunds, routes_create_refund},
     {ROUTES_REFUNDS "/{refund_id}", METRICS_ROUTE_REFUND, 1, "GET", routes_get_refund, NULL},
+    {ROUTES_EVENTS, METRICS_ROUTE_EVENTS, 1, "GET", list_events, NULL},
+    {ROUTES_EVENTS "/{event_id}", METRICS_ROUTE_EVENT, 1, "GET", routes_get_event, NULL},
 };
 
 /* Whether path matches pattern; the "{...}" segment, if any, goes to id. */

@@ -11,6 +11,7 @@
 
 #include "acquirer.h"
 #include "clock.h"
+#include "event.h"
 #include "ids.h"
 #include "service.h"
 #include "log.h"
@@ -70,6 +71,8 @@ static void pay_free_rows(struct store_rows *rows)
         free(p);
     }
     rows->payment = NULL;
+    event_free((struct store_event *)rows->event);
+    rows->event = NULL;
 }
 
 /* What a payment needs of the service. */
@@ -170,6 +173,12 @@ static int pay_run(void *vctx, const void *vreq, const struct idem_call *call,
         goto oom;
     out->rows.payment = row;
     out->free_rows = pay_free_rows;
+    /* its event, written with it: the payment as GET shows it */
+    out->rows.event =
+        event_new(po == PAYMENT_APPROVED ? EVENT_PAYMENT_SUCCEEDED : EVENT_PAYMENT_DECLINED,
+                  call->downstream_key, p.processed_at_us, payment_to_cjson(&p));
+    if (!out->rows.event)
+        goto oom;
     out->effect = po == PAYMENT_APPROVED ? EFFECT_PAYMENT_COMPLETED : EFFECT_PAYMENT_DECLINED;
     if (po == PAYMENT_APPROVED) {
         out->status = 201;

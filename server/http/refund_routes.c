@@ -10,6 +10,7 @@
 
 #include "acquirer.h"
 #include "clock.h"
+#include "event.h"
 #include "ids.h"
 #include "service.h"
 #include "log.h"
@@ -55,6 +56,8 @@ static void refund_free_rows(struct store_rows *rows)
         free(r);
     }
     rows->refund = NULL;
+    event_free((struct store_event *)rows->event);
+    rows->event = NULL;
 }
 
 /* What a refund needs of the service. */
@@ -224,6 +227,10 @@ static int refund_run(void *vctx, const void *vreq, const struct idem_call *call
     out->rows.refund = copy;
     out->effect = EFFECT_REFUND;
     out->free_rows = refund_free_rows;
+    out->rows.event = event_new(EVENT_REFUND_SUCCEEDED, call->downstream_key, row.created_at_us,
+                                refund_to_cjson(&row));
+    if (!out->rows.event)
+        goto oom;
     out->status = 201;
     out->body = refund_json(&row);
     size_t n = sizeof ROUTES_REFUNDS + 1 + REFUND_ID_LEN;

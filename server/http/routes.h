@@ -1,5 +1,6 @@
 /* routes.h - the API's resources, each served by its own file: payments
- * (payment_routes.c) and refunds (refund_routes.c). handlers.c routes to
+ * (payment_routes.c), refunds (refund_routes.c) and events
+ * (event_routes.c). handlers.c routes to
  * them once the tenant is known. */
 #ifndef MOCKERY_ROUTES_H
 #define MOCKERY_ROUTES_H
@@ -10,6 +11,7 @@ struct post_route;
 
 #define ROUTES_PAYMENTS "/api/v1/payments"
 #define ROUTES_REFUNDS "/api/v1/refunds"
+#define ROUTES_EVENTS "/api/v1/events"
 
 /* The idempotent POSTs, as recovery revives them (recovery.h). */
 extern const struct post_route ROUTES_PAYMENT_POST;
@@ -28,5 +30,10 @@ void routes_create_refund(struct request *r, const char *payment_id);
 void routes_list_refunds(struct request *r, const char *payment_id);
 /* GET /api/v1/refunds/{refund_id} */
 void routes_get_refund(struct request *r, const char *id);
+
+/* GET /api/v1/events */
+void routes_list_events(struct request *r);
+/* GET /api/v1/events/{event_id} */
+void routes_get_event(struct request *r, const char *id);
 
 #endif

@@ -17,6 +17,8 @@ static const char *const ROUTES[METRICS_ROUTE_COUNT] = {"/api/v1/payments",
                                                         "/api/v1/payments/{id}",
                                                         "/api/v1/payments/{id}/refunds",
                                                         "/api/v1/refunds/{id}",
+                                                        "/api/v1/events",
+                                                        "/api/v1/events/{id}",
                                                         "/health",
                                                         "/metrics",
                                                         "other"};

@@ -18,6 +18,8 @@ enum metrics_route {
     METRICS_ROUTE_PAYMENT,      /* /api/v1/payments/{transaction_id} */
     METRICS_ROUTE_REFUNDS,      /* /api/v1/payments/{transaction_id}/refunds */
     METRICS_ROUTE_REFUND,       /* /api/v1/refunds/{refund_id} */
+    METRICS_ROUTE_EVENTS,       /* /api/v1/events */
+    METRICS_ROUTE_EVENT,        /* /api/v1/events/{event_id} */
     METRICS_ROUTE_HEALTH,       /* /health */
     METRICS_ROUTE_METRICS,      /* /metrics */
     METRICS_ROUTE_OTHER,        /* anything else (404s) */

@@ -121,6 +121,16 @@ int mem_rows_oldest(const struct mem_rows *t, const char *tenant,
     return 0;
 }
 
+void mem_rows_drop_oldest(struct mem_rows *t, size_t k, void (*clear_row)(void *row))
+{
+    if (k > t->n)
+        k = t->n;
+    for (size_t i = 0; i < k; i++)
+        clear_row(mem_rows_at(t, i));
+    memmove(t->data, t->data + k * t->size, (t->n - k) * t->size);
+    t->n -= k;
+}
+
 void mem_rows_free(struct mem_rows *t, void (*clear_row)(void *row))
 {
     for (size_t i = 0; i < t->n; i++)

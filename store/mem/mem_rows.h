@@ -58,6 +58,10 @@ int mem_rows_oldest(const struct mem_rows *t, const char *tenant,
                     int (*copy)(void *item, const void *row), void (*clear)(void *item),
                     size_t item_size, size_t limit, void **items, size_t *count);
 
+/* Frees the k oldest rows (the first k) with clear_row() and closes the
+ * gap. */
+void mem_rows_drop_oldest(struct mem_rows *t, size_t k, void (*clear_row)(void *row));
+
 /* Frees every row with clear_row() and the table. */
 void mem_rows_free(struct mem_rows *t, void (*clear_row)(void *row));
 

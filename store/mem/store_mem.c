@@ -48,6 +48,11 @@ struct mem_refund {
     struct store_refund r;
 };
 
+struct mem_event {
+    char *tenant;
+    struct store_event e;
+};
+
 /* The acquirer's ledger belongs to no tenant: tenant is always NULL (a NULL
  * tenant in mem_rows matches every row). */
 struct mem_charge {
@@ -68,6 +73,7 @@ struct store_mem {
     struct mem_rows refunds;        /* of struct mem_refund */
     struct mem_rows charges;        /* of struct mem_charge */
     struct mem_rows charge_refunds; /* of struct mem_charge_refund */
+    struct mem_rows events;         /* of struct mem_event */
     int64_t next_token;
 };
 
@@ -264,6 +270,13 @@ static int charge_refund_newer_first(const void *a, const void *b)
     return newer_first(x->created_at_us, x->refund_id, y->created_at_us, y->refund_id);
 }
 
+static int event_newer_first(const void *a, const void *b)
+{
+    const struct store_event *x = &((const struct mem_event *)a)->e;
+    const struct store_event *y = &((const struct mem_event *)b)->e;
+    return newer_first(x->created_at_us, x->event_id, y->created_at_us, y->event_id);
+}
+
 static int payment_is(const void *row, const void *id)
 {
     return strcmp(((const struct mem_payment *)row)->p.transaction_id, id) == 0;
@@ -289,6 +302,13 @@ static struct mem_charge *find_charge(struct store_mem *m, const char *id)
 {
     size_t i = mem_rows_find(&m->charges, NULL, charge_is, id);
     return i < m->charges.n ? mem_rows_at(&m->charges, i) : NULL;
+}
+
+static void event_row_clear(void *row)
+{
+    struct mem_event *me = row;
+    free(me->tenant);
+    store_event_clear(&me->e);
 }
 
 static void payment_row_clear(void *row)
@@ -319,11 +339,12 @@ static void charge_refund_row_clear(void *row)
  * one is set), before anything is looked at or written. */
 static enum store_status at_most_one_row(const struct store_rows *rows, char *err, size_t errlen)
 {
-    if (!rows || !!rows->payment + !!rows->refund + !!rows->charge + !!rows->charge_refund <= 1)
+    if (!rows || (!!rows->payment + !!rows->refund + !!rows->charge + !!rows->charge_refund <= 1 &&
+                  (!rows->event || rows->payment || rows->refund)))
         return STORE_OK;
     snprintf(err, errlen,
              "rows carry at most one of a payment, a refund, a charge and a charge "
-             "refund");
+             "refund, and an event only with a payment or a refund");
     return STORE_ERROR;
 }
 
@@ -337,6 +358,8 @@ static enum store_status write_rows_locked(struct store_mem *m, const char *tena
     const struct store_payment *pay = rows ? rows->payment : NULL;
     const struct store_charge *ch = rows ? rows->charge : NULL;
     const struct store_charge_refund *cr = rows ? rows->charge_refund : NULL;
+    const struct store_event *ev = rows ? rows->event : NULL;
+    struct mem_event me = {0};
     struct mem_payment mp = {0};
     struct mem_refund mr = {0};
     struct mem_charge mc = {0};
@@ -364,7 +387,10 @@ static enum store_status write_rows_locked(struct store_mem *m, const char *tena
                 store_refund_copy(&mr.r, rf) != 0)) ||
         (ch && (mem_rows_reserve(&m->charges) != 0 || store_charge_copy(&mc.c, ch) != 0)) ||
         (cr && (mem_rows_reserve(&m->charge_refunds) != 0 ||
-                store_charge_refund_copy(&mcr.r, cr) != 0))) {
+                store_charge_refund_copy(&mcr.r, cr) != 0)) ||
+        (ev && (mem_rows_reserve(&m->events) != 0 || !(me.tenant = strdup(tenant)) ||
+                store_event_copy(&me.e, ev) != 0))) {
+        event_row_clear(&me);
         payment_row_clear(&mp);
         refund_row_clear(&mr);
         charge_row_clear(&mc);
@@ -386,6 +412,8 @@ static enum store_status write_rows_locked(struct store_mem *m, const char *tena
         find_charge(m, cr->charge_id)->c.amount_refunded_minor += cr->amount_minor;
         mem_rows_insert(&m->charge_refunds, &mcr);
     }
+    if (ev)
+        mem_rows_insert(&m->events, &me);
     return STORE_OK;
 }
 
@@ -628,6 +656,87 @@ out:
     return st;
 }
 
+/* ---- events --------------------------------------------------------------- */
+
+static int event_is(const void *row, const void *id)
+{
+    return strcmp(((const struct mem_event *)row)->e.event_id, id) == 0;
+}
+
+static int event_copy(void *item, const void *row)
+{
+    return store_event_copy(item, &((const struct mem_event *)row)->e);
+}
+
+static int event_of_type(const void *row, const void *type)
+{
+    return !type || strcmp(((const struct mem_event *)row)->e.type, type) == 0;
+}
+
+static void event_item_clear(void *e)
+{
+    store_event_clear(e);
+}
+
+static enum store_status mem_get_event(struct store *s, const char *tenant, const char *event_id,
+                                       struct store_event *out, char *err, size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    return get_row(m, &m->events, tenant, event_is, event_id, event_copy, out, "event", err,
+                   errlen);
+}
+
+static enum store_status mem_list_events(struct store *s, const char *tenant,
+                                         const struct store_event_query *q,
+                                         struct store_event_list *out, char *err, size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    enum store_status st = STORE_OK;
+    void *items = NULL;
+
+    pthread_mutex_lock(&m->mu);
+    size_t start = m->events.n;
+    if (q->starting_after) {
+        size_t i = mem_rows_find(&m->events, tenant, event_is, q->starting_after);
+        if (i == m->events.n) {
+            snprintf(err, errlen, "no such event for cursor");
+            st = STORE_NOT_FOUND;
+            goto out;
+        }
+        start = mem_rows_not_older(&m->events, mem_rows_at(&m->events, i));
+    }
+    if (mem_rows_page(&m->events, start, tenant, event_of_type, q->type, event_copy,
+                      event_item_clear, sizeof(struct store_event), q->limit, &items, &out->count,
+                      &out->has_more) != 0) {
+        snprintf(err, errlen, "out of memory");
+        st = STORE_ERROR;
+        goto out;
+    }
+    out->items = items;
+out:
+    pthread_mutex_unlock(&m->mu);
+    return st;
+}
+
+/* The oldest events first: the table is in time order. */
+static enum store_status mem_reap_events(struct store *s, int64_t retention_ms, int batch,
+                                         int *deleted, char *err, size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    int64_t before = clock_wall_us() - retention_ms * 1000;
+    (void)err;
+    (void)errlen;
+    pthread_mutex_lock(&m->mu);
+    size_t k = 0;
+    while (k < m->events.n && k < (size_t)batch &&
+           ((const struct mem_event *)mem_rows_at(&m->events, k))->e.created_at_us < before)
+        k++;
+    mem_rows_drop_oldest(&m->events, k, event_row_clear);
+    pthread_mutex_unlock(&m->mu);
+    *deleted = (int)k;
+    return STORE_OK;
+}
+
 /* ---- the acquirer's ledger: no tenant's, oldest first ------------------- */
 
 static enum store_status mem_get_charge(struct store *s, const char *charge_id,
@@ -827,6 +936,7 @@ static void mem_free(struct store *s)
     mem_rows_free(&m->refunds, refund_row_clear);
     mem_rows_free(&m->charges, charge_row_clear);
     mem_rows_free(&m->charge_refunds, charge_refund_row_clear);
+    mem_rows_free(&m->events, event_row_clear);
     hashtab_destroy(&m->records);
     pthread_mutex_destroy(&m->mu);
     free(m);
@@ -849,6 +959,9 @@ static const struct store_ops mem_ops = {
     .recover = mem_recover,
     .unfinished = mem_unfinished,
     .reap = mem_reap,
+    .get_event = mem_get_event,
+    .list_events = mem_list_events,
+    .reap_events = mem_reap_events,
     .ping = mem_ping,
     .pool_stats = NULL,
     .free = mem_free,
@@ -868,6 +981,8 @@ struct store *store_mem_new(void)
         (struct mem_rows){.size = sizeof(struct mem_charge), .newer_first = charge_newer_first};
     m->charge_refunds = (struct mem_rows){.size = sizeof(struct mem_charge_refund),
                                           .newer_first = charge_refund_newer_first};
+    m->events =
+        (struct mem_rows){.size = sizeof(struct mem_event), .newer_first = event_newer_first};
     if (hashtab_init(&m->records, 1024, 1) != 0 || pthread_mutex_init(&m->mu, NULL) != 0) {
         hashtab_destroy(&m->records);
         free(m);

@@ -199,7 +199,7 @@ static const struct {
 } BATCH_STATEMENTS[PG_BATCH_KINDS] = {
     [PG_BATCH_CLAIM] = {"claim", "claim_batch", 7},
     [PG_BATCH_COMPLETE] = {"complete_payment", "complete_batch", PG_BATCH_PAYMENT_VALS},
-    [PG_BATCH_COMPLETE_CHARGE] = {"complete_charge", "complete_charge_batch", PG_BATCH_VALS},
+    [PG_BATCH_COMPLETE_CHARGE] = {"complete_charge", "complete_charge_batch", PG_BATCH_CHARGE_VALS},
 };
 
 /* One operation with the single-row statement. */

@@ -42,10 +42,12 @@ struct pg_batch_run {
  * batches and less throughput. The exception is a stalled batch
  * (BATCH_STALL_MS). The other connections serve reads, lists and the
  * reaper. */
-/* The most parameters an operation has: a completion's with its charge
- * row (complete_charge). With a payment: PG_BATCH_PAYMENT_VALS. */
-#define PG_BATCH_VALS 16
-#define PG_BATCH_PAYMENT_VALS 14
+/* The parameters of a completion with its payment row and event
+ * (complete_payment), and with its charge row (complete_charge); the most
+ * an operation has. */
+#define PG_BATCH_PAYMENT_VALS 18
+#define PG_BATCH_CHARGE_VALS 16
+#define PG_BATCH_VALS 18
 
 struct pg_batch_op {
     TAILQ_ENTRY(pg_batch_op) link; /* in its kind's queue */
@@ -54,7 +56,7 @@ struct pg_batch_op {
     int taken; /* in a batch that is running: wait for it, whatever the deadline */
     int done;
     const char *vals[PG_BATCH_VALS]; /* the single-row statement's parameters */
-    int nvals; /* claim 7; completion 6, PG_BATCH_PAYMENT_VALS with a payment; charge 16 */
+    int nvals; /* claim 7; completion 6, or with a payment or a charge (above) */
     /* results */
     enum store_status st;
     int matched; /* claim: won (a row came back); completion: the fenced update matched */

@@ -124,6 +124,19 @@ static int tx_exec(struct store_pg *pg, int idx, const char *sql, enum store_sta
     return ok ? 0 : -1;
 }
 
+/* An event's parameters as text: its creation in microseconds and its
+ * body NUL-terminated (malloc'd, *body). No event: *body NULL. Returns 0,
+ * or -1 when out of memory. */
+static int event_text(const struct store_event *e, char created[24], char **body)
+{
+    *body = NULL;
+    if (!e)
+        return 0;
+    snprintf(created, 24, "%" PRId64, e->created_at_us);
+    *body = strndup(e->body, e->body_len);
+    return *body ? 0 : -1;
+}
+
 /* What a transaction of rows does, for the rows the group commit does not
  * carry (refunds, the ledger's rows): a condition first (apply: an UPDATE
  * that takes the row lock which orders writers of one payment or charge;
@@ -139,6 +152,7 @@ struct tx_rows {
     const char *insert;
     const char *const *insert_vals;
     int ninsert;
+    const struct store_event *event; /* inserted last, or NULL */
 };
 
 static enum store_status write_tx(struct store_pg *pg, const char *tenant, const char *key,
@@ -149,8 +163,9 @@ static enum store_status write_tx(struct store_pg *pg, const char *tenant, const
     char token[24], status[16];
     snprintf(token, sizeof token, "%" PRId64, lease_token);
     snprintf(status, sizeof status, "%d", resp ? resp->status : 0);
-    char *body = key ? strndup(resp->body, resp->body_len) : NULL;
-    if (key && !body) {
+    char *body = key ? strndup(resp->body, resp->body_len) : NULL, *evbody = NULL, evcreated[24];
+    if ((key && !body) || event_text(t->event, evcreated, &evbody) != 0) {
+        free(body);
         snprintf(err, errlen, "out of memory");
         return STORE_ERROR;
     }
@@ -159,6 +174,7 @@ static enum store_status write_tx(struct store_pg *pg, const char *tenant, const
     int idx = pg_pool_acquire(&pg->pool, err, errlen);
     if (idx < 0) {
         free(body);
+        free(evbody);
         return STORE_UNAVAILABLE;
     }
     int rc = tx_exec(pg, idx, "BEGIN", &st, err, errlen);
@@ -177,12 +193,17 @@ static enum store_status write_tx(struct store_pg *pg, const char *tenant, const
     }
     if (rc == 1)
         rc = tx_step(pg, idx, t->insert, t->ninsert, t->insert_vals, &st, err, errlen) < 0 ? -1 : 1;
+    if (rc == 1 && t->event) {
+        const char *ev[] = {tenant, t->event->event_id, t->event->type, evcreated, evbody};
+        rc = tx_step(pg, idx, "insert_event", 5, ev, &st, err, errlen) < 0 ? -1 : 1;
+    }
     if (rc == 1)
         rc = tx_exec(pg, idx, "COMMIT", &st, err, errlen) == 0 ? 1 : -1;
     else if (PQtransactionStatus(pg->pool.conns[idx]) != PQTRANS_IDLE)
         PQclear(PQexec(pg->pool.conns[idx], "ROLLBACK"));
     pg_pool_release(&pg->pool, idx);
     free(body);
+    free(evbody);
     return st;
 }
 
@@ -203,6 +224,11 @@ static int write_tx_rows(struct store_pg *pg, const char *tenant, const char *ke
         *st = STORE_ERROR;
         return 0;
     }
+    if (rows->event && !rows->payment && !rows->refund) {
+        snprintf(err, errlen, "an event comes with its payment or refund");
+        *st = STORE_ERROR;
+        return 0;
+    }
     char amount[24], created[24];
     if (rows->refund) {
         const struct store_refund *rf = rows->refund;
@@ -213,8 +239,8 @@ static int write_tx_rows(struct store_pg *pg, const char *tenant, const char *ke
             tenant,  rf->refund_id,         rf->transaction_id, rf->idempotency_key,
             amount,  rf->currency,          rf->reason,         rf->status,
             created, rf->acquirer_refund_id};
-        struct tx_rows t = {"refund_apply",  apply, 3, "refund does not fit its payment",
-                            "insert_refund", row,   10};
+        struct tx_rows t = {"refund_apply",  apply, 3,  "refund does not fit its payment",
+                            "insert_refund", row,   10, rows->event};
         *st = write_tx(pg, tenant, key, lease_token, resp, &t, err, errlen);
         return 0;
     }
@@ -225,7 +251,7 @@ static int write_tx_rows(struct store_pg *pg, const char *tenant, const char *ke
         const char *row[] = {c->charge_id,       c->merchant, c->customer_id,  amount,
                              c->currency,        c->status,   c->decline_code, c->reference,
                              c->idempotency_key, created};
-        struct tx_rows t = {NULL, NULL, 0, NULL, "insert_charge", row, 10};
+        struct tx_rows t = {NULL, NULL, 0, NULL, "insert_charge", row, 10, NULL};
         *st = write_tx(pg, tenant, key, lease_token, resp, &t, err, errlen);
         return 0;
     }
@@ -237,7 +263,7 @@ static int write_tx_rows(struct store_pg *pg, const char *tenant, const char *ke
         const char *row[] = {rf->refund_id, rf->charge_id,       amount,
                              rf->reference, rf->idempotency_key, created};
         struct tx_rows t = {"charge_refund_apply",  apply, 2, "refund does not fit its charge",
-                            "insert_charge_refund", row,   6};
+                            "insert_charge_refund", row,   6, NULL};
         *st = write_tx(pg, tenant, key, lease_token, resp, &t, err, errlen);
         return 0;
     }
@@ -254,11 +280,12 @@ enum store_status pg_complete(struct store *s, const char *tenant, const char *k
     const struct store_charge *c = rows ? rows->charge : NULL;
     if (!write_tx_rows(pg, tenant, key, lease_token, resp, rows, &st, err, errlen))
         return st;
-    char token[24], status[16], amount[24], processed[24];
+    char token[24], status[16], amount[24], processed[24], evcreated[24];
     snprintf(token, sizeof token, "%" PRId64, lease_token);
     snprintf(status, sizeof status, "%d", resp->status);
-    char *body = strndup(resp->body, resp->body_len);
-    if (!body) {
+    char *body = strndup(resp->body, resp->body_len), *evbody = NULL;
+    if (!body || event_text(rows ? rows->event : NULL, evcreated, &evbody) != 0) {
+        free(body);
         snprintf(err, errlen, "out of memory");
         return STORE_ERROR;
     }
@@ -278,6 +305,12 @@ enum store_status pg_complete(struct store *s, const char *tenant, const char *k
         op.vals[11] = p->status;
         op.vals[12] = processed;
         op.vals[13] = p->charge_id;
+        if (evbody) {
+            op.vals[14] = rows->event->event_id;
+            op.vals[15] = rows->event->type;
+            op.vals[16] = evcreated;
+            op.vals[17] = evbody;
+        }
         op.nvals = PG_BATCH_PAYMENT_VALS;
     } else if (c) {
         snprintf(amount, sizeof amount, "%" PRId64, c->amount_minor);
@@ -287,7 +320,7 @@ enum store_status pg_complete(struct store *s, const char *tenant, const char *k
                              c->idempotency_key, processed};
         memcpy(op.vals + 6, row, sizeof row);
         op.kind = PG_BATCH_COMPLETE_CHARGE;
-        op.nvals = PG_BATCH_VALS;
+        op.nvals = PG_BATCH_CHARGE_VALS;
     }
     pg_batch_submit(&pg->batch, &op);
     st = op.st;
@@ -296,6 +329,7 @@ enum store_status pg_complete(struct store *s, const char *tenant, const char *k
         st = STORE_LEASE_LOST;
     }
     free(body);
+    free(evbody);
     return st;
 }
 
@@ -341,14 +375,32 @@ enum store_status pg_write_rows(struct store *s, const char *tenant, const struc
         return st;
     if (!p)
         return STORE_OK;
-    char amount[24], processed[24];
+    char amount[24], processed[24], evcreated[24];
+    char *evbody = NULL;
+    if (event_text(rows->event, evcreated, &evbody) != 0) {
+        snprintf(err, errlen, "out of memory");
+        return STORE_ERROR;
+    }
+    const struct store_event *e = rows->event;
     snprintf(amount, sizeof amount, "%" PRId64, p->amount_minor);
     snprintf(processed, sizeof processed, "%" PRId64, p->processed_at_us);
-    const char *vals[] = {tenant,    p->transaction_id, p->idempotency_key, p->customer_id,
-                          amount,    p->currency,       p->description,     p->status,
-                          processed, p->charge_id};
-    PQclear(pg_pool_exec_one(&pg->pool, "insert_payment", 10, vals, PGRES_COMMAND_OK, &st, err,
+    const char *vals[] = {tenant,
+                          p->transaction_id,
+                          p->idempotency_key,
+                          p->customer_id,
+                          amount,
+                          p->currency,
+                          p->description,
+                          p->status,
+                          processed,
+                          p->charge_id,
+                          e ? e->event_id : NULL,
+                          e ? e->type : NULL,
+                          e ? evcreated : NULL,
+                          evbody};
+    PQclear(pg_pool_exec_one(&pg->pool, "insert_payment", 14, vals, PGRES_COMMAND_OK, &st, err,
                              errlen));
+    free(evbody);
     return st;
 }
 

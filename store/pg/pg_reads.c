@@ -1,5 +1,5 @@
-/* pg_reads.c - the PostgreSQL store's reads: payments and refunds, one or a
- * page; the acquirer's ledger; and the reaper and the ping */
+/* pg_reads.c - the PostgreSQL store's reads: payments, refunds and events,
+ * one or a page; the acquirer's ledger; and the reapers and the ping */
 #define _POSIX_C_SOURCE 200809L
 #include "pg_store.h"
 
@@ -223,6 +223,56 @@ enum store_status pg_list_refunds(struct store *s, const char *tenant,
     return st;
 }
 
+/* ---- events ------------------------------------------------------------- */
+
+/* A row of EVENT_COLS (pg_sql.c). */
+static int event_from_row(const PGresult *res, int row, void *out)
+{
+    struct store_event *e = out;
+    memset(e, 0, sizeof *e);
+    e->event_id = pg_dup_value(res, row, 0);
+    e->type = pg_dup_value(res, row, 1);
+    e->created_at_us = pg_int_value(res, row, 2);
+    e->body = pg_dup_value(res, row, 3);
+    e->body_len = e->body ? strlen(e->body) : 0;
+    if (!e->event_id || !e->type || !e->body) {
+        store_event_clear(e);
+        return -1;
+    }
+    return 0;
+}
+
+static void event_clear(void *e)
+{
+    store_event_clear(e);
+}
+
+static const struct row_kind EVENT = {"event", sizeof(struct store_event), event_from_row,
+                                      event_clear};
+
+enum store_status pg_get_event(struct store *s, const char *tenant, const char *event_id,
+                               struct store_event *out, char *err, size_t errlen)
+{
+    const char *vals[] = {tenant, event_id};
+    return read_one((struct store_pg *)s, &EVENT, "get_event", vals, 2, out, err, errlen);
+}
+
+enum store_status pg_list_events(struct store *s, const char *tenant,
+                                 const struct store_event_query *q, struct store_event_list *out,
+                                 char *err, size_t errlen)
+{
+    const char *cvals[] = {tenant, q->starting_after};
+    /* $2-$4: cursor and limit (read_page), $5 the type or NULL */
+    const char *vals[] = {tenant, NULL, NULL, NULL, q->type};
+    struct page page;
+    enum store_status st =
+        read_page((struct store_pg *)s, &EVENT, "event_cursor", cvals, 2, q->starting_after,
+                  "list_events", vals, 5, 1, q->limit, &page, err, errlen);
+    if (st == STORE_OK)
+        *out = (struct store_event_list){page.items, page.count, page.has_more};
+    return st;
+}
+
 /* ---- the acquirer's ledger ---------------------------------------------- */
 
 /* Every row of stmt (key, STORE_LEDGER_LIST_MAX), oldest first, into a
@@ -350,20 +400,36 @@ enum store_status pg_list_charge_refunds(struct store *s, const char *charge_id,
 
 /* ---- the reaper, the ping ------------------------------------------------ */
 
-enum store_status pg_reap(struct store *s, int batch, int *deleted, char *err, size_t errlen)
+/* A deleting statement (vals); *deleted its rows. */
+static enum store_status delete_rows(struct store_pg *pg, const char *stmt, int n,
+                                     const char *const *vals, int *deleted, char *err,
+                                     size_t errlen)
 {
-    struct store_pg *pg = (struct store_pg *)s;
     enum store_status st = STORE_OK;
-    char n[16];
-    snprintf(n, sizeof n, "%d", batch);
-    const char *vals[] = {n};
-    PGresult *res =
-        pg_pool_exec_one(&pg->pool, "reap", 1, vals, PGRES_COMMAND_OK, &st, err, errlen);
+    PGresult *res = pg_pool_exec_one(&pg->pool, stmt, n, vals, PGRES_COMMAND_OK, &st, err, errlen);
     if (res) {
         *deleted = atoi(PQcmdTuples(res));
         PQclear(res);
     }
     return st;
+}
+
+enum store_status pg_reap(struct store *s, int batch, int *deleted, char *err, size_t errlen)
+{
+    char n[16];
+    snprintf(n, sizeof n, "%d", batch);
+    const char *vals[] = {n};
+    return delete_rows((struct store_pg *)s, "reap", 1, vals, deleted, err, errlen);
+}
+
+enum store_status pg_reap_events(struct store *s, int64_t retention_ms, int batch, int *deleted,
+                                 char *err, size_t errlen)
+{
+    char ms[24], n[16];
+    snprintf(ms, sizeof ms, "%lld", (long long)retention_ms);
+    snprintf(n, sizeof n, "%d", batch);
+    const char *vals[] = {ms, n};
+    return delete_rows((struct store_pg *)s, "reap_events", 2, vals, deleted, err, errlen);
 }
 
 enum store_status pg_ping(struct store *s, char *err, size_t errlen)

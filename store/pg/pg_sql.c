@@ -93,29 +93,39 @@ static const char SQL_READ[] =
     " RETURNING state, fingerprint, response_status, response_body, response_location, " US_OF(
         "created_at");
 
-/* Completion and payment row in one statement, so in one transaction with
- * one round trip: the payment is inserted only if the fenced update matched. */
+/* An operation's event (sql/012), inserted by the statement or transaction
+ * that writes its rows: only where they are written. */
+#define EVENT_INTO " INSERT INTO events (tenant_id, event_id, type, created_at, body)"
+
+/* Completion, payment row and event in one statement, so in one
+ * transaction with one round trip: the payment and its event ($15-$18; no
+ * event when $15 is NULL) are inserted only if the fenced update matched. */
 static const char SQL_COMPLETE_PAYMENT[] =
     "WITH done AS (UPDATE idempotency_keys SET state = 'completed', response_status = $4,"
     " response_body = $5, response_location = $6, locked_until = NULL, completed_at = now(), "
     "request = NULL"
     " WHERE tenant_id = $1 AND idempotency_key = $2 AND lease_token = $3"
-    " AND state = 'processing' RETURNING tenant_id)"
-    " INSERT INTO payments (tenant_id, transaction_id, idempotency_key, customer_id,"
-    " amount_minor, currency, description, status, processed_at, charge_id)"
-    " SELECT tenant_id, $7, $2, $8, $9, $10, $11, $12, " TS_OF("$13") ", $14 FROM done";
+    " AND state = 'processing' RETURNING tenant_id),"
+    " ev AS (" EVENT_INTO " SELECT tenant_id, $15, $16, " TS_OF(
+        "$17") ", $18::json FROM done"
+               " WHERE $15::text IS NOT NULL)"
+               " INSERT INTO payments (tenant_id, transaction_id, idempotency_key, customer_id,"
+               " amount_minor, currency, description, status, processed_at, charge_id)"
+               " SELECT tenant_id, $7, $2, $8, $9, $10, $11, $12, " TS_OF("$13") ", $14 FROM done";
 
 /* Several requests' completions in one statement, so in one transaction and
  * one WAL flush: each record is updated only under its own fencing token, a
- * payment row is inserted only for the records that matched (and only where
- * the completion carries one), and the matched keys come back. Records are
+ * payment row and its event are inserted only for the records that matched
+ * (and only where the completion carries them), and the matched keys come
+ * back. Records are
  * locked in key order, as the claims lock them, so a batch of claims and one
  * of completions never wait for each other in a circle. */
 static const char SQL_COMPLETE_BATCH[] =
     "WITH i AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[],"
     " $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::text[],"
-    " $12::text[], $13::bigint[], $14::text[]) AS i(tenant, key, token, status, body, location,"
-    " txn, customer, amount, currency, description, pstatus, processed, charge)"
+    " $12::text[], $13::bigint[], $14::text[], $15::text[], $16::text[], $17::bigint[],"
+    " $18::text[]) AS i(tenant, key, token, status, body, location, txn, customer, amount,"
+    " currency, description, pstatus, processed, charge, evid, evtype, evcreated, evbody)"
     " ORDER BY tenant, key),"
     " done AS (UPDATE idempotency_keys k SET state = 'completed', response_status = i.status,"
     " response_body = i.body, response_location = i.location, locked_until = NULL,"
@@ -125,7 +135,11 @@ static const char SQL_COMPLETE_BATCH[] =
     " paid AS (INSERT INTO payments (tenant_id, transaction_id, idempotency_key, customer_id,"
     " amount_minor, currency, description, status, processed_at, charge_id)"
     " SELECT tenant, txn, key, customer, amount, currency, description, pstatus,"
-    " " TS_OF("processed") ", charge FROM done WHERE txn IS NOT NULL) SELECT tenant, key FROM done";
+    " " TS_OF("processed") ", charge FROM done WHERE txn IS NOT NULL),"
+                           " ev AS (" EVENT_INTO " SELECT tenant, evid, evtype, " TS_OF(
+                               "evcreated") ", evbody::json"
+                                            " FROM done WHERE evid IS NOT NULL) SELECT tenant, key "
+                                            "FROM done";
 
 static const char SQL_COMPLETE[] =
     "UPDATE idempotency_keys SET state = 'completed', response_status = $4,"
@@ -143,10 +157,13 @@ static const char SQL_ABANDON[] =
     "UPDATE idempotency_keys SET locked_until = now() WHERE tenant_id = $1"
     " AND idempotency_key = $2 AND lease_token = $3 AND state = 'processing'";
 
-static const char SQL_INSERT_PAYMENT[] =
-    "INSERT INTO payments (tenant_id, transaction_id, idempotency_key, customer_id,"
-    " amount_minor, currency, description, status, processed_at, charge_id)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, " TS_OF("$9") ", $10)";
+/* A payment without a key, and its event ($11-$14) in the same statement. */
+static const char SQL_INSERT_PAYMENT[] = "WITH ev AS (" EVENT_INTO " SELECT $1, $11, $12, " TS_OF(
+    "$13") ", $14::json"
+           " WHERE $11::text IS NOT NULL)"
+           " INSERT INTO payments (tenant_id, transaction_id, idempotency_key, customer_id,"
+           " amount_minor, currency, description, status, processed_at, charge_id)"
+           " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, " TS_OF("$9") ", $10)";
 
 #define PAYMENT_COLS                                                                               \
     "transaction_id, idempotency_key, customer_id, amount_minor, currency, description,"           \
@@ -198,6 +215,31 @@ static const char SQL_LIST_REFUNDS[] =
     "SELECT " REFUND_COLS " FROM refunds WHERE tenant_id = $1 AND transaction_id = $2"
     " AND (created_at, refund_id) < ($3::timestamptz, $4)"
     " ORDER BY created_at DESC, refund_id DESC LIMIT $5";
+
+/* A refund's event, in the refund's transaction. */
+static const char SQL_INSERT_EVENT[] = EVENT_INTO " VALUES ($1, $2, $3, " TS_OF("$4") ", $5::json)";
+
+#define EVENT_COLS "event_id, type, " US_OF("created_at") ", body"
+
+static const char SQL_GET_EVENT[] =
+    "SELECT " EVENT_COLS " FROM events WHERE tenant_id = $1 AND event_id = $2";
+
+static const char SQL_EVENT_CURSOR[] =
+    "SELECT created_at::text FROM events WHERE tenant_id = $1 AND event_id = $2";
+
+/* $2/$3: the cursor's (created_at, event_id), or ('infinity', ''); $5: a
+ * type, or NULL for all (few types: a filter on the newest-first scan). */
+static const char SQL_LIST_EVENTS[] =
+    "SELECT " EVENT_COLS " FROM events WHERE tenant_id = $1"
+    " AND (created_at, event_id) < ($2::timestamptz, $3) AND ($5::text IS NULL OR type = $5)"
+    " ORDER BY created_at DESC, event_id DESC LIMIT $4";
+
+/* Events older than the retention ($1 ms), at most $2 a pass; found by the
+ * BRIN index on created_at. SKIP LOCKED lets several servers reap at once. */
+static const char SQL_REAP_EVENTS[] =
+    "DELETE FROM events WHERE (tenant_id, event_id) IN (SELECT tenant_id, event_id FROM events"
+    " WHERE created_at < now() - $1::bigint * interval '1 millisecond' LIMIT $2"
+    " FOR UPDATE SKIP LOCKED)";
 
 /* The acquirer's ledger (sql/007). A charge is written by its record's
  * completion as a payment is (complete_payment, complete_batch): inserted
@@ -303,13 +345,13 @@ static const char SQL_PING[] = "SELECT 1";
 const struct pg_prepared PG_PREPARED[] = {
     {"claim", SQL_CLAIM, 7},
     {"claim_batch", SQL_CLAIM_BATCH, 7},
-    {"complete_batch", SQL_COMPLETE_BATCH, 14},
+    {"complete_batch", SQL_COMPLETE_BATCH, 18},
     {"read", SQL_READ, 3},
-    {"complete_payment", SQL_COMPLETE_PAYMENT, 14},
+    {"complete_payment", SQL_COMPLETE_PAYMENT, 18},
     {"complete", SQL_COMPLETE, 6},
     {"release", SQL_RELEASE, 3},
     {"abandon", SQL_ABANDON, 3},
-    {"insert_payment", SQL_INSERT_PAYMENT, 10},
+    {"insert_payment", SQL_INSERT_PAYMENT, 14},
     {"get_payment", SQL_GET_PAYMENT, 2},
     {"cursor", SQL_CURSOR, 2},
     {"list", SQL_LIST, 4},
@@ -319,6 +361,11 @@ const struct pg_prepared PG_PREPARED[] = {
     {"get_refund", SQL_GET_REFUND, 2},
     {"refund_cursor", SQL_REFUND_CURSOR, 3},
     {"list_refunds", SQL_LIST_REFUNDS, 5},
+    {"insert_event", SQL_INSERT_EVENT, 5},
+    {"get_event", SQL_GET_EVENT, 2},
+    {"event_cursor", SQL_EVENT_CURSOR, 2},
+    {"list_events", SQL_LIST_EVENTS, 5},
+    {"reap_events", SQL_REAP_EVENTS, 2},
     {"insert_charge", SQL_INSERT_CHARGE, 10},
     {"complete_charge", SQL_COMPLETE_CHARGE, 16},
     {"complete_charge_batch", SQL_COMPLETE_CHARGE_BATCH, 16},

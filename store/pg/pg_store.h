@@ -6,7 +6,8 @@
  *   pg_batch.c    group commit of claims and completions
  *   pg_migrate.c  the schema at start-up
  *   pg_idem.c     claim, complete with rows, release, rows without a key
- *   pg_reads.c    payments, refunds and the ledger read and listed; reaper; ping
+ *   pg_reads.c    payments, refunds, events and the ledger read and listed;
+ *                 reapers; ping
  *   pg_recover.c  records taken over for recovery, and those waiting for it
  *   store_pg.c    the store_ops table, the constructor
  */
@@ -46,6 +47,13 @@ enum store_status pg_get_refund(struct store *s, const char *tenant, const char 
 enum store_status pg_list_refunds(struct store *s, const char *tenant,
                                   const struct store_refund_query *q, struct store_refund_list *out,
                                   char *err, size_t errlen);
+enum store_status pg_get_event(struct store *s, const char *tenant, const char *event_id,
+                               struct store_event *out, char *err, size_t errlen);
+enum store_status pg_list_events(struct store *s, const char *tenant,
+                                 const struct store_event_query *q, struct store_event_list *out,
+                                 char *err, size_t errlen);
+enum store_status pg_reap_events(struct store *s, int64_t retention_ms, int batch, int *deleted,
+                                 char *err, size_t errlen);
 enum store_status pg_get_charge(struct store *s, const char *charge_id, struct store_charge *out,
                                 char *err, size_t errlen);
 enum store_status pg_list_charges(struct store *s, const char *reference,
