@@ -50,19 +50,6 @@ size_t mem_rows_find(const struct mem_rows *t, const char *tenant,
     return t->n;
 }
 
-size_t mem_rows_not_older(const struct mem_rows *t, const void *row)
-{
-    size_t lo = 0, hi = t->n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (t->newer_first(mem_rows_at(t, mid), row) > 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
-}
-
 int mem_rows_page(const struct mem_rows *t, size_t start, const char *tenant,
                   int (*keep)(const void *row, const void *arg), const void *arg,
                   int (*copy)(void *item, const void *row), void (*clear)(void *item),

@@ -37,10 +37,6 @@ void mem_rows_insert(struct mem_rows *t, const void *row);
 size_t mem_rows_find(const struct mem_rows *t, const char *tenant,
                      int (*same)(const void *row, const void *key), const void *key);
 
-/* The first index whose row is not older than row (binary search): a walk
- * back from there starts with the rows just older than it. */
-size_t mem_rows_not_older(const struct mem_rows *t, const void *row);
-
 /* A page, walking back from index start: the rows of tenant that keep()
  * accepts (keep may be NULL), copied by copy() into a new array of limit
  * items of item_size (freed by clear() on failure). Returns 0 with *items,

@@ -588,71 +588,64 @@ static void refund_item_clear(void *r)
     store_refund_clear(r);
 }
 
+/* A page of table t for tenant, newest first: the rows keep() accepts
+ * (keep may be NULL), starting just past the row is() finds for the cursor
+ * after (NULL: from the newest). The work is the page (and the rows passed
+ * on the way), not every row held. A cursor that names no row of the
+ * tenant - or, with cursor_kept, none keep() accepts - is STORE_NOT_FOUND. */
+static enum store_status list_page(struct store_mem *m, const struct mem_rows *t,
+                                   const char *tenant, int (*is)(const void *, const void *),
+                                   const char *after, int cursor_kept,
+                                   int (*keep)(const void *, const void *), const void *arg,
+                                   int (*copy)(void *, const void *), void (*clear)(void *),
+                                   size_t item_size, int limit, void **items, size_t *count,
+                                   int *has_more, const char *what, char *err, size_t errlen)
+{
+    enum store_status st = STORE_OK;
+    pthread_mutex_lock(&m->mu);
+    size_t start = t->n;
+    if (after) {
+        start = mem_rows_find(t, tenant, is, after);
+        if (start == t->n || (cursor_kept && !keep(mem_rows_at(t, start), arg))) {
+            snprintf(err, errlen, "no such %s for cursor", what);
+            st = STORE_NOT_FOUND;
+        }
+    }
+    if (st == STORE_OK && mem_rows_page(t, start, tenant, keep, arg, copy, clear, item_size, limit,
+                                        items, count, has_more) != 0) {
+        snprintf(err, errlen, "out of memory");
+        st = STORE_ERROR;
+    }
+    pthread_mutex_unlock(&m->mu);
+    return st;
+}
+
 static enum store_status mem_list_payments(struct store *s, const char *tenant,
                                            const struct store_list_query *q, struct store_list *out,
                                            char *err, size_t errlen)
 {
     struct store_mem *m = (struct store_mem *)s;
-    enum store_status st = STORE_OK;
     void *items = NULL;
-
-    pthread_mutex_lock(&m->mu);
-    /* Newest first from the end of the ordered table: the work is the page
-     * (and the other tenants' and customers' payments passed on the way),
-     * not every payment held. With a cursor, from the first row that is not
-     * older than it. */
-    size_t start = m->payments.n;
-    if (q->starting_after) {
-        const struct mem_payment *c = find_payment(m, tenant, q->starting_after);
-        if (!c) {
-            snprintf(err, errlen, "no such payment for cursor");
-            st = STORE_NOT_FOUND;
-            goto out;
-        }
-        start = mem_rows_not_older(&m->payments, c);
-    }
-    if (mem_rows_page(&m->payments, start, tenant, payment_of_customer, q->customer_id,
-                      payment_copy, payment_item_clear, sizeof(struct store_payment), q->limit,
-                      &items, &out->count, &out->has_more) != 0) {
-        snprintf(err, errlen, "out of memory");
-        st = STORE_ERROR;
-        goto out;
-    }
+    enum store_status st =
+        list_page(m, &m->payments, tenant, payment_is, q->starting_after, 0, payment_of_customer,
+                  q->customer_id, payment_copy, payment_item_clear, sizeof(struct store_payment),
+                  q->limit, &items, &out->count, &out->has_more, "payment", err, errlen);
     out->items = items;
-out:
-    pthread_mutex_unlock(&m->mu);
     return st;
 }
 
+/* The cursor must be a refund of the same payment. */
 static enum store_status mem_list_refunds(struct store *s, const char *tenant,
                                           const struct store_refund_query *q,
                                           struct store_refund_list *out, char *err, size_t errlen)
 {
     struct store_mem *m = (struct store_mem *)s;
-    enum store_status st = STORE_OK;
     void *items = NULL;
-
-    pthread_mutex_lock(&m->mu);
-    size_t start = m->refunds.n;
-    if (q->starting_after) {
-        start = mem_rows_find(&m->refunds, tenant, refund_is, q->starting_after);
-        if (start == m->refunds.n ||
-            !refund_of_payment(mem_rows_at(&m->refunds, start), q->transaction_id)) {
-            snprintf(err, errlen, "no such refund for cursor");
-            st = STORE_NOT_FOUND;
-            goto out;
-        }
-    }
-    if (mem_rows_page(&m->refunds, start, tenant, refund_of_payment, q->transaction_id, refund_copy,
-                      refund_item_clear, sizeof(struct store_refund), q->limit, &items, &out->count,
-                      &out->has_more) != 0) {
-        snprintf(err, errlen, "out of memory");
-        st = STORE_ERROR;
-        goto out;
-    }
+    enum store_status st =
+        list_page(m, &m->refunds, tenant, refund_is, q->starting_after, 1, refund_of_payment,
+                  q->transaction_id, refund_copy, refund_item_clear, sizeof(struct store_refund),
+                  q->limit, &items, &out->count, &out->has_more, "refund", err, errlen);
     out->items = items;
-out:
-    pthread_mutex_unlock(&m->mu);
     return st;
 }
 
@@ -691,30 +684,12 @@ static enum store_status mem_list_events(struct store *s, const char *tenant,
                                          struct store_event_list *out, char *err, size_t errlen)
 {
     struct store_mem *m = (struct store_mem *)s;
-    enum store_status st = STORE_OK;
     void *items = NULL;
-
-    pthread_mutex_lock(&m->mu);
-    size_t start = m->events.n;
-    if (q->starting_after) {
-        size_t i = mem_rows_find(&m->events, tenant, event_is, q->starting_after);
-        if (i == m->events.n) {
-            snprintf(err, errlen, "no such event for cursor");
-            st = STORE_NOT_FOUND;
-            goto out;
-        }
-        start = mem_rows_not_older(&m->events, mem_rows_at(&m->events, i));
-    }
-    if (mem_rows_page(&m->events, start, tenant, event_of_type, q->type, event_copy,
-                      event_item_clear, sizeof(struct store_event), q->limit, &items, &out->count,
-                      &out->has_more) != 0) {
-        snprintf(err, errlen, "out of memory");
-        st = STORE_ERROR;
-        goto out;
-    }
+    enum store_status st =
+        list_page(m, &m->events, tenant, event_is, q->starting_after, 0, event_of_type, q->type,
+                  event_copy, event_item_clear, sizeof(struct store_event), q->limit, &items,
+                  &out->count, &out->has_more, "event", err, errlen);
     out->items = items;
-out:
-    pthread_mutex_unlock(&m->mu);
     return st;
 }
 
