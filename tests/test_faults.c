@@ -186,9 +186,44 @@ static long customer_charges(const char *acquirer_db, const char *customer)
         acquirer_db, "SELECT count(*) FROM acquirer_charges WHERE customer_id = $1", customer);
 }
 
+/* No event in service_db without its payment or refund: an event is written
+ * with its operation's rows, never alone (a few of any such named). */
+static void expect_no_event_alone(const char *service_db)
+{
+    char alone[512] = "";
+    test_query_text(service_db,
+                    "SELECT coalesce(string_agg(event_id, ' '), '') FROM (SELECT e.event_id"
+                    " FROM events e WHERE $1 = $1 AND NOT EXISTS (SELECT 1 FROM payments p"
+                    " WHERE p.tenant_id = e.tenant_id"
+                    " AND p.transaction_id = 'txn_' || substr(e.event_id, 5))"
+                    " AND NOT EXISTS (SELECT 1 FROM refunds r WHERE r.tenant_id = e.tenant_id"
+                    " AND r.refund_id = 're_' || substr(e.event_id, 5)) LIMIT 5) a",
+                    "x", alone, sizeof alone);
+    cr_assert_str_empty(alone, "events without their payment or refund: %s", alone);
+}
+
+/* Exactly one event of type for the payment or refund whose id is op_id
+ * (txn_... or re_...) in service_db: evt_ and the same characters, in the
+ * operation's tenant (table: payments or refunds, column: its id). */
+static void expect_one_event(const char *service_db, const char *table, const char *column,
+                             const char *op_id, const char *type)
+{
+    char sql[512], types[256] = "";
+    snprintf(sql, sizeof sql,
+             "SELECT coalesce(string_agg(e.type, ' '), '') FROM %s o JOIN events e"
+             " ON e.tenant_id = o.tenant_id"
+             " AND e.event_id = 'evt_' || substr(o.%s, strpos(o.%s, '_') + 1)"
+             " WHERE o.%s = $1",
+             table, column, column, column);
+    test_query_text(service_db, sql, op_id, types, sizeof types);
+    cr_assert_str_eq(types, type, "the events of %s (want exactly one %s): '%s'", op_id, type,
+                     types);
+    expect_no_event_alone(service_db);
+}
+
 /* The invariant for a payment key answered 201 or 402 with transaction txn:
  * exactly one charge at the acquirer, under txn, of that outcome, and the
- * payment here (service_db) names it. */
+ * payment here (service_db) names it and has exactly one event. */
 static void expect_one_charge(const char *service_db, const char *acquirer_db, const char *txn,
                               const char *status)
 {
@@ -202,6 +237,8 @@ static void expect_one_charge(const char *service_db, const char *acquirer_db, c
     test_query_text(service_db, "SELECT charge_id FROM payments WHERE transaction_id = $1", txn,
                     here, sizeof here);
     cr_assert_str_eq(here, id, "payment %s names the acquirer's charge", txn);
+    expect_one_event(service_db, "payments", "transaction_id", txn,
+                     strcmp(status, "declined") == 0 ? "payment.declined" : "payment.succeeded");
 }
 
 /* Waits until the acquirer (its ledger in acquirer_db) has charged customer:
@@ -214,7 +251,7 @@ static void wait_charged(const char *acquirer_db, const char *customer)
 
 /* The invariant for a refund key answered 201 (the test database): exactly
  * one refund at the acquirer under our refund's id, the one ours names, of
- * its amount. */
+ * its amount; and exactly one event of it here. */
 static void expect_one_refund(const char *key)
 {
     char rid[64] = "";
@@ -231,6 +268,7 @@ static void expect_one_refund(const char *key)
                                  " AND a.amount_minor = r.amount_minor",
                                  rid),
                  1, "refund %s names the acquirer's, of its amount", rid);
+    expect_one_event(test_db_url(), "refunds", "refund_id", rid, "refund.succeeded");
 }
 
 /* The acquirer's refunds of payment txn's charge (the test database). */
