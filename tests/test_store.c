@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "ids.h"
 #include "migrations.h"
 #include "store.h"
 #include "store_mem.h"
@@ -1295,6 +1296,748 @@ CONTRACT(unfinished_counts_a_kept_record_waiting_for_recovery)
     }
     store_recovery_clear(&got);
     store_claim_result_clear(&a);
+}
+
+/* ---- events: written with their payment or refund, or not at all ------- */
+
+#define HOUR_US (3600LL * 1000000)
+#define DAY_US (24 * HOUR_US)
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* A new event id as the service makes them: "evt_" and 24 URL-safe
+ * characters. */
+static void new_event_id(char out[IDS_MAX])
+{
+    cr_assert_eq(ids_new("evt_", out), 0);
+}
+
+static struct store_event event_of(const char *id, const char *type, int64_t at, const char *body)
+{
+    struct store_event e = {.event_id = (char *)id,
+                            .type = (char *)type,
+                            .created_at_us = at,
+                            .body = (char *)body,
+                            .body_len = strlen(body)};
+    return e;
+}
+
+/* Each case's events are its own tenant's: the PostgreSQL cases share one
+ * database and run at once, and a tenant's list is the test. */
+static struct store_claim_result claim_in(const char *tenant, const char *key, int64_t lease_ms)
+{
+    struct store_claim_result r;
+    char err[256] = "";
+    memset(&r, 0, sizeof r);
+    cr_assert_eq(store_claim(store, tenant, key, FP, NULL, lease_ms, DAY_MS, &r, err, sizeof err),
+                 STORE_OK, "claim %s: %s", key, err);
+    return r;
+}
+
+static enum store_status complete_in(const char *tenant, const char *key, int64_t token,
+                                     const struct store_rows *rows)
+{
+    char err[256] = "";
+    struct store_response resp = {201, "{\"done\":1}", 10, NULL};
+    return store_complete(store, tenant, key, token, &resp, rows, err, sizeof err);
+}
+
+static enum store_status write_in(const char *tenant, const struct store_rows *rows)
+{
+    char err[256] = "";
+    return store_write_rows(store, tenant, rows, err, sizeof err);
+}
+
+/* A payment of 100.00 (10000 minor units) of tenant, written without a key
+ * and without an event, with a new id in id. */
+static void paid_in(const char *tenant, char *id, size_t len, const char *status)
+{
+    test_unique(id, len, "txn");
+    struct store_payment p = payment_for(NULL, id, "cust-ev", now_us());
+    p.amount_minor = 10000;
+    p.status = (char *)status;
+    struct store_rows rows = {.payment = &p};
+    cr_assert_eq(write_in(tenant, &rows), STORE_OK);
+}
+
+static int64_t refunded_in(const char *tenant, const char *payment)
+{
+    char err[256] = "";
+    struct store_payment got;
+    cr_assert_eq(store_get_payment(store, tenant, payment, &got, err, sizeof err), STORE_OK, "%s",
+                 err);
+    int64_t n = got.amount_refunded_minor;
+    store_payment_clear(&got);
+    return n;
+}
+
+/* Whether tenant has the event id. */
+static int event_there(const char *tenant, const char *id)
+{
+    char err[256] = "";
+    struct store_event got;
+    enum store_status st = store_get_event(store, tenant, id, &got, err, sizeof err);
+    cr_assert(st == STORE_OK || st == STORE_NOT_FOUND, "store_get_event %s: %s: %s", id,
+              store_status_name(st), err);
+    if (st == STORE_OK)
+        store_event_clear(&got);
+    return st == STORE_OK;
+}
+
+/* A page of tenant's events (type NULL: every type) in *l. */
+static void events_page(const char *tenant, const char *type, const char *after, int limit,
+                        struct store_event_list *l)
+{
+    char err[256] = "";
+    struct store_event_query q = {.type = type, .starting_after = after, .limit = limit};
+    memset(l, 0, sizeof *l);
+    cr_assert_eq(store_list_events(store, tenant, &q, l, err, sizeof err), STORE_OK, "%s", err);
+}
+
+/* How many events tenant has, of every type. */
+static size_t event_count(const char *tenant)
+{
+    struct store_event_list l;
+    events_page(tenant, NULL, NULL, 100, &l);
+    size_t n = l.count;
+    store_event_list_clear(&l);
+    return n;
+}
+
+/* got is want, its body byte for byte (and NUL-terminated for the caller). */
+static void assert_same_event(const struct store_event *got, const struct store_event *want)
+{
+    cr_assert_str_eq(got->event_id, want->event_id);
+    cr_assert_str_eq(got->type, want->type);
+    cr_assert_eq(got->created_at_us, want->created_at_us, "created at %lld, written %lld",
+                 (long long)got->created_at_us, (long long)want->created_at_us);
+    cr_assert_eq(got->body_len, want->body_len, "body %zu bytes, written %zu: %.*s", got->body_len,
+                 want->body_len, (int)got->body_len, got->body);
+    cr_assert_eq(memcmp(got->body, want->body, want->body_len), 0, "body %.*s", (int)got->body_len,
+                 got->body);
+    cr_assert_eq(got->body[got->body_len], '\0');
+}
+
+/* tenant's event reads back as want was written. */
+static void assert_event_reads_back(const char *tenant, const struct store_event *want)
+{
+    char err[256] = "";
+    struct store_event got;
+    cr_assert_eq(store_get_event(store, tenant, want->event_id, &got, err, sizeof err), STORE_OK,
+                 "%s: %s", want->event_id, err);
+    assert_same_event(&got, want);
+    store_event_clear(&got);
+}
+
+/* The page holds exactly the events ids[0..n), in that order. */
+static void assert_listed(const struct store_event_list *l, const char *const *ids, size_t n,
+                          int has_more)
+{
+    cr_assert_eq(l->count, n, "%zu events listed, want %zu", l->count, n);
+    for (size_t i = 0; i < n; i++)
+        cr_assert_str_eq(l->items[i].event_id, ids[i], "event %zu", i);
+    cr_assert_eq(!!l->has_more, has_more, "has_more %d", l->has_more);
+}
+
+CONTRACT(an_event_is_written_with_its_payment_and_read_back_byte_for_byte)
+{
+    char tenant[96], other[96], key[96], txn[64], evt[IDS_MAX], err[256] = "";
+    test_unique(tenant, sizeof tenant, "tenant-ev");
+    test_unique(other, sizeof other, "tenant-ev");
+    test_unique(key, sizeof key, "ev-pay");
+    test_unique(txn, sizeof txn, "txn");
+    new_event_id(evt);
+    /* as written: its spacing, its escapes, its number and its UTF-8 kept */
+    const char *body = "{\"id\": \"evt\",\n  \"type\":\"payment.succeeded\" , \"created\":1.50e2,"
+                       "\"data\":{\"object\":{\"description\":\"caf\xc3\xa9 \\u00e9 \\\"q\\\"\"}}}";
+    int64_t at = now_us() / 1000000 * 1000000 + 654321;
+    struct store_event ev = event_of(evt, "payment.succeeded", at, body);
+    struct store_payment p = payment_for(key, txn, "cust-ev", at);
+    struct store_rows rows = {.payment = &p, .event = &ev};
+    struct store_claim_result a = claim_in(tenant, key, LONG_MS);
+    cr_assert_eq(complete_in(tenant, key, a.lease_token, &rows), STORE_OK);
+
+    struct store_payment got_p;
+    cr_assert_eq(store_get_payment(store, tenant, txn, &got_p, err, sizeof err), STORE_OK, "%s",
+                 err);
+    store_payment_clear(&got_p);
+    assert_event_reads_back(tenant, &ev);
+    struct store_event_list l;
+    events_page(tenant, NULL, NULL, 10, &l);
+    cr_assert_eq(l.count, 1);
+    cr_assert_not(l.has_more);
+    assert_same_event(&l.items[0], &ev);
+    store_event_list_clear(&l);
+
+    /* another tenant sees none of it */
+    cr_assert_not(event_there(other, evt));
+    cr_assert_eq(event_count(other), 0);
+    /* the key replays: no second event */
+    struct store_claim_result b = claim_in(tenant, key, LONG_MS);
+    cr_assert_eq(b.outcome, CLAIM_COMPLETED);
+    cr_assert_eq(event_count(tenant), 1);
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&b);
+}
+
+/* A holder whose lease ran out and was taken over completes nothing, its
+ * event neither - a payment's completion and a refund's alike; the holder
+ * that took over writes the record's one event. */
+CONTRACT(a_fenced_out_completion_writes_no_event)
+{
+    char tenant[96], key[96], rkey[96], pay[96], err[256] = "";
+    char txn_old[64], txn_new[64], re_old[64], re_new[64], evt[IDS_MAX], revt[IDS_MAX];
+    test_unique(tenant, sizeof tenant, "tenant-ev-fenced");
+    test_unique(key, sizeof key, "ev-fenced");
+    test_unique(rkey, sizeof rkey, "ev-fenced-refund");
+    test_unique(txn_old, sizeof txn_old, "txn-old");
+    test_unique(txn_new, sizeof txn_new, "txn-new");
+    test_unique(re_old, sizeof re_old, "re-old");
+    test_unique(re_new, sizeof re_new, "re-new");
+    /* one record, one event id, whoever runs it (as the service names them) */
+    new_event_id(evt);
+    new_event_id(revt);
+    paid_in(tenant, pay, sizeof pay, "completed");
+    struct store_claim_result a = claim_in(tenant, key, 200);
+    struct store_claim_result ra = claim_in(tenant, rkey, 200);
+    wait_ms(400);
+    struct store_claim_result b = claim_in(tenant, key, LONG_MS);
+    struct store_claim_result rb = claim_in(tenant, rkey, LONG_MS);
+    cr_assert_eq(b.outcome, CLAIM_TAKEOVER);
+    cr_assert_eq(rb.outcome, CLAIM_TAKEOVER);
+
+    int64_t at = now_us();
+    struct store_event old_ev = event_of(evt, "payment.succeeded", at, "{\"run\":\"old\"}");
+    struct store_payment old_p = payment_for(key, txn_old, "cust-ev", at);
+    struct store_rows rows = {.payment = &old_p, .event = &old_ev};
+    cr_assert_eq(complete_in(tenant, key, a.lease_token, &rows), STORE_LEASE_LOST);
+    struct store_payment got_p;
+    cr_assert_eq(store_get_payment(store, tenant, txn_old, &got_p, err, sizeof err),
+                 STORE_NOT_FOUND);
+    cr_assert_not(event_there(tenant, evt), "the fenced-out completion wrote its event");
+
+    struct store_event rold_ev = event_of(revt, "refund.succeeded", at, "{\"run\":\"old\"}");
+    struct store_refund old_r = refund_of(pay, re_old, rkey, 1000, at);
+    struct store_rows rrows = {.refund = &old_r, .event = &rold_ev};
+    cr_assert_eq(complete_in(tenant, rkey, ra.lease_token, &rrows), STORE_LEASE_LOST);
+    struct store_refund got_r;
+    cr_assert_eq(store_get_refund(store, tenant, re_old, &got_r, err, sizeof err), STORE_NOT_FOUND);
+    cr_assert_not(event_there(tenant, revt), "the fenced-out refund wrote its event");
+    cr_assert_eq(refunded_in(tenant, pay), 0);
+    cr_assert_eq(event_count(tenant), 0);
+
+    /* the holder that took over writes the one event of each */
+    struct store_event new_ev = event_of(evt, "payment.succeeded", at + 1, "{\"run\":\"new\"}");
+    struct store_payment new_p = payment_for(key, txn_new, "cust-ev", at + 1);
+    rows = (struct store_rows){.payment = &new_p, .event = &new_ev};
+    cr_assert_eq(complete_in(tenant, key, b.lease_token, &rows), STORE_OK);
+    assert_event_reads_back(tenant, &new_ev);
+    struct store_event rnew_ev = event_of(revt, "refund.succeeded", at + 1, "{\"run\":\"new\"}");
+    struct store_refund new_r = refund_of(pay, re_new, rkey, 1000, at + 1);
+    rrows = (struct store_rows){.refund = &new_r, .event = &rnew_ev};
+    cr_assert_eq(complete_in(tenant, rkey, rb.lease_token, &rrows), STORE_OK);
+    assert_event_reads_back(tenant, &rnew_ev);
+    cr_assert_eq(refunded_in(tenant, pay), 1000);
+
+    /* the old holders once more, after the completions: still nothing */
+    rows = (struct store_rows){.payment = &old_p, .event = &old_ev};
+    cr_assert_eq(complete_in(tenant, key, a.lease_token, &rows), STORE_LEASE_LOST);
+    rrows = (struct store_rows){.refund = &old_r, .event = &rold_ev};
+    cr_assert_eq(complete_in(tenant, rkey, ra.lease_token, &rrows), STORE_LEASE_LOST);
+    cr_assert_eq(event_count(tenant), 2);
+    assert_event_reads_back(tenant, &new_ev);
+    assert_event_reads_back(tenant, &rnew_ev);
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&ra);
+    store_claim_result_clear(&b);
+    store_claim_result_clear(&rb);
+}
+
+CONTRACT(a_rejected_refund_writes_no_event_and_one_that_fits_writes_its_own)
+{
+    char tenant[96], pay[96], declined[96], key[96], ids[6][64], evts[6][IDS_MAX];
+    char err[256] = "";
+    test_unique(tenant, sizeof tenant, "tenant-ev-refund");
+    paid_in(tenant, pay, sizeof pay, "completed");
+    paid_in(tenant, declined, sizeof declined, "declined");
+    for (int i = 0; i < 6; i++) {
+        test_unique(ids[i], sizeof ids[i], "re");
+        new_event_id(evts[i]);
+    }
+    int64_t at = now_us();
+    struct store_event ev[6];
+    for (int i = 0; i < 6; i++)
+        ev[i] = event_of(evts[i], "refund.succeeded", at + i, "{\"object\":\"refund\"}");
+
+    /* 6000 of 10000, with its key: written, with its event */
+    test_unique(key, sizeof key, "ev-refund");
+    struct store_claim_result a = claim_in(tenant, key, LONG_MS);
+    struct store_refund r = refund_of(pay, ids[0], key, 6000, at);
+    struct store_rows rows = {.refund = &r, .event = &ev[0]};
+    cr_assert_eq(complete_in(tenant, key, a.lease_token, &rows), STORE_OK);
+    assert_event_reads_back(tenant, &ev[0]);
+    store_claim_result_clear(&a);
+
+    /* 4001 of the 4000 left, with a key and without: rejected, no event */
+    test_unique(key, sizeof key, "ev-refund-over");
+    a = claim_in(tenant, key, LONG_MS);
+    r = refund_of(pay, ids[1], key, 4001, at);
+    rows.event = &ev[1];
+    cr_assert_eq(complete_in(tenant, key, a.lease_token, &rows), STORE_REJECTED);
+    cr_assert_not(event_there(tenant, evts[1]), "the rejected refund wrote its event");
+    r = refund_of(pay, ids[2], NULL, 4001, at);
+    rows.event = &ev[2];
+    cr_assert_eq(write_in(tenant, &rows), STORE_REJECTED);
+    cr_assert_not(event_there(tenant, evts[2]), "the rejected refund wrote its event");
+    struct store_refund got;
+    cr_assert_eq(store_get_refund(store, tenant, ids[1], &got, err, sizeof err), STORE_NOT_FOUND);
+    cr_assert_eq(store_get_refund(store, tenant, ids[2], &got, err, sizeof err), STORE_NOT_FOUND);
+    cr_assert_eq(refunded_in(tenant, pay), 6000);
+
+    /* a declined payment takes no refund, and no event comes of it */
+    r = refund_of(declined, ids[3], NULL, 1, at);
+    rows.event = &ev[3];
+    cr_assert_eq(write_in(tenant, &rows), STORE_REJECTED);
+    cr_assert_not(event_there(tenant, evts[3]));
+
+    /* the rejected key's record is still processing; what is left exactly
+     * fits: written, with its event - and without a key too */
+    r = refund_of(pay, ids[4], key, 2000, at);
+    rows.event = &ev[4];
+    cr_assert_eq(complete_in(tenant, key, a.lease_token, &rows), STORE_OK);
+    assert_event_reads_back(tenant, &ev[4]);
+    r = refund_of(pay, ids[5], NULL, 2000, at);
+    rows.event = &ev[5];
+    cr_assert_eq(write_in(tenant, &rows), STORE_OK);
+    assert_event_reads_back(tenant, &ev[5]);
+    cr_assert_eq(refunded_in(tenant, pay), 10000);
+
+    struct store_event_list l;
+    events_page(tenant, "refund.succeeded", NULL, 10, &l);
+    const char *want[] = {evts[5], evts[4], evts[0]};
+    assert_listed(&l, want, 3, 0);
+    store_event_list_clear(&l);
+    cr_assert_eq(event_count(tenant), 3);
+    store_claim_result_clear(&a);
+}
+
+/* A released claim completed nothing: its holder's completion afterwards
+ * is refused and writes no event; the retry's completion writes the one. */
+CONTRACT(a_released_claim_leaves_no_event)
+{
+    char tenant[96], key[96], txn[64], evt[IDS_MAX], err[256] = "";
+    test_unique(tenant, sizeof tenant, "tenant-ev-released");
+    test_unique(key, sizeof key, "ev-released");
+    test_unique(txn, sizeof txn, "txn");
+    new_event_id(evt);
+    struct store_claim_result a = claim_in(tenant, key, LONG_MS);
+    cr_assert_eq(store_release(store, tenant, key, a.lease_token, err, sizeof err), STORE_OK, "%s",
+                 err);
+    cr_assert_eq(event_count(tenant), 0);
+    int64_t at = now_us();
+    struct store_event ev = event_of(evt, "payment.declined", at, "{\"status\":\"declined\"}");
+    struct store_payment p = payment_for(key, txn, "cust-ev", at);
+    p.status = "declined";
+    struct store_rows rows = {.payment = &p, .event = &ev};
+    cr_assert_eq(complete_in(tenant, key, a.lease_token, &rows), STORE_LEASE_LOST);
+    cr_assert_not(event_there(tenant, evt), "a released record's completion wrote its event");
+    struct store_payment got;
+    cr_assert_eq(store_get_payment(store, tenant, txn, &got, err, sizeof err), STORE_NOT_FOUND);
+    cr_assert_eq(event_count(tenant), 0);
+
+    struct store_claim_result b = claim_in(tenant, key, LONG_MS);
+    cr_assert_eq(b.outcome, CLAIM_NEW);
+    cr_assert_eq(complete_in(tenant, key, b.lease_token, &rows), STORE_OK);
+    assert_event_reads_back(tenant, &ev);
+    cr_assert_eq(event_count(tenant), 1);
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&b);
+}
+
+CONTRACT(a_payment_without_a_key_is_written_with_its_event)
+{
+    char tenant[96], txn[64], bare[64], evt[IDS_MAX], err[256] = "";
+    test_unique(tenant, sizeof tenant, "tenant-ev-nokey");
+    test_unique(txn, sizeof txn, "txn");
+    new_event_id(evt);
+    int64_t at = now_us();
+    const char *body = "{ \"id\" : \"evt\", \"data\" : { \"object\" : {\"amount\":\"12.34\"} } }";
+    struct store_event ev = event_of(evt, "payment.succeeded", at, body);
+    struct store_payment p = payment_for(NULL, txn, "cust-ev", at);
+    struct store_rows rows = {.payment = &p, .event = &ev};
+    cr_assert_eq(store_write_rows(store, tenant, &rows, err, sizeof err), STORE_OK, "%s", err);
+    struct store_payment got;
+    cr_assert_eq(store_get_payment(store, tenant, txn, &got, err, sizeof err), STORE_OK, "%s", err);
+    cr_assert_null(got.idempotency_key);
+    store_payment_clear(&got);
+    assert_event_reads_back(tenant, &ev);
+    struct store_event_list l;
+    events_page(tenant, NULL, NULL, 10, &l);
+    cr_assert_eq(l.count, 1);
+    assert_same_event(&l.items[0], &ev);
+    store_event_list_clear(&l);
+    /* a payment without one writes none */
+    paid_in(tenant, bare, sizeof bare, "completed");
+    cr_assert_eq(event_count(tenant), 1);
+}
+
+/* An event comes with its payment or refund: alone, or with a row of the
+ * acquirer's ledger, it is an error before anything is written, and the
+ * record stays processing. */
+CONTRACT(an_event_without_its_payment_or_refund_is_an_error_and_writes_nothing)
+{
+    char tenant[96], key[96], ch[96], ref[96], dk[96], txn[64], evt[IDS_MAX], err[256];
+    test_unique(tenant, sizeof tenant, "tenant-ev-alone");
+    test_unique(key, sizeof key, "ev-alone");
+    test_unique(ch, sizeof ch, "ch");
+    test_unique(ref, sizeof ref, "txn");
+    test_unique(dk, sizeof dk, "dk-ev"); /* unique: sql/010 */
+    test_unique(txn, sizeof txn, "txn");
+    new_event_id(evt);
+    int64_t at = now_us();
+    struct store_event ev = event_of(evt, "payment.succeeded", at, "{\"alone\":true}");
+    struct store_charge c = charge_of(ch, ref, dk, "succeeded", at);
+    struct store_rows alone = {.event = &ev}, with_charge = {.charge = &c, .event = &ev};
+    struct store_response resp = {201, "{}", 2, NULL};
+    struct store_claim_result a = claim_in(tenant, key, LONG_MS);
+    const struct store_rows *bad[] = {&alone, &with_charge};
+    for (int i = 0; i < 2; i++) {
+        err[0] = '\0';
+        cr_assert_eq(
+            store_complete(store, tenant, key, a.lease_token, &resp, bad[i], err, sizeof err),
+            STORE_ERROR, "case %d", i);
+        cr_assert_neq(err[0], '\0', "no message");
+        err[0] = '\0';
+        cr_assert_eq(store_write_rows(store, tenant, bad[i], err, sizeof err), STORE_ERROR,
+                     "case %d", i);
+        cr_assert_neq(err[0], '\0', "no message");
+    }
+    cr_assert_not(event_there(tenant, evt));
+    cr_assert_eq(event_count(tenant), 0);
+    struct store_charge got_c;
+    cr_assert_eq(store_get_charge(store, ch, &got_c, err, sizeof err), STORE_NOT_FOUND);
+    struct store_claim_result b = claim_in(tenant, key, LONG_MS);
+    cr_assert_eq(b.outcome, CLAIM_IN_PROGRESS, "outcome %d", b.outcome);
+    /* the record was left as it was: its holder completes it with its payment */
+    struct store_payment p = payment_for(key, txn, "cust-ev", at);
+    struct store_rows rows = {.payment = &p, .event = &ev};
+    cr_assert_eq(complete_in(tenant, key, a.lease_token, &rows), STORE_OK);
+    assert_event_reads_back(tenant, &ev);
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&b);
+}
+
+/* Newest first by when they were made, the id breaking a tie; of one type
+ * or all; in pages after a cursor; a tenant's own only. */
+CONTRACT(events_are_listed_newest_first_by_type_and_in_pages_per_tenant)
+{
+    enum { N = 5 };
+    char tenant[96], other[96], txns[N][64], re[64], other_txn[64], other_evt[IDS_MAX];
+    char ids[N][IDS_MAX], bodies[N][128], unknown[IDS_MAX], err[256] = "";
+    static const char *const types[N] = {"payment.succeeded", "payment.declined",
+                                         "payment.succeeded", "refund.succeeded",
+                                         "payment.succeeded"};
+    test_unique(tenant, sizeof tenant, "tenant-ev-list");
+    test_unique(other, sizeof other, "tenant-ev-list");
+    int64_t base = now_us();
+    /* 1 and 2 share a time: the id breaks the tie (the same id but its last
+     * character, which orders them alike in every collation) */
+    const int64_t at[N] = {base, base + 10, base + 10, base + 20, base + 30};
+    for (int i = 0; i < N; i++) {
+        new_event_id(ids[i]);
+        test_unique(txns[i], sizeof txns[i], "txn");
+    }
+    memcpy(ids[2], ids[1], sizeof ids[1]);
+    ids[1][strlen(ids[1]) - 1] = '0';
+    ids[2][strlen(ids[2]) - 1] = '1';
+    struct store_event ev[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(bodies[i], sizeof bodies[i], "{\"id\":\"%s\",\"type\":\"%s\"}", ids[i], types[i]);
+        ev[i] = event_of(ids[i], types[i], at[i], bodies[i]);
+    }
+    /* written out of time order; 3 is a refund of 0 */
+    test_unique(re, sizeof re, "re");
+    const int order[N] = {2, 0, 4, 1, 3};
+    for (int k = 0; k < N; k++) {
+        int i = order[k];
+        struct store_payment p = payment_for(NULL, txns[i], "cust-ev", at[i]);
+        p.status = i == 1 ? "declined" : "completed";
+        struct store_refund r = refund_of(txns[0], re, NULL, 100, at[i]);
+        struct store_rows rows = {.event = &ev[i]};
+        if (i == 3)
+            rows.refund = &r;
+        else
+            rows.payment = &p;
+        cr_assert_eq(store_write_rows(store, tenant, &rows, err, sizeof err), STORE_OK, "%d: %s", i,
+                     err);
+        if (k == 2) {
+            /* another tenant's event, between ours in time */
+            test_unique(other_txn, sizeof other_txn, "txn");
+            new_event_id(other_evt);
+            struct store_event oe = event_of(other_evt, "payment.succeeded", base + 15, "{}");
+            struct store_payment op = payment_for(NULL, other_txn, "cust-ev", base + 15);
+            struct store_rows orows = {.payment = &op, .event = &oe};
+            cr_assert_eq(store_write_rows(store, other, &orows, err, sizeof err), STORE_OK, "%s",
+                         err);
+        }
+    }
+
+    struct store_event_list l;
+    events_page(tenant, NULL, NULL, 10, &l);
+    const char *all[] = {ids[4], ids[3], ids[2], ids[1], ids[0]};
+    assert_listed(&l, all, N, 0);
+    for (int i = 0; i < N; i++)
+        assert_same_event(&l.items[i], &ev[N - 1 - i]);
+    store_event_list_clear(&l);
+
+    /* pages of two */
+    events_page(tenant, NULL, NULL, 2, &l);
+    assert_listed(&l, all, 2, 1);
+    store_event_list_clear(&l);
+    events_page(tenant, NULL, ids[3], 2, &l);
+    assert_listed(&l, all + 2, 2, 1);
+    store_event_list_clear(&l);
+    events_page(tenant, NULL, ids[1], 2, &l);
+    assert_listed(&l, all + 4, 1, 0);
+    store_event_list_clear(&l);
+    events_page(tenant, NULL, ids[0], 2, &l);
+    assert_listed(&l, NULL, 0, 0);
+    store_event_list_clear(&l);
+    /* a page of exactly what is left has no more */
+    events_page(tenant, NULL, ids[2], 2, &l);
+    assert_listed(&l, all + 3, 2, 0);
+    store_event_list_clear(&l);
+
+    /* one type; its pages; a cursor of another type */
+    const char *succeeded[] = {ids[4], ids[2], ids[0]};
+    events_page(tenant, "payment.succeeded", NULL, 10, &l);
+    assert_listed(&l, succeeded, 3, 0);
+    store_event_list_clear(&l);
+    events_page(tenant, "payment.succeeded", NULL, 3, &l);
+    assert_listed(&l, succeeded, 3, 0);
+    store_event_list_clear(&l);
+    events_page(tenant, "payment.succeeded", NULL, 1, &l);
+    assert_listed(&l, succeeded, 1, 1);
+    store_event_list_clear(&l);
+    events_page(tenant, "payment.succeeded", ids[4], 1, &l);
+    assert_listed(&l, succeeded + 1, 1, 1);
+    store_event_list_clear(&l);
+    events_page(tenant, "payment.succeeded", ids[3], 10, &l);
+    assert_listed(&l, succeeded + 1, 2, 0);
+    store_event_list_clear(&l);
+    events_page(tenant, "payment.declined", NULL, 10, &l);
+    assert_listed(&l, (const char *[]){ids[1]}, 1, 0);
+    store_event_list_clear(&l);
+    events_page(tenant, "refund.succeeded", NULL, 10, &l);
+    assert_listed(&l, (const char *[]){ids[3]}, 1, 0);
+    store_event_list_clear(&l);
+    events_page(tenant, "refund.succeeded", ids[3], 10, &l);
+    assert_listed(&l, NULL, 0, 0);
+    store_event_list_clear(&l);
+
+    /* the other tenant: its own event only; neither reads nor pages from
+     * the other's; an event that is no one's is no cursor */
+    events_page(other, NULL, NULL, 10, &l);
+    assert_listed(&l, (const char *[]){other_evt}, 1, 0);
+    store_event_list_clear(&l);
+    events_page(other, "payment.declined", NULL, 10, &l);
+    assert_listed(&l, NULL, 0, 0);
+    store_event_list_clear(&l);
+    cr_assert_not(event_there(other, ids[0]));
+    cr_assert_not(event_there(tenant, other_evt));
+    new_event_id(unknown);
+    struct store_event_query q = {.starting_after = ids[4], .limit = 10};
+    memset(&l, 0, sizeof l);
+    cr_assert_eq(store_list_events(store, other, &q, &l, err, sizeof err), STORE_NOT_FOUND,
+                 "another tenant's event as the cursor");
+    q.starting_after = other_evt;
+    cr_assert_eq(store_list_events(store, tenant, &q, &l, err, sizeof err), STORE_NOT_FOUND,
+                 "another tenant's event as the cursor");
+    q.starting_after = unknown;
+    cr_assert_eq(store_list_events(store, tenant, &q, &l, err, sizeof err), STORE_NOT_FOUND);
+    q.type = "payment.succeeded";
+    cr_assert_eq(store_list_events(store, tenant, &q, &l, err, sizeof err), STORE_NOT_FOUND);
+}
+
+/* Events older than this in every case here: the reaper's case deletes
+ * only its own (and those of its copy on the other PostgreSQL store, or
+ * left by an earlier run). */
+#define OLD_EVENT_AT 1000000000000000LL /* 2001-09-09 */
+
+/* How many of tenant's events ids[0..n) are left. */
+static int events_left(const char *tenant, char (*ids)[IDS_MAX], int n)
+{
+    int left = 0;
+    for (int i = 0; i < n; i++)
+        left += event_there(tenant, ids[i]);
+    return left;
+}
+
+/* The reaper deletes any tenant's old events: its cases on the two
+ * PostgreSQL stores, which share one database, run one at a time, under
+ * a lock held by a connection of their own until they end (NULL: the
+ * memory store, whose events are its case's alone). */
+static PGconn *reapers_one_at_a_time(void)
+{
+    if (strcmp(store_name(store), "memory") == 0)
+        return NULL;
+    PGconn *conn = PQconnectdb(test_db_url());
+    cr_assert_eq(PQstatus(conn), CONNECTION_OK, "%s", PQerrorMessage(conn));
+    PGresult *res = PQexec(conn, "SELECT pg_advisory_lock(hashtext('test_store: events reaper'))");
+    cr_assert_eq(PQresultStatus(res), PGRES_TUPLES_OK, "%s", PQerrorMessage(conn));
+    PQclear(res);
+    return conn;
+}
+
+/* The reaper deletes the events older than the retention, at most a batch
+ * a pass, and says how many; younger ones stay. (Old events an earlier
+ * run left in the PostgreSQL database may go first: which ones a pass
+ * takes is exact on the memory store alone.) */
+CONTRACT(events_older_than_the_retention_are_reaped_a_batch_at_a_time)
+{
+    PGconn *lock = reapers_one_at_a_time();
+    char tenant[96], old[3][IDS_MAX], kept[IDS_MAX], young[IDS_MAX], err[256] = "";
+    test_unique(tenant, sizeof tenant, "tenant-ev-reap");
+    const int64_t cutoff = OLD_EVENT_AT + DAY_US;
+    for (int i = 0; i < 5; i++) {
+        char txn[64], *id = i < 3 ? old[i] : i == 3 ? kept : young;
+        /* kept: just younger than the retention; young: new */
+        int64_t at = i < 3 ? OLD_EVENT_AT + i : i == 3 ? cutoff + HOUR_US : now_us();
+        test_unique(txn, sizeof txn, "txn");
+        new_event_id(id);
+        struct store_event ev = event_of(id, "payment.succeeded", at, "{}");
+        struct store_payment p = payment_for(NULL, txn, "cust-ev", at);
+        struct store_rows rows = {.payment = &p, .event = &ev};
+        cr_assert_eq(write_in(tenant, &rows), STORE_OK);
+    }
+    /* a retention that ends at cutoff */
+    const int64_t retention_ms = (now_us() - cutoff) / 1000;
+
+    /* three old ones: a pass of two deletes two */
+    int deleted = -1;
+    cr_assert_eq(store_reap_events(store, retention_ms, 2, &deleted, err, sizeof err), STORE_OK,
+                 "%s", err);
+    cr_assert_eq(deleted, 2);
+    int left = events_left(tenant, old, 3);
+    cr_assert_geq(left, 1, "a pass of two deleted three");
+    cr_assert_leq(3 - left, deleted, "%d deleted, %d said", 3 - left, deleted);
+    if (!lock)
+        cr_assert_eq(left, 1);
+    /* passes of one until one deletes none: then none old is left */
+    int total = 0;
+    for (int pass = 0; left > 0 || deleted > 0; pass++) {
+        cr_assert_lt(pass, 1000, "the reaper never ran out of old events");
+        deleted = -1;
+        cr_assert_eq(store_reap_events(store, retention_ms, 1, &deleted, err, sizeof err), STORE_OK,
+                     "%s", err);
+        int now_left = events_left(tenant, old, 3);
+        if (left > 0)
+            cr_assert_eq(deleted, 1, "an old event left, and a pass of one deleted %d", deleted);
+        else
+            cr_assert(deleted == 0 || deleted == 1, "a pass of one deleted %d", deleted);
+        cr_assert_leq(left - now_left, deleted, "%d deleted, %d said", left - now_left, deleted);
+        left = now_left;
+        total += deleted;
+    }
+    if (!lock)
+        cr_assert_eq(total, 1);
+    cr_assert(event_there(tenant, kept), "an event younger than the retention was reaped");
+    cr_assert(event_there(tenant, young), "a new event was reaped");
+    cr_assert_eq(event_count(tenant), 2);
+    /* and a pass finds nothing more */
+    cr_assert_eq(store_reap_events(store, retention_ms, 100, &deleted, err, sizeof err), STORE_OK,
+                 "%s", err);
+    cr_assert_eq(deleted, 0);
+    cr_assert_eq(event_count(tenant), 2);
+    PQfinish(lock);
+}
+
+/* Completions made at the same moment (on PostgreSQL, one statement for
+ * several: the group commit) each write their own event, under their own
+ * fencing token: a stale one among them writes nothing. */
+struct event_racer {
+    pthread_barrier_t *start;
+    const char *tenant;
+    char key[96], txn[64], evt[IDS_MAX], body[160];
+    const char *type;
+    int64_t token, at;
+    enum store_status st;
+};
+
+static void *race_completion(void *arg)
+{
+    struct event_racer *rc = arg;
+    char err[256] = "";
+    struct store_event ev = event_of(rc->evt, rc->type, rc->at, rc->body);
+    struct store_payment p = payment_for(rc->key, rc->txn, "cust-ev", rc->at);
+    p.status = strcmp(rc->type, "payment.declined") == 0 ? "declined" : "completed";
+    struct store_rows rows = {.payment = &p, .event = &ev};
+    struct store_response resp = {201, rc->body, strlen(rc->body), NULL};
+    pthread_barrier_wait(rc->start);
+    rc->st = store_complete(store, rc->tenant, rc->key, rc->token, &resp, &rows, err, sizeof err);
+    return NULL;
+}
+
+CONTRACT(events_of_completions_made_at_once_are_each_their_own)
+{
+    enum { N = 16 }; /* every fourth with a stale token */
+    char tenant[96], err[256] = "";
+    test_unique(tenant, sizeof tenant, "tenant-ev-race");
+    struct event_racer rc[N];
+    pthread_t th[N];
+    pthread_barrier_t start;
+    cr_assert_eq(pthread_barrier_init(&start, NULL, N), 0);
+    int64_t base = now_us();
+    for (int i = 0; i < N; i++) {
+        memset(&rc[i], 0, sizeof rc[i]);
+        rc[i].start = &start;
+        rc[i].tenant = tenant;
+        test_unique(rc[i].key, sizeof rc[i].key, "ev-race");
+        test_unique(rc[i].txn, sizeof rc[i].txn, "txn");
+        new_event_id(rc[i].evt);
+        rc[i].type = i % 2 ? "payment.declined" : "payment.succeeded";
+        rc[i].at = base + i;
+        /* (quotes, backslashes, braces and commas: several bodies travel in
+         * one array there) */
+        snprintf(rc[i].body, sizeof rc[i].body,
+                 "{\"id\":\"%s\",\"type\":\"%s\",\"n\":%d,\"note\":\"a\\\\ \\\"b\\\" {c}, "
+                 "caf\xc3\xa9\"}",
+                 rc[i].evt, rc[i].type, i);
+        struct store_claim_result a = claim_in(tenant, rc[i].key, LONG_MS);
+        rc[i].token = i % 4 == 3 ? a.lease_token + 1000000 : a.lease_token;
+        rc[i].st = STORE_ERROR;
+        store_claim_result_clear(&a);
+    }
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(pthread_create(&th[i], NULL, race_completion, &rc[i]), 0);
+    for (int i = 0; i < N; i++)
+        pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&start);
+    size_t written = 0;
+    for (int i = 0; i < N; i++) {
+        struct store_payment got;
+        if (i % 4 == 3) {
+            cr_assert_eq(rc[i].st, STORE_LEASE_LOST, "%d: %s", i, store_status_name(rc[i].st));
+            cr_assert_not(event_there(tenant, rc[i].evt), "%d: the stale completion's event", i);
+            cr_assert_eq(store_get_payment(store, tenant, rc[i].txn, &got, err, sizeof err),
+                         STORE_NOT_FOUND);
+            continue;
+        }
+        cr_assert_eq(rc[i].st, STORE_OK, "%d: %s", i, store_status_name(rc[i].st));
+        struct store_event want = event_of(rc[i].evt, rc[i].type, rc[i].at, rc[i].body);
+        assert_event_reads_back(tenant, &want);
+        cr_assert_eq(store_get_payment(store, tenant, rc[i].txn, &got, err, sizeof err), STORE_OK,
+                     "%d: %s", i, err);
+        store_payment_clear(&got);
+        written++;
+    }
+    cr_assert_eq(event_count(tenant), written);
+    cr_assert_eq(written, N - N / 4);
 }
 
 /* ---- PostgreSQL only: losing the database connection --------------------------- */
