@@ -181,25 +181,25 @@ int webhook_address_public(const struct sockaddr *sa)
     const uint8_t *b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
     static const uint8_t MAPPED[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
     static const uint8_t NAT64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
+    static const uint8_t ZERO[12] = {0};
+    if (memcmp(b, ZERO, 12) == 0) /* ::, ::1, the old IPv4-compatible ::/96 */
+        return 0;
     if (memcmp(b, MAPPED, 12) == 0 || memcmp(b, NAT64, 12) == 0) /* IPv4 inside */
         return ipv4_public((uint32_t)b[12] << 24 | (uint32_t)b[13] << 16 | (uint32_t)b[14] << 8 |
                            b[15]);
-    static const uint8_t ZERO[15] = {0};
-    if (memcmp(b, ZERO, 15) == 0) /* :: and ::1 */
+    if (b[0] == 0x20 && b[1] == 0x02) /* 6to4, 2002::/16: IPv4 in bits 16-47 */
+        return ipv4_public((uint32_t)b[2] << 24 | (uint32_t)b[3] << 16 | (uint32_t)b[4] << 8 |
+                           b[5]);
+    /* the rest: global unicast (2000::/3) only - not unique local, link-
+     * or site-local, multicast or reserved - and not the documentation
+     * prefix 2001:db8::/32 */
+    if (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0x0d && b[3] == 0xb8)
         return 0;
-    if ((b[0] & 0xfe) == 0xfc) /* unique local, fc00::/7 */
-        return 0;
-    if (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) /* link-local, fe80::/10 */
-        return 0;
-    if (b[0] == 0xff) /* multicast */
-        return 0;
-    return 1;
+    return (b[0] & 0xe0) == 0x20;
 }
 
 int webhook_url_check(const char *url, int allow_private, struct apierr *err)
 {
-    if (allow_private)
-        return 0;
     char *host = url_host(url, err);
     if (!host)
         return -1;
@@ -211,7 +211,7 @@ int webhook_url_check(const char *url, int allow_private, struct apierr *err)
         return -1;
     }
     int ok = 1;
-    for (const struct addrinfo *a = res; a && ok; a = a->ai_next)
+    for (const struct addrinfo *a = res; a && ok && !allow_private; a = a->ai_next)
         ok = webhook_address_public(a->ai_addr);
     freeaddrinfo(res);
     if (!ok)

@@ -39,12 +39,14 @@ void webhook_endpoint_request_clear(struct webhook_endpoint_request *r);
 
 /* Whether an address is one a tenant may make us connect to: not
  * loopback, private, shared (100.64/10), link-local, unspecified,
- * multicast, reserved or broadcast - in IPv4, IPv6, or IPv4 inside IPv6. */
+ * multicast, reserved or broadcast IPv4; IPv6 outside global unicast
+ * (2000::/3) or in its documentation prefix; and IPv4 inside IPv6 (mapped,
+ * NAT64, 6to4, the old compatible form) judged as IPv4. */
 int webhook_address_public(const struct sockaddr *sa);
 
 /* Resolves the host of url (already parsed): 0 when it resolves and every
- * address it has is public, or allow_private; else -1 with err (422
- * url_not_allowed, or invalid_url when it does not resolve). */
+ * address it has is public (any address with allow_private); else -1 with
+ * err (422 invalid_url when it does not resolve, url_not_allowed). */
 int webhook_url_check(const char *url, int allow_private, struct apierr *err);
 
 /* Whether s has the shape of an endpoint id ("we_" and 1-60 URL-safe characters). */
