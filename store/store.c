@@ -119,6 +119,26 @@ enum store_status store_reap_events(struct store *s, int64_t retention_ms, int b
     return s->ops->reap_events(s, retention_ms, batch, deleted, err, errlen);
 }
 
+enum store_status store_create_endpoint(struct store *s, const char *tenant,
+                                        const struct store_endpoint *e, int max, char *err,
+                                        size_t errlen)
+{
+    return s->ops->create_endpoint(s, tenant, e, max, err, errlen);
+}
+
+enum store_status store_list_endpoints(struct store *s, const char *tenant,
+                                       struct store_endpoint_list *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    return s->ops->list_endpoints(s, tenant, out, err, errlen);
+}
+
+enum store_status store_delete_endpoint(struct store *s, const char *tenant,
+                                        const char *endpoint_id, char *err, size_t errlen)
+{
+    return s->ops->delete_endpoint(s, tenant, endpoint_id, err, errlen);
+}
+
 enum store_status store_get_charge(struct store *s, const char *charge_id, struct store_charge *out,
                                    char *err, size_t errlen)
 {
@@ -302,6 +322,35 @@ int store_event_copy(struct store_event *dst, const struct store_event *src)
     }
     memcpy(dst->body, src->body, src->body_len);
     dst->body[src->body_len] = '\0';
+    return 0;
+}
+
+void store_endpoint_clear(struct store_endpoint *e)
+{
+    free(e->endpoint_id);
+    free(e->url);
+    free(e->events);
+    free(e->secret);
+    memset(e, 0, sizeof *e);
+}
+
+void store_endpoint_list_clear(struct store_endpoint_list *l)
+{
+    for (size_t i = 0; i < l->count; i++)
+        store_endpoint_clear(&l->items[i]);
+    free(l->items);
+    memset(l, 0, sizeof *l);
+}
+
+int store_endpoint_copy(struct store_endpoint *dst, const struct store_endpoint *src)
+{
+    memset(dst, 0, sizeof *dst);
+    dst->created_at_us = src->created_at_us;
+    if (dup_opt(&dst->endpoint_id, src->endpoint_id) || dup_opt(&dst->url, src->url) ||
+        dup_opt(&dst->events, src->events) || dup_opt(&dst->secret, src->secret)) {
+        store_endpoint_clear(dst);
+        return -1;
+    }
     return 0;
 }
 

@@ -202,6 +202,21 @@ struct store_event_list {
     int has_more;
 };
 
+/* A webhook endpoint of a tenant (sql/013): where its events go. Owned
+ * like a payment's strings: free with store_endpoint_clear(). */
+struct store_endpoint {
+    char *endpoint_id; /* "we_..." */
+    char *url;
+    char *events; /* the types it wants, comma-separated; NULL: every type */
+    char *secret; /* the HMAC key of its deliveries */
+    int64_t created_at_us;
+};
+
+struct store_endpoint_list {
+    struct store_endpoint *items; /* oldest first */
+    size_t count;
+};
+
 struct store_pool_stats {
     int size;
     int in_use;
@@ -270,6 +285,13 @@ struct store_ops {
                                      struct store_event_list *out, char *err, size_t errlen);
     enum store_status (*reap_events)(struct store *s, int64_t retention_ms, int batch, int *deleted,
                                      char *err, size_t errlen);
+    enum store_status (*create_endpoint)(struct store *s, const char *tenant,
+                                         const struct store_endpoint *e, int max, char *err,
+                                         size_t errlen);
+    enum store_status (*list_endpoints)(struct store *s, const char *tenant,
+                                        struct store_endpoint_list *out, char *err, size_t errlen);
+    enum store_status (*delete_endpoint)(struct store *s, const char *tenant,
+                                         const char *endpoint_id, char *err, size_t errlen);
     enum store_status (*get_charge)(struct store *s, const char *charge_id,
                                     struct store_charge *out, char *err, size_t errlen);
     enum store_status (*list_charges)(struct store *s, const char *reference,
@@ -377,6 +399,23 @@ enum store_status store_list_events(struct store *s, const char *tenant,
 enum store_status store_reap_events(struct store *s, int64_t retention_ms, int batch, int *deleted,
                                     char *err, size_t errlen);
 
+/* Add a webhook endpoint for the tenant, unless it has max already
+ * (STORE_REJECTED: nothing written). Under concurrent creates of one
+ * tenant PostgreSQL may let one or two more through. */
+enum store_status store_create_endpoint(struct store *s, const char *tenant,
+                                        const struct store_endpoint *e, int max, char *err,
+                                        size_t errlen);
+
+/* Every endpoint of the tenant, oldest first. Free with
+ * store_endpoint_list_clear(). */
+enum store_status store_list_endpoints(struct store *s, const char *tenant,
+                                       struct store_endpoint_list *out, char *err, size_t errlen);
+
+/* Remove one endpoint of the tenant; STORE_NOT_FOUND when it has none by
+ * that id. */
+enum store_status store_delete_endpoint(struct store *s, const char *tenant,
+                                        const char *endpoint_id, char *err, size_t errlen);
+
 /* The acquirer's ledger. One charge by id (STORE_NOT_FOUND when none);
  * the charges whose reference is reference, and the refunds of one charge,
  * oldest first, at most STORE_LEDGER_LIST_MAX (an empty list when none).
@@ -435,6 +474,10 @@ int store_refund_copy(struct store_refund *dst, const struct store_refund *src);
 void store_event_clear(struct store_event *e);
 void store_event_list_clear(struct store_event_list *l);
 int store_event_copy(struct store_event *dst, const struct store_event *src);
+/* The same for webhook endpoints. */
+void store_endpoint_clear(struct store_endpoint *e);
+void store_endpoint_list_clear(struct store_endpoint_list *l);
+int store_endpoint_copy(struct store_endpoint *dst, const struct store_endpoint *src);
 /* The same for the ledger's rows. */
 void store_charge_clear(struct store_charge *c);
 void store_charge_list_clear(struct store_charge_list *l);

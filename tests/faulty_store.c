@@ -151,6 +151,25 @@ static enum store_status f_reap_events(struct store *s, int64_t retention_ms, in
                              errlen);
 }
 
+static enum store_status f_create_endpoint(struct store *s, const char *tenant,
+                                           const struct store_endpoint *e, int max, char *err,
+                                           size_t errlen)
+{
+    return store_create_endpoint(((struct faulty *)s)->inner, tenant, e, max, err, errlen);
+}
+
+static enum store_status f_list_endpoints(struct store *s, const char *tenant,
+                                          struct store_endpoint_list *out, char *err, size_t errlen)
+{
+    return store_list_endpoints(((struct faulty *)s)->inner, tenant, out, err, errlen);
+}
+
+static enum store_status f_delete_endpoint(struct store *s, const char *tenant, const char *id,
+                                           char *err, size_t errlen)
+{
+    return store_delete_endpoint(((struct faulty *)s)->inner, tenant, id, err, errlen);
+}
+
 static enum store_status f_ping(struct store *s, char *err, size_t errlen)
 {
     return store_ping(((struct faulty *)s)->inner, err, errlen);
@@ -207,6 +226,9 @@ static const struct store_ops faulty_ops = {
     .get_event = f_get_event,
     .list_events = f_list_events,
     .reap_events = f_reap_events,
+    .create_endpoint = f_create_endpoint,
+    .list_endpoints = f_list_endpoints,
+    .delete_endpoint = f_delete_endpoint,
     .ping = f_ping,
     .pool_stats = f_stats,
     .free = f_free,

@@ -76,11 +76,11 @@ def main():
     table = handlers[handlers.index("ROUTE_TABLE[] = {"):]
     table = table[:table.index("};")]
     rows = re.findall(r'\{((?:ROUTES_\w+\s*)?(?:"[^"]*")?),\s*METRICS_ROUTE_\w+,\s*[01],\s*'
-                      r'"[^"]*",\s*(\w+),\s*(\w+)\}', table)
+                      r'"[^"]*",\s*(\w+),\s*(\w+),\s*(\w+)\}', table)
     check(len(rows) >= 6, "found only %d rows in handlers.c's route table: the scan is broken"
           % len(rows))
     want_paths = {}
-    for pattern, get, post in rows:
+    for pattern, get, post, delete in rows:
         m = re.match(r'(ROUTES_\w+)?\s*(?:"([^"]*)")?$', pattern.strip())
         path = macros.get(m.group(1), "") + (m.group(2) or "") if m.group(1) else m.group(2)
         check(not m.group(1) or m.group(1) in macros, "%s is not in routes.h" % m.group(1))
@@ -89,6 +89,8 @@ def main():
             methods.add("get")
         if post != "NULL":
             methods.add("post")
+        if delete != "NULL":
+            methods.add("delete")
     # Every route of routes.h is in the table, through its adapter or itself.
     declared = re.findall(r"void (routes_\w+)\(", routes_h)
     check(len(declared) >= 6, "found only %d routes in routes.h: the scan is broken" % len(declared))

@@ -1,16 +1,20 @@
-/* test_payment.c - payments: request validation, strict JSON bodies, response shapes, ids */
+/* test_payment.c - payments: request validation, strict JSON bodies, response shapes, ids;
+ * and which addresses a webhook endpoint may point at */
 #define _POSIX_C_SOURCE 200809L
+#include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "apierr.h"
 #include "payment.h"
 #include "store.h"
 #include "utf8.h"
+#include "webhook_endpoint.h"
 
 /* ---- payment validation ----------------------------------------------------- */
 
@@ -392,4 +396,118 @@ Test(payment, simulated_processor_by_customer)
     cr_assert_eq(payment_process(&r, 0), PAYMENT_DECLINED);
     strcpy(r.customer_id, "cust-gateway-error");
     cr_assert_eq(payment_process(&r, 0), PAYMENT_GATEWAY_ERROR);
+}
+
+/* ---- webhook endpoints: the addresses a tenant may make us connect to ---------- */
+
+/* Whether webhook_address_public() calls text (an IPv4 or IPv6 address)
+ * public, asked with the sockaddr the resolver would hand it. */
+static int address_public(const char *text)
+{
+    struct sockaddr_in v4 = {.sin_family = AF_INET};
+    struct sockaddr_in6 v6 = {.sin6_family = AF_INET6};
+    if (inet_pton(AF_INET, text, &v4.sin_addr) == 1)
+        return webhook_address_public((const struct sockaddr *)&v4);
+    cr_assert_eq(inet_pton(AF_INET6, text, &v6.sin6_addr), 1, "not an address: %s", text);
+    return webhook_address_public((const struct sockaddr *)&v6);
+}
+
+Test(webhook_address, the_operators_own_network_is_refused)
+{
+    static const struct {
+        const char *address, *what;
+    } refused[] = {
+        {"127.0.0.1", "loopback"},
+        {"127.255.255.254", "loopback"},
+        {"10.0.0.1", "private"},
+        {"10.255.255.255", "private"},
+        {"172.16.0.1", "private"},
+        {"172.31.255.255", "private"},
+        {"192.168.1.1", "private"},
+        {"192.168.255.255", "private"},
+        {"100.64.0.1", "shared (carrier NAT)"},
+        {"100.127.255.255", "shared (carrier NAT)"},
+        {"169.254.169.254", "link-local: cloud metadata"},
+        {"169.254.0.1", "link-local"},
+        {"0.0.0.0", "unspecified"},
+        {"0.1.2.3", "this network"},
+        {"224.0.0.1", "multicast"},
+        {"239.255.255.250", "multicast"},
+        {"255.255.255.255", "broadcast"},
+        {"240.0.0.1", "reserved"},
+        {"198.18.0.1", "benchmarking"},
+        {"198.19.255.255", "benchmarking"},
+        {"192.0.0.1", "IETF protocol assignments"},
+        {"::", "unspecified"},
+        {"::1", "loopback"},
+        {"fc00::1", "unique local"},
+        {"fd12::1", "unique local"},
+        {"fdff:ffff::1", "unique local"},
+        {"fe80::1", "link-local"},
+        {"febf::1", "link-local"},
+        {"ff02::1", "multicast"},
+        {"ff05::1:3", "multicast"},
+        {"::ffff:127.0.0.1", "loopback, IPv4-mapped"},
+        {"::ffff:10.0.0.1", "private, IPv4-mapped"},
+        {"::ffff:169.254.169.254", "cloud metadata, IPv4-mapped"},
+        {"::ffff:192.168.0.1", "private, IPv4-mapped"},
+        {"::ffff:0.0.0.0", "unspecified, IPv4-mapped"},
+        {"64:ff9b::a00:1", "private, through NAT64"},
+        {"64:ff9b::7f00:1", "loopback, through NAT64"},
+        {"64:ff9b::a9fe:a9fe", "cloud metadata, through NAT64"},
+        {"::127.0.0.1", "loopback, IPv4-compatible"},
+        {"::8.8.8.8", "IPv4-compatible: deprecated, never public"},
+        {"2002:7f00:1::", "loopback, through 6to4"},
+        {"2002:a00:1::1", "private, through 6to4"},
+        {"fec0::1", "site-local (deprecated)"},
+        {"feff::1", "site-local (deprecated)"},
+        {"fe7f::1", "reserved: outside 2000::/3"},
+        {"4000::1", "reserved: outside 2000::/3"},
+        {"2001:db8::1", "documentation"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
+        cr_expect_eq(address_public(refused[i].address), 0, "%s (%s) is called public",
+                     refused[i].address, refused[i].what);
+}
+
+Test(webhook_address, public_addresses_are_accepted)
+{
+    /* public ones, and those just outside each refused range */
+    static const struct {
+        const char *address, *what;
+    } accepted[] = {
+        {"8.8.8.8", "public"},
+        {"1.1.1.1", "public"},
+        {"9.255.255.255", "below 10/8"},
+        {"11.0.0.1", "above 10/8"},
+        {"100.63.255.255", "below 100.64/10"},
+        {"100.128.0.1", "above 100.64/10"},
+        {"126.255.255.255", "below 127/8"},
+        {"128.0.0.1", "above 127/8"},
+        {"169.253.255.255", "below 169.254/16"},
+        {"169.255.0.1", "above 169.254/16"},
+        {"172.15.255.255", "below 172.16/12"},
+        {"172.32.0.1", "above 172.16/12"},
+        {"192.0.1.1", "above 192.0.0/24"},
+        {"192.167.255.255", "below 192.168/16"},
+        {"192.169.0.1", "above 192.168/16"},
+        {"198.17.255.255", "below 198.18/15"},
+        {"198.20.0.1", "above 198.18/15"},
+        {"223.255.255.255", "below multicast"},
+        {"2606:4700:4700::1111", "public"},
+        {"2001:4860:4860::8888", "public"},
+        {"::ffff:8.8.8.8", "public, IPv4-mapped"},
+        {"64:ff9b::808:808", "public, through NAT64"},
+        {"2002:808:808::1", "public, through 6to4"},
+        {"3fff:ffff::1", "global unicast, top of 2000::/3"},
+    };
+    for (size_t i = 0; i < sizeof accepted / sizeof accepted[0]; i++)
+        cr_expect_eq(address_public(accepted[i].address), 1, "%s (%s) is refused",
+                     accepted[i].address, accepted[i].what);
+}
+
+Test(webhook_address, an_address_of_another_family_is_refused)
+{
+    struct sockaddr sa = {.sa_family = AF_UNIX};
+    cr_assert_eq(webhook_address_public(&sa), 0);
 }

@@ -162,6 +162,8 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
     svc->log = log;
     svc->lease_ms = (int64_t)cfg->lease_s * 1000;
     svc->ttl_ms = (int64_t)cfg->idempotency_ttl_s * 1000;
+    svc->webhook_allow_private = cfg->webhook_allow_private;
+    svc->webhook_max_endpoints = cfg->webhook_max_endpoints;
     svc->require_key = cfg->require_key;
     svc->processing_delay_ms = cfg->processing_delay_ms;
     e->opt = (struct edge_options){
@@ -245,6 +247,7 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
     cJSON_AddNumberToObject(line, "lease_s", cfg->lease_s);
     cJSON_AddNumberToObject(line, "idempotency_ttl_s", cfg->idempotency_ttl_s);
     cJSON_AddNumberToObject(line, "event_retention_s", cfg->event_retention_s);
+    cJSON_AddBoolToObject(line, "webhook_allow_private", cfg->webhook_allow_private);
     cJSON_AddStringToObject(line, "acquirer",
                             cfg->acquirer_url[0] ? cfg->acquirer_url : "in-process");
     if (cfg->acquirer_url[0])

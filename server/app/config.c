@@ -44,6 +44,10 @@ static const struct opt OPTS[] = {
     INT_OPT("reaper-interval-ms", "MOCKERY_REAPER_INTERVAL_MS", reaper_interval_ms, 10, 86400000),
     INT_OPT("reaper-batch", "MOCKERY_REAPER_BATCH", reaper_batch, 1, 100000),
     INT_OPT("event-retention", "MOCKERY_EVENT_RETENTION", event_retention_s, 1, 366 * 86400),
+    {"webhook-allow-private", "MOCKERY_WEBHOOK_ALLOW_PRIVATE", OPT_BOOL,
+     offsetof(struct config, webhook_allow_private), 0, 0, 0},
+    INT_OPT("webhook-max-endpoints", "MOCKERY_WEBHOOK_MAX_ENDPOINTS", webhook_max_endpoints, 1,
+            1000),
     INT_OPT("recovery-interval-ms", "MOCKERY_RECOVERY_INTERVAL_MS", recovery_interval_ms, 10,
             86400000),
     INT_OPT("recovery-batch", "MOCKERY_RECOVERY_BATCH", recovery_batch, 1, 10000),
@@ -77,6 +81,7 @@ void config_defaults(struct config *c)
     c->reaper_interval_ms = 60000;
     c->reaper_batch = 1000;
     c->event_retention_s = 30 * 86400;
+    c->webhook_max_endpoints = 16;
     c->recovery_interval_ms = 1000;
     c->recovery_batch = 100;
     c->replay_cache = 10000;
@@ -106,6 +111,9 @@ const char *config_usage(void)
            "  --reaper-interval-ms N   how often expired keys are deleted (60000)\n"
            "  --reaper-batch N         keys deleted per statement, ten a pass at most (1000)\n"
            "  --event-retention S      seconds an event is kept (2592000: 30 days)\n"
+           "  --webhook-allow-private BOOL  webhook endpoints on loopback and private\n"
+           "                           addresses too, for tests and local stacks (false)\n"
+           "  --webhook-max-endpoints N  webhook endpoints a tenant may have (16)\n"
            "  --replay-cache N         completed answers kept in memory for retries (10000)\n"
            "  --max-client-connections N  open connections per client address, 0: no limit "
            "(64)\n"

@@ -28,6 +28,8 @@ struct config {
     int reaper_interval_ms;
     int reaper_batch;
     int event_retention_s;          /* how long events are kept */
+    int webhook_allow_private;      /* endpoints on loopback and private addresses too (tests) */
+    int webhook_max_endpoints;      /* a tenant's at most */
     int recovery_interval_ms;       /* how often recovery looks for records left processing */
     int recovery_batch;             /* records recovered a pass at most */
     int replay_cache;               /* completed answers kept in memory; 0: none */

@@ -38,6 +38,14 @@
     X(PAYMENT_NOT_FOUND, 404, APIERR_TYPE_INVALID, "payment_not_found", "no payment with that id") \
     X(REFUND_NOT_FOUND, 404, APIERR_TYPE_INVALID, "refund_not_found", "no refund with that id")    \
     X(EVENT_NOT_FOUND, 404, APIERR_TYPE_INVALID, "event_not_found", "no event with that id")       \
+    X(WEBHOOK_ENDPOINT_NOT_FOUND, 404, APIERR_TYPE_INVALID, "webhook_endpoint_not_found",          \
+      "no webhook endpoint with that id")                                                          \
+    X(INVALID_URL, 422, APIERR_TYPE_INVALID, "invalid_url", "url is not a valid http(s) URL")      \
+    X(URL_NOT_ALLOWED, 422, APIERR_TYPE_INVALID, "url_not_allowed",                                \
+      "url resolves to an address that is not public")                                             \
+    X(INVALID_EVENTS, 422, APIERR_TYPE_INVALID, "invalid_events", "events is not a list of types") \
+    X(ENDPOINT_LIMIT_REACHED, 422, APIERR_TYPE_INVALID, "endpoint_limit_reached",                  \
+      "the tenant has as many webhook endpoints as it may")                                        \
     X(ROUTE_NOT_FOUND, 404, APIERR_TYPE_INVALID, "route_not_found", "no such route")               \
     X(METHOD_NOT_ALLOWED, 405, APIERR_TYPE_INVALID, "method_not_allowed",                          \
       "this method is not allowed here")                                                           \

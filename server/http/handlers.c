@@ -116,6 +116,18 @@ static void list_events(struct request *r, const char *id)
     routes_list_events(r);
 }
 
+static void list_endpoints(struct request *r, const char *id)
+{
+    (void)id;
+    routes_list_endpoints(r);
+}
+
+static void create_endpoint(struct request *r, const char *id)
+{
+    (void)id;
+    routes_create_endpoint(r);
+}
+
 /* Every path the API serves. A pattern's "{name}" is one path segment, an
  * id of 1 to IDS_MAX bytes, handed to the handler; the rest must match
  * exactly. Routes under /api/ need an API key (and are rate-limited);
@@ -129,17 +141,22 @@ static const struct route {
     const char *allow;
     void (*get)(struct request *r, const char *id);
     void (*post)(struct request *r, const char *id);
+    void (*del)(struct request *r, const char *id); /* DELETE */
 } ROUTE_TABLE[] = {
-    {"/health", METRICS_ROUTE_HEALTH, 0, "GET", get_health, NULL},
-    {"/metrics", METRICS_ROUTE_METRICS, 0, "GET", get_metrics, NULL},
-    {ROUTES_PAYMENTS, METRICS_ROUTE_PAYMENTS, 1, "GET, POST", list_payments, create_payment},
-    {ROUTES_PAYMENTS "/{transaction_id}", METRICS_ROUTE_PAYMENT, 1, "GET", routes_get_payment,
+    {"/health", METRICS_ROUTE_HEALTH, 0, "GET", get_health, NULL, NULL},
+    {"/metrics", METRICS_ROUTE_METRICS, 0, "GET", get_metrics, NULL, NULL},
+    {ROUTES_PAYMENTS, METRICS_ROUTE_PAYMENTS, 1, "GET, POST", list_payments, create_payment, NULL},
+    {ROUTES_PAYMENTS "/{transaction_id}", METRICS_ROUTE_PAYMENT, 1, "GET", routes_get_payment, NULL,
      NULL},
     {ROUTES_PAYMENTS "/{transaction_id}/refunds", METRICS_ROUTE_REFUNDS, 1, "GET, POST",
-     routes_list_refunds, routes_create_refund},
-    {ROUTES_REFUNDS "/{refund_id}", METRICS_ROUTE_REFUND, 1, "GET", routes_get_refund, NULL},
-    {ROUTES_EVENTS, METRICS_ROUTE_EVENTS, 1, "GET", list_events, NULL},
-    {ROUTES_EVENTS "/{event_id}", METRICS_ROUTE_EVENT, 1, "GET", routes_get_event, NULL},
+     routes_list_refunds, routes_create_refund, NULL},
+    {ROUTES_REFUNDS "/{refund_id}", METRICS_ROUTE_REFUND, 1, "GET", routes_get_refund, NULL, NULL},
+    {ROUTES_EVENTS, METRICS_ROUTE_EVENTS, 1, "GET", list_events, NULL, NULL},
+    {ROUTES_EVENTS "/{event_id}", METRICS_ROUTE_EVENT, 1, "GET", routes_get_event, NULL, NULL},
+    {ROUTES_WEBHOOK_ENDPOINTS, METRICS_ROUTE_WEBHOOK_ENDPOINTS, 1, "GET, POST", list_endpoints,
+     create_endpoint, NULL},
+    {ROUTES_WEBHOOK_ENDPOINTS "/{endpoint_id}", METRICS_ROUTE_WEBHOOK_ENDPOINT, 1, "DELETE", NULL,
+     NULL, routes_delete_endpoint},
 };
 
 /* Whether path matches pattern; the "{...}" segment, if any, goes to id. */
@@ -220,9 +237,10 @@ static void dispatch(struct request *r)
         return;
     }
     r->route = route->metric;
-    void (*handler)(struct request *, const char *) = strcmp(method, "GET") == 0    ? route->get
-                                                      : strcmp(method, "POST") == 0 ? route->post
-                                                                                    : NULL;
+    void (*handler)(struct request *, const char *) = strcmp(method, "GET") == 0      ? route->get
+                                                      : strcmp(method, "POST") == 0   ? route->post
+                                                      : strcmp(method, "DELETE") == 0 ? route->del
+                                                                                      : NULL;
     /* Every /api/ route needs a key, and its 401 comes first (before 405). */
     if (route->authenticated && authenticate(r) != 0)
         return;

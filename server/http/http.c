@@ -473,8 +473,6 @@ static void send_continue(struct request *r, size_t max_body)
 int http_read_idempotent_post(struct request *r, size_t max_body, int require_key,
                               enum idemkey_status *key_status, char **body, size_t *len)
 {
-    struct apierr e;
-    const char *close[] = {"Connection", "close", NULL};
     enum idemkey_status ks = http_header_count(r->ri, "Idempotency-Key") > 1
                                  ? IDEMKEY_INVALID
                                  : idemkey_parse(mg_get_header(r->conn, "Idempotency-Key"), r->key);
@@ -491,6 +489,16 @@ int http_read_idempotent_post(struct request *r, size_t max_body, int require_ke
                   HTTP_KEY_MAX);
         return -1;
     }
+    if (http_read_json_body(r, max_body, body, len) != 0)
+        return -1;
+    *key_status = ks;
+    return 0;
+}
+
+int http_read_json_body(struct request *r, size_t max_body, char **body, size_t *len)
+{
+    struct apierr e;
+    const char *close[] = {"Connection", "close", NULL};
     if (!is_json(mg_get_header(r->conn, "Content-Type"))) {
         http_fail(r, APIERR_UNSUPPORTED_MEDIA_TYPE, NULL,
                   "the body must be sent as Content-Type: application/json");
@@ -499,7 +507,6 @@ int http_read_idempotent_post(struct request *r, size_t max_body, int require_ke
     send_continue(r, max_body);
     switch (read_body(r, max_body, body, len)) {
     case HTTP_BODY_OK:
-        *key_status = ks;
         return 0;
     case HTTP_BODY_TOO_LARGE:
         apierr_of(&e, APIERR_BODY_TOO_LARGE, NULL, "the body is larger than %zu bytes", max_body);

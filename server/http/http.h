@@ -112,6 +112,11 @@ const char *http_method(const struct request *r);
 int http_read_idempotent_post(struct request *r, size_t max_body, int require_key,
                               enum idemkey_status *key_status, char **body, size_t *len);
 
+/* Reads a JSON body, as the above does after the key: the content type
+ * (415), then at most max_body bytes (413, 408, 400). -1 once answered;
+ * else 0 with the malloc'd body in *body, *len. */
+int http_read_json_body(struct request *r, size_t max_body, char **body, size_t *len);
+
 /* What RFC 9112 says a server must refuse and civetweb 1.15 lets through,
  * each a way to smuggle a request past a proxy that frames it otherwise:
  * several or malformed Content-Length, Content-Length with

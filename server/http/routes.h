@@ -1,6 +1,6 @@
 /* routes.h - the API's resources, each served by its own file: payments
- * (payment_routes.c), refunds (refund_routes.c) and events
- * (event_routes.c). handlers.c routes to
+ * (payment_routes.c), refunds (refund_routes.c), events (event_routes.c)
+ * and webhook endpoints (webhook_routes.c). handlers.c routes to
  * them once the tenant is known. */
 #ifndef MOCKERY_ROUTES_H
 #define MOCKERY_ROUTES_H
@@ -12,6 +12,7 @@ struct post_route;
 #define ROUTES_PAYMENTS "/api/v1/payments"
 #define ROUTES_REFUNDS "/api/v1/refunds"
 #define ROUTES_EVENTS "/api/v1/events"
+#define ROUTES_WEBHOOK_ENDPOINTS "/api/v1/webhook_endpoints"
 
 /* The idempotent POSTs, as recovery revives them (recovery.h). */
 extern const struct post_route ROUTES_PAYMENT_POST;
@@ -35,5 +36,12 @@ void routes_get_refund(struct request *r, const char *id);
 void routes_list_events(struct request *r);
 /* GET /api/v1/events/{event_id} */
 void routes_get_event(struct request *r, const char *id);
+
+/* POST /api/v1/webhook_endpoints (not idempotent by key) */
+void routes_create_endpoint(struct request *r);
+/* GET /api/v1/webhook_endpoints */
+void routes_list_endpoints(struct request *r);
+/* DELETE /api/v1/webhook_endpoints/{endpoint_id} */
+void routes_delete_endpoint(struct request *r, const char *id);
 
 #endif

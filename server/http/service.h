@@ -26,6 +26,8 @@ struct service {
     int processing_delay_ms;
     struct acquirer *acquirer; /* --acquirer-url's client; NULL: the in-process simulator */
     sem_t list_slots;          /* list queries running at once (an eighth of the pool) */
+    int webhook_allow_private; /* --webhook-allow-private: endpoints on any address */
+    int webhook_max_endpoints; /* --webhook-max-endpoints: a tenant's at most */
 };
 
 #endif

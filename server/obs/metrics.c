@@ -19,10 +19,12 @@ static const char *const ROUTES[METRICS_ROUTE_COUNT] = {"/api/v1/payments",
                                                         "/api/v1/refunds/{id}",
                                                         "/api/v1/events",
                                                         "/api/v1/events/{id}",
+                                                        "/api/v1/webhook_endpoints",
+                                                        "/api/v1/webhook_endpoints/{id}",
                                                         "/health",
                                                         "/metrics",
                                                         "other"};
-static const char *const METHODS[METHOD_COUNT] = {"GET", "POST", "other"};
+static const char *const METHODS[METHOD_COUNT] = {"GET", "POST", "DELETE", "other"};
 
 #define STATUS_MIN 100
 #define STATUS_SLOTS 500 /* 100..599 */
@@ -66,9 +68,10 @@ void metrics_request(struct metrics *m, enum metrics_route route, const char *me
 {
     enum outcome outcome = a->outcome;
     enum effect effect = a->effect;
-    int mi = strcmp(method, "GET") == 0    ? METHOD_GET
-             : strcmp(method, "POST") == 0 ? METHOD_POST
-                                           : METHOD_OTHER;
+    int mi = strcmp(method, "GET") == 0      ? METHOD_GET
+             : strcmp(method, "POST") == 0   ? METHOD_POST
+             : strcmp(method, "DELETE") == 0 ? METHOD_DELETE
+                                             : METHOD_OTHER;
     if (status >= STATUS_MIN && status < STATUS_MIN + STATUS_SLOTS)
         ADD(m->requests[route][mi][status - STATUS_MIN], 1);
     int b = 0;

@@ -14,19 +14,21 @@
 struct store;
 
 enum metrics_route {
-    METRICS_ROUTE_PAYMENTS = 0, /* /api/v1/payments */
-    METRICS_ROUTE_PAYMENT,      /* /api/v1/payments/{transaction_id} */
-    METRICS_ROUTE_REFUNDS,      /* /api/v1/payments/{transaction_id}/refunds */
-    METRICS_ROUTE_REFUND,       /* /api/v1/refunds/{refund_id} */
-    METRICS_ROUTE_EVENTS,       /* /api/v1/events */
-    METRICS_ROUTE_EVENT,        /* /api/v1/events/{event_id} */
-    METRICS_ROUTE_HEALTH,       /* /health */
-    METRICS_ROUTE_METRICS,      /* /metrics */
-    METRICS_ROUTE_OTHER,        /* anything else (404s) */
+    METRICS_ROUTE_PAYMENTS = 0,      /* /api/v1/payments */
+    METRICS_ROUTE_PAYMENT,           /* /api/v1/payments/{transaction_id} */
+    METRICS_ROUTE_REFUNDS,           /* /api/v1/payments/{transaction_id}/refunds */
+    METRICS_ROUTE_REFUND,            /* /api/v1/refunds/{refund_id} */
+    METRICS_ROUTE_EVENTS,            /* /api/v1/events */
+    METRICS_ROUTE_EVENT,             /* /api/v1/events/{event_id} */
+    METRICS_ROUTE_WEBHOOK_ENDPOINTS, /* /api/v1/webhook_endpoints */
+    METRICS_ROUTE_WEBHOOK_ENDPOINT,  /* /api/v1/webhook_endpoints/{endpoint_id} */
+    METRICS_ROUTE_HEALTH,            /* /health */
+    METRICS_ROUTE_METRICS,           /* /metrics */
+    METRICS_ROUTE_OTHER,             /* anything else (404s) */
     METRICS_ROUTE_COUNT
 };
 
-enum metrics_method { METHOD_GET = 0, METHOD_POST, METHOD_OTHER, METHOD_COUNT };
+enum metrics_method { METHOD_GET = 0, METHOD_POST, METHOD_DELETE, METHOD_OTHER, METHOD_COUNT };
 
 struct metrics;
 

@@ -118,6 +118,13 @@ void mem_rows_drop_oldest(struct mem_rows *t, size_t k, void (*clear_row)(void *
     t->n -= k;
 }
 
+void mem_rows_remove(struct mem_rows *t, size_t i, void (*clear_row)(void *row))
+{
+    clear_row(mem_rows_at(t, i));
+    memmove(t->data + i * t->size, t->data + (i + 1) * t->size, (t->n - i - 1) * t->size);
+    t->n--;
+}
+
 void mem_rows_free(struct mem_rows *t, void (*clear_row)(void *row))
 {
     for (size_t i = 0; i < t->n; i++)

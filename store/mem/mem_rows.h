@@ -58,6 +58,9 @@ int mem_rows_oldest(const struct mem_rows *t, const char *tenant,
  * gap. */
 void mem_rows_drop_oldest(struct mem_rows *t, size_t k, void (*clear_row)(void *row));
 
+/* Frees row i with clear_row() and closes the gap. */
+void mem_rows_remove(struct mem_rows *t, size_t i, void (*clear_row)(void *row));
+
 /* Frees every row with clear_row() and the table. */
 void mem_rows_free(struct mem_rows *t, void (*clear_row)(void *row));
 

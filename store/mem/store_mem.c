@@ -53,6 +53,11 @@ struct mem_event {
     struct store_event e;
 };
 
+struct mem_endpoint {
+    char *tenant;
+    struct store_endpoint e;
+};
+
 /* The acquirer's ledger belongs to no tenant: tenant is always NULL (a NULL
  * tenant in mem_rows matches every row). */
 struct mem_charge {
@@ -74,6 +79,7 @@ struct store_mem {
     struct mem_rows charges;        /* of struct mem_charge */
     struct mem_rows charge_refunds; /* of struct mem_charge_refund */
     struct mem_rows events;         /* of struct mem_event */
+    struct mem_rows endpoints;      /* of struct mem_endpoint */
     int64_t next_token;
 };
 
@@ -712,6 +718,101 @@ static enum store_status mem_reap_events(struct store *s, int64_t retention_ms, 
     return STORE_OK;
 }
 
+/* ---- webhook endpoints: a tenant's few, oldest first ------------------- */
+
+static int endpoint_newer_first(const void *a, const void *b)
+{
+    const struct store_endpoint *x = &((const struct mem_endpoint *)a)->e;
+    const struct store_endpoint *y = &((const struct mem_endpoint *)b)->e;
+    return newer_first(x->created_at_us, x->endpoint_id, y->created_at_us, y->endpoint_id);
+}
+
+static int endpoint_is(const void *row, const void *id)
+{
+    return strcmp(((const struct mem_endpoint *)row)->e.endpoint_id, id) == 0;
+}
+
+static int endpoint_copy(void *item, const void *row)
+{
+    return store_endpoint_copy(item, &((const struct mem_endpoint *)row)->e);
+}
+
+static void endpoint_item_clear(void *e)
+{
+    store_endpoint_clear(e);
+}
+
+static void endpoint_row_clear(void *row)
+{
+    struct mem_endpoint *me = row;
+    free(me->tenant);
+    store_endpoint_clear(&me->e);
+}
+
+static enum store_status mem_create_endpoint(struct store *s, const char *tenant,
+                                             const struct store_endpoint *e, int max, char *err,
+                                             size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    enum store_status st = STORE_OK;
+    struct mem_endpoint me = {0};
+    pthread_mutex_lock(&m->mu);
+    int have = 0;
+    for (size_t i = 0; i < m->endpoints.n; i++)
+        have += strcmp(((const struct mem_endpoint *)mem_rows_at(&m->endpoints, i))->tenant,
+                       tenant) == 0;
+    if (have >= max) {
+        snprintf(err, errlen, "the tenant has %d endpoints already", max);
+        st = STORE_REJECTED;
+    } else if (mem_rows_reserve(&m->endpoints) != 0 || !(me.tenant = strdup(tenant)) ||
+               store_endpoint_copy(&me.e, e) != 0) {
+        endpoint_row_clear(&me);
+        snprintf(err, errlen, "out of memory");
+        st = STORE_ERROR;
+    } else {
+        mem_rows_insert(&m->endpoints, &me);
+    }
+    pthread_mutex_unlock(&m->mu);
+    return st;
+}
+
+static enum store_status mem_list_endpoints(struct store *s, const char *tenant,
+                                            struct store_endpoint_list *out, char *err,
+                                            size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    enum store_status st = STORE_OK;
+    void *items = NULL;
+    pthread_mutex_lock(&m->mu);
+    if (mem_rows_oldest(&m->endpoints, tenant, NULL, NULL, endpoint_copy, endpoint_item_clear,
+                        sizeof(struct store_endpoint), m->endpoints.n + 1, &items,
+                        &out->count) != 0) {
+        snprintf(err, errlen, "out of memory");
+        st = STORE_ERROR;
+    } else {
+        out->items = items;
+    }
+    pthread_mutex_unlock(&m->mu);
+    return st;
+}
+
+static enum store_status mem_delete_endpoint(struct store *s, const char *tenant,
+                                             const char *endpoint_id, char *err, size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    enum store_status st = STORE_OK;
+    pthread_mutex_lock(&m->mu);
+    size_t i = mem_rows_find(&m->endpoints, tenant, endpoint_is, endpoint_id);
+    if (i == m->endpoints.n) {
+        snprintf(err, errlen, "no such endpoint");
+        st = STORE_NOT_FOUND;
+    } else {
+        mem_rows_remove(&m->endpoints, i, endpoint_row_clear);
+    }
+    pthread_mutex_unlock(&m->mu);
+    return st;
+}
+
 /* ---- the acquirer's ledger: no tenant's, oldest first ------------------- */
 
 static enum store_status mem_get_charge(struct store *s, const char *charge_id,
@@ -912,6 +1013,7 @@ static void mem_free(struct store *s)
     mem_rows_free(&m->charges, charge_row_clear);
     mem_rows_free(&m->charge_refunds, charge_refund_row_clear);
     mem_rows_free(&m->events, event_row_clear);
+    mem_rows_free(&m->endpoints, endpoint_row_clear);
     hashtab_destroy(&m->records);
     pthread_mutex_destroy(&m->mu);
     free(m);
@@ -937,6 +1039,9 @@ static const struct store_ops mem_ops = {
     .get_event = mem_get_event,
     .list_events = mem_list_events,
     .reap_events = mem_reap_events,
+    .create_endpoint = mem_create_endpoint,
+    .list_endpoints = mem_list_endpoints,
+    .delete_endpoint = mem_delete_endpoint,
     .ping = mem_ping,
     .pool_stats = NULL,
     .free = mem_free,
@@ -958,6 +1063,8 @@ struct store *store_mem_new(void)
                                           .newer_first = charge_refund_newer_first};
     m->events =
         (struct mem_rows){.size = sizeof(struct mem_event), .newer_first = event_newer_first};
+    m->endpoints =
+        (struct mem_rows){.size = sizeof(struct mem_endpoint), .newer_first = endpoint_newer_first};
     if (hashtab_init(&m->records, 1024, 1) != 0 || pthread_mutex_init(&m->mu, NULL) != 0) {
         hashtab_destroy(&m->records);
         free(m);

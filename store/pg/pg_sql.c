@@ -241,6 +241,21 @@ static const char SQL_REAP_EVENTS[] =
     " WHERE created_at < now() - $1::bigint * interval '1 millisecond' LIMIT $2"
     " FOR UPDATE SKIP LOCKED)";
 
+/* Webhook endpoints (sql/013): one more for the tenant unless it has $7
+ * already (no row inserted: the limit). */
+static const char SQL_CREATE_ENDPOINT[] =
+    "INSERT INTO webhook_endpoints (tenant_id, endpoint_id, url, events, secret, created_at)"
+    " SELECT $1, $2, $3, string_to_array($4, ','), $5, " TS_OF(
+        "$6") " WHERE (SELECT count(*) FROM webhook_endpoints WHERE tenant_id = $1) < $7::int";
+
+static const char SQL_LIST_ENDPOINTS[] =
+    "SELECT endpoint_id, url, array_to_string(events, ','), secret, " US_OF(
+        "created_at") " FROM webhook_endpoints WHERE tenant_id = $1 ORDER BY created_at, "
+                      "endpoint_id";
+
+static const char SQL_DELETE_ENDPOINT[] =
+    "DELETE FROM webhook_endpoints WHERE tenant_id = $1 AND endpoint_id = $2";
+
 /* The acquirer's ledger (sql/007). A charge is written by its record's
  * completion as a payment is (complete_payment, complete_batch): inserted
  * only where the fenced update matched, in the same statement - one round
@@ -366,6 +381,9 @@ const struct pg_prepared PG_PREPARED[] = {
     {"event_cursor", SQL_EVENT_CURSOR, 2},
     {"list_events", SQL_LIST_EVENTS, 5},
     {"reap_events", SQL_REAP_EVENTS, 2},
+    {"create_endpoint", SQL_CREATE_ENDPOINT, 7},
+    {"list_endpoints", SQL_LIST_ENDPOINTS, 1},
+    {"delete_endpoint", SQL_DELETE_ENDPOINT, 2},
     {"insert_charge", SQL_INSERT_CHARGE, 10},
     {"complete_charge", SQL_COMPLETE_CHARGE, 16},
     {"complete_charge_batch", SQL_COMPLETE_CHARGE_BATCH, 16},

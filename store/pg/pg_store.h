@@ -8,6 +8,7 @@
  *   pg_idem.c     claim, complete with rows, release, rows without a key
  *   pg_reads.c    payments, refunds, events and the ledger read and listed;
  *                 reapers; ping
+ *   pg_endpoints.c webhook endpoints made, listed, removed
  *   pg_recover.c  records taken over for recovery, and those waiting for it
  *   store_pg.c    the store_ops table, the constructor
  */
@@ -54,6 +55,13 @@ enum store_status pg_list_events(struct store *s, const char *tenant,
                                  char *err, size_t errlen);
 enum store_status pg_reap_events(struct store *s, int64_t retention_ms, int batch, int *deleted,
                                  char *err, size_t errlen);
+enum store_status pg_create_endpoint(struct store *s, const char *tenant,
+                                     const struct store_endpoint *e, int max, char *err,
+                                     size_t errlen);
+enum store_status pg_list_endpoints(struct store *s, const char *tenant,
+                                    struct store_endpoint_list *out, char *err, size_t errlen);
+enum store_status pg_delete_endpoint(struct store *s, const char *tenant, const char *endpoint_id,
+                                     char *err, size_t errlen);
 enum store_status pg_get_charge(struct store *s, const char *charge_id, struct store_charge *out,
                                 char *err, size_t errlen);
 enum store_status pg_list_charges(struct store *s, const char *reference,
