@@ -173,26 +173,28 @@ static int pay_run(void *vctx, const void *vreq, const struct idem_call *call,
         goto oom;
     out->rows.payment = row;
     out->free_rows = pay_free_rows;
-    /* its event, written with it: the payment as GET shows it */
+    out->effect = po == PAYMENT_APPROVED ? EFFECT_PAYMENT_COMPLETED : EFFECT_PAYMENT_DECLINED;
+    /* The payment as GET shows it: a 201's body, and its event's object. */
+    char *object = payment_json(&p);
+    if (!object)
+        goto oom;
     out->rows.event =
         event_new(po == PAYMENT_APPROVED ? EVENT_PAYMENT_SUCCEEDED : EVENT_PAYMENT_DECLINED,
-                  call->downstream_key, p.processed_at_us, payment_to_cjson(&p));
-    if (!out->rows.event)
-        goto oom;
-    out->effect = po == PAYMENT_APPROVED ? EFFECT_PAYMENT_COMPLETED : EFFECT_PAYMENT_DECLINED;
+                  call->downstream_key, p.processed_at_us, object, strlen(object));
     if (po == PAYMENT_APPROVED) {
         out->status = 201;
-        out->body = payment_json(&p);
+        out->body = object;
         size_t n = sizeof ROUTES_PAYMENTS + 1 + PAYMENT_ID_LEN;
         out->location = malloc(n);
         if (!out->location)
             goto oom;
         snprintf(out->location, n, "%s/%s", ROUTES_PAYMENTS, id);
     } else {
+        free(object);
         out->status = 402;
         out->body = payment_declined_json(&p);
     }
-    if (!out->body)
+    if (!out->body || !out->rows.event)
         goto oom;
     out->body_len = strlen(out->body);
     return 0;

@@ -227,15 +227,15 @@ static int refund_run(void *vctx, const void *vreq, const struct idem_call *call
     out->rows.refund = copy;
     out->effect = EFFECT_REFUND;
     out->free_rows = refund_free_rows;
-    out->rows.event = event_new(EVENT_REFUND_SUCCEEDED, call->downstream_key, row.created_at_us,
-                                refund_to_cjson(&row));
-    if (!out->rows.event)
-        goto oom;
     out->status = 201;
-    out->body = refund_json(&row);
+    out->body = refund_json(&row); /* the refund as GET shows it: its event's object too */
     size_t n = sizeof ROUTES_REFUNDS + 1 + REFUND_ID_LEN;
     out->location = malloc(n);
     if (!out->body || !out->location)
+        goto oom;
+    out->rows.event = event_new(EVENT_REFUND_SUCCEEDED, call->downstream_key, row.created_at_us,
+                                out->body, strlen(out->body));
+    if (!out->rows.event)
         goto oom;
     snprintf(out->location, n, "%s/%s", ROUTES_REFUNDS, id);
     out->body_len = strlen(out->body);

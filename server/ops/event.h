@@ -9,11 +9,10 @@
 #ifndef MOCKERY_EVENT_H
 #define MOCKERY_EVENT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "store.h"
-
-struct cJSON;
 
 #define EVENT_ID_LEN 28 /* "evt_" + 24 URL-safe characters */
 
@@ -36,11 +35,12 @@ int event_id_valid(const char *s);
 /* The event of the record whose key downstream is downstream_key: its id
  * is "evt_" and the key's random characters, so every run of one record
  * (a takeover, recovery) names one event, and two can never be written
- * for it. object (the payment or refund as the API shows it) is taken
- * over, also on failure. A new store_event (free with event_free()), or
- * NULL when out of memory or the key has another shape. */
+ * for it. object: the payment or refund as the API shows it (JSON text of
+ * object_len bytes, often the answer's own body), placed in the event
+ * as it is. A new store_event (free with event_free()), or NULL when out
+ * of memory or the key has another shape. */
 struct store_event *event_new(enum event_type t, const char *downstream_key, int64_t created_us,
-                              struct cJSON *object);
+                              const char *object, size_t object_len);
 void event_free(struct store_event *e);
 
 #endif
