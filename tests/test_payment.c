@@ -464,6 +464,11 @@ Test(webhook_address, the_operators_own_network_is_refused)
         {"fe7f::1", "reserved: outside 2000::/3"},
         {"4000::1", "reserved: outside 2000::/3"},
         {"2001:db8::1", "documentation"},
+        {"3fff::1", "documentation (3fff::/20)"},
+        {"2001:0:4136:e378::1", "Teredo: IPv4 behind a tunnel"},
+        {"192.0.2.1", "documentation (TEST-NET-1)"},
+        {"198.51.100.7", "documentation (TEST-NET-2)"},
+        {"203.0.113.200", "documentation (TEST-NET-3)"},
     };
     for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
         cr_expect_eq(address_public(refused[i].address), 0, "%s (%s) is called public",
@@ -499,7 +504,10 @@ Test(webhook_address, public_addresses_are_accepted)
         {"::ffff:8.8.8.8", "public, IPv4-mapped"},
         {"64:ff9b::808:808", "public, through NAT64"},
         {"2002:808:808::1", "public, through 6to4"},
-        {"3fff:ffff::1", "global unicast, top of 2000::/3"},
+        {"3fff:1000::1", "in 2000::/3, above 3fff::/20"},
+        {"2001:200::1", "global unicast, outside Teredo"},
+        {"192.0.3.1", "above TEST-NET-1"},
+        {"203.0.114.1", "above TEST-NET-3"},
     };
     for (size_t i = 0; i < sizeof accepted / sizeof accepted[0]; i++)
         cr_expect_eq(address_public(accepted[i].address), 1, "%s (%s) is refused",

@@ -161,6 +161,9 @@ static int ipv4_public(uint32_t a)
         {0xA9FE0000, 16}, /* link-local (cloud metadata lives here) */
         {0xAC100000, 12}, /* private */
         {0xC0000000, 24}, /* IETF protocol assignments */
+        {0xC0000200, 24}, /* documentation (TEST-NET-1) */
+        {0xC6336400, 24}, /* documentation (TEST-NET-2) */
+        {0xCB007100, 24}, /* documentation (TEST-NET-3) */
         {0xC0A80000, 16}, /* private */
         {0xC6120000, 15}, /* benchmarking */
         {0xE0000000, 4},  /* multicast */
@@ -191,9 +194,13 @@ int webhook_address_public(const struct sockaddr *sa)
         return ipv4_public((uint32_t)b[2] << 24 | (uint32_t)b[3] << 16 | (uint32_t)b[4] << 8 |
                            b[5]);
     /* the rest: global unicast (2000::/3) only - not unique local, link-
-     * or site-local, multicast or reserved - and not the documentation
-     * prefix 2001:db8::/32 */
-    if (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0x0d && b[3] == 0xb8)
+     * or site-local, multicast or reserved - and not Teredo (2001::/32,
+     * IPv4 behind a tunnel) nor the documentation prefixes 2001:db8::/32
+     * and 3fff::/20 */
+    if (b[0] == 0x20 && b[1] == 0x01 &&
+        ((b[2] == 0 && b[3] == 0) || (b[2] == 0x0d && b[3] == 0xb8)))
+        return 0;
+    if (b[0] == 0x3f && b[1] == 0xff && (b[2] & 0xf0) == 0)
         return 0;
     return (b[0] & 0xe0) == 0x20;
 }
