@@ -186,19 +186,24 @@ static long customer_charges(const char *acquirer_db, const char *customer)
         acquirer_db, "SELECT count(*) FROM acquirer_charges WHERE customer_id = $1", customer);
 }
 
-/* No event in service_db without its payment or refund: an event is written
- * with its operation's rows, never alone (a few of any such named). */
-static void expect_no_event_alone(const char *service_db)
+/* No event of the tenant of op_id (the payment or refund in table whose
+ * column is op_id) in service_db without its payment or refund: an event
+ * is written with its operation's rows, never alone (a few of any such
+ * named). The tenant's only: the shared test database also holds the
+ * store contract's events, made up under tenants of their own. */
+static void expect_no_event_alone(const char *service_db, const char *table, const char *column,
+                                  const char *op_id)
 {
-    char alone[512] = "";
-    test_query_text(service_db,
-                    "SELECT coalesce(string_agg(event_id, ' '), '') FROM (SELECT e.event_id"
-                    " FROM events e WHERE $1 = $1 AND NOT EXISTS (SELECT 1 FROM payments p"
-                    " WHERE p.tenant_id = e.tenant_id"
-                    " AND p.transaction_id = 'txn_' || substr(e.event_id, 5))"
-                    " AND NOT EXISTS (SELECT 1 FROM refunds r WHERE r.tenant_id = e.tenant_id"
-                    " AND r.refund_id = 're_' || substr(e.event_id, 5)) LIMIT 5) a",
-                    "x", alone, sizeof alone);
+    char sql[1024], alone[512] = "";
+    snprintf(sql, sizeof sql,
+             "SELECT coalesce(string_agg(event_id, ' '), '') FROM (SELECT e.event_id"
+             " FROM events e WHERE e.tenant_id = (SELECT tenant_id FROM %s WHERE %s = $1)"
+             " AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.tenant_id = e.tenant_id"
+             " AND p.transaction_id = 'txn_' || substr(e.event_id, 5))"
+             " AND NOT EXISTS (SELECT 1 FROM refunds r WHERE r.tenant_id = e.tenant_id"
+             " AND r.refund_id = 're_' || substr(e.event_id, 5)) LIMIT 5) a",
+             table, column);
+    test_query_text(service_db, sql, op_id, alone, sizeof alone);
     cr_assert_str_empty(alone, "events without their payment or refund: %s", alone);
 }
 
@@ -218,7 +223,7 @@ static void expect_one_event(const char *service_db, const char *table, const ch
     test_query_text(service_db, sql, op_id, types, sizeof types);
     cr_assert_str_eq(types, type, "the events of %s (want exactly one %s): '%s'", op_id, type,
                      types);
-    expect_no_event_alone(service_db);
+    expect_no_event_alone(service_db, table, column, op_id);
 }
 
 /* The invariant for a payment key answered 201 or 402 with transaction txn:
