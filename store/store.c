@@ -119,6 +119,44 @@ enum store_status store_reap_events(struct store *s, int64_t retention_ms, int b
     return s->ops->reap_events(s, retention_ms, batch, deleted, err, errlen);
 }
 
+enum store_status store_claim_deliveries(struct store *s, int batch, int64_t lease_ms,
+                                         struct store_delivery_list *out, char *err, size_t errlen)
+{
+    return s->ops->claim_deliveries(s, batch, lease_ms, out, err, errlen);
+}
+
+enum store_status store_finish_deliveries(struct store *s,
+                                          const struct store_delivery_result *results, size_t n,
+                                          char *err, size_t errlen)
+{
+    return n ? s->ops->finish_deliveries(s, results, n, err, errlen) : STORE_OK;
+}
+
+enum store_status store_delivery_backlog(struct store *s, struct store_delivery_backlog *out,
+                                         char *err, size_t errlen)
+{
+    return s->ops->delivery_backlog(s, out, err, errlen);
+}
+
+void store_delivery_clear(struct store_delivery *d)
+{
+    free(d->tenant);
+    free(d->event_id);
+    free(d->endpoint_id);
+    free(d->url);
+    free(d->secret);
+    free(d->body);
+    memset(d, 0, sizeof *d);
+}
+
+void store_delivery_list_clear(struct store_delivery_list *l)
+{
+    for (size_t i = 0; i < l->count; i++)
+        store_delivery_clear(&l->items[i]);
+    free(l->items);
+    memset(l, 0, sizeof *l);
+}
+
 enum store_status store_create_endpoint(struct store *s, const char *tenant,
                                         const struct store_endpoint *e, int max, char *err,
                                         size_t errlen)

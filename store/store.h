@@ -217,6 +217,54 @@ struct store_endpoint_list {
     size_t count;
 };
 
+/* A delivery claimed for an attempt (sql/014): the event's body for one
+ * endpoint of its tenant. attempt is this attempt's number (1: the
+ * first); it fences the attempt's result (store_finish_deliveries). Owned:
+ * free the list with store_delivery_list_clear(). */
+struct store_delivery {
+    char *tenant;
+    char *event_id;
+    char *endpoint_id;
+    int attempt;
+    char *url; /* url, secret, body: NULL when the endpoint or the event is gone
+                  (deleted as the event was written): fail it */
+    char *secret;
+    char *body; /* the event as GET /api/v1/events/{id} shows it */
+    size_t body_len;
+};
+
+struct store_delivery_list {
+    struct store_delivery *items;
+    size_t count;
+};
+
+enum store_delivery_state {
+    STORE_DELIVERY_DELIVERED = 0, /* done: the delivery is deleted */
+    STORE_DELIVERY_RETRY,         /* pending again, due after retry_in_ms */
+    STORE_DELIVERY_FAILED,        /* given up */
+};
+
+/* What one attempt came to; strings borrowed. */
+struct store_delivery_result {
+    const char *tenant;
+    const char *event_id;
+    const char *endpoint_id;
+    int attempt;  /* as claimed: nothing is written unless the row still holds it */
+    int attempts; /* attempts begun, written to the row (attempt, or one less
+                     for an attempt given up without being sent) */
+    enum store_delivery_state state;
+    int64_t retry_in_ms;
+    int http_status;   /* 0: no HTTP answer */
+    const char *error; /* NULL when delivered */
+};
+
+/* Deliveries not yet made: how many, and when the oldest one's event was
+ * written (0: none). */
+struct store_delivery_backlog {
+    int64_t pending;
+    int64_t oldest_created_us;
+};
+
 struct store_pool_stats {
     int size;
     int in_use;
@@ -292,6 +340,14 @@ struct store_ops {
                                         struct store_endpoint_list *out, char *err, size_t errlen);
     enum store_status (*delete_endpoint)(struct store *s, const char *tenant,
                                          const char *endpoint_id, char *err, size_t errlen);
+    enum store_status (*claim_deliveries)(struct store *s, int batch, int64_t lease_ms,
+                                          struct store_delivery_list *out, char *err,
+                                          size_t errlen);
+    enum store_status (*finish_deliveries)(struct store *s,
+                                           const struct store_delivery_result *results, size_t n,
+                                           char *err, size_t errlen);
+    enum store_status (*delivery_backlog)(struct store *s, struct store_delivery_backlog *out,
+                                          char *err, size_t errlen);
     enum store_status (*get_charge)(struct store *s, const char *charge_id,
                                     struct store_charge *out, char *err, size_t errlen);
     enum store_status (*list_charges)(struct store *s, const char *reference,
@@ -415,6 +471,32 @@ enum store_status store_list_endpoints(struct store *s, const char *tenant,
  * that id. */
 enum store_status store_delete_endpoint(struct store *s, const char *tenant,
                                         const char *endpoint_id, char *err, size_t errlen);
+
+/* Webhook deliveries (sql/014). A delivery is made with its event, one
+ * for each endpoint of the tenant subscribed to the event's type then, in
+ * the same transaction, and kept until it is delivered; deleting the
+ * endpoint or reaping the event deletes it. */
+
+/* Claim at most batch pending deliveries that are due, oldest due first:
+ * each one's attempt is counted and it is leased for lease_ms (not due
+ * again until then). Rows another server is claiming at the same moment
+ * are skipped, so no delivery is claimed twice at once; one whose lease
+ * ran out (its server died) is due again. An empty list when none is due.
+ * Free *out with store_delivery_list_clear(). */
+enum store_status store_claim_deliveries(struct store *s, int batch, int64_t lease_ms,
+                                         struct store_delivery_list *out, char *err, size_t errlen);
+
+/* Write the results of n attempts; each only while its row is pending and
+ * still holds the attempt claimed (another server's later claim wins). */
+enum store_status store_finish_deliveries(struct store *s,
+                                          const struct store_delivery_result *results, size_t n,
+                                          char *err, size_t errlen);
+
+/* The deliveries pending now, and the oldest one's age. */
+enum store_status store_delivery_backlog(struct store *s, struct store_delivery_backlog *out,
+                                         char *err, size_t errlen);
+void store_delivery_clear(struct store_delivery *d);
+void store_delivery_list_clear(struct store_delivery_list *l);
 
 /* The acquirer's ledger. One charge by id (STORE_NOT_FOUND when none);
  * the charges whose reference is reference, and the refunds of one charge,

@@ -170,6 +170,26 @@ static enum store_status f_delete_endpoint(struct store *s, const char *tenant, 
     return store_delete_endpoint(((struct faulty *)s)->inner, tenant, id, err, errlen);
 }
 
+static enum store_status f_claim_deliveries(struct store *s, int batch, int64_t lease_ms,
+                                            struct store_delivery_list *out, char *err,
+                                            size_t errlen)
+{
+    return store_claim_deliveries(((struct faulty *)s)->inner, batch, lease_ms, out, err, errlen);
+}
+
+static enum store_status f_finish_deliveries(struct store *s,
+                                             const struct store_delivery_result *results, size_t n,
+                                             char *err, size_t errlen)
+{
+    return store_finish_deliveries(((struct faulty *)s)->inner, results, n, err, errlen);
+}
+
+static enum store_status f_delivery_backlog(struct store *s, struct store_delivery_backlog *out,
+                                            char *err, size_t errlen)
+{
+    return store_delivery_backlog(((struct faulty *)s)->inner, out, err, errlen);
+}
+
 static enum store_status f_ping(struct store *s, char *err, size_t errlen)
 {
     return store_ping(((struct faulty *)s)->inner, err, errlen);
@@ -229,6 +249,9 @@ static const struct store_ops faulty_ops = {
     .create_endpoint = f_create_endpoint,
     .list_endpoints = f_list_endpoints,
     .delete_endpoint = f_delete_endpoint,
+    .claim_deliveries = f_claim_deliveries,
+    .finish_deliveries = f_finish_deliveries,
+    .delivery_backlog = f_delivery_backlog,
     .ping = f_ping,
     .pool_stats = f_stats,
     .free = f_free,

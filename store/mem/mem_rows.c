@@ -18,9 +18,16 @@ static int of_tenant(const void *row, const char *tenant)
 
 int mem_rows_reserve(struct mem_rows *t)
 {
-    if (t->n < t->cap)
+    return mem_rows_reserve_n(t, 1);
+}
+
+int mem_rows_reserve_n(struct mem_rows *t, size_t k)
+{
+    if (t->n + k <= t->cap)
         return 0;
     size_t cap = t->cap ? t->cap * 2 : 64;
+    while (cap < t->n + k)
+        cap *= 2;
     char *d = realloc(t->data, cap * t->size);
     if (!d)
         return -1;

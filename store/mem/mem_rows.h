@@ -28,6 +28,8 @@ static inline void *mem_rows_at(const struct mem_rows *t, size_t i)
 
 /* Room for one more row, so that mem_rows_insert() cannot fail: 0 or -1. */
 int mem_rows_reserve(struct mem_rows *t);
+/* Room for k more. */
+int mem_rows_reserve_n(struct mem_rows *t, size_t k);
 /* Copies row (its pointers are taken over) to where it belongs; after a
  * successful mem_rows_reserve(). */
 void mem_rows_insert(struct mem_rows *t, const void *row);

@@ -58,6 +58,17 @@ struct mem_endpoint {
     struct store_endpoint e;
 };
 
+/* A delivery of an event to an endpoint (sql/014's row, kept only while
+ * pending: the memory store has no psql to show the others). */
+struct mem_delivery {
+    char *tenant;
+    char *event_id;
+    char *endpoint_id;
+    int attempts;
+    int64_t due_us; /* when it is due, or its lease ends */
+    int64_t created_us;
+};
+
 /* The acquirer's ledger belongs to no tenant: tenant is always NULL (a NULL
  * tenant in mem_rows matches every row). */
 struct mem_charge {
@@ -80,6 +91,7 @@ struct store_mem {
     struct mem_rows charge_refunds; /* of struct mem_charge_refund */
     struct mem_rows events;         /* of struct mem_event */
     struct mem_rows endpoints;      /* of struct mem_endpoint */
+    struct mem_rows deliveries;     /* of struct mem_delivery, pending */
     int64_t next_token;
 };
 
@@ -341,6 +353,74 @@ static void charge_refund_row_clear(void *row)
     store_charge_refund_clear(&((struct mem_charge_refund *)row)->r);
 }
 
+/* ---- webhook deliveries (sql/014's rules) -------------------------------- */
+
+static int delivery_newer_first(const void *a, const void *b)
+{
+    const struct mem_delivery *x = a, *y = b;
+    return newer_first(x->created_us, x->event_id, y->created_us, y->event_id);
+}
+
+static void delivery_row_clear(void *row)
+{
+    struct mem_delivery *d = row;
+    free(d->tenant);
+    free(d->event_id);
+    free(d->endpoint_id);
+}
+
+/* Does an endpoint's list of types (comma-separated; NULL: all) have type? */
+static int subscribed(const char *types, const char *type)
+{
+    size_t n = strlen(type);
+    for (const char *p = types; p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
+        if (strncmp(p, type, n) == 0 && (p[n] == ',' || p[n] == '\0'))
+            return 1;
+    return !types;
+}
+
+/* The deliveries of ev, one for each endpoint of tenant that wants it, in
+ * a new array, with room made for them in the table (so that inserting
+ * cannot fail): 0, or -1 when out of memory (nothing kept). */
+static int fan_out(struct store_mem *m, const char *tenant, const struct store_event *ev,
+                   struct mem_delivery **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    size_t k = 0;
+    for (size_t i = 0; i < m->endpoints.n; i++) {
+        const struct mem_endpoint *w = mem_rows_at(&m->endpoints, i);
+        k += strcmp(w->tenant, tenant) == 0 && subscribed(w->e.events, ev->type);
+    }
+    if (k == 0)
+        return 0;
+    struct mem_delivery *d = calloc(k, sizeof *d);
+    if (!d || mem_rows_reserve_n(&m->deliveries, k) != 0) {
+        free(d);
+        return -1;
+    }
+    for (size_t i = 0; i < m->endpoints.n; i++) {
+        const struct mem_endpoint *w = mem_rows_at(&m->endpoints, i);
+        if (strcmp(w->tenant, tenant) != 0 || !subscribed(w->e.events, ev->type))
+            continue;
+        struct mem_delivery *x = &d[(*n)++];
+        x->tenant = strdup(tenant);
+        x->event_id = strdup(ev->event_id);
+        x->endpoint_id = strdup(w->e.endpoint_id);
+        x->due_us = clock_wall_us();
+        x->created_us = ev->created_at_us;
+        if (!x->tenant || !x->event_id || !x->endpoint_id) {
+            for (size_t j = 0; j < *n; j++)
+                delivery_row_clear(&d[j]);
+            free(d);
+            *n = 0;
+            return -1;
+        }
+    }
+    *out = d;
+    return 0;
+}
+
 /* STORE_ERROR when rows carry more than one row (struct store_rows: at most
  * one is set), before anything is looked at or written. */
 static enum store_status at_most_one_row(const struct store_rows *rows, char *err, size_t errlen)
@@ -370,6 +450,8 @@ static enum store_status write_rows_locked(struct store_mem *m, const char *tena
     struct mem_refund mr = {0};
     struct mem_charge mc = {0};
     struct mem_charge_refund mcr = {0};
+    struct mem_delivery *fan = NULL;
+    size_t nfan = 0;
     if (rf) {
         struct mem_payment *target = find_payment(m, tenant, rf->transaction_id);
         if (!target || strcmp(target->p.status, "completed") != 0 || rf->amount_minor <= 0 ||
@@ -395,7 +477,7 @@ static enum store_status write_rows_locked(struct store_mem *m, const char *tena
         (cr && (mem_rows_reserve(&m->charge_refunds) != 0 ||
                 store_charge_refund_copy(&mcr.r, cr) != 0)) ||
         (ev && (mem_rows_reserve(&m->events) != 0 || !(me.tenant = strdup(tenant)) ||
-                store_event_copy(&me.e, ev) != 0))) {
+                store_event_copy(&me.e, ev) != 0 || fan_out(m, tenant, ev, &fan, &nfan) != 0))) {
         event_row_clear(&me);
         payment_row_clear(&mp);
         refund_row_clear(&mr);
@@ -420,6 +502,9 @@ static enum store_status write_rows_locked(struct store_mem *m, const char *tena
     }
     if (ev)
         mem_rows_insert(&m->events, &me);
+    for (size_t i = 0; i < nfan; i++)
+        mem_rows_insert(&m->deliveries, &fan[i]);
+    free(fan);
     return STORE_OK;
 }
 
@@ -813,6 +898,123 @@ static enum store_status mem_delete_endpoint(struct store *s, const char *tenant
     return st;
 }
 
+/* ---- webhook deliveries: claimed, finished, counted --------------------- */
+
+/* Fills one claimed delivery from its event and endpoint: 1 when filled, 0
+ * when either is gone (reaped, deleted: the delivery goes with them), -1
+ * when out of memory. */
+static int claimed_copy(struct store_mem *m, const struct mem_delivery *d,
+                        struct store_delivery *out)
+{
+    size_t e = mem_rows_find(&m->events, d->tenant, event_is, d->event_id);
+    size_t w = mem_rows_find(&m->endpoints, d->tenant, endpoint_is, d->endpoint_id);
+    if (e == m->events.n || w == m->endpoints.n)
+        return 0;
+    const struct mem_event *me = mem_rows_at(&m->events, e);
+    const struct mem_endpoint *mw = mem_rows_at(&m->endpoints, w);
+    out->tenant = strdup(d->tenant);
+    out->event_id = strdup(d->event_id);
+    out->endpoint_id = strdup(d->endpoint_id);
+    out->attempt = d->attempts;
+    out->url = strdup(mw->e.url);
+    out->secret = strdup(mw->e.secret);
+    out->body = malloc(me->e.body_len + 1);
+    if (out->body) {
+        memcpy(out->body, me->e.body, me->e.body_len);
+        out->body[me->e.body_len] = '\0';
+        out->body_len = me->e.body_len;
+    }
+    return out->tenant && out->event_id && out->endpoint_id && out->url && out->secret && out->body
+               ? 1
+               : -1;
+}
+
+static enum store_status mem_claim_deliveries(struct store *s, int batch, int64_t lease_ms,
+                                              struct store_delivery_list *out, char *err,
+                                              size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    struct store_delivery_list l = {.items = calloc((size_t)batch, sizeof *l.items)};
+    int64_t now = clock_wall_us();
+    int oom = !l.items;
+    pthread_mutex_lock(&m->mu);
+    for (size_t i = 0; !oom && i < m->deliveries.n && l.count < (size_t)batch;) {
+        struct mem_delivery *d = mem_rows_at(&m->deliveries, i);
+        if (d->due_us > now) {
+            i++;
+            continue;
+        }
+        d->attempts++;
+        int got = claimed_copy(m, d, &l.items[l.count]);
+        if (got == 0) {
+            store_delivery_clear(&l.items[l.count]);
+            mem_rows_remove(&m->deliveries, i, delivery_row_clear);
+            continue;
+        }
+        l.count++;
+        oom = got < 0;
+        d->due_us = now + lease_ms * 1000;
+        i++;
+    }
+    pthread_mutex_unlock(&m->mu);
+    if (oom) {
+        store_delivery_list_clear(&l);
+        snprintf(err, errlen, "out of memory");
+        return STORE_ERROR;
+    }
+    *out = l;
+    return STORE_OK;
+}
+
+static int delivery_is(const void *row, const void *result)
+{
+    const struct mem_delivery *d = row;
+    const struct store_delivery_result *r = result;
+    return strcmp(d->event_id, r->event_id) == 0 && strcmp(d->endpoint_id, r->endpoint_id) == 0;
+}
+
+static enum store_status mem_finish_deliveries(struct store *s,
+                                               const struct store_delivery_result *results,
+                                               size_t n, char *err, size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    (void)err;
+    (void)errlen;
+    pthread_mutex_lock(&m->mu);
+    for (size_t k = 0; k < n; k++) {
+        const struct store_delivery_result *r = &results[k];
+        size_t i = mem_rows_find(&m->deliveries, r->tenant, delivery_is, r);
+        if (i == m->deliveries.n)
+            continue;
+        struct mem_delivery *d = mem_rows_at(&m->deliveries, i);
+        if (d->attempts != r->attempt)
+            continue; /* claimed again since: the later claim's result counts */
+        if (r->state == STORE_DELIVERY_RETRY) {
+            d->attempts = r->attempts;
+            d->due_us = clock_wall_us() + r->retry_in_ms * 1000;
+        } else {
+            mem_rows_remove(&m->deliveries, i, delivery_row_clear);
+        }
+    }
+    pthread_mutex_unlock(&m->mu);
+    return STORE_OK;
+}
+
+static enum store_status mem_delivery_backlog(struct store *s, struct store_delivery_backlog *out,
+                                              char *err, size_t errlen)
+{
+    struct store_mem *m = (struct store_mem *)s;
+    (void)err;
+    (void)errlen;
+    pthread_mutex_lock(&m->mu);
+    out->pending = (int64_t)m->deliveries.n;
+    out->oldest_created_us =
+        m->deliveries.n ? ((const struct mem_delivery *)mem_rows_at(&m->deliveries, 0))->created_us
+                        : 0;
+    pthread_mutex_unlock(&m->mu);
+    return STORE_OK;
+}
+
 /* ---- the acquirer's ledger: no tenant's, oldest first ------------------- */
 
 static enum store_status mem_get_charge(struct store *s, const char *charge_id,
@@ -1014,6 +1216,7 @@ static void mem_free(struct store *s)
     mem_rows_free(&m->charge_refunds, charge_refund_row_clear);
     mem_rows_free(&m->events, event_row_clear);
     mem_rows_free(&m->endpoints, endpoint_row_clear);
+    mem_rows_free(&m->deliveries, delivery_row_clear);
     hashtab_destroy(&m->records);
     pthread_mutex_destroy(&m->mu);
     free(m);
@@ -1042,6 +1245,9 @@ static const struct store_ops mem_ops = {
     .create_endpoint = mem_create_endpoint,
     .list_endpoints = mem_list_endpoints,
     .delete_endpoint = mem_delete_endpoint,
+    .claim_deliveries = mem_claim_deliveries,
+    .finish_deliveries = mem_finish_deliveries,
+    .delivery_backlog = mem_delivery_backlog,
     .ping = mem_ping,
     .pool_stats = NULL,
     .free = mem_free,
@@ -1065,6 +1271,8 @@ struct store *store_mem_new(void)
         (struct mem_rows){.size = sizeof(struct mem_event), .newer_first = event_newer_first};
     m->endpoints =
         (struct mem_rows){.size = sizeof(struct mem_endpoint), .newer_first = endpoint_newer_first};
+    m->deliveries =
+        (struct mem_rows){.size = sizeof(struct mem_delivery), .newer_first = delivery_newer_first};
     if (hashtab_init(&m->records, 1024, 1) != 0 || pthread_mutex_init(&m->mu, NULL) != 0) {
         hashtab_destroy(&m->records);
         free(m);

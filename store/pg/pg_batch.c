@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "clock.h"
+#include "pg_array.h"
 
 /* A batch still running after this long is waiting on something (a record
  * lock held outside the server, a stalled flush): the next turn of its kind
@@ -77,59 +78,12 @@ void pg_batcher_init(struct pg_batcher *b, struct pg_pool *pool)
 
 /* ---- batches ------------------------------------------------------------ */
 
-/* A PostgreSQL array literal, built up element by element. */
-struct array_text {
-    char *p;
-    size_t len, cap;
-    int failed;
-};
-
-static void array_put(struct array_text *a, const char *text, size_t n)
+/* Parameter col of every operation as one array. */
+static const char *array_of(struct pg_array *a, struct pg_batch_op *const *ops, int n, int col)
 {
-    if (a->failed)
-        return;
-    if (a->len + n + 1 > a->cap) {
-        size_t cap = a->cap ? a->cap : 256;
-        while (a->len + n + 1 > cap)
-            cap *= 2;
-        char *p = realloc(a->p, cap);
-        if (!p) {
-            a->failed = 1;
-            return;
-        }
-        a->p = p;
-        a->cap = cap;
-    }
-    memcpy(a->p + a->len, text, n);
-    a->len += n;
-    a->p[a->len] = '\0';
-}
-
-/* Parameter col of every operation as one array: {"a","b\"c",NULL}. */
-static void array_of(struct array_text *a, struct pg_batch_op *const *ops, int n, int col)
-{
-    array_put(a, "{", 1);
-    for (int i = 0; i < n; i++) {
-        const char *v = col < ops[i]->nvals ? ops[i]->vals[col] : NULL;
-        if (i)
-            array_put(a, ",", 1);
-        if (!v) {
-            array_put(a, "NULL", 4);
-            continue;
-        }
-        array_put(a, "\"", 1);
-        for (const char *q = v; *q; q++) {
-            size_t run = strcspn(q, "\"\\");
-            array_put(a, q, run);
-            q += run;
-            if (!*q)
-                break;
-            array_put(a, "\\", 1);
-            array_put(a, q, 1);
-        }
-        array_put(a, "\"", 1);
-    }
-    array_put(a, "}", 1);
+    for (int i = 0; i < n; i++)
+        pg_array_add(a, col < ops[i]->nvals ? ops[i]->vals[col] : NULL);
+    return pg_array_end(a);
 }
 
 static int same_key(const struct pg_batch_op *a, const struct pg_batch_op *b)
@@ -242,7 +196,7 @@ static void run_many(struct pg_batcher *b, int idx, struct pg_batch_op **ops, in
      * requests, one lease and TTL (take_batch groups claims by them);
      * completions: an array of each parameter */
     int ncols = BATCH_STATEMENTS[kind].ncols;
-    struct array_text arrays[PG_BATCH_VALS] = {{0}};
+    struct pg_array arrays[PG_BATCH_VALS] = {{0}};
     const char *vals[PG_BATCH_VALS];
     int failed = 0;
     for (int c = 0; c < ncols; c++) {
@@ -250,15 +204,14 @@ static void run_many(struct pg_batcher *b, int idx, struct pg_batch_op **ops, in
             vals[c] = ops[0]->vals[c];
             continue;
         }
-        array_of(&arrays[c], ops, n, c);
-        vals[c] = arrays[c].p;
-        failed |= arrays[c].failed;
+        vals[c] = array_of(&arrays[c], ops, n, c);
+        failed |= !vals[c];
     }
     PGresult *res = NULL;
     if (!failed)
         res = pg_pool_send(b->pool, idx, BATCH_STATEMENTS[kind].many, ncols, vals);
     for (int c = 0; c < PG_BATCH_VALS; c++)
-        free(arrays[c].p);
+        pg_array_free(&arrays[c]);
 
     if (res && PQresultStatus(res) == PGRES_TUPLES_OK) {
         for (int r = 0; r < PQntuples(res); r++) {

@@ -429,7 +429,15 @@ enum store_status pg_reap_events(struct store *s, int64_t retention_ms, int batc
     snprintf(ms, sizeof ms, "%lld", (long long)retention_ms);
     snprintf(n, sizeof n, "%d", batch);
     const char *vals[] = {ms, n};
-    return delete_rows((struct store_pg *)s, "reap_events", 2, vals, deleted, err, errlen);
+    struct store_pg *pg = (struct store_pg *)s;
+    enum store_status st = STORE_OK;
+    PGresult *res =
+        pg_pool_exec_one(&pg->pool, "reap_events", 2, vals, PGRES_TUPLES_OK, &st, err, errlen);
+    if (res) {
+        *deleted = (int)pg_int_value(res, 0, 0);
+        PQclear(res);
+    }
+    return st;
 }
 
 enum store_status pg_ping(struct store *s, char *err, size_t errlen)

@@ -234,12 +234,18 @@ static const char SQL_LIST_EVENTS[] =
     " AND (created_at, event_id) < ($2::timestamptz, $3) AND ($5::text IS NULL OR type = $5)"
     " ORDER BY created_at DESC, event_id DESC LIMIT $4";
 
-/* Events older than the retention ($1 ms), at most $2 a pass; found by the
- * BRIN index on created_at. SKIP LOCKED lets several servers reap at once. */
+/* Events older than the retention ($1 ms), at most $2 a pass, and their
+ * deliveries (delivered ones are gone already; failed ones and any still
+ * pending go with their event); found by the BRIN index on created_at.
+ * SKIP LOCKED lets several servers reap at once. Answers how many events. */
 static const char SQL_REAP_EVENTS[] =
-    "DELETE FROM events WHERE (tenant_id, event_id) IN (SELECT tenant_id, event_id FROM events"
+    "WITH gone AS (DELETE FROM events WHERE (tenant_id, event_id) IN"
+    " (SELECT tenant_id, event_id FROM events"
     " WHERE created_at < now() - $1::bigint * interval '1 millisecond' LIMIT $2"
-    " FOR UPDATE SKIP LOCKED)";
+    " FOR UPDATE SKIP LOCKED) RETURNING tenant_id, event_id),"
+    " deliveries AS (DELETE FROM webhook_deliveries d USING gone"
+    " WHERE d.tenant_id = gone.tenant_id AND d.event_id = gone.event_id)"
+    " SELECT count(*) FROM gone";
 
 /* Webhook endpoints (sql/013): one more for the tenant unless it has $7
  * already (no row inserted: the limit). */
@@ -253,8 +259,65 @@ static const char SQL_LIST_ENDPOINTS[] =
         "created_at") " FROM webhook_endpoints WHERE tenant_id = $1 ORDER BY created_at, "
                       "endpoint_id";
 
+/* An endpoint and, in the same statement, its deliveries not yet made. */
 static const char SQL_DELETE_ENDPOINT[] =
-    "DELETE FROM webhook_endpoints WHERE tenant_id = $1 AND endpoint_id = $2";
+    "WITH deliveries AS (DELETE FROM webhook_deliveries WHERE tenant_id = $1"
+    " AND endpoint_id = $2)"
+    " DELETE FROM webhook_endpoints WHERE tenant_id = $1 AND endpoint_id = $2";
+
+/* Webhook deliveries (sql/014). The dispatchers' statements commit
+ * without waiting for their WAL flush: set_config(..., true) lasts until
+ * the transaction's end, and its commit reads it. A claim or a result
+ * lost in a crash only means the delivery is sent again, which at least
+ * once allows; and a dispatcher pass is two statements, not two flushes. */
+#define DELIVERY_ASYNC "async AS (SELECT set_config('synchronous_commit', 'off', true) AS off)"
+
+/* A claim takes at most $1 due pending rows no other transaction holds
+ * (SKIP LOCKED: servers claiming at once take different rows), counts the
+ * attempt and leases each for $2 ms by moving next_attempt_at; it commits
+ * before anything is sent, so a server that dies mid-delivery leaves a row
+ * that is due again when the lease ends. The endpoint and the event come
+ * with it; a row whose endpoint was deleted as its event was written
+ * (no foreign key stops that) comes without, to be failed. */
+static const char SQL_CLAIM_DELIVERIES[] =
+    "WITH " DELIVERY_ASYNC ","
+    " due AS (SELECT tenant_id, event_id, endpoint_id FROM webhook_deliveries"
+    " WHERE state = 'pending' AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT $1"
+    " FOR UPDATE SKIP LOCKED),"
+    " claimed AS (UPDATE webhook_deliveries d SET attempts = d.attempts + 1,"
+    " last_attempt_at = now(), next_attempt_at = now() + $2::bigint * interval '1 millisecond'"
+    " FROM due, async WHERE d.tenant_id = due.tenant_id AND d.event_id = due.event_id"
+    " AND d.endpoint_id = due.endpoint_id AND async.off = 'off'"
+    " RETURNING d.tenant_id, d.event_id, d.endpoint_id, d.attempts)"
+    " SELECT c.tenant_id, c.event_id, c.endpoint_id, c.attempts, w.url, w.secret, e.body"
+    " FROM claimed c LEFT JOIN webhook_endpoints w USING (tenant_id, endpoint_id)"
+    " LEFT JOIN events e USING (tenant_id, event_id)";
+
+/* Attempts' results, one array element each; a row is written only while
+ * it is pending and attempts is still the number claimed ($4): a server
+ * whose lease ran out and was claimed again writes nothing. Delivered:
+ * the row is deleted; else it is pending again, due in $7 ms, or failed. */
+static const char SQL_FINISH_DELIVERIES[] =
+    "WITH " DELIVERY_ASYNC ","
+    " r AS (SELECT r.* FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::int[],"
+    " $6::text[], $7::bigint[], $8::int[], $9::text[])"
+    " AS r(tenant_id, event_id, endpoint_id, attempt, attempts, state, retry_ms, status, error),"
+    " async WHERE async.off = 'off'),"
+    " done AS (DELETE FROM webhook_deliveries d USING r WHERE r.state = 'delivered'"
+    " AND d.tenant_id = r.tenant_id AND d.event_id = r.event_id"
+    " AND d.endpoint_id = r.endpoint_id AND d.state = 'pending' AND d.attempts = r.attempt)"
+    " UPDATE webhook_deliveries d SET state = r.state, attempts = r.attempts,"
+    " next_attempt_at = CASE WHEN r.state = 'pending'"
+    " THEN now() + r.retry_ms * interval '1 millisecond' ELSE d.next_attempt_at END,"
+    " last_status = r.status, last_error = r.error"
+    " FROM r WHERE r.state <> 'delivered' AND d.tenant_id = r.tenant_id"
+    " AND d.event_id = r.event_id AND d.endpoint_id = r.endpoint_id AND d.state = 'pending'"
+    " AND d.attempts = r.attempt";
+
+/* Pending deliveries and the oldest one's event time (the due index). */
+static const char SQL_DELIVERY_BACKLOG[] =
+    "SELECT count(*), coalesce(" US_OF("min(created_at)") ", 0) FROM webhook_deliveries"
+    " WHERE state = 'pending'";
 
 /* The acquirer's ledger (sql/007). A charge is written by its record's
  * completion as a payment is (complete_payment, complete_batch): inserted
@@ -384,6 +447,9 @@ const struct pg_prepared PG_PREPARED[] = {
     {"create_endpoint", SQL_CREATE_ENDPOINT, 7},
     {"list_endpoints", SQL_LIST_ENDPOINTS, 1},
     {"delete_endpoint", SQL_DELETE_ENDPOINT, 2},
+    {"claim_deliveries", SQL_CLAIM_DELIVERIES, 2},
+    {"finish_deliveries", SQL_FINISH_DELIVERIES, 9},
+    {"delivery_backlog", SQL_DELIVERY_BACKLOG, 0},
     {"insert_charge", SQL_INSERT_CHARGE, 10},
     {"complete_charge", SQL_COMPLETE_CHARGE, 16},
     {"complete_charge_batch", SQL_COMPLETE_CHARGE_BATCH, 16},

@@ -9,6 +9,7 @@
  *   pg_reads.c    payments, refunds, events and the ledger read and listed;
  *                 reapers; ping
  *   pg_endpoints.c webhook endpoints made, listed, removed
+ *   pg_deliveries.c webhook deliveries claimed, finished, counted
  *   pg_recover.c  records taken over for recovery, and those waiting for it
  *   store_pg.c    the store_ops table, the constructor
  */
@@ -62,6 +63,12 @@ enum store_status pg_list_endpoints(struct store *s, const char *tenant,
                                     struct store_endpoint_list *out, char *err, size_t errlen);
 enum store_status pg_delete_endpoint(struct store *s, const char *tenant, const char *endpoint_id,
                                      char *err, size_t errlen);
+enum store_status pg_claim_deliveries(struct store *s, int batch, int64_t lease_ms,
+                                      struct store_delivery_list *out, char *err, size_t errlen);
+enum store_status pg_finish_deliveries(struct store *s, const struct store_delivery_result *results,
+                                       size_t n, char *err, size_t errlen);
+enum store_status pg_delivery_backlog(struct store *s, struct store_delivery_backlog *out,
+                                      char *err, size_t errlen);
 enum store_status pg_get_charge(struct store *s, const char *charge_id, struct store_charge *out,
                                 char *err, size_t errlen);
 enum store_status pg_list_charges(struct store *s, const char *reference,

@@ -1,0 +1,129 @@
+/* pg_deliveries.c - the PostgreSQL store's webhook deliveries: claimed,
+ * finished, counted (pg_store.h; the statements in pg_sql.c) */
+#define _POSIX_C_SOURCE 200809L
+#include "pg_store.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pg_array.h"
+
+/* One claimed row; url, secret and body NULL when its endpoint or event
+ * is gone. */
+static int delivery_from_row(const PGresult *res, int row, struct store_delivery *d)
+{
+    d->tenant = pg_dup_value(res, row, 0);
+    d->event_id = pg_dup_value(res, row, 1);
+    d->endpoint_id = pg_dup_value(res, row, 2);
+    d->attempt = (int)pg_int_value(res, row, 3);
+    d->url = pg_dup_value(res, row, 4);
+    d->secret = pg_dup_value(res, row, 5);
+    d->body = pg_dup_value(res, row, 6);
+    d->body_len = d->body ? strlen(d->body) : 0;
+    int gone = PQgetisnull(res, row, 4) || PQgetisnull(res, row, 6);
+    if (gone) {
+        free(d->url);
+        free(d->secret);
+        free(d->body);
+        d->url = d->secret = d->body = NULL;
+        d->body_len = 0;
+    }
+    return d->tenant && d->event_id && d->endpoint_id && (gone || (d->url && d->secret && d->body))
+               ? 0
+               : -1;
+}
+
+enum store_status pg_claim_deliveries(struct store *s, int batch, int64_t lease_ms,
+                                      struct store_delivery_list *out, char *err, size_t errlen)
+{
+    struct store_pg *pg = (struct store_pg *)s;
+    enum store_status st = STORE_OK;
+    char limit[16], lease[24];
+    snprintf(limit, sizeof limit, "%d", batch);
+    snprintf(lease, sizeof lease, "%" PRId64, lease_ms);
+    const char *vals[] = {limit, lease};
+    PGresult *res =
+        pg_pool_exec_one(&pg->pool, "claim_deliveries", 2, vals, PGRES_TUPLES_OK, &st, err, errlen);
+    if (!res)
+        return st;
+    int n = PQntuples(res);
+    struct store_delivery_list l = {.items = calloc(n ? (size_t)n : 1, sizeof *l.items)};
+    int oom = !l.items;
+    for (int i = 0; !oom && i < n; i++) {
+        l.count = (size_t)i + 1;
+        oom = delivery_from_row(res, i, &l.items[i]) != 0;
+    }
+    PQclear(res);
+    if (oom) {
+        /* The rows stay claimed until their lease ends: then due again. */
+        store_delivery_list_clear(&l);
+        snprintf(err, errlen, "out of memory");
+        return STORE_ERROR;
+    }
+    *out = l;
+    return STORE_OK;
+}
+
+static const char *const STATE_NAMES[] = {
+    [STORE_DELIVERY_DELIVERED] = "delivered",
+    [STORE_DELIVERY_RETRY] = "pending",
+    [STORE_DELIVERY_FAILED] = "failed",
+};
+
+enum store_status pg_finish_deliveries(struct store *s, const struct store_delivery_result *results,
+                                       size_t n, char *err, size_t errlen)
+{
+    struct store_pg *pg = (struct store_pg *)s;
+    enum { COLS = 9 };
+    struct pg_array a[COLS] = {{0}};
+    for (size_t i = 0; i < n; i++) {
+        const struct store_delivery_result *r = &results[i];
+        char attempt[16], attempts[16], retry[24], status[16];
+        snprintf(attempt, sizeof attempt, "%d", r->attempt);
+        snprintf(attempts, sizeof attempts, "%d", r->attempts);
+        snprintf(retry, sizeof retry, "%" PRId64, r->retry_in_ms);
+        snprintf(status, sizeof status, "%d", r->http_status);
+        pg_array_add(&a[0], r->tenant);
+        pg_array_add(&a[1], r->event_id);
+        pg_array_add(&a[2], r->endpoint_id);
+        pg_array_add(&a[3], attempt);
+        pg_array_add(&a[4], attempts);
+        pg_array_add(&a[5], STATE_NAMES[r->state]);
+        pg_array_add(&a[6], retry);
+        pg_array_add(&a[7], r->http_status ? status : NULL);
+        pg_array_add(&a[8], r->error);
+    }
+    const char *vals[COLS];
+    int oom = 0;
+    for (int c = 0; c < COLS; c++)
+        oom |= !(vals[c] = pg_array_end(&a[c]));
+    enum store_status st = STORE_OK;
+    if (oom) {
+        snprintf(err, errlen, "out of memory");
+        st = STORE_ERROR;
+    } else {
+        PGresult *res = pg_pool_exec_one(&pg->pool, "finish_deliveries", COLS, vals,
+                                         PGRES_COMMAND_OK, &st, err, errlen);
+        PQclear(res);
+    }
+    for (int c = 0; c < COLS; c++)
+        pg_array_free(&a[c]);
+    return st;
+}
+
+enum store_status pg_delivery_backlog(struct store *s, struct store_delivery_backlog *out,
+                                      char *err, size_t errlen)
+{
+    struct store_pg *pg = (struct store_pg *)s;
+    enum store_status st = STORE_OK;
+    PGresult *res =
+        pg_pool_exec_one(&pg->pool, "delivery_backlog", 0, NULL, PGRES_TUPLES_OK, &st, err, errlen);
+    if (!res)
+        return st;
+    out->pending = pg_int_value(res, 0, 0);
+    out->oldest_created_us = pg_int_value(res, 0, 1);
+    PQclear(res);
+    return STORE_OK;
+}
