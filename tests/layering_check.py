@@ -20,7 +20,8 @@ agree:
   acquirer/ (a program of its own);
   libcurl's, in the server, only in CURL_USERS: its HTTP client of the
   acquirer, and the webhook URLs read with libcurl's own URL parser (so
-  the URL checked is the URL libcurl will connect to); of
+  the URL checked is the URL libcurl will connect to), and the webhook
+  deliveries sent; of
   store/pg, only store_pg.h outside it; no HTTP or JSON in store/;
 - the routes (paging, post_route, *_routes) see the narrow service
   (service.h), not the edge's guards (edge.h) nor the app;
@@ -43,7 +44,8 @@ import sys
 import tempfile
 
 # The server's files that use libcurl (the docstring says why each).
-CURL_USERS = {"server/ops/acquirer.c", "server/ops/webhook_endpoint.c"}
+CURL_USERS = {"server/ops/acquirer.c", "server/ops/webhook_endpoint.c",
+              "server/ops/webhook_delivery.c"}
 
 # folder: (library, the layers it may include, directly or not)
 LAYERS = {

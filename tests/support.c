@@ -120,8 +120,8 @@ static void forget_child(pid_t pid)
  * file, from which the port is read off the "listening" line. */
 void test_server_spawn(struct test_server *s, const struct config *c, const char *bin)
 {
-    char nums[16][16];
-    char *argv[56];
+    char nums[32][16];
+    char *argv[72];
     int n = 0, k = 0;
     argv[n++] = (char *)bin;
 #define STR(name, value) (argv[n++] = (name), argv[n++] = (char *)(value))
@@ -141,6 +141,12 @@ void test_server_spawn(struct test_server *s, const struct config *c, const char
     NUM("--rate-limit", c->rate_limit);
     NUM("--unauthenticated-rate-limit", c->unauthenticated_rate_limit);
     STR("--unnamed-statements", c->unnamed_statements ? "true" : "false");
+    STR("--webhook-allow-private", c->webhook_allow_private ? "true" : "false");
+    NUM("--webhook-max-endpoints", c->webhook_max_endpoints);
+    NUM("--webhook-timeout-ms", c->webhook_timeout_ms);
+    NUM("--webhook-max-attempts", c->webhook_max_attempts);
+    NUM("--webhook-backoff-ms", c->webhook_backoff_ms);
+    NUM("--webhook-dispatchers", c->webhook_dispatchers);
     if (c->database_url[0])
         STR("--database-url", c->database_url);
     if (c->acquirer_url[0]) {

@@ -1,5 +1,6 @@
 /* app.c - starting and stopping the service: the store, the reaper,
- * recovery, the guards and metrics, and the HTTP edge over them (edge.h) */
+ * recovery, the webhook dispatchers, the guards and metrics, and the HTTP
+ * edge over them (edge.h) */
 #define _POSIX_C_SOURCE 200809L
 #include "app.h"
 
@@ -17,6 +18,21 @@
 #include "replay_cache.h"
 #include "store_mem.h"
 #include "store_pg.h"
+#include "webhook_delivery.h"
+
+/* How often an idle dispatcher looks for due deliveries: a new event waits
+ * this long at most before its first attempt begins. */
+#define DISPATCH_IDLE_MS 200
+/* How often the first dispatcher counts the backlog for the metrics. */
+#define BACKLOG_EVERY_MS 1000
+
+/* A thread sending webhook deliveries (webhook_delivery.h). */
+struct dispatcher {
+    struct app *app;
+    struct webhook_sender *sender;
+    pthread_t thread;
+    int first; /* counts the backlog */
+};
 
 static void on_pg_notice(void *arg, const char *message)
 {
@@ -112,6 +128,89 @@ static void *reaper_main(void *arg)
         }
     }
     return NULL;
+}
+
+static void count_backlog(struct app *app)
+{
+    struct store_delivery_backlog b;
+    char err[256] = "";
+    if (store_delivery_backlog(app->edge.svc.store, &b, err, sizeof err) == STORE_OK)
+        metrics_webhook_backlog(
+            app->edge.metrics, (long long)b.pending,
+            b.oldest_created_us ? (double)(clock_wall_us() - b.oldest_created_us) / 1e6 : 0);
+}
+
+/* Passes back to back while they find a full batch; else a wait. Never on
+ * a request's thread: a slow or dead endpoint holds only this one. */
+static void *dispatcher_main(void *arg)
+{
+    struct dispatcher *d = arg;
+    struct app *app = d->app;
+    int64_t counted_us = 0;
+    int wait_ms = 0;
+    while (!wait_or_stop(app, wait_ms)) {
+        struct webhook_pass p;
+        webhook_deliver_due(d->sender, app->edge.svc.store, &p);
+        metrics_webhooks(app->edge.metrics, p.delivered, p.retried, p.failed);
+        if (p.store != STORE_OK || p.retried || p.failed) {
+            cJSON *line = log_begin(app->log, LOG_WARN,
+                                    p.store != STORE_OK ? "webhook dispatcher: store failed"
+                                                        : "webhook delivery attempts failed");
+            cJSON_AddNumberToObject(line, "retried", p.retried);
+            cJSON_AddNumberToObject(line, "failed", p.failed);
+            cJSON_AddStringToObject(line, "last_error", p.error);
+            log_end(app->log, line);
+        }
+        if (d->first && clock_mono_us() - counted_us >= BACKLOG_EVERY_MS * 1000LL) {
+            count_backlog(app);
+            counted_us = clock_mono_us();
+        }
+        wait_ms = p.claimed == WEBHOOK_BATCH && p.store == STORE_OK ? 0 : DISPATCH_IDLE_MS;
+    }
+    return NULL;
+}
+
+static int start_dispatchers(struct app *app, char *err, size_t errlen)
+{
+    const struct config *c = &app->cfg;
+    struct webhook_options o = {
+        .timeout_ms = c->webhook_timeout_ms,
+        .max_attempts = c->webhook_max_attempts,
+        .backoff_ms = c->webhook_backoff_ms,
+        .allow_private = c->webhook_allow_private,
+    };
+    if (c->webhook_dispatchers == 0)
+        return 0;
+    app->dispatchers = calloc((size_t)c->webhook_dispatchers, sizeof *app->dispatchers);
+    if (!app->dispatchers) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (int i = 0; i < c->webhook_dispatchers; i++) {
+        struct dispatcher *d = &app->dispatchers[i];
+        *d = (struct dispatcher){.app = app, .first = i == 0, .sender = webhook_sender_new(&o)};
+        if (!d->sender || pthread_create(&d->thread, NULL, dispatcher_main, d) != 0) {
+            webhook_sender_free(d->sender);
+            d->sender = NULL;
+            snprintf(err, errlen, "could not start the webhook dispatchers");
+            return -1;
+        }
+        app->dispatchers_started = i + 1;
+    }
+    return 0;
+}
+
+static void stop_dispatchers(struct app *app)
+{
+    for (int i = 0; i < app->dispatchers_started; i++)
+        webhook_sender_stop(app->dispatchers[i].sender);
+    for (int i = 0; i < app->dispatchers_started; i++) {
+        pthread_join(app->dispatchers[i].thread, NULL);
+        webhook_sender_free(app->dispatchers[i].sender);
+    }
+    free(app->dispatchers);
+    app->dispatchers = NULL;
+    app->dispatchers_started = 0;
 }
 
 static struct store *open_store(struct app *app, char *err, size_t errlen)
@@ -232,6 +331,8 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
         }
         app->recovery_started = 1;
     }
+    if (start_dispatchers(app, err, errlen) != 0)
+        goto fail;
     if (edge_start(e, err, errlen) != 0)
         goto fail;
     app->port = e->port;
@@ -248,6 +349,7 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
     cJSON_AddNumberToObject(line, "idempotency_ttl_s", cfg->idempotency_ttl_s);
     cJSON_AddNumberToObject(line, "event_retention_s", cfg->event_retention_s);
     cJSON_AddBoolToObject(line, "webhook_allow_private", cfg->webhook_allow_private);
+    cJSON_AddNumberToObject(line, "webhook_dispatchers", cfg->webhook_dispatchers);
     cJSON_AddStringToObject(line, "acquirer",
                             cfg->acquirer_url[0] ? cfg->acquirer_url : "in-process");
     if (cfg->acquirer_url[0])
@@ -273,6 +375,7 @@ void app_stop(struct app *app)
         pthread_join(app->reaper, NULL);
     if (app->recovery_started)
         pthread_join(app->recovery, NULL);
+    stop_dispatchers(app);
     store_free(e->svc.store);
     auth_free(e->auth);
     metrics_free(e->metrics);

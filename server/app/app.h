@@ -1,5 +1,6 @@
 /* app.h - the running service: configuration, logger, store, reaper,
- * recovery and the HTTP edge (edge.h), started and stopped together
+ * recovery, webhook dispatchers and the HTTP edge (edge.h), started and
+ * stopped together
  */
 #ifndef MOCKERY_APP_H
 #define MOCKERY_APP_H
@@ -24,6 +25,8 @@ struct app {
     int reaper_started;
     pthread_t recovery; /* with --acquirer-url */
     int recovery_started;
+    struct dispatcher *dispatchers; /* --webhook-dispatchers of them */
+    int dispatchers_started;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int stopping;

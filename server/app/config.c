@@ -48,6 +48,10 @@ static const struct opt OPTS[] = {
      offsetof(struct config, webhook_allow_private), 0, 0, 0},
     INT_OPT("webhook-max-endpoints", "MOCKERY_WEBHOOK_MAX_ENDPOINTS", webhook_max_endpoints, 1,
             1000),
+    INT_OPT("webhook-timeout-ms", "MOCKERY_WEBHOOK_TIMEOUT_MS", webhook_timeout_ms, 1, 600000),
+    INT_OPT("webhook-max-attempts", "MOCKERY_WEBHOOK_MAX_ATTEMPTS", webhook_max_attempts, 1, 100),
+    INT_OPT("webhook-backoff-ms", "MOCKERY_WEBHOOK_BACKOFF_MS", webhook_backoff_ms, 1, 86400000),
+    INT_OPT("webhook-dispatchers", "MOCKERY_WEBHOOK_DISPATCHERS", webhook_dispatchers, 0, 64),
     INT_OPT("recovery-interval-ms", "MOCKERY_RECOVERY_INTERVAL_MS", recovery_interval_ms, 10,
             86400000),
     INT_OPT("recovery-batch", "MOCKERY_RECOVERY_BATCH", recovery_batch, 1, 10000),
@@ -82,6 +86,10 @@ void config_defaults(struct config *c)
     c->reaper_batch = 1000;
     c->event_retention_s = 30 * 86400;
     c->webhook_max_endpoints = 16;
+    c->webhook_timeout_ms = 10000;
+    c->webhook_max_attempts = 16;
+    c->webhook_backoff_ms = 10000;
+    c->webhook_dispatchers = 2;
     c->recovery_interval_ms = 1000;
     c->recovery_batch = 100;
     c->replay_cache = 10000;
@@ -114,6 +122,12 @@ const char *config_usage(void)
            "  --webhook-allow-private BOOL  webhook endpoints on loopback and private\n"
            "                           addresses too, for tests and local stacks (false)\n"
            "  --webhook-max-endpoints N  webhook endpoints a tenant may have (16)\n"
+           "  --webhook-timeout-ms N   a webhook delivery attempt's bound (10000)\n"
+           "  --webhook-max-attempts N  attempts before a delivery is failed, the first\n"
+           "                           included (16)\n"
+           "  --webhook-backoff-ms N   wait before a delivery's first retry, doubled for each\n"
+           "                           further one (up to 6 h), with jitter (10000)\n"
+           "  --webhook-dispatchers N  threads sending webhook deliveries, 0: none here (2)\n"
            "  --replay-cache N         completed answers kept in memory for retries (10000)\n"
            "  --max-client-connections N  open connections per client address, 0: no limit "
            "(64)\n"

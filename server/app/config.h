@@ -30,6 +30,10 @@ struct config {
     int event_retention_s;          /* how long events are kept */
     int webhook_allow_private;      /* endpoints on loopback and private addresses too (tests) */
     int webhook_max_endpoints;      /* a tenant's at most */
+    int webhook_timeout_ms;         /* a delivery attempt's bound */
+    int webhook_max_attempts;       /* then a delivery is failed (the first counts) */
+    int webhook_backoff_ms;         /* before the first retry, doubled for each further one */
+    int webhook_dispatchers;        /* threads sending deliveries; 0: none in this server */
     int recovery_interval_ms;       /* how often recovery looks for records left processing */
     int recovery_batch;             /* records recovered a pass at most */
     int replay_cache;               /* completed answers kept in memory; 0: none */

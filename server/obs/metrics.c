@@ -42,6 +42,9 @@ struct metrics {
     uint64_t recovered[METRICS_RECOVERY_COUNT];
     int64_t recovery_waiting;
     uint64_t recovery_oldest_ms;
+    uint64_t webhook_delivered, webhook_retried, webhook_failed;
+    int64_t webhook_pending;
+    uint64_t webhook_oldest_ms;
     uint64_t rate_limited;
     uint64_t connections_refused;
     uint64_t connections_shed; /* totals, as the connection table counts them */
@@ -108,6 +111,20 @@ void metrics_recovery_waiting(struct metrics *m, long long waiting, double oldes
 {
     __atomic_store_n(&m->recovery_waiting, (int64_t)waiting, __ATOMIC_RELAXED);
     __atomic_store_n(&m->recovery_oldest_ms, (uint64_t)(oldest_s * 1000), __ATOMIC_RELAXED);
+}
+
+void metrics_webhooks(struct metrics *m, int delivered, int retried, int failed)
+{
+    ADD(m->webhook_delivered, (uint64_t)delivered);
+    ADD(m->webhook_retried, (uint64_t)retried);
+    ADD(m->webhook_failed, (uint64_t)failed);
+}
+
+void metrics_webhook_backlog(struct metrics *m, long long pending, double oldest_s)
+{
+    __atomic_store_n(&m->webhook_pending, (int64_t)pending, __ATOMIC_RELAXED);
+    __atomic_store_n(&m->webhook_oldest_ms, (uint64_t)(oldest_s > 0 ? oldest_s * 1000 : 0),
+                     __ATOMIC_RELAXED);
 }
 
 void metrics_reaped(struct metrics *m, int n)
@@ -323,6 +340,25 @@ char *metrics_render(struct metrics *m, struct store *store, const struct acquir
                 "Log lines dropped because the log sink was slower than the lines (its 1 MiB "
                 "buffer was full).",
                 log_dropped);
+
+    put(&b,
+        "# HELP mockery_webhook_deliveries_total Webhook delivery attempts this server made, "
+        "by what came of them (retried: failed, due again; failed: given up).\n"
+        "# TYPE mockery_webhook_deliveries_total counter\n"
+        "mockery_webhook_deliveries_total{result=\"delivered\"} %llu\n"
+        "mockery_webhook_deliveries_total{result=\"retried\"} %llu\n"
+        "mockery_webhook_deliveries_total{result=\"failed\"} %llu\n"
+        "# HELP mockery_webhook_pending Webhook deliveries not yet made (every server's), as "
+        "this server's dispatcher last counted them.\n"
+        "# TYPE mockery_webhook_pending gauge\n"
+        "mockery_webhook_pending %lld\n"
+        "# HELP mockery_webhook_oldest_pending_seconds Age of the oldest event with a "
+        "delivery not yet made, as last counted; 0 when none.\n"
+        "# TYPE mockery_webhook_oldest_pending_seconds gauge\n"
+        "mockery_webhook_oldest_pending_seconds %.3f\n",
+        (unsigned long long)LOAD(m->webhook_delivered),
+        (unsigned long long)LOAD(m->webhook_retried), (unsigned long long)LOAD(m->webhook_failed),
+        (long long)LOAD(m->webhook_pending), (double)LOAD(m->webhook_oldest_ms) / 1000.0);
 
     if (acquirer) {
         put_acquirer(&b, acquirer);

@@ -51,6 +51,12 @@ void metrics_request(struct metrics *m, enum metrics_route route, const char *me
 /* Expired records the reaper deleted. */
 void metrics_reaped(struct metrics *m, int n);
 
+/* Webhook delivery attempts by what came of them, from one dispatcher
+ * pass, and the backlog as the store counted it last (pending deliveries,
+ * the oldest one's age in seconds; 0 when none). */
+void metrics_webhooks(struct metrics *m, int delivered, int retried, int failed);
+void metrics_webhook_backlog(struct metrics *m, long long pending, double oldest_s);
+
 /* Records recovery finished or tried, by result (metrics.c's RECOVERY
  * names): completed, pending, released, unreadable, lost. */
 enum metrics_recovery {
