@@ -7,20 +7,25 @@
  * answer the acquirer holds after charging (503 outcome_pending, the
  * retry, one charge in the acquirer's own ledger). Then it counts the
  * charges per key through the API - and, with the acquirer, in its ledger
- * - and prints "double charges: N" (exit 1 unless N is 0). HTTP through
- * libcurl.
+ * - and prints "double charges: N" (exit 1 unless N is 0). Before all
+ * that it registers a webhook endpoint it serves itself
+ * (webhook_receiver.h); after, it waits for every event of the run to
+ * arrive there, signed, and prints them (exit 1 if one is missing). HTTP
+ * through libcurl.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <cjson/cJSON.h>
 #include <curl/curl.h>
 
 #include "httpc.h"
+#include "webhook_receiver.h"
 #include <openssl/rand.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 struct opts {
     const char *url;
@@ -29,6 +34,8 @@ struct opts {
     long timeout_ms; /* the impatient client of scenario 1 */
     int burst;
     int wait_s; /* how long to wait for a healthy server */
+    const char *webhook_listen; /* the receiver's civetweb listening_ports */
+    const char *webhook_url;    /* where the service reaches it; NULL: on 127.0.0.1 */
 };
 
 #define reply httpc_response
@@ -484,10 +491,145 @@ static int double_charges_for(const struct opts *o, const char *customer, int *p
     return doubles;
 }
 
+/* ---- webhooks: the run's events, received and verified ----------------- */
+
+static struct receiver *hooks;
+static char endpoint_id[64];
+
+/* 0: an endpoint of ours registered and its secret given to the receiver. */
+static int webhooks_register(const struct opts *o)
+{
+    char err[256], url[512], body[700], secret[128];
+    printf("\n0. A webhook endpoint served by this walkthrough\n");
+    hooks = receiver_start(o->webhook_listen, err, sizeof err);
+    if (!hooks) {
+        printf("  %s\n", err);
+        return -1;
+    }
+    char host[256] = "127.0.0.1";
+    /* Listening on every interface (a container): the server reaches us by
+     * our host name. */
+    if (strncmp(o->webhook_listen, "127.0.0.1:", 10) != 0 && gethostname(host, sizeof host) != 0)
+        snprintf(host, sizeof host, "127.0.0.1");
+    if (o->webhook_url)
+        snprintf(url, sizeof url, "%s", o->webhook_url);
+    else
+        snprintf(url, sizeof url, "http://%s:%d/hooks/mockery", host, receiver_port(hooks));
+    snprintf(body, sizeof body, "{\"url\":\"%s\"}", url);
+    struct reply r;
+    call(o, "POST", "/api/v1/webhook_endpoints", NULL, body, 10000, &r);
+    field(&r, "id", endpoint_id, sizeof endpoint_id);
+    field(&r, "secret", secret, sizeof secret);
+    int ok = r.status == 201 && endpoint_id[0] && secret[0];
+    if (ok) {
+        receiver_set_secret(hooks, secret);
+        printf("  POST /api/v1/webhook_endpoints %s -> 201 %s (secret %.10s...)\n", url,
+               endpoint_id, secret);
+    } else {
+        char code[64];
+        printf("  POST /api/v1/webhook_endpoints %s -> %ld %s\n", url, r.status,
+               field(&r, "code", code, sizeof code));
+        if (strcmp(code, "url_not_allowed") == 0)
+            printf("  (the server refuses loopback and private URLs: start it with "
+                   "--webhook-allow-private true)\n");
+        receiver_stop(hooks);
+        hooks = NULL;
+    }
+    reply_free(&r);
+    return ok ? 0 : -1;
+}
+
+/* Is a listed event this run's? A payment's names one of our customers
+ * (their ids end with run_id); a refund names a payment of ours, which
+ * the list (newest first) has already shown. */
+static int ours(const cJSON *object, char (*txns)[64], int *ntxns, int max)
+{
+    const cJSON *cust = cJSON_GetObjectItemCaseSensitive(object, "customer_id");
+    const cJSON *txn = cJSON_GetObjectItemCaseSensitive(object, "transaction_id");
+    const cJSON *refund = cJSON_GetObjectItemCaseSensitive(object, "refund_id");
+    if (!cJSON_IsString(txn))
+        return 0;
+    if (cJSON_IsString(refund)) {
+        for (int i = 0; i < *ntxns; i++)
+            if (strcmp(txns[i], txn->valuestring) == 0)
+                return 1;
+        return 0;
+    }
+    size_t n = strlen(run_id), len = cJSON_IsString(cust) ? strlen(cust->valuestring) : 0;
+    if (len < n || strcmp(cust->valuestring + len - n, run_id) != 0)
+        return 0;
+    if (*ntxns < max)
+        snprintf(txns[(*ntxns)++], 64, "%s", txn->valuestring);
+    return 1;
+}
+
+/* This run's events, as the API lists them (oldest first). */
+static int run_events(const struct opts *o, struct received_event *out, int max)
+{
+    static char txns[256][64];
+    int ntxns = 0, n = 0;
+    struct reply r;
+    call(o, "GET", "/api/v1/events?limit=500", NULL, NULL, 10000, &r);
+    cJSON *j = r.status == 200 && r.body ? cJSON_Parse(r.body) : NULL;
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(j, "events");
+    /* oldest first, so that a refund comes after its payment */
+    for (int i = cJSON_GetArraySize(list) - 1; j && i >= 0 && n < max; i--) {
+        const cJSON *e = cJSON_GetArrayItem(list, i);
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(e, "type");
+        const cJSON *object =
+            cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(e, "data"), "object");
+        if (!cJSON_IsString(id) || !cJSON_IsString(type) || !ours(object, txns, &ntxns, 256))
+            continue;
+        snprintf(out[n].id, sizeof out[n].id, "%s", id->valuestring);
+        snprintf(out[n].type, sizeof out[n].type, "%s", type->valuestring);
+        n++;
+    }
+    int listed = j != NULL;
+    cJSON_Delete(j);
+    reply_free(&r);
+    return listed ? n : -1;
+}
+
+/* Waits (up to 30 s) for every event of the run at our endpoint; prints
+ * them; removes the endpoint. 0 when every one came, signed. */
+static int webhooks_check(const struct opts *o)
+{
+    enum { MAX = 256 };
+    struct received_event want[MAX];
+    printf("\nThe run's events at our webhook endpoint (signatures checked, deduped by "
+           "Mockery-Event-Id)\n");
+    int n = run_events(o, want, MAX), missing = n < 0 ? 1 : n;
+    for (int waited = 0; n >= 0 && missing > 0 && waited < 300; waited++) {
+        missing = 0;
+        for (int i = 0; i < n; i++)
+            missing += !receiver_has(hooks, want[i].id);
+        if (missing)
+            sleep_ms(100);
+    }
+    for (int i = 0; i < n; i++)
+        printf("  %-18s %s  %s\n", want[i].type, want[i].id,
+               receiver_has(hooks, want[i].id) ? "received, signature ok" : "NOT RECEIVED");
+    struct receiver_counts c;
+    receiver_counts(hooks, &c);
+    printf("  %d events of this run, %d received (%d deliveries: %d signed correctly, %d "
+           "duplicates dropped)\n",
+           n, n - missing, c.deliveries, c.verified, c.duplicates);
+    struct reply r;
+    char path[128];
+    snprintf(path, sizeof path, "/api/v1/webhook_endpoints/%s", endpoint_id);
+    call(o, "DELETE", path, NULL, NULL, 10000, &r);
+    reply_free(&r);
+    receiver_stop(hooks);
+    hooks = NULL;
+    return n > 0 && missing == 0 && c.verified == c.deliveries - c.duplicates ? 0 : -1;
+}
+
 static void usage(void)
 {
     fputs("usage: mockery-demo [--url URL] [--acquirer-url URL] [--api-key KEY] [--timeout-ms N]\n"
-          "                    [--burst N] [--wait S]\n"
+          "                    [--burst N] [--wait S] [--webhook-listen PORTS]\n"
+          "                    [--webhook-url URL]\n"
           "  --url         the server (http://127.0.0.1:8080)\n"
           "  --acquirer-url  the server's mockery-acquirer, started with\n"
           "                --fault hold:prefix=cust-held:ms=N (N above the server's\n"
@@ -497,13 +639,23 @@ static void usage(void)
           "  --timeout-ms  the impatient client of steps 1 and 5 (500): the payments and\n"
           "                refunds of its cust-slow customers take 1.5 s, so the answer is lost\n"
           "  --burst       concurrent duplicates in step 3 (20)\n"
-          "  --wait        seconds to wait for the server's /health to answer 200 (60)\n",
+          "  --wait        seconds to wait for the server's /health to answer 200 (60)\n"
+          "  --webhook-listen  where this walkthrough's webhook endpoint listens, as\n"
+          "                civetweb's listening_ports (127.0.0.1:0: any free port)\n"
+          "  --webhook-url the endpoint's URL as the server reaches it\n"
+          "                (http://HOST:PORT/hooks/mockery, HOST 127.0.0.1 or, listening\n"
+          "                on more than loopback, this machine's name); the server needs\n"
+          "                --webhook-allow-private true for a loopback or private one\n",
           stderr);
 }
 
 int main(int argc, char **argv)
 {
-    struct opts o = {.url = "http://127.0.0.1:8080", .timeout_ms = 500, .burst = 20, .wait_s = 60};
+    struct opts o = {.url = "http://127.0.0.1:8080",
+                     .timeout_ms = 500,
+                     .burst = 20,
+                     .wait_s = 60,
+                     .webhook_listen = "127.0.0.1:0"};
     for (int i = 1; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(argv[i], "--url") && v)
@@ -518,6 +670,10 @@ int main(int argc, char **argv)
             o.burst = atoi(v), i++;
         else if (!strcmp(argv[i], "--wait") && v && atoi(v) >= 0 && atoi(v) <= 3600)
             o.wait_s = atoi(v), i++;
+        else if (!strcmp(argv[i], "--webhook-listen") && v)
+            o.webhook_listen = v, i++;
+        else if (!strcmp(argv[i], "--webhook-url") && v)
+            o.webhook_url = v, i++;
         else {
             usage();
             return 2;
@@ -553,7 +709,7 @@ int main(int argc, char **argv)
         curl_global_cleanup();
         return 1;
     }
-    int failed = 0;
+    int failed = webhooks_register(&o) != 0;
     failed |= lost_response(&o) != 0;
     failed |= three_payments(&o) != 0;
     failed |= burst(&o) != 0;
@@ -584,6 +740,8 @@ int main(int argc, char **argv)
            3 + 3 + o.burst + 2 + 1 + (o.acquirer_url ? 4 : 0));
     if (o.acquirer_url)
         printf("  %d charges at the acquirer for %d payments\n", at_acquirer, payments);
+    if (hooks)
+        failed |= webhooks_check(&o) != 0;
     printf("double charges: %d\n", doubles);
     curl_global_cleanup();
     if (payments != keys || (o.acquirer_url && at_acquirer != payments))

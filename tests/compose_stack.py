@@ -13,8 +13,10 @@ Docker engine, then checked through the published ports:
   docker-compose --profile demo run --rm demo   at once, while the servers
                                start: through the front door, waits for the
                                servers, shows the window closed at the
-                               acquirer, prints one charge there per payment
-                               and "double charges: 0"
+                               acquirer, prints one charge there per payment,
+                               its 10 events received at its own webhook
+                               endpoint (signed, through the servers'
+                               dispatchers) and "double charges: 0"
   - a payment through the front door, replayed through it byte for byte by
     the same replica, and by the other replica (on its debugging port);
   - GETs through the front door reach both replicas;
@@ -219,10 +221,12 @@ def demo(root):
     out = res.stdout
     check(res.returncode == 0 and "\ndouble charges: 0\n" in out
           and "one charge at the acquirer, the payment's: yes" in out
-          and "8 charges at the acquirer for 8 payments" in out,
+          and "8 charges at the acquirer for 8 payments" in out
+          and "  10 events of this run, 10 received (" in out,
           "the demo exited %d:\n%s%s" % (res.returncode, out[-3000:], res.stderr[-2000:]))
     log("the demo showed the window closed at the acquirer, one charge there per payment, "
-        "and printed 'double charges: 0'")
+        "its 10 events delivered to its own webhook endpoint through the stack's servers, "
+        "signed, and printed 'double charges: 0'")
 
 
 def stop_during_slow_payment(root, run_id):
