@@ -25,6 +25,16 @@ database. Scenarios (each at every client count):
   acquirer-refund wrk: then refunds of 0.01 through the same server and acquirer,
                   each with a new key, spread over PAYMENTS_TO_REFUND payments
                   made first; no target (any non-2xx answer fails the run)
+  webhook-plain-new  wrk: new payments, a server with its default flags on an
+                  empty database, no webhook endpoint: the same-time reference
+                  of webhook-new
+  webhook-new     wrk: new payments through a server with one webhook endpoint
+                  subscribed to every event (--webhook-allow-private, else its
+                  default flags), delivered to mockery-webhook-sink on
+                  127.0.0.1 (signatures checked); its windows alternate with
+                  webhook-plain-new's (ABBA). After each window: the oldest
+                  undelivered event's age (must be under 1 s: the deliveries
+                  keep up) and the deliveries the sink verified
   quiet-*         server-new-cold, server-new and server-replay again with
                   --log-level warn (no access log), on an empty database; both
                   servers run at once, and their warm and replay windows take
@@ -421,6 +431,64 @@ def acquirer_runs(args, url, tmp, c, run, row):
         drop_db(adb)
 
 
+def backlog(db):
+    """Deliveries not made yet, and the oldest one's age in seconds."""
+    out = subprocess.run(["psql", "-qAt", "-F", " ", db, "-c",
+                          "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)"
+                          " FROM webhook_deliveries WHERE state = 'pending'"],
+                         check=True, capture_output=True, text=True).stdout.split()
+    return int(out[0]), float(out[1])
+
+
+def webhook_runs(args, url, tmp, c, run, row):
+    """New payments with one webhook endpoint subscribed and a local
+    receiver, against the same server with none, their windows alternating;
+    after each window the deliveries must have kept up."""
+    servers, sink = {}, None
+    try:
+        for name in ("plain", "webhook"):
+            db = fresh_db(url, "bench_wh_%s_c%d" % (name, c))
+            servers[name] = Server(args, db, os.path.join(tmp, "wh-%s-c%d.log" % (name, c)),
+                                   ["--webhook-allow-private", "true"] if name == "webhook" else [])
+            servers[name].db = db
+        srv = servers["webhook"]
+        port = free_port()
+        req = urllib.request.Request(
+            srv.base + "/api/v1/webhook_endpoints", method="POST",
+            data=json.dumps({"url": "http://127.0.0.1:%d/hooks" % port}).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req) as r:
+            secret = json.loads(r.read())["secret"]
+        sink = subprocess.Popen([os.path.join(args.build_dir, "mockery-webhook-sink"), "--listen",
+                                 "127.0.0.1:%d" % port, "--secret", secret],
+                                stdout=subprocess.PIPE, text=True)
+        say("webhook: server pid %d delivering to sink pid %d; plain pid %d; %d clients" %
+            (srv.proc.pid, sink.pid, servers["plain"].proc.pid, c))
+        behind = []
+
+        def window(name, s, r, t):
+            res = wrk(s.base, "/api/v1/payments", "new.lua", c, t,
+                      ["%sw%s%d%d" % (run, name[0], c, r)], url=s.db)
+            if name == "webhook":
+                behind.append(backlog(s.db))
+            return res
+
+        res = alternating(servers, args.duration, args.rounds, window)
+        row["webhook-plain-new"] = res["plain"]
+        row["webhook-new"] = res["webhook"]
+        row["webhook-new"]["backlog_at_end"] = behind
+    finally:
+        for s in servers.values():
+            s.stop()
+        if sink:
+            sink.terminate()
+            counts = json.loads(sink.communicate(timeout=60)[0] or "{}")
+            if "webhook-new" in row:
+                row["webhook-new"]["sink"] = counts
+        for s in servers.values():
+            drop_db(s.db)
+
+
 # Payments the refund row spreads its refunds over: at 0.01 each, a payment
 # of 10.50 takes 1,050, so 200 hold far more than a window makes.
 PAYMENTS_TO_REFUND = 200
@@ -571,6 +639,7 @@ def main():
             drop_db(pdb)
             server_runs(args, url, tmp, c, run, row)
             acquirer_runs(args, url, tmp, c, run, row)
+            webhook_runs(args, url, tmp, c, run, row)
             for name, r in row.items():
                 r.update({"scenario": name, "clients": c})
                 results.append(r)
@@ -632,7 +701,8 @@ def report(results, memory, args):
             return by[(a, c)][key] / by[(b, c)][key]
         return None
 
-    refs = {"server-new": "naive-new", "acquirer-new": "naive-new", "acquirer-refund": "naive-new", "server-new-cold": "naive-new", "quiet-new": "naive-new",
+    refs = {"webhook-new": "webhook-plain-new", "webhook-plain-new": "naive-new",
+            "server-new": "naive-new", "acquirer-new": "naive-new", "acquirer-refund": "naive-new", "server-new-cold": "naive-new", "quiet-new": "naive-new",
             "quiet-new-cold": "naive-new", "mixed": "naive-new", "ceiling-new": "naive-new",
             "server-replay": "ceiling-replay", "quiet-replay": "ceiling-replay"}
     print("%-16s %7s %9s %7s %8s %8s %7s  %s" % ("scenario", "clients", "2xx/s", "other",
@@ -647,6 +717,12 @@ def report(results, memory, args):
             text += "  batch %.1f/%.1f" % (r["mean_batch"]["claim"], r["mean_batch"]["complete"])
         if "outcomes" in r:
             text += "  outcomes " + json.dumps(r["outcomes"], sort_keys=True)
+        if "backlog_at_end" in r:
+            text += "  undelivered after each window: %s" % ", ".join(
+                "%d (oldest %.2f s)" % b for b in r["backlog_at_end"])
+            if "sink" in r:
+                text += "; sink verified %d of %d" % (r["sink"].get("verified", 0),
+                                                      r["sink"].get("deliveries", 0))
         if "acquirer_asks" in r:
             text += "  asks %d, connections %d" % (r["acquirer_asks"], r["acquirer_connections"])
             if r["acquirer_connections"] > 2 * c:
@@ -654,7 +730,7 @@ def report(results, memory, args):
                               (name, c, r["acquirer_connections"], r["acquirer_asks"]))
         other = r.get("non_2xx", 0) + r.get("socket_errors", 0)
         if name.endswith(("-new", "-new-cold")) or name == "acquirer-refund":
-            if other and name.startswith(("server", "quiet", "acquirer")):
+            if other and name.startswith(("server", "quiet", "acquirer", "webhook")):
                 failed.append("%s at %d clients: %d answers not 2xx (or socket errors)" %
                               (name, c, other))
         print("%-16s %7d %9.0f %7s %8.2f %8.2f %7s  %s" % (
@@ -675,6 +751,11 @@ def report(results, memory, args):
              2.0, -1),
             ("acquirer-new / naive-new >= 1.0 (issue 24)", ratio("acquirer-new", "naive-new", c),
              1.0, 1),
+            ("webhook-new / webhook-plain-new >= 0.8 (25)",
+             ratio("webhook-new", "webhook-plain-new", c), 0.8, 1),
+            ("webhook oldest undelivered after a window < 1 s",
+             max((b[1] for b in by[("webhook-new", c)]["backlog_at_end"]), default=None)
+             if ("webhook-new", c) in by else None, 1.0, -1),
         ]
         for label, value, bound, sense in checks:
             if value is None:
