@@ -477,7 +477,8 @@ enum store_status store_delete_endpoint(struct store *s, const char *tenant,
  * the same transaction, and kept until it is delivered; deleting the
  * endpoint or reaping the event deletes it. */
 
-/* Claim at most batch pending deliveries that are due, oldest due first:
+/* Claim at most batch pending deliveries that are due (PostgreSQL: the
+ * longest due first; the memory store: the oldest event first):
  * each one's attempt is counted and it is leased for lease_ms (not due
  * again until then). Rows another server is claiming at the same moment
  * are skipped, so no delivery is claimed twice at once; one whose lease

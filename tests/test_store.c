@@ -5,6 +5,7 @@
 #include <libpq-fe.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -19,6 +20,8 @@
 #define DAY_MS (86400 * 1000)
 
 static struct store *store;
+/* The options the case's PostgreSQL store was opened with. */
+static struct store_pg_options pg_opened;
 
 static void open_mem(void)
 {
@@ -30,6 +33,7 @@ static void open_pg(void)
 {
     char err[256] = "";
     struct store_pg_options o = {.database_url = test_db_url(), .pool_size = 2};
+    pg_opened = o;
     store = store_pg_new(&o, err, sizeof err);
     cr_assert_not_null(store, "store_pg_new: %s", err);
 }
@@ -41,6 +45,7 @@ static void open_pgbouncer(void)
     char err[256] = "";
     struct store_pg_options o = {
         .database_url = test_pgbouncer_url(), .pool_size = 2, .unnamed_statements = 1};
+    pg_opened = o;
     store = store_pg_new(&o, err, sizeof err);
     cr_assert_not_null(store, "store_pg_new through pgbouncer: %s", err);
 }
@@ -1878,20 +1883,28 @@ static int events_left(const char *tenant, char (*ids)[IDS_MAX], int n)
     return left;
 }
 
-/* The reaper deletes any tenant's old events: its cases on the two
- * PostgreSQL stores, which share one database, run one at a time, under
- * a lock held by a connection of their own until they end (NULL: the
- * memory store, whose events are its case's alone). */
-static PGconn *reapers_one_at_a_time(void)
+/* Cases of the two PostgreSQL stores, which share one database, that must
+ * not run at once hold the advisory lock named what, on a connection of
+ * their own, until they end (NULL: the memory store, whose rows are its
+ * case's alone). The reaper deletes any tenant's old events: its cases run
+ * one at a time. */
+static PGconn *one_at_a_time(const char *what)
 {
     if (strcmp(store_name(store), "memory") == 0)
         return NULL;
     PGconn *conn = PQconnectdb(test_db_url());
     cr_assert_eq(PQstatus(conn), CONNECTION_OK, "%s", PQerrorMessage(conn));
-    PGresult *res = PQexec(conn, "SELECT pg_advisory_lock(hashtext('test_store: events reaper'))");
+    const char *vals[] = {what};
+    PGresult *res =
+        PQexecParams(conn, "SELECT pg_advisory_lock(hashtext($1))", 1, NULL, vals, NULL, NULL, 0);
     cr_assert_eq(PQresultStatus(res), PGRES_TUPLES_OK, "%s", PQerrorMessage(conn));
     PQclear(res);
     return conn;
+}
+
+static PGconn *reapers_one_at_a_time(void)
+{
+    return one_at_a_time("test_store: events reaper");
 }
 
 /* The reaper deletes the events older than the retention, at most a batch
@@ -1983,41 +1996,57 @@ static void *race_completion(void *arg)
     return NULL;
 }
 
+/* Racer i of tenant, ready to complete a new key of its own (every fourth
+ * with a stale token) once start lets it. */
+static void racer_init(struct event_racer *rc, pthread_barrier_t *start, const char *tenant, int i,
+                       int64_t base)
+{
+    memset(rc, 0, sizeof *rc);
+    rc->start = start;
+    rc->tenant = tenant;
+    test_unique(rc->key, sizeof rc->key, "ev-race");
+    test_unique(rc->txn, sizeof rc->txn, "txn");
+    new_event_id(rc->evt);
+    rc->type = i % 2 ? "payment.declined" : "payment.succeeded";
+    rc->at = base + i;
+    /* (quotes, backslashes, braces and commas: several bodies travel in
+     * one array there) */
+    snprintf(rc->body, sizeof rc->body,
+             "{\"id\":\"%s\",\"type\":\"%s\",\"n\":%d,\"note\":\"a\\\\ \\\"b\\\" {c}, "
+             "caf\xc3\xa9\"}",
+             rc->evt, rc->type, i);
+    struct store_claim_result a = claim_in(tenant, rc->key, LONG_MS);
+    rc->token = i % 4 == 3 ? a.lease_token + 1000000 : a.lease_token;
+    rc->st = STORE_ERROR;
+    store_claim_result_clear(&a);
+}
+
+#define RACERS_MAX 16
+
+/* The n racers of tenant (at most RACERS_MAX) complete at once. */
+static void race_completions(struct event_racer *rc, int n, const char *tenant)
+{
+    pthread_t th[RACERS_MAX];
+    cr_assert_leq(n, RACERS_MAX);
+    pthread_barrier_t start;
+    cr_assert_eq(pthread_barrier_init(&start, NULL, (unsigned)n), 0);
+    int64_t base = now_us();
+    for (int i = 0; i < n; i++)
+        racer_init(&rc[i], &start, tenant, i, base);
+    for (int i = 0; i < n; i++)
+        cr_assert_eq(pthread_create(&th[i], NULL, race_completion, &rc[i]), 0);
+    for (int i = 0; i < n; i++)
+        pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&start);
+}
+
 CONTRACT(events_of_completions_made_at_once_are_each_their_own)
 {
-    enum { N = 16 }; /* every fourth with a stale token */
+    enum { N = RACERS_MAX }; /* every fourth with a stale token */
     char tenant[96], err[256] = "";
     test_unique(tenant, sizeof tenant, "tenant-ev-race");
     struct event_racer rc[N];
-    pthread_t th[N];
-    pthread_barrier_t start;
-    cr_assert_eq(pthread_barrier_init(&start, NULL, N), 0);
-    int64_t base = now_us();
-    for (int i = 0; i < N; i++) {
-        memset(&rc[i], 0, sizeof rc[i]);
-        rc[i].start = &start;
-        rc[i].tenant = tenant;
-        test_unique(rc[i].key, sizeof rc[i].key, "ev-race");
-        test_unique(rc[i].txn, sizeof rc[i].txn, "txn");
-        new_event_id(rc[i].evt);
-        rc[i].type = i % 2 ? "payment.declined" : "payment.succeeded";
-        rc[i].at = base + i;
-        /* (quotes, backslashes, braces and commas: several bodies travel in
-         * one array there) */
-        snprintf(rc[i].body, sizeof rc[i].body,
-                 "{\"id\":\"%s\",\"type\":\"%s\",\"n\":%d,\"note\":\"a\\\\ \\\"b\\\" {c}, "
-                 "caf\xc3\xa9\"}",
-                 rc[i].evt, rc[i].type, i);
-        struct store_claim_result a = claim_in(tenant, rc[i].key, LONG_MS);
-        rc[i].token = i % 4 == 3 ? a.lease_token + 1000000 : a.lease_token;
-        rc[i].st = STORE_ERROR;
-        store_claim_result_clear(&a);
-    }
-    for (int i = 0; i < N; i++)
-        cr_assert_eq(pthread_create(&th[i], NULL, race_completion, &rc[i]), 0);
-    for (int i = 0; i < N; i++)
-        pthread_join(th[i], NULL);
-    pthread_barrier_destroy(&start);
+    race_completions(rc, N, tenant);
     size_t written = 0;
     for (int i = 0; i < N; i++) {
         struct store_payment got;
@@ -2038,6 +2067,958 @@ CONTRACT(events_of_completions_made_at_once_are_each_their_own)
     }
     cr_assert_eq(event_count(tenant), written);
     cr_assert_eq(written, N - N / 4);
+}
+
+/* ---- webhook deliveries: one per endpoint that wants the event, leased, fenced ---- */
+
+/* How long a case waits for a delivery (or a record) to come back - a
+ * lease or a retry to run out: the bound says when to give up, never when
+ * it should come. */
+#define DELIVERY_WAIT_S 10
+/* A lease a case waits out. */
+#define SHORT_LEASE_MS 200
+/* Rows one claim takes at most; claims a case makes at most to take what is due. */
+#define CLAIM_BATCH 1000
+#define CLAIM_PASSES 1000
+/* Older than any other case's event (1971-01-01). */
+#define ANCIENT_AT 31536000000000LL
+
+static double seconds_since(const struct timespec *t0)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - t0->tv_sec) + (double)(now.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+/* A claim takes any case's due rows, under a lease that would keep them
+ * from the case waiting for them, and the backlog counts every case's: the
+ * PostgreSQL cases that claim run one at a time, as the reapers do. A case
+ * that also needs the reapers' lock takes this one first. */
+static PGconn *claimers_one_at_a_time(void)
+{
+    return one_at_a_time("test_store: webhook deliveries");
+}
+
+/* A webhook endpoint of a case. */
+struct hook {
+    char id[IDS_MAX], url[128], secret[IDS_MAX];
+};
+
+/* A new endpoint of tenant for events (comma-separated; NULL: every type). */
+static void hook_in(const char *tenant, const char *events, struct hook *h)
+{
+    char err[256] = "";
+    cr_assert_eq(ids_new("we_", h->id), 0);
+    cr_assert_eq(ids_new("whsec_", h->secret), 0);
+    /* (nothing listens there: a server that ever found a row a failed case
+     * left would give up on it at once) */
+    snprintf(h->url, sizeof h->url, "http://127.0.0.1:9/hooks/%s", h->id);
+    struct store_endpoint e = {.endpoint_id = h->id,
+                               .url = h->url,
+                               .events = (char *)events,
+                               .secret = h->secret,
+                               .created_at_us = now_us()};
+    cr_assert_eq(store_create_endpoint(store, tenant, &e, 100, err, sizeof err), STORE_OK,
+                 "create endpoint: %s", err);
+}
+
+/* Deletes the endpoint, and with it its deliveries: a case ends with its
+ * endpoints deleted, leaving no row for another to claim. */
+static void unhook(const char *tenant, const struct hook *h)
+{
+    char err[256] = "";
+    cr_assert_eq(store_delete_endpoint(store, tenant, h->id, err, sizeof err), STORE_OK,
+                 "delete endpoint %s: %s", h->id, err);
+}
+
+/* A payment of tenant without a key, written with its event of type: the
+ * event's id into evt. */
+static void paid_with_event(const char *tenant, const char *type, int64_t at, const char *body,
+                            char evt[IDS_MAX])
+{
+    char txn[64];
+    test_unique(txn, sizeof txn, "txn");
+    new_event_id(evt);
+    struct store_event ev = event_of(evt, type, at, body);
+    struct store_payment p = payment_for(NULL, txn, "cust-wh", at);
+    p.status = strcmp(type, "payment.declined") == 0 ? "declined" : "completed";
+    struct store_rows rows = {.payment = &p, .event = &ev};
+    cr_assert_eq(write_in(tenant, &rows), STORE_OK);
+}
+
+/* The deliveries of tenant (and of other, when not NULL) a case claimed,
+ * in the order claimed, one item for each time one was claimed. */
+struct taken {
+    const char *tenant, *other;
+    struct store_delivery *items;
+    size_t count, cap;
+};
+
+static void taken_clear(struct taken *t)
+{
+    for (size_t i = 0; i < t->count; i++)
+        store_delivery_clear(&t->items[i]);
+    free(t->items);
+    t->items = NULL;
+    t->count = t->cap = 0;
+}
+
+/* Moves the rows of t's tenants from l to t; any other case's row is left
+ * to its lease (the PostgreSQL cases share the table). 0, or -1 when out
+ * of memory. Asserts nothing: threads call it. */
+static int taken_add(struct taken *t, struct store_delivery_list *l)
+{
+    for (size_t i = 0; i < l->count; i++) {
+        struct store_delivery *d = &l->items[i];
+        if (strcmp(d->tenant, t->tenant) != 0 && (!t->other || strcmp(d->tenant, t->other) != 0))
+            continue;
+        if (t->count == t->cap) {
+            size_t cap = t->cap ? 2 * t->cap : 16;
+            struct store_delivery *items = realloc(t->items, cap * sizeof *items);
+            if (!items)
+                return -1;
+            t->items = items;
+            t->cap = cap;
+        }
+        t->items[t->count++] = *d;
+        memset(d, 0, sizeof *d);
+    }
+    return 0;
+}
+
+/* One claim under a lease of lease_ms, the rows of t's tenants kept in t:
+ * how many rows it took, anyone's. */
+static size_t claim_into(struct taken *t, int64_t lease_ms)
+{
+    char err[256] = "";
+    struct store_delivery_list l = {0};
+    cr_assert_eq(store_claim_deliveries(store, CLAIM_BATCH, lease_ms, &l, err, sizeof err),
+                 STORE_OK, "claim deliveries: %s", err);
+    size_t n = l.count;
+    cr_assert_eq(taken_add(t, &l), 0, "out of memory");
+    store_delivery_list_clear(&l);
+    return n;
+}
+
+/* Claims until a claim takes nothing: everything due now. */
+static void claim_all_due(struct taken *t, int64_t lease_ms)
+{
+    for (int pass = 0; claim_into(t, lease_ms) > 0; pass++)
+        cr_assert_lt(pass, CLAIM_PASSES, "claims never ran out of due deliveries");
+}
+
+static int is_delivery(const struct store_delivery *d, const char *event_id,
+                       const char *endpoint_id)
+{
+    return strcmp(d->event_id, event_id) == 0 && strcmp(d->endpoint_id, endpoint_id) == 0;
+}
+
+/* How many times the delivery of event_id to the endpoint was claimed. */
+static int times_taken(const struct taken *t, const char *event_id, const struct hook *h)
+{
+    int n = 0;
+    for (size_t i = 0; i < t->count; i++)
+        n += is_delivery(&t->items[i], event_id, h->id);
+    return n;
+}
+
+/* The first time it was claimed (t->count: never). */
+static size_t first_taken(const struct taken *t, const char *event_id, const struct hook *h)
+{
+    size_t i = 0;
+    while (i < t->count && !is_delivery(&t->items[i], event_id, h->id))
+        i++;
+    return i;
+}
+
+/* Claims under lease_ms until the delivery of event_id to the endpoint
+ * has been claimed at index from of t or later (from = t->count: by a
+ * claim made now): the index of that claim. Fails the case when it does
+ * not come within DELIVERY_WAIT_S. */
+static size_t claim_until(struct taken *t, size_t from, const char *event_id, const struct hook *h,
+                          int64_t lease_ms)
+{
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        for (; from < t->count; from++)
+            if (is_delivery(&t->items[from], event_id, h->id))
+                return from;
+        cr_assert_lt(seconds_since(&t0), DELIVERY_WAIT_S,
+                     "the delivery of %s to %s did not come within %d s", event_id, h->id,
+                     DELIVERY_WAIT_S);
+        if (claim_into(t, lease_ms) == 0)
+            wait_ms(10);
+    }
+}
+
+/* d is the delivery of the event (body as written) to h, of tenant, with
+ * the endpoint's URL and secret: attempt. */
+static void assert_delivery(const struct store_delivery *d, const char *tenant,
+                            const char *event_id, const char *body, const struct hook *h,
+                            int attempt)
+{
+    cr_assert_str_eq(d->tenant, tenant);
+    cr_assert_str_eq(d->event_id, event_id);
+    cr_assert_str_eq(d->endpoint_id, h->id);
+    cr_assert_str_eq(d->url, h->url);
+    cr_assert_str_eq(d->secret, h->secret);
+    cr_assert_eq(d->attempt, attempt, "%s to %s: attempt %d, want %d", event_id, h->id, d->attempt,
+                 attempt);
+    cr_assert_eq(d->body_len, strlen(body), "body %zu bytes, written %zu: %.*s", d->body_len,
+                 strlen(body), (int)d->body_len, d->body);
+    cr_assert_eq(memcmp(d->body, body, d->body_len), 0, "body %.*s", (int)d->body_len, d->body);
+    cr_assert_eq(d->body[d->body_len], '\0');
+}
+
+static void finish(const struct store_delivery_result *r, size_t n)
+{
+    char err[256] = "";
+    cr_assert_eq(store_finish_deliveries(store, r, n, err, sizeof err), STORE_OK,
+                 "finish deliveries: %s", err);
+}
+
+/* An attempt's result: sent (attempts = attempt), its answer as the state
+ * says. */
+static struct store_delivery_result result_of(const char *tenant, const char *event_id,
+                                              const struct hook *h, int attempt,
+                                              enum store_delivery_state state, int64_t retry_in_ms)
+{
+    struct store_delivery_result r = {
+        .tenant = tenant,
+        .event_id = event_id,
+        .endpoint_id = h->id,
+        .attempt = attempt,
+        .attempts = attempt,
+        .state = state,
+        .retry_in_ms = retry_in_ms,
+        .http_status = state == STORE_DELIVERY_DELIVERED ? 200 : 500,
+        .error = state == STORE_DELIVERY_DELIVERED ? NULL : "HTTP 500",
+    };
+    return r;
+}
+
+/* The PostgreSQL table's rows of an endpoint, of an event. */
+static const char ROWS_OF_ENDPOINT[] =
+    "SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1";
+static const char ROWS_OF_EVENT[] = "SELECT count(*) FROM webhook_deliveries WHERE event_id = $1";
+
+/* Every event written makes one delivery for each endpoint of its tenant
+ * that wants its type - every type, or its own among others - and none for
+ * another tenant's endpoints, whichever way it was written: a payment's
+ * completion, a payment without a key, a refund's completion, a refund
+ * without a key. A claim hands each over once, with its endpoint's URL and
+ * secret and the event as written, byte for byte: attempt 1. */
+CONTRACT(an_event_makes_one_delivery_for_each_endpoint_of_its_tenant_that_wants_it)
+{
+    PGconn *lock = claimers_one_at_a_time();
+    char tenant[96], other[96], key[96], rkey[96], txn[64], re[64], bare_re[64];
+    char paid[IDS_MAX], declined[IDS_MAX], refunded[IDS_MAX], bare_refunded[IDS_MAX],
+        theirs_paid[IDS_MAX];
+    test_unique(tenant, sizeof tenant, "tenant-wh");
+    test_unique(other, sizeof other, "tenant-wh-other");
+    struct hook all, pay, ref, some, theirs;
+    hook_in(tenant, NULL, &all);
+    hook_in(tenant, "payment.succeeded", &pay);
+    hook_in(tenant, "refund.succeeded", &ref);
+    hook_in(tenant, "payment.declined,refund.succeeded", &some);
+    hook_in(other, NULL, &theirs);
+    const char *paid_body = "{\"id\": \"evt\",\n  \"type\":\"payment.succeeded\" , \"n\":1.50e2,"
+                            "\"note\":\"caf\xc3\xa9 \\u00e9 \\\"q\\\" {c}, [d]\"}";
+    const char *declined_body = "{ \"type\" : \"payment.declined\" }";
+    const char *refunded_body = "{\"type\":\"refund.succeeded\",\"amount\":\"10.00\"}";
+    const char *bare_refunded_body = "{\"type\":\"refund.succeeded\",\"amount\":\"2.00\"}";
+    const char *theirs_body = "{\"tenant\":\"the other\"}";
+    int64_t at = now_us();
+
+    /* a payment's completion */
+    test_unique(key, sizeof key, "wh-pay");
+    test_unique(txn, sizeof txn, "txn");
+    new_event_id(paid);
+    struct store_event paid_ev = event_of(paid, "payment.succeeded", at, paid_body);
+    struct store_payment p = payment_for(key, txn, "cust-wh", at);
+    struct store_rows rows = {.payment = &p, .event = &paid_ev};
+    struct store_claim_result a = claim_in(tenant, key, LONG_MS);
+    cr_assert_eq(complete_in(tenant, key, a.lease_token, &rows), STORE_OK);
+    /* a payment without a key (declined) */
+    paid_with_event(tenant, "payment.declined", at + 1, declined_body, declined);
+    /* a refund's completion, and a refund without a key */
+    test_unique(rkey, sizeof rkey, "wh-refund");
+    test_unique(re, sizeof re, "re");
+    new_event_id(refunded);
+    struct store_event refunded_ev = event_of(refunded, "refund.succeeded", at + 2, refunded_body);
+    struct store_refund r = refund_of(txn, re, rkey, 1000, at + 2);
+    rows = (struct store_rows){.refund = &r, .event = &refunded_ev};
+    struct store_claim_result b = claim_in(tenant, rkey, LONG_MS);
+    cr_assert_eq(complete_in(tenant, rkey, b.lease_token, &rows), STORE_OK);
+    test_unique(bare_re, sizeof bare_re, "re");
+    new_event_id(bare_refunded);
+    struct store_event bare_ev =
+        event_of(bare_refunded, "refund.succeeded", at + 3, bare_refunded_body);
+    struct store_refund bare_r = refund_of(txn, bare_re, NULL, 200, at + 3);
+    rows = (struct store_rows){.refund = &bare_r, .event = &bare_ev};
+    cr_assert_eq(write_in(tenant, &rows), STORE_OK);
+    /* a payment without an event makes none */
+    char quiet[64];
+    paid_in(tenant, quiet, sizeof quiet, "completed");
+    /* the other tenant's payment */
+    paid_with_event(other, "payment.succeeded", at + 4, theirs_body, theirs_paid);
+
+    struct taken t = {.tenant = tenant, .other = other};
+    claim_all_due(&t, LONG_MS);
+    const struct {
+        const char *tenant, *event_id, *body;
+        const struct hook *h;
+    } want[] = {
+        {tenant, paid, paid_body, &all},
+        {tenant, paid, paid_body, &pay},
+        {tenant, declined, declined_body, &all},
+        {tenant, declined, declined_body, &some},
+        {tenant, refunded, refunded_body, &all},
+        {tenant, refunded, refunded_body, &ref},
+        {tenant, refunded, refunded_body, &some},
+        {tenant, bare_refunded, bare_refunded_body, &all},
+        {tenant, bare_refunded, bare_refunded_body, &ref},
+        {tenant, bare_refunded, bare_refunded_body, &some},
+        {other, theirs_paid, theirs_body, &theirs},
+    };
+    const size_t n = sizeof want / sizeof want[0];
+    for (size_t i = 0; i < n; i++) {
+        cr_assert_eq(times_taken(&t, want[i].event_id, want[i].h), 1,
+                     "want %zu: the delivery of %s to %s claimed %d times", i, want[i].event_id,
+                     want[i].h->id, times_taken(&t, want[i].event_id, want[i].h));
+        assert_delivery(&t.items[first_taken(&t, want[i].event_id, want[i].h)], want[i].tenant,
+                        want[i].event_id, want[i].body, want[i].h, 1);
+    }
+    cr_assert_eq(t.count, n, "%zu deliveries claimed, want %zu", t.count, n);
+    taken_clear(&t);
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&b);
+    unhook(tenant, &all);
+    unhook(tenant, &pay);
+    unhook(tenant, &ref);
+    unhook(tenant, &some);
+    unhook(other, &theirs);
+    PQfinish(lock);
+}
+
+/* Claims tenant's key until its lease has run out and the claim takes it
+ * over (within DELIVERY_WAIT_S). */
+static struct store_claim_result taken_over(const char *tenant, const char *key)
+{
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        struct store_claim_result r = claim_in(tenant, key, LONG_MS);
+        if (r.outcome == CLAIM_TAKEOVER)
+            return r;
+        cr_assert_eq(r.outcome, CLAIM_IN_PROGRESS, "claim %s: outcome %d", key, r.outcome);
+        store_claim_result_clear(&r);
+        cr_assert_lt(seconds_since(&t0), DELIVERY_WAIT_S, "the lease on %s never ran out", key);
+        wait_ms(20);
+    }
+}
+
+/* A completion that writes nothing makes no delivery: fenced out (its lease
+ * ran out and another claim took the record over), rejected (a refund over
+ * what is left of its payment, with a key and without), or released. */
+CONTRACT(a_completion_that_writes_nothing_makes_no_delivery)
+{
+    PGconn *lock = claimers_one_at_a_time();
+    char tenant[96], key[96], rkey[96], relkey[96], pay[96], txn[2][64], re[2][64];
+    char fenced[IDS_MAX], over[2][IDS_MAX], released[IDS_MAX], written[IDS_MAX];
+    test_unique(tenant, sizeof tenant, "tenant-wh-nothing");
+    struct hook all;
+    hook_in(tenant, NULL, &all);
+    int64_t at = now_us();
+
+    test_unique(key, sizeof key, "wh-fenced");
+    test_unique(txn[0], sizeof txn[0], "txn");
+    new_event_id(fenced);
+    struct store_claim_result a = claim_in(tenant, key, SHORT_LEASE_MS);
+    struct store_claim_result b = taken_over(tenant, key);
+    struct store_event ev = event_of(fenced, "payment.succeeded", at, "{\"run\":\"old\"}");
+    struct store_payment p = payment_for(key, txn[0], "cust-wh", at);
+    struct store_rows rows = {.payment = &p, .event = &ev};
+    cr_assert_eq(complete_in(tenant, key, a.lease_token, &rows), STORE_LEASE_LOST);
+
+    paid_in(tenant, pay, sizeof pay, "completed");
+    test_unique(rkey, sizeof rkey, "wh-over");
+    struct store_claim_result c = claim_in(tenant, rkey, LONG_MS);
+    for (int i = 0; i < 2; i++) {
+        test_unique(re[i], sizeof re[i], "re");
+        new_event_id(over[i]);
+    }
+    struct store_event over_ev = event_of(over[0], "refund.succeeded", at, "{\"over\":0}");
+    struct store_refund r = refund_of(pay, re[0], rkey, 10001, at);
+    rows = (struct store_rows){.refund = &r, .event = &over_ev};
+    cr_assert_eq(complete_in(tenant, rkey, c.lease_token, &rows), STORE_REJECTED);
+    over_ev = event_of(over[1], "refund.succeeded", at, "{\"over\":1}");
+    r = refund_of(pay, re[1], NULL, 10001, at);
+    cr_assert_eq(write_in(tenant, &rows), STORE_REJECTED);
+
+    char err[256] = "";
+    test_unique(relkey, sizeof relkey, "wh-released");
+    test_unique(txn[1], sizeof txn[1], "txn");
+    new_event_id(released);
+    struct store_claim_result d = claim_in(tenant, relkey, LONG_MS);
+    cr_assert_eq(store_release(store, tenant, relkey, d.lease_token, err, sizeof err), STORE_OK,
+                 "%s", err);
+    ev = event_of(released, "payment.succeeded", at, "{\"released\":1}");
+    p = payment_for(relkey, txn[1], "cust-wh", at);
+    rows = (struct store_rows){.payment = &p, .event = &ev};
+    cr_assert_eq(complete_in(tenant, relkey, d.lease_token, &rows), STORE_LEASE_LOST);
+
+    /* one that writes, so that the claim below is seen to find the tenant's */
+    paid_with_event(tenant, "payment.succeeded", at, "{\"written\":1}", written);
+    struct taken t = {.tenant = tenant};
+    claim_all_due(&t, LONG_MS);
+    cr_assert_eq(times_taken(&t, fenced, &all), 0, "the fenced-out completion made a delivery");
+    cr_assert_eq(times_taken(&t, over[0], &all), 0, "the rejected refund made a delivery");
+    cr_assert_eq(times_taken(&t, over[1], &all), 0, "the rejected refund made a delivery");
+    cr_assert_eq(times_taken(&t, released, &all), 0, "the released claim made a delivery");
+    cr_assert_eq(times_taken(&t, written, &all), 1);
+    cr_assert_eq(t.count, 1, "%zu deliveries claimed, want 1", t.count);
+    taken_clear(&t);
+    store_claim_result_clear(&a);
+    store_claim_result_clear(&b);
+    store_claim_result_clear(&c);
+    store_claim_result_clear(&d);
+    unhook(tenant, &all);
+    PQfinish(lock);
+}
+
+/* A claimed delivery is leased: no claim takes it while its lease is
+ * live; once the lease has run out (its server died mid-attempt) a claim
+ * takes it again, the attempt counted. */
+CONTRACT(a_claimed_delivery_is_claimed_again_only_once_its_lease_ran_out)
+{
+    PGconn *lock = claimers_one_at_a_time();
+    char tenant[96], held[IDS_MAX], lapsing[IDS_MAX];
+    test_unique(tenant, sizeof tenant, "tenant-wh-lease");
+    struct hook h;
+    hook_in(tenant, NULL, &h);
+    paid_with_event(tenant, "payment.succeeded", now_us(), "{\"held\":1}", held);
+    struct taken t = {.tenant = tenant};
+    claim_all_due(&t, LONG_MS);
+    cr_assert_eq(t.count, 1);
+    assert_delivery(&t.items[0], tenant, held, "{\"held\":1}", &h, 1);
+    /* right after, and again: its lease is live */
+    claim_all_due(&t, LONG_MS);
+    claim_all_due(&t, LONG_MS);
+    cr_assert_eq(t.count, 1, "a delivery under a live lease was claimed again");
+
+    paid_with_event(tenant, "payment.succeeded", now_us(), "{\"lapsing\":1}", lapsing);
+    size_t i = claim_until(&t, t.count, lapsing, &h, SHORT_LEASE_MS);
+    assert_delivery(&t.items[i], tenant, lapsing, "{\"lapsing\":1}", &h, 1);
+    i = claim_until(&t, i + 1, lapsing, &h, LONG_MS);
+    assert_delivery(&t.items[i], tenant, lapsing, "{\"lapsing\":1}", &h, 2);
+    cr_assert_eq(times_taken(&t, held, &h), 1, "a delivery under a live lease was claimed again");
+    cr_assert_eq(times_taken(&t, lapsing, &h), 2);
+    taken_clear(&t);
+    unhook(tenant, &h);
+    PQfinish(lock);
+}
+
+/* An attempt's result is written only while its row still holds the
+ * attempt claimed: once the lease ran out and another claim took it, the
+ * first attempt's result - however late, whatever it says - changes
+ * nothing. */
+CONTRACT(a_result_of_an_attempt_claimed_again_since_changes_nothing)
+{
+    PGconn *lock = claimers_one_at_a_time();
+    char tenant[96], evt[IDS_MAX];
+    test_unique(tenant, sizeof tenant, "tenant-wh-fence");
+    struct hook h;
+    hook_in(tenant, NULL, &h);
+    paid_with_event(tenant, "payment.succeeded", now_us(), "{}", evt);
+    struct taken t = {.tenant = tenant};
+    size_t i = claim_until(&t, t.count, evt, &h, SHORT_LEASE_MS);
+    cr_assert_eq(t.items[i].attempt, 1);
+    i = claim_until(&t, i + 1, evt, &h, SHORT_LEASE_MS);
+    cr_assert_eq(t.items[i].attempt, 2);
+    /* the first attempt's results, late: delivered, given up, retried much
+     * later (and its attempts count with it) */
+    struct store_delivery_result late = result_of(tenant, evt, &h, 1, STORE_DELIVERY_DELIVERED, 0);
+    finish(&late, 1);
+    late = result_of(tenant, evt, &h, 1, STORE_DELIVERY_FAILED, 0);
+    finish(&late, 1);
+    late = result_of(tenant, evt, &h, 1, STORE_DELIVERY_RETRY, LONG_MS);
+    late.attempts = 0;
+    finish(&late, 1);
+    /* the second attempt's lease runs out: claimed again, the third */
+    i = claim_until(&t, i + 1, evt, &h, LONG_MS);
+    cr_assert_eq(t.items[i].attempt, 3, "attempt %d, want 3", t.items[i].attempt);
+    taken_clear(&t);
+    unhook(tenant, &h);
+    PQfinish(lock);
+}
+
+/* The result of the attempt the row holds: delivered or given up ends the
+ * delivery (and a result for it afterwards changes nothing); a retry makes
+ * it due again after retry_in_ms, counting the attempts it says were made
+ * (one less for an attempt given up without being sent). A delivery left
+ * alone comes back once its lease ran out: the others are seen against
+ * it. */
+CONTRACT(a_result_ends_its_delivery_or_makes_it_due_again)
+{
+    PGconn *lock = claimers_one_at_a_time();
+    char tenant[96], evt[IDS_MAX];
+    test_unique(tenant, sizeof tenant, "tenant-wh-result");
+    struct hook delivered, failed, later, soon, unsent, alone;
+    struct hook *hooks[] = {&delivered, &failed, &later, &soon, &unsent, &alone};
+    for (size_t i = 0; i < sizeof hooks / sizeof hooks[0]; i++)
+        hook_in(tenant, NULL, hooks[i]);
+    paid_with_event(tenant, "payment.succeeded", now_us(), "{}", evt);
+    struct taken t = {.tenant = tenant};
+    for (size_t i = 0; i < sizeof hooks / sizeof hooks[0]; i++) {
+        size_t k = claim_until(&t, 0, evt, hooks[i], SHORT_LEASE_MS);
+        cr_assert_eq(t.items[k].attempt, 1);
+    }
+    cr_assert_eq(t.count, 6);
+
+    struct store_delivery_result r[] = {
+        result_of(tenant, evt, &delivered, 1, STORE_DELIVERY_DELIVERED, 0),
+        result_of(tenant, evt, &failed, 1, STORE_DELIVERY_FAILED, 0),
+        result_of(tenant, evt, &later, 1, STORE_DELIVERY_RETRY, LONG_MS),
+        result_of(tenant, evt, &soon, 1, STORE_DELIVERY_RETRY, 10),
+        result_of(tenant, evt, &unsent, 1, STORE_DELIVERY_RETRY, 10),
+    };
+    r[1].http_status = 410;
+    r[1].error = "HTTP 410";
+    r[3].http_status = 0;
+    r[3].error = "timeout";
+    r[4].attempts = 0;
+    r[4].http_status = 0;
+    r[4].error = "not sent";
+    finish(r, sizeof r / sizeof r[0]);
+    /* the ended ones' results again, as retries due now: they are no longer
+     * pending */
+    struct store_delivery_result again[] = {
+        result_of(tenant, evt, &delivered, 1, STORE_DELIVERY_RETRY, 0),
+        result_of(tenant, evt, &failed, 1, STORE_DELIVERY_RETRY, 0),
+    };
+    finish(again, 2);
+
+    size_t since = t.count;
+    size_t i = claim_until(&t, since, evt, &soon, LONG_MS);
+    cr_assert_eq(t.items[i].attempt, 2, "attempt %d, want 2", t.items[i].attempt);
+    i = claim_until(&t, since, evt, &unsent, LONG_MS);
+    cr_assert_eq(t.items[i].attempt, 1, "attempt %d after one not sent, want 1",
+                 t.items[i].attempt);
+    i = claim_until(&t, since, evt, &alone, LONG_MS);
+    cr_assert_eq(t.items[i].attempt, 2);
+    claim_all_due(&t, LONG_MS);
+    cr_assert_eq(times_taken(&t, evt, &delivered), 1, "a delivered delivery was claimed again");
+    cr_assert_eq(times_taken(&t, evt, &failed), 1, "a failed delivery was claimed again");
+    cr_assert_eq(times_taken(&t, evt, &later), 1, "a retry in a minute was claimed already");
+    cr_assert_eq(t.count, 9, "%zu claims, want 9", t.count);
+    taken_clear(&t);
+    for (size_t k = 0; k < sizeof hooks / sizeof hooks[0]; k++)
+        unhook(tenant, hooks[k]);
+    PQfinish(lock);
+}
+
+/* Claimers racing for the same due deliveries (on PostgreSQL, transactions
+ * at once; servers, in production) claim each exactly once between them. */
+struct delivery_claimer {
+    struct store *s;
+    pthread_barrier_t *start;
+    struct taken t;
+    int passes;
+    enum store_status st;
+    char err[256];
+};
+
+static void *race_claims(void *arg)
+{
+    struct delivery_claimer *c = arg;
+    pthread_barrier_wait(c->start);
+    for (c->passes = 0; c->passes < CLAIM_PASSES; c->passes++) {
+        struct store_delivery_list l = {0};
+        c->st = store_claim_deliveries(c->s, 3, LONG_MS, &l, c->err, sizeof c->err);
+        if (c->st != STORE_OK)
+            return NULL;
+        size_t n = l.count;
+        if (taken_add(&c->t, &l) != 0) {
+            c->st = STORE_ERROR;
+            snprintf(c->err, sizeof c->err, "out of memory");
+        }
+        store_delivery_list_clear(&l);
+        if (c->st != STORE_OK || n == 0)
+            return NULL;
+    }
+    return NULL;
+}
+
+CONTRACT(deliveries_claimed_at_once_are_each_claimed_once)
+{
+    enum { THREADS = 16, EVENTS = 50, HOOKS = 4 }; /* 200 deliveries */
+    PGconn *lock = claimers_one_at_a_time();
+    char tenant[96], evt[EVENTS][IDS_MAX];
+    test_unique(tenant, sizeof tenant, "tenant-wh-race");
+    struct hook h[HOOKS];
+    for (int k = 0; k < HOOKS; k++)
+        hook_in(tenant, NULL, &h[k]);
+    int64_t at = now_us();
+    for (int e = 0; e < EVENTS; e++)
+        paid_with_event(tenant, "payment.succeeded", at + e, "{}", evt[e]);
+
+    /* on PostgreSQL, as many connections as claimers: transactions at once */
+    struct store *wide = NULL;
+    if (lock) {
+        char err[256] = "";
+        struct store_pg_options o = pg_opened;
+        o.pool_size = THREADS;
+        wide = store_pg_new(&o, err, sizeof err);
+        cr_assert_not_null(wide, "store_pg_new: %s", err);
+    }
+    struct delivery_claimer c[THREADS];
+    pthread_t th[THREADS];
+    pthread_barrier_t start;
+    cr_assert_eq(pthread_barrier_init(&start, NULL, THREADS), 0);
+    for (int i = 0; i < THREADS; i++) {
+        memset(&c[i], 0, sizeof c[i]);
+        c[i].s = wide ? wide : store;
+        c[i].start = &start;
+        c[i].t.tenant = tenant;
+        cr_assert_eq(pthread_create(&th[i], NULL, race_claims, &c[i]), 0);
+    }
+    for (int i = 0; i < THREADS; i++)
+        pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&start);
+    store_free(wide);
+
+    int times[EVENTS][HOOKS] = {{0}};
+    for (int i = 0; i < THREADS; i++) {
+        cr_assert_eq(c[i].st, STORE_OK, "claimer %d: %s: %s", i, store_status_name(c[i].st),
+                     c[i].err);
+        cr_assert_lt(c[i].passes, CLAIM_PASSES, "claimer %d never ran out of due deliveries", i);
+        for (size_t j = 0; j < c[i].t.count; j++) {
+            const struct store_delivery *d = &c[i].t.items[j];
+            int e = 0, k = 0;
+            while (e < EVENTS && strcmp(d->event_id, evt[e]) != 0)
+                e++;
+            while (k < HOOKS && strcmp(d->endpoint_id, h[k].id) != 0)
+                k++;
+            cr_assert(e < EVENTS && k < HOOKS, "a delivery of %s to %s, not ours", d->event_id,
+                      d->endpoint_id);
+            times[e][k]++;
+        }
+        taken_clear(&c[i].t);
+    }
+    for (int e = 0; e < EVENTS; e++)
+        for (int k = 0; k < HOOKS; k++)
+            cr_assert_eq(times[e][k], 1, "the delivery of event %d to endpoint %d claimed %d times",
+                         e, k, times[e][k]);
+    for (int k = 0; k < HOOKS; k++)
+        unhook(tenant, &h[k]);
+    PQfinish(lock);
+}
+
+/* Completions made at once (on PostgreSQL, the group commit: one statement
+ * for several) each make their own event's deliveries; a stale one among
+ * them, none. */
+CONTRACT(completions_made_at_once_each_make_their_deliveries)
+{
+    enum { N = RACERS_MAX }; /* every fourth with a stale token */
+    PGconn *lock = claimers_one_at_a_time();
+    char tenant[96];
+    test_unique(tenant, sizeof tenant, "tenant-wh-batch");
+    struct hook all, declined;
+    hook_in(tenant, NULL, &all);
+    hook_in(tenant, "payment.declined", &declined);
+    struct event_racer rc[N];
+    race_completions(rc, N, tenant);
+    struct taken t = {.tenant = tenant};
+    claim_all_due(&t, LONG_MS);
+    size_t want = 0;
+    for (int i = 0; i < N; i++) {
+        int stale = i % 4 == 3, is_declined = strcmp(rc[i].type, "payment.declined") == 0;
+        cr_assert_eq(rc[i].st, stale ? STORE_LEASE_LOST : STORE_OK, "%d: %s", i,
+                     store_status_name(rc[i].st));
+        cr_assert_eq(times_taken(&t, rc[i].evt, &all), !stale, "%d: to every type's endpoint", i);
+        cr_assert_eq(times_taken(&t, rc[i].evt, &declined), !stale && is_declined,
+                     "%d: to the declined ones' endpoint", i);
+        if (stale)
+            continue;
+        assert_delivery(&t.items[first_taken(&t, rc[i].evt, &all)], tenant, rc[i].evt, rc[i].body,
+                        &all, 1);
+        want += 1 + (size_t)is_declined;
+    }
+    cr_assert_eq(t.count, want, "%zu deliveries claimed, want %zu", t.count, want);
+    taken_clear(&t);
+    unhook(tenant, &all);
+    unhook(tenant, &declined);
+    PQfinish(lock);
+}
+
+/* Deleting an endpoint deletes its deliveries, due or under a lease: none
+ * is claimed again; the tenant's other endpoints keep theirs. */
+static int64_t backlog_pending(void);
+
+CONTRACT(deleting_an_endpoint_deletes_its_deliveries)
+{
+    PGconn *lock = claimers_one_at_a_time();
+    char tenant[96], leased[IDS_MAX], due[IDS_MAX];
+    test_unique(tenant, sizeof tenant, "tenant-wh-delete");
+    struct hook gone, kept;
+    hook_in(tenant, NULL, &gone);
+    hook_in(tenant, NULL, &kept);
+    paid_with_event(tenant, "payment.succeeded", now_us(), "{\"leased\":1}", leased);
+    struct taken t = {.tenant = tenant};
+    claim_until(&t, 0, leased, &gone, SHORT_LEASE_MS);
+    claim_until(&t, 0, leased, &kept, SHORT_LEASE_MS);
+    paid_with_event(tenant, "payment.succeeded", now_us(), "{\"due\":1}", due);
+    int64_t pending = backlog_pending();
+    unhook(tenant, &gone);
+    cr_assert_eq(backlog_pending(), pending - 2,
+                 "the deleted endpoint's two deliveries are still counted pending");
+    if (lock)
+        cr_assert_eq(test_query_long(test_db_url(), ROWS_OF_ENDPOINT, gone.id), 0,
+                     "the deleted endpoint's deliveries are still there");
+    size_t since = t.count;
+    claim_until(&t, since, due, &kept, LONG_MS);
+    claim_until(&t, since, leased, &kept, LONG_MS);
+    claim_all_due(&t, LONG_MS);
+    cr_assert_eq(times_taken(&t, due, &gone), 0, "a deleted endpoint's delivery was claimed");
+    cr_assert_eq(times_taken(&t, leased, &gone), 1, "a deleted endpoint's delivery was claimed");
+    cr_assert_eq(times_taken(&t, leased, &kept), 2);
+    cr_assert_eq(times_taken(&t, due, &kept), 1);
+    taken_clear(&t);
+    unhook(tenant, &kept);
+    if (lock)
+        cr_assert_eq(test_query_long(test_db_url(), ROWS_OF_ENDPOINT, kept.id), 0);
+    PQfinish(lock);
+}
+
+static struct store_delivery_backlog backlog(void)
+{
+    char err[256] = "";
+    struct store_delivery_backlog b = {-1, -1};
+    cr_assert_eq(store_delivery_backlog(store, &b, err, sizeof err), STORE_OK, "%s", err);
+    return b;
+}
+
+static int64_t backlog_pending(void)
+{
+    return backlog().pending;
+}
+
+/* The backlog is base's and n more pending deliveries, the oldest of ours
+ * written at oldest (0: none of ours). */
+static void assert_backlog(const struct store_delivery_backlog *base, int64_t n, int64_t oldest)
+{
+    struct store_delivery_backlog b = backlog();
+    int64_t want = base->pending && (!oldest || base->oldest_created_us < oldest)
+                       ? base->oldest_created_us
+                       : oldest;
+    cr_assert_eq(b.pending, base->pending + n, "%lld pending, want %lld", (long long)b.pending,
+                 (long long)(base->pending + n));
+    cr_assert_eq(b.oldest_created_us, want, "the oldest written at %lld, want %lld",
+                 (long long)b.oldest_created_us, (long long)want);
+}
+
+/* The backlog counts the deliveries pending - due, or claimed and not yet
+ * delivered or given up (a retry is pending) - and tells when the oldest
+ * one's event was written (0: none). On PostgreSQL it counts the whole
+ * table's: the cases that could change it but this one's own wait (the
+ * claimers' and the reapers' locks), so the rest stays as it was found. */
+CONTRACT(the_backlog_counts_the_pending_deliveries_and_the_oldest_ones_time)
+{
+    PGconn *claimers = claimers_one_at_a_time();
+    PGconn *reapers = reapers_one_at_a_time();
+    char tenant[96], retried[IDS_MAX], ancient[IDS_MAX], failed[IDS_MAX];
+    test_unique(tenant, sizeof tenant, "tenant-wh-backlog");
+    struct hook h;
+    hook_in(tenant, NULL, &h);
+    struct store_delivery_backlog base = backlog();
+    if (!claimers) {
+        cr_assert_eq(base.pending, 0);
+        cr_assert_eq(base.oldest_created_us, 0, "none pending, the oldest at %lld",
+                     (long long)base.oldest_created_us);
+    } else {
+        cr_assert_geq(base.pending, 0);
+        cr_assert(base.pending ? base.oldest_created_us > 0 : base.oldest_created_us == 0,
+                  "%lld pending, the oldest at %lld", (long long)base.pending,
+                  (long long)base.oldest_created_us);
+    }
+    int64_t at = now_us();
+    paid_with_event(tenant, "payment.succeeded", at, "{}", retried);
+    assert_backlog(&base, 1, at);
+    paid_with_event(tenant, "payment.succeeded", ANCIENT_AT, "{}", ancient);
+    paid_with_event(tenant, "payment.declined", at + 1, "{}", failed);
+    assert_backlog(&base, 3, ANCIENT_AT);
+    /* claimed: still pending */
+    struct taken t = {.tenant = tenant};
+    claim_all_due(&t, LONG_MS);
+    cr_assert_eq(t.count, 3);
+    assert_backlog(&base, 3, ANCIENT_AT);
+    /* a retry stays pending; delivered and given up, no longer */
+    struct store_delivery_result r =
+        result_of(tenant, retried, &h, 1, STORE_DELIVERY_RETRY, LONG_MS);
+    finish(&r, 1);
+    assert_backlog(&base, 3, ANCIENT_AT);
+    r = result_of(tenant, ancient, &h, 1, STORE_DELIVERY_DELIVERED, 0);
+    finish(&r, 1);
+    assert_backlog(&base, 2, at);
+    r = result_of(tenant, failed, &h, 1, STORE_DELIVERY_FAILED, 0);
+    finish(&r, 1);
+    assert_backlog(&base, 1, at);
+    taken_clear(&t);
+    unhook(tenant, &h);
+    PQfinish(reapers);
+    PQfinish(claimers);
+}
+
+/* Reaping an event deletes its deliveries: none is claimed again; a
+ * younger event's stays. */
+CONTRACT(reaping_an_event_deletes_its_deliveries)
+{
+    PGconn *claimers = claimers_one_at_a_time();
+    PGconn *reapers = reapers_one_at_a_time();
+    char tenant[96], old[IDS_MAX], young[IDS_MAX], err[256] = "";
+    test_unique(tenant, sizeof tenant, "tenant-wh-reap");
+    struct hook h;
+    hook_in(tenant, NULL, &h);
+    paid_with_event(tenant, "payment.succeeded", OLD_EVENT_AT + 7, "{\"old\":1}", old);
+    paid_with_event(tenant, "payment.succeeded", now_us(), "{\"young\":1}", young);
+    if (claimers)
+        cr_assert_eq(test_query_long(test_db_url(), ROWS_OF_EVENT, old), 1);
+    /* a retention that ends a day after the old one (as the reaper's case) */
+    const int64_t retention_ms = (now_us() - (OLD_EVENT_AT + DAY_US)) / 1000;
+    int deleted = 0;
+    for (int pass = 0; pass == 0 || deleted == 100; pass++) {
+        cr_assert_lt(pass, CLAIM_PASSES, "the reaper never ran out of old events");
+        cr_assert_eq(store_reap_events(store, retention_ms, 100, &deleted, err, sizeof err),
+                     STORE_OK, "%s", err);
+    }
+    cr_assert_not(event_there(tenant, old), "the old event was not reaped");
+    cr_assert(event_there(tenant, young), "the young event was reaped");
+    if (claimers) {
+        cr_assert_eq(test_query_long(test_db_url(), ROWS_OF_EVENT, old), 0,
+                     "the reaped event's delivery is there");
+        cr_assert_eq(test_query_long(test_db_url(), ROWS_OF_EVENT, young), 1);
+    }
+    struct taken t = {.tenant = tenant};
+    claim_until(&t, 0, young, &h, LONG_MS);
+    claim_all_due(&t, LONG_MS);
+    cr_assert_eq(times_taken(&t, old, &h), 0, "the reaped event's delivery was claimed");
+    cr_assert_eq(t.count, 1);
+    taken_clear(&t);
+    unhook(tenant, &h);
+    PQfinish(reapers);
+    PQfinish(claimers);
+}
+
+/* ---- PostgreSQL only: a row another server's claim holds ----------------- */
+
+/* Defines the case for the PostgreSQL store, direct and through pgbouncer. */
+#define PG_CONTRACT(name)                                                                          \
+    static void name(void);                                                                        \
+    Test(store_pg, name, .init = open_pg, .fini = close_store, .timeout = 30)                      \
+    {                                                                                              \
+        name();                                                                                    \
+    }                                                                                              \
+    Test(store_pgbouncer, name, .init = open_pgbouncer, .fini = close_store, .timeout = 30)        \
+    {                                                                                              \
+        name();                                                                                    \
+    }                                                                                              \
+    static void name(void)
+
+/* A claim in a thread of its own, taking what is due until it runs out. */
+struct background_claim {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+    struct taken t;
+    enum store_status st;
+    char err[256];
+};
+
+static void *claim_in_background(void *arg)
+{
+    struct background_claim *c = arg;
+    for (int pass = 0; pass < CLAIM_PASSES; pass++) {
+        struct store_delivery_list l = {0};
+        c->st = store_claim_deliveries(store, CLAIM_BATCH, LONG_MS, &l, c->err, sizeof c->err);
+        if (c->st != STORE_OK)
+            break;
+        size_t n = l.count;
+        if (taken_add(&c->t, &l) != 0) {
+            c->st = STORE_ERROR;
+            snprintf(c->err, sizeof c->err, "out of memory");
+        }
+        store_delivery_list_clear(&l);
+        if (c->st != STORE_OK || n == 0)
+            break;
+    }
+    pthread_mutex_lock(&c->mu);
+    c->done = 1;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
+
+/* A row another server's claim holds (its transaction still open) is
+ * skipped, not waited for - the claim takes the others - and is taken
+ * once that server lets go. */
+PG_CONTRACT(a_claim_skips_a_row_another_claim_holds)
+{
+    PGconn *lock = claimers_one_at_a_time();
+    char tenant[96], evt[IDS_MAX];
+    test_unique(tenant, sizeof tenant, "tenant-wh-skip");
+    struct hook held, free_one;
+    hook_in(tenant, NULL, &held);
+    hook_in(tenant, NULL, &free_one);
+    paid_with_event(tenant, "payment.succeeded", now_us(), "{}", evt);
+
+    PGconn *other = PQconnectdb(test_db_url());
+    cr_assert_eq(PQstatus(other), CONNECTION_OK, "%s", PQerrorMessage(other));
+    PGresult *res = PQexec(other, "BEGIN");
+    cr_assert_eq(PQresultStatus(res), PGRES_COMMAND_OK, "%s", PQerrorMessage(other));
+    PQclear(res);
+    const char *vals[] = {held.id};
+    res = PQexecParams(other, "SELECT 1 FROM webhook_deliveries WHERE endpoint_id = $1 FOR UPDATE",
+                       1, NULL, vals, NULL, NULL, 0);
+    cr_assert_eq(PQresultStatus(res), PGRES_TUPLES_OK, "%s", PQerrorMessage(other));
+    cr_assert_eq(PQntuples(res), 1);
+    PQclear(res);
+
+    struct background_claim c = {.mu = PTHREAD_MUTEX_INITIALIZER,
+                                 .cv = PTHREAD_COND_INITIALIZER,
+                                 .t = {.tenant = tenant},
+                                 .st = STORE_ERROR};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, claim_in_background, &c), 0);
+    struct timespec give_up;
+    clock_gettime(CLOCK_REALTIME, &give_up);
+    give_up.tv_sec += DELIVERY_WAIT_S;
+    pthread_mutex_lock(&c.mu);
+    while (!c.done && pthread_cond_timedwait(&c.cv, &c.mu, &give_up) == 0)
+        ;
+    int returned = c.done;
+    pthread_mutex_unlock(&c.mu);
+    /* let go (a claim waiting on the row goes on), then look */
+    res = PQexec(other, "ROLLBACK");
+    PQclear(res);
+    PQfinish(other);
+    pthread_join(th, NULL);
+    cr_assert(returned, "the claim waited for a row another claim held (%d s)", DELIVERY_WAIT_S);
+    cr_assert_eq(c.st, STORE_OK, "%s", c.err);
+    cr_assert_eq(times_taken(&c.t, evt, &held), 0, "a row another claim held was claimed");
+    cr_assert_eq(times_taken(&c.t, evt, &free_one), 1);
+    taken_clear(&c.t);
+
+    struct taken t = {.tenant = tenant};
+    size_t i = claim_until(&t, 0, evt, &held, LONG_MS);
+    cr_assert_eq(t.items[i].attempt, 1);
+    claim_all_due(&t, LONG_MS);
+    cr_assert_eq(t.count, 1);
+    taken_clear(&t);
+    unhook(tenant, &held);
+    unhook(tenant, &free_one);
+    PQfinish(lock);
 }
 
 /* ---- PostgreSQL only: losing the database connection --------------------------- */

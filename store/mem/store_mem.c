@@ -798,6 +798,15 @@ static enum store_status mem_reap_events(struct store *s, int64_t retention_ms, 
            ((const struct mem_event *)mem_rows_at(&m->events, k))->e.created_at_us < before)
         k++;
     mem_rows_drop_oldest(&m->events, k, event_row_clear);
+    /* their deliveries with them (only deliveries of old events can be) */
+    for (size_t i = 0; k && i < m->deliveries.n;) {
+        const struct mem_delivery *d = mem_rows_at(&m->deliveries, i);
+        if (d->created_us < before &&
+            mem_rows_find(&m->events, d->tenant, event_is, d->event_id) == m->events.n)
+            mem_rows_remove(&m->deliveries, i, delivery_row_clear);
+        else
+            i++;
+    }
     pthread_mutex_unlock(&m->mu);
     *deleted = (int)k;
     return STORE_OK;
@@ -893,6 +902,14 @@ static enum store_status mem_delete_endpoint(struct store *s, const char *tenant
         st = STORE_NOT_FOUND;
     } else {
         mem_rows_remove(&m->endpoints, i, endpoint_row_clear);
+        /* its deliveries with it */
+        for (size_t k = 0; k < m->deliveries.n;) {
+            const struct mem_delivery *d = mem_rows_at(&m->deliveries, k);
+            if (strcmp(d->tenant, tenant) == 0 && strcmp(d->endpoint_id, endpoint_id) == 0)
+                mem_rows_remove(&m->deliveries, k, delivery_row_clear);
+            else
+                k++;
+        }
     }
     pthread_mutex_unlock(&m->mu);
     return st;
