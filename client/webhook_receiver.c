@@ -145,7 +145,21 @@ struct receiver *receiver_start(const char *ports, char *err, size_t errlen)
         return NULL;
     }
     pthread_mutex_init(&r->mu, NULL);
-    const char *options[] = {"listening_ports", ports, "num_threads", "32", NULL};
+    /* Kept-alive connections, as a merchant's receiver would keep them:
+     * the service reuses its connections between deliveries. civetweb
+     * gives each open connection a thread of its own: more threads than
+     * the service opens connections (8 per dispatcher of each server). */
+    const char *options[] = {"listening_ports",
+                             ports,
+                             "num_threads",
+                             "128",
+                             "enable_keep_alive",
+                             "yes",
+                             "keep_alive_timeout_ms",
+                             "10000",
+                             "tcp_nodelay",
+                             "1",
+                             NULL};
     struct mg_callbacks cb = {0};
     r->ctx = mg_start(&cb, r, options);
     struct mg_server_port sp[1];

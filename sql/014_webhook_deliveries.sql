@@ -10,10 +10,12 @@
 --
 -- The servers' dispatchers claim due pending rows (FOR UPDATE SKIP LOCKED,
 -- so several servers share them and none takes a row another holds),
--- count the attempt and lease the row by moving next_attempt_at past the
--- request's timeout; the attempt's result is written only while attempts
--- still holds the claimed number (a fencing token: a server that lost its
--- lease writes nothing). A server killed mid-delivery leaves the row
+-- count the attempt and lease the row (leased_until, past the request's
+-- timeout); the attempt's result is written only while attempts still
+-- holds the claimed number (a fencing token: a server that lost its lease
+-- writes nothing). A claim changes no indexed column, and the table leaves
+-- room in its pages (fillfactor): the claim's update is a HOT one, with
+-- no index entry to write. A server killed mid-delivery leaves the row
 -- pending; after the lease another server claims it and sends it again.
 -- A delivered row is deleted: what stays is what has not been delivered -
 -- pending, or failed after --webhook-max-attempts - so the table and its
@@ -22,7 +24,8 @@
 --
 --   state           pending, or failed (given up)
 --   attempts        attempts begun (the first delivery counts)
---   next_attempt_at when a pending row is due (or its lease ends)
+--   next_attempt_at when a pending row is due
+--   leased_until    while an attempt is under way: not claimed again until then
 --   last_status     the HTTP status of the last attempt; NULL without an answer
 --   last_error      why the last attempt failed ("HTTP 500", "timeout ...")
 --
@@ -37,14 +40,16 @@ CREATE TABLE webhook_deliveries (
                                 CHECK (state IN ('pending', 'failed')),
     attempts        integer     NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL,
+    leased_until    timestamptz,
     created_at      timestamptz NOT NULL,
     last_attempt_at timestamptz,
     last_status     integer,
     last_error      text,
     PRIMARY KEY (tenant_id, event_id, endpoint_id)
-);
+) WITH (fillfactor = 70);
 
--- The dispatchers': pending rows by when they are due.
+-- The dispatchers': pending rows by when they are due (those under an
+-- attempt too: a claim steps over them, at most a batch per dispatcher).
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
     WHERE state = 'pending';
 
@@ -80,6 +85,7 @@ SELECT d.tenant_id,
        d.attempts,
        now() - d.created_at AS age,
        d.next_attempt_at,
+       d.leased_until,
        d.last_status,
        d.last_error
 FROM webhook_deliveries d

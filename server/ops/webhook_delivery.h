@@ -34,6 +34,8 @@ struct webhook_options {
 
 /* Deliveries claimed at most a pass. */
 #define WEBHOOK_BATCH 32
+/* Connections a sender keeps open to one host at most. */
+#define WEBHOOK_HOST_CONNECTIONS 8
 /* The longest wait between two attempts, however many came before. */
 #define WEBHOOK_BACKOFF_CAP_MS (6LL * 3600 * 1000)
 

@@ -273,8 +273,9 @@ static const char SQL_DELETE_ENDPOINT[] =
 #define DELIVERY_ASYNC "async AS (SELECT set_config('synchronous_commit', 'off', true) AS off)"
 
 /* A claim takes at most $1 due pending rows no other transaction holds
- * (SKIP LOCKED: servers claiming at once take different rows), counts the
- * attempt and leases each for $2 ms by moving next_attempt_at; it commits
+ * (SKIP LOCKED: servers claiming at once take different rows) and no
+ * attempt holds, counts the attempt and leases each for $2 ms
+ * (leased_until: no indexed column changes, so the update is HOT); it commits
  * before anything is sent, so a server that dies mid-delivery leaves a row
  * that is due again when the lease ends. The endpoint and the event come
  * with it; a row whose endpoint was deleted as its event was written
@@ -282,10 +283,11 @@ static const char SQL_DELETE_ENDPOINT[] =
 static const char SQL_CLAIM_DELIVERIES[] =
     "WITH " DELIVERY_ASYNC ","
     " due AS (SELECT tenant_id, event_id, endpoint_id FROM webhook_deliveries"
-    " WHERE state = 'pending' AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT $1"
+    " WHERE state = 'pending' AND next_attempt_at <= now()"
+    " AND (leased_until IS NULL OR leased_until <= now()) ORDER BY next_attempt_at LIMIT $1"
     " FOR UPDATE SKIP LOCKED),"
     " claimed AS (UPDATE webhook_deliveries d SET attempts = d.attempts + 1,"
-    " last_attempt_at = now(), next_attempt_at = now() + $2::bigint * interval '1 millisecond'"
+    " last_attempt_at = now(), leased_until = now() + $2::bigint * interval '1 millisecond'"
     " FROM due, async WHERE d.tenant_id = due.tenant_id AND d.event_id = due.event_id"
     " AND d.endpoint_id = due.endpoint_id AND async.off = 'off'"
     " RETURNING d.tenant_id, d.event_id, d.endpoint_id, d.attempts)"
@@ -309,7 +311,7 @@ static const char SQL_FINISH_DELIVERIES[] =
     " UPDATE webhook_deliveries d SET state = r.state, attempts = r.attempts,"
     " next_attempt_at = CASE WHEN r.state = 'pending'"
     " THEN now() + r.retry_ms * interval '1 millisecond' ELSE d.next_attempt_at END,"
-    " last_status = r.status, last_error = r.error"
+    " leased_until = NULL, last_status = r.status, last_error = r.error"
     " FROM r WHERE r.state <> 'delivered' AND d.tenant_id = r.tenant_id"
     " AND d.event_id = r.event_id AND d.endpoint_id = r.endpoint_id AND d.state = 'pending'"
     " AND d.attempts = r.attempt";
