@@ -23,12 +23,6 @@
 
 extern char **environ;
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 /* Acquirers this test started and has not stopped: a failed assertion
  * skips test_acquirer_stop(), so the fixture kills them by their pid. */
 static pid_t children[8];
@@ -157,7 +151,7 @@ void test_acquirer_start_env(struct test_acquirer *a, const char *const *flags, 
                                    status, text);
                 unlink(a->log);
             } else {
-                sleep_ms(50);
+                test_sleep_ms(50);
             }
         }
         cr_assert(exited, "%s did not start listening within 30 s (see %s)", MOCKERY_ACQUIRER_BIN,

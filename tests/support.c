@@ -420,6 +420,19 @@ void test_send_all(int fd, const void *buf, size_t len)
 
 /* (test_acquirer_start meets a port taken between this check and its
  * bind by trying another: the acquirer takes no port 0.) */
+double test_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void test_sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
 int test_free_port(void)
 {
     static unsigned seed;

@@ -37,6 +37,10 @@ void test_wait_count(const char *url, const char *sql, const char *param, long w
 /* A name no other test, process or run shares: prefix + pid + counter + random. */
 void test_unique(char *buf, size_t len, const char *prefix);
 
+/* Seconds on the monotonic clock (for bounds on waits), and a sleep. */
+double test_now_s(void);
+void test_sleep_ms(long ms);
+
 /* A port of 127.0.0.1 in 20000-32000 - below the kernel's range for the
  * client ends of connections, so none of those can hold it - free now. */
 int test_free_port(void);

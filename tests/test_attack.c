@@ -84,19 +84,6 @@ static int port(void)
     return atoi(strrchr(srv.base, ':') + 1);
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 /* How long the tests wait for an event they expect (the attack biting, a
  * 408, the flood answered) before it counts as never happening: the wait
  * ends as soon as the event is seen, so this bound only turns "never" into
@@ -565,7 +552,7 @@ static void *attacker_main(void *arg)
     while (!at->stop) {
         int fd = connect_from(ATTACKER);
         if (fd < 0) {
-            sleep_ms(20);
+            test_sleep_ms(20);
             continue;
         }
         if (at->kind == TRICKLED_BODY)
@@ -622,17 +609,17 @@ static void under_attack(enum attack_kind kind, int seconds, struct attackers *a
     pthread_attr_destroy(&attr);
     /* The attack has taken hold when the server refuses the address a
      * connection: it then holds every one it may. */
-    double started = now_s();
+    double started = test_now_s();
     while (metric("mockery_connections_refused_total") <= refused_before) {
-        cr_assert_lt(now_s() - started, EVENT_BOUND_S,
+        cr_assert_lt(test_now_s() - started, EVENT_BOUND_S,
                      "no attacker connection refused after %.0f s", EVENT_BOUND_S);
-        sleep_ms(50);
+        test_sleep_ms(50);
     }
-    double bit = now_s() - started;
-    double end = now_s() + seconds, last = end + EVENT_BOUND_S, worst = 0;
+    double bit = test_now_s() - started;
+    double end = test_now_s() + seconds, last = end + EVENT_BOUND_S, worst = 0;
     int probes = 0;
-    while (now_s() < end || (until && counted(at, until) == 0 && now_s() < last)) {
-        double t0 = now_s();
+    while (test_now_s() < end || (until && counted(at, until) == 0 && test_now_s() < last)) {
+        double t0 = test_now_s();
         struct answer a;
         int fd = connect_from(CLIENT);
         cr_assert_geq(fd, 0);
@@ -640,7 +627,7 @@ static void under_attack(enum attack_kind kind, int seconds, struct attackers *a
         test_send_all(fd, probe, strlen(probe));
         read_answer(fd, 5000, 0, &a);
         close(fd);
-        double took = now_s() - t0;
+        double took = test_now_s() - t0;
         worst = took > worst ? took : worst;
         cr_assert_eq(a.status, 200, "probe %d under attack: status %d after %.2f s", probes,
                      a.status, took);
@@ -651,7 +638,7 @@ static void under_attack(enum attack_kind kind, int seconds, struct attackers *a
          * far above the first, below the second. */
         cr_assert_lt(took, 4.0, "probe %d answered after %.2f s", probes, took);
         probes++;
-        sleep_ms(200);
+        test_sleep_ms(200);
     }
     at->stop = 1;
     for (int i = 0; i < N; i++)
@@ -700,7 +687,7 @@ Test(attack, expect_continue_with_an_oversized_body_is_closed_at_once, .init = s
     const char *req = "POST /api/v1/payments HTTP/1.1\r\nHost: x\r\nIdempotency-Key: expect\r\n"
                       "Content-Type: application/json\r\nContent-Length: 100000\r\n"
                       "Expect: 100-continue\r\n\r\n";
-    double t0 = now_s();
+    double t0 = test_now_s();
     test_send_all(fd, req, strlen(req));
     struct answer a;
     read_answer(fd, 5000, 3000, &a);
@@ -709,7 +696,7 @@ Test(attack, expect_continue_with_an_oversized_body_is_closed_at_once, .init = s
     cr_assert(a.closed, "still open");
     /* The answer and the close take milliseconds; a server that waited for
      * the body would wait a whole read timeout (5 s) first. */
-    cr_assert_lt(now_s() - t0, 4.0, "closed after %.2f s", now_s() - t0);
+    cr_assert_lt(test_now_s() - t0, 4.0, "closed after %.2f s", test_now_s() - t0);
 }
 
 /* ---- tenants --------------------------------------------------------------------- */
@@ -744,7 +731,7 @@ struct burst_request {
     char key[96];
     int status; /* 0: no answer */
     char retry_after[16];
-    double answered; /* now_s() at its answer */
+    double answered; /* test_now_s() at its answer */
 };
 
 /* Connects and sends all of its request but the header's last byte (the
@@ -772,7 +759,7 @@ static void *burst_main(void *arg)
     test_send_all(fd, req + held, (size_t)n - held);
     struct answer a;
     read_answer(fd, 10000, 0, &a);
-    q->answered = now_s();
+    q->answered = test_now_s();
     close(fd);
     q->status = a.status;
     const char *ra = strstr(a.head, "Retry-After: ");
@@ -843,8 +830,8 @@ Test(attack, a_client_that_never_reads_is_closed_after_one_stuck_write, .init = 
      * write), and watch its gauge: the attacker's connection appears, then
      * goes. */
     int seen = 0, gone = 0, reset = 0;
-    double started = now_s(), conns = base;
-    while (!gone && now_s() - started < EVENT_BOUND_S * 2) {
+    double started = test_now_s(), conns = base;
+    while (!gone && test_now_s() - started < EVENT_BOUND_S * 2) {
         while (sent < len) {
             ssize_t k = send(fd, reqs + sent, len - sent, MSG_NOSIGNAL);
             if (k > 0) {
@@ -859,9 +846,9 @@ Test(attack, a_client_that_never_reads_is_closed_after_one_stuck_write, .init = 
         seen |= conns > base;
         gone = reset || (seen && conns <= base);
         if (!gone)
-            sleep_ms(100);
+            test_sleep_ms(100);
     }
-    double took = now_s() - started;
+    double took = test_now_s() - started;
     double answered = metric(scrapes) - scraped_before;
     close(fd);
     free(reqs);
@@ -897,8 +884,8 @@ Test(attack, a_client_that_reads_a_little_now_and_then_is_closed_when_its_answer
     char *reqs = repeated("GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n", PIPELINED, &len);
 
     int seen = 0, gone = 0;
-    double started = now_s(), conns = base;
-    while (!gone && now_s() - started < EVENT_BOUND_S * 2) {
+    double started = test_now_s(), conns = base;
+    while (!gone && test_now_s() - started < EVENT_BOUND_S * 2) {
         while (sent < len) {
             ssize_t k = send(fd, reqs + sent, len - sent, MSG_NOSIGNAL);
             if (k <= 0)
@@ -915,9 +902,9 @@ Test(attack, a_client_that_reads_a_little_now_and_then_is_closed_when_its_answer
         seen |= conns > base;
         gone |= seen && conns <= base;
         if (!gone)
-            sleep_ms(500);
+            test_sleep_ms(500);
     }
-    double took = now_s() - started;
+    double took = test_now_s() - started;
     close(fd);
     free(reqs);
     cr_assert(gone,
@@ -1018,7 +1005,7 @@ static void *swarm_main(void *arg)
         c[i] = (struct swarm_conn){.fd = -1};
     while (!sw->stop) {
         struct pollfd p[SWARM_PER_KIND];
-        double now = now_s();
+        double now = test_now_s();
         for (int i = 0; i < SWARM_PER_KIND; i++) {
             if (c[i].fd < 0) {
                 c[i] = (struct swarm_conn){.fd = swarm_connect(st->addr, sw->port, st->kind)};
@@ -1054,7 +1041,7 @@ static void *swarm_main(void *arg)
                     continue;
                 }
                 c[i].connected = 1;
-                c[i].next = now_s() + 1.0;
+                c[i].next = test_now_s() + 1.0;
                 pthread_mutex_lock(&sw->mu);
                 sw->open++;
                 pthread_mutex_unlock(&sw->mu);
@@ -1136,18 +1123,18 @@ static void eight_addresses(void)
         }
     /* The attack holds when its connections outnumber the workers three to
      * one (the rest wait in the queue, before the well-behaved client's). */
-    double started = now_s();
+    double started = test_now_s();
     for (;;) {
         pthread_mutex_lock(&sw.mu);
         int open = sw.open;
         pthread_mutex_unlock(&sw.mu);
         if (open >= 3 * 128)
             break;
-        cr_assert_lt(now_s() - started, EVENT_BOUND_S,
+        cr_assert_lt(test_now_s() - started, EVENT_BOUND_S,
                      "the attackers have %d connections open after %.0f s", open, EVENT_BOUND_S);
-        sleep_ms(20);
+        test_sleep_ms(20);
     }
-    double bit = now_s() - started;
+    double bit = test_now_s() - started;
 
     enum { PROBES = 100 };
     double took[PROBES];
@@ -1167,14 +1154,14 @@ static void eight_addresses(void)
                      "Connection: close\r\n\r\n%s",
                      key, sizeof body - 1, body);
         }
-        double t0 = now_s();
+        double t0 = test_now_s();
         int fd = connect_from(CLIENT);
         cr_assert_geq(fd, 0);
         test_send_all(fd, req, strlen(req));
         struct answer a;
         read_answer(fd, (int)(EVENT_BOUND_S * 1000), 0, &a);
         close(fd);
-        took[i] = now_s() - t0;
+        took[i] = test_now_s() - t0;
         cr_assert_eq(a.status, i % 2 == 0 ? 200 : 201, "probe %d under attack: %d after %.2f s %s",
                      i, a.status, took[i], a.body);
         /* p99 under 2 s: one probe of the hundred may take longer, not two */
@@ -1246,7 +1233,7 @@ Test(attack, a_tenant_over_its_rate_gets_429_before_the_claim, .init = start_lim
     }
     pthread_barrier_wait(&ready);
     pthread_barrier_wait(&connected);
-    double t0 = now_s(); /* no request is whole before this */
+    double t0 = test_now_s(); /* no request is whole before this */
     pthread_barrier_wait(&go);
     int limited = 0, ok = 0;
     char ra[16] = "", key[96], limited_key[96] = "";
@@ -1350,15 +1337,15 @@ static void *list_flooder(void *arg)
  * second, and the slowest. */
 static double beta_payments(double seconds, double *worst)
 {
-    double end = now_s() + seconds;
+    double end = test_now_s() + seconds;
     int n = 0;
     *worst = 0;
-    while (now_s() < end) {
+    while (test_now_s() < end) {
         char key[96];
         test_unique(key, sizeof key, "beta");
-        double t0 = now_s();
+        double t0 = test_now_s();
         cr_assert_eq(post_as("beta-key-456", key, "cust-beta", NULL, 0), 201);
-        double took = now_s() - t0;
+        double took = test_now_s() - t0;
         *worst = took > *worst ? took : *worst;
         n++;
     }
@@ -1441,11 +1428,11 @@ Test(attack, a_list_flood_does_not_crowd_out_another_tenants_payments, .init = s
         pthread_create(&t[i], NULL, list_flooder, &f);
     /* The flood is under way once its pages are being answered: as many as
      * there are flooders. */
-    double t0 = now_s();
+    double t0 = test_now_s();
     while (__atomic_load_n(&f.lists, __ATOMIC_RELAXED) < FLOODERS) {
-        cr_assert_lt(now_s() - t0, EVENT_BOUND_S, "%d pages answered after %.0f s",
+        cr_assert_lt(test_now_s() - t0, EVENT_BOUND_S, "%d pages answered after %.0f s",
                      __atomic_load_n(&f.lists, __ATOMIC_RELAXED), EVENT_BOUND_S);
-        sleep_ms(10);
+        test_sleep_ms(10);
     }
     double worst, during = beta_payments(5, &worst);
     f.stop = 1;
@@ -1674,9 +1661,9 @@ Test(attack, a_log_sink_that_stops_reading_holds_up_no_request, .fini = kill_sin
     char early[8192] = "";
     size_t got = 0;
     int port_no = 0;
-    double started = now_s();
+    double started = test_now_s();
     while (!port_no) {
-        double left = 30 - (now_s() - started);
+        double left = 30 - (test_now_s() - started);
         cr_assert_gt(left, 0, "no \"listening\" line within 30 s: %s", early);
         struct pollfd p = {.fd = pipefd[0], .events = POLLIN};
         if (poll(&p, 1, (int)(left * 1000) + 1) <= 0)
@@ -1696,8 +1683,8 @@ Test(attack, a_log_sink_that_stops_reading_holds_up_no_request, .fini = kill_sin
     snprintf(srv.base, sizeof srv.base, "http://127.0.0.1:%d", port_no);
     struct answer ans;
     int up = 0;
-    started = now_s();
-    while (!up && now_s() - started < 30) {
+    started = test_now_s();
+    while (!up && test_now_s() - started < 30) {
         int fd = connect_from(CLIENT);
         if (fd >= 0) {
             test_send_all(fd, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n", 34);
@@ -1706,7 +1693,7 @@ Test(attack, a_log_sink_that_stops_reading_holds_up_no_request, .fini = kill_sin
             up = ans.status == 200;
         }
         if (!up)
-            sleep_ms(50);
+            test_sleep_ms(50);
     }
     cr_assert(up, "the server did not start");
     /* Requests until lines are dropped, then AFTER more, each meeting a full
@@ -1723,10 +1710,10 @@ Test(attack, a_log_sink_that_stops_reading_holds_up_no_request, .fini = kill_sin
     while (!full_at || sent < full_at + AFTER) {
         cr_assert_lt(sent, MOST, "no log line dropped after %d requests", sent);
         const char *req = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
-        double t0 = now_s();
+        double t0 = test_now_s();
         test_send_all(fd, req, strlen(req));
         read_answer(fd, 5000, 0, &ans);
-        double took = now_s() - t0;
+        double took = test_now_s() - t0;
         worst = took > worst ? took : worst;
         cr_assert_eq(ans.status, 200, "request %d: %d", sent, ans.status);
         if (strstr(ans.head, "Connection: close")) { /* a client follows what it is told */

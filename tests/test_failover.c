@@ -43,19 +43,6 @@ static char ha_name[64], url[512], run_tag[64];
 static struct test_server srv[SERVERS];
 static struct test_acquirer acq;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 static void down(void)
 {
     test_acquirers_kill_all(); /* first: nothing below can fail before it */
@@ -111,7 +98,7 @@ static void pay_one(struct client *c, const char *body, int k)
         pthread_mutex_lock(&mu);
         double since = recovered_at;
         pthread_mutex_unlock(&mu);
-        cr_assert(since == 0 || now_s() < since + 120,
+        cr_assert(since == 0 || test_now_s() < since + 120,
                   "key %s has no final answer 120 s after /health came back", key);
         /* spread over both servers, as a load balancer would */
         snprintf(u, sizeof u, "%s/api/v1/payments", srv[(c->id + attempt) % SERVERS].base);
@@ -140,12 +127,12 @@ static void pay_one(struct client *c, const char *body, int k)
         c->internal += st == 500;
         c->gateway += st == 502;
         if (rc != 0 || st == 503)
-            c->last_unavailable = now_s();
+            c->last_unavailable = test_now_s();
         erred |= st != 409;
         was_pending |= pending;
         long wait = rc == 0 && atol(r.retry_after) > 0 ? atol(r.retry_after) * 1000 : 100;
         httpc_response_free(&r);
-        sleep_ms(wait);
+        test_sleep_ms(wait);
     }
     pthread_mutex_lock(&mu);
     if (kill_at == 0)
@@ -178,10 +165,10 @@ static void *client_main(void *p)
  * bound says when to give up on an event, never when it should happen. */
 static void wait_for(int (*done)(void), double limit_s, const char *what)
 {
-    double give_up = now_s() + limit_s;
+    double give_up = test_now_s() + limit_s;
     while (!done()) {
-        cr_assert_lt(now_s(), give_up, "%s: not within %.0f s", what, limit_s);
-        sleep_ms(50);
+        cr_assert_lt(test_now_s(), give_up, "%s: not within %.0f s", what, limit_s);
+        test_sleep_ms(50);
     }
 }
 
@@ -253,7 +240,7 @@ Test(failover, the_primary_lost_under_load_loses_no_acknowledged_payment, .fini 
     wait_for(enough_before, 120, "payments acknowledged before the kill");
     char killed_port[32];
     pthread_mutex_lock(&mu);
-    kill_at = now_s();
+    kill_at = test_now_s();
     pthread_mutex_unlock(&mu);
     test_ha(ha_name, "failover", killed_port, sizeof killed_port);
 
@@ -261,20 +248,20 @@ Test(failover, the_primary_lost_under_load_loses_no_acknowledged_payment, .fini 
      * promoted, it says the database is up again */
     char body[200];
     long seen = 0;
-    double give_up = now_s() + 60;
+    double give_up = test_now_s() + 60;
     while ((seen = health(0, body, sizeof body)) != 503) {
-        cr_assert_lt(now_s(), give_up, "/health never said the database was down: %ld %s", seen,
-                     body);
-        sleep_ms(100);
+        cr_assert_lt(test_now_s(), give_up, "/health never said the database was down: %ld %s",
+                     seen, body);
+        test_sleep_ms(100);
     }
     cr_assert(strstr(body, "\"database\":\"down\""), "%s", body);
-    give_up = now_s() + 300;
+    give_up = test_now_s() + 300;
     while ((seen = health(0, body, sizeof body)) != 200) {
-        cr_assert_lt(now_s(), give_up, "after the failover: %ld %s", seen, body);
-        sleep_ms(250);
+        cr_assert_lt(test_now_s(), give_up, "after the failover: %ld %s", seen, body);
+        test_sleep_ms(250);
     }
     pthread_mutex_lock(&mu);
-    recovered_at = now_s();
+    recovered_at = test_now_s();
     pthread_mutex_unlock(&mu);
     /* the new primary takes payments under the same load */
     wait_for(enough_after, 120, "payments acknowledged after /health came back");

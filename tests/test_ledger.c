@@ -57,12 +57,6 @@ static void teardown(void)
 
 TestSuite(ledger, .init = setup, .fini = teardown, .timeout = 60);
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 /* The acquirer's log has its line for this fault acted out on key. */
 static void expect_fault_logged(const struct test_acquirer *a, const char *kind, const char *key)
 {
@@ -113,7 +107,7 @@ static void post_settled(const struct test_acquirer *a, const char *path, const 
             return;
         test_expect_error(r, 409, "idempotency_key_in_use", NULL);
         test_response_free(r);
-        sleep_ms(50);
+        test_sleep_ms(50);
     }
     cr_assert_fail("POST %s with key %s: still 409 after 30 s", path, key);
 }
@@ -460,7 +454,7 @@ Test(ledger, a_lapsed_lease_taken_over_still_makes_one_charge)
                                  " OR locked_until < now())",
                                  key) == 1;
         if (!lapsed)
-            sleep_ms(20);
+            test_sleep_ms(20);
     }
     cr_assert(lapsed, "the first request's claim never lapsed");
     d[1].go = &go;
@@ -1141,7 +1135,7 @@ static void charge_settled(struct acquirer *c, const struct ask *k, struct acqui
         acquirer_charge(c, k->key, &k->c, out);
         if (!(out->verdict == ACQUIRER_UNKNOWN && out->status == 409))
             return;
-        sleep_ms(50);
+        test_sleep_ms(50);
     }
     cr_assert_fail("still 409 after 30 s");
 }

@@ -45,12 +45,6 @@ TestSuite(outcomes, .fini = teardown, .timeout = 90);
 static const char *const PREFIX_FAULTS[] = {FAULTS, NULL};
 #define TIMEOUT_MS 400 /* the server's, far below the hold */
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 /* The time now, in the database's clock (a reconciliation's start). */
 static void db_now(char *out, size_t len)
 {
@@ -130,7 +124,7 @@ static void pay_settled(const struct test_server *s, const char *key, const char
         if (r->status != 409 && !(r->status == 503 && strstr(r->body, "outcome_pending")))
             return;
         test_response_free(r);
-        sleep_ms(50);
+        test_sleep_ms(50);
     }
     cr_assert_fail("key %s: still 409 or 503 after 30 s", key);
 }
@@ -562,7 +556,7 @@ static void refund_settled(const struct test_server *s, const char *txn, const c
             !(until_done && r->status == 503 && strstr(r->body, "outcome_pending")))
             return;
         test_response_free(r);
-        sleep_ms(50);
+        test_sleep_ms(50);
     }
     cr_assert_fail("refund key %s: still 409 or 503 after 30 s", key);
 }
@@ -1020,7 +1014,7 @@ Test(outcomes, recovery_on_two_servers_finishes_each_record_once)
          i < 1200 &&
          metric_of(&r1, "mockery_recovery_records_total{result=\"pending\"}") < RECOVERED;
          i++)
-        sleep_ms(50);
+        test_sleep_ms(50);
     cr_assert_geq(metric_of(&r1, "mockery_recovery_records_total{result=\"pending\"}"), RECOVERED);
     cr_assert_geq(metric_of(&r1, "mockery_recovery_waiting_records"), 1);
     cr_assert_gt(metric_of(&r1, "mockery_recovery_oldest_waiting_seconds"), 0);
@@ -1130,7 +1124,7 @@ static void *chaos_client(void *p)
             clock_gettime(CLOCK_MONOTONIC, &now);
             if (now.tv_sec - t0.tv_sec > 120)
                 break; /* status stays 0: the test fails on it */
-            sleep_ms(wait);
+            test_sleep_ms(wait);
         }
     }
     return NULL;
@@ -1337,7 +1331,7 @@ Test(outcomes, a_claim_that_asked_the_acquirer_survives_a_postgresql_crash,
         if (r.status == 201 || r.status == 200)
             break;
         test_response_free(&r);
-        sleep_ms(50);
+        test_sleep_ms(50);
     }
     cr_assert(r.status == 201 || r.status == 200, "%ld %s", r.status, r.body);
     char txn[64];

@@ -33,12 +33,6 @@ static char dir[64];
 static int prom_port;
 static pid_t prom_pid;
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 /* A port no one listens on now (the kernel's choice for port 0). */
 static int free_port(void)
 {
@@ -158,7 +152,7 @@ static double promql_until(const char *expr, double want, int seconds)
         v = promql(expr);
         if (v == want)
             break;
-        sleep_ms(200);
+        test_sleep_ms(200);
     }
     return v;
 }
@@ -228,7 +222,7 @@ Test(prometheus, the_shipped_rules_evaluate_and_server_down_goes_pending, .init 
     char last[512] = "";
     for (int i = 0; i < 100 && !(ok == nnames && total == nnames); i++) {
         if (i)
-            sleep_ms(200);
+            test_sleep_ms(200);
         cJSON *root;
         cJSON *data = prom_get("/api/v1/rules", &root);
         ok = total = 0;

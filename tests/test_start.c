@@ -38,13 +38,6 @@ struct client {
     char body[512];
 };
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* Connects until the port is open (refusals counted), sends one request and
  * reads its answer until the server closes the connection. */
 static void *client_main(void *arg)
@@ -53,8 +46,8 @@ static void *client_main(void *arg)
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atomic_load(&port))};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     int fd = -1;
-    double give_up = now_s() + 60;
-    while (!atomic_load(&stop) && now_s() < give_up) {
+    double give_up = test_now_s() + 60;
+    while (!atomic_load(&stop) && test_now_s() < give_up) {
         fd = socket(AF_INET, SOCK_STREAM, 0);
         if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0)
             break;
@@ -140,8 +133,8 @@ Test(start, requests_during_start_up_get_a_running_servers_answer, .timeout = 30
         /* The clients are knocking before the server exists: each has been
          * refused at least once (the 30 s bound only turns threads that
          * never run into a failure). */
-        double give_up = now_s() + 30;
-        while (atomic_load(&refused) < CLIENTS && now_s() < give_up) {
+        double give_up = test_now_s() + 30;
+        while (atomic_load(&refused) < CLIENTS && test_now_s() < give_up) {
             struct timespec ts = {0, 1000000L};
             nanosleep(&ts, NULL);
         }

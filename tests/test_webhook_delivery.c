@@ -40,19 +40,6 @@
  * to give up, never when it should happen. */
 #define LIMIT_S 30.0
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 /* ---- the receiver --------------------------------------------------------- */
 
 #define MAX_ROUTES 4
@@ -238,7 +225,7 @@ static int on_request(struct mg_connection *conn, void *data)
     pthread_mutex_unlock(&r->mu);
 
     if (delay)
-        sleep_ms(delay);
+        test_sleep_ms(delay);
     reply(conn, status);
     pthread_mutex_lock(&r->mu);
     q->finished = 1;
@@ -270,7 +257,7 @@ static void receiver_listen(struct receiver *r)
             r->port = port;
             mg_set_request_handler(r->ctx, "/", on_request, r);
         } else if (r->port) {
-            sleep_ms(50); /* the same port again: only a moment's clash can take it */
+            test_sleep_ms(50); /* the same port again: only a moment's clash can take it */
         }
     }
     cr_assert_not_null(r->ctx, "the receiver could not listen on 127.0.0.1:%d", r->port);
@@ -336,9 +323,9 @@ static void receiver_hold(struct receiver *r, int n)
 /* Waits until the receiver holds a request. */
 static void receiver_wait_holding(struct receiver *r)
 {
-    double give_up = now_s() + LIMIT_S;
+    double give_up = test_now_s() + LIMIT_S;
     pthread_mutex_lock(&r->mu);
-    while (r->holding == 0 && now_s() < give_up) {
+    while (r->holding == 0 && test_now_s() < give_up) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += 100 * 1000000L;
@@ -499,9 +486,9 @@ static double new_payment(const struct test_server *s, const struct tenant *t, c
     struct test_response r;
     test_unique(key, sizeof key, "pay");
     test_unique(cust, sizeof cust, prefix);
-    double began = now_s();
+    double began = test_now_s();
     pay(s, t, key, cust, "10.50", &r);
-    double took = now_s() - began;
+    double took = test_now_s() - began;
     cr_assert_eq(r.status, want, "payment: %ld %s", r.status, r.body);
     if (txn)
         str_of(&r, "transaction_id", txn, len);
@@ -619,16 +606,16 @@ static void describe(const char *endpoint_id, char *out, size_t len)
  * until it is want; fails the test with its rows after LIMIT_S. */
 static void wait_rows(const char *sql, const char *endpoint_id, long want, const char *what)
 {
-    double give_up = now_s() + LIMIT_S;
+    double give_up = test_now_s() + LIMIT_S;
     long got;
     while ((got = test_query_long(test_db_url(), sql, endpoint_id)) != want) {
-        if (now_s() > give_up) {
+        if (test_now_s() > give_up) {
             char rows[1024];
             describe(endpoint_id, rows, sizeof rows);
             cr_assert_fail("%s: %ld, not %ld, after %.0f s; endpoint %s:%s", what, got, want,
                            LIMIT_S, endpoint_id, rows);
         }
-        sleep_ms(50);
+        test_sleep_ms(50);
     }
 }
 
@@ -639,17 +626,17 @@ static const char ROWS[] = "SELECT count(*) FROM webhook_deliveries WHERE endpoi
  * e is delivered); then no other event came to e. */
 static void wait_delivered(const struct endpoint *e, int n, const char *what)
 {
-    double give_up = now_s() + LIMIT_S;
+    double give_up = test_now_s() + LIMIT_S;
     int got;
     while ((got = receiver_events(&rcv, e->route, 1)) < n) {
-        if (now_s() > give_up) {
+        if (test_now_s() > give_up) {
             char rows[1024];
             describe(e->id, rows, sizeof rows);
             cr_assert_fail("%s: the receiver answered 2xx to %d events, not %d, after %.0f s;"
                            " endpoint %s:%s",
                            what, got, n, LIMIT_S, e->id, rows);
         }
-        sleep_ms(50);
+        test_sleep_ms(50);
     }
     wait_rows(ROWS, e->id, 0, what);
     got = receiver_events(&rcv, e->route, 0);
@@ -685,16 +672,16 @@ static void expect_delivery(const char *event_id, const struct endpoint *e, cons
 /* Polls s's /metrics until series is at least want. */
 static void wait_metric(const struct test_server *s, const char *series, double want)
 {
-    double give_up = now_s() + LIMIT_S, got;
+    double give_up = test_now_s() + LIMIT_S, got;
     for (;;) {
         char *text = test_scrape(s);
         got = test_metric(text, series);
         free(text);
         if (got >= want)
             return;
-        if (now_s() > give_up)
+        if (test_now_s() > give_up)
             cr_assert_fail("%s is %g, want at least %g, after %.0f s", series, got, want, LIMIT_S);
-        sleep_ms(50);
+        test_sleep_ms(50);
     }
 }
 
