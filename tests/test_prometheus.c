@@ -216,7 +216,9 @@ Test(prometheus, the_shipped_rules_evaluate_and_server_down_goes_pending, .init 
                            "MockeryStorePoolSaturated",
                            "MockeryReplayCacheHitRatioCollapsed",
                            "MockeryAcquirerOutcomesUnknown",
-                           "MockeryRecoveryBehind"};
+                           "MockeryRecoveryBehind",
+                           "MockeryWebhooksBehind",
+                           "MockeryWebhookDeliveriesFailed"};
     size_t nnames = sizeof names / sizeof names[0];
     size_t ok = 0, total = 0;
     char last[512] = "";
