@@ -201,8 +201,8 @@ static void judge(const struct webhook_sender *w, const struct attempt *a, CURLc
     r->retry_in_ms = webhook_retry_delay_ms(w->o.backoff_ms, d->attempt, draw());
 }
 
-/* Runs the attempts added to the multi handle until all are done (or the
- * sender stops: then 1, and nothing is written). */
+/* Runs the attempts added to the multi handle until all are done, or the
+ * sender stops (then 1: the rest are not done). */
 static int run_all(struct webhook_sender *w, const struct store_delivery_list *l,
                    struct store_delivery_result *r, char (*errors)[160], int *done)
 {
@@ -255,8 +255,10 @@ void webhook_deliver_due(struct webhook_sender *w, struct store *s, struct webho
     out->store =
         store_claim_deliveries(s, WEBHOOK_BATCH, (int64_t)w->o.timeout_ms + LEASE_MARGIN_MS, &l,
                                out->error, sizeof out->error);
-    if (out->store != STORE_OK || l.count == 0)
+    if (out->store != STORE_OK || l.count == 0) {
+        store_delivery_list_clear(&l); /* an empty list is allocated too */
         return;
+    }
     out->claimed = (int)l.count;
     struct store_delivery_result r[WEBHOOK_BATCH];
     char errors[WEBHOOK_BATCH][160];
@@ -265,13 +267,18 @@ void webhook_deliver_due(struct webhook_sender *w, struct store *s, struct webho
         if (l.items[i].attempt > w->o.max_attempts || !l.items[i].url) {
             give_up(&l.items[i], &r[i]);
             done[i] = 1;
-        } else if (prepare(w, &w->a[i], &l.items[i]) == 0 &&
-                   curl_multi_add_handle(w->multi, w->a[i].h) == CURLM_OK) {
-            added[i] = 1;
+        } else if (prepare(w, &w->a[i], &l.items[i]) == 0) {
+            added[i] = curl_multi_add_handle(w->multi, w->a[i].h) == CURLM_OK;
+            if (!added[i]) {
+                curl_slist_free_all(w->a[i].headers);
+                w->a[i].headers = NULL;
+            }
         }
-        /* else: out of memory - left claimed, due again after its lease */
+        /* not added (out of memory): left claimed, due again after its lease */
     }
-    int stopped = run_all(w, &l, r, errors, done);
+    /* Stopping: the attempts still under way are left claimed (sent again
+     * after their lease); those that ended are written all the same. */
+    run_all(w, &l, r, errors, done);
     for (size_t i = 0; i < l.count; i++) {
         if (added[i]) {
             curl_multi_remove_handle(w->multi, w->a[i].h);
@@ -281,7 +288,7 @@ void webhook_deliver_due(struct webhook_sender *w, struct store *s, struct webho
     }
     /* The results written, in one statement: the finished ones first. */
     size_t n = 0;
-    for (size_t i = 0; !stopped && i < l.count; i++) {
+    for (size_t i = 0; i < l.count; i++) {
         if (!done[i])
             continue;
         if (r[i].state == STORE_DELIVERY_DELIVERED)
