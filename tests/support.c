@@ -80,6 +80,11 @@ void test_config(struct config *c, enum store_kind kind)
     c->pool_size = 4;
     c->db_wait_s = 0;
     c->log_level = LOG_ERROR;
+    /* No webhook dispatchers unless a test asks for them: every server's
+     * dispatchers deliver every tenant's events, and a test's server with
+     * private addresses refused would fail another test's deliveries to
+     * its receiver on 127.0.0.1. */
+    c->webhook_dispatchers = 0;
     if (kind == STORE_KIND_POSTGRES)
         snprintf(c->database_url, sizeof c->database_url, "%s", test_db_url());
 }
