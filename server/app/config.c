@@ -50,7 +50,7 @@ static const struct opt OPTS[] = {
             1000),
     INT_OPT("webhook-timeout-ms", "MOCKERY_WEBHOOK_TIMEOUT_MS", webhook_timeout_ms, 1, 600000),
     INT_OPT("webhook-max-attempts", "MOCKERY_WEBHOOK_MAX_ATTEMPTS", webhook_max_attempts, 1, 100),
-    INT_OPT("webhook-backoff-ms", "MOCKERY_WEBHOOK_BACKOFF_MS", webhook_backoff_ms, 1, 86400000),
+    INT_OPT("webhook-backoff-ms", "MOCKERY_WEBHOOK_BACKOFF_MS", webhook_backoff_ms, 1, 21600000),
     INT_OPT("webhook-dispatchers", "MOCKERY_WEBHOOK_DISPATCHERS", webhook_dispatchers, 0, 64),
     INT_OPT("recovery-interval-ms", "MOCKERY_RECOVERY_INTERVAL_MS", recovery_interval_ms, 10,
             86400000),
