@@ -20,9 +20,12 @@
 #include "store_pg.h"
 #include "webhook_delivery.h"
 
-/* How often an idle dispatcher looks for due deliveries: a new event waits
- * this long at most before its first attempt begins. */
+/* How often the first dispatcher looks for due deliveries while none are:
+ * a new event waits this long at most before its first attempt begins.
+ * The others wait for it to find some (or look every few seconds): an idle
+ * server asks the database five times a second, not five per dispatcher. */
 #define DISPATCH_IDLE_MS 200
+#define DISPATCH_IDLE_OTHERS_MS 5000
 /* How often the first dispatcher counts the backlog for the metrics. */
 #define BACKLOG_EVERY_MS 1000
 
@@ -140,15 +143,41 @@ static void count_backlog(struct app *app)
             b.oldest_created_us ? (double)(clock_wall_us() - b.oldest_created_us) / 1e6 : 0);
 }
 
-/* Passes back to back while they find a full batch; else a wait. Never on
- * a request's thread: a slow or dead endpoint holds only this one. */
+/* Waits ms, or until another dispatcher found deliveries since *seen, or
+ * the app stops (then 1). */
+static int wait_for_work(struct app *app, int ms, unsigned long long *seen)
+{
+    struct timespec deadline;
+    clock_deadline_in(&deadline, ms);
+    pthread_mutex_lock(&app->mu);
+    while (!app->stopping && app->webhook_work == *seen &&
+           pthread_cond_timedwait(&app->work_cv, &app->mu, &deadline) != ETIMEDOUT)
+        ;
+    *seen = app->webhook_work;
+    int stopping = app->stopping;
+    pthread_mutex_unlock(&app->mu);
+    return stopping;
+}
+
+static void found_work(struct app *app)
+{
+    pthread_mutex_lock(&app->mu);
+    app->webhook_work++;
+    pthread_cond_broadcast(&app->work_cv);
+    pthread_mutex_unlock(&app->mu);
+}
+
+/* Passes back to back while they find deliveries (waking the other
+ * dispatchers); else a wait. Never on a request's thread: a slow or dead
+ * endpoint holds only this one. */
 static void *dispatcher_main(void *arg)
 {
     struct dispatcher *d = arg;
     struct app *app = d->app;
     int64_t counted_us = 0;
+    unsigned long long seen = 0;
     int wait_ms = 0;
-    while (!wait_or_stop(app, wait_ms)) {
+    while (!wait_for_work(app, wait_ms, &seen)) {
         struct webhook_pass p;
         webhook_deliver_due(d->sender, app->edge.svc.store, &p);
         metrics_webhooks(app->edge.metrics, p.delivered, p.retried, p.failed);
@@ -165,7 +194,12 @@ static void *dispatcher_main(void *arg)
             count_backlog(app);
             counted_us = clock_mono_us();
         }
-        wait_ms = p.claimed == WEBHOOK_BATCH && p.store == STORE_OK ? 0 : DISPATCH_IDLE_MS;
+        if (p.claimed > 0 && p.store == STORE_OK) {
+            found_work(app);
+            wait_ms = 0;
+        } else {
+            wait_ms = d->first ? DISPATCH_IDLE_MS : DISPATCH_IDLE_OTHERS_MS;
+        }
     }
     return NULL;
 }
@@ -202,6 +236,9 @@ static int start_dispatchers(struct app *app, char *err, size_t errlen)
 
 static void stop_dispatchers(struct app *app)
 {
+    pthread_mutex_lock(&app->mu);
+    pthread_cond_broadcast(&app->work_cv); /* stopping is set */
+    pthread_mutex_unlock(&app->mu);
     for (int i = 0; i < app->dispatchers_started; i++)
         webhook_sender_stop(app->dispatchers[i].sender);
     for (int i = 0; i < app->dispatchers_started; i++) {
@@ -275,6 +312,7 @@ struct app *app_start(const struct config *cfg, struct logger *log, struct store
     };
     pthread_mutex_init(&app->mu, NULL);
     pthread_cond_init(&app->cv, NULL);
+    pthread_cond_init(&app->work_cv, NULL);
 
     e->metrics = metrics_new();
     if (!e->metrics) {
@@ -389,6 +427,7 @@ void app_stop(struct app *app)
     if (app->list_slots_ready)
         sem_destroy(&e->svc.list_slots);
     pthread_cond_destroy(&app->cv);
+    pthread_cond_destroy(&app->work_cv);
     pthread_mutex_destroy(&app->mu);
     free(app);
 }

@@ -27,6 +27,8 @@ struct app {
     int recovery_started;
     struct dispatcher *dispatchers; /* --webhook-dispatchers of them */
     int dispatchers_started;
+    unsigned long long webhook_work; /* passes that found deliveries (under mu) */
+    pthread_cond_t work_cv;          /* signalled with it, and at stop */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int stopping;
