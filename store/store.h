@@ -477,13 +477,7 @@ enum store_status store_delete_endpoint(struct store *s, const char *tenant,
  * the same transaction, and kept until it is delivered; deleting the
  * endpoint or reaping the event deletes it. */
 
-/* Deliveries to one endpoint a claim takes at most: a sender keeps that
- * many connections to a host (webhook_delivery.h), so none of a claim's
- * attempts waits in a queue while its timeout runs. */
-#define STORE_DELIVERIES_PER_ENDPOINT 8
-
-/* Claim at most batch pending deliveries that are due, at most
- * STORE_DELIVERIES_PER_ENDPOINT of them to one endpoint (PostgreSQL: the
+/* Claim at most batch pending deliveries that are due (PostgreSQL: the
  * longest due first; the memory store: the oldest event first):
  * each one's attempt is counted and it is leased for lease_ms (not due
  * again until then). Rows another server is claiming at the same moment

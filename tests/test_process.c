@@ -300,7 +300,7 @@ Test(process, demo_walkthrough_reports_zero_double_charges, .timeout = 120)
     struct config c;
     test_config(&c, STORE_KIND_POSTGRES); /* no processing delay: slow customers instead */
     c.webhook_allow_private = 1;          /* the demo's webhook endpoint is on 127.0.0.1 */
-    c.webhook_dispatchers = 4;
+    c.webhook_dispatchers = 2;
     memset(&srv, 0, sizeof srv);
     test_server_spawn(&srv, &c, MOCKERY_SERVER_BIN);
     char *const args[] = {"mockery-demo", "--url", srv.base, NULL};
@@ -345,7 +345,7 @@ Test(process, demo_walkthrough_through_the_acquirer_shows_the_window_closed, .ti
     snprintf(c.acquirer_url, sizeof c.acquirer_url, "%s", a.base);
     c.acquirer_timeout_ms = 2000;
     c.webhook_allow_private = 1;
-    c.webhook_dispatchers = 4;
+    c.webhook_dispatchers = 2;
     memset(&srv, 0, sizeof srv);
     test_server_spawn(&srv, &c, MOCKERY_SERVER_BIN);
     char *const args[] = {"mockery-demo", "--url", srv.base, "--acquirer-url", a.base, NULL};

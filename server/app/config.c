@@ -89,7 +89,7 @@ void config_defaults(struct config *c)
     c->webhook_timeout_ms = 10000;
     c->webhook_max_attempts = 16;
     c->webhook_backoff_ms = 10000;
-    c->webhook_dispatchers = 4;
+    c->webhook_dispatchers = 2;
     c->recovery_interval_ms = 1000;
     c->recovery_batch = 100;
     c->replay_cache = 10000;
@@ -127,7 +127,7 @@ const char *config_usage(void)
            "                           included (16)\n"
            "  --webhook-backoff-ms N   wait before a delivery's first retry, doubled for each\n"
            "                           further one (up to 6 h), with jitter (10000)\n"
-           "  --webhook-dispatchers N  threads sending webhook deliveries, 0: none here (4)\n"
+           "  --webhook-dispatchers N  threads sending webhook deliveries, 0: none here (2)\n"
            "  --replay-cache N         completed answers kept in memory for retries (10000)\n"
            "  --max-client-connections N  open connections per client address, 0: no limit "
            "(64)\n"

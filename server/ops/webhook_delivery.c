@@ -51,8 +51,8 @@ struct webhook_sender *webhook_sender_new(const struct webhook_options *o)
     w->o = *o;
     w->multi = curl_multi_init();
     int ok = w->multi != NULL;
-    /* At most this many connections to one endpoint at once: a batch for
-     * one busy endpoint queues inside libcurl rather than open 32. */
+    /* A bound, not a queue: a pass never has more attempts than this to
+     * one host (webhook_delivery.h). */
     if (ok)
         curl_multi_setopt(w->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)WEBHOOK_HOST_CONNECTIONS);
     for (int i = 0; ok && i < WEBHOOK_BATCH; i++)

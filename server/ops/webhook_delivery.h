@@ -34,11 +34,10 @@ struct webhook_options {
 
 /* Deliveries claimed at most a pass. */
 #define WEBHOOK_BATCH 32
-/* Connections a sender keeps open to one host at most: as many as a
- * claim takes deliveries to one endpoint, so that no attempt of a pass
- * waits for a connection while its timeout runs (libcurl counts the
- * timeout from when the transfer is added). */
-#define WEBHOOK_HOST_CONNECTIONS STORE_DELIVERIES_PER_ENDPOINT
+/* Connections a sender keeps open to one host at most: as many as a pass
+ * claims, so that no attempt waits for a connection while its timeout runs
+ * (libcurl counts the timeout from when the transfer is added). */
+#define WEBHOOK_HOST_CONNECTIONS WEBHOOK_BATCH
 /* The longest wait between two attempts, however many came before. */
 #define WEBHOOK_BACKOFF_CAP_MS (6LL * 3600 * 1000)
 

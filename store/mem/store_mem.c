@@ -957,11 +957,7 @@ static enum store_status mem_claim_deliveries(struct store *s, int batch, int64_
     pthread_mutex_lock(&m->mu);
     for (size_t i = 0; !oom && i < m->deliveries.n && l.count < (size_t)batch;) {
         struct mem_delivery *d = mem_rows_at(&m->deliveries, i);
-        size_t same = 0; /* this claim's deliveries to d's endpoint */
-        for (size_t k = 0; k < l.count; k++)
-            same += strcmp(l.items[k].tenant, d->tenant) == 0 &&
-                    strcmp(l.items[k].endpoint_id, d->endpoint_id) == 0;
-        if (d->due_us > now || same >= STORE_DELIVERIES_PER_ENDPOINT) {
+        if (d->due_us > now) {
             i++;
             continue;
         }

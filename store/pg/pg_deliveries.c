@@ -40,13 +40,12 @@ enum store_status pg_claim_deliveries(struct store *s, int batch, int64_t lease_
 {
     struct store_pg *pg = (struct store_pg *)s;
     enum store_status st = STORE_OK;
-    char limit[16], lease[24], per[16];
+    char limit[16], lease[24];
     snprintf(limit, sizeof limit, "%d", batch);
     snprintf(lease, sizeof lease, "%" PRId64, lease_ms);
-    snprintf(per, sizeof per, "%d", STORE_DELIVERIES_PER_ENDPOINT);
-    const char *vals[] = {limit, lease, per};
+    const char *vals[] = {limit, lease};
     PGresult *res =
-        pg_pool_exec_one(&pg->pool, "claim_deliveries", 3, vals, PGRES_TUPLES_OK, &st, err, errlen);
+        pg_pool_exec_one(&pg->pool, "claim_deliveries", 2, vals, PGRES_TUPLES_OK, &st, err, errlen);
     if (!res)
         return st;
     int n = PQntuples(res);
