@@ -119,10 +119,10 @@ enum store_status store_reap_events(struct store *s, int64_t retention_ms, int b
     return s->ops->reap_events(s, retention_ms, batch, deleted, err, errlen);
 }
 
-enum store_status store_claim_deliveries(struct store *s, int batch, int64_t lease_ms,
+enum store_status store_claim_deliveries(struct store *s, const struct store_delivery_claim *c,
                                          struct store_delivery_list *out, char *err, size_t errlen)
 {
-    return s->ops->claim_deliveries(s, batch, lease_ms, out, err, errlen);
+    return s->ops->claim_deliveries(s, c, out, err, errlen);
 }
 
 enum store_status store_finish_deliveries(struct store *s,

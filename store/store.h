@@ -238,6 +238,22 @@ struct store_delivery_list {
     size_t count;
 };
 
+/* An endpoint the claiming sender has attempts in flight to, and how many. */
+struct store_endpoint_busy {
+    const char *tenant;
+    const char *endpoint_id;
+    int in_flight;
+};
+
+/* What a claim may take (store_claim_deliveries). */
+struct store_delivery_claim {
+    int batch;        /* deliveries at most */
+    int64_t lease_ms; /* each one not due again for this long */
+    int per_endpoint; /* to one endpoint at most, its busy in_flight counted; 0: no bound */
+    const struct store_endpoint_busy *busy;
+    size_t nbusy;
+};
+
 enum store_delivery_state {
     STORE_DELIVERY_DELIVERED = 0, /* done: the delivery is deleted */
     STORE_DELIVERY_RETRY,         /* pending again, due after retry_in_ms */
@@ -340,7 +356,7 @@ struct store_ops {
                                         struct store_endpoint_list *out, char *err, size_t errlen);
     enum store_status (*delete_endpoint)(struct store *s, const char *tenant,
                                          const char *endpoint_id, char *err, size_t errlen);
-    enum store_status (*claim_deliveries)(struct store *s, int batch, int64_t lease_ms,
+    enum store_status (*claim_deliveries)(struct store *s, const struct store_delivery_claim *c,
                                           struct store_delivery_list *out, char *err,
                                           size_t errlen);
     enum store_status (*finish_deliveries)(struct store *s,
@@ -477,14 +493,16 @@ enum store_status store_delete_endpoint(struct store *s, const char *tenant,
  * the same transaction, and kept until it is delivered; deleting the
  * endpoint or reaping the event deletes it. */
 
-/* Claim at most batch pending deliveries that are due (PostgreSQL: the
- * longest due first; the memory store: the oldest event first):
- * each one's attempt is counted and it is leased for lease_ms (not due
- * again until then). Rows another server is claiming at the same moment
- * are skipped, so no delivery is claimed twice at once; one whose lease
- * ran out (its server died) is due again. An empty list when none is due.
- * Free *out with store_delivery_list_clear(). */
-enum store_status store_claim_deliveries(struct store *s, int batch, int64_t lease_ms,
+/* Claim at most c->batch pending deliveries that are due (PostgreSQL: the
+ * longest due first; the memory store: the oldest event first), and with
+ * c->per_endpoint, no more to one endpoint than it allows beside those
+ * c->busy says are in flight: each one's attempt is counted and it is
+ * leased for c->lease_ms (not due again until then). Rows another server
+ * is claiming at the same moment are skipped, so no delivery is claimed
+ * twice at once; one whose lease ran out (its server died) is due again.
+ * An empty list when none is due. Free *out with
+ * store_delivery_list_clear(). */
+enum store_status store_claim_deliveries(struct store *s, const struct store_delivery_claim *c,
                                          struct store_delivery_list *out, char *err, size_t errlen);
 
 /* Write the results of n attempts; each only while its row is pending and

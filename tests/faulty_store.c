@@ -170,11 +170,11 @@ static enum store_status f_delete_endpoint(struct store *s, const char *tenant, 
     return store_delete_endpoint(((struct faulty *)s)->inner, tenant, id, err, errlen);
 }
 
-static enum store_status f_claim_deliveries(struct store *s, int batch, int64_t lease_ms,
+static enum store_status f_claim_deliveries(struct store *s, const struct store_delivery_claim *c,
                                             struct store_delivery_list *out, char *err,
                                             size_t errlen)
 {
-    return store_claim_deliveries(((struct faulty *)s)->inner, batch, lease_ms, out, err, errlen);
+    return store_claim_deliveries(((struct faulty *)s)->inner, c, out, err, errlen);
 }
 
 static enum store_status f_finish_deliveries(struct store *s,

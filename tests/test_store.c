@@ -2192,7 +2192,10 @@ static size_t claim_into(struct taken *t, int64_t lease_ms)
 {
     char err[256] = "";
     struct store_delivery_list l = {0};
-    cr_assert_eq(store_claim_deliveries(store, CLAIM_BATCH, lease_ms, &l, err, sizeof err),
+    cr_assert_eq(store_claim_deliveries(
+                     store,
+                     &(struct store_delivery_claim){.batch = CLAIM_BATCH, .lease_ms = lease_ms}, &l,
+                     err, sizeof err),
                  STORE_OK, "claim deliveries: %s", err);
     size_t n = l.count;
     cr_assert_eq(taken_add(t, &l), 0, "out of memory");
@@ -2520,6 +2523,78 @@ CONTRACT(a_claimed_delivery_is_claimed_again_only_once_its_lease_ran_out)
     PQfinish(lock);
 }
 
+/* One claim of every due row under c's bound per endpoint, with the
+ * attempts in flight busy says: the rows of t's tenants it took into t. */
+static void claim_bounded(struct taken *t, int per_endpoint, const struct store_endpoint_busy *busy,
+                          size_t nbusy)
+{
+    char err[256] = "";
+    struct store_delivery_list l = {0};
+    struct store_delivery_claim c = {.batch = CLAIM_BATCH,
+                                     .lease_ms = LONG_MS,
+                                     .per_endpoint = per_endpoint,
+                                     .busy = busy,
+                                     .nbusy = nbusy};
+    cr_assert_eq(store_claim_deliveries(store, &c, &l, err, sizeof err), STORE_OK,
+                 "claim deliveries: %s", err);
+    cr_assert_eq(taken_add(t, &l), 0, "out of memory");
+    store_delivery_list_clear(&l);
+}
+
+/* Rows of t claimed for endpoint h. */
+static int taken_for(const struct taken *t, const struct hook *h)
+{
+    int n = 0;
+    for (size_t i = 0; i < t->count; i++)
+        n += strcmp(t->items[i].endpoint_id, h->id) == 0;
+    return n;
+}
+
+/* A claim bounded per endpoint takes no more to one endpoint than the
+ * bound less the attempts in flight there, the oldest first, and steps
+ * over an endpoint that is full to the rows of others behind it: a sender
+ * whose attempts to one endpoint hang keeps sending everyone else's. */
+CONTRACT(a_claim_bounded_per_endpoint_counts_the_attempts_in_flight)
+{
+    enum { BACKLOG = 5, BOUND = 3 };
+    PGconn *lock = claimers_one_at_a_time();
+    char tenant[96], a_evt[BACKLOG][IDS_MAX], b_evt[2][IDS_MAX];
+    test_unique(tenant, sizeof tenant, "tenant-wh-bound");
+    struct hook a, b;
+    hook_in(tenant, NULL, &a);
+    for (int i = 0; i < BACKLOG; i++)
+        paid_with_event(tenant, "payment.succeeded", now_us(), "{}", a_evt[i]);
+    hook_in(tenant, NULL, &b); /* after: b wants only the later events */
+    for (int i = 0; i < 2; i++)
+        paid_with_event(tenant, "payment.succeeded", now_us(), "{}", b_evt[i]);
+
+    /* a full: none of a's, both of b's (behind a's backlog) */
+    struct store_endpoint_busy full[] = {
+        {.tenant = tenant, .endpoint_id = a.id, .in_flight = BOUND}};
+    struct taken t = {.tenant = tenant};
+    claim_bounded(&t, BOUND, full, 1);
+    cr_assert_eq(taken_for(&t, &a), 0, "took %d of a full endpoint's", taken_for(&t, &a));
+    cr_assert_eq(taken_for(&t, &b), 2, "took %d of the other endpoint's 2", taken_for(&t, &b));
+
+    /* one in flight: two more, the oldest */
+    struct store_endpoint_busy one[] = {{.tenant = tenant, .endpoint_id = a.id, .in_flight = 1}};
+    claim_bounded(&t, BOUND, one, 1);
+    cr_assert_eq(taken_for(&t, &a), BOUND - 1, "took %d, not the %d the bound left",
+                 taken_for(&t, &a), BOUND - 1);
+    cr_assert_eq(times_taken(&t, a_evt[0], &a), 1, "not the oldest first");
+    cr_assert_eq(times_taken(&t, a_evt[1], &a), 1, "not the oldest first");
+
+    /* none in flight: the bound itself */
+    claim_bounded(&t, BOUND, NULL, 0);
+    cr_assert_eq(taken_for(&t, &a), BACKLOG, "took %d in all, not the %d due", taken_for(&t, &a),
+                 BACKLOG);
+    cr_assert_eq(t.count, (size_t)BACKLOG + 2, "a delivery was claimed twice");
+    taken_clear(&t);
+    unhook(tenant, &a);
+    unhook(tenant, &b);
+    PQfinish(lock);
+}
+
 /* An attempt's result is written only while its row still holds the
  * attempt claimed: once the lease ran out and another claim took it, the
  * first attempt's result - however late, whatever it says - changes
@@ -2636,7 +2711,9 @@ static void *race_claims(void *arg)
     pthread_barrier_wait(c->start);
     for (c->passes = 0; c->passes < CLAIM_PASSES; c->passes++) {
         struct store_delivery_list l = {0};
-        c->st = store_claim_deliveries(c->s, 3, LONG_MS, &l, c->err, sizeof c->err);
+        c->st = store_claim_deliveries(
+            c->s, &(struct store_delivery_claim){.batch = 3, .lease_ms = LONG_MS}, &l, c->err,
+            sizeof c->err);
         if (c->st != STORE_OK)
             return NULL;
         size_t n = l.count;
@@ -2941,7 +3018,9 @@ static void *claim_in_background(void *arg)
     struct background_claim *c = arg;
     for (int pass = 0; pass < CLAIM_PASSES; pass++) {
         struct store_delivery_list l = {0};
-        c->st = store_claim_deliveries(store, CLAIM_BATCH, LONG_MS, &l, c->err, sizeof c->err);
+        c->st = store_claim_deliveries(
+            store, &(struct store_delivery_claim){.batch = CLAIM_BATCH, .lease_ms = LONG_MS}, &l,
+            c->err, sizeof c->err);
         if (c->st != STORE_OK)
             break;
         size_t n = l.count;

@@ -52,6 +52,7 @@ struct route {
     char secret[64]; /* the endpoint's, to verify signatures with */
     int fail_first;  /* answer 500 to this many requests first */
     int status;      /* then this */
+    int hang;        /* hold every request until receiver_release() */
 };
 
 /* One request as it arrived, and what the receiver made of it. */
@@ -83,6 +84,7 @@ struct receiver {
     int hold;     /* requests still to hold until released: -1 every one */
     int released; /* the test let every held request go, for good */
     int holding;  /* requests held now */
+    int most_held; /* the most held at once */
     int answered; /* answers given */
     int delay_ms; /* each answer this much later: load, not a verdict */
 };
@@ -203,10 +205,12 @@ static int on_request(struct mg_connection *conn, void *data)
     q->len = len;
     q->signature_ok = signature_valid(r->routes[route].secret, q->signature, q->body, len, &q->t);
     q->overlapped = in_flight(r, q->event_id, (int)(q - r->reqs)) > 0;
-    if (r->hold != 0 && !r->released) {
-        if (r->hold > 0)
+    if ((r->hold != 0 || r->routes[route].hang) && !r->released) {
+        if (r->hold > 0 && !r->routes[route].hang)
             r->hold--;
         r->holding++;
+        if (r->holding > r->most_held)
+            r->most_held = r->holding;
         pthread_cond_broadcast(&r->changed);
         while (!r->released)
             pthread_cond_wait(&r->changed, &r->mu);
@@ -292,6 +296,7 @@ static int receiver_route(struct receiver *r, const char *path)
     int i = r->n_routes++;
     snprintf(r->routes[i].path, sizeof r->routes[i].path, "%s", path);
     r->routes[i].status = 200;
+    r->routes[i].hang = 0;
     pthread_mutex_unlock(&r->mu);
     return i;
 }
@@ -320,12 +325,20 @@ static void receiver_hold(struct receiver *r, int n)
     pthread_mutex_unlock(&r->mu);
 }
 
-/* Waits until the receiver holds a request. */
-static void receiver_wait_holding(struct receiver *r)
+/* Holds every request to a route until receiver_release(). */
+static void receiver_hang(struct receiver *r, int route)
+{
+    pthread_mutex_lock(&r->mu);
+    r->routes[route].hang = 1;
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Waits until the receiver holds n requests at once. */
+static void receiver_wait_holding_n(struct receiver *r, int want)
 {
     double give_up = test_now_s() + LIMIT_S;
     pthread_mutex_lock(&r->mu);
-    while (r->holding == 0 && test_now_s() < give_up) {
+    while (r->holding < want && test_now_s() < give_up) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += 100 * 1000000L;
@@ -337,8 +350,15 @@ static void receiver_wait_holding(struct receiver *r)
     }
     int holding = r->holding, n = r->n;
     pthread_mutex_unlock(&r->mu);
-    cr_assert_gt(holding, 0, "the receiver got no request to hold within %.0f s (%d requests)",
-                 LIMIT_S, n);
+    cr_assert_geq(holding, want,
+                  "the receiver held %d requests, not %d, within %.0f s (%d requests)", holding,
+                  want, LIMIT_S, n);
+}
+
+/* Waits until the receiver holds a request. */
+static void receiver_wait_holding(struct receiver *r)
+{
+    receiver_wait_holding_n(r, 1);
 }
 
 /* Requests that came for a route (and this event, unless NULL). */
@@ -1027,6 +1047,41 @@ Test(webhook_delivery, a_hanging_receiver_delays_no_payment)
     fprintf(stderr,
             "median payment latency: %.2f ms with the receiver hanging, %.2f ms with no endpoint\n",
             median(with_hang, N) * 1e3, median(without, N) * 1e3);
+}
+
+/* An endpoint that hangs holds its own attempts, at most 32 of them
+ * (webhook_delivery.h: WEBHOOK_PER_ENDPOINT), and not the other endpoints':
+ * another tenant's event is delivered while every attempt to the hanging
+ * one is still held, by the same one dispatcher. */
+Test(webhook_delivery, a_hanging_endpoint_holds_up_no_other_endpoints_deliveries)
+{
+    enum { HUNG = 40, PER_ENDPOINT = 32 };
+    struct endpoint eh, eo;
+    struct webhook_flags f = QUICK;
+    f.dispatchers = 1;
+    f.timeout_ms = 120000; /* past every wait here: only the release ends them */
+    start_server(&srv[0], &f);
+    add_endpoint(&srv[0], &ta, NULL, &eh);
+    add_endpoint(&srv[0], &tb, NULL, &eo);
+    receiver_hang(&rcv, eh.route);
+    for (int i = 0; i < HUNG; i++)
+        new_payment(&srv[0], &ta, "cust", 201, NULL, 0);
+    receiver_wait_holding_n(&rcv, PER_ENDPOINT);
+
+    new_payment(&srv[0], &tb, "cust", 201, NULL, 0);
+    wait_delivered(&eo, 1, "the other tenant's event while the first endpoint hangs");
+    pthread_mutex_lock(&rcv.mu);
+    int holding = rcv.holding, most = rcv.most_held, answered_hung = 0;
+    for (int i = 0; i < rcv.n; i++)
+        answered_hung += rcv.reqs[i].route == eh.route && rcv.reqs[i].status != 0;
+    pthread_mutex_unlock(&rcv.mu);
+    cr_assert_eq(answered_hung, 0, "the hanging endpoint was answered before the other's delivery");
+    cr_assert_eq(holding, PER_ENDPOINT, "attempts held at the hanging endpoint: %d", holding);
+    cr_assert_eq(most, PER_ENDPOINT, "the most attempts to one endpoint at once: %d", most);
+
+    /* released: the held ones answered, then the rest of its backlog */
+    receiver_release(&rcv);
+    wait_delivered(&eh, HUNG, "the hanging endpoint's events once it answers");
 }
 
 Test(webhook_delivery, a_receiver_that_was_down_gets_the_event_when_it_is_back)

@@ -167,9 +167,9 @@ static void found_work(struct app *app)
     pthread_mutex_unlock(&app->mu);
 }
 
-/* Passes back to back while they find deliveries (waking the other
- * dispatchers); else a wait. Never on a request's thread: a slow or dead
- * endpoint holds only this one. */
+/* Steps back to back while they find deliveries (waking the other
+ * dispatchers) or have attempts under way; else a wait. Never on a
+ * request's thread: a slow or dead endpoint holds only this one's slots. */
 static void *dispatcher_main(void *arg)
 {
     struct dispatcher *d = arg;
@@ -197,6 +197,8 @@ static void *dispatcher_main(void *arg)
         if (p.claimed > 0 && p.store == STORE_OK) {
             found_work(app);
             wait_ms = 0;
+        } else if (p.in_flight > 0) {
+            wait_ms = 0; /* the step waited on its attempts */
         } else {
             wait_ms = d->first ? DISPATCH_IDLE_MS : DISPATCH_IDLE_OTHERS_MS;
         }

@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "clock.h"
 #include "webhook_endpoint.h"
 #include "webhook_signature.h"
 
@@ -20,17 +21,25 @@
  * the delivery again. */
 #define LEASE_MARGIN_MS 5000
 
-/* One attempt in flight. */
+/* A slot for one attempt: free, sending, or done (its result not yet
+ * written). */
+enum slot_state { SLOT_FREE, SLOT_SENDING, SLOT_DONE };
+
 struct attempt {
     CURL *h;
     struct curl_slist *headers;
     int refused; /* an address the check refused */
+    enum slot_state state;
+    struct store_delivery d; /* owned unless free */
+    struct store_delivery_result r;
+    char error[160];
 };
 
 struct webhook_sender {
     struct webhook_options o;
-    CURLM *multi; /* keeps the connections between passes */
+    CURLM *multi; /* keeps the connections between steps */
     struct attempt a[WEBHOOK_BATCH];
+    int sending;
     int stopping; /* atomic */
 };
 
@@ -64,13 +73,31 @@ struct webhook_sender *webhook_sender_new(const struct webhook_options *o)
     return w;
 }
 
+/* Frees slot a: its attempt ended or was never begun. */
+static void slot_clear(struct webhook_sender *w, struct attempt *a)
+{
+    if (a->state == SLOT_SENDING) {
+        curl_multi_remove_handle(w->multi, a->h);
+        w->sending--;
+    }
+    curl_slist_free_all(a->headers);
+    a->headers = NULL;
+    store_delivery_clear(&a->d);
+    a->state = SLOT_FREE;
+}
+
 void webhook_sender_free(struct webhook_sender *w)
 {
     if (!w)
         return;
-    for (int i = 0; i < WEBHOOK_BATCH; i++)
+    /* Attempts still under way are left claimed: sent again after their
+     * lease. */
+    for (int i = 0; i < WEBHOOK_BATCH; i++) {
+        if (w->a[i].state != SLOT_FREE && w->multi)
+            slot_clear(w, &w->a[i]);
         if (w->a[i].h)
             curl_easy_cleanup(w->a[i].h);
+    }
     if (w->multi)
         curl_multi_cleanup(w->multi);
     free(w);
@@ -170,10 +197,12 @@ static int prepare(struct webhook_sender *w, struct attempt *a, const struct sto
 }
 
 /* What came of one attempt, as the store keeps it. */
-static void judge(const struct webhook_sender *w, const struct attempt *a, CURLcode rc,
-                  const struct store_delivery *d, struct store_delivery_result *r, char *error,
-                  size_t errlen)
+static void judge(const struct webhook_sender *w, struct attempt *a, CURLcode rc)
 {
+    const struct store_delivery *d = &a->d;
+    struct store_delivery_result *r = &a->r;
+    char *error = a->error;
+    size_t errlen = sizeof a->error;
     long status = 0;
     curl_easy_getinfo(a->h, CURLINFO_RESPONSE_CODE, &status);
     *r = (struct store_delivery_result){
@@ -201,15 +230,14 @@ static void judge(const struct webhook_sender *w, const struct attempt *a, CURLc
     r->retry_in_ms = webhook_retry_delay_ms(w->o.backoff_ms, d->attempt, draw());
 }
 
-/* Runs the attempts added to the multi handle until all are done, or the
- * sender stops (then 1: the rest are not done). */
-static int run_all(struct webhook_sender *w, const struct store_delivery_list *l,
-                   struct store_delivery_result *r, char (*errors)[160], int *done)
+/* Runs the attempts under way until none is, the sender stops, or
+ * WEBHOOK_STEP_MS passed: so that while one endpoint hangs the others'
+ * results are written and new deliveries claimed every step. */
+static void run_some(struct webhook_sender *w)
 {
-    int running = 1;
-    while (running > 0) {
-        if (stopping(w))
-            return 1;
+    int64_t t0 = clock_mono_us();
+    while (w->sending > 0 && !stopping(w)) {
+        int running = 0;
         if (curl_multi_perform(w->multi, &running) != CURLM_OK)
             break;
         CURLMsg *m;
@@ -219,22 +247,27 @@ static int run_all(struct webhook_sender *w, const struct store_delivery_list *l
                 continue;
             struct attempt *a = NULL;
             curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&a);
-            size_t i = (size_t)(a - w->a);
-            judge(w, a, m->data.result, &l->items[i], &r[i], errors[i], sizeof errors[i]);
-            done[i] = 1;
+            judge(w, a, m->data.result);
+            curl_multi_remove_handle(w->multi, a->h);
+            curl_slist_free_all(a->headers);
+            a->headers = NULL;
+            a->state = SLOT_DONE;
+            w->sending--;
         }
-        if (running > 0)
-            curl_multi_poll(w->multi, NULL, 0, 1000, NULL);
+        int64_t elapsed_ms = (clock_mono_us() - t0) / 1000;
+        if (w->sending == 0 || elapsed_ms >= WEBHOOK_STEP_MS)
+            break;
+        curl_multi_poll(w->multi, NULL, 0, (int)(WEBHOOK_STEP_MS - elapsed_ms), NULL);
     }
-    return 0;
 }
 
 /* A delivery failed without being sent: claimed again after the last
  * allowed attempt's server died before writing its result, or whose
  * endpoint is gone. */
-static void give_up(const struct store_delivery *d, struct store_delivery_result *r)
+static void give_up(struct attempt *a)
 {
-    *r = (struct store_delivery_result){
+    const struct store_delivery *d = &a->d;
+    a->r = (struct store_delivery_result){
         .tenant = d->tenant,
         .event_id = d->event_id,
         .endpoint_id = d->endpoint_id,
@@ -244,6 +277,108 @@ static void give_up(const struct store_delivery *d, struct store_delivery_result
         .error = d->url ? "the last attempt ended without an answer (its server stopped)"
                         : "the endpoint or the event no longer exists",
     };
+    a->state = SLOT_DONE;
+}
+
+/* The endpoints with attempts under way, and how many each. */
+static size_t busy_endpoints(const struct webhook_sender *w, struct store_endpoint_busy *b)
+{
+    size_t n = 0;
+    for (int i = 0; i < WEBHOOK_BATCH; i++) {
+        const struct store_delivery *d = &w->a[i].d;
+        if (w->a[i].state != SLOT_SENDING)
+            continue;
+        size_t k = 0;
+        while (k < n && !(strcmp(b[k].tenant, d->tenant) == 0 &&
+                          strcmp(b[k].endpoint_id, d->endpoint_id) == 0))
+            k++;
+        if (k == n)
+            b[n++] =
+                (struct store_endpoint_busy){.tenant = d->tenant, .endpoint_id = d->endpoint_id};
+        b[k].in_flight++;
+    }
+    return n;
+}
+
+/* Claims as many deliveries as there are free slots and begins them. */
+static void claim_and_begin(struct webhook_sender *w, struct store *s, struct webhook_pass *out)
+{
+    struct store_endpoint_busy busy[WEBHOOK_BATCH];
+    int free_slots = WEBHOOK_BATCH - w->sending;
+    struct store_delivery_claim c = {
+        /* no more than one endpoint may take: a claim locks as many rows
+         * as it may take, and those over an endpoint's bound are wasted */
+        .batch = free_slots < WEBHOOK_PER_ENDPOINT ? free_slots : WEBHOOK_PER_ENDPOINT,
+        .lease_ms = (int64_t)w->o.timeout_ms + LEASE_MARGIN_MS,
+        .per_endpoint = WEBHOOK_PER_ENDPOINT,
+        .busy = busy,
+    };
+    c.nbusy = busy_endpoints(w, busy);
+    struct store_delivery_list l = {0};
+    out->store = store_claim_deliveries(s, &c, &l, out->error, sizeof out->error);
+    if (out->store != STORE_OK) {
+        store_delivery_list_clear(&l); /* an empty list is allocated too */
+        return;
+    }
+    out->claimed = (int)l.count;
+    int slot = 0;
+    for (size_t i = 0; i < l.count; i++) {
+        while (slot < WEBHOOK_BATCH && w->a[slot].state != SLOT_FREE)
+            slot++;
+        if (slot == WEBHOOK_BATCH)
+            break; /* cannot be: a claim takes no more than the free slots */
+        struct attempt *a = &w->a[slot];
+        a->d = l.items[i];
+        memset(&l.items[i], 0, sizeof l.items[i]); /* a owns its strings now */
+        if (a->d.attempt > w->o.max_attempts || !a->d.url) {
+            give_up(a);
+        } else if (prepare(w, a, &a->d) == 0 && curl_multi_add_handle(w->multi, a->h) == CURLM_OK) {
+            a->state = SLOT_SENDING;
+            w->sending++;
+        } else {
+            /* out of memory: left claimed, due again after its lease */
+            curl_slist_free_all(a->headers);
+            a->headers = NULL;
+            store_delivery_clear(&a->d);
+        }
+    }
+    store_delivery_list_clear(&l);
+}
+
+/* Writes every finished attempt's result in one statement and frees its
+ * slot. */
+static void write_done(struct webhook_sender *w, struct store *s, struct webhook_pass *out)
+{
+    struct store_delivery_result r[WEBHOOK_BATCH];
+    struct attempt *from[WEBHOOK_BATCH];
+    size_t n = 0;
+    for (int i = 0; i < WEBHOOK_BATCH; i++) {
+        struct attempt *a = &w->a[i];
+        if (a->state != SLOT_DONE)
+            continue;
+        if (a->r.state == STORE_DELIVERY_DELIVERED)
+            out->delivered++;
+        else {
+            if (a->r.state == STORE_DELIVERY_RETRY)
+                out->retried++;
+            else
+                out->failed++;
+            snprintf(out->error, sizeof out->error, "%s %s: %s", a->r.event_id, a->r.endpoint_id,
+                     a->r.error);
+        }
+        from[n] = a;
+        r[n++] = a->r;
+    }
+    if (n == 0)
+        return;
+    char err[256] = "";
+    enum store_status st = store_finish_deliveries(s, r, n, err, sizeof err);
+    if (st != STORE_OK) {
+        out->store = st;
+        snprintf(out->error, sizeof out->error, "%s", err);
+    }
+    for (size_t i = 0; i < n; i++)
+        slot_clear(w, from[i]);
 }
 
 void webhook_deliver_due(struct webhook_sender *w, struct store *s, struct webhook_pass *out)
@@ -251,63 +386,13 @@ void webhook_deliver_due(struct webhook_sender *w, struct store *s, struct webho
     *out = (struct webhook_pass){0};
     if (stopping(w))
         return;
-    struct store_delivery_list l = {0};
-    out->store =
-        store_claim_deliveries(s, WEBHOOK_BATCH, (int64_t)w->o.timeout_ms + LEASE_MARGIN_MS, &l,
-                               out->error, sizeof out->error);
-    if (out->store != STORE_OK || l.count == 0) {
-        store_delivery_list_clear(&l); /* an empty list is allocated too */
-        return;
-    }
-    out->claimed = (int)l.count;
-    struct store_delivery_result r[WEBHOOK_BATCH];
-    char errors[WEBHOOK_BATCH][160];
-    int done[WEBHOOK_BATCH] = {0}, added[WEBHOOK_BATCH] = {0};
-    for (size_t i = 0; i < l.count; i++) {
-        if (l.items[i].attempt > w->o.max_attempts || !l.items[i].url) {
-            give_up(&l.items[i], &r[i]);
-            done[i] = 1;
-        } else if (prepare(w, &w->a[i], &l.items[i]) == 0) {
-            added[i] = curl_multi_add_handle(w->multi, w->a[i].h) == CURLM_OK;
-            if (!added[i]) {
-                curl_slist_free_all(w->a[i].headers);
-                w->a[i].headers = NULL;
-            }
-        }
-        /* not added (out of memory): left claimed, due again after its lease */
-    }
+    /* A claim when a claim's worth of slots is free: not a statement for
+     * every attempt that ends. */
+    if (w->sending <= WEBHOOK_BATCH - WEBHOOK_PER_ENDPOINT)
+        claim_and_begin(w, s, out);
+    run_some(w);
     /* Stopping: the attempts still under way are left claimed (sent again
      * after their lease); those that ended are written all the same. */
-    run_all(w, &l, r, errors, done);
-    for (size_t i = 0; i < l.count; i++) {
-        if (added[i]) {
-            curl_multi_remove_handle(w->multi, w->a[i].h);
-            curl_slist_free_all(w->a[i].headers);
-            w->a[i].headers = NULL;
-        }
-    }
-    /* The results written, in one statement: the finished ones first. */
-    size_t n = 0;
-    for (size_t i = 0; i < l.count; i++) {
-        if (!done[i])
-            continue;
-        if (r[i].state == STORE_DELIVERY_DELIVERED)
-            out->delivered++;
-        else {
-            if (r[i].state == STORE_DELIVERY_RETRY)
-                out->retried++;
-            else
-                out->failed++;
-            snprintf(out->error, sizeof out->error, "%s %s: %s", r[i].event_id, r[i].endpoint_id,
-                     r[i].error);
-        }
-        r[n++] = r[i];
-    }
-    char err[256] = "";
-    enum store_status st = store_finish_deliveries(s, r, n, err, sizeof err);
-    if (st != STORE_OK) {
-        out->store = st;
-        snprintf(out->error, sizeof out->error, "%s", err);
-    }
-    store_delivery_list_clear(&l);
+    write_done(w, s, out);
+    out->in_flight = w->sending;
 }

@@ -1,21 +1,25 @@
 /* webhook_delivery.h - sending the events' deliveries to their endpoints
  *
- * A pass claims a batch of due deliveries from the store
- * (store_claim_deliveries: counted and leased, so no other server sends
- * them meanwhile), POSTs each event to its endpoint - all of the batch at
- * once, over connections kept alive between passes - signed
- * (webhook_signature.h), and writes what came of each: delivered on a 2xx
- * within the timeout; else due again after a backoff that doubles with
- * each attempt, with jitter; failed once max_attempts have been made. A
- * server that dies mid-pass writes nothing: when the lease ends the
- * deliveries are due again, and sent again (at least once; a receiver
- * dedupes by Mockery-Event-Id).
+ * A sender runs in steps. A step claims due deliveries from the store for
+ * its free slots (store_claim_deliveries: counted and leased, so no other
+ * server sends them meanwhile; at most WEBHOOK_PER_ENDPOINT under way to
+ * one endpoint), POSTs each event to its endpoint - all at once, over
+ * connections kept alive between steps - signed (webhook_signature.h),
+ * runs the attempts under way until none is or WEBHOOK_STEP_MS passed, and
+ * writes what came of each that ended: delivered on a 2xx within the
+ * timeout; else due again after a backoff that doubles with each attempt,
+ * with jitter; failed once max_attempts have been made. An attempt still
+ * under way carries on into the next step: an endpoint that hangs holds
+ * its own slots until the timeout, not the others' deliveries. A server
+ * that dies mid-attempt writes nothing: when the lease ends the delivery
+ * is due again, and sent again (at least once; a receiver dedupes by
+ * Mockery-Event-Id).
  *
  * Without allow_private the address every connection goes to is checked
  * again as it is opened (webhook_address_public): the endpoint's name may
  * resolve elsewhere now than when it was made.
  *
- * The server runs passes on threads of their own (app.c): never on a
+ * The server runs steps on threads of their own (app.c): never on a
  * request's. One sender per thread.
  */
 #ifndef MOCKERY_WEBHOOK_DELIVERY_H
@@ -32,18 +36,25 @@ struct webhook_options {
     int allow_private; /* endpoints on loopback and private addresses too */
 };
 
-/* Deliveries claimed at most a pass. */
-#define WEBHOOK_BATCH 32
-/* Connections a sender keeps open to one host at most: as many as a pass
- * claims, so that no attempt waits for a connection while its timeout runs
+/* Attempts under way at most, a sender's slots. */
+#define WEBHOOK_BATCH 64
+/* Attempts under way to one endpoint at most: one that hangs keeps the
+ * other half of the slots free for everyone else's. */
+#define WEBHOOK_PER_ENDPOINT 32
+/* A step's longest run before it writes the results that came and claims
+ * again. */
+#define WEBHOOK_STEP_MS 200
+/* Connections a sender keeps open to one host at most: as many as it has
+ * slots, so that no attempt waits for a connection while its timeout runs
  * (libcurl counts the timeout from when the transfer is added). */
 #define WEBHOOK_HOST_CONNECTIONS WEBHOOK_BATCH
 /* The longest wait between two attempts, however many came before. */
 #define WEBHOOK_BACKOFF_CAP_MS (6LL * 3600 * 1000)
 
-/* What a pass did. */
+/* What a step did. */
 struct webhook_pass {
     int claimed;
+    int in_flight; /* attempts still under way, to be run by the next step */
     int delivered;
     int retried;
     int failed;
@@ -57,12 +68,12 @@ struct webhook_sender;
 struct webhook_sender *webhook_sender_new(const struct webhook_options *o);
 void webhook_sender_free(struct webhook_sender *w);
 
-/* One pass (above). */
+/* One step (above). */
 void webhook_deliver_due(struct webhook_sender *w, struct store *s, struct webhook_pass *out);
 
-/* Ends a pass in progress soon, from another thread: its deliveries are
- * left claimed (sent again after the lease). Every later pass returns at
- * once. */
+/* Ends a step in progress soon, from another thread: the attempts under
+ * way are left claimed (sent again after the lease). Every later step
+ * returns at once. */
 void webhook_sender_stop(struct webhook_sender *w);
 
 /* The wait before the retry that follows attempt (1: the first), from a

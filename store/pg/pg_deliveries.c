@@ -35,17 +35,35 @@ static int delivery_from_row(const PGresult *res, int row, struct store_delivery
                : -1;
 }
 
-enum store_status pg_claim_deliveries(struct store *s, int batch, int64_t lease_ms,
+enum store_status pg_claim_deliveries(struct store *s, const struct store_delivery_claim *c,
                                       struct store_delivery_list *out, char *err, size_t errlen)
 {
     struct store_pg *pg = (struct store_pg *)s;
     enum store_status st = STORE_OK;
-    char limit[16], lease[24];
-    snprintf(limit, sizeof limit, "%d", batch);
-    snprintf(lease, sizeof lease, "%" PRId64, lease_ms);
-    const char *vals[] = {limit, lease};
-    PGresult *res =
-        pg_pool_exec_one(&pg->pool, "claim_deliveries", 2, vals, PGRES_TUPLES_OK, &st, err, errlen);
+    char limit[16], lease[24], per[16];
+    snprintf(limit, sizeof limit, "%d", c->batch);
+    snprintf(lease, sizeof lease, "%" PRId64, c->lease_ms);
+    snprintf(per, sizeof per, "%d", c->per_endpoint);
+    struct pg_array busy[3] = {{0}};
+    for (size_t i = 0; i < c->nbusy; i++) {
+        char n[16];
+        snprintf(n, sizeof n, "%d", c->busy[i].in_flight);
+        pg_array_add(&busy[0], c->busy[i].tenant);
+        pg_array_add(&busy[1], c->busy[i].endpoint_id);
+        pg_array_add(&busy[2], n);
+    }
+    const char *vals[] = {
+        limit, lease, per, pg_array_end(&busy[0]), pg_array_end(&busy[1]), pg_array_end(&busy[2])};
+    PGresult *res = NULL;
+    if (vals[3] && vals[4] && vals[5])
+        res = pg_pool_exec_one(&pg->pool, "claim_deliveries", 6, vals, PGRES_TUPLES_OK, &st, err,
+                               errlen);
+    else {
+        snprintf(err, errlen, "out of memory");
+        st = STORE_ERROR;
+    }
+    for (int i = 0; i < 3; i++)
+        pg_array_free(&busy[i]);
     if (!res)
         return st;
     int n = PQntuples(res);

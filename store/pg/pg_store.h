@@ -63,7 +63,7 @@ enum store_status pg_list_endpoints(struct store *s, const char *tenant,
                                     struct store_endpoint_list *out, char *err, size_t errlen);
 enum store_status pg_delete_endpoint(struct store *s, const char *tenant, const char *endpoint_id,
                                      char *err, size_t errlen);
-enum store_status pg_claim_deliveries(struct store *s, int batch, int64_t lease_ms,
+enum store_status pg_claim_deliveries(struct store *s, const struct store_delivery_claim *c,
                                       struct store_delivery_list *out, char *err, size_t errlen);
 enum store_status pg_finish_deliveries(struct store *s, const struct store_delivery_result *results,
                                        size_t n, char *err, size_t errlen);
