@@ -238,19 +238,17 @@ struct store_delivery_list {
     size_t count;
 };
 
-/* An endpoint the claiming sender has attempts in flight to, and how many. */
+/* An endpoint the claiming sender has attempts under way to. */
 struct store_endpoint_busy {
     const char *tenant;
     const char *endpoint_id;
-    int in_flight;
 };
 
 /* What a claim may take (store_claim_deliveries). */
 struct store_delivery_claim {
     int batch;        /* deliveries at most */
     int64_t lease_ms; /* each one not due again for this long */
-    int per_endpoint; /* to one endpoint at most, its busy in_flight counted; 0: no bound */
-    const struct store_endpoint_busy *busy;
+    const struct store_endpoint_busy *busy; /* none of these endpoints' deliveries */
     size_t nbusy;
 };
 
@@ -494,10 +492,10 @@ enum store_status store_delete_endpoint(struct store *s, const char *tenant,
  * endpoint or reaping the event deletes it. */
 
 /* Claim at most c->batch pending deliveries that are due (PostgreSQL: the
- * longest due first; the memory store: the oldest event first), and with
- * c->per_endpoint, no more to one endpoint than it allows beside those
- * c->busy says are in flight: each one's attempt is counted and it is
- * leased for c->lease_ms (not due again until then). Rows another server
+ * longest due first; the memory store: the oldest event first), none to an
+ * endpoint of c->busy - the rows of other endpoints behind theirs are
+ * found: each one's attempt is counted and it is leased for c->lease_ms
+ * (not due again until then). Rows another server
  * is claiming at the same moment are skipped, so no delivery is claimed
  * twice at once; one whose lease ran out (its server died) is due again.
  * An empty list when none is due. Free *out with

@@ -333,12 +333,12 @@ static void receiver_hang(struct receiver *r, int route)
     pthread_mutex_unlock(&r->mu);
 }
 
-/* Waits until the receiver holds n requests at once. */
-static void receiver_wait_holding_n(struct receiver *r, int want)
+/* Waits until the receiver holds a request. */
+static void receiver_wait_holding(struct receiver *r)
 {
     double give_up = test_now_s() + LIMIT_S;
     pthread_mutex_lock(&r->mu);
-    while (r->holding < want && test_now_s() < give_up) {
+    while (r->holding == 0 && test_now_s() < give_up) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += 100 * 1000000L;
@@ -350,15 +350,8 @@ static void receiver_wait_holding_n(struct receiver *r, int want)
     }
     int holding = r->holding, n = r->n;
     pthread_mutex_unlock(&r->mu);
-    cr_assert_geq(holding, want,
-                  "the receiver held %d requests, not %d, within %.0f s (%d requests)", holding,
-                  want, LIMIT_S, n);
-}
-
-/* Waits until the receiver holds a request. */
-static void receiver_wait_holding(struct receiver *r)
-{
-    receiver_wait_holding_n(r, 1);
+    cr_assert_gt(holding, 0, "the receiver got no request to hold within %.0f s (%d requests)",
+                 LIMIT_S, n);
 }
 
 /* Requests that came for a route (and this event, unless NULL). */
@@ -1049,13 +1042,14 @@ Test(webhook_delivery, a_hanging_receiver_delays_no_payment)
             median(with_hang, N) * 1e3, median(without, N) * 1e3);
 }
 
-/* An endpoint that hangs holds its own attempts, at most 32 of them
- * (webhook_delivery.h: WEBHOOK_PER_ENDPOINT), and not the other endpoints':
- * another tenant's event is delivered while every attempt to the hanging
- * one is still held, by the same one dispatcher. */
+/* An endpoint that hangs holds its own attempts - at most a claim's 32
+ * (webhook_delivery.h: WEBHOOK_CLAIM), and no more claimed for it while
+ * they are under way - and not the other endpoints': another tenant's
+ * event is delivered while every attempt to the hanging one is still
+ * held, by the same one dispatcher. */
 Test(webhook_delivery, a_hanging_endpoint_holds_up_no_other_endpoints_deliveries)
 {
-    enum { HUNG = 40, PER_ENDPOINT = 32 };
+    enum { HUNG = 40, CLAIM = 32 };
     struct endpoint eh, eo;
     struct webhook_flags f = QUICK;
     f.dispatchers = 1;
@@ -1066,7 +1060,7 @@ Test(webhook_delivery, a_hanging_endpoint_holds_up_no_other_endpoints_deliveries
     receiver_hang(&rcv, eh.route);
     for (int i = 0; i < HUNG; i++)
         new_payment(&srv[0], &ta, "cust", 201, NULL, 0);
-    receiver_wait_holding_n(&rcv, PER_ENDPOINT);
+    receiver_wait_holding(&rcv);
 
     new_payment(&srv[0], &tb, "cust", 201, NULL, 0);
     wait_delivered(&eo, 1, "the other tenant's event while the first endpoint hangs");
@@ -1076,8 +1070,9 @@ Test(webhook_delivery, a_hanging_endpoint_holds_up_no_other_endpoints_deliveries
         answered_hung += rcv.reqs[i].route == eh.route && rcv.reqs[i].status != 0;
     pthread_mutex_unlock(&rcv.mu);
     cr_assert_eq(answered_hung, 0, "the hanging endpoint was answered before the other's delivery");
-    cr_assert_eq(holding, PER_ENDPOINT, "attempts held at the hanging endpoint: %d", holding);
-    cr_assert_eq(most, PER_ENDPOINT, "the most attempts to one endpoint at once: %d", most);
+    cr_assert_gt(holding, 0, "no attempt held at the hanging endpoint");
+    cr_assert_leq(most, CLAIM, "%d attempts at once to one endpoint, more than a claim's %d", most,
+                  CLAIM);
 
     /* released: the held ones answered, then the rest of its backlog */
     receiver_release(&rcv);
@@ -1213,7 +1208,9 @@ Test(webhook_delivery, a_server_killed_mid_delivery_loses_nothing)
     char txn[64], evt[64];
     struct webhook_flags f = QUICK;
     f.dispatchers = 1;
-    f.timeout_ms = 5000; /* the lease: 10 s; srv[0] is killed well before its timeout */
+    /* the lease: the timeout and 15.2 s (webhook_delivery.c); srv[0] is
+     * killed well before its timeout */
+    f.timeout_ms = 2000;
     start_server(&srv[0], &f);
     add_endpoint(&srv[0], &ta, NULL, &e);
     receiver_hold(&rcv, 1);

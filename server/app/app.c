@@ -26,6 +26,8 @@
  * server asks the database five times a second, not five per dispatcher. */
 #define DISPATCH_IDLE_MS 200
 #define DISPATCH_IDLE_OTHERS_MS 5000
+/* The longest a statement waits for a pooled connection. */
+#define POOL_ACQUIRE_TIMEOUT_MS 5000
 /* How often the first dispatcher counts the backlog for the metrics. */
 #define BACKLOG_EVERY_MS 1000
 
@@ -181,10 +183,11 @@ static void *dispatcher_main(void *arg)
         struct webhook_pass p;
         webhook_deliver_due(d->sender, app->edge.svc.store, &p);
         metrics_webhooks(app->edge.metrics, p.delivered, p.retried, p.failed);
-        if (p.store != STORE_OK || p.retried || p.failed) {
+        if (p.store != STORE_OK || p.stalled || p.retried || p.failed) {
             cJSON *line = log_begin(app->log, LOG_WARN,
-                                    p.store != STORE_OK ? "webhook dispatcher: store failed"
-                                                        : "webhook delivery attempts failed");
+                                    p.stalled             ? "webhook dispatcher: libcurl failed"
+                                    : p.store != STORE_OK ? "webhook dispatcher: store failed"
+                                                          : "webhook delivery attempts failed");
             cJSON_AddNumberToObject(line, "retried", p.retried);
             cJSON_AddNumberToObject(line, "failed", p.failed);
             cJSON_AddStringToObject(line, "last_error", p.error);
@@ -194,7 +197,7 @@ static void *dispatcher_main(void *arg)
             count_backlog(app);
             counted_us = clock_mono_us();
         }
-        if (p.claimed > 0 && p.store == STORE_OK) {
+        if (p.claimed > 0 && p.store == STORE_OK && !p.stalled) {
             found_work(app);
             wait_ms = 0;
         } else if (p.in_flight > 0) {
@@ -214,6 +217,7 @@ static int start_dispatchers(struct app *app, char *err, size_t errlen)
         .max_attempts = c->webhook_max_attempts,
         .backoff_ms = c->webhook_backoff_ms,
         .allow_private = c->webhook_allow_private,
+        .statement_wait_ms = POOL_ACQUIRE_TIMEOUT_MS,
     };
     if (c->webhook_dispatchers == 0)
         return 0;
@@ -264,7 +268,7 @@ static struct store *open_store(struct app *app, char *err, size_t errlen)
         .database_url = app->cfg.database_url,
         .pool_size = app->cfg.pool_size,
         .connect_timeout_s = 5,
-        .acquire_timeout_ms = 5000,
+        .acquire_timeout_ms = POOL_ACQUIRE_TIMEOUT_MS,
         .unnamed_statements = app->cfg.unnamed_statements,
         .notice = on_pg_notice,
         .notice_arg = app,

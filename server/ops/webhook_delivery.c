@@ -16,9 +16,12 @@
 #include "webhook_endpoint.h"
 #include "webhook_signature.h"
 
-/* A claim's lease: past the attempt's own bound, so that the attempt is
+/* A claim's lease is past the attempt's own bound, so that the attempt is
  * over (answered, or given up by libcurl) before another server may claim
- * the delivery again. */
+ * the delivery again. libcurl enforces the bound only while a step runs
+ * the attempts; between two runs a step writes results and claims, each
+ * statement waiting up to statement_wait_ms for a pooled connection. So:
+ * the bound, two such waits, a step, and this. */
 #define LEASE_MARGIN_MS 5000
 
 /* A slot for one attempt: free, sending, or done (its result not yet
@@ -38,7 +41,7 @@ struct attempt {
 struct webhook_sender {
     struct webhook_options o;
     CURLM *multi; /* keeps the connections between steps */
-    struct attempt a[WEBHOOK_BATCH];
+    struct attempt a[WEBHOOK_SLOTS];
     int sending;
     int stopping; /* atomic */
 };
@@ -60,11 +63,11 @@ struct webhook_sender *webhook_sender_new(const struct webhook_options *o)
     w->o = *o;
     w->multi = curl_multi_init();
     int ok = w->multi != NULL;
-    /* A bound, not a queue: a pass never has more attempts than this to
-     * one host (webhook_delivery.h). */
+    /* A bound, not a queue: a sender never has more attempts under way
+     * than this (webhook_delivery.h). */
     if (ok)
         curl_multi_setopt(w->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)WEBHOOK_HOST_CONNECTIONS);
-    for (int i = 0; ok && i < WEBHOOK_BATCH; i++)
+    for (int i = 0; ok && i < WEBHOOK_SLOTS; i++)
         ok = (w->a[i].h = curl_easy_init()) != NULL;
     if (!ok) {
         webhook_sender_free(w);
@@ -92,7 +95,7 @@ void webhook_sender_free(struct webhook_sender *w)
         return;
     /* Attempts still under way are left claimed: sent again after their
      * lease. */
-    for (int i = 0; i < WEBHOOK_BATCH; i++) {
+    for (int i = 0; i < WEBHOOK_SLOTS; i++) {
         if (w->a[i].state != SLOT_FREE && w->multi)
             slot_clear(w, &w->a[i]);
         if (w->a[i].h)
@@ -230,16 +233,32 @@ static void judge(const struct webhook_sender *w, struct attempt *a, CURLcode rc
     r->retry_in_ms = webhook_retry_delay_ms(w->o.backoff_ms, d->attempt, draw());
 }
 
-/* Runs the attempts under way until none is, the sender stops, or
- * WEBHOOK_STEP_MS passed: so that while one endpoint hangs the others'
- * results are written and new deliveries claimed every step. */
-static void run_some(struct webhook_sender *w)
+/* Leaves every attempt under way claimed (sent again after its lease):
+ * libcurl failed, and running them again would only fail again. */
+static void abandon_all(struct webhook_sender *w, const char *why, struct webhook_pass *out)
+{
+    for (int i = 0; i < WEBHOOK_SLOTS; i++)
+        if (w->a[i].state == SLOT_SENDING)
+            slot_clear(w, &w->a[i]);
+    out->stalled = 1;
+    snprintf(out->error, sizeof out->error, "libcurl: %s", why);
+}
+
+/* Runs the attempts under way until none is, want of them ended, the
+ * sender stops, or WEBHOOK_STEP_MS passed: so that while one endpoint
+ * hangs the others' results are written and new deliveries claimed at
+ * once, or every step at the latest. */
+static void run_some(struct webhook_sender *w, int want, struct webhook_pass *out)
 {
     int64_t t0 = clock_mono_us();
+    int ended = 0;
     while (w->sending > 0 && !stopping(w)) {
         int running = 0;
-        if (curl_multi_perform(w->multi, &running) != CURLM_OK)
-            break;
+        CURLMcode mc = curl_multi_perform(w->multi, &running);
+        if (mc != CURLM_OK) {
+            abandon_all(w, curl_multi_strerror(mc), out);
+            return;
+        }
         CURLMsg *m;
         int left;
         while ((m = curl_multi_info_read(w->multi, &left))) {
@@ -253,11 +272,16 @@ static void run_some(struct webhook_sender *w)
             a->headers = NULL;
             a->state = SLOT_DONE;
             w->sending--;
+            ended++;
         }
         int64_t elapsed_ms = (clock_mono_us() - t0) / 1000;
-        if (w->sending == 0 || elapsed_ms >= WEBHOOK_STEP_MS)
+        if (w->sending == 0 || ended >= want || elapsed_ms >= WEBHOOK_STEP_MS)
             break;
-        curl_multi_poll(w->multi, NULL, 0, (int)(WEBHOOK_STEP_MS - elapsed_ms), NULL);
+        mc = curl_multi_poll(w->multi, NULL, 0, (int)(WEBHOOK_STEP_MS - elapsed_ms), NULL);
+        if (mc != CURLM_OK) {
+            abandon_all(w, curl_multi_strerror(mc), out);
+            return;
+        }
     }
 }
 
@@ -280,11 +304,11 @@ static void give_up(struct attempt *a)
     a->state = SLOT_DONE;
 }
 
-/* The endpoints with attempts under way, and how many each. */
+/* The endpoints with attempts under way. */
 static size_t busy_endpoints(const struct webhook_sender *w, struct store_endpoint_busy *b)
 {
     size_t n = 0;
-    for (int i = 0; i < WEBHOOK_BATCH; i++) {
+    for (int i = 0; i < WEBHOOK_SLOTS; i++) {
         const struct store_delivery *d = &w->a[i].d;
         if (w->a[i].state != SLOT_SENDING)
             continue;
@@ -295,22 +319,20 @@ static size_t busy_endpoints(const struct webhook_sender *w, struct store_endpoi
         if (k == n)
             b[n++] =
                 (struct store_endpoint_busy){.tenant = d->tenant, .endpoint_id = d->endpoint_id};
-        b[k].in_flight++;
     }
     return n;
 }
 
-/* Claims as many deliveries as there are free slots and begins them. */
+/* Claims up to WEBHOOK_CLAIM deliveries for free slots, none to an
+ * endpoint with attempts under way, and begins them. */
 static void claim_and_begin(struct webhook_sender *w, struct store *s, struct webhook_pass *out)
 {
-    struct store_endpoint_busy busy[WEBHOOK_BATCH];
-    int free_slots = WEBHOOK_BATCH - w->sending;
+    struct store_endpoint_busy busy[WEBHOOK_SLOTS];
+    int free_slots = WEBHOOK_SLOTS - w->sending;
     struct store_delivery_claim c = {
-        /* no more than one endpoint may take: a claim locks as many rows
-         * as it may take, and those over an endpoint's bound are wasted */
-        .batch = free_slots < WEBHOOK_PER_ENDPOINT ? free_slots : WEBHOOK_PER_ENDPOINT,
-        .lease_ms = (int64_t)w->o.timeout_ms + LEASE_MARGIN_MS,
-        .per_endpoint = WEBHOOK_PER_ENDPOINT,
+        .batch = free_slots < WEBHOOK_CLAIM ? free_slots : WEBHOOK_CLAIM,
+        .lease_ms = (int64_t)w->o.timeout_ms + 2LL * w->o.statement_wait_ms + WEBHOOK_STEP_MS +
+                    LEASE_MARGIN_MS,
         .busy = busy,
     };
     c.nbusy = busy_endpoints(w, busy);
@@ -323,9 +345,9 @@ static void claim_and_begin(struct webhook_sender *w, struct store *s, struct we
     out->claimed = (int)l.count;
     int slot = 0;
     for (size_t i = 0; i < l.count; i++) {
-        while (slot < WEBHOOK_BATCH && w->a[slot].state != SLOT_FREE)
+        while (slot < WEBHOOK_SLOTS && w->a[slot].state != SLOT_FREE)
             slot++;
-        if (slot == WEBHOOK_BATCH)
+        if (slot == WEBHOOK_SLOTS)
             break; /* cannot be: a claim takes no more than the free slots */
         struct attempt *a = &w->a[slot];
         a->d = l.items[i];
@@ -349,10 +371,10 @@ static void claim_and_begin(struct webhook_sender *w, struct store *s, struct we
  * slot. */
 static void write_done(struct webhook_sender *w, struct store *s, struct webhook_pass *out)
 {
-    struct store_delivery_result r[WEBHOOK_BATCH];
-    struct attempt *from[WEBHOOK_BATCH];
+    struct store_delivery_result r[WEBHOOK_SLOTS];
+    struct attempt *from[WEBHOOK_SLOTS];
     size_t n = 0;
-    for (int i = 0; i < WEBHOOK_BATCH; i++) {
+    for (int i = 0; i < WEBHOOK_SLOTS; i++) {
         struct attempt *a = &w->a[i];
         if (a->state != SLOT_DONE)
             continue;
@@ -386,11 +408,11 @@ void webhook_deliver_due(struct webhook_sender *w, struct store *s, struct webho
     *out = (struct webhook_pass){0};
     if (stopping(w))
         return;
-    /* A claim when a claim's worth of slots is free: not a statement for
-     * every attempt that ends. */
-    if (w->sending <= WEBHOOK_BATCH - WEBHOOK_PER_ENDPOINT)
+    if (w->sending < WEBHOOK_SLOTS)
         claim_and_begin(w, s, out);
-    run_some(w);
+    /* until as many ended as began (with healthy endpoints: all of them),
+     * or one, when none began */
+    run_some(w, out->claimed > 0 ? out->claimed : 1, out);
     /* Stopping: the attempts still under way are left claimed (sent again
      * after their lease); those that ended are written all the same. */
     write_done(w, s, out);

@@ -2,11 +2,12 @@
  *
  * A sender runs in steps. A step claims due deliveries from the store for
  * its free slots (store_claim_deliveries: counted and leased, so no other
- * server sends them meanwhile; at most WEBHOOK_PER_ENDPOINT under way to
- * one endpoint), POSTs each event to its endpoint - all at once, over
- * connections kept alive between steps - signed (webhook_signature.h),
- * runs the attempts under way until none is or WEBHOOK_STEP_MS passed, and
- * writes what came of each that ended: delivered on a 2xx within the
+ * server sends them meanwhile; WEBHOOK_CLAIM at most, and none to an
+ * endpoint it has attempts under way to), POSTs each event to its endpoint
+ * - all at once, over connections kept alive between steps - signed
+ * (webhook_signature.h), runs the attempts under way until as many ended
+ * as began, none is under way, or WEBHOOK_STEP_MS passed, and writes what
+ * came of each that ended: delivered on a 2xx within the
  * timeout; else due again after a backoff that doubles with each attempt,
  * with jitter; failed once max_attempts have been made. An attempt still
  * under way carries on into the next step: an endpoint that hangs holds
@@ -34,20 +35,23 @@ struct webhook_options {
     int max_attempts;  /* the first counts */
     int backoff_ms;    /* before the first retry; doubled for each further one */
     int allow_private; /* endpoints on loopback and private addresses too */
+    int statement_wait_ms; /* the longest a statement waits for a pooled connection */
 };
 
 /* Attempts under way at most, a sender's slots. */
-#define WEBHOOK_BATCH 64
-/* Attempts under way to one endpoint at most: one that hangs keeps the
- * other half of the slots free for everyone else's. */
-#define WEBHOOK_PER_ENDPOINT 32
+#define WEBHOOK_SLOTS 128
+/* Deliveries a claim takes at most; and since an endpoint with attempts
+ * under way gets no more until they all ended, attempts under way to one
+ * endpoint at most: three that hang leave a quarter of the slots free for
+ * everyone else's. */
+#define WEBHOOK_CLAIM 32
 /* A step's longest run before it writes the results that came and claims
  * again. */
 #define WEBHOOK_STEP_MS 200
 /* Connections a sender keeps open to one host at most: as many as it has
  * slots, so that no attempt waits for a connection while its timeout runs
  * (libcurl counts the timeout from when the transfer is added). */
-#define WEBHOOK_HOST_CONNECTIONS WEBHOOK_BATCH
+#define WEBHOOK_HOST_CONNECTIONS WEBHOOK_SLOTS
 /* The longest wait between two attempts, however many came before. */
 #define WEBHOOK_BACKOFF_CAP_MS (6LL * 3600 * 1000)
 
@@ -55,6 +59,7 @@ struct webhook_options {
 struct webhook_pass {
     int claimed;
     int in_flight; /* attempts still under way, to be run by the next step */
+    int stalled;   /* libcurl failed: the attempts under way were left claimed */
     int delivered;
     int retried;
     int failed;

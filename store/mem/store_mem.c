@@ -946,19 +946,14 @@ static int claimed_copy(struct store_mem *m, const struct mem_delivery *d,
                : -1;
 }
 
-/* Attempts to d's endpoint in flight (c->busy) and taken by this claim. */
-static int endpoint_load(const struct store_delivery_claim *c, const struct store_delivery_list *l,
-                         const struct mem_delivery *d)
+/* 1 when d's endpoint is one the claiming sender is busy with. */
+static int endpoint_busy(const struct store_delivery_claim *c, const struct mem_delivery *d)
 {
-    int n = 0;
     for (size_t k = 0; k < c->nbusy; k++)
         if (strcmp(c->busy[k].tenant, d->tenant) == 0 &&
             strcmp(c->busy[k].endpoint_id, d->endpoint_id) == 0)
-            n += c->busy[k].in_flight;
-    for (size_t k = 0; k < l->count; k++)
-        n += strcmp(l->items[k].tenant, d->tenant) == 0 &&
-             strcmp(l->items[k].endpoint_id, d->endpoint_id) == 0;
-    return n;
+            return 1;
+    return 0;
 }
 
 static enum store_status mem_claim_deliveries(struct store *s, const struct store_delivery_claim *c,
@@ -974,8 +969,7 @@ static enum store_status mem_claim_deliveries(struct store *s, const struct stor
     pthread_mutex_lock(&m->mu);
     for (size_t i = 0; !oom && i < m->deliveries.n && l.count < (size_t)batch;) {
         struct mem_delivery *d = mem_rows_at(&m->deliveries, i);
-        if (d->due_us > now ||
-            (c->per_endpoint > 0 && endpoint_load(c, &l, d) >= c->per_endpoint)) {
+        if (d->due_us > now || endpoint_busy(c, d)) {
             i++;
             continue;
         }

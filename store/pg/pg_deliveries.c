@@ -40,29 +40,24 @@ enum store_status pg_claim_deliveries(struct store *s, const struct store_delive
 {
     struct store_pg *pg = (struct store_pg *)s;
     enum store_status st = STORE_OK;
-    char limit[16], lease[24], per[16];
+    char limit[16], lease[24];
     snprintf(limit, sizeof limit, "%d", c->batch);
     snprintf(lease, sizeof lease, "%" PRId64, c->lease_ms);
-    snprintf(per, sizeof per, "%d", c->per_endpoint);
-    struct pg_array busy[3] = {{0}};
+    struct pg_array busy[2] = {{0}};
     for (size_t i = 0; i < c->nbusy; i++) {
-        char n[16];
-        snprintf(n, sizeof n, "%d", c->busy[i].in_flight);
         pg_array_add(&busy[0], c->busy[i].tenant);
         pg_array_add(&busy[1], c->busy[i].endpoint_id);
-        pg_array_add(&busy[2], n);
     }
-    const char *vals[] = {
-        limit, lease, per, pg_array_end(&busy[0]), pg_array_end(&busy[1]), pg_array_end(&busy[2])};
+    const char *vals[] = {limit, lease, pg_array_end(&busy[0]), pg_array_end(&busy[1])};
     PGresult *res = NULL;
-    if (vals[3] && vals[4] && vals[5])
-        res = pg_pool_exec_one(&pg->pool, "claim_deliveries", 6, vals, PGRES_TUPLES_OK, &st, err,
+    if (vals[2] && vals[3])
+        res = pg_pool_exec_one(&pg->pool, "claim_deliveries", 4, vals, PGRES_TUPLES_OK, &st, err,
                                errlen);
     else {
         snprintf(err, errlen, "out of memory");
         st = STORE_ERROR;
     }
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 2; i++)
         pg_array_free(&busy[i]);
     if (!res)
         return st;

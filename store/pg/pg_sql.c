@@ -269,36 +269,28 @@ static const char SQL_DELETE_ENDPOINT[] =
  * without waiting for their WAL flush: set_config(..., true) lasts until
  * the transaction's end, and its commit reads it. A claim or a result
  * lost in a crash only means the delivery is sent again, which at least
- * once allows; and a dispatcher pass is two statements, not two flushes. */
+ * once allows; and a dispatcher step is two statements, not two flushes. */
 #define DELIVERY_ASYNC "async AS (SELECT set_config('synchronous_commit', 'off', true) AS off)"
 
 /* A claim takes at most $1 due pending rows no other transaction holds
  * (SKIP LOCKED: servers claiming at once take different rows) and no
- * attempt holds, oldest due first, and with $3 > 0 at most $3 to one
- * endpoint counting the sender's attempts in flight ($4-$6: tenant,
- * endpoint, how many): an endpoint already at $3 is not even looked at, so
- * the rows of others behind its backlog are found. It locks $1 rows at
- * most (those over an endpoint's bound are let go at its commit), counts
- * the attempt and leases each for $2 ms (leased_until: no indexed column
- * changes, so the update is HOT). It commits before anything is sent, so
- * a server that dies mid-delivery leaves a row that is due again when the
- * lease ends. The endpoint and the event come with it; a row whose
- * endpoint was deleted as its event was written (no foreign key stops
- * that) comes without, to be failed. */
+ * attempt holds, oldest due first, none to an endpoint the sender has
+ * attempts under way to ($3, $4: tenants and endpoints) - its rows are
+ * stepped over to the others' behind them - and locks only those it takes;
+ * it counts the attempt and leases each for $2 ms (leased_until: no
+ * indexed column changes, so the update is HOT). It commits before
+ * anything is sent, so a server that dies mid-delivery leaves a row that
+ * is due again when the lease ends. The endpoint and the event come with
+ * it; a row whose endpoint was deleted as its event was written (no
+ * foreign key stops that) comes without, to be failed. */
 static const char SQL_CLAIM_DELIVERIES[] =
     "WITH " DELIVERY_ASYNC ","
-    " busy AS (SELECT * FROM unnest($4::text[], $5::text[], $6::int[])"
-    " AS b(tenant_id, endpoint_id, n)),"
-    " candidates AS (SELECT tenant_id, event_id, endpoint_id, next_attempt_at"
-    " FROM webhook_deliveries d WHERE state = 'pending' AND next_attempt_at <= now()"
+    " busy AS (SELECT * FROM unnest($3::text[], $4::text[]) AS b(tenant_id, endpoint_id)),"
+    " due AS (SELECT tenant_id, event_id, endpoint_id FROM webhook_deliveries d"
+    " WHERE state = 'pending' AND next_attempt_at <= now()"
     " AND (leased_until IS NULL OR leased_until <= now()) AND NOT EXISTS (SELECT 1 FROM busy b"
-    " WHERE $3::int > 0 AND b.n >= $3::int AND b.tenant_id = d.tenant_id"
-    " AND b.endpoint_id = d.endpoint_id)"
+    " WHERE b.tenant_id = d.tenant_id AND b.endpoint_id = d.endpoint_id)"
     " ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED),"
-    " due AS (SELECT tenant_id, event_id, endpoint_id FROM (SELECT c.*, coalesce(b.n, 0)"
-    " + row_number() OVER (PARTITION BY c.tenant_id, c.endpoint_id ORDER BY c.next_attempt_at)"
-    " AS load FROM candidates c LEFT JOIN busy b USING (tenant_id, endpoint_id)) c"
-    " WHERE $3::int = 0 OR load <= $3::int),"
     " claimed AS (UPDATE webhook_deliveries d SET attempts = d.attempts + 1,"
     " last_attempt_at = now(), leased_until = now() + $2::bigint * interval '1 millisecond'"
     " FROM due, async WHERE d.tenant_id = due.tenant_id AND d.event_id = due.event_id"
@@ -462,7 +454,7 @@ const struct pg_prepared PG_PREPARED[] = {
     {"create_endpoint", SQL_CREATE_ENDPOINT, 7},
     {"list_endpoints", SQL_LIST_ENDPOINTS, 1},
     {"delete_endpoint", SQL_DELETE_ENDPOINT, 2},
-    {"claim_deliveries", SQL_CLAIM_DELIVERIES, 6},
+    {"claim_deliveries", SQL_CLAIM_DELIVERIES, 4},
     {"finish_deliveries", SQL_FINISH_DELIVERIES, 9},
     {"delivery_backlog", SQL_DELIVERY_BACKLOG, 0},
     {"insert_charge", SQL_INSERT_CHARGE, 10},
