@@ -250,6 +250,9 @@ struct store_delivery_claim {
     int64_t lease_ms; /* each one not due again for this long */
     const struct store_endpoint_busy *busy; /* none of these endpoints' deliveries */
     size_t nbusy;
+    /* 0: any due delivery; else only those that came due within the last
+     * lookback_ms (the rows before them are not even stepped over) */
+    int64_t lookback_ms;
 };
 
 enum store_delivery_state {
@@ -495,7 +498,9 @@ enum store_status store_delete_endpoint(struct store *s, const char *tenant,
  * longest due first; the memory store: the oldest event first), none to an
  * endpoint of c->busy - the rows of other endpoints behind theirs are
  * found: each one's attempt is counted and it is leased for c->lease_ms
- * (not due again until then). Rows another server
+ * (not due again until then). With c->lookback_ms, only rows that came
+ * due since then (PostgreSQL: next_attempt_at; the memory store: its
+ * event's time or its last lease's end). Rows another server
  * is claiming at the same moment are skipped, so no delivery is claimed
  * twice at once; one whose lease ran out (its server died) is due again.
  * An empty list when none is due. Free *out with

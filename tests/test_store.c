@@ -2614,6 +2614,60 @@ CONTRACT(a_claim_steps_over_the_endpoints_the_sender_is_busy_with)
     PQfinish(lock);
 }
 
+/* One claim of up to CLAIM_BATCH that looks back lookback_ms (0: at
+ * every due row), nothing busy; the rows of t's tenants kept in t: how
+ * many rows it took, anyone's. */
+static size_t claim_back(struct taken *t, int64_t lookback_ms)
+{
+    char err[256] = "";
+    struct store_delivery_list l = {0};
+    struct store_delivery_claim c = {
+        .batch = CLAIM_BATCH, .lease_ms = LONG_MS, .lookback_ms = lookback_ms};
+    cr_assert_eq(store_claim_deliveries(store, &c, &l, err, sizeof err), STORE_OK,
+                 "claim deliveries: %s", err);
+    size_t n = l.count;
+    cr_assert_eq(taken_add(t, &l), 0, "out of memory");
+    store_delivery_list_clear(&l);
+    return n;
+}
+
+/* A claim that looks back only so far takes no delivery that came due
+ * before that - a sender whose attempts to one endpoint hang does not
+ * step over that endpoint's whole backlog on every claim - and takes the
+ * ones that came due since; a claim that looks at every due row takes
+ * the older one too. (The older delivery is made LOOKBACK_MS and more
+ * before the claims: however slow the machine, it is older than they look
+ * back. The newer one must be claimed within LOOKBACK_MS of its event.) */
+CONTRACT(a_claim_looks_back_no_further_than_asked)
+{
+    enum { LOOKBACK_MS = 2000 };
+    PGconn *lock = claimers_one_at_a_time();
+    char tenant[96], old_evt[IDS_MAX], new_evt[IDS_MAX];
+    test_unique(tenant, sizeof tenant, "tenant-wh-lookback");
+    struct hook h;
+    hook_in(tenant, NULL, &h);
+    paid_with_event(tenant, "payment.succeeded", now_us(), "{}", old_evt);
+    wait_ms(LOOKBACK_MS + 100);
+    paid_with_event(tenant, "payment.succeeded", now_us(), "{}", new_evt);
+
+    struct taken t = {.tenant = tenant};
+    for (int pass = 0; times_taken(&t, new_evt, &h) == 0 && claim_back(&t, LOOKBACK_MS) > 0; pass++)
+        cr_assert_lt(pass, CLAIM_PASSES, "claims never ran out of due deliveries");
+    cr_assert_eq(times_taken(&t, new_evt, &h), 1,
+                 "the delivery that came due just now was not taken looking back %d ms",
+                 LOOKBACK_MS);
+    cr_assert_eq(times_taken(&t, old_evt, &h), 0,
+                 "a delivery due for longer than the claim looked back was taken");
+
+    for (int pass = 0; times_taken(&t, old_evt, &h) == 0 && claim_back(&t, 0) > 0; pass++)
+        cr_assert_lt(pass, CLAIM_PASSES, "claims never ran out of due deliveries");
+    cr_assert_eq(times_taken(&t, old_evt, &h), 1,
+                 "a claim looking at every due row did not take the older delivery");
+    taken_clear(&t);
+    unhook(tenant, &h);
+    PQfinish(lock);
+}
+
 /* An attempt's result is written only while its row still holds the
  * attempt claimed: once the lease ran out and another claim took it, the
  * first attempt's result - however late, whatever it says - changes

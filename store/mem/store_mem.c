@@ -969,7 +969,8 @@ static enum store_status mem_claim_deliveries(struct store *s, const struct stor
     pthread_mutex_lock(&m->mu);
     for (size_t i = 0; !oom && i < m->deliveries.n && l.count < (size_t)batch;) {
         struct mem_delivery *d = mem_rows_at(&m->deliveries, i);
-        if (d->due_us > now || endpoint_busy(c, d)) {
+        if (d->due_us > now || endpoint_busy(c, d) ||
+            (c->lookback_ms > 0 && d->due_us < now - c->lookback_ms * 1000)) {
             i++;
             continue;
         }

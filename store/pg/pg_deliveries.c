@@ -10,6 +10,10 @@
 
 #include "pg_array.h"
 
+/* A claim without a lookback looks back a century: a bound the index scan
+ * can use as it is, where "no bound" would be a filter on every row. */
+#define CLAIM_LOOKBACK_ALL_MS ((int64_t)100 * 366 * 24 * 3600 * 1000)
+
 /* One claimed row; url, secret and body NULL when its endpoint or event
  * is gone. */
 static int delivery_from_row(const PGresult *res, int row, struct store_delivery *d)
@@ -40,18 +44,20 @@ enum store_status pg_claim_deliveries(struct store *s, const struct store_delive
 {
     struct store_pg *pg = (struct store_pg *)s;
     enum store_status st = STORE_OK;
-    char limit[16], lease[24];
+    char limit[16], lease[24], lookback[24];
     snprintf(limit, sizeof limit, "%d", c->batch);
     snprintf(lease, sizeof lease, "%" PRId64, c->lease_ms);
+    snprintf(lookback, sizeof lookback, "%" PRId64,
+             c->lookback_ms > 0 ? c->lookback_ms : CLAIM_LOOKBACK_ALL_MS);
     struct pg_array busy[2] = {{0}};
     for (size_t i = 0; i < c->nbusy; i++) {
         pg_array_add(&busy[0], c->busy[i].tenant);
         pg_array_add(&busy[1], c->busy[i].endpoint_id);
     }
-    const char *vals[] = {limit, lease, pg_array_end(&busy[0]), pg_array_end(&busy[1])};
+    const char *vals[] = {limit, lease, pg_array_end(&busy[0]), pg_array_end(&busy[1]), lookback};
     PGresult *res = NULL;
     if (vals[2] && vals[3])
-        res = pg_pool_exec_one(&pg->pool, "claim_deliveries", 4, vals, PGRES_TUPLES_OK, &st, err,
+        res = pg_pool_exec_one(&pg->pool, "claim_deliveries", 5, vals, PGRES_TUPLES_OK, &st, err,
                                errlen);
     else {
         snprintf(err, errlen, "out of memory");

@@ -276,7 +276,9 @@ static const char SQL_DELETE_ENDPOINT[] =
  * (SKIP LOCKED: servers claiming at once take different rows) and no
  * attempt holds, oldest due first, none to an endpoint the sender has
  * attempts under way to ($3, $4: tenants and endpoints) - its rows are
- * stepped over to the others' behind them - and locks only those it takes;
+ * stepped over to the others' behind them - and none that came due more
+ * than $5 ms ago (a bound of the index scan: a busy endpoint's older
+ * backlog is not even stepped over), and locks only those it takes;
  * it counts the attempt and leases each for $2 ms (leased_until: no
  * indexed column changes, so the update is HOT). It commits before
  * anything is sent, so a server that dies mid-delivery leaves a row that
@@ -288,6 +290,7 @@ static const char SQL_CLAIM_DELIVERIES[] =
     " busy AS (SELECT * FROM unnest($3::text[], $4::text[]) AS b(tenant_id, endpoint_id)),"
     " due AS (SELECT tenant_id, event_id, endpoint_id FROM webhook_deliveries d"
     " WHERE state = 'pending' AND next_attempt_at <= now()"
+    " AND next_attempt_at >= now() - $5::bigint * interval '1 millisecond'"
     " AND (leased_until IS NULL OR leased_until <= now()) AND NOT EXISTS (SELECT 1 FROM busy b"
     " WHERE b.tenant_id = d.tenant_id AND b.endpoint_id = d.endpoint_id)"
     " ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED),"
@@ -454,7 +457,7 @@ const struct pg_prepared PG_PREPARED[] = {
     {"create_endpoint", SQL_CREATE_ENDPOINT, 7},
     {"list_endpoints", SQL_LIST_ENDPOINTS, 1},
     {"delete_endpoint", SQL_DELETE_ENDPOINT, 2},
-    {"claim_deliveries", SQL_CLAIM_DELIVERIES, 4},
+    {"claim_deliveries", SQL_CLAIM_DELIVERIES, 5},
     {"finish_deliveries", SQL_FINISH_DELIVERIES, 9},
     {"delivery_backlog", SQL_DELIVERY_BACKLOG, 0},
     {"insert_charge", SQL_INSERT_CHARGE, 10},
