@@ -1042,11 +1042,41 @@ Test(webhook_delivery, a_hanging_receiver_delays_no_payment)
             median(with_hang, N) * 1e3, median(without, N) * 1e3);
 }
 
+/* An event of t and its delivery to e, written as a server killed
+ * mid-attempt an hour ago leaves them: due for an hour, its first attempt
+ * counted, its lease run out. */
+static void old_delivery(const struct tenant *t, const struct endpoint *e, char evt[64])
+{
+    char sql[1024];
+    test_unique(evt, 64, "evt_old");
+    snprintf(
+        sql, sizeof sql,
+        "BEGIN;"
+        " INSERT INTO events (tenant_id, event_id, type, created_at, body)"
+        " VALUES ('%s', '%s', 'payment.succeeded', now() - interval '1 hour',"
+        " '{\"id\":\"%s\",\"type\":\"payment.succeeded\",\"data\":{\"object\":{}}}');"
+        " UPDATE webhook_deliveries SET attempts = 1, next_attempt_at = now() - interval '1 hour',"
+        " last_attempt_at = now() - interval '1 hour', leased_until = now() - interval '1 s'"
+        " WHERE tenant_id = '%s' AND event_id = '%s' AND endpoint_id = '%s';"
+        " COMMIT",
+        t->name, evt, evt, t->name, evt, e->id);
+    PGconn *conn = PQconnectdb(test_db_url());
+    cr_assert_eq(PQstatus(conn), CONNECTION_OK, "%s", PQerrorMessage(conn));
+    PGresult *res = PQexec(conn, sql);
+    cr_assert_eq(PQresultStatus(res), PGRES_COMMAND_OK, "%s", PQerrorMessage(conn));
+    PQclear(res);
+    PQfinish(conn);
+}
+
 /* An endpoint that hangs holds its own attempts - at most a claim's 32
  * (webhook_delivery.h: WEBHOOK_CLAIM), and no more claimed for it while
  * they are under way - and not the other endpoints': another tenant's
  * event is delivered while every attempt to the hanging one is still
- * held, by the same one dispatcher. */
+ * held, by the same one dispatcher. So is a delivery of that other
+ * endpoint that came due long ago: while an endpoint hangs, claims look
+ * back only over what came due since the last claim that looked at every
+ * due row, and such a claim comes every WEBHOOK_LOOK_ALL_MS (5 s, well
+ * inside LIMIT_S, and nowhere near the hanging attempts' timeout). */
 Test(webhook_delivery, a_hanging_endpoint_holds_up_no_other_endpoints_deliveries)
 {
     enum { HUNG = 40, CLAIM = 32 };
@@ -1073,6 +1103,17 @@ Test(webhook_delivery, a_hanging_endpoint_holds_up_no_other_endpoints_deliveries
     cr_assert_gt(holding, 0, "no attempt held at the hanging endpoint");
     cr_assert_leq(most, CLAIM, "%d attempts at once to one endpoint, more than a claim's %d", most,
                   CLAIM);
+
+    char old_evt[64];
+    old_delivery(&tb, &eo, old_evt);
+    wait_delivered(&eo, 2, "a delivery due for an hour, while the first endpoint hangs");
+    cr_assert_eq(receiver_count(&rcv, eo.route, old_evt), 1);
+    pthread_mutex_lock(&rcv.mu);
+    answered_hung = 0;
+    for (int i = 0; i < rcv.n; i++)
+        answered_hung += rcv.reqs[i].route == eh.route && rcv.reqs[i].status != 0;
+    pthread_mutex_unlock(&rcv.mu);
+    cr_assert_eq(answered_hung, 0, "the hanging endpoint was answered before the old delivery");
 
     /* released: the held ones answered, then the rest of its backlog */
     receiver_release(&rcv);

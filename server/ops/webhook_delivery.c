@@ -44,6 +44,12 @@ struct webhook_sender {
     struct attempt a[WEBHOOK_SLOTS];
     int sending;
     int stopping; /* atomic */
+    /* When the last claim that looked at every due row began, if it took
+     * fewer than it asked for (it left nothing it could take); else 0. And
+     * the endpoints it was told to leave (copies). */
+    int64_t looked_all_us;
+    struct store_endpoint_busy looked_busy[WEBHOOK_SLOTS];
+    size_t nlooked_busy;
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -76,6 +82,16 @@ struct webhook_sender *webhook_sender_new(const struct webhook_options *o)
     return w;
 }
 
+static void looked_forget(struct webhook_sender *w)
+{
+    for (size_t i = 0; i < w->nlooked_busy; i++) {
+        free((char *)w->looked_busy[i].tenant);
+        free((char *)w->looked_busy[i].endpoint_id);
+    }
+    w->nlooked_busy = 0;
+    w->looked_all_us = 0;
+}
+
 /* Frees slot a: its attempt ended or was never begun. */
 static void slot_clear(struct webhook_sender *w, struct attempt *a)
 {
@@ -103,6 +119,7 @@ void webhook_sender_free(struct webhook_sender *w)
     }
     if (w->multi)
         curl_multi_cleanup(w->multi);
+    looked_forget(w);
     free(w);
 }
 
@@ -304,23 +321,71 @@ static void give_up(struct attempt *a)
     a->state = SLOT_DONE;
 }
 
+/* 1 when the endpoint is one of b's n. */
+static int is_busy(const struct store_endpoint_busy *b, size_t n, const char *tenant,
+                   const char *endpoint_id)
+{
+    for (size_t k = 0; k < n; k++)
+        if (strcmp(b[k].tenant, tenant) == 0 && strcmp(b[k].endpoint_id, endpoint_id) == 0)
+            return 1;
+    return 0;
+}
+
 /* The endpoints with attempts under way. */
 static size_t busy_endpoints(const struct webhook_sender *w, struct store_endpoint_busy *b)
 {
     size_t n = 0;
     for (int i = 0; i < WEBHOOK_SLOTS; i++) {
         const struct store_delivery *d = &w->a[i].d;
-        if (w->a[i].state != SLOT_SENDING)
-            continue;
-        size_t k = 0;
-        while (k < n && !(strcmp(b[k].tenant, d->tenant) == 0 &&
-                          strcmp(b[k].endpoint_id, d->endpoint_id) == 0))
-            k++;
-        if (k == n)
+        if (w->a[i].state == SLOT_SENDING && !is_busy(b, n, d->tenant, d->endpoint_id))
             b[n++] =
                 (struct store_endpoint_busy){.tenant = d->tenant, .endpoint_id = d->endpoint_id};
     }
     return n;
+}
+
+/* How far back a claim looks (store_delivery_claim.lookback_ms; 0: at
+ * every due row). A claim that looked at every due row, told to leave the
+ * endpoints this sender was busy with, and took fewer than it asked for
+ * left no row due then that it could take: the others were held by
+ * another claim or lease, or were those endpoints' - a backlog a claim
+ * steps over row by row, on every step while such an endpoint hangs. So
+ * while every one of those endpoints is still busy, a claim looks back
+ * only over the rows that came due since that claim, and a margin. A
+ * claim looks at every due row again when one of them is no longer busy
+ * (its backlog may be taken now), and every WEBHOOK_LOOK_ALL_MS: it finds
+ * a row whose lease ran out (its server died; the row keeps the time it
+ * first came due) and one whose event's transaction committed late. */
+static int64_t lookback_ms(const struct webhook_sender *w, const struct store_endpoint_busy *busy,
+                           size_t nbusy, int64_t now_us)
+{
+    if (nbusy == 0 || w->looked_all_us == 0 ||
+        now_us - w->looked_all_us >= WEBHOOK_LOOK_ALL_MS * 1000LL)
+        return 0;
+    for (size_t i = 0; i < w->nlooked_busy; i++)
+        if (!is_busy(busy, nbusy, w->looked_busy[i].tenant, w->looked_busy[i].endpoint_id))
+            return 0;
+    return (now_us - w->looked_all_us) / 1000 + WEBHOOK_LOOKBACK_MARGIN_MS;
+}
+
+/* After a claim that looked at every due row: remembered when it took
+ * fewer than it asked for, with the endpoints it left. */
+static void looked_all(struct webhook_sender *w, int64_t began_us, int left_some,
+                       const struct store_endpoint_busy *busy, size_t nbusy)
+{
+    looked_forget(w);
+    if (!left_some)
+        return;
+    for (size_t i = 0; i < nbusy; i++) {
+        char *tenant = strdup(busy[i].tenant), *endpoint_id = strdup(busy[i].endpoint_id);
+        w->looked_busy[w->nlooked_busy++] =
+            (struct store_endpoint_busy){.tenant = tenant, .endpoint_id = endpoint_id};
+        if (!tenant || !endpoint_id) {
+            looked_forget(w); /* out of memory: the next claim looks at all */
+            return;
+        }
+    }
+    w->looked_all_us = began_us;
 }
 
 /* Claims up to WEBHOOK_CLAIM deliveries for free slots, none to an
@@ -336,8 +401,12 @@ static void claim_and_begin(struct webhook_sender *w, struct store *s, struct we
         .busy = busy,
     };
     c.nbusy = busy_endpoints(w, busy);
+    int64_t began_us = clock_mono_us();
+    c.lookback_ms = lookback_ms(w, busy, c.nbusy, began_us);
     struct store_delivery_list l = {0};
     out->store = store_claim_deliveries(s, &c, &l, out->error, sizeof out->error);
+    if (c.lookback_ms == 0)
+        looked_all(w, began_us, out->store == STORE_OK && l.count < (size_t)c.batch, busy, c.nbusy);
     if (out->store != STORE_OK) {
         store_delivery_list_clear(&l); /* an empty list is allocated too */
         return;
