@@ -2205,21 +2205,25 @@ static int taken_add(struct taken *t, struct store_delivery_list *l)
     return 0;
 }
 
-/* One claim under a lease of lease_ms, the rows of t's tenants kept in t:
- * how many rows it took, anyone's. */
-static size_t claim_into(struct taken *t, int64_t lease_ms)
+/* One claim c, the rows of t's tenants kept in t: how many rows it took,
+ * anyone's. */
+static size_t claim_deliveries_as(struct taken *t, const struct store_delivery_claim *c)
 {
     char err[256] = "";
     struct store_delivery_list l = {0};
-    cr_assert_eq(store_claim_deliveries(
-                     store,
-                     &(struct store_delivery_claim){.batch = CLAIM_BATCH, .lease_ms = lease_ms}, &l,
-                     err, sizeof err),
-                 STORE_OK, "claim deliveries: %s", err);
+    cr_assert_eq(store_claim_deliveries(store, c, &l, err, sizeof err), STORE_OK,
+                 "claim deliveries: %s", err);
     size_t n = l.count;
     cr_assert_eq(taken_add(t, &l), 0, "out of memory");
     store_delivery_list_clear(&l);
     return n;
+}
+
+/* One claim under a lease of lease_ms (claim_deliveries_as). */
+static size_t claim_into(struct taken *t, int64_t lease_ms)
+{
+    return claim_deliveries_as(
+        t, &(struct store_delivery_claim){.batch = CLAIM_BATCH, .lease_ms = lease_ms});
 }
 
 /* Claims until a claim takes nothing: everything due now. */
@@ -2542,21 +2546,14 @@ CONTRACT(a_claimed_delivery_is_claimed_again_only_once_its_lease_ran_out)
     PQfinish(lock);
 }
 
-/* One claim of at most batch due rows, none to the endpoints busy names:
- * the rows of t's tenants it took into t; how many it took, anyone's. */
+/* One claim of at most batch due rows, none to the endpoints busy names
+ * (claim_deliveries_as). */
 static size_t claim_around(struct taken *t, int batch, const struct store_endpoint_busy *busy,
                            size_t nbusy)
 {
-    char err[256] = "";
-    struct store_delivery_list l = {0};
-    struct store_delivery_claim c = {
-        .batch = batch, .lease_ms = LONG_MS, .busy = busy, .nbusy = nbusy};
-    cr_assert_eq(store_claim_deliveries(store, &c, &l, err, sizeof err), STORE_OK,
-                 "claim deliveries: %s", err);
-    size_t n = l.count;
-    cr_assert_eq(taken_add(t, &l), 0, "out of memory");
-    store_delivery_list_clear(&l);
-    return n;
+    return claim_deliveries_as(
+        t, &(struct store_delivery_claim){
+               .batch = batch, .lease_ms = LONG_MS, .busy = busy, .nbusy = nbusy});
 }
 
 /* Rows of t claimed for endpoint h. */
@@ -2614,21 +2611,13 @@ CONTRACT(a_claim_steps_over_the_endpoints_the_sender_is_busy_with)
     PQfinish(lock);
 }
 
-/* One claim of up to CLAIM_BATCH that looks back lookback_ms (0: at
- * every due row), nothing busy; the rows of t's tenants kept in t: how
- * many rows it took, anyone's. */
+/* One claim that looks back lookback_ms (0: at every due row), nothing
+ * busy (claim_deliveries_as). */
 static size_t claim_back(struct taken *t, int64_t lookback_ms)
 {
-    char err[256] = "";
-    struct store_delivery_list l = {0};
-    struct store_delivery_claim c = {
-        .batch = CLAIM_BATCH, .lease_ms = LONG_MS, .lookback_ms = lookback_ms};
-    cr_assert_eq(store_claim_deliveries(store, &c, &l, err, sizeof err), STORE_OK,
-                 "claim deliveries: %s", err);
-    size_t n = l.count;
-    cr_assert_eq(taken_add(t, &l), 0, "out of memory");
-    store_delivery_list_clear(&l);
-    return n;
+    return claim_deliveries_as(t, &(struct store_delivery_claim){.batch = CLAIM_BATCH,
+                                                                 .lease_ms = LONG_MS,
+                                                                 .lookback_ms = lookback_ms});
 }
 
 /* A claim that looks back only so far takes no delivery that came due

@@ -1047,24 +1047,32 @@ Test(webhook_delivery, a_hanging_receiver_delays_no_payment)
  * counted, its lease run out. */
 static void old_delivery(const struct tenant *t, const struct endpoint *e, char evt[64])
 {
-    char sql[1024];
+    char insert[512], update[512];
     test_unique(evt, 64, "evt_old");
+    snprintf(insert, sizeof insert,
+             "INSERT INTO events (tenant_id, event_id, type, created_at, body)"
+             " VALUES ('%s', '%s', 'payment.succeeded', now() - interval '1 hour',"
+             " '{\"id\":\"%s\",\"type\":\"payment.succeeded\",\"data\":{\"object\":{}}}')",
+             t->name, evt, evt);
     snprintf(
-        sql, sizeof sql,
-        "BEGIN;"
-        " INSERT INTO events (tenant_id, event_id, type, created_at, body)"
-        " VALUES ('%s', '%s', 'payment.succeeded', now() - interval '1 hour',"
-        " '{\"id\":\"%s\",\"type\":\"payment.succeeded\",\"data\":{\"object\":{}}}');"
-        " UPDATE webhook_deliveries SET attempts = 1, next_attempt_at = now() - interval '1 hour',"
+        update, sizeof update,
+        "UPDATE webhook_deliveries SET attempts = 1, next_attempt_at = now() - interval '1 hour',"
         " last_attempt_at = now() - interval '1 hour', leased_until = now() - interval '1 s'"
-        " WHERE tenant_id = '%s' AND event_id = '%s' AND endpoint_id = '%s';"
-        " COMMIT",
-        t->name, evt, evt, t->name, evt, e->id);
+        " WHERE tenant_id = '%s' AND event_id = '%s' AND endpoint_id = '%s'",
+        t->name, evt, e->id);
+    /* one transaction: no dispatcher sees the delivery due now */
+    const char *const steps[] = {"BEGIN", insert, update, "COMMIT"};
     PGconn *conn = PQconnectdb(test_db_url());
     cr_assert_eq(PQstatus(conn), CONNECTION_OK, "%s", PQerrorMessage(conn));
-    PGresult *res = PQexec(conn, sql);
-    cr_assert_eq(PQresultStatus(res), PGRES_COMMAND_OK, "%s", PQerrorMessage(conn));
-    PQclear(res);
+    for (int i = 0; i < 4; i++) {
+        PGresult *res = PQexec(conn, steps[i]);
+        cr_assert_eq(PQresultStatus(res), PGRES_COMMAND_OK, "%s: %s", steps[i],
+                     PQerrorMessage(conn));
+        if (steps[i] == update)
+            cr_assert_str_eq(PQcmdTuples(res), "1", "the event's delivery to %s not made old",
+                             e->id);
+        PQclear(res);
+    }
     PQfinish(conn);
 }
 

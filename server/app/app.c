@@ -32,9 +32,11 @@
  * second, or, when the count is slow (it reads every pending row: a
  * backlog of a million takes 0.3 s of PostgreSQL's time), BACKLOG_DUTY times
  * as long as the last count took - counting takes 1% of the time at most,
- * and the gauges are that much older. */
+ * and the gauges are that much older - but never less often than every
+ * BACKLOG_MOST_MS. */
 #define BACKLOG_EVERY_MS 1000
 #define BACKLOG_DUTY 100
+#define BACKLOG_MOST_MS 60000
 
 /* A thread sending webhook deliveries (webhook_delivery.h). */
 struct dispatcher {
@@ -140,14 +142,17 @@ static void *reaper_main(void *arg)
     return NULL;
 }
 
-static void count_backlog(struct app *app)
+/* 1 when counted. */
+static int count_backlog(struct app *app)
 {
     struct store_delivery_backlog b;
     char err[256] = "";
-    if (store_delivery_backlog(app->edge.svc.store, &b, err, sizeof err) == STORE_OK)
-        metrics_webhook_backlog(
-            app->edge.metrics, (long long)b.pending,
-            b.oldest_created_us ? (double)(clock_wall_us() - b.oldest_created_us) / 1e6 : 0);
+    if (store_delivery_backlog(app->edge.svc.store, &b, err, sizeof err) != STORE_OK)
+        return 0;
+    metrics_webhook_backlog(
+        app->edge.metrics, (long long)b.pending,
+        b.oldest_created_us ? (double)(clock_wall_us() - b.oldest_created_us) / 1e6 : 0);
+    return 1;
 }
 
 /* Waits ms, or until another dispatcher found deliveries since *seen, or
@@ -200,11 +205,13 @@ static void *dispatcher_main(void *arg)
         }
         if (d->first && clock_mono_us() - counted_us >= count_every_us) {
             int64_t began_us = clock_mono_us();
-            count_backlog(app);
+            int counted = count_backlog(app);
             counted_us = clock_mono_us();
-            count_every_us = BACKLOG_DUTY * (counted_us - began_us);
+            count_every_us = counted ? BACKLOG_DUTY * (counted_us - began_us) : 0;
             if (count_every_us < BACKLOG_EVERY_MS * 1000LL)
                 count_every_us = BACKLOG_EVERY_MS * 1000LL;
+            if (count_every_us > BACKLOG_MOST_MS * 1000LL)
+                count_every_us = BACKLOG_MOST_MS * 1000LL;
         }
         if (p.claimed > 0 && p.store == STORE_OK && !p.stalled) {
             found_work(app);

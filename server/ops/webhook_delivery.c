@@ -345,27 +345,32 @@ static size_t busy_endpoints(const struct webhook_sender *w, struct store_endpoi
 }
 
 /* How far back a claim looks (store_delivery_claim.lookback_ms; 0: at
- * every due row). A claim that looked at every due row, told to leave the
+ * every due row). A claim that looked at every due row, stepped over the
  * endpoints this sender was busy with, and took fewer than it asked for
- * left no row due then that it could take: the others were held by
- * another claim or lease, or were those endpoints' - a backlog a claim
- * steps over row by row, on every step while such an endpoint hangs. So
- * while every one of those endpoints is still busy, a claim looks back
- * only over the rows that came due since that claim, and a margin. A
- * claim looks at every due row again when one of them is no longer busy
- * (its backlog may be taken now), and every WEBHOOK_LOOK_ALL_MS: it finds
- * a row whose lease ran out (its server died; the row keeps the time it
+ * took every row due then that it could see and lock; the rest were held
+ * by another claim or lease (such a row may come free again: found by the
+ * next look at all), or were those endpoints' - a backlog a claim steps
+ * over row by row, on every step while such an endpoint hangs. So while
+ * every one of those endpoints is still busy, a claim looks back only
+ * over the rows that came due since that claim: the time since it began
+ * on this clock, plus the longest a statement waits for a connection
+ * (the two claims ran on PostgreSQL's clock after such waits) and a
+ * margin. Without an endpoint stepped over, a claim always looks at all:
+ * nothing changes for a sender with no endpoint hanging. A claim looks at
+ * every due row again when one of those endpoints is no longer busy (its
+ * backlog may be taken now), and every WEBHOOK_LOOK_ALL_MS: it finds a
+ * row whose lease ran out (its server died; the row keeps the time it
  * first came due) and one whose event's transaction committed late. */
 static int64_t lookback_ms(const struct webhook_sender *w, const struct store_endpoint_busy *busy,
                            size_t nbusy, int64_t now_us)
 {
-    if (nbusy == 0 || w->looked_all_us == 0 ||
+    if (w->nlooked_busy == 0 || w->looked_all_us == 0 ||
         now_us - w->looked_all_us >= WEBHOOK_LOOK_ALL_MS * 1000LL)
         return 0;
     for (size_t i = 0; i < w->nlooked_busy; i++)
         if (!is_busy(busy, nbusy, w->looked_busy[i].tenant, w->looked_busy[i].endpoint_id))
             return 0;
-    return (now_us - w->looked_all_us) / 1000 + WEBHOOK_LOOKBACK_MARGIN_MS;
+    return (now_us - w->looked_all_us) / 1000 + w->o.statement_wait_ms + WEBHOOK_LOOKBACK_MARGIN_MS;
 }
 
 /* After a claim that looked at every due row: remembered when it took

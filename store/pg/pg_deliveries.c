@@ -10,8 +10,9 @@
 
 #include "pg_array.h"
 
-/* A claim without a lookback looks back a century: a bound the index scan
- * can use as it is, where "no bound" would be a filter on every row. */
+/* A claim without a lookback looks back a century: one statement with a
+ * bound the index scan always uses, where "$5 = 0 OR ..." would be a
+ * filter on every row. */
 #define CLAIM_LOOKBACK_ALL_MS ((int64_t)100 * 366 * 24 * 3600 * 1000)
 
 /* One claimed row; url, secret and body NULL when its endpoint or event
