@@ -157,6 +157,15 @@ void store_delivery_list_clear(struct store_delivery_list *l)
     memset(l, 0, sizeof *l);
 }
 
+int store_endpoint_in(const struct store_endpoint_busy *busy, size_t n, const char *tenant,
+                      const char *endpoint_id)
+{
+    for (size_t k = 0; k < n; k++)
+        if (strcmp(busy[k].tenant, tenant) == 0 && strcmp(busy[k].endpoint_id, endpoint_id) == 0)
+            return 1;
+    return 0;
+}
+
 enum store_status store_create_endpoint(struct store *s, const char *tenant,
                                         const struct store_endpoint *e, int max, char *err,
                                         size_t errlen)

@@ -520,6 +520,10 @@ enum store_status store_delivery_backlog(struct store *s, struct store_delivery_
 void store_delivery_clear(struct store_delivery *d);
 void store_delivery_list_clear(struct store_delivery_list *l);
 
+/* 1 when the endpoint is one of busy's n. */
+int store_endpoint_in(const struct store_endpoint_busy *busy, size_t n, const char *tenant,
+                      const char *endpoint_id);
+
 /* The acquirer's ledger. One charge by id (STORE_NOT_FOUND when none);
  * the charges whose reference is reference, and the refunds of one charge,
  * oldest first, at most STORE_LEDGER_LIST_MAX (an empty list when none).

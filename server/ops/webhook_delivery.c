@@ -321,23 +321,13 @@ static void give_up(struct attempt *a)
     a->state = SLOT_DONE;
 }
 
-/* 1 when the endpoint is one of b's n. */
-static int is_busy(const struct store_endpoint_busy *b, size_t n, const char *tenant,
-                   const char *endpoint_id)
-{
-    for (size_t k = 0; k < n; k++)
-        if (strcmp(b[k].tenant, tenant) == 0 && strcmp(b[k].endpoint_id, endpoint_id) == 0)
-            return 1;
-    return 0;
-}
-
 /* The endpoints with attempts under way. */
 static size_t busy_endpoints(const struct webhook_sender *w, struct store_endpoint_busy *b)
 {
     size_t n = 0;
     for (int i = 0; i < WEBHOOK_SLOTS; i++) {
         const struct store_delivery *d = &w->a[i].d;
-        if (w->a[i].state == SLOT_SENDING && !is_busy(b, n, d->tenant, d->endpoint_id))
+        if (w->a[i].state == SLOT_SENDING && !store_endpoint_in(b, n, d->tenant, d->endpoint_id))
             b[n++] =
                 (struct store_endpoint_busy){.tenant = d->tenant, .endpoint_id = d->endpoint_id};
     }
@@ -368,7 +358,8 @@ static int64_t lookback_ms(const struct webhook_sender *w, const struct store_en
         now_us - w->looked_all_us >= WEBHOOK_LOOK_ALL_MS * 1000LL)
         return 0;
     for (size_t i = 0; i < w->nlooked_busy; i++)
-        if (!is_busy(busy, nbusy, w->looked_busy[i].tenant, w->looked_busy[i].endpoint_id))
+        if (!store_endpoint_in(busy, nbusy, w->looked_busy[i].tenant,
+                               w->looked_busy[i].endpoint_id))
             return 0;
     return (now_us - w->looked_all_us) / 1000 + w->o.statement_wait_ms + WEBHOOK_LOOKBACK_MARGIN_MS;
 }

@@ -946,16 +946,6 @@ static int claimed_copy(struct store_mem *m, const struct mem_delivery *d,
                : -1;
 }
 
-/* 1 when d's endpoint is one the claiming sender is busy with. */
-static int endpoint_busy(const struct store_delivery_claim *c, const struct mem_delivery *d)
-{
-    for (size_t k = 0; k < c->nbusy; k++)
-        if (strcmp(c->busy[k].tenant, d->tenant) == 0 &&
-            strcmp(c->busy[k].endpoint_id, d->endpoint_id) == 0)
-            return 1;
-    return 0;
-}
-
 static enum store_status mem_claim_deliveries(struct store *s, const struct store_delivery_claim *c,
                                               struct store_delivery_list *out, char *err,
                                               size_t errlen)
@@ -969,7 +959,7 @@ static enum store_status mem_claim_deliveries(struct store *s, const struct stor
     pthread_mutex_lock(&m->mu);
     for (size_t i = 0; !oom && i < m->deliveries.n && l.count < (size_t)batch;) {
         struct mem_delivery *d = mem_rows_at(&m->deliveries, i);
-        if (d->due_us > now || endpoint_busy(c, d) ||
+        if (d->due_us > now || store_endpoint_in(c->busy, c->nbusy, d->tenant, d->endpoint_id) ||
             (c->lookback_ms > 0 && d->due_us < now - c->lookback_ms * 1000)) {
             i++;
             continue;
