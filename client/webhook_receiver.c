@@ -161,7 +161,8 @@ struct receiver *receiver_start(const char *ports, char *err, size_t errlen)
     /* Kept-alive connections, as a merchant's receiver would keep them:
      * the service reuses its connections between deliveries. civetweb
      * gives each open connection a thread of its own: more threads than
-     * the service opens connections (8 per dispatcher of each server). */
+     * the service opens connections to one endpoint (at most a claim's 32
+     * per dispatcher: two servers with two dispatchers each). */
     const char *options[] = {"listening_ports",
                              ports,
                              "num_threads",

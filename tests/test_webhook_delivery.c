@@ -35,6 +35,7 @@
 #include <time.h>
 
 #include "support.h"
+#include "webhook_lookback.h"
 
 /* How long a test waits for something that must happen: the bound says when
  * to give up, never when it should happen. */
@@ -1314,4 +1315,76 @@ Test(webhook_delivery, a_deleted_endpoint_gets_nothing_more)
     int after = receiver_count(&rcv, failing.route, NULL);
     cr_assert_leq(after, before + 1, "%d requests to the deleted endpoint after it was gone",
                   after - before);
+}
+
+/* ---- how far back a claim looks (webhook_lookback.c) ---------------------- */
+
+/* No server and no clock: each rule with times made up here (us). */
+
+#define T0 1000000000LL
+#define SEC 1000000LL
+#define WAIT_MS 5000 /* a statement's longest wait for a connection */
+
+static const struct store_endpoint_busy EA = {"tenant-a", "we_a"}, EB = {"tenant-b", "we_b"},
+                                        EC = {"tenant-a", "we_c"};
+
+Test(webhook_lookback, with_nothing_remembered_a_claim_looks_at_every_row)
+{
+    struct webhook_lookback lb = {0};
+    const struct store_endpoint_busy busy[] = {EA};
+    cr_assert_eq(webhook_lookback_ms(&lb, busy, 1, T0, WAIT_MS), 0);
+}
+
+Test(webhook_lookback, while_the_endpoints_stepped_over_are_busy_it_looks_back_since_then)
+{
+    struct webhook_lookback lb = {0};
+    /* copies: the sender's busy list points into slots cleared later */
+    char tenant[16] = "tenant-a", id[16] = "we_a";
+    const struct store_endpoint_busy then[] = {{tenant, id}, EB};
+    webhook_lookback_looked_all(&lb, T0, 1, then, 2);
+    memset(tenant, 0, sizeof tenant);
+    memset(id, 0, sizeof id);
+
+    const struct store_endpoint_busy now[] = {EC, EB, EA}; /* and one more */
+    cr_assert_eq(webhook_lookback_ms(&lb, now, 3, T0 + 2 * SEC + 500, WAIT_MS),
+                 2000 + WAIT_MS + WEBHOOK_LOOKBACK_MARGIN_MS);
+    int64_t last = T0 + WEBHOOK_LOOK_ALL_MS * 1000LL - 1;
+    cr_assert_gt(webhook_lookback_ms(&lb, now, 3, last, WAIT_MS), 0);
+    webhook_lookback_forget(&lb);
+}
+
+Test(webhook_lookback, once_an_endpoint_stepped_over_is_not_busy_it_looks_at_every_row)
+{
+    struct webhook_lookback lb = {0};
+    const struct store_endpoint_busy then[] = {EA, EB};
+    webhook_lookback_looked_all(&lb, T0, 1, then, 2);
+    /* EB's attempts ended: its backlog may be taken now */
+    const struct store_endpoint_busy now[] = {EA, EC};
+    cr_assert_eq(webhook_lookback_ms(&lb, now, 2, T0 + SEC, WAIT_MS), 0);
+    cr_assert_eq(webhook_lookback_ms(&lb, NULL, 0, T0 + SEC, WAIT_MS), 0);
+    /* same tenant, another endpoint: not the one stepped over */
+    const struct store_endpoint_busy other[] = {EA, {"tenant-b", "we_a"}};
+    cr_assert_eq(webhook_lookback_ms(&lb, other, 2, T0 + SEC, WAIT_MS), 0);
+    webhook_lookback_forget(&lb);
+}
+
+Test(webhook_lookback, every_look_all_ms_it_looks_at_every_row)
+{
+    struct webhook_lookback lb = {0};
+    const struct store_endpoint_busy busy[] = {EA};
+    webhook_lookback_looked_all(&lb, T0, 1, busy, 1);
+    cr_assert_eq(webhook_lookback_ms(&lb, busy, 1, T0 + WEBHOOK_LOOK_ALL_MS * 1000LL, WAIT_MS), 0);
+    webhook_lookback_forget(&lb);
+}
+
+Test(webhook_lookback, a_claim_that_took_all_it_asked_for_or_stepped_over_none_is_not_remembered)
+{
+    struct webhook_lookback lb = {0};
+    const struct store_endpoint_busy busy[] = {EA};
+    webhook_lookback_looked_all(&lb, T0, 0, busy, 1); /* took a full batch */
+    cr_assert_eq(webhook_lookback_ms(&lb, busy, 1, T0 + SEC, WAIT_MS), 0);
+    webhook_lookback_looked_all(&lb, T0, 1, busy, 1);
+    webhook_lookback_looked_all(&lb, T0 + SEC, 1, NULL, 0); /* nothing to step over */
+    cr_assert_eq(webhook_lookback_ms(&lb, busy, 1, T0 + 2 * SEC, WAIT_MS), 0);
+    webhook_lookback_forget(&lb);
 }

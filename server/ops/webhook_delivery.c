@@ -14,6 +14,7 @@
 
 #include "clock.h"
 #include "webhook_endpoint.h"
+#include "webhook_lookback.h"
 #include "webhook_signature.h"
 
 /* A claim's lease is past the attempt's own bound, so that the attempt is
@@ -44,12 +45,7 @@ struct webhook_sender {
     struct attempt a[WEBHOOK_SLOTS];
     int sending;
     int stopping; /* atomic */
-    /* When the last claim that looked at every due row began, if it took
-     * fewer than it asked for (it left nothing it could take); else 0. And
-     * the endpoints it was told to leave (copies). */
-    int64_t looked_all_us;
-    struct store_endpoint_busy looked_busy[WEBHOOK_SLOTS];
-    size_t nlooked_busy;
+    struct webhook_lookback lookback; /* how far back the next claim looks */
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -82,16 +78,6 @@ struct webhook_sender *webhook_sender_new(const struct webhook_options *o)
     return w;
 }
 
-static void looked_forget(struct webhook_sender *w)
-{
-    for (size_t i = 0; i < w->nlooked_busy; i++) {
-        free((char *)w->looked_busy[i].tenant);
-        free((char *)w->looked_busy[i].endpoint_id);
-    }
-    w->nlooked_busy = 0;
-    w->looked_all_us = 0;
-}
-
 /* Frees slot a: its attempt ended or was never begun. */
 static void slot_clear(struct webhook_sender *w, struct attempt *a)
 {
@@ -119,7 +105,7 @@ void webhook_sender_free(struct webhook_sender *w)
     }
     if (w->multi)
         curl_multi_cleanup(w->multi);
-    looked_forget(w);
+    webhook_lookback_forget(&w->lookback);
     free(w);
 }
 
@@ -334,56 +320,6 @@ static size_t busy_endpoints(const struct webhook_sender *w, struct store_endpoi
     return n;
 }
 
-/* How far back a claim looks (store_delivery_claim.lookback_ms; 0: at
- * every due row). A claim that looked at every due row, stepped over the
- * endpoints this sender was busy with, and took fewer than it asked for
- * took every row due then that it could see and lock; the rest were held
- * by another claim or lease (such a row may come free again: found by the
- * next look at all), or were those endpoints' - a backlog a claim steps
- * over row by row, on every step while such an endpoint hangs. So while
- * every one of those endpoints is still busy, a claim looks back only
- * over the rows that came due since that claim: the time since it began
- * on this clock, plus the longest a statement waits for a connection
- * (the two claims ran on PostgreSQL's clock after such waits) and a
- * margin. Without an endpoint stepped over, a claim always looks at all:
- * nothing changes for a sender with no endpoint hanging. A claim looks at
- * every due row again when one of those endpoints is no longer busy (its
- * backlog may be taken now), and every WEBHOOK_LOOK_ALL_MS: it finds a
- * row whose lease ran out (its server died; the row keeps the time it
- * first came due) and one whose event's transaction committed late. */
-static int64_t lookback_ms(const struct webhook_sender *w, const struct store_endpoint_busy *busy,
-                           size_t nbusy, int64_t now_us)
-{
-    if (w->nlooked_busy == 0 || w->looked_all_us == 0 ||
-        now_us - w->looked_all_us >= WEBHOOK_LOOK_ALL_MS * 1000LL)
-        return 0;
-    for (size_t i = 0; i < w->nlooked_busy; i++)
-        if (!store_endpoint_in(busy, nbusy, w->looked_busy[i].tenant,
-                               w->looked_busy[i].endpoint_id))
-            return 0;
-    return (now_us - w->looked_all_us) / 1000 + w->o.statement_wait_ms + WEBHOOK_LOOKBACK_MARGIN_MS;
-}
-
-/* After a claim that looked at every due row: remembered when it took
- * fewer than it asked for, with the endpoints it left. */
-static void looked_all(struct webhook_sender *w, int64_t began_us, int left_some,
-                       const struct store_endpoint_busy *busy, size_t nbusy)
-{
-    looked_forget(w);
-    if (!left_some)
-        return;
-    for (size_t i = 0; i < nbusy; i++) {
-        char *tenant = strdup(busy[i].tenant), *endpoint_id = strdup(busy[i].endpoint_id);
-        w->looked_busy[w->nlooked_busy++] =
-            (struct store_endpoint_busy){.tenant = tenant, .endpoint_id = endpoint_id};
-        if (!tenant || !endpoint_id) {
-            looked_forget(w); /* out of memory: the next claim looks at all */
-            return;
-        }
-    }
-    w->looked_all_us = began_us;
-}
-
 /* Claims up to WEBHOOK_CLAIM deliveries for free slots, none to an
  * endpoint with attempts under way, and begins them. */
 static void claim_and_begin(struct webhook_sender *w, struct store *s, struct webhook_pass *out)
@@ -398,11 +334,14 @@ static void claim_and_begin(struct webhook_sender *w, struct store *s, struct we
     };
     c.nbusy = busy_endpoints(w, busy);
     int64_t began_us = clock_mono_us();
-    c.lookback_ms = lookback_ms(w, busy, c.nbusy, began_us);
+    c.lookback_ms =
+        webhook_lookback_ms(&w->lookback, busy, c.nbusy, began_us, w->o.statement_wait_ms);
     struct store_delivery_list l = {0};
     out->store = store_claim_deliveries(s, &c, &l, out->error, sizeof out->error);
     if (c.lookback_ms == 0)
-        looked_all(w, began_us, out->store == STORE_OK && l.count < (size_t)c.batch, busy, c.nbusy);
+        webhook_lookback_looked_all(&w->lookback, began_us,
+                                    out->store == STORE_OK && l.count < (size_t)c.batch, busy,
+                                    c.nbusy);
     if (out->store != STORE_OK) {
         store_delivery_list_clear(&l); /* an empty list is allocated too */
         return;

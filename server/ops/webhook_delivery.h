@@ -48,12 +48,6 @@ struct webhook_options {
 /* A step's longest run before it writes the results that came and claims
  * again. */
 #define WEBHOOK_STEP_MS 200
-/* While an endpoint this sender stepped over is still busy, how often a
- * claim looks at every due row, not only at those that came due since the
- * last such look (with a statement's longest wait for a connection and
- * WEBHOOK_LOOKBACK_MARGIN_MS more: webhook_delivery.c, lookback_ms). */
-#define WEBHOOK_LOOK_ALL_MS 5000
-#define WEBHOOK_LOOKBACK_MARGIN_MS 1000
 /* Connections a sender keeps open to one host at most: as many as it has
  * slots, so that no attempt waits for a connection while its timeout runs
  * (libcurl counts the timeout from when the transfer is added). */
