@@ -70,6 +70,7 @@ struct request {
     int status;       /* the answer, 0 until given */
     int finished;     /* the answer written */
     int overlapped;   /* another request for its event was in flight when it came */
+    int port;         /* the client's end of the connection it came on */
 };
 
 struct receiver {
@@ -88,6 +89,8 @@ struct receiver {
     int most_held; /* the most held at once */
     int answered; /* answers given */
     int delay_ms; /* each answer this much later: load, not a verdict */
+    int keep_alive; /* connections kept open between requests (else closed after each) */
+    int let_go;     /* bumped by receiver_let_go(): the requests held until then go */
 };
 
 static struct receiver rcv;
@@ -162,15 +165,13 @@ static void copy_header(struct mg_connection *conn, const char *name, char *out,
     snprintf(out, len, "%s", v ? v : "");
 }
 
-static void reply(struct mg_connection *conn, int status)
+static void reply(struct mg_connection *conn, int status, int keep_alive)
 {
     const char *reason = status == 200   ? "OK"
                          : status == 404 ? "Not Found"
                                          : "Internal Server Error";
-    mg_printf(conn,
-              "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n"
-              "Connection: close\r\n\r\n",
-              status, reason);
+    mg_printf(conn, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n%s\r\n",
+              status, reason, keep_alive ? "" : "Connection: close\r\n");
 }
 
 /* Records the request; holds it while the test says so; answers as its route
@@ -188,12 +189,13 @@ static int on_request(struct mg_connection *conn, void *data)
     for (int i = 0; i < r->n_routes; i++)
         if (ri->local_uri && strcmp(ri->local_uri, r->routes[i].path) == 0)
             route = i;
+    int keep_alive = r->keep_alive;
     if (route < 0 || r->n == MAX_REQUESTS) {
         r->strays++;
         pthread_cond_broadcast(&r->changed);
         pthread_mutex_unlock(&r->mu);
         free(body);
-        reply(conn, 404);
+        reply(conn, 404, keep_alive);
         return 404;
     }
     struct request *q = &r->reqs[r->n++];
@@ -206,6 +208,7 @@ static int on_request(struct mg_connection *conn, void *data)
     q->len = len;
     q->signature_ok = signature_valid(r->routes[route].secret, q->signature, q->body, len, &q->t);
     q->overlapped = in_flight(r, q->event_id, (int)(q - r->reqs)) > 0;
+    q->port = ri->remote_port;
     if ((r->hold != 0 || r->routes[route].hang) && !r->released) {
         if (r->hold > 0 && !r->routes[route].hang)
             r->hold--;
@@ -213,7 +216,8 @@ static int on_request(struct mg_connection *conn, void *data)
         if (r->holding > r->most_held)
             r->most_held = r->holding;
         pthread_cond_broadcast(&r->changed);
-        while (!r->released)
+        int let_go = r->let_go;
+        while (!r->released && r->let_go == let_go)
             pthread_cond_wait(&r->changed, &r->mu);
         r->holding--;
     }
@@ -231,7 +235,7 @@ static int on_request(struct mg_connection *conn, void *data)
 
     if (delay)
         test_sleep_ms(delay);
-    reply(conn, status);
+    reply(conn, status, keep_alive);
     pthread_mutex_lock(&r->mu);
     q->finished = 1;
     pthread_cond_broadcast(&r->changed);
@@ -253,7 +257,16 @@ static void receiver_listen(struct receiver *r)
         int port = r->port ? r->port : test_free_port();
         char ports[32];
         snprintf(ports, sizeof ports, "127.0.0.1:%d", port);
-        const char *options[] = {"listening_ports", ports, "num_threads", "128", NULL};
+        /* kept alive: for as long as any test runs */
+        const char *options[] = {"listening_ports",
+                                 ports,
+                                 "num_threads",
+                                 "128",
+                                 "enable_keep_alive",
+                                 r->keep_alive ? "yes" : "no",
+                                 "keep_alive_timeout_ms",
+                                 "600000",
+                                 NULL};
         struct mg_callbacks cb;
         memset(&cb, 0, sizeof cb);
         cb.log_message = quiet_log;
@@ -332,6 +345,65 @@ static void receiver_hang(struct receiver *r, int route)
     pthread_mutex_lock(&r->mu);
     r->routes[route].hang = 1;
     pthread_mutex_unlock(&r->mu);
+}
+
+/* Lets the requests held now go; those that come later are held as
+ * before. */
+static void receiver_let_go(struct receiver *r)
+{
+    pthread_mutex_lock(&r->mu);
+    r->let_go++;
+    pthread_cond_broadcast(&r->changed);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* From now on: connections kept open between requests, as a merchant's
+ * receiver would keep them (on the same port; nothing held). */
+static void receiver_keep_alive(struct receiver *r)
+{
+    receiver_stop(r);
+    r->keep_alive = 1;
+    receiver_listen(r);
+    pthread_mutex_lock(&r->mu);
+    r->released = 0;
+    r->hold = 0;
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Waits until the receiver holds exactly n requests. */
+static void receiver_wait_held(struct receiver *r, int n)
+{
+    double give_up = test_now_s() + LIMIT_S;
+    pthread_mutex_lock(&r->mu);
+    while (r->holding != n && test_now_s() < give_up) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&r->changed, &r->mu, &ts);
+    }
+    int holding = r->holding, total = r->n;
+    pthread_mutex_unlock(&r->mu);
+    cr_assert_eq(holding, n, "the receiver holds %d requests, not %d, after %.0f s (%d requests)",
+                 holding, n, LIMIT_S, total);
+}
+
+/* The connections the requests came on: distinct client ports. */
+static int receiver_connections(struct receiver *r)
+{
+    int n = 0;
+    pthread_mutex_lock(&r->mu);
+    for (int i = 0; i < r->n; i++) {
+        int seen = 0;
+        for (int k = 0; k < i && !seen; k++)
+            seen = r->reqs[k].port == r->reqs[i].port;
+        n += !seen;
+    }
+    pthread_mutex_unlock(&r->mu);
+    return n;
 }
 
 /* Waits until the receiver holds a request. */
@@ -1127,6 +1199,68 @@ Test(webhook_delivery, a_hanging_endpoint_holds_up_no_other_endpoints_deliveries
     /* released: the held ones answered, then the rest of its backlog */
     receiver_release(&rcv);
     wait_delivered(&eh, HUNG, "the hanging endpoint's events once it answers");
+}
+
+/* A burst of deliveries, held at the receiver until all of it is under
+ * way: n payments made while the endpoint is busy with one held delivery
+ * (so the dispatcher claims none of them), then that one let go - the next
+ * claim takes all n at once. */
+static void burst(int n)
+{
+    receiver_hold(&rcv, -1);
+    new_payment(&srv[0], &ta, "cust", 201, NULL, 0);
+    receiver_wait_held(&rcv, 1);
+    for (int i = 0; i < n; i++)
+        new_payment(&srv[0], &ta, "cust", 201, NULL, 0);
+    receiver_let_go(&rcv);
+    receiver_wait_held(&rcv, n);
+}
+
+/* The connections to an endpoint are kept open between steps and reused,
+ * as a merchant's receiver that keeps them alive expects (a connection
+ * closed is one opened again: for https, a TLS handshake on both sides).
+ * One dispatcher sends a burst of 20 at once (20 connections), then
+ * single deliveries one after another, then another burst of 20: every
+ * request comes on one of the first burst's connections. (libcurl keeps
+ * four idle connections per transfer under way unless told otherwise: the
+ * single deliveries would close all but four, and the second burst open
+ * them again.) The attempts' bound is past every wait here: no attempt
+ * ends by a timeout, which would close its connection. */
+Test(webhook_delivery, connections_to_an_endpoint_are_kept_open_and_reused)
+{
+    enum { BURST = 20, SINGLES = 5 };
+    struct endpoint e;
+    struct webhook_flags none = QUICK, one = QUICK;
+    none.dispatchers = 0; /* srv[0] takes the payments and delivers nothing */
+    one.dispatchers = 1;
+    one.timeout_ms = 120000;
+    start_server(&srv[0], &none);
+    add_endpoint(&srv[0], &ta, NULL, &e);
+    start_server(&srv[1], &one);
+    receiver_keep_alive(&rcv);
+
+    burst(BURST);
+    int first = receiver_connections(&rcv);
+    cr_assert_eq(first, BURST, "%d held requests came on %d connections", BURST, first);
+    receiver_hold(&rcv, 0);
+    receiver_let_go(&rcv);
+    int delivered = 1 + BURST;
+    wait_delivered(&e, delivered, "the first burst");
+
+    for (int i = 0; i < SINGLES; i++) {
+        new_payment(&srv[0], &ta, "cust", 201, NULL, 0);
+        wait_delivered(&e, ++delivered, "a single delivery");
+    }
+
+    burst(BURST);
+    int all = receiver_connections(&rcv);
+    cr_assert_eq(all, BURST,
+                 "%d connections for at most %d requests at once: %d opened again after the"
+                 " first burst",
+                 all, BURST, all - BURST);
+    receiver_hold(&rcv, 0);
+    receiver_let_go(&rcv);
+    wait_delivered(&e, delivered + 1 + BURST, "the second burst");
 }
 
 Test(webhook_delivery, a_receiver_that_was_down_gets_the_event_when_it_is_back)
