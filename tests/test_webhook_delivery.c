@@ -370,20 +370,26 @@ static void receiver_keep_alive(struct receiver *r)
     pthread_mutex_unlock(&r->mu);
 }
 
+/* Under r->mu: waits for a change, or 100 ms (a deadline's check). */
+static void wait_changed(struct receiver *r)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 100 * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&r->changed, &r->mu, &ts);
+}
+
 /* Waits until the receiver holds exactly n requests. */
 static void receiver_wait_held(struct receiver *r, int n)
 {
     double give_up = test_now_s() + LIMIT_S;
     pthread_mutex_lock(&r->mu);
     while (r->holding != n && test_now_s() < give_up) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 100 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&r->changed, &r->mu, &ts);
+        wait_changed(r);
     }
     int holding = r->holding, total = r->n;
     pthread_mutex_unlock(&r->mu);
@@ -412,14 +418,7 @@ static void receiver_wait_holding(struct receiver *r)
     double give_up = test_now_s() + LIMIT_S;
     pthread_mutex_lock(&r->mu);
     while (r->holding == 0 && test_now_s() < give_up) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 100 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&r->changed, &r->mu, &ts);
+        wait_changed(r);
     }
     int holding = r->holding, n = r->n;
     pthread_mutex_unlock(&r->mu);
