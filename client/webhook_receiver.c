@@ -160,13 +160,14 @@ struct receiver *receiver_start(const char *ports, char *err, size_t errlen)
     pthread_mutex_init(&r->mu, NULL);
     /* Kept-alive connections, as a merchant's receiver would keep them:
      * the service reuses its connections between deliveries. civetweb
-     * gives each open connection a thread of its own: more threads than
-     * the service opens connections to one endpoint (at most a claim's 32
-     * per dispatcher: two servers with two dispatchers each). */
+     * gives each open connection a thread of its own, and the service
+     * keeps open up to a claim's 32 per dispatcher to one endpoint: room
+     * for four servers with the default two dispatchers each (a
+     * connection beyond the threads would wait in civetweb's queue). */
     const char *options[] = {"listening_ports",
                              ports,
                              "num_threads",
-                             "128",
+                             "256",
                              "enable_keep_alive",
                              "yes",
                              "keep_alive_timeout_ms",

@@ -1220,11 +1220,13 @@ static void burst(int n)
  * closed is one opened again: for https, a TLS handshake on both sides).
  * One dispatcher sends a burst of 20 at once (20 connections), then
  * single deliveries one after another, then another burst of 20: every
- * request comes on one of the first burst's connections. (libcurl keeps
- * four idle connections per transfer under way unless told otherwise: the
- * single deliveries would close all but four, and the second burst open
- * them again.) The attempts' bound is past every wait here: no attempt
- * ends by a timeout, which would close its connection. */
+ * request comes on one of the first burst's connections. (Unless told
+ * otherwise, libcurl's cache holds four connections per transfer still
+ * added, and a transfer that ends over that closes the oldest idle one:
+ * each single delivery would close one, and the second burst open them
+ * again.) The attempts' bound is past every wait here: no attempt ends by
+ * a timeout, which would close its connection. (libcurl reuses an idle
+ * connection for up to 118 s, far past the seconds between the bursts.) */
 Test(webhook_delivery, connections_to_an_endpoint_are_kept_open_and_reused)
 {
     enum { BURST = 20, SINGLES = 5 };
@@ -1232,7 +1234,7 @@ Test(webhook_delivery, connections_to_an_endpoint_are_kept_open_and_reused)
     struct webhook_flags none = QUICK, one = QUICK;
     none.dispatchers = 0; /* srv[0] takes the payments and delivers nothing */
     one.dispatchers = 1;
-    one.timeout_ms = 120000;
+    one.timeout_ms = 600000;
     start_server(&srv[0], &none);
     add_endpoint(&srv[0], &ta, NULL, &e);
     start_server(&srv[1], &one);
@@ -1495,9 +1497,18 @@ Test(webhook_lookback, once_an_endpoint_stepped_over_is_not_busy_it_looks_at_eve
     const struct store_endpoint_busy now[] = {EA, EC};
     cr_assert_eq(webhook_lookback_ms(&lb, now, 2, T0 + SEC, WAIT_MS), 0);
     cr_assert_eq(webhook_lookback_ms(&lb, NULL, 0, T0 + SEC, WAIT_MS), 0);
-    /* same tenant, another endpoint: not the one stepped over */
-    const struct store_endpoint_busy other[] = {EA, {"tenant-b", "we_a"}};
-    cr_assert_eq(webhook_lookback_ms(&lb, other, 2, T0 + SEC, WAIT_MS), 0);
+    webhook_lookback_forget(&lb);
+
+    /* an endpoint is its tenant's: EB's id under another tenant, or
+     * another id of EB's tenant, is not EB */
+    webhook_lookback_looked_all(&lb, T0, 1, (const struct store_endpoint_busy[]){EB}, 1);
+    const struct store_endpoint_busy id_elsewhere[] = {{"tenant-a", "we_b"}};
+    cr_assert_eq(webhook_lookback_ms(&lb, id_elsewhere, 1, T0 + SEC, WAIT_MS), 0);
+    const struct store_endpoint_busy other_id[] = {{"tenant-b", "we_c"}};
+    cr_assert_eq(webhook_lookback_ms(&lb, other_id, 1, T0 + SEC, WAIT_MS), 0);
+    cr_assert_gt(
+        webhook_lookback_ms(&lb, (const struct store_endpoint_busy[]){EB}, 1, T0 + SEC, WAIT_MS),
+        0);
     webhook_lookback_forget(&lb);
 }
 
@@ -1516,6 +1527,11 @@ Test(webhook_lookback, a_claim_that_took_all_it_asked_for_or_stepped_over_none_i
     const struct store_endpoint_busy busy[] = {EA};
     webhook_lookback_looked_all(&lb, T0, 0, busy, 1); /* took a full batch */
     cr_assert_eq(webhook_lookback_ms(&lb, busy, 1, T0 + SEC, WAIT_MS), 0);
+    /* and one remembered before is forgotten */
+    webhook_lookback_looked_all(&lb, T0, 1, busy, 1);
+    cr_assert_gt(webhook_lookback_ms(&lb, busy, 1, T0 + SEC, WAIT_MS), 0);
+    webhook_lookback_looked_all(&lb, T0 + SEC, 0, busy, 1);
+    cr_assert_eq(webhook_lookback_ms(&lb, busy, 1, T0 + 2 * SEC, WAIT_MS), 0);
     webhook_lookback_looked_all(&lb, T0, 1, busy, 1);
     webhook_lookback_looked_all(&lb, T0 + SEC, 1, NULL, 0); /* nothing to step over */
     cr_assert_eq(webhook_lookback_ms(&lb, busy, 1, T0 + 2 * SEC, WAIT_MS), 0);

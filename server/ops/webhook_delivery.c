@@ -69,10 +69,12 @@ struct webhook_sender *webhook_sender_new(const struct webhook_options *o)
      * than this (webhook_delivery.h). */
     if (ok)
         curl_multi_setopt(w->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)WEBHOOK_HOST_CONNECTIONS);
-    /* Kept alive: as many idle connections as there are slots. By default
-     * libcurl keeps four per transfer under way, counted as each one ends:
-     * as a step's last attempts end it closes the connections the others
-     * used, and the next step connects again. */
+    /* Kept alive: a cache of as many connections as there are slots (in
+     * use and idle). By default libcurl's cache holds four per transfer
+     * still added, and each transfer that ends over that closes the
+     * oldest idle connection: the last attempts of a burst, and every
+     * step with fewer attempts than the connections open, closed one
+     * each, and the next burst connected again. */
     if (ok)
         curl_multi_setopt(w->multi, CURLMOPT_MAXCONNECTS, (long)WEBHOOK_SLOTS);
     for (int i = 0; ok && i < WEBHOOK_SLOTS; i++)
