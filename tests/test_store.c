@@ -1989,6 +1989,17 @@ CONTRACT(events_older_than_the_retention_are_reaped_a_batch_at_a_time)
     PQfinish(lock);
 }
 
+/* A reaper pass on a memory store with no event yet (its table not even
+ * allocated): nothing deleted, and nothing undefined (UBSan's run). */
+Test(store_mem, a_reap_with_no_events_deletes_nothing, .init = open_mem, .fini = close_store)
+{
+    int deleted = -1;
+    char err[256] = "";
+    cr_assert_eq(store_reap_events(store, 1000, 100, &deleted, err, sizeof err), STORE_OK, "%s",
+                 err);
+    cr_assert_eq(deleted, 0);
+}
+
 /* Completions made at the same moment (on PostgreSQL, one statement for
  * several: the group commit) each write their own event, under their own
  * fencing token: a stale one among them writes nothing. */

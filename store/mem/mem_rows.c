@@ -119,6 +119,8 @@ void mem_rows_drop_oldest(struct mem_rows *t, size_t k, void (*clear_row)(void *
 {
     if (k > t->n)
         k = t->n;
+    if (k == 0)
+        return; /* t->data may be NULL: not even a memmove of nothing */
     for (size_t i = 0; i < k; i++)
         clear_row(mem_rows_at(t, i));
     memmove(t->data, t->data + k * t->size, (t->n - k) * t->size);
