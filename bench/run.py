@@ -35,6 +35,15 @@ database. Scenarios (each at every client count):
                   webhook-plain-new's (ABBA). After each window: the oldest
                   undelivered event's age (must be under 1 s: the deliveries
                   keep up) and the deliveries the sink verified
+  delivery-floor  mockery-delivery-floor: one of webhook-new's events POSTed
+                  to the same sink, signed, over libcurl's multi interface with
+                  kept-alive connections as the dispatchers send, at
+                  webhook-new's rate in bursts of 32, no server running: the
+                  HTTP round trip of a delivery alone (its CPU is per
+                  delivery). Below the targets, per client count: a
+                  delivery's CPU through the server (webhook-new's CPU per
+                  payment less webhook-plain-new's), what 0.8 x leaves it (a
+                  quarter of webhook-plain-new's) and this floor
   quiet-*         server-new-cold, server-new and server-replay again with
                   --log-level warn (no access log), on an empty database; both
                   servers run at once, and their warm and replay windows take
@@ -440,6 +449,36 @@ def backlog(db):
     return int(out[0]), float(out[1])
 
 
+def event_file(srv, tmp):
+    """One of the server's events, as GET /api/v1/events/{id} sends it, in
+    a file."""
+    with urllib.request.urlopen(srv.base + "/api/v1/events?limit=1") as r:
+        event_id = json.loads(r.read())["events"][0]["id"]
+    with urllib.request.urlopen(srv.base + "/api/v1/events/" + event_id) as r:
+        body = r.read()
+    path = os.path.join(tmp, "event.json")
+    with open(path, "wb") as f:
+        f.write(body)
+    return path
+
+
+def delivery_floor(args, path, port, secret, rate):
+    """The HTTP round trip of a delivery alone: mockery-delivery-floor
+    sends the event in path, signed, to the sink at the rate the payments
+    were made (bursts of 32, a claim's most: WEBHOOK_CLAIM), while no
+    server runs. CPU is the machine's per delivery answered 2xx."""
+    busy = busy_seconds()
+    out = subprocess.run([os.path.join(args.build_dir, "mockery-delivery-floor"),
+                          "http://127.0.0.1:%d/hooks" % port, secret, path, str(args.duration),
+                          "%.0f" % max(rate, 1), "32"], capture_output=True, text=True)
+    busy = busy_seconds() - busy
+    if not out.stdout.strip():
+        raise SystemExit("mockery-delivery-floor failed: " + out.stderr[-2000:])
+    res = json.loads(out.stdout)
+    return {"rps": res["delivered"] / res["seconds"], "non_2xx": res["other"],
+            "cpu_ms": cpu_ms(busy, res["delivered"])}
+
+
 def webhook_runs(args, url, tmp, c, run, row):
     """New payments with one webhook endpoint subscribed and a local
     receiver, against the same server with none, their windows alternating;
@@ -477,6 +516,10 @@ def webhook_runs(args, url, tmp, c, run, row):
         row["webhook-plain-new"] = res["plain"]
         row["webhook-new"] = res["webhook"]
         row["webhook-new"]["backlog_at_end"] = behind
+        path = event_file(srv, tmp)
+        for s in servers.values():
+            s.stop()
+        row["delivery-floor"] = delivery_floor(args, path, port, secret, row["webhook-new"]["rps"])
     finally:
         for s in servers.values():
             s.stop()
@@ -729,12 +772,14 @@ def report(results, memory, args):
                 failed.append("%s at %d clients: %d connections to the acquirer for %d asks" %
                               (name, c, r["acquirer_connections"], r["acquirer_asks"]))
         other = r.get("non_2xx", 0) + r.get("socket_errors", 0)
-        if name.endswith(("-new", "-new-cold")) or name == "acquirer-refund":
-            if other and name.startswith(("server", "quiet", "acquirer", "webhook")):
+        if name.endswith(("-new", "-new-cold")) or name in ("acquirer-refund", "delivery-floor"):
+            if other and name.startswith(("server", "quiet", "acquirer", "webhook", "delivery")):
                 failed.append("%s at %d clients: %d answers not 2xx (or socket errors)" %
                               (name, c, other))
-        print("%-16s %7d %9.0f %7s %8.2f %8.2f %7s  %s" % (
-            name, c, r["rps"], other if "non_2xx" in r else "-", r["p50_ms"], r["p99_ms"],
+        print("%-16s %7d %9.0f %7s %8s %8s %7s  %s" % (
+            name, c, r["rps"], other if "non_2xx" in r else "-",
+            "%.2f" % r["p50_ms"] if "p50_ms" in r else "-",
+            "%.2f" % r["p99_ms"] if "p99_ms" in r else "-",
             "%.3f" % r["cpu_ms"] if "cpu_ms" in r else "-", text))
     print()
     print("targets (issue 10):")
@@ -762,6 +807,15 @@ def report(results, memory, args):
                 continue
             met = value >= bound if sense > 0 else value <= bound
             print("  %2d clients  %-40s %5.2f  %s" % (c, label, value, "met" if met else "MISSED"))
+    for c in args.conns:
+        plain, hook, floor = (by.get((n, c)) for n in ("webhook-plain-new", "webhook-new",
+                                                       "delivery-floor"))
+        if plain and hook and floor:
+            # With the CPU the bound, 0.8 x leaves a delivery a quarter of a
+            # plain payment's CPU.
+            print("  %2d clients  CPU ms per delivery: %.3f through the server, 0.8 x allows %.3f,"
+                  " the HTTP round trip alone %.3f" % (c, hook["cpu_ms"] - plain["cpu_ms"],
+                                                       plain["cpu_ms"] / 4, floor["cpu_ms"]))
     if memory:
         for k, v in memory.items():
             print("%s: %d KiB" % (k, v))
