@@ -10,11 +10,14 @@
  * (server/ops/webhook_delivery.c) - but with no server and no database:
  * nothing is claimed or written. What the machine's CPU spends per
  * delivery here is a floor under what a delivery can cost through the
- * server. Prints one JSON line: the deliveries answered 2xx, the others,
- * and the seconds taken.
+ * server at the same rate. Prints one JSON line: the deliveries answered
+ * 2xx, the others, those not begun because every slot was busy (a slow
+ * receiver: fewer sent, no error), and the seconds taken; exits 1 if any
+ * answer was not 2xx.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <curl/curl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +27,8 @@
 
 /* Transfers under way at most: a sender's slots (WEBHOOK_SLOTS). */
 #define SLOTS 128
+/* The largest body read (an event is a few hundred bytes). */
+#define MAX_BODY (1 << 16)
 
 struct transfer {
     CURL *h;
@@ -49,9 +54,13 @@ static char *read_file(const char *path, size_t *len)
     FILE *f = fopen(path, "rb");
     if (!f)
         return NULL;
-    char *p = malloc(1 << 16);
-    *len = p ? fread(p, 1, (1 << 16) - 1, f) : 0;
+    char *p = malloc(MAX_BODY + 1);
+    *len = p ? fread(p, 1, MAX_BODY + 1, f) : 0;
     fclose(f);
+    if (p && *len > MAX_BODY) {
+        free(p);
+        return NULL;
+    }
     if (p)
         p[*len] = '\0';
     return p;
@@ -79,7 +88,8 @@ static int prepare(struct transfer *x, const char *url, const char *secret, cons
     if (webhook_signature(secret, (int64_t)time(NULL), body, len, sig) != 0)
         return -1;
     snprintf(sig_line, sizeof sig_line, "Mockery-Signature: %s", sig);
-    const char *lines[] = {"Content-Type: application/json", "Expect:", id_line, sig_line};
+    const char *lines[] = {"Content-Type: application/json", "User-Agent: mockery-webhooks/1",
+                           "Expect:", id_line, sig_line};
     curl_slist_free_all(x->headers);
     x->headers = NULL;
     for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
@@ -96,6 +106,7 @@ static int prepare(struct transfer *x, const char *url, const char *secret, cons
     curl_easy_setopt(x->h, CURLOPT_TIMEOUT_MS, 10000L);
     curl_easy_setopt(x->h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(x->h, CURLOPT_WRITEFUNCTION, discard);
+    curl_easy_setopt(x->h, CURLOPT_PROXY, ""); /* never through a proxy from the environment */
     curl_easy_setopt(x->h, CURLOPT_PRIVATE, x);
     return 0;
 }
@@ -118,23 +129,33 @@ int main(int argc, char **argv)
         return 2;
     }
     snprintf(id_line, sizeof id_line, "Mockery-Event-Id: %s", id);
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    CURLM *multi = curl_multi_init();
+    CURLM *multi = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? curl_multi_init() : NULL;
+    if (!multi) {
+        fputs("mockery-delivery-floor: libcurl failed to start\n", stderr);
+        return 1;
+    }
     curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long)SLOTS);
     static struct transfer xs[SLOTS];
     struct transfer *idle[SLOTS];
     int n_idle = 0;
     for (int i = 0; i < SLOTS; i++) {
-        xs[i].h = curl_easy_init();
+        if (!(xs[i].h = curl_easy_init())) {
+            fputs("mockery-delivery-floor: out of memory\n", stderr);
+            return 1;
+        }
         idle[n_idle++] = &xs[i];
     }
-    long ok = 0, other = 0;
+    long ok = 0, other = 0, not_begun = 0;
     int running = 0;
     double start = now_s(), next = start;
     while (now_s() - start < seconds || running) {
         double t = now_s();
         if (t >= next && t - start < seconds) {
-            for (int i = 0; i < burst && n_idle; i++) {
+            for (int i = 0; i < burst; i++) {
+                if (n_idle == 0) {
+                    not_begun += burst - i;
+                    break;
+                }
                 struct transfer *x = idle[--n_idle];
                 if (prepare(x, url, secret, id_line, body, len) != 0 ||
                     curl_multi_add_handle(multi, x->h) != CURLM_OK) {
@@ -161,10 +182,14 @@ int main(int argc, char **argv)
             curl_multi_remove_handle(multi, m->easy_handle);
             idle[n_idle++] = x;
         }
-        int wait_ms = (int)((next - now_s()) * 1000);
-        curl_multi_poll(multi, NULL, 0, wait_ms < 0 ? 0 : wait_ms > 50 ? 50 : wait_ms, NULL);
+        /* Until the next burst, rounded up (no spinning through its last
+         * millisecond); after the last, until the transfers end. */
+        double until = now_s() - start < seconds ? next - now_s() : 0.05;
+        int wait_ms = until <= 0 ? 0 : until >= 0.05 ? 50 : (int)ceil(until * 1000);
+        curl_multi_poll(multi, NULL, 0, wait_ms, NULL);
     }
-    printf("{\"delivered\":%ld,\"other\":%ld,\"seconds\":%.3f}\n", ok, other, now_s() - start);
+    printf("{\"delivered\":%ld,\"other\":%ld,\"not_begun\":%ld,\"seconds\":%.3f}\n", ok, other,
+           not_begun, now_s() - start);
     for (int i = 0; i < SLOTS; i++) {
         curl_slist_free_all(xs[i].headers);
         curl_easy_cleanup(xs[i].h);

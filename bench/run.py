@@ -42,8 +42,8 @@ database. Scenarios (each at every client count):
                   HTTP round trip of a delivery alone (its CPU is per
                   delivery). Below the targets, per client count: a
                   delivery's CPU through the server (webhook-new's CPU per
-                  payment less webhook-plain-new's), what 0.8 x leaves it (a
-                  quarter of webhook-plain-new's) and this floor
+                  payment less webhook-plain-new's), this floor, and what 0.8 x
+                  leaves a delivery at the cores the webhook windows kept busy
   quiet-*         server-new-cold, server-new and server-replay again with
                   --log-level warn (no access log), on an empty database; both
                   servers run at once, and their warm and replay windows take
@@ -453,7 +453,10 @@ def event_file(srv, tmp):
     """One of the server's events, as GET /api/v1/events/{id} sends it, in
     a file."""
     with urllib.request.urlopen(srv.base + "/api/v1/events?limit=1") as r:
-        event_id = json.loads(r.read())["events"][0]["id"]
+        events = json.loads(r.read())["events"]
+    if not events:
+        raise SystemExit("webhook-new: the server has no event to send again")
+    event_id = events[0]["id"]
     with urllib.request.urlopen(srv.base + "/api/v1/events/" + event_id) as r:
         body = r.read()
     path = os.path.join(tmp, "event.json")
@@ -475,8 +478,10 @@ def delivery_floor(args, path, port, secret, rate):
     if not out.stdout.strip():
         raise SystemExit("mockery-delivery-floor failed: " + out.stderr[-2000:])
     res = json.loads(out.stdout)
+    # Deliveries not begun (every slot busy: a slow machine) are no error,
+    # only a lower rate; an answer other than 2xx is.
     return {"rps": res["delivered"] / res["seconds"], "non_2xx": res["other"],
-            "cpu_ms": cpu_ms(busy, res["delivered"])}
+            "not_begun": res["not_begun"], "cpu_ms": cpu_ms(busy, res["delivered"])}
 
 
 def webhook_runs(args, url, tmp, c, run, row):
@@ -517,19 +522,32 @@ def webhook_runs(args, url, tmp, c, run, row):
         row["webhook-new"] = res["webhook"]
         row["webhook-new"]["backlog_at_end"] = behind
         path = event_file(srv, tmp)
+        # Nothing else on the machine while the floor runs: no server, no
+        # database of theirs (nor its autovacuum), no checkpoint due.
         for s in servers.values():
             s.stop()
+            drop_db(s.db)
+        checkpoint(url)
+        sink_base = "http://127.0.0.1:%d/" % port
+        row["webhook-new"]["sink"] = sink_counts(sink_base)
         row["delivery-floor"] = delivery_floor(args, path, port, secret, row["webhook-new"]["rps"])
+        after = sink_counts(sink_base)
+        row["delivery-floor"]["sink"] = {k: after[k] - row["webhook-new"]["sink"][k]
+                                         for k in ("deliveries", "verified")}
     finally:
         for s in servers.values():
             s.stop()
         if sink:
             sink.terminate()
-            counts = json.loads(sink.communicate(timeout=60)[0] or "{}")
-            if "webhook-new" in row:
-                row["webhook-new"]["sink"] = counts
+            sink.communicate(timeout=60)
         for s in servers.values():
             drop_db(s.db)
+
+
+def sink_counts(base):
+    """mockery-webhook-sink's counts so far (GET)."""
+    with urllib.request.urlopen(base) as r:
+        return json.loads(r.read())
 
 
 # Payments the refund row spreads its refunds over: at 0.01 each, a payment
@@ -763,9 +781,11 @@ def report(results, memory, args):
         if "backlog_at_end" in r:
             text += "  undelivered after each window: %s" % ", ".join(
                 "%d (oldest %.2f s)" % b for b in r["backlog_at_end"])
-            if "sink" in r:
-                text += "; sink verified %d of %d" % (r["sink"].get("verified", 0),
-                                                      r["sink"].get("deliveries", 0))
+        if "sink" in r:
+            text += "%ssink verified %d of %d" % ("; " if text else "", r["sink"].get("verified", 0),
+                                                 r["sink"].get("deliveries", 0))
+        if r.get("not_begun"):
+            text += "; %d not begun (every slot busy)" % r["not_begun"]
         if "acquirer_asks" in r:
             text += "  asks %d, connections %d" % (r["acquirer_asks"], r["acquirer_connections"])
             if r["acquirer_connections"] > 2 * c:
@@ -811,11 +831,16 @@ def report(results, memory, args):
         plain, hook, floor = (by.get((n, c)) for n in ("webhook-plain-new", "webhook-new",
                                                        "delivery-floor"))
         if plain and hook and floor:
-            # With the CPU the bound, 0.8 x leaves a delivery a quarter of a
-            # plain payment's CPU.
-            print("  %2d clients  CPU ms per delivery: %.3f through the server, 0.8 x allows %.3f,"
-                  " the HTTP round trip alone %.3f" % (c, hook["cpu_ms"] - plain["cpu_ms"],
-                                                       plain["cpu_ms"] / 4, floor["cpu_ms"]))
+            # Cores busy = rate x CPU per answer. At 0.8 x with the webhook
+            # windows' cores busy (k times the plain ones'), a payment and
+            # its delivery may cost 1.25 k times a plain payment.
+            busy_p = plain["rps"] * plain["cpu_ms"] / 1000
+            busy_w = hook["rps"] * hook["cpu_ms"] / 1000
+            allows = plain["cpu_ms"] * (1.25 * busy_w / busy_p - 1)
+            print("  %2d clients  CPU ms per delivery: %.3f through the server, the HTTP round trip"
+                  " alone %.3f; 0.8 x allows %.3f (cores busy %.2f plain, %.2f webhook)" % (
+                      c, hook["cpu_ms"] - plain["cpu_ms"], floor["cpu_ms"], allows, busy_p,
+                      busy_w))
     if memory:
         for k, v in memory.items():
             print("%s: %d KiB" % (k, v))
