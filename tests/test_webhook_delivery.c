@@ -383,18 +383,18 @@ static void wait_changed(struct receiver *r)
     pthread_cond_timedwait(&r->changed, &r->mu, &ts);
 }
 
-/* Waits until the receiver holds exactly n requests. */
+/* Waits until the receiver holds n requests or more. */
 static void receiver_wait_held(struct receiver *r, int n)
 {
     double give_up = test_now_s() + LIMIT_S;
     pthread_mutex_lock(&r->mu);
-    while (r->holding != n && test_now_s() < give_up) {
+    while (r->holding < n && test_now_s() < give_up) {
         wait_changed(r);
     }
     int holding = r->holding, total = r->n;
     pthread_mutex_unlock(&r->mu);
-    cr_assert_eq(holding, n, "the receiver holds %d requests, not %d, after %.0f s (%d requests)",
-                 holding, n, LIMIT_S, total);
+    cr_assert_geq(holding, n, "the receiver holds %d requests, not %d, after %.0f s (%d requests)",
+                  holding, n, LIMIT_S, total);
 }
 
 /* The connections the requests came on: distinct client ports. */
@@ -410,20 +410,6 @@ static int receiver_connections(struct receiver *r)
     }
     pthread_mutex_unlock(&r->mu);
     return n;
-}
-
-/* Waits until the receiver holds a request. */
-static void receiver_wait_holding(struct receiver *r)
-{
-    double give_up = test_now_s() + LIMIT_S;
-    pthread_mutex_lock(&r->mu);
-    while (r->holding == 0 && test_now_s() < give_up) {
-        wait_changed(r);
-    }
-    int holding = r->holding, n = r->n;
-    pthread_mutex_unlock(&r->mu);
-    cr_assert_gt(holding, 0, "the receiver got no request to hold within %.0f s (%d requests)",
-                 LIMIT_S, n);
 }
 
 /* Requests that came for a route (and this event, unless NULL). */
@@ -1056,7 +1042,7 @@ Test(webhook_delivery, an_answer_later_than_the_timeout_is_a_failed_attempt)
     receiver_hold(&rcv, 1);
     new_payment(&srv[0], &ta, "cust", 201, txn, sizeof txn);
     event_id_of(txn, evt, sizeof evt);
-    receiver_wait_holding(&rcv);
+    receiver_wait_held(&rcv, 1);
     /* the first request held on: the server gives up on it and tries again
      * (or has delivered it already - its row gone - which only an attempt
      * after the held one could do) */
@@ -1101,7 +1087,7 @@ Test(webhook_delivery, a_hanging_receiver_delays_no_payment)
 
     receiver_hold(&rcv, -1);
     new_payment(&srv[0], &ta, "cust", 201, NULL, 0);
-    receiver_wait_holding(&rcv);
+    receiver_wait_held(&rcv, 1);
     for (int i = 0; i < N; i++)
         with_hang[i] = new_payment(&srv[0], &ta, "cust", 201, NULL, 0);
     pthread_mutex_lock(&rcv.mu);
@@ -1170,7 +1156,7 @@ Test(webhook_delivery, a_hanging_endpoint_holds_up_no_other_endpoints_deliveries
     receiver_hang(&rcv, eh.route);
     for (int i = 0; i < HUNG; i++)
         new_payment(&srv[0], &ta, "cust", 201, NULL, 0);
-    receiver_wait_holding(&rcv);
+    receiver_wait_held(&rcv, 1);
 
     new_payment(&srv[0], &tb, "cust", 201, NULL, 0);
     wait_delivered(&eo, 1, "the other tenant's event while the first endpoint hangs");
@@ -1401,7 +1387,7 @@ Test(webhook_delivery, a_server_killed_mid_delivery_loses_nothing)
     receiver_hold(&rcv, 1);
     new_payment(&srv[0], &ta, "cust", 201, txn, sizeof txn);
     event_id_of(txn, evt, sizeof evt);
-    receiver_wait_holding(&rcv);
+    receiver_wait_held(&rcv, 1);
     test_server_kill(&srv[0]);
     receiver_release(&rcv); /* its 200 goes to no one */
 
