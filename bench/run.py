@@ -830,7 +830,7 @@ def report(results, memory, args):
     for c in args.conns:
         plain, hook, floor = (by.get((n, c)) for n in ("webhook-plain-new", "webhook-new",
                                                        "delivery-floor"))
-        if plain and hook and floor:
+        if plain and hook and floor and plain["rps"] and plain["cpu_ms"]:
             # Cores busy = rate x CPU per answer. At 0.8 x with the webhook
             # windows' cores busy (k times the plain ones'), a payment and
             # its delivery may cost 1.25 k times a plain payment.
