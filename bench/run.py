@@ -126,7 +126,8 @@ def pgbench_scripts(tmp):
         7: "('txn_pgb_' || :run || '_' || :client_id::text || '_' || :n::text)", 8: "'cust-bench'", 9: "1050",
         10: "'USD'", 11: "NULL", 12: "'completed'", 13: "1700000000000000", 14: "'ch_bench'",
         15: "('evt_pgb_' || :run || '_' || :client_id::text || '_' || :n::text)",
-        16: "'payment.succeeded'", 17: "1700000000000000", 18: ":body"})
+        16: "'payment.succeeded'", 17: "1700000000000000", 18: ":body",
+        19: "0"})
     new = ("\\set n random(1, 1000000000000)\n"
            "WITH c AS (%s) SELECT lease_token FROM c\n\\gset\n%s;\n" % (claim, complete))
     rkey = "('bench-replay-' || :n::text)"

@@ -236,6 +236,10 @@ struct store_delivery {
 struct store_delivery_list {
     struct store_delivery *items;
     size_t count;
+    /* 1: every item was handed off in memory (a completion's own, the
+     * PostgreSQL store's pg_handoff.h) and the claim read no row: it says
+     * nothing of what is due in the table */
+    int table_unread;
 };
 
 /* An endpoint the claiming sender has attempts under way to. */
@@ -291,6 +295,10 @@ struct store_pool_stats {
     unsigned long long complete_batches, completes_batched;
     /* batches that failed as a whole and ran again one operation at a time */
     unsigned long long batches_split;
+    /* deliveries handed off by a completion in memory: taken by a claim, or
+     * not begun in time and put back in the table (the PostgreSQL store's
+     * pg_handoff.h) */
+    unsigned long long handoffs_taken, handoffs_expired;
 };
 
 /* A record taken over for recovery (store_recover): one left processing
@@ -503,7 +511,10 @@ enum store_status store_delete_endpoint(struct store *s, const char *tenant,
  * event's time or its last lease's end). Rows another server
  * is claiming at the same moment are skipped, so no delivery is claimed
  * twice at once; one whose lease ran out (its server died) is due again.
- * An empty list when none is due. Free *out with
+ * The PostgreSQL store first takes the deliveries this server's payment
+ * completions handed off, already leased to it (pg_handoff.h), and then
+ * reads the table only from time to time (out->table_unread says when it
+ * did not). An empty list when none is due. Free *out with
  * store_delivery_list_clear(). */
 enum store_status store_claim_deliveries(struct store *s, const struct store_delivery_claim *c,
                                          struct store_delivery_list *out, char *err, size_t errlen);

@@ -858,6 +858,38 @@ Test(webhook_delivery, a_payment_is_delivered_once_as_its_event_signed)
     free(body);
 }
 
+/* A payment's completion hands its event's deliveries to its own server's
+ * dispatchers in memory (store/pg/pg_handoff.h): sent without a claim
+ * statement, yet each once, signed, with the event's own bytes, and its row
+ * gone once it was answered 2xx. A completion hands off while a dispatcher
+ * claimed within the last second; the idle one claims every 200 ms. */
+Test(webhook_delivery, deliveries_handed_off_by_the_completion_go_once_as_the_events_bytes)
+{
+    enum { N = 10 };
+    struct endpoint e;
+    char txn[64], evt[N][64];
+    start_server(&srv[0], &QUICK);
+    add_endpoint(&srv[0], &ta, NULL, &e);
+    for (int i = 0; i < N; i++) {
+        new_payment(&srv[0], &ta, "cust", 201, txn, sizeof txn);
+        event_id_of(txn, evt[i], sizeof evt[i]);
+    }
+    wait_delivered(&e, N, "the payments' deliveries");
+    wait_metric(&srv[0], "mockery_webhook_handoffs_total{result=\"taken\"}", 1);
+    cr_assert_eq(receiver_count(&rcv, e.route, NULL), N, "one POST for each event");
+    for (int k = 0; k < N; k++) {
+        const struct request *q = receiver_nth(&rcv, e.route, k);
+        int i = 0;
+        while (i < N && strcmp(q->event_id, evt[i]) != 0)
+            i++;
+        cr_assert_lt(i, N, "a request for %s, an event of no payment here", q->event_id);
+        char *body = event_body(&srv[0], &ta, evt[i]);
+        expect_event_request(q, evt[i], body);
+        free(body);
+        expect_delivered(evt[i], &e, 1);
+    }
+}
+
 Test(webhook_delivery, every_outcome_goes_to_the_endpoints_subscribed_to_its_type)
 {
     struct endpoint refunds_only, every;

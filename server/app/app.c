@@ -272,6 +272,13 @@ static void stop_dispatchers(struct app *app)
     app->dispatchers_started = 0;
 }
 
+/* A payment's completion handed deliveries off: a dispatcher waiting
+ * for work takes them now rather than at its next look. */
+static void handoff_wake(void *arg)
+{
+    found_work(arg);
+}
+
 static struct store *open_store(struct app *app, char *err, size_t errlen)
 {
     if (app->cfg.store == STORE_KIND_MEMORY) {
@@ -288,6 +295,8 @@ static struct store *open_store(struct app *app, char *err, size_t errlen)
         .unnamed_statements = app->cfg.unnamed_statements,
         .notice = on_pg_notice,
         .notice_arg = app,
+        .handoff_wake = handoff_wake,
+        .handoff_wake_arg = app,
     };
     int64_t start = clock_mono_us();
     for (;;) {

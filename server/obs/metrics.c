@@ -319,6 +319,14 @@ char *metrics_render(struct metrics *m, struct store *store, const struct acquir
                 "Batches that failed as a whole (a deadlock, one bad row) and ran again one "
                 "operation at a time.",
                 ps.batches_split);
+    put(&b,
+        "# HELP mockery_webhook_handoffs_total Deliveries a payment's completion handed to this"
+        " server's dispatchers in memory: taken (begun without a claim statement), or expired"
+        " (not begun within 1 s: put back in the table, due now).\n"
+        "# TYPE mockery_webhook_handoffs_total counter\n"
+        "mockery_webhook_handoffs_total{result=\"taken\"} %llu\n"
+        "mockery_webhook_handoffs_total{result=\"expired\"} %llu\n",
+        ps.handoffs_taken, ps.handoffs_expired);
 
     put_counter(&b, "mockery_reaper_deleted_total", "Expired idempotency records deleted.",
                 LOAD(m->reaped));

@@ -346,7 +346,8 @@ static void claim_and_begin(struct webhook_sender *w, struct store *s, struct we
         webhook_lookback_ms(&w->lookback, busy, c.nbusy, began_us, w->o.statement_wait_ms);
     struct store_delivery_list l = {0};
     out->store = store_claim_deliveries(s, &c, &l, out->error, sizeof out->error);
-    if (c.lookback_ms == 0)
+    /* a claim served only from what completions handed off read no row */
+    if (c.lookback_ms == 0 && !(out->store == STORE_OK && l.table_unread))
         webhook_lookback_looked_all(&w->lookback, began_us,
                                     out->store == STORE_OK && l.count < (size_t)c.batch, busy,
                                     c.nbusy);

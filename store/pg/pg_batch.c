@@ -3,6 +3,7 @@
 #include "pg_batch.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,10 +62,11 @@ static void wake_oldest(void *arg)
     }
 }
 
-void pg_batcher_init(struct pg_batcher *b, struct pg_pool *pool)
+void pg_batcher_init(struct pg_batcher *b, struct pg_pool *pool, struct pg_handoff *handoff)
 {
     memset(b, 0, sizeof *b);
     b->pool = pool;
+    b->handoff = handoff;
     b->replan_at = REPLAN_FIRST;
     for (int k = 0; k < PG_BATCH_KINDS; k++) {
         TAILQ_INIT(&b->queue[k]);
@@ -156,6 +158,39 @@ static const struct {
     [PG_BATCH_COMPLETE_CHARGE] = {"complete_charge", "complete_charge_batch", PG_BATCH_CHARGE_VALS},
 };
 
+/* A payment's completion: the lease its deliveries get ($19), in text,
+ * decided as it is sent (pg_handoff.h). */
+struct handoff_lease {
+    int64_t began_us;
+    char ms[24];
+};
+
+static void handoff_lease(struct pg_batcher *b, struct handoff_lease *l)
+{
+    l->began_us = clock_mono_us();
+    snprintf(l->ms, sizeof l->ms, "%" PRId64, pg_handoff_lease(b->handoff, l->began_us));
+}
+
+/* The deliveries among a payment's completion's rows (HANDED_OFF) handed
+ * off, each with its event's body from the operations. */
+static void hand_off(struct pg_batcher *b, const PGresult *res, struct pg_batch_op **ops, int n,
+                     const struct handoff_lease *l)
+{
+    const char *event_ids[BATCH_MAX], *bodies[BATCH_MAX];
+    for (int i = 0; i < n; i++) {
+        event_ids[i] = ops[i]->vals[14];
+        bodies[i] = ops[i]->vals[17];
+    }
+    pg_handoff_push(b->handoff, res, event_ids, bodies, n, l->began_us);
+}
+
+/* Whether row r of a completion's rows is op's completed record. */
+static int row_of(const PGresult *res, int r, const struct pg_batch_op *op)
+{
+    return !PQgetisnull(res, r, 1) && strcmp(PQgetvalue(res, r, 0), op->vals[0]) == 0 &&
+           strcmp(PQgetvalue(res, r, 1), op->vals[1]) == 0;
+}
+
 /* One operation with the single-row statement. */
 static void run_one(struct pg_batcher *b, int idx, struct pg_batch_op *op)
 {
@@ -171,6 +206,23 @@ static void run_one(struct pg_batcher *b, int idx, struct pg_batch_op *op)
             op->created_at_us = pg_int_value(res, 0, 2);
             snprintf(op->downstream_key, sizeof op->downstream_key, "%s", PQgetvalue(res, 0, 3));
         }
+        PQclear(res);
+        return;
+    }
+    if (op->kind == PG_BATCH_COMPLETE && op->nvals == PG_BATCH_PAYMENT_VALS) {
+        /* rows: the record's, when it matched, and its handed-off deliveries */
+        struct handoff_lease l;
+        handoff_lease(b, &l);
+        const char *vals[PG_BATCH_PAYMENT_VALS + 1];
+        memcpy(vals, op->vals, sizeof op->vals[0] * PG_BATCH_PAYMENT_VALS);
+        vals[PG_BATCH_PAYMENT_VALS] = l.ms;
+        PGresult *res = pg_pool_exec(b->pool, idx, "complete_payment", PG_BATCH_PAYMENT_VALS + 1,
+                                     vals, PGRES_TUPLES_OK, &op->st, op->err, op->errlen);
+        if (!res)
+            return;
+        for (int r = 0; r < PQntuples(res) && !op->matched; r++)
+            op->matched = row_of(res, r, op);
+        hand_off(b, res, &op, 1, &l);
         PQclear(res);
         return;
     }
@@ -197,8 +249,13 @@ static void run_many(struct pg_batcher *b, int idx, struct pg_batch_op **ops, in
      * completions: an array of each parameter */
     int ncols = BATCH_STATEMENTS[kind].ncols;
     struct pg_array arrays[PG_BATCH_VALS] = {{0}};
-    const char *vals[PG_BATCH_VALS];
-    int failed = 0;
+    const char *vals[PG_BATCH_VALS + 1];
+    int nparams = ncols, failed = 0;
+    struct handoff_lease l;
+    if (kind == PG_BATCH_COMPLETE) {
+        handoff_lease(b, &l);
+        vals[nparams++] = l.ms;
+    }
     for (int c = 0; c < ncols; c++) {
         if (kind == PG_BATCH_CLAIM && (c == 3 || c == 4)) {
             vals[c] = ops[0]->vals[c];
@@ -209,7 +266,7 @@ static void run_many(struct pg_batcher *b, int idx, struct pg_batch_op **ops, in
     }
     PGresult *res = NULL;
     if (!failed)
-        res = pg_pool_send(b->pool, idx, BATCH_STATEMENTS[kind].many, ncols, vals);
+        res = pg_pool_send(b->pool, idx, BATCH_STATEMENTS[kind].many, nparams, vals);
     for (int c = 0; c < PG_BATCH_VALS; c++)
         pg_array_free(&arrays[c]);
 
@@ -217,8 +274,7 @@ static void run_many(struct pg_batcher *b, int idx, struct pg_batch_op **ops, in
         for (int r = 0; r < PQntuples(res); r++) {
             for (int i = 0; i < n; i++) {
                 struct pg_batch_op *op = ops[i];
-                if (op->matched || strcmp(PQgetvalue(res, r, 0), op->vals[0]) != 0 ||
-                    strcmp(PQgetvalue(res, r, 1), op->vals[1]) != 0)
+                if (op->matched || !row_of(res, r, op))
                     continue;
                 op->matched = 1;
                 if (kind == PG_BATCH_CLAIM) {
@@ -231,6 +287,8 @@ static void run_many(struct pg_batcher *b, int idx, struct pg_batch_op **ops, in
                 break;
             }
         }
+        if (kind == PG_BATCH_COMPLETE)
+            hand_off(b, res, ops, n, &l);
         PQclear(res);
         return;
     }

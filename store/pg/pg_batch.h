@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "pg_handoff.h"
 #include "pg_pool.h"
 #include "store.h"
 
@@ -69,6 +70,9 @@ struct pg_batch_op {
 
 struct pg_batcher {
     struct pg_pool *pool;
+    /* where a payment's completion hands its deliveries off (pg_handoff.h):
+     * the statement's one more parameter, $19, is the lease it gives them */
+    struct pg_handoff *handoff;
     /* claims and completions waiting for a connection, oldest first (mu) */
     TAILQ_HEAD(, pg_batch_op) queue[PG_BATCH_KINDS];
     unsigned long long batches[PG_BATCH_KINDS], batched[PG_BATCH_KINDS];
@@ -79,7 +83,7 @@ struct pg_batcher {
 };
 
 /* Sets b up over pool, and hooks its wake-ups into the pool's. */
-void pg_batcher_init(struct pg_batcher *b, struct pg_pool *pool);
+void pg_batcher_init(struct pg_batcher *b, struct pg_pool *pool, struct pg_handoff *handoff);
 
 /* Queues op (kind, vals, nvals, err set) and returns when it has run, in a
  * batch this thread led or in another thread's: op->st says how it went. */

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clock.h"
 #include "pg_array.h"
 
 /* A claim without a lookback looks back a century: one statement with a
@@ -40,13 +41,14 @@ static int delivery_from_row(const PGresult *res, int row, struct store_delivery
                : -1;
 }
 
-enum store_status pg_claim_deliveries(struct store *s, const struct store_delivery_claim *c,
-                                      struct store_delivery_list *out, char *err, size_t errlen)
+/* Up to limit due rows claimed from the table into l (room allocated). */
+static enum store_status claim_rows(struct store_pg *pg, const struct store_delivery_claim *c,
+                                    int limit_rows, struct store_delivery_list *l, char *err,
+                                    size_t errlen)
 {
-    struct store_pg *pg = (struct store_pg *)s;
     enum store_status st = STORE_OK;
     char limit[16], lease[24], lookback[24];
-    snprintf(limit, sizeof limit, "%d", c->batch);
+    snprintf(limit, sizeof limit, "%d", limit_rows);
     snprintf(lease, sizeof lease, "%" PRId64, c->lease_ms);
     snprintf(lookback, sizeof lookback, "%" PRId64,
              c->lookback_ms > 0 ? c->lookback_ms : CLAIM_LOOKBACK_ALL_MS);
@@ -68,20 +70,97 @@ enum store_status pg_claim_deliveries(struct store *s, const struct store_delive
         pg_array_free(&busy[i]);
     if (!res)
         return st;
-    int n = PQntuples(res);
-    struct store_delivery_list l = {.items = calloc(n ? (size_t)n : 1, sizeof *l.items)};
-    int oom = !l.items;
-    for (int i = 0; !oom && i < n; i++) {
-        l.count = (size_t)i + 1;
-        oom = delivery_from_row(res, i, &l.items[i]) != 0;
+    int n = PQntuples(res), oom = 0;
+    for (int i = 0; !oom && i < n && l->count < (size_t)limit_rows; i++) {
+        struct store_delivery *d = &l->items[l->count];
+        oom = delivery_from_row(res, i, d) != 0;
+        if (oom)
+            store_delivery_clear(d);
+        else
+            l->count++;
     }
     PQclear(res);
     if (oom) {
-        /* The rows stay claimed until their lease ends: then due again. */
-        store_delivery_list_clear(&l);
         snprintf(err, errlen, "out of memory");
         return STORE_ERROR;
     }
+    return STORE_OK;
+}
+
+/* Handed-off deliveries put back by one statement at most; more wait
+ * for the next claim. */
+#define RETURN_MAX 64
+
+/* Handed-off deliveries not begun: their rows due now again, their attempt
+ * uncounted, each only while it still holds attempt 1 (the finish
+ * statement). Failing, they wait out their lease. Frees them. */
+static enum store_status put_back(struct store *s, struct store_delivery *d, size_t n)
+{
+    struct store_delivery_result r[RETURN_MAX] = {{0}};
+    for (size_t i = 0; i < n; i++)
+        r[i] = (struct store_delivery_result){.tenant = d[i].tenant,
+                                              .event_id = d[i].event_id,
+                                              .endpoint_id = d[i].endpoint_id,
+                                              .attempt = 1,
+                                              .attempts = 0,
+                                              .state = STORE_DELIVERY_RETRY};
+    char err[256];
+    enum store_status st = pg_finish_deliveries(s, r, n, err, sizeof err);
+    for (size_t i = 0; i < n; i++)
+        store_delivery_clear(&d[i]);
+    return st;
+}
+
+void pg_put_back_handoffs(struct store *s)
+{
+    struct store_pg *pg = (struct store_pg *)s;
+    struct store_delivery d[RETURN_MAX];
+    size_t n;
+    enum store_status st = STORE_OK;
+    while ((n = pg_handoff_drain(&pg->handoff, d, RETURN_MAX)) > 0) {
+        if (st == STORE_OK)
+            st = put_back(s, d, n);
+        else
+            for (size_t i = 0; i < n; i++)
+                store_delivery_clear(&d[i]); /* the database is away: left to their lease */
+    }
+}
+
+/* One statement at most (a step runs its results' and its claim's: the
+ * lease counts two): the rows of expired hand-offs put back, or due rows
+ * claimed from the table when a read is due (pg_handoff.h). Then, last,
+ * the deliveries waiting in memory. */
+enum store_status pg_claim_deliveries(struct store *s, const struct store_delivery_claim *c,
+                                      struct store_delivery_list *out, char *err, size_t errlen)
+{
+    struct store_pg *pg = (struct store_pg *)s;
+    int batch = c->batch > 0 ? c->batch : 0;
+    struct store_delivery_list l = {.items = calloc(batch ? (size_t)batch : 1, sizeof *l.items),
+                                    .table_unread = 1};
+    if (!l.items) {
+        snprintf(err, errlen, "out of memory");
+        return STORE_ERROR;
+    }
+    int64_t now_us = clock_mono_us();
+    struct store_delivery late[RETURN_MAX];
+    size_t waiting = 0, nlate = pg_handoff_expired(&pg->handoff, now_us, late, RETURN_MAX);
+    if (nlate) {
+        put_back(s, late, nlate);
+    } else if (batch && pg_handoff_read_due(&pg->handoff, now_us, &waiting)) {
+        /* with deliveries waiting in memory, the table gets half */
+        int limit = waiting ? (batch + 1) / 2 : batch;
+        enum store_status st = claim_rows(pg, c, limit, &l, err, errlen);
+        if (st != STORE_OK) {
+            /* what it claimed stays leased until the lease ends: then due
+             * again */
+            store_delivery_list_clear(&l);
+            return st;
+        }
+        pg_handoff_read_done(&pg->handoff, now_us, l.count == (size_t)limit);
+        /* a read of the whole claim says what is due (webhook_lookback.c) */
+        l.table_unread = limit < batch;
+    }
+    l.count += pg_handoff_take(&pg->handoff, c, (size_t)batch - l.count, l.items + l.count);
     *out = l;
     return STORE_OK;
 }

@@ -97,27 +97,59 @@ static const char SQL_READ[] =
  * that writes its rows: only where they are written. */
 #define EVENT_INTO " INSERT INTO events (tenant_id, event_id, type, created_at, body)"
 
-/* Completion, payment row and event in one statement, so in one
- * transaction with one round trip: the payment and its event ($15-$18; no
- * event when $15 is NULL) are inserted only if the fenced update matched. */
+/* A payment's completion writes its event's deliveries itself (sql/015):
+ * the event is marked so that the fan-out trigger passes it by, and FAN_OUT
+ * inserts one delivery per endpoint of the tenant that wants the event's
+ * type, as the trigger would. With $19 > 0 they are handed off
+ * (pg_handoff.h): their first attempt counted and leased to this server
+ * for $19 ms - not due before then, so no claim steps over them - and they
+ * come back with their endpoints' URL and secret, to be sent from memory.
+ * With $19 = 0 they are written as the trigger writes them, due now. */
+#define EVENT_INTO_HANDED                                                                          \
+    " INSERT INTO events (tenant_id, event_id, type, created_at, body, deliveries_written)"
+#define EVENT_RETURNING " RETURNING tenant_id, event_id, type, created_at"
+#define FAN_OUT                                                                                    \
+    " fan AS (INSERT INTO webhook_deliveries (tenant_id, event_id, endpoint_id, attempts,"         \
+    " next_attempt_at, leased_until, last_attempt_at, created_at)"                                 \
+    " SELECT e.tenant_id, e.event_id, w.endpoint_id, CASE WHEN $19::bigint > 0 THEN 1 ELSE 0 END," \
+    " now() + greatest($19::bigint, 0) * interval '1 millisecond',"                                \
+    " CASE WHEN $19::bigint > 0 THEN now() + $19::bigint * interval '1 millisecond' END,"          \
+    " CASE WHEN $19::bigint > 0 THEN now() END, e.created_at FROM ev e JOIN webhook_endpoints w"   \
+    " ON w.tenant_id = e.tenant_id AND (w.events IS NULL OR e.type = ANY (w.events))"              \
+    " RETURNING tenant_id, event_id, endpoint_id)"
+/* The rows a payment's completion returns: (tenant, key) for each record
+ * completed, then (tenant, NULL, event, endpoint, URL, secret) for each
+ * delivery handed off. */
+#define HANDED_OFF                                                                                 \
+    " UNION ALL SELECT f.tenant_id, NULL, f.event_id, f.endpoint_id, w.url, w.secret FROM fan f"   \
+    " JOIN webhook_endpoints w USING (tenant_id, endpoint_id) WHERE $19::bigint > 0"
+
+/* Completion, payment row, event and its deliveries in one statement, so
+ * in one transaction with one round trip: the payment and its event
+ * ($15-$18; no event when $15 is NULL) are inserted only if the fenced
+ * update matched; $19 as FAN_OUT says. Rows as HANDED_OFF says. */
 static const char SQL_COMPLETE_PAYMENT[] =
     "WITH done AS (UPDATE idempotency_keys SET state = 'completed', response_status = $4,"
     " response_body = $5, response_location = $6, locked_until = NULL, completed_at = now(), "
     "request = NULL"
     " WHERE tenant_id = $1 AND idempotency_key = $2 AND lease_token = $3"
     " AND state = 'processing' RETURNING tenant_id),"
-    " ev AS (" EVENT_INTO " SELECT tenant_id, $15, $16, " TS_OF(
-        "$17") ", $18::json FROM done"
-               " WHERE $15::text IS NOT NULL)"
-               " INSERT INTO payments (tenant_id, transaction_id, idempotency_key, customer_id,"
+    " ev AS (" EVENT_INTO_HANDED " SELECT tenant_id, $15, $16, " TS_OF(
+        "$17") ", $18::json, true FROM done WHERE $15::text IS NOT NULL" EVENT_RETURNING
+               ")," FAN_OUT ","
+               " paid AS (INSERT INTO payments (tenant_id, transaction_id, idempotency_key, "
+               "customer_id,"
                " amount_minor, currency, description, status, processed_at, charge_id)"
-               " SELECT tenant_id, $7, $2, $8, $9, $10, $11, $12, " TS_OF("$13") ", $14 FROM done";
+               " SELECT tenant_id, $7, $2, $8, $9, $10, $11, $12, " TS_OF(
+                   "$13") ", $14 FROM done)"
+                          " SELECT tenant_id, $2::text, NULL, NULL, NULL, NULL FROM "
+                          "done" HANDED_OFF;
 
 /* Several requests' completions in one statement, so in one transaction and
  * one WAL flush: each record is updated only under its own fencing token, a
- * payment row and its event are inserted only for the records that matched
- * (and only where the completion carries them), and the matched keys come
- * back. Records are
+ * payment row, its event and the event's deliveries are inserted only for
+ * the records that matched (and only where the completion carries them;
+ * $19 as FAN_OUT says), and rows come back as HANDED_OFF says. Records are
  * locked in key order, as the claims lock them, so a batch of claims and one
  * of completions never wait for each other in a circle. */
 static const char SQL_COMPLETE_BATCH[] =
@@ -136,10 +168,11 @@ static const char SQL_COMPLETE_BATCH[] =
     " amount_minor, currency, description, status, processed_at, charge_id)"
     " SELECT tenant, txn, key, customer, amount, currency, description, pstatus,"
     " " TS_OF("processed") ", charge FROM done WHERE txn IS NOT NULL),"
-                           " ev AS (" EVENT_INTO " SELECT tenant, evid, evtype, " TS_OF(
-                               "evcreated") ", evbody::json"
-                                            " FROM done WHERE evid IS NOT NULL) SELECT tenant, key "
-                                            "FROM done";
+                           " ev AS (" EVENT_INTO_HANDED " SELECT tenant, evid, evtype, " TS_OF(
+                               "evcreated") ", evbody::json, true"
+                                            " FROM done WHERE evid IS NOT NULL" EVENT_RETURNING
+                                            ")," FAN_OUT " SELECT tenant, key, NULL, NULL, NULL, "
+                                            "NULL FROM done" HANDED_OFF;
 
 static const char SQL_COMPLETE[] =
     "UPDATE idempotency_keys SET state = 'completed', response_status = $4,"
@@ -433,9 +466,9 @@ static const char SQL_PING[] = "SELECT 1";
 const struct pg_prepared PG_PREPARED[] = {
     {"claim", SQL_CLAIM, 7},
     {"claim_batch", SQL_CLAIM_BATCH, 7},
-    {"complete_batch", SQL_COMPLETE_BATCH, 18},
+    {"complete_batch", SQL_COMPLETE_BATCH, 19},
     {"read", SQL_READ, 3},
-    {"complete_payment", SQL_COMPLETE_PAYMENT, 18},
+    {"complete_payment", SQL_COMPLETE_PAYMENT, 19},
     {"complete", SQL_COMPLETE, 6},
     {"release", SQL_RELEASE, 3},
     {"abandon", SQL_ABANDON, 3},

@@ -10,6 +10,7 @@
  *                 reapers; ping
  *   pg_endpoints.c webhook endpoints made, listed, removed
  *   pg_deliveries.c webhook deliveries claimed, finished, counted
+ *   pg_handoff.c  deliveries handed from a completion to the dispatchers
  *   pg_recover.c  records taken over for recovery, and those waiting for it
  *   store_pg.c    the store_ops table, the constructor
  */
@@ -17,6 +18,7 @@
 #define MOCKERY_PG_STORE_H
 
 #include "pg_batch.h"
+#include "pg_handoff.h"
 #include "pg_pool.h"
 #include "store.h"
 
@@ -24,6 +26,7 @@ struct store_pg {
     struct store base;
     struct pg_pool pool;
     struct pg_batcher batch;
+    struct pg_handoff handoff;
 };
 
 enum store_status pg_claim(struct store *s, const char *tenant, const char *key,
@@ -65,6 +68,8 @@ enum store_status pg_delete_endpoint(struct store *s, const char *tenant, const 
                                      char *err, size_t errlen);
 enum store_status pg_claim_deliveries(struct store *s, const struct store_delivery_claim *c,
                                       struct store_delivery_list *out, char *err, size_t errlen);
+/* Puts back every delivery handed off and not begun (pg_handoff.h). */
+void pg_put_back_handoffs(struct store *s);
 enum store_status pg_finish_deliveries(struct store *s, const struct store_delivery_result *results,
                                        size_t n, char *err, size_t errlen);
 enum store_status pg_delivery_backlog(struct store *s, struct store_delivery_backlog *out,

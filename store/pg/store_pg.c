@@ -29,12 +29,21 @@ static void pg_pool_stats(struct store *s, struct store_pool_stats *out)
         pg->batch.batched[PG_BATCH_COMPLETE] + pg->batch.batched[PG_BATCH_COMPLETE_CHARGE];
     out->batches_split = pg->batch.split;
     pthread_mutex_unlock(&pg->pool.mu);
+    pthread_mutex_lock(&pg->handoff.mu);
+    out->handoffs_taken = pg->handoff.taken;
+    out->handoffs_expired = pg->handoff.expired;
+    pthread_mutex_unlock(&pg->handoff.mu);
 }
 
 static void pg_free(struct store *s)
 {
     struct store_pg *pg = (struct store_pg *)s;
+    /* a stopping server's hand-offs not begun: due again now, not after
+     * their lease */
+    if (pg->pool.conns)
+        pg_put_back_handoffs(s);
     pg_pool_destroy(&pg->pool);
+    pg_handoff_free(&pg->handoff);
     free(pg);
 }
 
@@ -77,9 +86,10 @@ struct store *store_pg_new(const struct store_pg_options *opts, char *err, size_
         return NULL;
     }
     pg->base.ops = &pg_ops;
+    pg_handoff_init(&pg->handoff, opts->handoff_wake, opts->handoff_wake_arg);
     if (pg_pool_init(&pg->pool, opts, err, errlen) != 0)
         goto fail;
-    pg_batcher_init(&pg->batch, &pg->pool);
+    pg_batcher_init(&pg->batch, &pg->pool, &pg->handoff);
 
     /* Migrate on a connection of its own, before the statements are
      * prepared against the tables. */

@@ -20,6 +20,10 @@ struct store_pg_options {
     int unnamed_statements;
     void (*notice)(void *arg, const char *message); /* libpq notices, may be NULL */
     void *notice_arg;
+    /* Called when a payment's completion handed deliveries off to the
+     * dispatchers (pg_handoff.h), to wake one; may be NULL. */
+    void (*handoff_wake)(void *arg);
+    void *handoff_wake_arg;
 };
 
 /* Connects the pool and applies the migrations in sql/ under an advisory

@@ -1,0 +1,234 @@
+/* pg_handoff.c - deliveries handed from a payment's completion to this
+ * server's dispatchers in memory (pg_handoff.h) */
+#define _POSIX_C_SOURCE 200809L
+#include "pg_handoff.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "clock.h"
+
+struct pg_handoff_item {
+    struct pg_handoff_item *next;
+    int64_t began_us;    /* when the completion that handed it off began */
+    int64_t deadline_us; /* begun by then, or dropped */
+    struct store_delivery d;
+};
+
+void pg_handoff_init(struct pg_handoff *h, void (*wake)(void *), void *wake_arg)
+{
+    memset(h, 0, sizeof *h);
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_cond_init(&h->more, NULL);
+    h->wake = wake;
+    h->wake_arg = wake_arg;
+}
+
+static void item_free(struct pg_handoff_item *it)
+{
+    store_delivery_clear(&it->d);
+    free(it);
+}
+
+void pg_handoff_free(struct pg_handoff *h)
+{
+    for (struct pg_handoff_item *it = h->head, *next; it; it = next) {
+        next = it->next;
+        item_free(it);
+    }
+    h->head = h->tail = NULL;
+    h->count = 0;
+    pthread_cond_destroy(&h->more);
+    pthread_mutex_destroy(&h->mu);
+}
+
+int64_t pg_handoff_lease(struct pg_handoff *h, int64_t now_us)
+{
+    pthread_mutex_lock(&h->mu);
+    int live = h->lease_ms > 0 && now_us - h->claimed_us < HANDOFF_LIVE_MS * 1000LL &&
+               h->count < HANDOFF_MAX;
+    int64_t lease = live ? h->lease_ms + HANDOFF_WAIT_MS : 0;
+    pthread_mutex_unlock(&h->mu);
+    return lease;
+}
+
+static char *dup_value(const PGresult *res, int row, int col)
+{
+    return PQgetisnull(res, row, col) ? NULL : strdup(PQgetvalue(res, row, col));
+}
+
+/* A delivery row of res, with its event's body: NULL when out of memory
+ * or when the body is not among the n. */
+static struct pg_handoff_item *item_of(const PGresult *res, int row, const char *const *event_ids,
+                                       const char *const *bodies, int n, int64_t began_us)
+{
+    const char *event_id = PQgetvalue(res, row, 2), *body = NULL;
+    for (int i = 0; i < n && !body; i++)
+        if (event_ids[i] && strcmp(event_ids[i], event_id) == 0)
+            body = bodies[i];
+    struct pg_handoff_item *it = body ? calloc(1, sizeof *it) : NULL;
+    if (!it)
+        return NULL;
+    it->began_us = began_us;
+    it->deadline_us = began_us + HANDOFF_WAIT_MS * 1000LL;
+    it->d = (struct store_delivery){
+        .tenant = dup_value(res, row, 0),
+        .event_id = dup_value(res, row, 2),
+        .endpoint_id = dup_value(res, row, 3),
+        .attempt = 1,
+        .url = dup_value(res, row, 4),
+        .secret = dup_value(res, row, 5),
+        .body = strdup(body),
+        .body_len = strlen(body),
+    };
+    if (!it->d.tenant || !it->d.event_id || !it->d.endpoint_id || !it->d.url || !it->d.secret ||
+        !it->d.body) {
+        item_free(it);
+        return NULL;
+    }
+    return it;
+}
+
+void pg_handoff_push(struct pg_handoff *h, const PGresult *res, const char *const *event_ids,
+                     const char *const *bodies, int n, int64_t began_us)
+{
+    struct pg_handoff_item *head = NULL, *tail = NULL;
+    size_t count = 0;
+    for (int r = 0; r < PQntuples(res); r++) {
+        if (!PQgetisnull(res, r, 1))
+            continue; /* a completed record's row */
+        struct pg_handoff_item *it = item_of(res, r, event_ids, bodies, n, began_us);
+        if (!it)
+            continue; /* left to its lease */
+        if (tail)
+            tail->next = it;
+        else
+            head = it;
+        tail = it;
+        count++;
+    }
+    if (!head)
+        return;
+    pthread_mutex_lock(&h->mu);
+    if (h->tail)
+        h->tail->next = head;
+    else
+        h->head = head;
+    h->tail = tail;
+    h->count += count;
+    h->pushed_us = began_us;
+    pthread_cond_broadcast(&h->more);
+    pthread_mutex_unlock(&h->mu);
+    if (h->wake)
+        h->wake(h->wake_arg);
+}
+
+/* With h->mu held: unlinks it, which follows prev (NULL: the head). */
+static void unlink_item(struct pg_handoff *h, struct pg_handoff_item **link,
+                        struct pg_handoff_item *prev)
+{
+    struct pg_handoff_item *it = *link;
+    *link = it->next;
+    if (h->tail == it)
+        h->tail = prev;
+    h->count--;
+}
+
+size_t pg_handoff_expired(struct pg_handoff *h, int64_t now_us, struct store_delivery *out,
+                          size_t max)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&h->mu);
+    struct pg_handoff_item **link = &h->head, *prev = NULL;
+    while (*link && n < max) {
+        struct pg_handoff_item *it = *link;
+        if (now_us <= it->deadline_us) {
+            prev = it;
+            link = &it->next;
+            continue;
+        }
+        unlink_item(h, link, prev);
+        h->expired++;
+        out[n++] = it->d;
+        free(it);
+    }
+    pthread_mutex_unlock(&h->mu);
+    return n;
+}
+
+int pg_handoff_read_due(struct pg_handoff *h, int64_t now_us, size_t *waiting)
+{
+    int64_t every_us = HANDOFF_READ_EVERY_MS * 1000LL;
+    pthread_mutex_lock(&h->mu);
+    *waiting = h->count;
+    int due = h->read_full || now_us - h->read_us >= every_us ||
+              (h->count == 0 && now_us - h->pushed_us >= every_us);
+    pthread_mutex_unlock(&h->mu);
+    return due;
+}
+
+void pg_handoff_read_done(struct pg_handoff *h, int64_t now_us, int full)
+{
+    pthread_mutex_lock(&h->mu);
+    h->read_us = now_us;
+    h->read_full = full;
+    pthread_mutex_unlock(&h->mu);
+}
+
+size_t pg_handoff_take(struct pg_handoff *h, const struct store_delivery_claim *c, size_t max,
+                       struct store_delivery *out)
+{
+    size_t n = 0;
+    int64_t now_us = clock_mono_us();
+    pthread_mutex_lock(&h->mu);
+    h->lease_ms = c->lease_ms;
+    h->claimed_us = now_us;
+    /* under load, linger for a fuller claim (busy endpoints' items count
+     * too: rarely more than a few wait here, and the wait is short) */
+    if (h->head && h->count < max && c->nbusy == 0 &&
+        now_us - h->took_us < HANDOFF_LINGER_MS * 1000LL) {
+        int64_t left_us = h->head->began_us + HANDOFF_LINGER_MS * 1000LL - now_us;
+        if (left_us > 0) {
+            struct timespec until;
+            clock_deadline_in(&until, (left_us + 999) / 1000);
+            while (h->count < max && !clock_passed(&until) &&
+                   pthread_cond_timedwait(&h->more, &h->mu, &until) == 0)
+                ;
+            now_us = clock_mono_us();
+        }
+    }
+    /* Taken now, and begun at once by the caller: none past its deadline
+     * (those wait for the next claim to put them back). */
+    struct pg_handoff_item **link = &h->head, *prev = NULL;
+    while (*link && n < max) {
+        struct pg_handoff_item *it = *link;
+        if (now_us > it->deadline_us ||
+            store_endpoint_in(c->busy, c->nbusy, it->d.tenant, it->d.endpoint_id)) {
+            prev = it;
+            link = &it->next;
+            continue;
+        }
+        unlink_item(h, link, prev);
+        h->taken++;
+        out[n++] = it->d;
+        free(it);
+    }
+    if (n)
+        h->took_us = now_us;
+    pthread_mutex_unlock(&h->mu);
+    return n;
+}
+
+size_t pg_handoff_drain(struct pg_handoff *h, struct store_delivery *out, size_t max)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&h->mu);
+    while (h->head && n < max) {
+        struct pg_handoff_item *it = h->head;
+        unlink_item(h, &h->head, NULL);
+        out[n++] = it->d;
+        free(it);
+    }
+    pthread_mutex_unlock(&h->mu);
+    return n;
+}
