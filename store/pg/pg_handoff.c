@@ -123,35 +123,44 @@ void pg_handoff_push(struct pg_handoff *h, const PGresult *res, const char *cons
         h->wake(h->wake_arg);
 }
 
-/* With h->mu held: unlinks it, which follows prev (NULL: the head). */
-static void unlink_item(struct pg_handoff *h, struct pg_handoff_item **link,
-                        struct pg_handoff_item *prev)
+/* Which items a walk moves out: those pick accepts. */
+typedef int (*item_pick)(const struct pg_handoff_item *it, const void *arg);
+
+/* With h->mu held: up to max items that pick accepts, oldest first, moved
+ * into out (owned by the caller now); the others stay, in order. */
+static size_t move_out(struct pg_handoff *h, item_pick pick, const void *arg,
+                       struct store_delivery *out, size_t max)
 {
-    struct pg_handoff_item *it = *link;
-    *link = it->next;
-    if (h->tail == it)
-        h->tail = prev;
-    h->count--;
+    size_t n = 0;
+    struct pg_handoff_item **link = &h->head, *prev = NULL;
+    while (*link && n < max) {
+        struct pg_handoff_item *it = *link;
+        if (!pick(it, arg)) {
+            prev = it;
+            link = &it->next;
+            continue;
+        }
+        *link = it->next;
+        if (h->tail == it)
+            h->tail = prev;
+        h->count--;
+        out[n++] = it->d;
+        free(it);
+    }
+    return n;
+}
+
+static int past_deadline(const struct pg_handoff_item *it, const void *now_us)
+{
+    return *(const int64_t *)now_us > it->deadline_us;
 }
 
 size_t pg_handoff_expired(struct pg_handoff *h, int64_t now_us, struct store_delivery *out,
                           size_t max)
 {
-    size_t n = 0;
     pthread_mutex_lock(&h->mu);
-    struct pg_handoff_item **link = &h->head, *prev = NULL;
-    while (*link && n < max) {
-        struct pg_handoff_item *it = *link;
-        if (now_us <= it->deadline_us) {
-            prev = it;
-            link = &it->next;
-            continue;
-        }
-        unlink_item(h, link, prev);
-        h->expired++;
-        out[n++] = it->d;
-        free(it);
-    }
+    size_t n = move_out(h, past_deadline, &now_us, out, max);
+    h->expired += n;
     pthread_mutex_unlock(&h->mu);
     return n;
 }
@@ -175,10 +184,22 @@ void pg_handoff_read_done(struct pg_handoff *h, int64_t now_us, int full)
     pthread_mutex_unlock(&h->mu);
 }
 
+struct take_arg {
+    int64_t now_us;
+    const struct store_delivery_claim *c;
+};
+
+/* Not past its deadline, and not to one of the claim's busy endpoints. */
+static int takeable(const struct pg_handoff_item *it, const void *arg)
+{
+    const struct take_arg *t = arg;
+    return t->now_us <= it->deadline_us &&
+           !store_endpoint_in(t->c->busy, t->c->nbusy, it->d.tenant, it->d.endpoint_id);
+}
+
 size_t pg_handoff_take(struct pg_handoff *h, const struct store_delivery_claim *c, size_t max,
                        struct store_delivery *out)
 {
-    size_t n = 0;
     int64_t now_us = clock_mono_us();
     pthread_mutex_lock(&h->mu);
     h->lease_ms = c->lease_ms;
@@ -199,36 +220,26 @@ size_t pg_handoff_take(struct pg_handoff *h, const struct store_delivery_claim *
     }
     /* Taken now, and begun at once by the caller: none past its deadline
      * (those wait for the next claim to put them back). */
-    struct pg_handoff_item **link = &h->head, *prev = NULL;
-    while (*link && n < max) {
-        struct pg_handoff_item *it = *link;
-        if (now_us > it->deadline_us ||
-            store_endpoint_in(c->busy, c->nbusy, it->d.tenant, it->d.endpoint_id)) {
-            prev = it;
-            link = &it->next;
-            continue;
-        }
-        unlink_item(h, link, prev);
-        h->taken++;
-        out[n++] = it->d;
-        free(it);
-    }
+    struct take_arg arg = {.now_us = now_us, .c = c};
+    size_t n = move_out(h, takeable, &arg, out, max);
+    h->taken += n;
     if (n)
         h->took_us = now_us;
     pthread_mutex_unlock(&h->mu);
     return n;
 }
 
+static int any(const struct pg_handoff_item *it, const void *arg)
+{
+    (void)it;
+    (void)arg;
+    return 1;
+}
+
 size_t pg_handoff_drain(struct pg_handoff *h, struct store_delivery *out, size_t max)
 {
-    size_t n = 0;
     pthread_mutex_lock(&h->mu);
-    while (h->head && n < max) {
-        struct pg_handoff_item *it = h->head;
-        unlink_item(h, &h->head, NULL);
-        out[n++] = it->d;
-        free(it);
-    }
+    size_t n = move_out(h, any, NULL, out, max);
     pthread_mutex_unlock(&h->mu);
     return n;
 }
