@@ -63,11 +63,11 @@ long test_query_long(const char *url, const char *sql, const char *param)
 
 void test_unique(char *buf, size_t len, const char *prefix)
 {
-    static unsigned counter;
+    static unsigned counter; /* a test's threads may ask at once */
     unsigned char r[4];
     RAND_bytes(r, sizeof r);
-    snprintf(buf, len, "%s-%d-%u-%02x%02x%02x%02x", prefix, (int)getpid(), ++counter, r[0], r[1],
-             r[2], r[3]);
+    snprintf(buf, len, "%s-%d-%u-%02x%02x%02x%02x", prefix, (int)getpid(),
+             __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED), r[0], r[1], r[2], r[3]);
 }
 
 void test_config(struct config *c, enum store_kind kind)
