@@ -1438,6 +1438,38 @@ Test(webhook_delivery, the_table_is_read_while_hand_offs_keep_coming)
                   "fewer deliveries of the load arrived than were handed off");
 }
 
+/* Nor while hand-offs keep expiring: an endpoint hangs, so that what its
+ * payments hand off waits, expires and is put back at every claim - and
+ * a claim puts back or reads the table, one statement, never put-backs
+ * only while a read is due (pg_handoff.h). Another tenant's delivery due
+ * in the table is sent meanwhile. */
+Test(webhook_delivery, the_table_is_read_while_hand_offs_keep_expiring)
+{
+    struct endpoint hung, eo;
+    struct webhook_flags f = QUICK;
+    f.dispatchers = 1;
+    f.timeout_ms = 120000; /* past every wait here: only the release ends them */
+    start_server(&srv[0], &f);
+    add_endpoint(&srv[0], &ta, NULL, &hung);
+    add_endpoint(&srv[0], &tb, NULL, &eo);
+    receiver_hang(&rcv, hung.route);
+    load_start();
+    receiver_wait_held(&rcv, 1);
+    wait_metric(&srv[0], "mockery_webhook_handoffs_total{result=\"expired\"}", 1);
+
+    char old_evt[64];
+    old_delivery(&tb, &eo, old_evt);
+    int sent = wait_sent(eo.route, old_evt);
+    double expired = metric_now(&srv[0], "mockery_webhook_handoffs_total{result=\"expired\"}");
+    long failed, paid = load_stop(&failed);
+    cr_assert_eq(failed, 0, "%ld of the load's payments failed", failed);
+    cr_assert(sent,
+              "the delivery in the table was not sent in %.0f s of expiring hand-offs (%ld"
+              " payments, %.0f expired)",
+              LIMIT_S, paid, expired);
+    cr_assert_eq(receiver_count(&rcv, eo.route, old_evt), 1);
+}
+
 /* A burst of deliveries, held at the receiver until all of it is under
  * way: n payments made while the endpoint is busy with one held delivery
  * (so the dispatcher claims none of them), then that one let go - the next

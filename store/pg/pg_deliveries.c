@@ -128,8 +128,9 @@ void pg_put_back_handoffs(struct store *s)
 
 /* One statement at most (a step runs its results' and its claim's: the
  * lease counts two): the rows of expired hand-offs put back, or due rows
- * claimed from the table when a read is due (pg_handoff.h). Then, last,
- * the deliveries waiting in memory. */
+ * claimed from the table when a read is due - the read first when the
+ * last claim put some back (pg_handoff.h). Then, last, the deliveries
+ * waiting in memory. */
 enum store_status pg_claim_deliveries(struct store *s, const struct store_delivery_claim *c,
                                       struct store_delivery_list *out, char *err, size_t errlen)
 {
@@ -143,10 +144,12 @@ enum store_status pg_claim_deliveries(struct store *s, const struct store_delive
     }
     int64_t now_us = clock_mono_us();
     struct store_delivery late[RETURN_MAX];
-    size_t waiting = 0, nlate = pg_handoff_expired(&pg->handoff, now_us, late, RETURN_MAX);
+    size_t waiting = 0;
+    int read = batch && pg_handoff_read_due(&pg->handoff, now_us, &waiting);
+    size_t nlate = pg_handoff_expired(&pg->handoff, now_us, read, late, RETURN_MAX);
     if (nlate) {
         put_back(s, late, nlate);
-    } else if (batch && pg_handoff_read_due(&pg->handoff, now_us, &waiting)) {
+    } else if (read) {
         /* with deliveries waiting in memory, the table gets half */
         int limit = waiting ? (batch + 1) / 2 : batch;
         enum store_status st = claim_rows(pg, c, limit, &l, err, errlen);

@@ -155,12 +155,13 @@ static int past_deadline(const struct pg_handoff_item *it, const void *now_us)
     return *(const int64_t *)now_us > it->deadline_us;
 }
 
-size_t pg_handoff_expired(struct pg_handoff *h, int64_t now_us, struct store_delivery *out,
-                          size_t max)
+size_t pg_handoff_expired(struct pg_handoff *h, int64_t now_us, int read_due,
+                          struct store_delivery *out, size_t max)
 {
     pthread_mutex_lock(&h->mu);
-    size_t n = move_out(h, past_deadline, &now_us, out, max);
+    size_t n = read_due && h->put_back_last ? 0 : move_out(h, past_deadline, &now_us, out, max);
     h->expired += n;
+    h->put_back_last = n > 0;
     pthread_mutex_unlock(&h->mu);
     return n;
 }

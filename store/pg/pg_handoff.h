@@ -31,9 +31,11 @@
  * While completions hand deliveries off, the table is read by one claim
  * every HANDOFF_READ_EVERY_MS (as often as an idle dispatcher looks), and
  * by every claim while the last read came back full; a read due while
- * deliveries wait here takes up to half the claim. So retries, refunds'
- * deliveries, put-backs and other servers' expired leases are still
- * claimed while hand-offs keep coming.
+ * deliveries wait here takes up to half the claim, and a read due after a
+ * claim that put expired ones back comes before more are put back. So
+ * retries, refunds' deliveries, put-backs and other servers' expired
+ * leases are still claimed while hand-offs keep coming, and while they
+ * keep expiring.
  */
 #ifndef MOCKERY_PG_HANDOFF_H
 #define MOCKERY_PG_HANDOFF_H
@@ -72,6 +74,7 @@ struct pg_handoff {
     int64_t claimed_us; /* when the last claim began (monotonic) */
     int64_t read_us;    /* when a claim last read the table */
     int read_full;      /* and it got all it asked for */
+    int put_back_last;  /* the last claim put expired ones back, and read nothing */
     int64_t pushed_us;  /* when the last completion that handed some off began */
     int64_t took_us;    /* when the last claim that took some began */
     unsigned long long taken, expired;
@@ -95,9 +98,12 @@ void pg_handoff_push(struct pg_handoff *h, const PGresult *res, const char *cons
                      const char *const *bodies, int n, int64_t began_us);
 
 /* Up to max deliveries that waited past their deadline, into out (owned
- * by the caller now: their rows to be put back). */
-size_t pg_handoff_expired(struct pg_handoff *h, int64_t now_us, struct store_delivery *out,
-                          size_t max);
+ * by the caller now: their rows to be put back). None when a read is due
+ * (read_due) and the last claim put some back: while an endpoint hangs,
+ * the hand-offs to it expire at every step, and put-backs would otherwise
+ * take every claim's one statement and the table never be read. */
+size_t pg_handoff_expired(struct pg_handoff *h, int64_t now_us, int read_due,
+                          struct store_delivery *out, size_t max);
 
 /* Whether a claim at now_us reads the table (the last read came back
  * full, or was HANDOFF_READ_EVERY_MS ago, or nothing waits here and
