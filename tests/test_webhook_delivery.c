@@ -1354,10 +1354,9 @@ static int handed_off(const char *event_id, const struct endpoint *e)
  * uncounted - not left for a claim's lease and more to a server that is
  * gone. One dispatcher, its endpoint busy with a held attempt: what the
  * next payments hand off waits in memory (none is begun while its
- * endpoint is busy) until the server is stopped. Whichever comes first
- * puts it back: a claim, once it has waited a second (civetweb's stop
- * takes ~2 s, and the dispatchers run until it ends), or the stop itself
- * (store_free); the row is the same. */
+ * endpoint is busy) until the server is stopped, and the stop puts it
+ * back (store_free). (Had the stop come over a second after the hand-off,
+ * a claim would have put it back first, as expired: the same row.) */
 Test(webhook_delivery, a_stopped_server_leaves_nothing_handed_off_to_it_leased)
 {
     struct endpoint e;

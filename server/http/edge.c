@@ -21,6 +21,7 @@
 #include "http.h"
 #include "log.h"
 #include "peer_socket.h"
+#include "self_connect.h"
 
 /* civetweb's own messages become JSON lines too. */
 static int on_log_message(const struct mg_connection *conn, const char *message)
@@ -161,16 +162,11 @@ static int limits_off(struct edge *e, const char *why, char *err, size_t errlen)
  * the one they name. Waits up to 10 s for it; 0, or -1 with why. */
 static int probe_layout(struct edge *e, char *why, size_t len)
 {
-    const char *host = e->opt.listen_host;
-    struct in_addr to_ip;
-    if (!host[0] || strcmp(host, "0.0.0.0") == 0)
-        host = "127.0.0.1";
-    if (inet_pton(AF_INET, host, &to_ip) != 1)
+    struct sockaddr_in to;
+    if (self_address(e->opt.listen_host, e->port, &to) != 0)
         return 0; /* an IPv6 or named listener: the per-request check still runs */
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in from = {.sin_family = AF_INET, .sin_addr = to_ip};
-    struct sockaddr_in to = {
-        .sin_family = AF_INET, .sin_addr = to_ip, .sin_port = htons((uint16_t)e->port)};
+    struct sockaddr_in from = {.sin_family = AF_INET, .sin_addr = to.sin_addr};
     socklen_t flen = sizeof from;
     if (fd < 0 || bind(fd, (struct sockaddr *)&from, sizeof from) != 0 ||
         getsockname(fd, (struct sockaddr *)&from, &flen) != 0) {
@@ -179,7 +175,7 @@ static int probe_layout(struct edge *e, char *why, size_t len)
             close(fd);
         return -1;
     }
-    snprintf(e->probe_addr, sizeof e->probe_addr, "%s", host);
+    inet_ntop(AF_INET, &to.sin_addr, e->probe_addr, sizeof e->probe_addr);
     __atomic_store_n(&e->probe_port, ntohs(from.sin_port), __ATOMIC_SEQ_CST);
     int result = 0;
     if (connect(fd, (struct sockaddr *)&to, sizeof to) == 0)
@@ -284,6 +280,12 @@ void edge_stop(struct edge *e, int drain_ms)
     for (int waited = 0; __atomic_load_n(&e->in_flight, __ATOMIC_SEQ_CST) > 0 && waited < drain_ms;
          waited += 10)
         clock_sleep_ms(10);
+    /* mg_stop() waits for civetweb's accept loop, which a connection of
+     * our own wakes (self_connect.h) */
+    struct sockaddr_in to;
+    struct stop_waker *w =
+        self_address(e->opt.listen_host, e->port, &to) == 0 ? stop_waker_start(&to) : NULL;
     mg_stop(e->ctx);
+    stop_waker_end(w);
     e->ctx = NULL;
 }
