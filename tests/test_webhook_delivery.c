@@ -1284,6 +1284,20 @@ static void old_delivery(const struct tenant *t, const struct endpoint *e, char 
     PQfinish(conn);
 }
 
+/* srv[0] with one dispatcher, ta's endpoint *hung on a route of the
+ * receiver that holds every request (the attempts' bound, 120 s, past every
+ * wait here: only the release ends them), and tb's endpoint *other. */
+static void start_with_a_hanging_endpoint(struct endpoint *hung, struct endpoint *other)
+{
+    struct webhook_flags f = QUICK;
+    f.dispatchers = 1;
+    f.timeout_ms = 120000;
+    start_server(&srv[0], &f);
+    add_endpoint(&srv[0], &ta, NULL, hung);
+    add_endpoint(&srv[0], &tb, NULL, other);
+    receiver_hang(&rcv, hung->route);
+}
+
 /* An endpoint that hangs holds its own attempts - at most a claim's 32
  * (webhook_delivery.h: WEBHOOK_CLAIM), and no more claimed for it while
  * they are under way - and not the other endpoints': another tenant's
@@ -1297,13 +1311,7 @@ Test(webhook_delivery, a_hanging_endpoint_holds_up_no_other_endpoints_deliveries
 {
     enum { HUNG = 40, CLAIM = 32 };
     struct endpoint eh, eo;
-    struct webhook_flags f = QUICK;
-    f.dispatchers = 1;
-    f.timeout_ms = 120000; /* past every wait here: only the release ends them */
-    start_server(&srv[0], &f);
-    add_endpoint(&srv[0], &ta, NULL, &eh);
-    add_endpoint(&srv[0], &tb, NULL, &eo);
-    receiver_hang(&rcv, eh.route);
+    start_with_a_hanging_endpoint(&eh, &eo);
     for (int i = 0; i < HUNG; i++)
         new_payment(&srv[0], &ta, "cust", 201, NULL, 0);
     receiver_wait_held(&rcv, 1);
@@ -1445,13 +1453,7 @@ Test(webhook_delivery, the_table_is_read_while_hand_offs_keep_coming)
 Test(webhook_delivery, the_table_is_read_while_hand_offs_keep_expiring)
 {
     struct endpoint hung, eo;
-    struct webhook_flags f = QUICK;
-    f.dispatchers = 1;
-    f.timeout_ms = 120000; /* past every wait here: only the release ends them */
-    start_server(&srv[0], &f);
-    add_endpoint(&srv[0], &ta, NULL, &hung);
-    add_endpoint(&srv[0], &tb, NULL, &eo);
-    receiver_hang(&rcv, hung.route);
+    start_with_a_hanging_endpoint(&hung, &eo);
     load_start();
     receiver_wait_held(&rcv, 1);
     wait_metric(&srv[0], "mockery_webhook_handoffs_total{result=\"expired\"}", 1);
