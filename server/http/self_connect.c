@@ -4,6 +4,8 @@
 #include "self_connect.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,17 +30,40 @@ struct stop_waker {
     int done; /* atomic */
 };
 
+/* One connection to w->to, given WAKE_EVERY_MS to be made: whether the
+ * port still listens (a refusal: the accept loop has closed it). */
+static int knock(const struct stop_waker *w)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return 1;
+    int listening = 1;
+    if (connect(fd, (const struct sockaddr *)&w->to, sizeof w->to) != 0) {
+        if (errno == EINPROGRESS) {
+            /* a full backlog drops the SYN: never wait for its retries */
+            struct pollfd p = {.fd = fd, .events = POLLOUT};
+            int err = 0;
+            socklen_t len = sizeof err;
+            if (poll(&p, 1, WAKE_EVERY_MS) == 1 &&
+                getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == ECONNREFUSED)
+                listening = 0;
+        } else if (errno == ECONNREFUSED) {
+            listening = 0;
+        }
+    }
+    close(fd);
+    return listening;
+}
+
 static void *wake_main(void *arg)
 {
     struct stop_waker *w = arg;
-    while (!__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) {
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd >= 0) {
-            (void)connect(fd, (const struct sockaddr *)&w->to, sizeof w->to);
-            close(fd);
-        }
+    /* first a quantum's wait: mg_stop() raises the flag at once, and a
+     * connection accepted before it is one civetweb may queue and never
+     * close */
+    do
         clock_sleep_ms(WAKE_EVERY_MS);
-    }
+    while (!__atomic_load_n(&w->done, __ATOMIC_ACQUIRE) && knock(w));
     return NULL;
 }
 

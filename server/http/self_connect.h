@@ -7,11 +7,16 @@
  * polls, so mg_stop() waited up to 2 s - every SIGTERM, and every stop of
  * a test's server. A connection made once the flag is up ends the poll at
  * once. mg_stop() sets the flag and then waits, so a thread connects every
- * WAKE_EVERY_MS until it returns; a connection accepted before the flag is
- * up is one that closes before it sends a byte (a worker reads its end and
- * lets it go). Workers reading a kept-alive connection that stays idle
- * still look at the flag every 2 s: a client holding one open still delays
- * the stop by up to that.
+ * WAKE_EVERY_MS, beginning one quantum after mg_stop() was called, until
+ * it returns or the port refuses (the loop has closed it). Each connect is
+ * given WAKE_EVERY_MS: a backlog that drops it costs no SYN retries. A
+ * connection accepted before the flag is up closes before it sends a byte
+ * (civetweb logs nothing for it); should a worker take it from civetweb's
+ * queue only after the flag, civetweb leaves its socket open until the
+ * process ends. For IPv4 listeners only (IPv6 and named hosts: the stop
+ * takes up to 2 s, as before). Workers reading a kept-alive connection
+ * that stays idle still look at the flag every 2 s: a client holding one
+ * open still delays the stop by up to that.
  */
 #ifndef MOCKERY_SELF_CONNECT_H
 #define MOCKERY_SELF_CONNECT_H
