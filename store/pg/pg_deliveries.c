@@ -144,9 +144,9 @@ enum store_status pg_claim_deliveries(struct store *s, const struct store_delive
     }
     int64_t now_us = clock_mono_us();
     struct store_delivery late[RETURN_MAX];
-    size_t waiting = 0;
-    int read = batch && pg_handoff_read_due(&pg->handoff, now_us, &waiting);
-    size_t nlate = pg_handoff_expired(&pg->handoff, now_us, read, late, RETURN_MAX);
+    size_t nlate, waiting;
+    int read =
+        pg_handoff_begin_claim(&pg->handoff, now_us, batch > 0, late, RETURN_MAX, &nlate, &waiting);
     if (nlate) {
         put_back(s, late, nlate);
     } else if (read) {

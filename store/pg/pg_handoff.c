@@ -155,26 +155,25 @@ static int past_deadline(const struct pg_handoff_item *it, const void *now_us)
     return *(const int64_t *)now_us > it->deadline_us;
 }
 
-size_t pg_handoff_expired(struct pg_handoff *h, int64_t now_us, int read_due,
-                          struct store_delivery *out, size_t max)
-{
-    pthread_mutex_lock(&h->mu);
-    size_t n = read_due && h->put_back_last ? 0 : move_out(h, past_deadline, &now_us, out, max);
-    h->expired += n;
-    h->put_back_last = n > 0;
-    pthread_mutex_unlock(&h->mu);
-    return n;
-}
-
-int pg_handoff_read_due(struct pg_handoff *h, int64_t now_us, size_t *waiting)
+int pg_handoff_begin_claim(struct pg_handoff *h, int64_t now_us, int can_read,
+                           struct store_delivery *out, size_t max, size_t *nlate, size_t *waiting)
 {
     int64_t every_us = HANDOFF_READ_EVERY_MS * 1000LL;
     pthread_mutex_lock(&h->mu);
-    *waiting = h->count;
-    int due = h->read_full || now_us - h->read_us >= every_us ||
-              (h->count == 0 && now_us - h->pushed_us >= every_us);
+    size_t live = 0;
+    for (const struct pg_handoff_item *it = h->head; it; it = it->next)
+        live += now_us <= it->deadline_us;
+    int read = can_read && (h->read_full || now_us - h->read_us >= every_us ||
+                            (live == 0 && now_us - h->pushed_us >= every_us));
+    size_t n = 0;
+    if (live < h->count && !(read && h->put_back_last))
+        n = move_out(h, past_deadline, &now_us, out, max);
+    h->expired += n;
+    h->put_back_last = n > 0;
     pthread_mutex_unlock(&h->mu);
-    return due;
+    *nlate = n;
+    *waiting = live;
+    return n ? 0 : read;
 }
 
 void pg_handoff_read_done(struct pg_handoff *h, int64_t now_us, int full)

@@ -19,14 +19,15 @@
  * delivery taken from here is begun with at least a claim's lease left,
  * and none is sent by two servers at once. A delivery not taken in time
  * (its endpoint busy with the dispatcher's attempts, or no claim came)
- * expires: the next claim puts its row back in the table, due now and its
- * attempt uncounted (the finish statement, fenced by attempt 1), for any
- * server's claim - and then reads no rows itself, so that a step still
- * runs two statements at most (its results and its claim). Should the
- * put-back fail, the row waits out its lease. A server that stops puts
- * back what waits here; one that dies loses nothing either: the rows
- * wait out the lease, as a server killed mid-attempt leaves them, and are
- * then claimed from the table.
+ * expires: a claim puts its row back in the table (the next one, or the
+ * one after when a read comes first; a claim puts back 64 at most), due
+ * now and its attempt uncounted (the finish statement, fenced by attempt
+ * 1), for any server's claim - and then reads no rows itself, so that
+ * a step still runs two statements at most (its results and its claim).
+ * Should the put-back fail, the row waits out its lease. A server that
+ * stops puts back what waits here; one that dies loses nothing either:
+ * the rows wait out the lease, as a server killed mid-attempt leaves
+ * them, and are then claimed from the table.
  *
  * While completions hand deliveries off, the table is read by one claim
  * every HANDOFF_READ_EVERY_MS (as often as an idle dispatcher looks), and
@@ -97,18 +98,19 @@ int64_t pg_handoff_lease(struct pg_handoff *h, int64_t now_us);
 void pg_handoff_push(struct pg_handoff *h, const PGresult *res, const char *const *event_ids,
                      const char *const *bodies, int n, int64_t began_us);
 
-/* Up to max deliveries that waited past their deadline, into out (owned
- * by the caller now: their rows to be put back). None when a read is due
- * (read_due) and the last claim put some back: while an endpoint hangs,
- * the hand-offs to it expire at every step, and put-backs would otherwise
- * take every claim's one statement and the table never be read. */
-size_t pg_handoff_expired(struct pg_handoff *h, int64_t now_us, int read_due,
-                          struct store_delivery *out, size_t max);
-
-/* Whether a claim at now_us reads the table (the last read came back
- * full, or was HANDOFF_READ_EVERY_MS ago, or nothing waits here and
- * nothing was handed off since); *waiting: how many wait here. */
-int pg_handoff_read_due(struct pg_handoff *h, int64_t now_us, size_t *waiting);
+/* A claim's one statement at now_us (above): whether it reads the table
+ * (the last read came back full, or was HANDOFF_READ_EVERY_MS ago, or
+ * nothing waits here and nothing was handed off since; never when
+ * can_read is 0), or puts back what waited past its deadline - up to max
+ * of those into out, *nlate of them (owned by the caller now: their rows
+ * to be put back), and then it reads nothing. While an endpoint hangs,
+ * the hand-offs to it expire at every step, so when a read is due, a
+ * claim after one that put some back reads, and those wait for the next
+ * claim: put-backs alone would otherwise take every claim, and the table
+ * would never be read. *waiting: how many wait here within their
+ * deadline. */
+int pg_handoff_begin_claim(struct pg_handoff *h, int64_t now_us, int can_read,
+                           struct store_delivery *out, size_t max, size_t *nlate, size_t *waiting);
 
 /* A claim read the table at now_us; full: it got all it asked for. */
 void pg_handoff_read_done(struct pg_handoff *h, int64_t now_us, int full);
