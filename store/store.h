@@ -511,10 +511,11 @@ enum store_status store_delete_endpoint(struct store *s, const char *tenant,
  * event's time or its last lease's end). Rows another server
  * is claiming at the same moment are skipped, so no delivery is claimed
  * twice at once; one whose lease ran out (its server died) is due again.
- * The PostgreSQL store first takes the deliveries this server's payment
- * completions handed off, already leased to it (pg_handoff.h), and then
- * reads the table only from time to time (out->table_unread says when it
- * did not). An empty list when none is due. Free *out with
+ * The PostgreSQL store also takes, last, the deliveries this server's
+ * payment completions handed off, already leased to it (pg_handoff.h),
+ * and while those keep coming reads the table only from time to time
+ * (out->table_unread says when it did not). An empty list when none is
+ * due. Free *out with
  * store_delivery_list_clear(). */
 enum store_status store_claim_deliveries(struct store *s, const struct store_delivery_claim *c,
                                          struct store_delivery_list *out, char *err, size_t errlen);

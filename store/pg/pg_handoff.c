@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "clock.h"
+#include "pg_pool.h"
 
 struct pg_handoff_item {
     struct pg_handoff_item *next;
@@ -52,11 +53,6 @@ int64_t pg_handoff_lease(struct pg_handoff *h, int64_t now_us)
     return lease;
 }
 
-static char *dup_value(const PGresult *res, int row, int col)
-{
-    return PQgetisnull(res, row, col) ? NULL : strdup(PQgetvalue(res, row, col));
-}
-
 /* A delivery row of res, with its event's body: NULL when out of memory
  * or when the body is not among the n. */
 static struct pg_handoff_item *item_of(const PGresult *res, int row, const char *const *event_ids,
@@ -72,12 +68,12 @@ static struct pg_handoff_item *item_of(const PGresult *res, int row, const char 
     it->began_us = began_us;
     it->deadline_us = began_us + HANDOFF_WAIT_MS * 1000LL;
     it->d = (struct store_delivery){
-        .tenant = dup_value(res, row, 0),
-        .event_id = dup_value(res, row, 2),
-        .endpoint_id = dup_value(res, row, 3),
+        .tenant = pg_dup_value(res, row, 0),
+        .event_id = pg_dup_value(res, row, 2),
+        .endpoint_id = pg_dup_value(res, row, 3),
         .attempt = 1,
-        .url = dup_value(res, row, 4),
-        .secret = dup_value(res, row, 5),
+        .url = pg_dup_value(res, row, 4),
+        .secret = pg_dup_value(res, row, 5),
         .body = strdup(body),
         .body_len = strlen(body),
     };
