@@ -190,6 +190,21 @@ int conntable_check(struct conntable *t, int64_t now_us)
     return done;
 }
 
+int conntable_shut_idle(struct conntable *t)
+{
+    int done = 0;
+    pthread_mutex_lock(&t->mu);
+    for (int i = 0; i < t->nslots; i++) {
+        struct conn_slot *s = &t->slots[i];
+        if (s->in_use && !s->shut && s->fd >= 0 && s->state == CONN_WAITING) {
+            shut(s, SHUT_RD);
+            done++;
+        }
+    }
+    pthread_mutex_unlock(&t->mu);
+    return done;
+}
+
 void conntable_counts(struct conntable *t, struct conntable_counts *out)
 {
     pthread_mutex_lock(&t->mu);

@@ -111,6 +111,14 @@ int conntable_check(struct conntable *t, int64_t now_us);
 
 void conntable_counts(struct conntable *t, struct conntable_counts *out);
 
+/* The server is stopping (civetweb's stop flag is up): shuts for reading
+ * every connection whose worker waits for a request - an idle kept-alive
+ * connection, whose worker civetweb 1.15 leaves in its 2 s poll of the
+ * socket before it looks at the flag. The worker reads the end at once and
+ * closes the connection; its client sees a kept-alive connection closed by
+ * the server, and asks again on a new one. Returns how many it shut. */
+int conntable_shut_idle(struct conntable *t);
+
 /* Connections open now (slots in use). */
 int conntable_open(struct conntable *t);
 

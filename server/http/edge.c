@@ -270,6 +270,13 @@ int edge_start(struct edge *e, char *err, size_t errlen)
     return 0;
 }
 
+/* The stop's tick (stop_waker_start): civetweb's flag is up by then. */
+static void shut_idle(void *conns)
+{
+    if (conns) /* (NULL when start-up failed before the table) */
+        conntable_shut_idle(conns);
+}
+
 void edge_stop(struct edge *e, int drain_ms)
 {
     if (!e->ctx)
@@ -281,10 +288,11 @@ void edge_stop(struct edge *e, int drain_ms)
          waited += 10)
         clock_sleep_ms(10);
     /* mg_stop() waits for civetweb's accept loop, which a connection of
-     * our own wakes (self_connect.h) */
+     * our own wakes, and for workers polling idle connections, which
+     * shutting those ends (self_connect.h) */
     struct sockaddr_in to;
-    struct stop_waker *w =
-        self_address(e->opt.listen_host, e->port, &to) == 0 ? stop_waker_start(&to) : NULL;
+    int knock = self_address(e->opt.listen_host, e->port, &to) == 0;
+    struct stop_waker *w = stop_waker_start(knock ? &to : NULL, shut_idle, e->conns);
     mg_stop(e->ctx);
     stop_waker_end(w);
     e->ctx = NULL;

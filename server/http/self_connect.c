@@ -27,6 +27,9 @@ int self_address(const char *host, int port, struct sockaddr_in *to)
 struct stop_waker {
     pthread_t thread;
     struct sockaddr_in to;
+    int knocking; /* to was given, and has not refused yet */
+    void (*tick)(void *arg);
+    void *arg;
     int done; /* atomic */
 };
 
@@ -61,18 +64,28 @@ static void *wake_main(void *arg)
     /* first a quantum's wait: mg_stop() raises the flag at once, and a
      * connection accepted before it is one civetweb may queue and never
      * close */
-    do
+    for (;;) {
         clock_sleep_ms(WAKE_EVERY_MS);
-    while (!__atomic_load_n(&w->done, __ATOMIC_ACQUIRE) && knock(w));
+        if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE))
+            break;
+        w->tick(w->arg);
+        if (w->knocking)
+            w->knocking = knock(w);
+    }
     return NULL;
 }
 
-struct stop_waker *stop_waker_start(const struct sockaddr_in *to)
+struct stop_waker *stop_waker_start(const struct sockaddr_in *to, void (*tick)(void *arg),
+                                    void *arg)
 {
     struct stop_waker *w = calloc(1, sizeof *w);
     if (!w)
         return NULL;
-    w->to = *to;
+    if (to)
+        w->to = *to;
+    w->knocking = to != NULL;
+    w->tick = tick;
+    w->arg = arg;
     if (pthread_create(&w->thread, NULL, wake_main, w) != 0) {
         free(w);
         return NULL;

@@ -13,10 +13,13 @@
  * connection accepted before the flag is up closes before it sends a byte
  * (civetweb logs nothing for it); should a worker take it from civetweb's
  * queue only after the flag, civetweb leaves its socket open until the
- * process ends. For IPv4 listeners only (IPv6 and named hosts: the stop
- * takes up to 2 s, as before). Workers reading a kept-alive connection
- * that stays idle still look at the flag every 2 s: a client holding one
- * open still delays the stop by up to that.
+ * process ends. For IPv4 listeners only (IPv6 and named hosts: the accept
+ * loop's stop takes up to 2 s, as before).
+ *
+ * Workers polling an idle kept-alive connection look at the flag every 2 s
+ * too. Before each connect - and every WAKE_EVERY_MS without an address to
+ * connect to - the thread calls the caller's tick, which ends those
+ * connections (edge.c: conntable_shut_idle).
  */
 #ifndef MOCKERY_SELF_CONNECT_H
 #define MOCKERY_SELF_CONNECT_H
@@ -33,9 +36,11 @@ int self_address(const char *host, int port, struct sockaddr_in *to);
 
 struct stop_waker;
 
-/* Starts connecting to *to every WAKE_EVERY_MS; NULL when no thread could
- * start (the stop then takes up to 2 s, as before). */
-struct stop_waker *stop_waker_start(const struct sockaddr_in *to);
+/* Starts calling tick(arg) and connecting to *to every WAKE_EVERY_MS (to
+ * NULL: tick only, until stop_waker_end); NULL when no thread could start
+ * (the stop then takes up to 2 s, as before). */
+struct stop_waker *stop_waker_start(const struct sockaddr_in *to, void (*tick)(void *arg),
+                                    void *arg);
 
 /* Ends the connections and frees w (may be NULL). */
 void stop_waker_end(struct stop_waker *w);
