@@ -188,27 +188,36 @@ Test(conntable, passes_over_a_connection_whose_request_is_waiting_unread)
     end_two(t, sa, sb, &a, &b);
 }
 
-/* The server stops: every connection waiting for a request is shut for
- * reading, whatever its age and however many slots are free; one being
- * worked on, reading a body or writing an answer is left to finish. */
+/* The server stops. During its drain, the connections waiting for a
+ * request after an answer (idle kept-alive) are shut for reading, and a new
+ * one, not yet answered, is not; once civetweb answers nothing more, every
+ * waiting one is. Whatever their age and however many slots are free. One
+ * being worked on, reading a body or writing an answer is left to finish. */
 Test(conntable, the_stop_shuts_the_idle_connections_only)
 {
     struct conntable *t = conntable_new(8, 1);
     cr_assert_not_null(t);
-    enum conn_state states[4] = {CONN_WAITING, CONN_WORKING, CONN_READING, CONN_WAITING};
-    struct pair p[4];
-    struct conn_slot *s[4];
-    for (int i = 0; i < 4; i++) {
+    enum { KEPT_ALIVE, NEW, WORKING, READING, WRITING, N };
+    struct pair p[N];
+    struct conn_slot *s[N];
+    for (int i = 0; i < N; i++) {
         p[i] = open_pair();
         s[i] = conntable_enter(t, p[i].server, 0);
-        conntable_set(t, s[i], states[i], 0);
     }
-    cr_assert_eq(conntable_shut_idle(t), 2);
-    for (int i = 0; i < 4; i++)
-        cr_assert_eq(read_ended(&p[i]), states[i] == CONN_WAITING, "connection %d", i);
-    cr_assert_eq(conntable_set(t, s[0], CONN_WORKING, 0), -1, "its worker was not told");
-    cr_assert_eq(conntable_shut_idle(t), 0, "shut twice");
-    for (int i = 0; i < 4; i++) {
+    conntable_write_begin(t, s[KEPT_ALIVE], 0, 100);
+    conntable_set(t, s[KEPT_ALIVE], CONN_WAITING, 0);
+    conntable_set(t, s[WORKING], CONN_WORKING, 0);
+    conntable_set(t, s[READING], CONN_READING, 0);
+    conntable_write_begin(t, s[WRITING], 0, 100);
+    cr_assert_eq(conntable_shut_idle(t, 1), 1);
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(read_ended(&p[i]), i == KEPT_ALIVE, "connection %d, served only", i);
+    cr_assert_eq(conntable_set(t, s[KEPT_ALIVE], CONN_WORKING, 0), -1, "its worker was not told");
+    cr_assert_eq(conntable_shut_idle(t, 0), 1);
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(read_ended(&p[i]), i == KEPT_ALIVE || i == NEW, "connection %d, all", i);
+    cr_assert_eq(conntable_shut_idle(t, 0), 0, "shut twice");
+    for (int i = 0; i < N; i++) {
         conntable_leave(t, s[i]);
         close_pair(&p[i]);
     }

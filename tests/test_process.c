@@ -109,9 +109,13 @@ Test(process, unreachable_database_fails_start_up_with_a_json_line)
 
 /* ---- SIGTERM: stop accepting, finish what is in flight, exit 0 ------------------ */
 
+#include <arpa/inet.h>
 #include <libpq-fe.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <time.h>
 
 static struct test_server srv;
@@ -180,6 +184,40 @@ static int log_has(const char *path, const char *text)
     return found;
 }
 
+/* A connection to srv kept alive after one answer (GET /health), idle. */
+static int open_kept_alive(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)atoi(strrchr(srv.base, ':') + 1))};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    const char req[] = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    test_send_all(fd, req, sizeof req - 1);
+    /* the whole answer: its head, then Content-Length bytes of body */
+    char buf[4096];
+    size_t n = 0;
+    const char *end = NULL, *cl = NULL;
+    while (!end || n < (size_t)(end + 4 - buf) + (size_t)atol(cl + 15)) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        cr_assert_eq(poll(&p, 1, 30000), 1, "no answer to GET /health within 30 s");
+        ssize_t got = recv(fd, buf + n, sizeof buf - n - 1, 0);
+        cr_assert_gt(got, 0, "the connection ended before its answer");
+        n += (size_t)got;
+        buf[n] = '\0';
+        end = strstr(buf, "\r\n\r\n");
+        cl = strstr(buf, "Content-Length: ");
+        cr_assert(!end || cl, "no Content-Length: %s", buf);
+    }
+    cr_assert_not_null(strstr(buf, " 200 "), "%s", buf);
+    cr_assert_null(strstr(buf, "Connection: close"), "not kept alive: %s", buf);
+    return fd;
+}
+
+/* A payment in flight when the SIGTERM lands is answered and stored, and a
+ * connection kept alive and idle is closed by the server meanwhile: its
+ * client goes elsewhere without waiting for the last request. */
 Test(process, sigterm_finishes_requests_in_flight, .timeout = 180)
 {
     struct config c;
@@ -227,13 +265,27 @@ Test(process, sigterm_finishes_requests_in_flight, .timeout = 180)
     }
 
     /* SIGTERM now, while it runs; then the lock goes, once the server has
-     * begun to stop. The answer still comes, and is stored. */
+     * begun to stop and closed the idle connection. The answer still comes,
+     * and is stored. */
+    int idle = open_kept_alive();
     cr_assert_eq(kill(srv.pid, SIGTERM), 0);
     clock_gettime(CLOCK_MONOTONIC, &t0);
     while (!log_has(srv.log_path, "stopping: finishing requests in flight")) {
         cr_assert_lt(seconds_since(&t0), 30, "the server did not begin to stop within 30 s");
         pause_ms(10);
     }
+    /* (civetweb would close it after 5 s idle anyway: what shows that the
+     * stop closed it is the server's line) */
+    while (!log_has(srv.log_path, "stopping: closed idle connections")) {
+        cr_assert_lt(seconds_since(&t0), 30,
+                     "the idle connection was not closed within 30 s of the SIGTERM");
+        pause_ms(10);
+    }
+    struct pollfd p = {.fd = idle, .events = POLLIN};
+    char byte;
+    cr_assert_eq(poll(&p, 1, 30000), 1, "the idle connection did not end");
+    cr_assert_leq(recv(idle, &byte, 1, 0), 0, "the idle connection got bytes, not its end");
+    close(idle);
     cr_assert_str_eq(record_state(conn, key, 0, state, sizeof state), "processing",
                      "the request finished before the SIGTERM");
     exec_ok(conn, "COMMIT");

@@ -190,13 +190,14 @@ int conntable_check(struct conntable *t, int64_t now_us)
     return done;
 }
 
-int conntable_shut_idle(struct conntable *t)
+int conntable_shut_idle(struct conntable *t, int served_only)
 {
     int done = 0;
     pthread_mutex_lock(&t->mu);
     for (int i = 0; i < t->nslots; i++) {
         struct conn_slot *s = &t->slots[i];
-        if (s->in_use && !s->shut && s->fd >= 0 && s->state == CONN_WAITING) {
+        if (s->in_use && !s->shut && s->fd >= 0 && s->state == CONN_WAITING &&
+            (s->written > 0 || !served_only)) {
             shut(s, SHUT_RD);
             done++;
         }

@@ -111,13 +111,15 @@ int conntable_check(struct conntable *t, int64_t now_us);
 
 void conntable_counts(struct conntable *t, struct conntable_counts *out);
 
-/* The server is stopping (civetweb's stop flag is up): shuts for reading
- * every connection whose worker waits for a request - an idle kept-alive
- * connection, whose worker civetweb 1.15 leaves in its 2 s poll of the
- * socket before it looks at the flag. The worker reads the end at once and
- * closes the connection; its client sees a kept-alive connection closed by
- * the server, and asks again on a new one. Returns how many it shut. */
-int conntable_shut_idle(struct conntable *t);
+/* The server is stopping: shuts for reading every connection whose worker
+ * waits for a request - with served_only, only those that have been
+ * answered before (idle kept-alive connections: a new one gets its answer,
+ * 503 shutting_down, while civetweb still answers). civetweb 1.15 leaves
+ * the worker of an idle connection in a 2 s poll of its socket before it
+ * looks at its stop flag; shut, it reads the end at once and closes the
+ * connection, and the client asks again on a new one (RFC 9112 lets either
+ * side close an idle connection). Returns how many it shut. */
+int conntable_shut_idle(struct conntable *t, int served_only);
 
 /* Connections open now (slots in use). */
 int conntable_open(struct conntable *t);

@@ -270,11 +270,20 @@ int edge_start(struct edge *e, char *err, size_t errlen)
     return 0;
 }
 
-/* The stop's tick (stop_waker_start): civetweb's flag is up by then. */
-static void shut_idle(void *conns)
+/* The stop's tick (self_connect.h): idle kept-alive connections are shut
+ * from the start of the drain, so that their clients go elsewhere at once;
+ * every idle connection once civetweb answers nothing more. */
+static void shut_idle(void *edge)
 {
-    if (conns) /* (NULL when start-up failed before the table) */
-        conntable_shut_idle(conns);
+    struct edge *e = edge;
+    if (!e->conns) /* (NULL when start-up failed before the table) */
+        return;
+    int n = conntable_shut_idle(e->conns, !__atomic_load_n(&e->stopping, __ATOMIC_SEQ_CST));
+    if (n > 0) {
+        cJSON *line = log_begin(e->svc.log, LOG_INFO, "stopping: closed idle connections");
+        cJSON_AddNumberToObject(line, "connections", n);
+        log_end(e->svc.log, line);
+    }
 }
 
 void edge_stop(struct edge *e, int drain_ms)
@@ -284,15 +293,16 @@ void edge_stop(struct edge *e, int drain_ms)
     /* civetweb drops every write once mg_stop has begun, so first let the
      * requests in flight answer. */
     __atomic_store_n(&e->draining, 1, __ATOMIC_SEQ_CST);
+    struct stop_waker *w = stop_waker_start(shut_idle, e);
     for (int waited = 0; __atomic_load_n(&e->in_flight, __ATOMIC_SEQ_CST) > 0 && waited < drain_ms;
          waited += 10)
         clock_sleep_ms(10);
     /* mg_stop() waits for civetweb's accept loop, which a connection of
-     * our own wakes, and for workers polling idle connections, which
-     * shutting those ends (self_connect.h) */
+     * our own wakes (self_connect.h) */
+    __atomic_store_n(&e->stopping, 1, __ATOMIC_SEQ_CST);
     struct sockaddr_in to;
-    int knock = self_address(e->opt.listen_host, e->port, &to) == 0;
-    struct stop_waker *w = stop_waker_start(knock ? &to : NULL, shut_idle, e->conns);
+    if (self_address(e->opt.listen_host, e->port, &to) == 0)
+        stop_waker_knock(w, &to);
     mg_stop(e->ctx);
     stop_waker_end(w);
     e->ctx = NULL;

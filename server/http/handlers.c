@@ -260,8 +260,10 @@ int handlers_route(struct mg_connection *conn, void *cbdata)
     int64_t t0 = clock_mono_us();
     /* Shed by the connection table as this request arrived (it had waited
      * idle while few workers were free): not worked on; answered 503
-     * server_busy, and the connection ends. */
-    int shed = conntable_set(r.edge->conns, r.slot, CONN_WORKING, clock_mono_us()) != 0;
+     * server_busy, and the connection ends. Shut by the stop instead: 503
+     * shutting_down, below. */
+    int shed = conntable_set(r.edge->conns, r.slot, CONN_WORKING, clock_mono_us()) != 0 &&
+               !__atomic_load_n(&((struct edge *)cbdata)->draining, __ATOMIC_SEQ_CST);
     /* With keep-alive a connection holds its worker between requests. When
      * every worker holds one, a new client would wait in the queue for as
      * long as the busy ones keep talking: close this connection after its

@@ -26,11 +26,18 @@ int self_address(const char *host, int port, struct sockaddr_in *to)
 
 struct stop_waker {
     pthread_t thread;
-    struct sockaddr_in to;
-    int knocking; /* to was given, and has not refused yet */
     void (*tick)(void *arg);
     void *arg;
-    int done; /* atomic */
+    struct sockaddr_in to;
+    int knocking; /* atomic: enum knocking below */
+    int done;     /* atomic */
+};
+
+enum knocking {
+    KNOCK_NOT,     /* not asked to */
+    KNOCK_ASKED,   /* stop_waker_knock(): from the next tick on */
+    KNOCK_YES,     /* every tick */
+    KNOCK_REFUSED, /* the port refused: the accept loop has closed it */
 };
 
 /* One connection to w->to, given WAKE_EVERY_MS to be made: whether the
@@ -61,29 +68,28 @@ static int knock(const struct stop_waker *w)
 static void *wake_main(void *arg)
 {
     struct stop_waker *w = arg;
-    /* first a quantum's wait: mg_stop() raises the flag at once, and a
-     * connection accepted before it is one civetweb may queue and never
-     * close */
     for (;;) {
         clock_sleep_ms(WAKE_EVERY_MS);
         if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE))
             break;
         w->tick(w->arg);
-        if (w->knocking)
-            w->knocking = knock(w);
+        int k = __atomic_load_n(&w->knocking, __ATOMIC_ACQUIRE);
+        /* a quantum's wait before the first knock: mg_stop() raises the
+         * flag at once, and a connection accepted before it is one civetweb
+         * may queue and never close */
+        if (k == KNOCK_ASKED)
+            __atomic_store_n(&w->knocking, KNOCK_YES, __ATOMIC_RELAXED);
+        else if (k == KNOCK_YES && !knock(w))
+            __atomic_store_n(&w->knocking, KNOCK_REFUSED, __ATOMIC_RELAXED);
     }
     return NULL;
 }
 
-struct stop_waker *stop_waker_start(const struct sockaddr_in *to, void (*tick)(void *arg),
-                                    void *arg)
+struct stop_waker *stop_waker_start(void (*tick)(void *arg), void *arg)
 {
     struct stop_waker *w = calloc(1, sizeof *w);
     if (!w)
         return NULL;
-    if (to)
-        w->to = *to;
-    w->knocking = to != NULL;
     w->tick = tick;
     w->arg = arg;
     if (pthread_create(&w->thread, NULL, wake_main, w) != 0) {
@@ -91,6 +97,14 @@ struct stop_waker *stop_waker_start(const struct sockaddr_in *to, void (*tick)(v
         return NULL;
     }
     return w;
+}
+
+void stop_waker_knock(struct stop_waker *w, const struct sockaddr_in *to)
+{
+    if (!w)
+        return;
+    w->to = *to; /* read by the thread only after the store below */
+    __atomic_store_n(&w->knocking, KNOCK_ASKED, __ATOMIC_RELEASE);
 }
 
 void stop_waker_end(struct stop_waker *w)
