@@ -78,7 +78,8 @@ Test(config, recovery_flags_have_defaults_and_bounds)
 }
 
 /* The acquirer's flags: an ask ends within the lease, an answer outlives
- * it, every payment has a key to be asked again under. */
+ * it, every payment has a key to be asked again under, and no flag of the
+ * in-process simulator is taken and then ignored. */
 Test(config, acquirer_flags_are_checked_together)
 {
     struct config c;
@@ -102,6 +103,9 @@ Test(config, acquirer_flags_are_checked_together)
          "--idempotency-ttl"},
         {{"s", "--acquirer-url", "http://a", "--require-key", "false", NULL}, 5, "--require-key"},
         {{"s", "--acquirer-url", "ftp://a", NULL}, 3, "--acquirer-url"},
+        {{"s", "--acquirer-url", "http://a", "--processing-delay-ms", "100", NULL},
+         5,
+         "--processing-delay-ms"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         config_defaults(&c);
@@ -110,9 +114,10 @@ Test(config, acquirer_flags_are_checked_together)
         cr_assert(strstr(err, bad[i].names), "case %zu: %s", i, err);
     }
     /* without an acquirer none of it applies */
-    char *none[] = {"s", "--acquirer-timeout-ms", "60000", "--require-key", "false", NULL};
+    char *none[] = {"s",     "--acquirer-timeout-ms", "60000", "--require-key",
+                    "false", "--processing-delay-ms", "100",   NULL};
     config_defaults(&c);
-    cr_assert_eq(config_parse(&c, 5, none, err, sizeof err), CONFIG_OK, "%s", err);
+    cr_assert_eq(config_parse(&c, 7, none, err, sizeof err), CONFIG_OK, "%s", err);
 }
 
 /* ---- API keys ------------------------------------------------------------------- */

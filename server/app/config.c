@@ -267,6 +267,15 @@ enum config_status config_parse(struct config *c, int argc, char **argv, char *e
                  "without a key could not be asked again under the same key downstream");
         return CONFIG_INVALID;
     }
+    /* With an acquirer the in-process simulator, and its delay, never run:
+     * a flag that changed nothing would mislead. */
+    if (c->acquirer_url[0] && c->processing_delay_ms > 0) {
+        snprintf(err, errlen,
+                 "--processing-delay-ms simulates the in-process processor and cannot be used "
+                 "with --acquirer-url: the acquirer's own time counts then (its slow customers, "
+                 "cust-slow..., take 1.5 s more)");
+        return CONFIG_INVALID;
+    }
     if (c->acquirer_url[0] && strncmp(c->acquirer_url, "http://", 7) != 0 &&
         strncmp(c->acquirer_url, "https://", 8) != 0) {
         snprintf(err, errlen, "--acquirer-url must start with http:// or https://");
