@@ -298,11 +298,15 @@ static const char SQL_DELETE_ENDPOINT[] =
     " AND endpoint_id = $2)"
     " DELETE FROM webhook_endpoints WHERE tenant_id = $1 AND endpoint_id = $2";
 
-/* Webhook deliveries (sql/014). The dispatchers' statements commit
- * without waiting for their WAL flush: set_config(..., true) lasts until
- * the transaction's end, and its commit reads it. A claim or a result
- * lost in a crash only means the delivery is sent again, which at least
- * once allows; and a dispatcher step is two statements, not two flushes. */
+/* Webhook deliveries (sql/014). The results of attempts commit without
+ * waiting for their WAL flush: set_config(..., true) lasts until the
+ * transaction's end, and its commit reads it. A result lost in a crash
+ * only means the delivery is sent again once its lease ends, which at
+ * least once allows. A claim waits for its flush (and a synchronous
+ * standby's): lost in a crash or a failover while its server is still
+ * sending, it would let another server claim the row and send it at the
+ * same time. A claim that takes no row writes nothing and waits for
+ * nothing. */
 #define DELIVERY_ASYNC "async AS (SELECT set_config('synchronous_commit', 'off', true) AS off)"
 
 /* A claim takes at most $1 due pending rows no other transaction holds
@@ -319,8 +323,7 @@ static const char SQL_DELETE_ENDPOINT[] =
  * it; a row whose endpoint was deleted as its event was written (no
  * foreign key stops that) comes without, to be failed. */
 static const char SQL_CLAIM_DELIVERIES[] =
-    "WITH " DELIVERY_ASYNC ","
-    " busy AS (SELECT * FROM unnest($3::text[], $4::text[]) AS b(tenant_id, endpoint_id)),"
+    "WITH busy AS (SELECT * FROM unnest($3::text[], $4::text[]) AS b(tenant_id, endpoint_id)),"
     " due AS (SELECT tenant_id, event_id, endpoint_id FROM webhook_deliveries d"
     " WHERE state = 'pending' AND next_attempt_at <= now()"
     " AND next_attempt_at >= now() - $5::bigint * interval '1 millisecond'"
@@ -329,8 +332,8 @@ static const char SQL_CLAIM_DELIVERIES[] =
     " ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED),"
     " claimed AS (UPDATE webhook_deliveries d SET attempts = d.attempts + 1,"
     " last_attempt_at = now(), leased_until = now() + $2::bigint * interval '1 millisecond'"
-    " FROM due, async WHERE d.tenant_id = due.tenant_id AND d.event_id = due.event_id"
-    " AND d.endpoint_id = due.endpoint_id AND async.off = 'off'"
+    " FROM due WHERE d.tenant_id = due.tenant_id AND d.event_id = due.event_id"
+    " AND d.endpoint_id = due.endpoint_id"
     " RETURNING d.tenant_id, d.event_id, d.endpoint_id, d.attempts)"
     " SELECT c.tenant_id, c.event_id, c.endpoint_id, c.attempts, w.url, w.secret, e.body"
     " FROM claimed c LEFT JOIN webhook_endpoints w USING (tenant_id, endpoint_id)"
