@@ -296,9 +296,9 @@ static void run_some(struct webhook_sender *w, int want, struct webhook_pass *ou
     }
 }
 
-/* A delivery failed without being sent: claimed again after the last
- * allowed attempt's server died before writing its result, or whose
- * endpoint is gone. */
+/* A delivery failed without being sent: claimed again after the servers
+ * of WEBHOOK_ATTEMPTS_AFTER_DEATHS attempts past the last allowed one died
+ * before writing their result, or whose endpoint is gone. */
 static void give_up(struct attempt *a)
 {
     const struct store_delivery *d = &a->d;
@@ -309,7 +309,7 @@ static void give_up(struct attempt *a)
         .attempt = d->attempt,
         .attempts = d->attempt - 1,
         .state = STORE_DELIVERY_FAILED,
-        .error = d->url ? "the last attempt ended without an answer (its server stopped)"
+        .error = d->url ? "the last attempts ended without an answer (their servers stopped)"
                         : "the endpoint or the event no longer exists",
     };
     a->state = SLOT_DONE;
@@ -365,7 +365,7 @@ static void claim_and_begin(struct webhook_sender *w, struct store *s, struct we
         struct attempt *a = &w->a[slot];
         a->d = l.items[i];
         memset(&l.items[i], 0, sizeof l.items[i]); /* a owns its strings now */
-        if (a->d.attempt > w->o.max_attempts || !a->d.url) {
+        if (a->d.attempt > w->o.max_attempts + WEBHOOK_ATTEMPTS_AFTER_DEATHS || !a->d.url) {
             give_up(a);
         } else if (prepare(w, a, &a->d) == 0 && curl_multi_add_handle(w->multi, a->h) == CURLM_OK) {
             a->state = SLOT_SENDING;

@@ -9,12 +9,13 @@
  * as began, none is under way, or WEBHOOK_STEP_MS passed, and writes what
  * came of each that ended: delivered on a 2xx within the
  * timeout; else due again after a backoff that doubles with each attempt,
- * with jitter; failed once max_attempts have been made. An attempt still
+ * with jitter; failed once max_attempts have failed. An attempt still
  * under way carries on into the next step: an endpoint that hangs holds
  * its own slots until the timeout, not the others' deliveries. A server
  * that dies mid-attempt writes nothing: when the lease ends the delivery
  * is due again, and sent again (at least once; a receiver dedupes by
- * Mockery-Event-Id).
+ * Mockery-Event-Id), after the last allowed attempt too
+ * (WEBHOOK_ATTEMPTS_AFTER_DEATHS).
  *
  * Without allow_private the address every connection goes to is checked
  * again as it is opened (webhook_address_public): the endpoint's name may
@@ -54,6 +55,12 @@ struct webhook_options {
 #define WEBHOOK_HOST_CONNECTIONS WEBHOOK_SLOTS
 /* The longest wait between two attempts, however many came before. */
 #define WEBHOOK_BACKOFF_CAP_MS (6LL * 3600 * 1000)
+/* A server that dies mid-attempt writes nothing, and its claim still
+ * counted the attempt; claimed again after the last allowed one, the
+ * delivery is sent anyway - an attempt whose server died is not one the
+ * endpoint failed - up to this many times more, so that a delivery whose
+ * every sender dies is failed at last. */
+#define WEBHOOK_ATTEMPTS_AFTER_DEATHS 3
 
 /* What a step did. */
 struct webhook_pass {
