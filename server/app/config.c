@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "webhook_delivery.h"
+
 enum opt_type { OPT_INT, OPT_STRING, OPT_BOOL, OPT_STORE, OPT_LEVEL };
 
 struct opt {
@@ -265,6 +267,18 @@ enum config_status config_parse(struct config *c, int argc, char **argv, char *e
         snprintf(err, errlen,
                  "--require-key false cannot be used with --acquirer-url: a payment "
                  "without a key could not be asked again under the same key downstream");
+        return CONFIG_INVALID;
+    }
+    /* Reaping an event takes its deliveries along: one still being retried
+     * would vanish without being failed. */
+    int64_t span_ms = webhook_retry_span_ms(c->webhook_backoff_ms, c->webhook_max_attempts,
+                                            c->webhook_timeout_ms);
+    if ((int64_t)c->event_retention_s * 1000 <= span_ms) {
+        snprintf(err, errlen,
+                 "--event-retention (%d s) must outlast a delivery's retries: up to %lld s with "
+                 "--webhook-max-attempts %d, --webhook-backoff-ms %d and --webhook-timeout-ms %d",
+                 c->event_retention_s, (long long)(span_ms / 1000 + 1), c->webhook_max_attempts,
+                 c->webhook_backoff_ms, c->webhook_timeout_ms);
         return CONFIG_INVALID;
     }
     /* With an acquirer the in-process simulator, and its delay, never run:

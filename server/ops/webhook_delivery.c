@@ -140,6 +140,14 @@ int64_t webhook_retry_delay_ms(int backoff_ms, int attempt, double draw)
     return (int64_t)((double)d * (0.5 + draw));
 }
 
+int64_t webhook_retry_span_ms(int backoff_ms, int max_attempts, int timeout_ms)
+{
+    int64_t span = (int64_t)max_attempts * timeout_ms;
+    for (int attempt = 1; attempt < max_attempts; attempt++)
+        span += webhook_retry_delay_ms(backoff_ms, attempt, 1.0);
+    return span;
+}
+
 static double draw(void)
 {
     uint32_t r = 0;

@@ -93,4 +93,9 @@ void webhook_sender_stop(struct webhook_sender *w);
  * 1.5. */
 int64_t webhook_retry_delay_ms(int backoff_ms, int attempt, double draw);
 
+/* The longest a delivery's retries last after its event, at the most
+ * (every wait at its longest draw, and each attempt its bound): what an
+ * event must be kept for, since reaping it takes its deliveries along. */
+int64_t webhook_retry_span_ms(int backoff_ms, int max_attempts, int timeout_ms);
+
 #endif
