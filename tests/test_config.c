@@ -122,22 +122,23 @@ Test(config, acquirer_flags_are_checked_together)
 
 /* Events are kept at least as long as their deliveries may be retried:
  * reaping an event takes its deliveries along. 16 attempts 10 s apart and
- * doubling (capped at 6 h), each up to 1.5 times as long with jitter, and
- * each attempt its 10 s: 158,786 s. */
+ * doubling (capped at 6 h), each wait up to 1.5 times as long with jitter:
+ * 158,625 s; and 16 attempts and 3 after deaths, each its lease of 25.2 s
+ * (the 10 s timeout, twice the pool's 5 s wait, a step and a margin). */
 Test(config, event_retention_outlasts_the_retries)
 {
     struct config c;
     char err[512];
-    char *short_retention[] = {"s", "--event-retention", "158785", NULL};
+    char *short_retention[] = {"s", "--event-retention", "159103", NULL};
     config_defaults(&c);
     cr_assert_eq(config_parse(&c, 3, short_retention, err, sizeof err), CONFIG_INVALID);
     cr_assert(strstr(err, "--event-retention"), "%s", err);
-    cr_assert(strstr(err, "158786 s"), "%s", err);
-    char *enough[] = {"s", "--event-retention", "158787", NULL};
+    cr_assert(strstr(err, "at least 159104 s"), "%s", err);
+    char *enough[] = {"s", "--event-retention", "159104", NULL};
     config_defaults(&c);
     cr_assert_eq(config_parse(&c, 3, enough, err, sizeof err), CONFIG_OK, "%s", err);
     /* an hour is enough for fewer, quicker retries: 5 s, 10 s, ..., 80 s,
-     * 1.5 times each, and 6 attempts of 10 s */
+     * 1.5 times each, and 9 leases */
     char *quick[] = {"s", "--event-retention",    "3600", "--webhook-max-attempts",
                      "6", "--webhook-backoff-ms", "5000", NULL};
     config_defaults(&c);

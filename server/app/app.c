@@ -26,8 +26,6 @@
  * server asks the database five times a second, not five per dispatcher. */
 #define DISPATCH_IDLE_MS 200
 #define DISPATCH_IDLE_OTHERS_MS 5000
-/* The longest a statement waits for a pooled connection. */
-#define POOL_ACQUIRE_TIMEOUT_MS 5000
 /* How often the first dispatcher counts the backlog for the metrics: every
  * second, or, when the count is slow (it reads every pending row: a
  * backlog of a million takes 0.3 s of PostgreSQL's time), BACKLOG_DUTY times

@@ -271,12 +271,16 @@ enum config_status config_parse(struct config *c, int argc, char **argv, char *e
     }
     /* Reaping an event takes its deliveries along: one still being retried
      * would vanish without being failed. */
-    int64_t span_ms = webhook_retry_span_ms(c->webhook_backoff_ms, c->webhook_max_attempts,
-                                            c->webhook_timeout_ms);
+    struct webhook_options wo = {.timeout_ms = c->webhook_timeout_ms,
+                                 .max_attempts = c->webhook_max_attempts,
+                                 .backoff_ms = c->webhook_backoff_ms,
+                                 .statement_wait_ms = POOL_ACQUIRE_TIMEOUT_MS};
+    int64_t span_ms = webhook_retry_span_ms(&wo);
     if ((int64_t)c->event_retention_s * 1000 <= span_ms) {
         snprintf(err, errlen,
-                 "--event-retention (%d s) must outlast a delivery's retries: up to %lld s with "
-                 "--webhook-max-attempts %d, --webhook-backoff-ms %d and --webhook-timeout-ms %d",
+                 "--event-retention (%d s) must outlast a delivery's retries: at least %lld s "
+                 "with --webhook-max-attempts %d, --webhook-backoff-ms %d and "
+                 "--webhook-timeout-ms %d",
                  c->event_retention_s, (long long)(span_ms / 1000 + 1), c->webhook_max_attempts,
                  c->webhook_backoff_ms, c->webhook_timeout_ms);
         return CONFIG_INVALID;

@@ -12,6 +12,11 @@
 
 enum store_kind { STORE_KIND_POSTGRES = 0, STORE_KIND_MEMORY };
 
+/* The longest a statement waits for a pooled connection (the pool's, and
+ * the dispatchers' leases count it: config_parse checks the retention
+ * against them). */
+#define POOL_ACQUIRE_TIMEOUT_MS 5000
+
 struct config {
     int port; /* 0: any free port (tests) */
     char database_url[2048];

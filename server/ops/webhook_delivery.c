@@ -140,11 +140,16 @@ int64_t webhook_retry_delay_ms(int backoff_ms, int attempt, double draw)
     return (int64_t)((double)d * (0.5 + draw));
 }
 
-int64_t webhook_retry_span_ms(int backoff_ms, int max_attempts, int timeout_ms)
+int64_t webhook_lease_ms(const struct webhook_options *o)
 {
-    int64_t span = (int64_t)max_attempts * timeout_ms;
-    for (int attempt = 1; attempt < max_attempts; attempt++)
-        span += webhook_retry_delay_ms(backoff_ms, attempt, 1.0);
+    return (int64_t)o->timeout_ms + 2LL * o->statement_wait_ms + WEBHOOK_STEP_MS + LEASE_MARGIN_MS;
+}
+
+int64_t webhook_retry_span_ms(const struct webhook_options *o)
+{
+    int64_t span = (int64_t)(o->max_attempts + WEBHOOK_ATTEMPTS_AFTER_DEATHS) * webhook_lease_ms(o);
+    for (int attempt = 1; attempt < o->max_attempts; attempt++)
+        span += webhook_retry_delay_ms(o->backoff_ms, attempt, 1.0);
     return span;
 }
 
@@ -344,8 +349,7 @@ static void claim_and_begin(struct webhook_sender *w, struct store *s, struct we
     int free_slots = WEBHOOK_SLOTS - w->sending;
     struct store_delivery_claim c = {
         .batch = free_slots < WEBHOOK_CLAIM ? free_slots : WEBHOOK_CLAIM,
-        .lease_ms = (int64_t)w->o.timeout_ms + 2LL * w->o.statement_wait_ms + WEBHOOK_STEP_MS +
-                    LEASE_MARGIN_MS,
+        .lease_ms = webhook_lease_ms(&w->o),
         .busy = busy,
     };
     c.nbusy = busy_endpoints(w, busy);

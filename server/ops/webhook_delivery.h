@@ -9,7 +9,7 @@
  * as began, none is under way, or WEBHOOK_STEP_MS passed, and writes what
  * came of each that ended: delivered on a 2xx within the
  * timeout; else due again after a backoff that doubles with each attempt,
- * with jitter; failed once max_attempts have failed. An attempt still
+ * with jitter; failed once max_attempts have been made. An attempt still
  * under way carries on into the next step: an endpoint that hangs holds
  * its own slots until the timeout, not the others' deliveries. A server
  * that dies mid-attempt writes nothing: when the lease ends the delivery
@@ -93,9 +93,14 @@ void webhook_sender_stop(struct webhook_sender *w);
  * 1.5. */
 int64_t webhook_retry_delay_ms(int backoff_ms, int attempt, double draw);
 
-/* The longest a delivery's retries last after its event, at the most
- * (every wait at its longest draw, and each attempt its bound): what an
- * event must be kept for, since reaping it takes its deliveries along. */
-int64_t webhook_retry_span_ms(int backoff_ms, int max_attempts, int timeout_ms);
+/* A claim's lease: how long an attempt may hold its delivery (see
+ * LEASE_MARGIN_MS in webhook_delivery.c). */
+int64_t webhook_lease_ms(const struct webhook_options *o);
+
+/* The longest a delivery's retries last after its event: every wait at its
+ * longest draw, and each attempt - those after deaths included - its whole
+ * lease. What an event must be kept for, since reaping it takes its
+ * deliveries along (a backlog of due deliveries can still delay one). */
+int64_t webhook_retry_span_ms(const struct webhook_options *o);
 
 #endif
