@@ -36,6 +36,7 @@
 #include <time.h>
 
 #include "support.h"
+#include "webhook_delivery.h"
 #include "webhook_lookback.h"
 
 /* How long a test waits for something that must happen: the bound says when
@@ -1263,7 +1264,17 @@ Test(webhook_delivery, a_hanging_receiver_delays_no_payment)
 /* An event of t and its delivery to e, written as a server killed
  * mid-attempt an hour ago leaves them: due for an hour, its first attempt
  * counted, its lease run out. */
+static void old_delivery_after(const struct tenant *t, const struct endpoint *e, char evt[64],
+                               int attempts);
+
 static void old_delivery(const struct tenant *t, const struct endpoint *e, char evt[64])
+{
+    old_delivery_after(t, e, evt, 1);
+}
+
+/* The same, its attempts already made this many times. */
+static void old_delivery_after(const struct tenant *t, const struct endpoint *e, char evt[64],
+                               int attempts)
 {
     char insert[512], update[512];
     test_unique(evt, 64, "evt_old");
@@ -1274,10 +1285,10 @@ static void old_delivery(const struct tenant *t, const struct endpoint *e, char 
              t->name, evt, evt);
     snprintf(
         update, sizeof update,
-        "UPDATE webhook_deliveries SET attempts = 1, next_attempt_at = now() - interval '1 hour',"
+        "UPDATE webhook_deliveries SET attempts = %d, next_attempt_at = now() - interval '1 hour',"
         " last_attempt_at = now() - interval '1 hour', leased_until = now() - interval '1 s'"
         " WHERE tenant_id = '%s' AND event_id = '%s' AND endpoint_id = '%s'",
-        t->name, evt, e->id);
+        attempts, t->name, evt, e->id);
     /* one transaction: no dispatcher sees the delivery due now */
     const char *const steps[] = {"BEGIN", insert, update, "COMMIT"};
     PGconn *conn = PQconnectdb(test_db_url());
@@ -1705,6 +1716,31 @@ Test(webhook_delivery, a_server_killed_mid_delivery_loses_nothing)
     for (int k = 0; k < n; k++)
         expect_event_request(receiver_nth(&rcv, e.route, k), evt, body);
     free(body);
+}
+
+/* Rows whose last attempts' servers all died (leased, then nothing written):
+ * one claimed for the third time past the last allowed attempt is still
+ * sent; one claimed for the fourth is failed without a send, so that a
+ * delivery whose every sender dies ends. */
+Test(webhook_delivery, a_delivery_whose_every_sender_died_is_failed_at_last)
+{
+    struct endpoint e;
+    char sent[64], given_up[64];
+    struct webhook_flags f = QUICK;
+    f.max_attempts = 2;
+    start_server(&srv[0], &f);
+    add_endpoint(&srv[0], &ta, NULL, &e);
+    old_delivery_after(&ta, &e, sent, 2 + WEBHOOK_ATTEMPTS_AFTER_DEATHS - 1);
+    old_delivery_after(&ta, &e, given_up, 2 + WEBHOOK_ATTEMPTS_AFTER_DEATHS);
+    wait_rows("SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1 AND state = 'failed'",
+              e.id, 1, "the delivery past every allowance failed");
+    wait_rows(ROWS, e.id, 1, "the other one delivered");
+    struct delivery d;
+    delivery_of(given_up, e.id, &d);
+    cr_assert_str_eq(d.state, "failed");
+    cr_assert_not_null(strstr(d.last_error, "servers stopped"), "last_error: %s", d.last_error);
+    cr_assert_eq(receiver_count(&rcv, e.route, sent), 1, "the one within them was not sent once");
+    cr_assert_eq(receiver_count(&rcv, e.route, given_up), 0, "the one past them was sent");
 }
 
 Test(webhook_delivery, a_deleted_endpoint_gets_nothing_more)
