@@ -272,7 +272,9 @@ int edge_start(struct edge *e, char *err, size_t errlen)
 
 /* The stop's tick (self_connect.h): idle kept-alive connections are shut
  * from the start of the drain, so that their clients go elsewhere at once;
- * every idle connection once civetweb answers nothing more. */
+ * every idle connection once civetweb answers nothing more. A line for each
+ * tick that shut some (while a drain lasts, connections turn idle one by
+ * one: the operator sees the stop progress). */
 static void shut_idle(void *edge)
 {
     struct edge *e = edge;

@@ -50,8 +50,8 @@ struct edge {
     int connections; /* held by workers now; atomic */
     int in_flight;   /* requests inside a handler now; atomic */
     int draining;    /* set by edge_stop: new requests get 503; atomic */
-    int stopping;    /* set by edge_stop before mg_stop(): nothing more is
-                      * answered; atomic */
+    int stopping;    /* set by edge_stop just before mg_stop(), after which
+                      * civetweb answers nothing more; atomic */
 };
 
 /* Fewer free workers than this, and the connection table sheds (an eighth
