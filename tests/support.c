@@ -423,6 +423,17 @@ void test_send_all(int fd, const void *buf, size_t len)
     }
 }
 
+int test_server_connect(const struct test_server *s)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)atoi(strrchr(s->base, ':') + 1))};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0, "connect to %s", s->base);
+    return fd;
+}
+
 /* (test_acquirer_start meets a port taken between this check and its
  * bind by trying another: the acquirer takes no port 0.) */
 double test_now_s(void)

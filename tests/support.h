@@ -96,6 +96,9 @@ void test_ha(const char *name, const char *action, char *out, size_t len);
  * us mid-way (that is an answer too). */
 void test_send_all(int fd, const void *buf, size_t len);
 
+/* A raw TCP connection to s from 127.0.0.1 (fails the test if none). */
+int test_server_connect(const struct test_server *s);
+
 /* A response: status, body, and the API's headers (see httpc.h). */
 #define test_response httpc_response
 

@@ -31,19 +31,9 @@ static void stop(void)
     test_server_stop(&srv);
 }
 
-static int port(void)
-{
-    return atoi(strrchr(srv.base, ':') + 1);
-}
-
 static int connect_raw(void)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert_geq(fd, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port())};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
-    return fd;
+    return test_server_connect(&srv);
 }
 
 /* What came back within timeout_ms before the server closed: the status

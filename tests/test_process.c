@@ -109,9 +109,7 @@ Test(process, unreachable_database_fails_start_up_with_a_json_line)
 
 /* ---- SIGTERM: stop accepting, finish what is in flight, exit 0 ------------------ */
 
-#include <arpa/inet.h>
 #include <libpq-fe.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -187,12 +185,7 @@ static int log_has(const char *path, const char *text)
 /* A connection to srv kept alive after one answer (GET /health), idle. */
 static int open_kept_alive(void)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert_geq(fd, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET,
-                            .sin_port = htons((uint16_t)atoi(strrchr(srv.base, ':') + 1))};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    int fd = test_server_connect(&srv);
     const char req[] = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
     test_send_all(fd, req, sizeof req - 1);
     /* the whole answer: its head, then Content-Length bytes of body */
