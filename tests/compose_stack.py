@@ -270,7 +270,10 @@ def stop_during_slow_payment(root, run_id):
     check(headers.get("x-mockery-replica") == "server-1",
           "the slow payment was answered by %r" % headers.get("x-mockery-replica"))
     lines = run(slow + ["logs", "--no-color", "server-1"], root, quiet=True).stdout.splitlines()
-    stopping = [i for i, l in enumerate(lines) if '"msg":"stopping' in l]
+    # (the drain's start: the stop logs more "stopping: ..." lines later,
+    # as connections it closes turn idle - the payment's own among them)
+    stopping = [i for i, l in enumerate(lines)
+                if '"msg":"stopping: finishing requests in flight"' in l]
     answered = [i for i, l in enumerate(lines)
                 if '"msg":"request"' in l and '"key":"%s"' % key in l and '"status":201' in l]
     check(stopping and answered and stopping[-1] < answered[-1],
