@@ -12,8 +12,10 @@
  * 500, a closed connection - are 503 outcome_pending with the transaction
  * id; another body with the key is 422 (the key was not released); the
  * retry completes the payment with the one charge. No verdict depends on
- * the machine's speed: the held answer is held 4 s against a 400 ms
- * timeout, and a retry that finds its record still held (409) asks again.
+ * the machine's speed: the held answer is held 4 s against a 2 s
+ * timeout, an ask that should simply succeed has those 2 s (a fault-free
+ * ask takes milliseconds), and a retry that finds its record still held
+ * (409) asks again.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <criterion/criterion.h>
@@ -43,7 +45,7 @@ TestSuite(outcomes, .fini = teardown, .timeout = 90);
     "--fault", "hold:prefix=cust-hold:ms=4000", "--fault", "500:prefix=cust-err", "--fault",       \
         "close:prefix=cust-close", "--fault", "503:prefix=cust-busy"
 static const char *const PREFIX_FAULTS[] = {FAULTS, NULL};
-#define TIMEOUT_MS 400 /* the server's, far below the hold */
+#define TIMEOUT_MS 2000 /* the server's, below the hold */
 
 /* The time now, in the database's clock (a reconciliation's start). */
 static void db_now(char *out, size_t len)
@@ -789,8 +791,8 @@ Test(outcomes, a_key_reused_after_expiry_is_a_new_charge_under_a_new_key)
     struct test_server s;
     struct config c;
     test_acquirer_start(&a, NULL, 0);
-    outcome_config(&c, &a, TIMEOUT_MS, 1);
-    c.idempotency_ttl_s = 2;
+    outcome_config(&c, &a, TIMEOUT_MS, 3);
+    c.idempotency_ttl_s = 4;
     memset(&s, 0, sizeof s);
     test_server_spawn(&s, &c, MOCKERY_SERVER_BIN);
 
@@ -1012,7 +1014,7 @@ Test(outcomes, recovery_on_two_servers_finishes_each_record_once)
     test_server_stop(&s);
 
     /* still 503 at the acquirer: recovered as pending, kept, waiting */
-    recovering_server(&r1, &a, TIMEOUT_MS, 2);
+    recovering_server(&r1, &a, TIMEOUT_MS, 3);
     for (int i = 0;
          i < 1200 &&
          metric_of(&r1, "mockery_recovery_records_total{result=\"pending\"}") < RECOVERED;
@@ -1030,8 +1032,8 @@ Test(outcomes, recovery_on_two_servers_finishes_each_record_once)
     test_acquirer_stop(&a);
     a.port = port;
     test_acquirer_start(&a, NULL, 0);
-    recovering_server(&r1, &a, TIMEOUT_MS, 2);
-    recovering_server(&r2, &a, TIMEOUT_MS, 2);
+    recovering_server(&r1, &a, TIMEOUT_MS, 3);
+    recovering_server(&r2, &a, TIMEOUT_MS, 3);
     for (int i = 0; i < RECOVERED; i++)
         wait_completed(key[i]);
     for (int i = 0; i < RECOVERED; i++) {
