@@ -5,6 +5,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -581,6 +582,64 @@ BOTH_ON(a_tenant_at_its_limit_must_delete_one_first, start_mem_two, start_pg_two
     cr_assert_str_eq(listed_id(l, 0), second);
     cr_assert_str_eq(listed_id(l, 1), third);
     cJSON_Delete(l);
+}
+
+/* Creates at once: each thread waits at the barrier, then asks for one
+ * endpoint; its status into status. */
+struct racer {
+    pthread_barrier_t *go;
+    int n;
+    long status;
+};
+
+static void *race_create(void *arg)
+{
+    struct racer *r = arg;
+    char body[64];
+    struct test_response res;
+    snprintf(body, sizeof body, "{\"url\":\"https://8.8.8.8/race-%d\"}", r->n);
+    pthread_barrier_wait(r->go);
+    create(auth_a, body, &res);
+    r->status = res.status;
+    test_response_free(&res);
+    return NULL;
+}
+
+/* The limit holds against creates that arrive together (PostgreSQL's
+ * count and insert once let a few through side by side): in each round,
+ * 16 at once at a limit of 2, exactly 2 made and the rest refused; then
+ * both deleted for the next round. */
+BOTH_ON(creates_at_once_never_pass_the_limit, start_mem_two, start_pg_two)
+{
+    enum { RACERS = 16, ROUNDS = 8 };
+    for (int round = 0; round < ROUNDS; round++) {
+        pthread_barrier_t go;
+        pthread_barrier_init(&go, NULL, RACERS);
+        pthread_t t[RACERS];
+        struct racer r[RACERS];
+        for (int i = 0; i < RACERS; i++) {
+            r[i] = (struct racer){&go, round * RACERS + i, 0};
+            pthread_create(&t[i], NULL, race_create, &r[i]);
+        }
+        int made = 0;
+        for (int i = 0; i < RACERS; i++) {
+            pthread_join(t[i], NULL);
+            cr_assert(r[i].status == 201 || r[i].status == 422, "round %d: %ld", round,
+                      r[i].status);
+            made += r[i].status == 201;
+        }
+        pthread_barrier_destroy(&go);
+        cr_assert_eq(made, 2, "round %d: %d made at a limit of 2", round, made);
+        cJSON *l = list_json(auth_a);
+        cr_assert_eq(cJSON_GetObjectItemCaseSensitive(l, "count")->valueint, 2);
+        for (int i = 0; i < 2; i++) {
+            struct test_response d;
+            delete_endpoint(auth_a, listed_id(l, i), &d);
+            cr_assert_eq(d.status, 200, "%s", d.body);
+            test_response_free(&d);
+        }
+        cJSON_Delete(l);
+    }
 }
 
 BOTH(sixteen_endpoints_by_default_and_not_seventeen)

@@ -19,9 +19,9 @@ enum store_status pg_create_endpoint(struct store *s, const char *tenant,
     snprintf(limit, sizeof limit, "%d", max);
     const char *vals[] = {tenant, e->endpoint_id, e->url, e->events, e->secret, created, limit};
     PGresult *res =
-        pg_pool_exec_one(&pg->pool, "create_endpoint", 7, vals, PGRES_COMMAND_OK, &st, err, errlen);
+        pg_pool_exec_one(&pg->pool, "create_endpoint", 7, vals, PGRES_TUPLES_OK, &st, err, errlen);
     if (res) {
-        if (strcmp(PQcmdTuples(res), "1") != 0) {
+        if (PQntuples(res) != 1 || strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
             snprintf(err, errlen, "the tenant has %d endpoints already", max);
             st = STORE_REJECTED;
         }

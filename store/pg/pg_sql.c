@@ -281,11 +281,10 @@ static const char SQL_REAP_EVENTS[] =
     " SELECT count(*) FROM gone";
 
 /* Webhook endpoints (sql/013): one more for the tenant unless it has $7
- * already (no row inserted: the limit). */
+ * already - counted under the tenant's lock (sql/016): false, the limit. */
 static const char SQL_CREATE_ENDPOINT[] =
-    "INSERT INTO webhook_endpoints (tenant_id, endpoint_id, url, events, secret, created_at)"
-    " SELECT $1, $2, $3, string_to_array($4, ','), $5, " TS_OF(
-        "$6") " WHERE (SELECT count(*) FROM webhook_endpoints WHERE tenant_id = $1) < $7::int";
+    "SELECT webhook_endpoint_create($1, $2, $3, string_to_array($4, ','), $5, " TS_OF(
+        "$6") ", $7::int)";
 
 static const char SQL_LIST_ENDPOINTS[] =
     "SELECT endpoint_id, url, array_to_string(events, ','), secret, " US_OF(
