@@ -2,14 +2,25 @@
  * 127.0.0.1, real requests over a socket, against both stores. Every test
  * has two tenants of its own (API keys made for it), so that tests can
  * share one database. */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE /* unshare */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include "host_lookup.h"
 #include "support.h"
 
 static struct test_server srv;
@@ -654,6 +665,197 @@ BOTH(sixteen_endpoints_by_default_and_not_seventeen)
     test_expect_error(&r, 422, "endpoint_limit_reached", NULL);
     test_response_free(&r);
     cr_assert_eq(list_count(auth_a), 16);
+}
+
+/* ---- a host whose lookup does not answer ---------------------------------- */
+
+/* The nameserver of the DNS test: nothing else listens on this address. */
+#define DNS_ADDR "127.0.0.9"
+
+/* Gives this test's process (Criterion runs each test in one of its own)
+ * and its children a resolv.conf naming only DNS_ADDR, which waits 30 s
+ * for an answer: a mount namespace of its own, the file bound over
+ * /etc/resolv.conf. Needs root, as the test suite does. */
+static void resolve_through_test_dns(void)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/mockery-resolv.%d", (int)getpid());
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f, "%s", path);
+    fprintf(f, "nameserver " DNS_ADDR "\noptions timeout:30 attempts:1\n");
+    fclose(f);
+    cr_assert_eq(unshare(CLONE_NEWNS), 0, "unshare(CLONE_NEWNS): %s (the test needs root)",
+                 strerror(errno));
+    cr_assert_eq(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), 0, "%s", strerror(errno));
+    cr_assert_eq(mount(path, "/etc/resolv.conf", NULL, MS_BIND, NULL), 0,
+                 "binding %s over /etc/resolv.conf: %s", path, strerror(errno));
+    unlink(path); /* the mount keeps it */
+}
+
+/* Answers a DNS query "no such name". */
+static void answer_no_such_name(int fd, unsigned char *q, size_t len, const struct sockaddr_in *to)
+{
+    q[2] |= 0x84;                                     /* a response, authoritative */
+    q[3] = (unsigned char)((q[3] & 0x70) | 0x80 | 3); /* recursion available, NXDOMAIN */
+    sendto(fd, q, len, 0, (const struct sockaddr *)to, sizeof *to);
+}
+
+/* Answers every query on fd "no such name" until stop. */
+struct answerer {
+    int fd;
+    atomic_int stop;
+};
+
+static void *answerer_main(void *arg)
+{
+    struct answerer *a = arg;
+    while (!atomic_load(&a->stop)) {
+        struct pollfd p = {.fd = a->fd, .events = POLLIN};
+        if (poll(&p, 1, 50) <= 0)
+            continue;
+        unsigned char q[512];
+        struct sockaddr_in from;
+        socklen_t fl = sizeof from;
+        ssize_t n = recvfrom(a->fd, q, sizeof q, 0, (struct sockaddr *)&from, &fl);
+        if (n >= 12)
+            answer_no_such_name(a->fd, q, (size_t)n, &from);
+    }
+    return NULL;
+}
+
+struct slow_create {
+    long status;
+    char retry_after[16];
+    char body[512];
+    double took;
+};
+
+static void *slow_create_main(void *arg)
+{
+    struct slow_create *c = arg;
+    struct test_response r;
+    double t0 = test_now_s();
+    create(auth_a, "{\"url\":\"https://hooks.example.com/slow\"}", &r);
+    c->took = test_now_s() - t0;
+    c->status = r.status;
+    snprintf(c->retry_after, sizeof c->retry_after, "%s", r.retry_after);
+    snprintf(c->body, sizeof c->body, "%s", r.body);
+    if (r.status == 503)
+        test_expect_error(&r, 503, "dns_unavailable", "url");
+    test_response_free(&r);
+    return NULL;
+}
+
+/* A create asks the resolver on a request's worker: a nameserver that does
+ * not answer must neither hold the worker longer than the bound (5 s) nor
+ * let slow names hold more than HOST_LOOKUPS_MAX (8) workers. Through a
+ * test nameserver: none listening - a temporary failure, 503
+ * dns_unavailable at once; one that reads and never answers - 8 creates
+ * wait their 5 s and are 503, a ninth meanwhile is 503 at once and the
+ * worker pool still answers; then
+ * the nameserver answers every query "no such name", the lookups left
+ * behind end, and a create is 422 invalid_url again. */
+Test(webhook_endpoints_dns, a_nameserver_that_never_answers_holds_no_worker, .fini = stop,
+     .timeout = 120)
+{
+    resolve_through_test_dns();
+    char key_a[96], max[16];
+    struct config c;
+    test_config(&c, STORE_KIND_MEMORY);
+    test_unique(tenant_a, sizeof tenant_a, "wh-dns");
+    test_unique(key_a, sizeof key_a, "key-dns");
+    snprintf(c.api_keys, sizeof c.api_keys, "%s:%s", tenant_a, key_a);
+    snprintf(auth_a, sizeof auth_a, "Authorization: Bearer %s", key_a);
+    c.webhook_max_endpoints = 16;
+    snprintf(max, sizeof max, "%d", c.webhook_max_endpoints);
+    setenv("MOCKERY_WEBHOOK_ALLOW_PRIVATE", "false", 1);
+    setenv("MOCKERY_WEBHOOK_MAX_ENDPOINTS", max, 1);
+    const char *bin = getenv("MOCKERY_TEST_SERVER_BIN");
+    memset(&srv, 0, sizeof srv);
+    test_server_spawn(&srv, &c, bin && *bin ? bin : MOCKERY_SERVER_BIN);
+
+    /* nothing listening: refused, a temporary failure */
+    struct slow_create first = {0};
+    slow_create_main(&first);
+    cr_assert_eq(first.status, 503);
+    cr_assert_str_eq(first.retry_after, "1");
+
+    /* a nameserver that reads and never answers */
+    int dns = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in at = {.sin_family = AF_INET, .sin_port = htons(53)};
+    inet_pton(AF_INET, DNS_ADDR, &at.sin_addr);
+    cr_assert_eq(bind(dns, (struct sockaddr *)&at, sizeof at), 0, "%s", strerror(errno));
+    enum { HELD = HOST_LOOKUPS_MAX };
+    pthread_t t[HELD];
+    struct slow_create held[HELD] = {{0}};
+    for (int i = 0; i < HELD; i++)
+        pthread_create(&t[i], NULL, slow_create_main, &held[i]);
+    /* The lookups are under way once their queries arrive, each from a
+     * socket of its own. Kept, to be answered at the end. */
+    enum { QUERIES = 64 };
+    struct {
+        struct sockaddr_in from;
+        unsigned char q[512];
+        ssize_t len;
+    } queries[QUERIES];
+    int nq = 0, ports[HELD], np = 0;
+    double t0 = test_now_s();
+    while (np < HELD) {
+        cr_assert_lt(test_now_s() - t0, 30, "%d of %d lookups seen after 30 s", np, HELD);
+        struct pollfd p = {.fd = dns, .events = POLLIN};
+        if (poll(&p, 1, 100) <= 0 || nq == QUERIES)
+            continue;
+        socklen_t fl = sizeof queries[nq].from;
+        queries[nq].len = recvfrom(dns, queries[nq].q, sizeof queries[nq].q, 0,
+                                   (struct sockaddr *)&queries[nq].from, &fl);
+        if (queries[nq].len < 12)
+            continue;
+        int port = ntohs(queries[nq].from.sin_port), seen = 0;
+        for (int i = 0; i < np; i++)
+            seen |= ports[i] == port;
+        if (!seen)
+            ports[np++] = port;
+        nq++;
+    }
+    /* every place taken: one more create is refused at once, and the
+     * workers still answer */
+    struct slow_create one_more = {0};
+    slow_create_main(&one_more);
+    cr_assert_eq(one_more.status, 503, "one more lookup beside %d under way", HELD);
+    cr_assert(strstr(one_more.body, "too many lookups under way"), "%s", one_more.body);
+    struct test_response r;
+    const char *h[] = {auth_a, NULL};
+    request("GET", "/api/v1/webhook_endpoints", h, NULL, &r);
+    cr_assert_eq(r.status, 200, "%s", r.body);
+    test_response_free(&r);
+    for (int i = 0; i < HELD; i++) {
+        pthread_join(t[i], NULL);
+        cr_assert_eq(held[i].status, 503, "create %d: %ld", i, held[i].status);
+        cr_assert(strstr(held[i].body, "no answer within the bound"), "%s", held[i].body);
+        cr_assert_geq(held[i].took, 4.9, "create %d answered after %.2f s, before the bound", i,
+                      held[i].took);
+    }
+    /* The nameserver answers "no such name" from now on, the queries kept
+     * too: the lookups left behind end and free their places. */
+    for (int i = 0; i < nq; i++)
+        answer_no_such_name(dns, queries[i].q, (size_t)queries[i].len, &queries[i].from);
+    struct answerer ans = {dns, 0};
+    pthread_t at_t;
+    pthread_create(&at_t, NULL, answerer_main, &ans);
+    t0 = test_now_s();
+    for (;;) {
+        create(auth_a, "{\"url\":\"https://hooks.example.com/again\"}", &r);
+        if (r.status != 503)
+            break;
+        test_response_free(&r);
+        cr_assert_lt(test_now_s() - t0, 30, "the lookups left behind never ended");
+        test_sleep_ms(50);
+    }
+    atomic_store(&ans.stop, 1);
+    pthread_join(at_t, NULL);
+    test_expect_error(&r, 422, "invalid_url", "url");
+    test_response_free(&r);
+    close(dns);
 }
 
 BOTH(a_wrong_method_is_405_and_says_which_are_allowed)

@@ -83,6 +83,8 @@
     X(GATEWAY_ERROR, 502, APIERR_TYPE_API, "gateway_error", "the payment processor failed")        \
     X(STORE_UNAVAILABLE, 503, APIERR_TYPE_API, "store_unavailable",                                \
       "the payment store is unavailable")                                                          \
+    X(DNS_UNAVAILABLE, 503, APIERR_TYPE_API, "dns_unavailable",                                    \
+      "the url's host could not be looked up now; retry later")                                    \
     X(SERVER_BUSY, 503, APIERR_TYPE_API, "server_busy",                                            \
       "few workers were free and this connection had waited idle: it is closed; retry")            \
     X(OUTCOME_PENDING, 503, APIERR_TYPE_API, "outcome_pending",                                    \

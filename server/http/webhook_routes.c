@@ -24,7 +24,8 @@ void routes_create_endpoint(struct request *r)
         return;
     if (webhook_endpoint_parse(body, len, &req, &e) != 0 ||
         webhook_url_check(req.url, r->svc->webhook_allow_private, &e) != 0) {
-        http_send_error(r, &e, NULL);
+        const char *retry[] = {"Retry-After", "1", NULL};
+        http_send_error(r, &e, e.status == 503 ? retry : NULL);
         goto out;
     }
     char id[WEBHOOK_ENDPOINT_ID_LEN + 1], secret[WEBHOOK_SECRET_LEN + 1];

@@ -5,7 +5,6 @@
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <curl/curl.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -13,6 +12,7 @@
 #include <sys/socket.h>
 
 #include "event.h"
+#include "host_lookup.h"
 #include "ids.h"
 #include "request_json.h"
 #include "utc_text.h"
@@ -205,29 +205,43 @@ int webhook_address_public(const struct sockaddr *sa)
     return (b[0] & 0xe0) == 0x20;
 }
 
+/* host_lookup()'s each: clears *public at the first address that is not. */
+static int address_judged(const struct sockaddr *addr, void *arg)
+{
+    int *public = arg;
+    *public = webhook_address_public(addr);
+    return !*public;
+}
+
+static int address_seen(const struct sockaddr *addr, void *arg)
+{
+    (void)addr;
+    (void)arg;
+    return 1;
+}
+
 int webhook_url_check(const char *url, int allow_private, struct apierr *err)
 {
     char *host = url_host(url, err);
     if (!host)
         return -1;
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
-    int rc = getaddrinfo(host, NULL, &hints, &res);
-    if (rc != 0) {
+    int public = 1;
+    const char *why = "";
+    enum host_lookup_result found =
+        host_lookup(host, WEBHOOK_LOOKUP_TIMEOUT_MS, allow_private ? address_seen : address_judged,
+                    &public, &why);
+    if (found == HOST_LOOKUP_NOT_FOUND)
         apierr_of(err, APIERR_INVALID_URL, "url", "url's host %s does not resolve", host);
-        free(host);
-        return -1;
-    }
-    int ok = 1;
-    for (const struct addrinfo *a = res; a && ok && !allow_private; a = a->ai_next)
-        ok = webhook_address_public(a->ai_addr);
-    freeaddrinfo(res);
-    if (!ok)
+    else if (found == HOST_LOOKUP_UNAVAILABLE)
+        apierr_of(err, APIERR_DNS_UNAVAILABLE, "url",
+                  "url's host %s could not be looked up now (%s); retry later", host, why);
+    else if (!public)
         apierr_of(err, APIERR_URL_NOT_ALLOWED, "url",
                   "url's host %s resolves to a loopback, private, link-local or other "
                   "non-public address",
                   host);
     free(host);
-    return ok ? 0 : -1;
+    return found == HOST_LOOKUP_OK && public ? 0 : -1;
 }
 
 int webhook_endpoint_id_valid(const char *s)

@@ -2,7 +2,8 @@
  * one, the address check that keeps tenants out of the operator's network,
  * and its JSON (docs/api.md, "Webhook endpoints")
  *
- * Plain functions; webhook_url_check() asks the resolver. Reentrant.
+ * Plain functions; webhook_url_check() asks the resolver, waiting at most
+ * WEBHOOK_LOOKUP_TIMEOUT_MS (host_lookup.h). Reentrant.
  */
 #ifndef MOCKERY_WEBHOOK_ENDPOINT_H
 #define MOCKERY_WEBHOOK_ENDPOINT_H
@@ -44,9 +45,15 @@ void webhook_endpoint_request_clear(struct webhook_endpoint_request *r);
  * NAT64, 6to4, the old compatible form) judged as IPv4. */
 int webhook_address_public(const struct sockaddr *sa);
 
+/* The longest a create waits for its host's addresses. */
+#define WEBHOOK_LOOKUP_TIMEOUT_MS 5000
+
 /* Resolves the host of url (already parsed): 0 when it resolves and every
  * address it has is public (any address with allow_private); else -1 with
- * err (422 invalid_url when it does not resolve, url_not_allowed). */
+ * err (422 invalid_url when it does not resolve, url_not_allowed; 503
+ * dns_unavailable when it could not be looked up now: a temporary failure,
+ * no answer within WEBHOOK_LOOKUP_TIMEOUT_MS, or HOST_LOOKUPS_MAX lookups
+ * under way). */
 int webhook_url_check(const char *url, int allow_private, struct apierr *err);
 
 /* Whether s has the shape of an endpoint id ("we_" and 1-60 URL-safe characters). */
