@@ -1718,6 +1718,106 @@ Test(webhook_delivery, a_server_killed_mid_delivery_loses_nothing)
     free(body);
 }
 
+/* Whether the server's log has a line containing text. */
+static int log_has(const struct test_server *s, const char *text)
+{
+    FILE *f = fopen(s->log_path, "r");
+    cr_assert_not_null(f, "%s", s->log_path);
+    char line[4096];
+    int found = 0;
+    while (!found && fgets(line, sizeof line, f))
+        found = strstr(line, text) != NULL;
+    fclose(f);
+    return found;
+}
+
+static void exec_ok(PGconn *conn, const char *sql)
+{
+    PGresult *res = PQexec(conn, sql);
+    cr_assert_eq(PQresultStatus(res), PGRES_COMMAND_OK, "%s: %s", sql, PQerrorMessage(conn));
+    PQclear(res);
+}
+
+/* A claim's lease is counted from its statement's start; one that comes
+ * back later than the lease's margin (5 s, webhook_delivery.c) may not
+ * have the lease left to finish its attempts before another server claims
+ * them, so its deliveries are not begun: they go again after the lease.
+ * The claim is stalled for 6 s by a lock on the table, held by a session
+ * of the test that also writes a due delivery (seen by the claim once the
+ * lock is let go): nothing is sent until the row's lease has ended, then
+ * it is delivered. One dispatcher, so that no other claim waits less; the
+ * lock (EXCLUSIVE) lets reads through - the backlog's count - and stops
+ * every claim. */
+Test(webhook_delivery, a_claim_that_came_back_late_sends_nothing_within_its_lease)
+{
+    struct endpoint e;
+    char evt[64], insert[512];
+    struct webhook_flags f = QUICK;
+    f.timeout_ms = 1000; /* the lease: 16.2 s */
+    f.dispatchers = 1;
+    start_server(&srv[0], &f);
+    add_endpoint(&srv[0], &ta, NULL, &e);
+
+    PGconn *locker = PQconnectdb(test_db_url());
+    cr_assert_eq(PQstatus(locker), CONNECTION_OK, "%s", PQerrorMessage(locker));
+    exec_ok(locker, "BEGIN");
+    exec_ok(locker, "LOCK TABLE webhook_deliveries IN EXCLUSIVE MODE");
+    test_unique(evt, sizeof evt, "evt_late");
+    snprintf(insert, sizeof insert,
+             "INSERT INTO events (tenant_id, event_id, type, created_at, body)"
+             " VALUES ('%s', '%s', 'payment.succeeded', now(),"
+             " '{\"id\":\"%s\",\"type\":\"payment.succeeded\",\"data\":{\"object\":{}}}')",
+             ta.name, evt, evt);
+    exec_ok(locker, insert); /* its delivery, due now, by the trigger */
+    char pid[16];
+    snprintf(pid, sizeof pid, "%d", PQbackendPID(locker));
+    /* a claim of the server waits for the lock, and has for 6 s */
+    double give_up = test_now_s() + LIMIT_S;
+    while (!test_query_long(test_db_url(),
+                            "SELECT count(*) FROM pg_stat_activity WHERE application_name ="
+                            " 'mockery-server' AND query LIKE 'WITH busy AS%'"
+                            " AND $1::int = ANY(pg_blocking_pids(pid))"
+                            " AND clock_timestamp() - query_start > interval '6 s'",
+                            pid)) {
+        cr_assert_lt(test_now_s(), give_up + 6, "no claim waited 6 s for the lock");
+        test_sleep_ms(50);
+    }
+    /* the first request is held: were the late claim's attempt begun, its
+     * row would stay leased with the request here */
+    receiver_hold(&rcv, 1);
+    exec_ok(locker, "COMMIT");
+    PQfinish(locker);
+
+    /* the claim came back: its row leased (or, were it begun, sent) */
+    const char *params[] = {evt, e.id};
+    give_up = test_now_s() + LIMIT_S;
+    while (!receiver_count(&rcv, e.route, evt) &&
+           !test_query_long(test_db_url(),
+                            "SELECT count(*) FROM webhook_deliveries WHERE event_id = $1"
+                            " AND attempts >= 1 AND leased_until > now()",
+                            evt)) {
+        cr_assert_lt(test_now_s(), give_up, "the stalled claim never came back");
+        test_sleep_ms(50);
+    }
+    /* nothing sent while the lease holds (counted before the lease is
+     * read: a count read while it still held) */
+    for (;;) {
+        int sent = receiver_count(&rcv, e.route, evt);
+        PGresult *res = query("SELECT leased_until > now() FROM webhook_deliveries"
+                              " WHERE event_id = $1 AND endpoint_id = $2",
+                              2, params);
+        int leased = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+        PQclear(res);
+        if (!leased)
+            break;
+        cr_assert_eq(sent, 0, "sent by the late claim, within its lease");
+        test_sleep_ms(50);
+    }
+    cr_assert(log_has(&srv[0], "a claim came back late"), "the late claim was not logged");
+    receiver_release(&rcv);
+    wait_delivered(&e, 1, "the delivery after the late claim's lease");
+}
+
 /* Rows whose last attempts' servers all died (leased, then nothing written):
  * one claimed for the third time past the last allowed attempt is still
  * sent; one claimed for the fourth is failed without a send, so that a

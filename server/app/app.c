@@ -191,11 +191,12 @@ static void *dispatcher_main(void *arg)
         struct webhook_pass p;
         webhook_deliver_due(d->sender, app->edge.svc.store, &p);
         metrics_webhooks(app->edge.metrics, p.delivered, p.retried, p.failed);
-        if (p.store != STORE_OK || p.stalled || p.retried || p.failed) {
+        if (p.store != STORE_OK || p.stalled || p.late || p.retried || p.failed) {
             cJSON *line = log_begin(app->log, LOG_WARN,
                                     p.stalled             ? "webhook dispatcher: libcurl failed"
                                     : p.store != STORE_OK ? "webhook dispatcher: store failed"
-                                                          : "webhook delivery attempts failed");
+                                    : p.late ? "webhook dispatcher: a claim came back late"
+                                             : "webhook delivery attempts failed");
             cJSON_AddNumberToObject(line, "retried", p.retried);
             cJSON_AddNumberToObject(line, "failed", p.failed);
             cJSON_AddStringToObject(line, "last_error", p.error);
