@@ -269,7 +269,7 @@ static void serve_post(struct mg_connection *c, struct api *api, const struct po
                    (ans.status == 201 || ans.status == 402);
     if (recorded && fp.on[FAULT_HOLD]) {
         log_fault(api, "hold", key);
-        clock_sleep_ms(fp.hold_ms);
+        faults_hold(fp.hold_ms);
     }
     if (recorded && fp.on[FAULT_CLOSE]) {
         log_fault(api, "close", key);

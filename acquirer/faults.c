@@ -3,10 +3,13 @@
 #include "faults.h"
 
 #include <openssl/rand.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "clock.h"
 
 static const char *const NAMES[FAULT_KINDS] = {"latency", "hold", "500", "close", "503"};
 
@@ -113,4 +116,21 @@ void faults_pick(const struct faults *f, const char *customer_id, struct fault_p
         if (r->kind == FAULT_HOLD && r->ms > out->hold_ms)
             out->hold_ms = r->ms;
     }
+}
+
+/* Releases so far: a hold ends when the count moves. Lock-free, so a
+ * signal handler may add to it. */
+static atomic_uint releases;
+
+void faults_release_holds(void)
+{
+    atomic_fetch_add(&releases, 1);
+}
+
+void faults_hold(int ms)
+{
+    unsigned seen = atomic_load(&releases);
+    int64_t end = clock_mono_us() + (int64_t)ms * 1000;
+    for (int64_t left; (left = end - clock_mono_us()) > 0 && atomic_load(&releases) == seen;)
+        clock_sleep_ms(left < 10000 ? (left + 999) / 1000 : 10);
 }

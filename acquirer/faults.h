@@ -4,7 +4,8 @@
  * Each --fault flag is one rule, KIND:SELECTOR[:ms=N]:
  *   latency  wait N ms before anything (default 1000)
  *   hold     record the charge (refund), then hold the answer N ms
- *            (default 5000) - past a client's timeout
+ *            (default 5000) - past a client's timeout - or until
+ *            faults_release_holds() (SIGUSR1)
  *   500      record it, then answer 500 instead of its outcome
  *   close    record it, then close the connection without an answer
  *   503      answer 503 without recording anything (nothing moved)
@@ -13,7 +14,8 @@
  * charge's - starts with P). Several rules may apply to one request.
  * Only a request that runs its operation is hurt by hold, 500 and close:
  * a replay answers the recorded outcome, which is how a client asking
- * again learns what happened. Read-only after start-up; thread-safe.
+ * again learns what happened. Read-only after start-up (but for the holds'
+ * release count); thread-safe.
  */
 #ifndef MOCKERY_FAULTS_H
 #define MOCKERY_FAULTS_H
@@ -42,6 +44,15 @@ struct faults {
     struct fault_rule rules[FAULTS_MAX];
     int n;
 };
+
+/* Holds an answer: returns after ms, or sooner once faults_release_holds()
+ * is called after the hold began. */
+void faults_hold(int ms);
+
+/* Ends every hold under way now (later holds run their time): from a
+ * signal handler too (SIGUSR1: a test lets held answers go when it is
+ * ready, rather than guess how long it needs). */
+void faults_release_holds(void);
 
 /* What applies to one request. */
 struct fault_pick {

@@ -5,7 +5,7 @@
  *        127.0.0.1] [--threads 512] [--pool-size 16] [--lease-ms 30000]
  *        [--ttl-s 86400] [--fault KIND:SELECTOR[:ms=N]]... [--quiet]
  * The database URL may come from MOCKERY_ACQUIRER_DATABASE_URL instead.
- * SIGTERM or SIGINT stops it.
+ * SIGTERM or SIGINT stops it; SIGUSR1 ends the fault holds under way.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <getopt.h>
@@ -23,6 +23,12 @@ static void on_signal(int sig)
 {
     (void)sig;
     stop = 1;
+}
+
+static void on_release(int sig)
+{
+    (void)sig;
+    faults_release_holds();
 }
 
 static int int_arg(const char *name, const char *v, long lo, long hi, long *out)
@@ -125,6 +131,8 @@ int main(int argc, char **argv)
     sa.sa_handler = on_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sa.sa_handler = on_release;
+    sigaction(SIGUSR1, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     struct mg_context *ctx = api_start(&api, host, (int)port, (int)threads, err, sizeof err);

@@ -182,6 +182,11 @@ void test_acquirer_stop(struct test_acquirer *a)
     a->pid = 0;
 }
 
+void test_acquirer_release_holds(const struct test_acquirer *a)
+{
+    cr_assert_eq(kill(a->pid, SIGUSR1), 0);
+}
+
 void test_acquirer_kill(struct test_acquirer *a)
 {
     cr_assert_eq(kill(a->pid, SIGKILL), 0);

@@ -25,6 +25,8 @@ void test_acquirer_start_env(struct test_acquirer *a, const char *const *flags, 
 void test_acquirer_start(struct test_acquirer *a, const char *const *flags, int rules);
 /* SIGTERM; it must exit 0 and say "stopping". */
 void test_acquirer_stop(struct test_acquirer *a);
+/* SIGUSR1: the answers it holds now (the hold fault) go at once. */
+void test_acquirer_release_holds(const struct test_acquirer *a);
 /* SIGKILL: no goodbye. */
 void test_acquirer_kill(struct test_acquirer *a);
 /* A suite's teardown: SIGKILL every acquirer a failed test left running. */

@@ -1356,10 +1356,11 @@ static void set_standbys(const char *url, const char *names)
     }
 }
 
-/* The commit test's server: its ask's answer held 5 s at the acquirer (a
- * cust-hold customer, COMMIT_FAULTS), well inside its bound and its lease. */
-enum { COMMIT_LEASE_S = 10, COMMIT_TIMEOUT_MS = 8000 };
-static const char *const COMMIT_FAULTS[] = {"--fault", "hold:prefix=cust-hold:ms=5000", NULL};
+/* The commit test's server: its ask's answer held at the acquirer (a
+ * cust-hold customer, COMMIT_FAULTS) until the test lets it go, inside the
+ * ask's bound and the lease. */
+enum { COMMIT_LEASE_S = 90, COMMIT_TIMEOUT_MS = 80000 };
+static const char *const COMMIT_FAULTS[] = {"--fault", "hold:prefix=cust-hold:ms=85000", NULL};
 
 /* The completion's COMMIT with an unknown outcome: it committed locally and
  * waits for a synchronous standby (one that never answers here), and its
@@ -1372,9 +1373,10 @@ static const char *const COMMIT_FAULTS[] = {"--fault", "hold:prefix=cust-hold:ms
  *
  * The claim, which keeps its request for the acquirer, commits waiting for
  * the flush, so for a standby too: the standby is named only once it has
- * committed - the acquirer has charged and holds its answer (5 s, against
- * a few queries) - so that only the completion waits. The acquirer's ledger
- * is on another PostgreSQL, whose commits wait for no standby. */
+ * committed - the acquirer has charged and holds its answer until the test
+ * lets it go, once the standby is named - so that only the completion
+ * waits. The acquirer's ledger is on another PostgreSQL, whose commits
+ * wait for no standby. */
 Test(faults, a_completion_whose_commit_outcome_is_unknown_is_charged_once, .fini = drop_cluster,
      .timeout = 120)
 {
@@ -1398,7 +1400,8 @@ Test(faults, a_completion_whose_commit_outcome_is_unknown_is_charged_once, .fini
     pthread_create(&t, NULL, watched_post_main, &w);
     wait_charged(acq_url, cust); /* claimed, asked: the answer is held */
     set_standbys(url, "nobody");
-    cr_assert(!atomic_load(&w.answered), "answered before the standby was named (held 5 s)");
+    cr_assert(!atomic_load(&w.answered), "answered before the acquirer's answer was let go");
+    test_acquirer_release_holds(&acq);
     const char *waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
                           " AND application_name = $1";
     double give_up = seconds_now() + 30;
