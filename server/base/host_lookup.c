@@ -1,23 +1,28 @@
-/* host_lookup.c - a host name's addresses, looked up with a bound (host_lookup.h) */
-#define _GNU_SOURCE /* getaddrinfo_a */
+/* host_lookup.c - a host name's addresses, looked up with a bound (host_lookup.h)
+ *
+ * Each lookup runs getaddrinfo() on a detached thread of its own, which the
+ * asking thread waits for with a deadline. Not glibc's getaddrinfo_a(): it
+ * runs lookups and their notifications on threads glibc creates
+ * internally, past the sanitizers' interception of pthread_create, and a
+ * ThreadSanitizer-built server crashed on them. */
+#define _GNU_SOURCE /* EAI_NODATA, EAI_ADDRFAMILY */
 #include "host_lookup.h"
 
-#include <errno.h>
 #include <netdb.h>
-#include <signal.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "clock.h"
 
-/* One lookup, shared by the thread that asked and glibc's notification,
- * each holding a reference: the last to let go frees it. */
+/* One lookup, shared by the thread that asked and the thread that looks
+ * up, each holding a reference: the last to let go frees it. */
 struct lookup {
-    struct gaicb cb;
-    struct addrinfo hints;
-    atomic_int refs;
+    pthread_mutex_t mu;
+    pthread_cond_t ended;
+    int done, rc, refs;
+    struct addrinfo *res;
     char host[];
 };
 
@@ -25,18 +30,32 @@ static atomic_int under_way;
 
 static void lookup_release(struct lookup *l)
 {
-    if (atomic_fetch_sub(&l->refs, 1) != 1)
+    pthread_mutex_lock(&l->mu);
+    int last = --l->refs == 0;
+    pthread_mutex_unlock(&l->mu);
+    if (!last)
         return;
-    if (l->cb.ar_result)
-        freeaddrinfo(l->cb.ar_result);
+    if (l->res)
+        freeaddrinfo(l->res);
+    pthread_cond_destroy(&l->ended);
+    pthread_mutex_destroy(&l->mu);
     free(l);
     atomic_fetch_sub(&under_way, 1);
 }
 
-/* glibc's notification that the lookup ended (on a thread of its own). */
-static void lookup_ended(union sigval v)
+static void *lookup_main(void *arg)
 {
-    lookup_release(v.sival_ptr);
+    struct lookup *l = arg;
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
+    int rc = getaddrinfo(l->host, NULL, &hints, &res);
+    pthread_mutex_lock(&l->mu);
+    l->rc = rc;
+    l->res = rc == 0 ? res : NULL;
+    l->done = 1;
+    pthread_cond_signal(&l->ended);
+    pthread_mutex_unlock(&l->mu);
+    lookup_release(l);
+    return NULL;
 }
 
 static enum host_lookup_result unavailable(const char **why, const char *cause)
@@ -44,6 +63,32 @@ static enum host_lookup_result unavailable(const char **why, const char *cause)
     if (why)
         *why = cause;
     return HOST_LOOKUP_UNAVAILABLE;
+}
+
+/* A new lookup of host on a thread of its own; NULL when it could not start. */
+static struct lookup *lookup_start(const char *host)
+{
+    size_t n = strlen(host) + 1;
+    struct lookup *l = calloc(1, sizeof *l + n);
+    if (!l)
+        return NULL;
+    memcpy(l->host, host, n);
+    l->refs = 2;
+    pthread_mutex_init(&l->mu, NULL);
+    pthread_cond_init(&l->ended, NULL);
+    pthread_attr_t attr;
+    pthread_t t;
+    int ok = pthread_attr_init(&attr) == 0;
+    ok = ok && pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+         pthread_create(&t, &attr, lookup_main, l) == 0;
+    pthread_attr_destroy(&attr);
+    if (!ok) {
+        pthread_cond_destroy(&l->ended);
+        pthread_mutex_destroy(&l->mu);
+        free(l);
+        return NULL;
+    }
+    return l;
 }
 
 enum host_lookup_result host_lookup(const char *host, int timeout_ms, host_lookup_each each,
@@ -62,45 +107,37 @@ enum host_lookup_result host_lookup(const char *host, int timeout_ms, host_looku
         atomic_fetch_sub(&under_way, 1);
         return unavailable(why, "too many lookups under way");
     }
-    size_t n = strlen(host) + 1;
-    struct lookup *l = calloc(1, sizeof *l + n);
+    struct lookup *l = lookup_start(host);
     if (!l) {
-        atomic_fetch_sub(&under_way, 1);
-        return unavailable(why, "out of memory");
-    }
-    memcpy(l->host, host, n);
-    l->hints.ai_socktype = SOCK_STREAM;
-    l->cb.ar_name = l->host;
-    l->cb.ar_request = &l->hints;
-    atomic_init(&l->refs, 2);
-    struct sigevent ended = {.sigev_notify = SIGEV_THREAD,
-                             .sigev_notify_function = lookup_ended,
-                             .sigev_value.sival_ptr = l};
-    struct gaicb *list[] = {&l->cb};
-    if (getaddrinfo_a(GAI_NOWAIT, list, 1, &ended) != 0) {
-        free(l);
         atomic_fetch_sub(&under_way, 1);
         return unavailable(why, "the lookup could not be started");
     }
-    int64_t deadline = clock_mono_us() + (int64_t)timeout_ms * 1000;
-    int rc;
-    while ((rc = gai_error(&l->cb)) == EAI_INPROGRESS) {
-        int64_t left = deadline - clock_mono_us();
-        if (left <= 0)
-            break;
-        struct timespec wait = {(time_t)(left / 1000000), (long)(left % 1000000) * 1000};
-        gai_suspend((const struct gaicb *const *)list, 1, &wait); /* ended, timed out or a signal */
-    }
+    struct timespec deadline;
+    clock_deadline_in(&deadline, timeout_ms);
+    pthread_mutex_lock(&l->mu);
+    while (!l->done && pthread_cond_timedwait(&l->ended, &l->mu, &deadline) == 0)
+        ;
+    int done = l->done, rc = l->rc;
+    pthread_mutex_unlock(&l->mu);
     enum host_lookup_result result = HOST_LOOKUP_OK;
-    if (rc == 0) {
-        for (const struct addrinfo *a = l->cb.ar_result; a; a = a->ai_next)
+    if (!done) {
+        result = unavailable(why, "no answer within the bound");
+    } else if (rc == 0) {
+        /* written before done was set, and not changed since */
+        for (const struct addrinfo *a = l->res; a; a = a->ai_next)
             if (each(a->ai_addr, arg))
                 break;
-    } else if (rc == EAI_NONAME || rc == EAI_NODATA || rc == EAI_ADDRFAMILY || rc == EAI_FAIL) {
+    } else if (rc == EAI_NONAME || rc == EAI_FAIL
+#ifdef EAI_NODATA
+               || rc == EAI_NODATA
+#endif
+#ifdef EAI_ADDRFAMILY
+               || rc == EAI_ADDRFAMILY
+#endif
+    ) {
         result = HOST_LOOKUP_NOT_FOUND;
     } else {
-        result = unavailable(why, rc == EAI_INPROGRESS ? "no answer within the bound"
-                                                       : gai_strerror(rc));
+        result = unavailable(why, gai_strerror(rc));
     }
     lookup_release(l);
     return result;

@@ -3,9 +3,9 @@
  *
  * getaddrinfo() waits as long as the resolver's configuration lets it (a
  * nameserver that never answers: seconds to tens of seconds, on whichever
- * thread asked). host_lookup() asks glibc's getaddrinfo_a() instead and
- * waits at most timeout_ms; a lookup it stops waiting for finishes on
- * glibc's thread and frees itself. At most HOST_LOOKUPS_MAX lookups are
+ * thread asked). host_lookup() runs it on a thread of its own and waits
+ * at most timeout_ms; a lookup it stops waiting for finishes on its thread
+ * and frees itself. At most HOST_LOOKUPS_MAX lookups are
  * under way at once, waited for or not: past that a lookup is refused at
  * once, so that slow names can hold only a few of the threads that ask.
  * An address written out (an IPv4 or IPv6 literal) is no lookup: it is
