@@ -197,6 +197,8 @@ static void *dispatcher_main(void *arg)
                                     : p.store != STORE_OK ? "webhook dispatcher: store failed"
                                     : p.late ? "webhook dispatcher: a claim came back late"
                                              : "webhook delivery attempts failed");
+            if (p.late)
+                cJSON_AddNumberToObject(line, "late", p.late);
             cJSON_AddNumberToObject(line, "retried", p.retried);
             cJSON_AddNumberToObject(line, "failed", p.failed);
             cJSON_AddStringToObject(line, "last_error", p.error);

@@ -351,6 +351,11 @@ static void claim_and_begin(struct webhook_sender *w, struct store *s, struct we
         .batch = free_slots < WEBHOOK_CLAIM ? free_slots : WEBHOOK_CLAIM,
         .lease_ms = webhook_lease_ms(&w->o),
         .busy = busy,
+        /* the lease keeps LEASE_MARGIN_MS for the time until the attempts
+         * begin: a claim statement that ran longer (a lock wait, a slow
+         * database) may leave too little to finish them before another
+         * server may claim the same rows */
+        .late_after_ms = LEASE_MARGIN_MS,
     };
     c.nbusy = busy_endpoints(w, busy);
     int64_t began_us = clock_mono_us();
@@ -367,22 +372,12 @@ static void claim_and_begin(struct webhook_sender *w, struct store *s, struct we
         store_delivery_list_clear(&l); /* an empty list is allocated too */
         return;
     }
-    /* The lease was counted from the claim statement's start, and keeps
-     * LEASE_MARGIN_MS for the time until the attempts begin: a claim that
-     * came back later than that (a statement stalled on a lock, a slow
-     * database) may have too little lease left to finish its attempts
-     * before another server claims them. Not begun: they wait out their
-     * lease, their attempt counted, and go again then. */
-    int64_t took_ms = (clock_mono_us() - began_us) / 1000;
-    if (l.count > 0 && took_ms > LEASE_MARGIN_MS) {
-        out->late = (int)l.count;
+    out->late = (int)l.late;
+    if (l.late)
         snprintf(out->error, sizeof out->error,
-                 "a claim came back after %lld ms, past the lease's margin of %d ms: its %zu "
-                 "deliveries were not begun and go again after their lease",
-                 (long long)took_ms, LEASE_MARGIN_MS, l.count);
-        store_delivery_list_clear(&l);
-        return;
-    }
+                 "a claim statement ran past the lease's margin of %d ms: its %zu deliveries "
+                 "from the table were not begun and go again after their lease",
+                 LEASE_MARGIN_MS, l.late);
     out->claimed = (int)l.count;
     int slot = 0;
     for (size_t i = 0; i < l.count; i++) {

@@ -67,7 +67,7 @@ struct webhook_pass {
     int claimed;
     int in_flight; /* attempts still under way, to be run by the next step */
     int stalled;   /* libcurl failed: the attempts under way were left claimed */
-    int late;      /* claimed too late to begin within the lease: left to it, not begun */
+    int late;      /* claimed by a statement too slow to begin them: left to their lease */
     int delivered;
     int retried;
     int failed;

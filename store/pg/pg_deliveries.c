@@ -72,6 +72,11 @@ static enum store_status claim_rows(struct store_pg *pg, const struct store_deli
         return st;
     int n = PQntuples(res), oom = 0;
     for (int i = 0; !oom && i < n && l->count < (size_t)limit_rows; i++) {
+        /* how long the statement had run: its lease is that much shorter */
+        if (c->late_after_ms > 0 && pg_int_value(res, i, 7) > c->late_after_ms) {
+            l->late++;
+            continue;
+        }
         struct store_delivery *d = &l->items[l->count];
         oom = delivery_from_row(res, i, d) != 0;
         if (oom)
