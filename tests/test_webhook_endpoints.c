@@ -672,24 +672,33 @@ BOTH(sixteen_endpoints_by_default_and_not_seventeen)
 /* The nameserver of the DNS test: nothing else listens on this address. */
 #define DNS_ADDR "127.0.0.9"
 
-/* Gives this test's process (Criterion runs each test in one of its own)
- * and its children a resolv.conf naming only DNS_ADDR, which waits 30 s
- * for an answer: a mount namespace of its own, the file bound over
- * /etc/resolv.conf. Needs root, as the test suite does. */
-static void resolve_through_test_dns(void)
+/* Binds a file of this text over target (in this mount namespace only). */
+static void bind_text(const char *target, const char *text)
 {
     char path[64];
-    snprintf(path, sizeof path, "/tmp/mockery-resolv.%d", (int)getpid());
-    FILE *f = fopen(path, "w");
-    cr_assert_not_null(f, "%s", path);
-    fprintf(f, "nameserver " DNS_ADDR "\noptions timeout:30 attempts:1\n");
-    fclose(f);
+    snprintf(path, sizeof path, "/tmp/mockery-etc.%d.XXXXXX", (int)getpid());
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0, "%s: %s", path, strerror(errno));
+    cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    cr_assert_eq(mount(path, target, NULL, MS_BIND, NULL), 0, "binding %s over %s: %s", path,
+                 target, strerror(errno));
+    unlink(path); /* the mount keeps it */
+}
+
+/* Gives this test's process (Criterion runs each test in one of its own)
+ * and its children a resolver that asks only DNS_ADDR, waiting 30 s for an
+ * answer: a mount namespace of its own, a resolv.conf bound over
+ * /etc/resolv.conf and an nsswitch.conf that looks names up in files and
+ * DNS alone (no nscd, no other service in the way). Needs root, as the
+ * test suite does. */
+static void resolve_through_test_dns(void)
+{
     cr_assert_eq(unshare(CLONE_NEWNS), 0, "unshare(CLONE_NEWNS): %s (the test needs root)",
                  strerror(errno));
     cr_assert_eq(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), 0, "%s", strerror(errno));
-    cr_assert_eq(mount(path, "/etc/resolv.conf", NULL, MS_BIND, NULL), 0,
-                 "binding %s over /etc/resolv.conf: %s", path, strerror(errno));
-    unlink(path); /* the mount keeps it */
+    bind_text("/etc/resolv.conf", "nameserver " DNS_ADDR "\noptions timeout:30 attempts:1\n");
+    bind_text("/etc/nsswitch.conf", "hosts: files dns\n");
 }
 
 /* Answers a DNS query "no such name". */

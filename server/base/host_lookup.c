@@ -13,6 +13,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "clock.h"
 
@@ -40,7 +41,6 @@ static void lookup_release(struct lookup *l)
     pthread_cond_destroy(&l->ended);
     pthread_mutex_destroy(&l->mu);
     free(l);
-    atomic_fetch_sub(&under_way, 1);
 }
 
 static void *lookup_main(void *arg)
@@ -48,6 +48,8 @@ static void *lookup_main(void *arg)
     struct lookup *l = arg;
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
     int rc = getaddrinfo(l->host, NULL, &hints, &res);
+    /* no longer under way: its place is free before anyone hears of it */
+    atomic_fetch_sub(&under_way, 1);
     pthread_mutex_lock(&l->mu);
     l->rc = rc;
     l->res = rc == 0 ? res : NULL;
@@ -75,13 +77,21 @@ static struct lookup *lookup_start(const char *host)
     memcpy(l->host, host, n);
     l->refs = 2;
     pthread_mutex_init(&l->mu, NULL);
-    pthread_cond_init(&l->ended, NULL);
+    /* waited for on the monotonic clock: a step of the wall clock moves
+     * no deadline */
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&l->ended, &ca);
+    pthread_condattr_destroy(&ca);
     pthread_attr_t attr;
     pthread_t t;
-    int ok = pthread_attr_init(&attr) == 0;
-    ok = ok && pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
-         pthread_create(&t, &attr, lookup_main, l) == 0;
-    pthread_attr_destroy(&attr);
+    int ok = 0;
+    if (pthread_attr_init(&attr) == 0) {
+        ok = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+             pthread_create(&t, &attr, lookup_main, l) == 0;
+        pthread_attr_destroy(&attr);
+    }
     if (!ok) {
         pthread_cond_destroy(&l->ended);
         pthread_mutex_destroy(&l->mu);
@@ -113,7 +123,8 @@ enum host_lookup_result host_lookup(const char *host, int timeout_ms, host_looku
         return unavailable(why, "the lookup could not be started");
     }
     struct timespec deadline;
-    clock_deadline_in(&deadline, timeout_ms);
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    clock_add_ms(&deadline, timeout_ms);
     pthread_mutex_lock(&l->mu);
     while (!l->done && pthread_cond_timedwait(&l->ended, &l->mu, &deadline) == 0)
         ;
@@ -127,7 +138,7 @@ enum host_lookup_result host_lookup(const char *host, int timeout_ms, host_looku
         for (const struct addrinfo *a = l->res; a; a = a->ai_next)
             if (each(a->ai_addr, arg))
                 break;
-    } else if (rc == EAI_NONAME || rc == EAI_FAIL
+    } else if (rc == EAI_NONAME
 #ifdef EAI_NODATA
                || rc == EAI_NODATA
 #endif

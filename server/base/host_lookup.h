@@ -6,7 +6,8 @@
  * thread asked). host_lookup() runs it on a thread of its own and waits
  * at most timeout_ms; a lookup it stops waiting for finishes on its thread
  * and frees itself. At most HOST_LOOKUPS_MAX lookups are
- * under way at once, waited for or not: past that a lookup is refused at
+ * under way at once, waited for or not (a lookup's place is free once
+ * getaddrinfo() has returned): past that a lookup is refused at
  * once, so that slow names can hold only a few of the threads that ask.
  * An address written out (an IPv4 or IPv6 literal) is no lookup: it is
  * answered at once and takes no place.
@@ -22,7 +23,7 @@
 enum host_lookup_result {
     HOST_LOOKUP_OK,          /* each() saw the addresses */
     HOST_LOOKUP_NOT_FOUND,   /* no such host, or no address for it */
-    HOST_LOOKUP_UNAVAILABLE, /* not now: a temporary failure, the bound, too many under way */
+    HOST_LOOKUP_UNAVAILABLE, /* not now: a resolver failure, the bound, too many under way */
 };
 
 /* Called for each address (of a stream socket) until it returns nonzero. */
