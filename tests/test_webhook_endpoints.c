@@ -733,6 +733,7 @@ static void *answerer_main(void *arg)
 }
 
 struct slow_create {
+    const char *auth;
     long status;
     char retry_after[16];
     char body[512];
@@ -744,7 +745,7 @@ static void *slow_create_main(void *arg)
     struct slow_create *c = arg;
     struct test_response r;
     double t0 = test_now_s();
-    create(auth_a, "{\"url\":\"https://hooks.example.com/slow\"}", &r);
+    create(c->auth, "{\"url\":\"https://hooks.example.com/slow\"}", &r);
     c->took = test_now_s() - t0;
     c->status = r.status;
     snprintf(c->retry_after, sizeof c->retry_after, "%s", r.retry_after);
@@ -755,26 +756,73 @@ static void *slow_create_main(void *arg)
     return NULL;
 }
 
+/* The test nameserver's queries, kept to be answered at the end. */
+enum { QUERIES = 64 };
+struct queries {
+    int fd;
+    int n;
+    struct {
+        struct sockaddr_in from;
+        unsigned char q[512];
+        ssize_t len;
+    } q[QUERIES];
+    int ports[HOST_LOOKUPS_MAX], nports; /* each lookup asks from a socket of its own */
+};
+
+/* Reads queries until lookups distinct lookups have asked (bounded). */
+static void wait_lookups(struct queries *qs, int lookups)
+{
+    double t0 = test_now_s();
+    while (qs->nports < lookups) {
+        cr_assert_lt(test_now_s() - t0, 30, "%d of %d lookups seen after 30 s", qs->nports,
+                     lookups);
+        struct pollfd p = {.fd = qs->fd, .events = POLLIN};
+        if (poll(&p, 1, 100) <= 0 || qs->n == QUERIES)
+            continue;
+        socklen_t fl = sizeof qs->q[qs->n].from;
+        qs->q[qs->n].len = recvfrom(qs->fd, qs->q[qs->n].q, sizeof qs->q[qs->n].q, 0,
+                                    (struct sockaddr *)&qs->q[qs->n].from, &fl);
+        if (qs->q[qs->n].len < 12)
+            continue;
+        int port = ntohs(qs->q[qs->n].from.sin_port), seen = 0;
+        for (int i = 0; i < qs->nports; i++)
+            seen |= qs->ports[i] == port;
+        if (!seen && qs->nports < HOST_LOOKUPS_MAX)
+            qs->ports[qs->nports++] = port;
+        qs->n++;
+    }
+}
+
+enum { DNS_TENANTS = HOST_LOOKUPS_MAX / HOST_LOOKUPS_PER_OWNER + 1 };
+static char dns_auth[DNS_TENANTS][128];
+
 /* A create asks the resolver on a request's worker: a nameserver that does
- * not answer must neither hold the worker longer than the bound (5 s) nor
- * let slow names hold more than HOST_LOOKUPS_MAX (8) workers. Through a
- * test nameserver: none listening - a temporary failure, 503
- * dns_unavailable at once; one that reads and never answers - 8 creates
- * wait their 5 s and are 503, a ninth meanwhile is 503 at once and the
- * worker pool still answers; then
- * the nameserver answers every query "no such name", the lookups left
+ * not answer must neither hold the worker longer than the bound (5 s), nor
+ * let slow names hold more than HOST_LOOKUPS_MAX (8) workers, nor let one
+ * tenant's slow names take more than HOST_LOOKUPS_PER_OWNER (2) of those
+ * places. Through a test nameserver: none listening - a temporary
+ * failure, 503 dns_unavailable at once; one that reads and never answers -
+ * a tenant's 2 creates wait, its third is refused at once while places are
+ * free; 3 more tenants' 2 each fill the 8; a fifth tenant's is refused at
+ * once and the worker pool still answers; the 8 are 503 after their 5 s;
+ * then the nameserver answers every query "no such name", the lookups left
  * behind end, and a create is 422 invalid_url again. */
 Test(webhook_endpoints_dns, a_nameserver_that_never_answers_holds_no_worker, .fini = stop,
      .timeout = 120)
 {
     resolve_through_test_dns();
-    char key_a[96], max[16];
+    char max[16], keys[1024] = "";
     struct config c;
     test_config(&c, STORE_KIND_MEMORY);
-    test_unique(tenant_a, sizeof tenant_a, "wh-dns");
-    test_unique(key_a, sizeof key_a, "key-dns");
-    snprintf(c.api_keys, sizeof c.api_keys, "%s:%s", tenant_a, key_a);
-    snprintf(auth_a, sizeof auth_a, "Authorization: Bearer %s", key_a);
+    for (int i = 0; i < DNS_TENANTS; i++) {
+        char tenant[80], key[96];
+        test_unique(tenant, sizeof tenant, "wh-dns");
+        test_unique(key, sizeof key, "key-dns");
+        snprintf(keys + strlen(keys), sizeof keys - strlen(keys), "%s%s:%s", i ? "," : "", tenant,
+                 key);
+        snprintf(dns_auth[i], sizeof dns_auth[i], "Authorization: Bearer %s", key);
+    }
+    snprintf(c.api_keys, sizeof c.api_keys, "%s", keys);
     c.webhook_max_endpoints = 16;
     snprintf(max, sizeof max, "%d", c.webhook_max_endpoints);
     setenv("MOCKERY_WEBHOOK_ALLOW_PRIVATE", "false", 1);
@@ -784,56 +832,42 @@ Test(webhook_endpoints_dns, a_nameserver_that_never_answers_holds_no_worker, .fi
     test_server_spawn(&srv, &c, bin && *bin ? bin : MOCKERY_SERVER_BIN);
 
     /* nothing listening: refused, a temporary failure */
-    struct slow_create first = {0};
+    struct slow_create first = {.auth = dns_auth[0]};
     slow_create_main(&first);
     cr_assert_eq(first.status, 503);
     cr_assert_str_eq(first.retry_after, "1");
 
     /* a nameserver that reads and never answers */
-    int dns = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    static struct queries qs;
+    qs.fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     struct sockaddr_in at = {.sin_family = AF_INET, .sin_port = htons(53)};
     inet_pton(AF_INET, DNS_ADDR, &at.sin_addr);
-    cr_assert_eq(bind(dns, (struct sockaddr *)&at, sizeof at), 0, "%s", strerror(errno));
+    cr_assert_eq(bind(qs.fd, (struct sockaddr *)&at, sizeof at), 0, "%s", strerror(errno));
     enum { HELD = HOST_LOOKUPS_MAX };
     pthread_t t[HELD];
-    struct slow_create held[HELD] = {{0}};
+    struct slow_create held[HELD];
+    /* the first tenant's two, then one more of its own, refused at once */
     for (int i = 0; i < HELD; i++)
+        held[i] = (struct slow_create){.auth = dns_auth[i / HOST_LOOKUPS_PER_OWNER]};
+    for (int i = 0; i < HOST_LOOKUPS_PER_OWNER; i++)
         pthread_create(&t[i], NULL, slow_create_main, &held[i]);
-    /* The lookups are under way once their queries arrive, each from a
-     * socket of its own. Kept, to be answered at the end. */
-    enum { QUERIES = 64 };
-    struct {
-        struct sockaddr_in from;
-        unsigned char q[512];
-        ssize_t len;
-    } queries[QUERIES];
-    int nq = 0, ports[HELD], np = 0;
-    double t0 = test_now_s();
-    while (np < HELD) {
-        cr_assert_lt(test_now_s() - t0, 30, "%d of %d lookups seen after 30 s", np, HELD);
-        struct pollfd p = {.fd = dns, .events = POLLIN};
-        if (poll(&p, 1, 100) <= 0 || nq == QUERIES)
-            continue;
-        socklen_t fl = sizeof queries[nq].from;
-        queries[nq].len = recvfrom(dns, queries[nq].q, sizeof queries[nq].q, 0,
-                                   (struct sockaddr *)&queries[nq].from, &fl);
-        if (queries[nq].len < 12)
-            continue;
-        int port = ntohs(queries[nq].from.sin_port), seen = 0;
-        for (int i = 0; i < np; i++)
-            seen |= ports[i] == port;
-        if (!seen)
-            ports[np++] = port;
-        nq++;
-    }
-    /* every place taken: one more create is refused at once, and the
-     * workers still answer */
-    struct slow_create one_more = {0};
+    wait_lookups(&qs, HOST_LOOKUPS_PER_OWNER);
+    struct slow_create one_more = {.auth = dns_auth[0]};
+    slow_create_main(&one_more);
+    cr_assert_eq(one_more.status, 503, "a tenant's lookup beside its %d under way",
+                 HOST_LOOKUPS_PER_OWNER);
+    cr_assert(strstr(one_more.body, "too many lookups of yours under way"), "%s", one_more.body);
+    /* the other tenants' fill every place: one more of anyone's is refused
+     * at once, and the workers still answer */
+    for (int i = HOST_LOOKUPS_PER_OWNER; i < HELD; i++)
+        pthread_create(&t[i], NULL, slow_create_main, &held[i]);
+    wait_lookups(&qs, HELD);
+    one_more = (struct slow_create){.auth = dns_auth[DNS_TENANTS - 1]};
     slow_create_main(&one_more);
     cr_assert_eq(one_more.status, 503, "one more lookup beside %d under way", HELD);
     cr_assert(strstr(one_more.body, "too many lookups under way"), "%s", one_more.body);
     struct test_response r;
-    const char *h[] = {auth_a, NULL};
+    const char *h[] = {dns_auth[0], NULL};
     request("GET", "/api/v1/webhook_endpoints", h, NULL, &r);
     cr_assert_eq(r.status, 200, "%s", r.body);
     test_response_free(&r);
@@ -846,14 +880,14 @@ Test(webhook_endpoints_dns, a_nameserver_that_never_answers_holds_no_worker, .fi
     }
     /* The nameserver answers "no such name" from now on, the queries kept
      * too: the lookups left behind end and free their places. */
-    for (int i = 0; i < nq; i++)
-        answer_no_such_name(dns, queries[i].q, (size_t)queries[i].len, &queries[i].from);
-    struct answerer ans = {dns, 0};
+    for (int i = 0; i < qs.n; i++)
+        answer_no_such_name(qs.fd, qs.q[i].q, (size_t)qs.q[i].len, &qs.q[i].from);
+    struct answerer ans = {qs.fd, 0};
     pthread_t at_t;
     pthread_create(&at_t, NULL, answerer_main, &ans);
-    t0 = test_now_s();
+    double t0 = test_now_s();
     for (;;) {
-        create(auth_a, "{\"url\":\"https://hooks.example.com/again\"}", &r);
+        create(dns_auth[DNS_TENANTS - 1], "{\"url\":\"https://hooks.example.com/again\"}", &r);
         if (r.status != 503)
             break;
         test_response_free(&r);
@@ -864,7 +898,7 @@ Test(webhook_endpoints_dns, a_nameserver_that_never_answers_holds_no_worker, .fi
     pthread_join(at_t, NULL);
     test_expect_error(&r, 422, "invalid_url", "url");
     test_response_free(&r);
-    close(dns);
+    close(qs.fd);
 }
 
 BOTH(a_wrong_method_is_405_and_says_which_are_allowed)

@@ -10,7 +10,7 @@
 
 #include <netdb.h>
 #include <pthread.h>
-#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -23,11 +23,51 @@ struct lookup {
     pthread_mutex_t mu;
     pthread_cond_t ended;
     int done, rc, refs;
+    int place;
     struct addrinfo *res;
     char host[];
 };
 
-static atomic_int under_way;
+/* The places of the lookups under way, each with its owner's name ("":
+ * free; a longer name is cut, and owners alike that far share a cap). */
+#define OWNER_LEN 128
+static struct {
+    pthread_mutex_t mu;
+    char owner[HOST_LOOKUPS_MAX][OWNER_LEN];
+    int used[HOST_LOOKUPS_MAX];
+} places = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* A free place for owner's lookup: its index, or -1 with why. */
+static int place_take(const char *owner, const char **why)
+{
+    int free_at = -1, mine = 0;
+    pthread_mutex_lock(&places.mu);
+    for (int i = 0; i < HOST_LOOKUPS_MAX; i++) {
+        if (!places.used[i])
+            free_at = free_at < 0 ? i : free_at;
+        else
+            mine += strncmp(places.owner[i], owner, OWNER_LEN - 1) == 0;
+    }
+    if (free_at < 0)
+        *why = "too many lookups under way";
+    else if (mine >= HOST_LOOKUPS_PER_OWNER)
+        *why = "too many lookups of yours under way";
+    if (free_at >= 0 && mine < HOST_LOOKUPS_PER_OWNER) {
+        places.used[free_at] = 1;
+        snprintf(places.owner[free_at], OWNER_LEN, "%s", owner);
+    } else {
+        free_at = -1;
+    }
+    pthread_mutex_unlock(&places.mu);
+    return free_at;
+}
+
+static void place_free(int i)
+{
+    pthread_mutex_lock(&places.mu);
+    places.used[i] = 0;
+    pthread_mutex_unlock(&places.mu);
+}
 
 static void lookup_release(struct lookup *l)
 {
@@ -49,7 +89,7 @@ static void *lookup_main(void *arg)
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
     int rc = getaddrinfo(l->host, NULL, &hints, &res);
     /* no longer under way: its place is free before anyone hears of it */
-    atomic_fetch_sub(&under_way, 1);
+    place_free(l->place);
     pthread_mutex_lock(&l->mu);
     l->rc = rc;
     l->res = rc == 0 ? res : NULL;
@@ -62,13 +102,13 @@ static void *lookup_main(void *arg)
 
 static enum host_lookup_result unavailable(const char **why, const char *cause)
 {
-    if (why)
-        *why = cause;
+    *why = cause;
     return HOST_LOOKUP_UNAVAILABLE;
 }
 
-/* A new lookup of host on a thread of its own; NULL when it could not start. */
-static struct lookup *lookup_start(const char *host)
+/* A new lookup of host on a thread of its own, in place; NULL when it
+ * could not start. */
+static struct lookup *lookup_start(const char *host, int place)
 {
     size_t n = strlen(host) + 1;
     struct lookup *l = calloc(1, sizeof *l + n);
@@ -76,6 +116,7 @@ static struct lookup *lookup_start(const char *host)
         return NULL;
     memcpy(l->host, host, n);
     l->refs = 2;
+    l->place = place;
     pthread_mutex_init(&l->mu, NULL);
     /* waited for on the monotonic clock: a step of the wall clock moves
      * no deadline */
@@ -101,9 +142,11 @@ static struct lookup *lookup_start(const char *host)
     return l;
 }
 
-enum host_lookup_result host_lookup(const char *host, int timeout_ms, host_lookup_each each,
-                                    void *arg, const char **why)
+enum host_lookup_result host_lookup(const char *host, const char *owner, int timeout_ms,
+                                    host_lookup_each each, void *arg, const char **why)
 {
+    const char *unused;
+    why = why ? why : &unused;
     /* An address written out asks no nameserver: no wait, no place taken. */
     struct addrinfo numeric = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST}, *res;
     if (getaddrinfo(host, NULL, &numeric, &res) == 0) {
@@ -113,13 +156,12 @@ enum host_lookup_result host_lookup(const char *host, int timeout_ms, host_looku
         freeaddrinfo(res);
         return HOST_LOOKUP_OK;
     }
-    if (atomic_fetch_add(&under_way, 1) >= HOST_LOOKUPS_MAX) {
-        atomic_fetch_sub(&under_way, 1);
-        return unavailable(why, "too many lookups under way");
-    }
-    struct lookup *l = lookup_start(host);
+    int place = place_take(owner ? owner : "", why);
+    if (place < 0)
+        return HOST_LOOKUP_UNAVAILABLE;
+    struct lookup *l = lookup_start(host, place);
     if (!l) {
-        atomic_fetch_sub(&under_way, 1);
+        place_free(place);
         return unavailable(why, "the lookup could not be started");
     }
     struct timespec deadline;

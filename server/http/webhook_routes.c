@@ -23,7 +23,7 @@ void routes_create_endpoint(struct request *r)
     if (http_read_json_body(r, WEBHOOK_ENDPOINT_MAX_BODY, &body, &len) != 0)
         return;
     if (webhook_endpoint_parse(body, len, &req, &e) != 0 ||
-        webhook_url_check(req.url, r->svc->webhook_allow_private, &e) != 0) {
+        webhook_url_check(req.url, r->svc->webhook_allow_private, r->tenant, &e) != 0) {
         const char *retry[] = {"Retry-After", "1", NULL};
         http_send_error(r, &e, e.status == 503 ? retry : NULL);
         goto out;

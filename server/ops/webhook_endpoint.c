@@ -220,7 +220,7 @@ static int address_seen(const struct sockaddr *addr, void *arg)
     return 1;
 }
 
-int webhook_url_check(const char *url, int allow_private, struct apierr *err)
+int webhook_url_check(const char *url, int allow_private, const char *tenant, struct apierr *err)
 {
     char *host = url_host(url, err);
     if (!host)
@@ -228,8 +228,8 @@ int webhook_url_check(const char *url, int allow_private, struct apierr *err)
     int public = 1;
     const char *why = "";
     enum host_lookup_result found =
-        host_lookup(host, WEBHOOK_LOOKUP_TIMEOUT_MS, allow_private ? address_seen : address_judged,
-                    &public, &why);
+        host_lookup(host, tenant, WEBHOOK_LOOKUP_TIMEOUT_MS,
+                    allow_private ? address_seen : address_judged, &public, &why);
     if (found == HOST_LOOKUP_NOT_FOUND)
         apierr_of(err, APIERR_INVALID_URL, "url", "url's host %s does not resolve", host);
     else if (found == HOST_LOOKUP_UNAVAILABLE)

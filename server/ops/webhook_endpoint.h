@@ -48,13 +48,14 @@ int webhook_address_public(const struct sockaddr *sa);
 /* The longest a create waits for its host's addresses. */
 #define WEBHOOK_LOOKUP_TIMEOUT_MS 5000
 
-/* Resolves the host of url (already parsed): 0 when it resolves and every
- * address it has is public (any address with allow_private); else -1 with
- * err (422 invalid_url when it does not resolve, url_not_allowed; 503
- * dns_unavailable when it could not be looked up now: a temporary failure,
- * no answer within WEBHOOK_LOOKUP_TIMEOUT_MS, or HOST_LOOKUPS_MAX lookups
- * under way). */
-int webhook_url_check(const char *url, int allow_private, struct apierr *err);
+/* Resolves the host of url (already parsed) for tenant: 0 when it resolves
+ * and every address it has is public (any address with allow_private);
+ * else -1 with err (422 invalid_url when it does not resolve,
+ * url_not_allowed; 503 dns_unavailable when it could not be looked up now:
+ * a resolver failure, no answer within WEBHOOK_LOOKUP_TIMEOUT_MS, or too
+ * many lookups under way - HOST_LOOKUPS_MAX, or HOST_LOOKUPS_PER_OWNER of
+ * the tenant's). */
+int webhook_url_check(const char *url, int allow_private, const char *tenant, struct apierr *err);
 
 /* Whether s has the shape of an endpoint id ("we_" and 1-60 URL-safe characters). */
 int webhook_endpoint_id_valid(const char *s);
