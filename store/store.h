@@ -240,7 +240,7 @@ struct store_delivery_list {
      * PostgreSQL store's pg_handoff.h) and the claim read no row: it says
      * nothing of what is due in the table */
     int table_unread;
-    size_t late; /* rows claimed too late to return (late_after_ms) */
+    size_t late; /* rows claimed too late to return (late_after_ms): read, not in items */
 };
 
 /* An endpoint the claiming sender has attempts under way to. */
@@ -258,10 +258,12 @@ struct store_delivery_claim {
     /* 0: any due delivery; else only those that came due within the last
      * lookback_ms (the rows before them are not even stepped over) */
     int64_t lookback_ms;
-    /* > 0: rows claimed by a statement that ran longer than this by the
-     * database's clock (a lock wait, a slow database) - their lease, counted
-     * from the statement's start, is that much shorter - are not returned:
-     * they wait out their lease, the attempt counted (list->late) */
+    /* > 0: rows claimed by a statement whose result came back more than
+     * this after it was sent (a lock wait, a slow database, a commit
+     * waiting for a standby) - their lease, counted from the statement's
+     * start, is that much shorter - are not returned: they wait out their
+     * lease, the attempt counted (list->late; the memory store's claims are
+     * never late) */
     int64_t late_after_ms;
 };
 

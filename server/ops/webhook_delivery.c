@@ -366,8 +366,8 @@ static void claim_and_begin(struct webhook_sender *w, struct store *s, struct we
     /* a claim served only from what completions handed off read no row */
     if (c.lookback_ms == 0 && !(out->store == STORE_OK && l.table_unread))
         webhook_lookback_looked_all(&w->lookback, began_us,
-                                    out->store == STORE_OK && l.count < (size_t)c.batch, busy,
-                                    c.nbusy);
+                                    out->store == STORE_OK && l.count + l.late < (size_t)c.batch,
+                                    busy, c.nbusy);
     if (out->store != STORE_OK) {
         store_delivery_list_clear(&l); /* an empty list is allocated too */
         return;
@@ -375,7 +375,7 @@ static void claim_and_begin(struct webhook_sender *w, struct store *s, struct we
     out->late = (int)l.late;
     if (l.late)
         snprintf(out->error, sizeof out->error,
-                 "a claim statement ran past the lease's margin of %d ms: its %zu deliveries "
+                 "a claim came back past the lease's margin of %d ms: its %zu deliveries "
                  "from the table were not begun and go again after their lease",
                  LEASE_MARGIN_MS, l.late);
     out->claimed = (int)l.count;

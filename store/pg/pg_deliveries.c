@@ -59,24 +59,37 @@ static enum store_status claim_rows(struct store_pg *pg, const struct store_deli
     }
     const char *vals[] = {limit, lease, pg_array_end(&busy[0]), pg_array_end(&busy[1]), lookback};
     PGresult *res = NULL;
-    if (vals[2] && vals[3])
-        res = pg_pool_exec_one(&pg->pool, "claim_deliveries", 5, vals, PGRES_TUPLES_OK, &st, err,
-                               errlen);
-    else {
+    int64_t took_ms = 0;
+    if (!vals[2] || !vals[3]) {
         snprintf(err, errlen, "out of memory");
         st = STORE_ERROR;
+    } else {
+        int idx = pg_pool_acquire(&pg->pool, err, errlen);
+        if (idx < 0) {
+            st = STORE_UNAVAILABLE;
+        } else {
+            /* from the send to the result, the commit's wait included (the
+             * lease began at the statement's start, after the send; a wait
+             * for the connection costs it nothing) */
+            int64_t sent_us = clock_mono_us();
+            res = pg_pool_exec(&pg->pool, idx, "claim_deliveries", 5, vals, PGRES_TUPLES_OK, &st,
+                               err, errlen);
+            took_ms = (clock_mono_us() - sent_us) / 1000;
+            pg_pool_release(&pg->pool, idx);
+        }
     }
     for (int i = 0; i < 2; i++)
         pg_array_free(&busy[i]);
     if (!res)
         return st;
     int n = PQntuples(res), oom = 0;
+    if (c->late_after_ms > 0 && took_ms > c->late_after_ms) {
+        /* their lease is that much shorter: none is returned */
+        l->late = (size_t)n;
+        PQclear(res);
+        return STORE_OK;
+    }
     for (int i = 0; !oom && i < n && l->count < (size_t)limit_rows; i++) {
-        /* how long the statement had run: its lease is that much shorter */
-        if (c->late_after_ms > 0 && pg_int_value(res, i, 7) > c->late_after_ms) {
-            l->late++;
-            continue;
-        }
         struct store_delivery *d = &l->items[l->count];
         oom = delivery_from_row(res, i, d) != 0;
         if (oom)
@@ -164,7 +177,7 @@ enum store_status pg_claim_deliveries(struct store *s, const struct store_delive
             store_delivery_list_clear(&l);
             return st;
         }
-        pg_handoff_read_done(&pg->handoff, now_us, l.count == (size_t)limit);
+        pg_handoff_read_done(&pg->handoff, now_us, l.count + l.late == (size_t)limit);
         /* a read of the whole claim says what is due (webhook_lookback.c) */
         l.table_unread = limit < batch;
     }

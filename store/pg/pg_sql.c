@@ -334,8 +334,7 @@ static const char SQL_CLAIM_DELIVERIES[] =
     " FROM due WHERE d.tenant_id = due.tenant_id AND d.event_id = due.event_id"
     " AND d.endpoint_id = due.endpoint_id"
     " RETURNING d.tenant_id, d.event_id, d.endpoint_id, d.attempts)"
-    " SELECT c.tenant_id, c.event_id, c.endpoint_id, c.attempts, w.url, w.secret, e.body,"
-    " (extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint"
+    " SELECT c.tenant_id, c.event_id, c.endpoint_id, c.attempts, w.url, w.secret, e.body"
     " FROM claimed c LEFT JOIN webhook_endpoints w USING (tenant_id, endpoint_id)"
     " LEFT JOIN events e USING (tenant_id, event_id)";
 
