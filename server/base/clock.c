@@ -37,6 +37,12 @@ void clock_deadline_in(struct timespec *out, int64_t ms)
     clock_add_ms(out, ms);
 }
 
+void clock_mono_deadline_in(struct timespec *out, int64_t ms)
+{
+    clock_gettime(CLOCK_MONOTONIC, out);
+    clock_add_ms(out, ms);
+}
+
 int clock_before(const struct timespec *a, const struct timespec *b)
 {
     return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);

@@ -4,7 +4,10 @@
  * Durations and deadlines inside the process use the monotonic clock (it
  * never goes back); times written into records and logs use the wall
  * clock. pthread_cond_timedwait() and sem_timedwait() take CLOCK_REALTIME
- * timespecs: clock_deadline_in() makes them, normalised. Reentrant.
+ * timespecs: clock_deadline_in() makes them, normalised; a condition
+ * variable set to CLOCK_MONOTONIC (pthread_condattr_setclock) takes
+ * clock_mono_deadline_in()'s, which no step of the wall clock moves.
+ * Reentrant.
  */
 #ifndef MOCKERY_CLOCK_H
 #define MOCKERY_CLOCK_H
@@ -23,6 +26,10 @@ void clock_add_ms(struct timespec *t, int64_t ms);
 
 /* *out = the wall clock now plus ms: a deadline for a timed wait. */
 void clock_deadline_in(struct timespec *out, int64_t ms);
+
+/* *out = the monotonic clock now plus ms: a deadline for a timed wait on
+ * a condition variable of CLOCK_MONOTONIC. */
+void clock_mono_deadline_in(struct timespec *out, int64_t ms);
 
 /* Whether a comes before b. */
 int clock_before(const struct timespec *a, const struct timespec *b);

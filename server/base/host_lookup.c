@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "clock.h"
 
@@ -165,8 +164,7 @@ enum host_lookup_result host_lookup(const char *host, const char *owner, int tim
         return unavailable(why, "the lookup could not be started");
     }
     struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    clock_add_ms(&deadline, timeout_ms);
+    clock_mono_deadline_in(&deadline, timeout_ms);
     pthread_mutex_lock(&l->mu);
     while (!l->done && pthread_cond_timedwait(&l->ended, &l->mu, &deadline) == 0)
         ;
