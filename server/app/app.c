@@ -191,14 +191,20 @@ static void *dispatcher_main(void *arg)
         struct webhook_pass p;
         webhook_deliver_due(d->sender, app->edge.svc.store, &p);
         metrics_webhooks(app->edge.metrics, p.delivered, p.retried, p.failed);
-        if (p.store != STORE_OK || p.stalled || p.late || p.retried || p.failed) {
+        if (p.late) {
+            cJSON *line =
+                log_begin(app->log, LOG_WARN, "webhook dispatcher: a claim came back late");
+            cJSON_AddNumberToObject(line, "deliveries", p.late);
+            cJSON_AddStringToObject(line, "why",
+                                    "past the lease's margin: not begun, sent again after "
+                                    "their lease");
+            log_end(app->log, line);
+        }
+        if (p.store != STORE_OK || p.stalled || p.retried || p.failed) {
             cJSON *line = log_begin(app->log, LOG_WARN,
                                     p.stalled             ? "webhook dispatcher: libcurl failed"
                                     : p.store != STORE_OK ? "webhook dispatcher: store failed"
-                                    : p.late ? "webhook dispatcher: a claim came back late"
-                                             : "webhook delivery attempts failed");
-            if (p.late)
-                cJSON_AddNumberToObject(line, "late", p.late);
+                                                          : "webhook delivery attempts failed");
             cJSON_AddNumberToObject(line, "retried", p.retried);
             cJSON_AddNumberToObject(line, "failed", p.failed);
             cJSON_AddStringToObject(line, "last_error", p.error);

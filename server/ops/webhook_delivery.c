@@ -322,7 +322,8 @@ static void give_up(struct attempt *a)
         .attempt = d->attempt,
         .attempts = d->attempt - 1,
         .state = STORE_DELIVERY_FAILED,
-        .error = d->url ? "the last attempts ended without an answer (their servers stopped)"
+        .error = d->url ? "the last attempts ended without an answer (their servers stopped, "
+                          "or their claims came back too late to send)"
                         : "the endpoint or the event no longer exists",
     };
     a->state = SLOT_DONE;
@@ -372,12 +373,7 @@ static void claim_and_begin(struct webhook_sender *w, struct store *s, struct we
         store_delivery_list_clear(&l); /* an empty list is allocated too */
         return;
     }
-    out->late = (int)l.late;
-    if (l.late)
-        snprintf(out->error, sizeof out->error,
-                 "a claim came back past the lease's margin of %d ms: its %zu deliveries "
-                 "from the table were not begun and go again after their lease",
-                 LEASE_MARGIN_MS, l.late);
+    out->late = (int)l.late; /* logged on a line of their own */
     out->claimed = (int)l.count;
     int slot = 0;
     for (size_t i = 0; i < l.count; i++) {

@@ -56,10 +56,11 @@ struct webhook_options {
 /* The longest wait between two attempts, however many came before. */
 #define WEBHOOK_BACKOFF_CAP_MS (6LL * 3600 * 1000)
 /* A server that dies mid-attempt writes nothing, and its claim still
- * counted the attempt; claimed again after the last allowed one, the
- * delivery is sent anyway - an attempt whose server died is not one the
- * endpoint failed - up to this many times more, so that a delivery whose
- * every sender dies is failed at last. */
+ * counted the attempt (so does a claim that came back too late to begin
+ * it); claimed again after the last allowed one, the delivery is sent
+ * anyway - such an attempt is not one the endpoint failed - up to this
+ * many times more, so that a delivery whose every sender dies is failed
+ * at last. */
 #define WEBHOOK_ATTEMPTS_AFTER_DEATHS 3
 
 /* What a step did. */
@@ -67,7 +68,7 @@ struct webhook_pass {
     int claimed;
     int in_flight; /* attempts still under way, to be run by the next step */
     int stalled;   /* libcurl failed: the attempts under way were left claimed */
-    int late;      /* claimed by a statement too slow to begin them: left to their lease */
+    int late;      /* claimed by a claim too slow to begin them: left to their lease */
     int delivered;
     int retried;
     int failed;

@@ -3,7 +3,8 @@
  * and its JSON (docs/api.md, "Webhook endpoints")
  *
  * Plain functions; webhook_url_check() asks the resolver, waiting at most
- * WEBHOOK_LOOKUP_TIMEOUT_MS (host_lookup.h). Reentrant.
+ * WEBHOOK_LOOKUP_TIMEOUT_MS (host_lookup.h: a thread per lookup, places
+ * shared by the process). Thread-safe.
  */
 #ifndef MOCKERY_WEBHOOK_ENDPOINT_H
 #define MOCKERY_WEBHOOK_ENDPOINT_H

@@ -70,7 +70,9 @@ static enum store_status claim_rows(struct store_pg *pg, const struct store_deli
         } else {
             /* from the send to the result, the commit's wait included (the
              * lease began at the statement's start, after the send; a wait
-             * for the connection costs it nothing) */
+             * for the pool's connection costs it nothing - a wait in
+             * pgbouncer's queue, after the send, is counted, and can make
+             * a claim late that was not) */
             int64_t sent_us = clock_mono_us();
             res = pg_pool_exec(&pg->pool, idx, "claim_deliveries", 5, vals, PGRES_TUPLES_OK, &st,
                                err, errlen);
