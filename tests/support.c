@@ -549,3 +549,22 @@ void test_wait_count(const char *url, const char *sql, const char *param, long w
         pause_50ms();
     }
 }
+
+int test_log_has(const char *path, const char *text)
+{
+    char line[4096];
+    int found = 0;
+    FILE *f = fopen(path, "r");
+    while (f && !found && fgets(line, sizeof line, f))
+        found = strstr(line, text) != NULL;
+    if (f)
+        fclose(f);
+    return found;
+}
+
+void test_exec_ok(PGconn *conn, const char *sql)
+{
+    PGresult *res = PQexec(conn, sql);
+    cr_assert_eq(PQresultStatus(res), PGRES_COMMAND_OK, "%s: %s", sql, PQerrorMessage(conn));
+    PQclear(res);
+}

@@ -99,6 +99,14 @@ void test_send_all(int fd, const void *buf, size_t len);
 /* A raw TCP connection to s from 127.0.0.1 (fails the test if none). */
 int test_server_connect(const struct test_server *s);
 
+/* Whether the log file at path has a line containing text yet (0 while it
+ * cannot be read). */
+int test_log_has(const char *path, const char *text);
+
+struct pg_conn; /* libpq's PGconn */
+/* PQexec of a statement that returns no rows; fails the test otherwise. */
+void test_exec_ok(struct pg_conn *conn, const char *sql);
+
 /* A response: status, body, and the API's headers (see httpc.h). */
 #define test_response httpc_response
 

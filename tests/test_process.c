@@ -131,13 +131,6 @@ static void *post_in_flight(void *p)
     return NULL;
 }
 
-static void exec_ok(PGconn *conn, const char *sql)
-{
-    PGresult *res = PQexec(conn, sql);
-    cr_assert_eq(PQresultStatus(res), PGRES_COMMAND_OK, "%s: %s", sql, PQerrorMessage(conn));
-    PQclear(res);
-}
-
 /* The state of key's record ("" when there is none). With lock set, in the
  * transaction the caller opened: the row stays locked for it when there is
  * one, so a completion of the record waits until that transaction ends. */
@@ -167,19 +160,6 @@ static void pause_ms(long ms)
 {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
-}
-
-/* Whether the server's log has a line with this text yet. */
-static int log_has(const char *path, const char *text)
-{
-    char line[4096];
-    int found = 0;
-    FILE *f = fopen(path, "r");
-    while (f && !found && fgets(line, sizeof line, f))
-        found = strstr(line, text) != NULL;
-    if (f)
-        fclose(f);
-    return found;
 }
 
 /* A connection to srv kept alive after one answer (GET /health), idle. */
@@ -241,17 +221,17 @@ Test(process, sigterm_finishes_requests_in_flight, .timeout = 180)
         f = (struct inflight){key, body, {0}};
         pthread_create(&t, NULL, post_in_flight, &f);
         for (;;) {
-            exec_ok(conn, "BEGIN");
+            test_exec_ok(conn, "BEGIN");
             record_state(conn, key, 1, state, sizeof state);
             if (strcmp(state, "") != 0)
                 break;
-            exec_ok(conn, "ROLLBACK");
+            test_exec_ok(conn, "ROLLBACK");
             cr_assert_lt(seconds_since(&t0), 60, "the payment's key was not claimed within 60 s");
             pause_ms(10);
         }
         if (strcmp(state, "processing") == 0)
             break; /* locked, still processing: the request is in flight */
-        exec_ok(conn, "ROLLBACK");
+        test_exec_ok(conn, "ROLLBACK");
         pthread_join(t, NULL);
         cr_assert_eq(f.r.status, 201, "%s", f.r.body);
         test_response_free(&f.r);
@@ -263,13 +243,13 @@ Test(process, sigterm_finishes_requests_in_flight, .timeout = 180)
     int idle = open_kept_alive();
     cr_assert_eq(kill(srv.pid, SIGTERM), 0);
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    while (!log_has(srv.log_path, "stopping: finishing requests in flight")) {
+    while (!test_log_has(srv.log_path, "stopping: finishing requests in flight")) {
         cr_assert_lt(seconds_since(&t0), 30, "the server did not begin to stop within 30 s");
         pause_ms(10);
     }
     /* (civetweb would close it after 5 s idle anyway: what shows that the
      * stop closed it is the server's line) */
-    while (!log_has(srv.log_path, "stopping: closed idle connections")) {
+    while (!test_log_has(srv.log_path, "stopping: closed idle connections")) {
         cr_assert_lt(seconds_since(&t0), 30,
                      "the idle connection was not closed within 30 s of the SIGTERM");
         pause_ms(10);
@@ -281,7 +261,7 @@ Test(process, sigterm_finishes_requests_in_flight, .timeout = 180)
     close(idle);
     cr_assert_str_eq(record_state(conn, key, 0, state, sizeof state), "processing",
                      "the request finished before the SIGTERM");
-    exec_ok(conn, "COMMIT");
+    test_exec_ok(conn, "COMMIT");
     test_server_stop(&srv); /* (SIGTERM again, harmless) asserts exit code 0 */
     pthread_join(t, NULL);
     cr_assert_eq(f.r.status, 201, "in-flight request answered %ld: %s", f.r.status, f.r.body);

@@ -1718,26 +1718,6 @@ Test(webhook_delivery, a_server_killed_mid_delivery_loses_nothing)
     free(body);
 }
 
-/* Whether the server's log has a line containing text. */
-static int log_has(const struct test_server *s, const char *text)
-{
-    FILE *f = fopen(s->log_path, "r");
-    cr_assert_not_null(f, "%s", s->log_path);
-    char line[4096];
-    int found = 0;
-    while (!found && fgets(line, sizeof line, f))
-        found = strstr(line, text) != NULL;
-    fclose(f);
-    return found;
-}
-
-static void exec_ok(PGconn *conn, const char *sql)
-{
-    PGresult *res = PQexec(conn, sql);
-    cr_assert_eq(PQresultStatus(res), PGRES_COMMAND_OK, "%s: %s", sql, PQerrorMessage(conn));
-    PQclear(res);
-}
-
 /* A claim's lease is counted from its statement's start; one that comes
  * back later than the lease's margin (5 s, webhook_delivery.c) may not
  * have the lease left to finish its attempts before another server claims
@@ -1760,15 +1740,15 @@ Test(webhook_delivery, a_claim_that_came_back_late_sends_nothing_within_its_leas
 
     PGconn *locker = PQconnectdb(test_db_url());
     cr_assert_eq(PQstatus(locker), CONNECTION_OK, "%s", PQerrorMessage(locker));
-    exec_ok(locker, "BEGIN");
-    exec_ok(locker, "LOCK TABLE webhook_deliveries IN EXCLUSIVE MODE");
+    test_exec_ok(locker, "BEGIN");
+    test_exec_ok(locker, "LOCK TABLE webhook_deliveries IN EXCLUSIVE MODE");
     test_unique(evt, sizeof evt, "evt_late");
     snprintf(insert, sizeof insert,
              "INSERT INTO events (tenant_id, event_id, type, created_at, body)"
              " VALUES ('%s', '%s', 'payment.succeeded', now(),"
              " '{\"id\":\"%s\",\"type\":\"payment.succeeded\",\"data\":{\"object\":{}}}')",
              ta.name, evt, evt);
-    exec_ok(locker, insert); /* its delivery, due now, by the trigger */
+    test_exec_ok(locker, insert); /* its delivery, due now, by the trigger */
     char pid[16];
     snprintf(pid, sizeof pid, "%d", PQbackendPID(locker));
     /* a claim of the server waits for the lock, and has for 6 s */
@@ -1785,7 +1765,7 @@ Test(webhook_delivery, a_claim_that_came_back_late_sends_nothing_within_its_leas
     /* the first request is held: were the late claim's attempt begun, its
      * row would stay leased with the request here */
     receiver_hold(&rcv, 1);
-    exec_ok(locker, "COMMIT");
+    test_exec_ok(locker, "COMMIT");
     PQfinish(locker);
 
     /* the claim came back: its row leased (or, were it begun, sent) */
@@ -1813,7 +1793,8 @@ Test(webhook_delivery, a_claim_that_came_back_late_sends_nothing_within_its_leas
         cr_assert_eq(sent, 0, "sent by the late claim, within its lease");
         test_sleep_ms(50);
     }
-    cr_assert(log_has(&srv[0], "a claim came back late"), "the late claim was not logged");
+    cr_assert(test_log_has(srv[0].log_path, "a claim came back late"),
+              "the late claim was not logged");
     receiver_release(&rcv);
     wait_delivered(&e, 1, "the delivery after the late claim's lease");
 }
