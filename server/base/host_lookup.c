@@ -99,6 +99,14 @@ static void *lookup_main(void *arg)
     return NULL;
 }
 
+/* each() over the addresses until it returns nonzero. */
+static void visit(const struct addrinfo *res, host_lookup_each each, void *arg)
+{
+    for (const struct addrinfo *a = res; a; a = a->ai_next)
+        if (each(a->ai_addr, arg))
+            break;
+}
+
 static enum host_lookup_result unavailable(const char **why, const char *cause)
 {
     *why = cause;
@@ -149,9 +157,7 @@ enum host_lookup_result host_lookup(const char *host, const char *owner, int tim
     /* An address written out asks no nameserver: no wait, no place taken. */
     struct addrinfo numeric = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST}, *res;
     if (getaddrinfo(host, NULL, &numeric, &res) == 0) {
-        for (const struct addrinfo *a = res; a; a = a->ai_next)
-            if (each(a->ai_addr, arg))
-                break;
+        visit(res, each, arg);
         freeaddrinfo(res);
         return HOST_LOOKUP_OK;
     }
@@ -174,10 +180,7 @@ enum host_lookup_result host_lookup(const char *host, const char *owner, int tim
     if (!done) {
         result = unavailable(why, "no answer within the bound");
     } else if (rc == 0) {
-        /* written before done was set, and not changed since */
-        for (const struct addrinfo *a = l->res; a; a = a->ai_next)
-            if (each(a->ai_addr, arg))
-                break;
+        visit(l->res, each, arg); /* written before done was set, and not changed since */
     } else if (rc == EAI_NONAME
 #ifdef EAI_NODATA
                || rc == EAI_NODATA
