@@ -173,25 +173,38 @@ Test(cold_start, batched_completions_use_the_index_before_any_analyze, .fini = d
     long scans = seq_scans(url, 3200);
     long batches = metric("mockery_store_batches_total{kind=\"complete\"} ");
     long batched = metric("mockery_store_batched_total{kind=\"complete\"} ");
-    load(3200);
-    long more = seq_scans(url, 6400) - scans;
-    long multi = metric("mockery_store_batched_total{kind=\"complete\"} ") - batched -
-                 (metric("mockery_store_batches_total{kind=\"complete\"} ") - batches);
-    /* the round ran batches of several completions: the case in question */
-    cr_assert_gt(multi, 100, "only %ld completions shared a batch with another", multi);
+    /* The round runs until batches of several completions - the case in
+     * question - have run: how often completions queue for a connection
+     * depends on the machine, so a fixed number of payments could make
+     * none on a fast one. The bound only turns "never" into a failure. */
+    long paid = 3200, multi = 0;
+    double t0 = test_now_s();
+    for (int n = 3200; multi <= 100; n = 800) {
+        cr_assert_lt(test_now_s() - t0, 120.0,
+                     "only %ld completions shared a batch with another in %ld payments", multi,
+                     paid - 3200);
+        load(n);
+        paid += n;
+        multi = metric("mockery_store_batched_total{kind=\"complete\"} ") - batched -
+                (metric("mockery_store_batches_total{kind=\"complete\"} ") - batches);
+    }
+    cr_log_info("%ld payments in the watched round, %ld completions batched with another",
+                paid - 3200, multi);
+    long more = seq_scans(url, paid) - scans;
     cr_assert_eq(test_query_long(url,
                                  "SELECT count(*) FROM pg_stat_user_tables WHERE relname = $1"
                                  " AND last_analyze IS NULL AND last_autoanalyze IS NULL",
                                  "idempotency_keys"),
                  1, "the table was analyzed: this test proves nothing");
-    cr_assert_lt(more, 5, "%ld sequential scans of idempotency_keys during 3,200 payments", more);
+    cr_assert_lt(more, 5, "%ld sequential scans of idempotency_keys during %ld payments", more,
+                 paid - 3200);
     /* (seq_scans waited for the server's counts to be in the statistics) */
     long updates = test_query_long(
         url, "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = $1", "idempotency_keys");
     long hot =
         test_query_long(url, "SELECT n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = $1",
                         "idempotency_keys");
-    cr_assert_geq(updates, 6400, "%ld updates of idempotency_keys for 6,400 payments", updates);
+    cr_assert_geq(updates, paid, "%ld updates of idempotency_keys for %ld payments", updates, paid);
     /* 80%: between the ~70% seen without the migration and the 88-96% seen
      * with it. How soon pages are pruned depends on the transactions beside
      * them, i.e. on scheduling: 87.8% was seen on a loaded machine, so 90%
