@@ -68,6 +68,24 @@ static enum store_status fill_completed(const struct record *r, struct store_cla
     return STORE_OK;
 }
 
+/* Starts r's life as a new claim at now, processing under a new lease, and
+ * answers it with outcome (CLAIM_NEW, or CLAIM_TAKEOVER of an expired
+ * answer). */
+static void record_begin(struct store_mem *m, struct record *r, int64_t now, int64_t lease_ms,
+                         int64_t ttl_ms, const char *downstream, enum claim_outcome outcome,
+                         struct store_claim_result *out)
+{
+    r->state = REC_PROCESSING;
+    r->lease_token = ++m->next_token;
+    r->locked_until_us = now + lease_ms * 1000;
+    r->created_at_us = now;
+    r->expires_at_us = now + ttl_ms * 1000;
+    snprintf(r->downstream_key, sizeof r->downstream_key, "%s", downstream);
+    *out = (struct store_claim_result){
+        .outcome = outcome, .lease_token = r->lease_token, .created_at_us = now};
+    snprintf(out->downstream_key, sizeof out->downstream_key, "%s", r->downstream_key);
+}
+
 enum store_status mem_claim(struct store *s, const char *tenant, const char *key,
                             const char *fingerprint, const char *request, const char *downstream,
                             int64_t lease_ms, int64_t ttl_ms, struct store_claim_result *out,
@@ -91,16 +109,8 @@ enum store_status mem_claim(struct store *s, const char *tenant, const char *key
             st = STORE_ERROR;
             goto out;
         }
-        r->state = REC_PROCESSING;
-        r->lease_token = ++m->next_token;
-        r->locked_until_us = now + lease_ms * 1000;
-        r->created_at_us = now;
-        r->expires_at_us = now + ttl_ms * 1000;
-        snprintf(r->downstream_key, sizeof r->downstream_key, "%s", downstream);
+        record_begin(m, r, now, lease_ms, ttl_ms, downstream, CLAIM_NEW, out);
         hashtab_add(&m->records, &r->link, hash);
-        *out = (struct store_claim_result){
-            .outcome = CLAIM_NEW, .lease_token = r->lease_token, .created_at_us = now};
-        snprintf(out->downstream_key, sizeof out->downstream_key, "%s", r->downstream_key);
         goto out;
     }
     /* A completed record whose answer expired is claimed as a new one; a
@@ -116,15 +126,7 @@ enum store_status mem_claim(struct store *s, const char *tenant, const char *key
         free(r->fingerprint);
         r->fingerprint = fp;
         record_drop_response(r);
-        r->state = REC_PROCESSING;
-        r->lease_token = ++m->next_token;
-        r->locked_until_us = now + lease_ms * 1000;
-        r->created_at_us = now;
-        r->expires_at_us = now + ttl_ms * 1000;
-        snprintf(r->downstream_key, sizeof r->downstream_key, "%s", downstream);
-        *out = (struct store_claim_result){
-            .outcome = CLAIM_TAKEOVER, .lease_token = r->lease_token, .created_at_us = now};
-        snprintf(out->downstream_key, sizeof out->downstream_key, "%s", r->downstream_key);
+        record_begin(m, r, now, lease_ms, ttl_ms, downstream, CLAIM_TAKEOVER, out);
         goto out;
     }
     if (strcmp(r->fingerprint, fingerprint) != 0) {
