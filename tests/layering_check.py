@@ -217,8 +217,9 @@ def main():
                 continue
             if home != folder and home not in may:
                 fail("%s includes %s (%s/): %s/ may not use it" % (rel, inc, home, folder))
-            if home == "store/pg" and folder != "store/pg" and inc != "store_pg.h":
-                fail("%s includes %s: outside store/pg only store_pg.h" % (rel, inc))
+            for store, public in (("store/pg", "store_pg.h"), ("store/mem", "store_mem.h")):
+                if home == store and folder != store and inc != public:
+                    fail("%s includes %s: outside %s only %s" % (rel, inc, store, public))
             if folder == "server/http" and name in ROUTES and inc in ("edge.h", "app.h"):
                 fail("%s includes %s: a route sees the service (service.h) alone" % (rel, inc))
     for p in glob.glob(os.path.join(root, "server", "idem", "*.[ch]")):

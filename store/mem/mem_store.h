@@ -1,16 +1,17 @@
 /* mem_store.h - the memory store's parts, seen from each other (internal to
  * store/mem/)
  *
- *   mem_rows.c       a table of rows kept newest first
+ *   mem_rows.c       a table of rows, kept oldest first (pages read newest
+ *                    first)
  *   mem_tables.c     each kind of row: its order, its id, its copy, its free
  *   mem_idem.c       claim, complete with rows, release, abandon, rows
- *                    without a key; the reaper of records
+ *                    without a key; the reaper of records; their free
  *   mem_recover.c    records taken over for recovery, and those waiting
  *   mem_reads.c      payments, refunds, events and the ledger read and
  *                    listed; the events' reaper; ping
  *   mem_endpoints.c  webhook endpoints made, listed, removed
  *   mem_deliveries.c webhook deliveries fanned out, claimed, finished, counted
- *   store_mem.c      the store_ops table, the constructor
+ *   store_mem.c      the store_ops table, the constructor, the destructor
  *
  * One mutex (store_mem.mu) guards everything: every operation is short and
  * never waits on a payment, so a duplicate gets its answer at once.

@@ -1,5 +1,5 @@
 /* store_mem.c - the in-memory store, for quick runs and tests: its
- * store_ops table and its constructor (the parts: mem_store.h)
+ * store_ops table, its constructor and destructor (the parts: mem_store.h)
  *
  * Same contract as the PostgreSQL store. Nothing survives the process.
  */
