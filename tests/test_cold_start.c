@@ -144,7 +144,7 @@ static void exec_ok(const char *url, const char *sql)
 }
 
 Test(cold_start, batched_completions_use_the_index_before_any_analyze, .fini = drop_cluster,
-     .timeout = 480)
+     .timeout = 590)
 {
     char url[256];
     snprintf(cluster, sizeof cluster, "cold-%d", (int)getpid());
