@@ -29,7 +29,7 @@ Docker engine, then checked through the published ports:
     server-1 exits 0, the retry through the front door is replayed by
     server-2, and new payments through it are all answered 201 (server-1
     runs the in-process simulator for this: the stack's servers give the
-    acquirer 2 s);
+    acquirer 5 s);
   docker-compose down -v       leaves no container, volume or network
 
 The project name is COMPOSE_PROJECT_NAME=mockery-stack-test, so that a stack

@@ -355,20 +355,20 @@ Test(process, demo_walkthrough_reports_zero_double_charges, .timeout = 120)
 
 /* The walkthrough as `scripts/dev demo` runs it: the money moving at the
  * real mockery-acquirer, which holds its answer to the cust-held customers
- * 3 s after charging, past the server's 2 s. Step 6 is the window closed:
+ * 6 s after charging, past the server's 5 s. Step 6 is the window closed:
  * 503 outcome_pending with the transaction id, the key kept (422 for
  * another amount), the retry's payment the same transaction - and one
  * charge for each of the demo's payments in the acquirer's own ledger. */
 Test(process, demo_walkthrough_through_the_acquirer_shows_the_window_closed, .timeout = 180,
      .fini = test_acquirers_kill_all)
 {
-    static const char *const faults[] = {"--fault", "hold:prefix=cust-held:ms=3000", NULL};
+    static const char *const faults[] = {"--fault", "hold:prefix=cust-held:ms=6000", NULL};
     struct test_acquirer a = {0};
     test_acquirer_start(&a, faults, 1);
     struct config c;
     test_config(&c, STORE_KIND_POSTGRES);
     snprintf(c.acquirer_url, sizeof c.acquirer_url, "%s", a.base);
-    c.acquirer_timeout_ms = 2000;
+    c.acquirer_timeout_ms = 5000;
     c.webhook_allow_private = 1;
     c.webhook_dispatchers = 2;
     memset(&srv, 0, sizeof srv);
